@@ -1,0 +1,54 @@
+"""The platform's admin site: branding, and an index page with a dashboard.
+
+Each app may contribute dashboard cards by defining `admin_dashboard(request)` on its AppConfig,
+returning a list of `{"title", "value", "url", "note"}` dicts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.apps import apps
+from django.contrib import admin
+from django.db import DatabaseError
+from django.http import HttpRequest
+from django.urls import NoReverseMatch, reverse
+
+logger = logging.getLogger(__name__)
+
+
+class CoordinatorAdminSite(admin.AdminSite):
+    site_header = "Coordinator"
+    site_title = "Coordinator admin"
+    index_title = "Operations"
+    index_template = "admin/coordinator_index.html"
+
+    def dashboard_cards(self, request: HttpRequest) -> list[dict[str, Any]]:
+        cards: list[dict[str, Any]] = []
+        for config in apps.get_app_configs():
+            contribute = getattr(config, "admin_dashboard", None)
+            if contribute is None:
+                continue
+            try:
+                cards.extend(contribute(request))
+            except DatabaseError:  # a broken card must not take the admin down
+                logger.exception("Dashboard card of %s failed", config.label)
+        return cards
+
+    def platform_links(self) -> list[dict[str, str]]:
+        links = []
+        for title, name in (("API documentation", "docs"), ("OpenAPI schema", "schema"), ("Health", "healthz")):
+            try:
+                links.append({"title": title, "url": reverse(name)})
+            except NoReverseMatch:
+                continue
+        return links
+
+    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        context = {
+            "dashboard_cards": self.dashboard_cards(request),
+            "platform_links": self.platform_links(),
+            **(extra_context or {}),
+        }
+        return super().index(request, context)

@@ -1,0 +1,38 @@
+"""ASGI entry point: daphne serves the Channels WebSocket routes and the SSE stream.
+
+Plain HTTP also works here (Django's ASGI handler), but production and `manage.py serve` route
+only `/ws/` and the stream paths to this application; everything else goes to the WSGI server.
+Apps add WebSocket routes by defining `websocket_urlpatterns` in `<app>/routing.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import import_module
+from importlib.util import find_spec
+from typing import Any
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coordinator.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+
+def _websocket_urlpatterns() -> list[Any]:
+    patterns: list[Any] = []
+    for app in ("pool", "farm", "jobs", "progress"):
+        if find_spec(f"{app}.routing") is not None:
+            patterns.extend(getattr(import_module(f"{app}.routing"), "websocket_urlpatterns", []))
+    return patterns
+
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(_websocket_urlpatterns()))),
+    }
+)

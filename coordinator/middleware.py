@@ -1,0 +1,81 @@
+"""Turn Django's HTML error pages into the JSON envelope on API paths.
+
+DRF views already answer with the envelope; this covers what never reaches a DRF view: unknown
+URLs (404), Django-level method refusals (405) and crashes outside DRF (500).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from http import HTTPStatus
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+from coordinator.api.envelope import error_response
+
+logger = logging.getLogger("coordinator.api")
+
+_CODES = {
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    500: "server_error",
+}
+
+
+def is_api_path(path: str) -> bool:
+    return any(path.startswith(prefix) for prefix in settings.API_PATH_PREFIXES)
+
+
+class ApiErrorEnvelopeMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code < 400 or not is_api_path(request.path):
+            return response
+        if response.get("Content-Type", "").startswith(("application/json", "text/event-stream")):
+            return response
+        if getattr(response, "streaming", False):
+            return response
+        status = response.status_code
+        code = _CODES.get(status, "error")
+        try:
+            message = HTTPStatus(status).phrase + "."
+        except ValueError:
+            message = "Error."
+        extra: dict[str, object] = {}
+        if status == 404:
+            message = f"No endpoint or object at {request.path}."
+        elif status == 405:
+            allowed = response.get("Allow", "")
+            message = f"Method {request.method} is not allowed here."
+            extra = {"allowed": [m.strip() for m in allowed.split(",") if m.strip()]}
+        envelope = error_response(status, code, message, extra)
+        for header in ("Allow", "WWW-Authenticate", "Retry-After"):
+            if header in response:
+                envelope[header] = response[header]
+        return envelope
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not is_api_path(request.path) or settings.DEBUG_PROPAGATE_EXCEPTIONS:
+            return None
+        from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+        from django.http import Http404
+
+        if isinstance(exception, Http404):
+            return error_response(404, "not_found", f"No endpoint or object at {request.path}.")
+        if isinstance(exception, PermissionDenied):
+            return error_response(403, "permission_denied", "You do not have permission to perform this action.")
+        if isinstance(exception, RequestDataTooBig):
+            return error_response(413, "payload_too_large", "The request body is too large.")
+        if isinstance(exception, SuspiciousOperation):
+            return error_response(400, "bad_request", "The request was refused as malformed.")
+        logger.error("Unhandled error on %s", request.path, exc_info=exception)
+        return error_response(500, "server_error", "Internal server error. The error has been logged.")

@@ -1,0 +1,83 @@
+"""The platform's one user model: email as the login, a role of admin, master or user."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.db import models
+from django.utils import timezone
+
+
+class Role(models.TextChoices):
+    """The roles of seed 000 (task-pool-backend's `UserRole`)."""
+
+    ADMIN = "admin", "Admin"
+    MASTER = "master", "Master"
+    USER = "user", "User"
+
+
+class UserManager(BaseUserManager["User"]):
+    use_in_migrations = True
+
+    def create_user(self, email: str, password: str | None = None, **extra: Any) -> User:
+        if not email:
+            raise ValueError("An email address is required.")
+        user = self.model(email=self.normalize_email(email).lower(), **extra)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def get_by_natural_key(self, username: str | None) -> User:
+        # Emails are stored lower-cased, so logins are case-insensitive.
+        return self.get(email=(username or "").strip().lower())
+
+    def create_superuser(self, email: str, password: str | None = None, **extra: Any) -> User:
+        extra["role"] = Role.ADMIN
+        return self.create_user(email, password, **extra)
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    email = models.EmailField("email address", unique=True)
+    name = models.CharField(max_length=150, blank=True)
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.USER, db_index=True)
+    is_active = models.BooleanField(default=True)
+    is_staff = models.BooleanField(
+        default=False,
+        help_text="May log into the admin. Always true for the admin role.",
+    )
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    objects: ClassVar[UserManager] = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: ClassVar[list[str]] = []
+
+    class Meta:
+        ordering = ["email"]
+
+    def __str__(self) -> str:
+        return self.email
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # The role is the single source of truth for admin rights: an admin is staff and has every
+        # permission; demoting someone from admin takes both away again.
+        self.email = self.email.lower()
+        self.is_superuser = self.role == Role.ADMIN
+        if self.is_superuser:
+            self.is_staff = True
+        super().save(*args, **kwargs)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+    @property
+    def is_master(self) -> bool:
+        return self.role == Role.MASTER
+
+    @property
+    def address(self) -> str:
+        """How this user appears in message `from`/`to` fields (`user:<email>`)."""
+        return f"user:{self.email}"

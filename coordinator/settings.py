@@ -1,0 +1,314 @@
+"""Coordinator settings: one file, driven by environment variables.
+
+Every variable is listed with a comment in `.env.example`. The defaults give the embedded setup
+(SQLite under `var/`, no services); production sets `DATABASE_URL`, `REDIS_URL` and
+`DJANGO_SECRET_KEY`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """Read a boolean environment variable ("1/true/yes/on" vs "0/false/no/off")."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off).")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer.") from exc
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+# Runtime state (SQLite file, generated dev key, sockets, exports) lives here.
+VAR_DIR = Path(os.environ.get("COORDINATOR_VAR_DIR", BASE_DIR / "var")).resolve()
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env_bool("DJANGO_DEBUG", True)
+
+
+def _secret_key() -> str:
+    configured = os.environ.get("DJANGO_SECRET_KEY", "").strip()
+    if configured:
+        return configured
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set and DJANGO_DEBUG is off. Refusing to start without a "
+            "secret key: set DJANGO_SECRET_KEY to a long random string (for example the output of "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`)."
+        )
+    # Development: generate one key once and keep it, so sessions and tokens survive restarts.
+    key_file = VAR_DIR / "secret_key"
+    if not key_file.exists():
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "coordinator.apps.CoordinatorAdminConfig",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework_simplejwt",
+    "drf_spectacular",
+    "corsheaders",
+    "channels",
+    "django_q",
+    "coordinator",
+    "pool",
+    "farm",
+    "jobs",
+    "progress",
+]
+
+MIDDLEWARE = [
+    "corsheaders.middleware.CorsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "coordinator.middleware.ApiErrorEnvelopeMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "coordinator.urls"
+WSGI_APPLICATION = "coordinator.wsgi.application"
+ASGI_APPLICATION = "coordinator.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+DEFAULT_SQLITE_PATH = VAR_DIR / "coordinator.sqlite3"
+DATABASE_URL = os.environ.get("DATABASE_URL", "").strip() or f"sqlite:///{DEFAULT_SQLITE_PATH}"
+# Test databases are per test run, so that several runs on one machine never share one.
+TEST_DB_SUFFIX = os.environ.get("COORDINATOR_TEST_DB_SUFFIX", str(os.getpid()))
+_database: dict[str, Any] = dict(dj_database_url.parse(DATABASE_URL, conn_health_checks=True))
+if _database["ENGINE"] == "django.db.backends.sqlite3":
+    # Several processes (WSGI workers, daphne, django-q2, the socket listener) write to one file.
+    # WAL lets readers run beside the single writer, IMMEDIATE takes the write lock at BEGIN so
+    # two transactions never deadlock upgrading read locks, and the timeout makes writers queue
+    # instead of failing with "database is locked".
+    _database["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+    }
+    # A file, not ":memory:", so the processes started by concurrency tests share the test DB.
+    _database["TEST"] = {"NAME": str(VAR_DIR / f"test_coordinator_{TEST_DB_SUFFIX}.sqlite3")}
+    _database["CONN_MAX_AGE"] = 0
+else:
+    _database["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60)
+    _database["TEST"] = {"NAME": f"test_{_database['NAME']}_{TEST_DB_SUFFIX}"}
+DATABASES = {"default": _database}
+IS_POSTGRES = _database["ENGINE"] == "django.db.backends.postgresql"
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis and Channels ---------------------------------------------------------------------
+REDIS_URL = os.environ.get("REDIS_URL", "").strip()
+if REDIS_URL:
+    CHANNEL_LAYERS: dict[str, Any] = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Users and authentication ---------------------------------------------------------------
+AUTH_USER_MODEL = "coordinator.User"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "admin:login"
+
+
+def _pem(name: str) -> str:
+    """A PEM key given either as the text itself or as a path to a file holding it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return ""
+    if raw.startswith("-----BEGIN"):
+        return raw.replace("\\n", "\n")
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise ImproperlyConfigured(f"{name} is neither PEM text nor the path of a readable file: {raw!r}")
+    return path.read_text()
+
+
+JWT_PRIVATE_KEY = _pem("JWT_PRIVATE_KEY")
+JWT_PUBLIC_KEY = _pem("JWT_PUBLIC_KEY")
+if bool(JWT_PRIVATE_KEY) != bool(JWT_PUBLIC_KEY):
+    raise ImproperlyConfigured("Set both JWT_PRIVATE_KEY and JWT_PUBLIC_KEY for RS256, or neither for HS256.")
+JWT_ALGORITHM = "RS256" if JWT_PRIVATE_KEY else "HS256"
+JWT_SIGNING_KEY = JWT_PRIVATE_KEY or SECRET_KEY
+JWT_VERIFYING_KEY = JWT_PUBLIC_KEY or ""
+
+SIMPLE_JWT = {
+    "ALGORITHM": JWT_ALGORITHM,
+    "SIGNING_KEY": JWT_SIGNING_KEY,
+    "VERIFYING_KEY": JWT_VERIFYING_KEY or None,
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env_int("JWT_ACCESS_MINUTES", 60)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=env_int("JWT_REFRESH_DAYS", 7)),
+    "USER_ID_FIELD": "id",
+    "USER_ID_CLAIM": "user_id",
+    "UPDATE_LAST_LOGIN": False,
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    # Deny by default: every view states who may call it.
+    "DEFAULT_PERMISSION_CLASSES": ["coordinator.permissions.IsPlatformUser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "coordinator.api.pagination.DefaultPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "coordinator.api.exception_handler.envelope_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+if DEBUG:
+    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Coordinator API",
+    "DESCRIPTION": (
+        "One platform for device task pools, task farms, background jobs and live progress. "
+        "Our own endpoints answer errors with the envelope {code, message, extra}; the seed "
+        "dialects (taskfarm `/api/`, pytasks, BookLogr `/v1`) keep the shapes their clients expect."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SECURITY": [{"jwtAuth": []}],
+}
+
+# --- API paths ------------------------------------------------------------------------------
+# Paths answered by API code: errors there are JSON envelopes, never HTML pages.
+API_PATH_PREFIXES = [
+    "/api/",
+    "/auth/",
+    "/pool/",
+    "/v1/",
+    "/task",
+    "/token",
+    "/protected",
+    "/ping",
+    "/progress/",
+    "/healthz",
+    "/schema/",
+]
+# Paths served by the ASGI server (daphne) rather than the WSGI server.
+ASGI_PATH_PREFIXES = ["/ws/", "/progress/events"]
+
+# --- CORS (the seed's SSE front-end is served from another origin) --------------------------
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", [])
+CORS_ALLOW_ALL_ORIGINS = env_bool("CORS_ALLOW_ALL_ORIGINS", False)
+CORS_URLS_REGEX = r"^/(progress|api|pool|v1|auth)/.*$"
+
+# --- django-q2 ------------------------------------------------------------------------------
+Q_CLUSTER: dict[str, Any] = {
+    "name": "coordinator",
+    "orm": "default",
+    "workers": env_int("Q_WORKERS", 2),
+    # A task is killed after `timeout` seconds; the broker re-delivers an unacknowledged task
+    # after `retry` seconds, which must be longer or a running task would be handed out twice.
+    "timeout": env_int("Q_TIMEOUT", 600),
+    "retry": env_int("Q_RETRY", 660),
+    "max_attempts": 1,
+    "catch_up": False,
+    "save_limit": 1000,
+    "poll": 0.5,
+    "label": "Django Q2",
+}
+
+# --- Internationalisation, time, static -----------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# Request bodies: large enough for JSONL imports, small enough that a client cannot exhaust memory.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 10 * 1024 * 1024)
+
+# --- Serving (`manage.py serve`) ------------------------------------------------------------
+SERVE_WSGI_WORKERS = env_int("WEB_CONCURRENCY", os.cpu_count() or 2)
+RUN_DIR = VAR_DIR / "run"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+    },
+}

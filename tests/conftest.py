@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from rest_framework.test import APIClient
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from coordinator.models import Role, User
+from tests.factories import UserFactory
+from tests.live import run_wsgi_server
+
+
+@pytest.fixture
+def user(db: None) -> User:
+    return UserFactory(role=Role.USER)
+
+
+@pytest.fixture
+def master(db: None) -> User:
+    return UserFactory(role=Role.MASTER)
+
+
+@pytest.fixture
+def admin(db: None) -> User:
+    return UserFactory(role=Role.ADMIN)
+
+
+@pytest.fixture
+def anon_client() -> APIClient:
+    return APIClient()
+
+
+def access_token_for(user: User) -> str:
+    return str(RefreshToken.for_user(user).access_token)
+
+
+@pytest.fixture
+def client_for() -> Callable[[User], APIClient]:
+    """`client_for(user)`: an APIClient sending that user's JWT as a Bearer token."""
+
+    def make(user: User) -> APIClient:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token_for(user)}")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def live_server_url(transactional_db: None) -> Iterator[str]:
+    """A real gunicorn process serving this test's database."""
+    with run_wsgi_server() as base:
+        yield base
