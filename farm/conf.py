@@ -1,0 +1,37 @@
+"""Task farm settings, read lazily from Django settings or the environment."""
+
+from __future__ import annotations
+
+import os
+
+from django.conf import settings
+
+# A computing task whose worker has sent nothing (no PUT) for this long goes back to the pool.
+# The taskfarm-worker client has no heartbeat: its only sign of life is `update()`, so the
+# default is generous (one hour) to avoid handing out a long task that is still running twice;
+# workers with long tasks should call `update()` more often than this.
+DEFAULT_LEASE_SECONDS = 3600
+# The most tasks one batch request may claim or complete.
+DEFAULT_BATCH_MAX = 1000
+
+
+def _int(name: str, default: int) -> int:
+    value = getattr(settings, name, os.environ.get(name, default))
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def lease_seconds() -> int:
+    """`FARM_LEASE_SECONDS`: seconds without an update after which a computing task is re-handed out."""
+    return max(1, _int("FARM_LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
+
+
+def batch_max() -> int:
+    """`FARM_BATCH_MAX`: the largest `count` a batch claim accepts."""
+    return max(1, _int("FARM_BATCH_MAX", DEFAULT_BATCH_MAX))
+
+
+# Cookie that tells a worker's later PUTs apart from those of other workers of the same user.
+WORKER_COOKIE = "farm_worker"

@@ -1,0 +1,89 @@
+"""Runs of numbered tasks, the tasks handed out so far, and the workers that claim them."""
+
+from __future__ import annotations
+
+import uuid as uuid_lib
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+def new_run_uuid() -> str:
+    return uuid_lib.uuid4().hex
+
+
+class Run(models.Model):
+    """A run of `num_tasks` numbered tasks; task rows exist only once handed out or touched."""
+
+    uuid = models.CharField(max_length=32, unique=True, default=new_run_uuid, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="farm_runs")
+    num_tasks = models.BigIntegerField()
+    # The lowest task number never handed out by the counter (rows may exist above it when
+    # clients touched numbers out of order; hand-out skips those).
+    next_task = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(num_tasks__gte=0), name="farm_run_num_tasks_gte_0"),
+            models.CheckConstraint(
+                condition=Q(next_task__gte=0) & Q(next_task__lte=models.F("num_tasks")),
+                name="farm_run_next_task_in_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.uuid} ({self.num_tasks} tasks)"
+
+
+class Worker(models.Model):
+    """A worker process as registered by `taskfarm-worker` (`POST /api/worker`)."""
+
+    uuid = models.CharField(max_length=64, unique=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="farm_workers")
+    hostname = models.CharField(max_length=255)
+    pid = models.BigIntegerField()
+    start = models.DateTimeField(auto_now_add=True)
+    last_seen = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-last_seen"]
+
+    def __str__(self) -> str:
+        return f"{self.hostname}:{self.pid} ({self.uuid})"
+
+
+class Task(models.Model):
+    """One numbered task of a run, materialised when handed out or first read/written."""
+
+    class Status(models.TextChoices):
+        WAITING = "waiting", "waiting"
+        COMPUTING = "computing", "computing"
+        DONE = "done", "done"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tasks")
+    task = models.BigIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING)
+    percent_completed = models.FloatField(default=0.0)
+    worker = models.ForeignKey(Worker, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks")
+    started = models.DateTimeField(null=True, blank=True)
+    updated = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "task"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "task"], name="farm_task_unique_number"),
+        ]
+        indexes = [
+            # Hand-out takes the lowest waiting number of a run; the counts group by status. The
+            # index covers both (percent is included on PostgreSQL for index-only sums).
+            models.Index(fields=["run", "status", "task"], include=["percent_completed"],
+                         name="farm_task_run_status"),
+            # Lease expiry: computing tasks of a run with the oldest sign of life.
+            models.Index(fields=["run", "status", "updated"], name="farm_task_run_status_updated"),
+        ]
+
+    def __str__(self) -> str:
+        return f"task {self.task} of run {self.run_id}"

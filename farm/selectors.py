@@ -1,0 +1,133 @@
+"""Reads: runs visible to a user, their counts, and the export rows for `jobs`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Count, QuerySet, Sum
+
+from coordinator.models import User
+from farm.errors import RunNotFoundError, WorkerNotFoundError
+from farm.models import Run, Task, Worker
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    """The run's aggregates, computed with one indexed GROUP BY over its materialised rows."""
+
+    num_tasks: int
+    num_waiting: int
+    num_computing: int
+    num_done: int
+    percent_done: float
+
+    @property
+    def num_not_started(self) -> int:
+        return self.num_tasks - self.num_waiting - self.num_computing - self.num_done
+
+    def as_state(self) -> dict[str, Any]:
+        return {
+            "percentDone": self.percent_done,
+            "numWaiting": self.num_waiting,
+            "numComputing": self.num_computing,
+            "numDone": self.num_done,
+            "numNotStarted": self.num_not_started,
+            "numTasks": self.num_tasks,
+        }
+
+
+def run_visible_to(user: User) -> QuerySet[Run]:
+    """Runs the user may see and change: their own, or all for admins."""
+    runs = Run.objects.all()
+    return runs if user.is_admin else runs.filter(owner=user)
+
+
+def run_list(*, user: User) -> QuerySet[Run]:
+    """The user's runs in creation order."""
+    return run_visible_to(user).order_by("id")
+
+
+def run_get(*, user: User, uuid: str) -> Run:
+    """One run by uuid, if the user may see it."""
+    run = run_visible_to(user).filter(uuid=uuid).first()
+    if run is None:
+        raise RunNotFoundError()
+    return run
+
+
+def worker_get(*, user: User, uuid: str) -> Worker:
+    """One worker by uuid, if it is the user's (or the user is an admin)."""
+    workers = Worker.objects.all() if user.is_admin else Worker.objects.filter(owner=user)
+    worker = workers.filter(uuid=uuid).first()
+    if worker is None:
+        raise WorkerNotFoundError()
+    return worker
+
+
+def run_counts(*, run: Run) -> RunCounts:
+    """Counts by status and the run's percentage (the seed's semantics: existing rows only)."""
+    by_status = {
+        row["status"]: row
+        for row in Task.objects.filter(run=run).order_by().values("status")
+        .annotate(n=Count("id"), pct=Sum("percent_completed"))
+    }
+
+    def count(status: str) -> int:
+        return int(by_status.get(status, {}).get("n", 0))
+
+    total_pct = sum(float(row["pct"] or 0.0) for row in by_status.values())
+    percent = total_pct / run.num_tasks if run.num_tasks else 0.0
+    return RunCounts(
+        num_tasks=run.num_tasks,
+        num_waiting=count(Task.Status.WAITING),
+        num_computing=count(Task.Status.COMPUTING),
+        num_done=count(Task.Status.DONE),
+        percent_done=percent,
+    )
+
+
+FARM_EXPORT_COLUMNS: list[str] = [
+    "run_uuid",
+    "run_owner",
+    "run_num_tasks",
+    "run_created_at",
+    "task",
+    "status",
+    "percent_completed",
+    "started",
+    "updated",
+    "worker_uuid",
+    "worker_hostname",
+    "worker_pid",
+]
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def farm_export_rows(*, user: User, everything: bool) -> Iterator[dict[str, Any]]:
+    """One JSON-serialisable row per run and materialised task, streamed (contract 4)."""
+    tasks = Task.objects.all() if everything else Task.objects.filter(run__owner=user)
+    rows = tasks.order_by("run_id", "task").values_list(
+        "run__uuid", "run__owner__email", "run__num_tasks", "run__created_at", "task", "status",
+        "percent_completed", "started", "updated", "worker__uuid", "worker__hostname", "worker__pid",
+    )
+    for (run_uuid, owner, num_tasks, created, task, status, pct, started, updated,
+         w_uuid, w_host, w_pid) in rows.iterator(chunk_size=2000):
+        yield {
+            "run_uuid": run_uuid,
+            "run_owner": owner,
+            "run_num_tasks": num_tasks,
+            "run_created_at": _iso(created),
+            "task": task,
+            "status": status,
+            "percent_completed": pct,
+            "started": _iso(started),
+            "updated": _iso(updated),
+            "worker_uuid": w_uuid,
+            "worker_hostname": w_host,
+            "worker_pid": w_pid,
+        }
