@@ -1,0 +1,326 @@
+"""The taskfarm-compatible API under `/api/` (seed 003), plus batch hand-out.
+
+Paths, status codes, JSON keys and empty bodies are those the published `taskfarm-worker`
+client and the seed's test suite expect; error bodies are our envelope.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer
+from rest_framework import serializers, status
+from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework_simplejwt.authentication import JWTAuthentication
+
+from coordinator.api.views import ErrorEnvelopeSerializer
+from coordinator.models import User
+from farm import selectors, services
+from farm.authentication import FarmBasicAuthentication, farm_token_for
+from farm.conf import WORKER_COOKIE, batch_max
+from farm.errors import EmptyUpdateError, UnknownInfoError
+from farm.models import Run, Task, Worker
+
+MAX_TASKS = 2**62
+E = ErrorEnvelopeSerializer
+AUTH_ERRORS: dict[int, Any] = {401: E, 403: E}
+BODY_ERRORS: dict[int, Any] = {400: E, 415: E}
+RUN_INFO_KEYS = ("percentDone", "numWaiting", "numDone", "numComputing", "numNotStarted")
+TASK_INFO_KEYS = ("status", "percentCompleted")
+NO_CONTENT = OpenApiResponse(description="No content (empty body).")
+
+
+def _user(request: Request) -> User:
+    user = request.user
+    assert isinstance(user, User)  # guaranteed by IsPlatformUser
+    return user
+
+
+def _info(request: Request, allowed: tuple[str, ...]) -> str:
+    info = request.query_params.get("info", "")
+    if info and info not in allowed:
+        raise UnknownInfoError(f"Unknown info {info!r}; use one of {', '.join(allowed)}.")
+    return info
+
+
+def _pick(data: dict[str, Any], info: str) -> dict[str, Any]:
+    return {info: data[info]} if info else data
+
+
+def _worker_uuid_from(request: Request) -> str | None:
+    return request.headers.get("X-Farm-Worker") or request.COOKIES.get(WORKER_COOKIE) or None
+
+
+def _remember_worker(response: Response, worker: Worker) -> Response:
+    # requests.Session keeps this cookie, so the worker's later PUTs (which carry no worker id in
+    # the seed's protocol) can be told apart from those of the worker that took its task over.
+    response.set_cookie(WORKER_COOKIE, worker.uuid, httponly=True, samesite="Lax")
+    return response
+
+
+class FarmApi(APIView):
+    """Common base: taskfarm Basic auth first (so a 401 asks for Basic), JSON bodies only."""
+
+    authentication_classes = [FarmBasicAuthentication, JWTAuthentication]
+    parser_classes = [JSONParser]
+
+
+@extend_schema_serializer(component_name="FarmRunSummary")
+class RunSummarySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    uuid = serializers.CharField()
+    numTasks = serializers.IntegerField(source="num_tasks")
+
+
+def _run_summary(run: Run) -> dict[str, Any]:
+    return {"id": run.pk, "uuid": run.uuid, "numTasks": run.num_tasks}
+
+
+@extend_schema_serializer(component_name="FarmTask")
+class TaskOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField(required=False)
+    task = serializers.IntegerField(required=False)
+    percentCompleted = serializers.FloatField(required=False)
+    status = serializers.ChoiceField(choices=Task.Status.choices, required=False)
+
+
+def _task_data(task: Task) -> dict[str, Any]:
+    return {"id": task.pk, "task": task.task, "percentCompleted": task.percent_completed, "status": task.status}
+
+
+class TokenApi(FarmApi):
+    """A token for the taskfarm client: send it as the Basic username (any password)."""
+
+    @extend_schema_serializer(component_name="FarmTokenOutput")
+    class OutputSerializer(serializers.Serializer):
+        token = serializers.CharField()
+
+    @extend_schema(responses={200: OutputSerializer, **AUTH_ERRORS}, tags=["farm"])
+    def get(self, request: Request) -> Response:
+        return Response({"token": farm_token_for(_user(request))})
+
+
+class RunCreateApi(FarmApi):
+    """Create a run of `numTasks` tasks (constant time, whatever the size)."""
+
+    @extend_schema_serializer(component_name="FarmRunCreateInput")
+    class InputSerializer(serializers.Serializer):
+        numTasks = serializers.IntegerField(min_value=0, max_value=MAX_TASKS)
+
+    @extend_schema(request=InputSerializer, responses={201: RunSummarySerializer, **BODY_ERRORS, **AUTH_ERRORS},
+                   tags=["farm"])
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        run = services.run_create(owner=_user(request), num_tasks=data.validated_data["numTasks"])
+        return Response(_run_summary(run), status=status.HTTP_201_CREATED)
+
+
+class RunListApi(FarmApi):
+    """The caller's runs (all runs for admins) in creation order, as `{"data": [...]}`."""
+
+    @extend_schema_serializer(component_name="FarmRunListOutput")
+    class OutputSerializer(serializers.Serializer):
+        data = RunSummarySerializer(many=True)
+
+    @extend_schema(responses={200: OutputSerializer, **AUTH_ERRORS}, tags=["farm"], operation_id="farm_run_list")
+    def get(self, request: Request) -> Response:
+        runs = selectors.run_list(user=_user(request)).only("id", "uuid", "num_tasks")
+        return Response({"data": [_run_summary(run) for run in runs]})
+
+
+class RunDetailApi(FarmApi):
+    """A run with its counts (or one of them with `?info=`); DELETE removes it."""
+
+    @extend_schema_serializer(component_name="FarmRunDetailOutput")
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.IntegerField(required=False)
+        uuid = serializers.CharField(required=False)
+        numTasks = serializers.IntegerField(required=False)
+        percentDone = serializers.FloatField(required=False)
+        numWaiting = serializers.IntegerField(required=False)
+        numDone = serializers.IntegerField(required=False)
+        numComputing = serializers.IntegerField(required=False)
+        numNotStarted = serializers.IntegerField(required=False)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("info", str, enum=["", *RUN_INFO_KEYS], required=False,
+                                     description="Return only this key.")],
+        responses={200: OutputSerializer, 404: E, **AUTH_ERRORS}, tags=["farm"], operation_id="farm_run_retrieve",
+    )
+    def get(self, request: Request, uuid: str) -> Response:
+        run = selectors.run_get(user=_user(request), uuid=uuid)
+        info = _info(request, RUN_INFO_KEYS)
+        counts = selectors.run_counts(run=run)
+        data = {**_run_summary(run), **counts.as_state()}
+        data.pop("numTasks")
+        data = {**_run_summary(run), **data}
+        return Response(_pick(data, info))
+
+    @extend_schema(responses={204: NO_CONTENT, 404: E, **AUTH_ERRORS}, tags=["farm"])
+    def delete(self, request: Request, uuid: str) -> Response:
+        services.run_delete(run=selectors.run_get(user=_user(request), uuid=uuid))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class RunRestartApi(FarmApi):
+    """Put unfinished tasks (`all=False`, default) or every task (`all=True`) back to waiting."""
+
+    @extend_schema(
+        request=None,
+        parameters=[OpenApiParameter("all", str, enum=["True", "False"], required=False)],
+        responses={204: NO_CONTENT, 404: E, **AUTH_ERRORS}, tags=["farm"],
+    )
+    def post(self, request: Request, uuid: str) -> Response:
+        run = selectors.run_get(user=_user(request), uuid=uuid)
+        everything = request.query_params.get("all", "False")
+        if everything not in ("True", "False"):
+            raise UnknownInfoError("`all` must be True or False.", code="bad_all")
+        services.run_restart(run=run, everything=everything == "True")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+@extend_schema_serializer(component_name="FarmWorkerRef")
+class WorkerInputSerializer(serializers.Serializer):
+    worker_uuid = serializers.CharField(max_length=64)
+
+
+class RunTaskClaimApi(FarmApi):
+    """Hand the next task to a worker: 201 with the task, 204 (empty) when none is left."""
+
+    @extend_schema(request=WorkerInputSerializer,
+                   responses={201: TaskOutputSerializer, 204: NO_CONTENT, 404: E, **BODY_ERRORS, **AUTH_ERRORS},
+                   tags=["farm"])
+    def post(self, request: Request, uuid: str) -> Response:
+        data = WorkerInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = _user(request)
+        worker = selectors.worker_get(user=user, uuid=data.validated_data["worker_uuid"])
+        run = selectors.run_get(user=user, uuid=uuid)
+        tasks = services.tasks_claim(run=run, worker=worker, limit=1)
+        if not tasks:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return _remember_worker(Response(_task_data(tasks[0]), status=status.HTTP_201_CREATED), worker)
+
+
+class TaskDetailApi(FarmApi):
+    """Read or update task `n` of a run (an in-range task never handed out is created as waiting)."""
+
+    @extend_schema_serializer(component_name="FarmTaskDetailInput")
+    class InputSerializer(serializers.Serializer):
+        percentCompleted = serializers.FloatField(min_value=0, max_value=100, required=False)
+        status = serializers.ChoiceField(choices=Task.Status.choices, required=False)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("info", str, enum=["", *TASK_INFO_KEYS], required=False,
+                                     description="Return only this key.")],
+        responses={200: TaskOutputSerializer, 404: E, **AUTH_ERRORS}, tags=["farm"],
+    )
+    def get(self, request: Request, uuid: str, n: int) -> Response:
+        run = selectors.run_get(user=_user(request), uuid=uuid)
+        info = _info(request, TASK_INFO_KEYS)
+        task = services.task_get_or_materialise(run=run, number=n)
+        return Response(_pick(_task_data(task), info))
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={204: NO_CONTENT, 404: E, 409: E, **BODY_ERRORS, **AUTH_ERRORS}, tags=["farm"],
+        description="Only `percentCompleted` and/or `status`; any other key is a 400. A PUT from a worker "
+        "whose task was re-handed out after its lease expired is refused with 409.",
+    )
+    def put(self, request: Request, uuid: str, n: int) -> Response:
+        body = request.data
+        if not isinstance(body, dict) or not body:
+            raise EmptyUpdateError()
+        unknown = sorted(set(body) - {"percentCompleted", "status"})
+        if unknown:
+            raise EmptyUpdateError(f"Unknown keys: {', '.join(unknown)}.", code="unknown_key",
+                                   extra={"fields": {key: ["Unknown key."] for key in unknown}})
+        data = self.InputSerializer(data=body)
+        data.is_valid(raise_exception=True)
+        run = selectors.run_get(user=_user(request), uuid=uuid)
+        change = services.TaskChange(
+            percent_completed=data.validated_data.get("percentCompleted"), status=data.validated_data.get("status")
+        )
+        services.task_update(run=run, number=n, change=change, worker_uuid=_worker_uuid_from(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class WorkerCreateApi(FarmApi):
+    """Register a worker process (a uuid already registered is a 409)."""
+
+    @extend_schema_serializer(component_name="FarmWorkerCreateInput")
+    class InputSerializer(serializers.Serializer):
+        uuid = serializers.CharField(max_length=64)
+        hostname = serializers.CharField(max_length=255)
+        pid = serializers.IntegerField(min_value=0, max_value=2**63 - 1)
+
+    @extend_schema_serializer(component_name="FarmWorkerCreateOutput")
+    class OutputSerializer(serializers.Serializer):
+        uuid = serializers.CharField()
+        id = serializers.IntegerField()
+
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer, 409: E, **BODY_ERRORS, **AUTH_ERRORS},
+                   tags=["farm"])
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        worker = services.worker_register(owner=_user(request), **data.validated_data)
+        response = Response({"uuid": worker.uuid, "id": worker.pk}, status=status.HTTP_201_CREATED)
+        return _remember_worker(response, worker)
+
+
+@extend_schema_serializer(component_name="FarmTaskList")
+class TaskListOutputSerializer(serializers.Serializer):
+    tasks = TaskOutputSerializer(many=True)
+
+
+class TaskBatchClaimApi(FarmApi):
+    """Batch hand-out for tiny tasks: claim up to `count` tasks in one request (200, maybe empty)."""
+
+    @extend_schema_serializer(component_name="FarmTaskBatchClaimInput")
+    class InputSerializer(WorkerInputSerializer):
+        count = serializers.IntegerField(min_value=1, max_value=100_000)
+
+    @extend_schema(request=InputSerializer,
+                   responses={200: TaskListOutputSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS}, tags=["farm"])
+    def post(self, request: Request, uuid: str) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = _user(request)
+        worker = selectors.worker_get(user=user, uuid=data.validated_data["worker_uuid"])
+        run = selectors.run_get(user=user, uuid=uuid)
+        limit = min(data.validated_data["count"], batch_max())
+        tasks = services.tasks_claim(run=run, worker=worker, limit=limit)
+        return _remember_worker(Response({"tasks": [_task_data(task) for task in tasks]}), worker)
+
+
+class TaskBatchDoneApi(FarmApi):
+    """Batch completion: mark several tasks held by the worker done at 100% in one request."""
+
+    @extend_schema_serializer(component_name="FarmTaskBatchDoneInput")
+    class InputSerializer(WorkerInputSerializer):
+        tasks = serializers.ListField(child=serializers.IntegerField(min_value=0, max_value=MAX_TASKS),
+                                      max_length=100_000)
+
+    @extend_schema_serializer(component_name="FarmTaskBatchDoneOutput")
+    class OutputSerializer(serializers.Serializer):
+        done = serializers.ListField(child=serializers.IntegerField())
+        refused = serializers.ListField(child=serializers.IntegerField(),
+                                        help_text="Numbers not computing for this worker (left unchanged).")
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS},
+                   tags=["farm"])
+    def post(self, request: Request, uuid: str) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = _user(request)
+        worker = selectors.worker_get(user=user, uuid=data.validated_data["worker_uuid"])
+        run = selectors.run_get(user=user, uuid=uuid)
+        numbers = sorted(set(data.validated_data["tasks"]))
+        done = services.tasks_complete(run=run, worker=worker, numbers=numbers)
+        done_set = set(done)
+        return Response({"done": done, "refused": [n for n in numbers if n not in done_set]})
