@@ -1,0 +1,159 @@
+"""Per-process fan-out: one task per ASGI event loop receives every event and hands it to the
+local SSE and WebSocket subscribers whose filter accepts it.
+
+Transports (`PROGRESS_TRANSPORT`, default `auto`):
+- `layer` (chosen when the channel layer is channels-redis): the hub joins one channel-layer
+  group and receives the batches publishers send after storing them.
+- `db` (embedded default, no Redis): the hub polls the event table for ids above the last one
+  it saw. On SQLite writers are serialised, so ids become visible in order; on PostgreSQL a
+  lower id may commit after a higher one, so ids skipped over are re-checked for a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+
+from progress import conf
+from progress.events import Event
+from progress.models import ProgressEvent
+from progress.selectors import event_from_row, event_latest_id
+from progress.services import LAYER_GROUP
+
+logger = logging.getLogger(__name__)
+GAP_GRACE_SECONDS = 5.0
+
+
+class Subscriber:
+    """A local reader: a bounded queue plus a filter; overflow marks it so its owner can drop it."""
+
+    def __init__(self, accepts: Callable[[Event], bool]) -> None:
+        self.accepts = accepts
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=conf.QUEUE_SIZE)
+        self.overflowed = asyncio.Event()
+
+    def offer(self, event: Event) -> None:
+        if self.overflowed.is_set() or not self.accepts(event):
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed.set()
+
+
+class Hub:
+    """Runs for the lifetime of its event loop once the first subscriber arrives."""
+
+    def __init__(self) -> None:
+        self.subscribers: set[Subscriber] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.transport = conf.transport()
+
+    async def subscribe(self, subscriber: Subscriber) -> None:
+        """Register a subscriber; returns once every event stored from now on will reach it."""
+        self.subscribers.add(subscriber)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        self.wake.set()
+        await self.ready.wait()
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.discard(subscriber)
+
+    def dispatch(self, events: list[Event]) -> None:
+        for event in events:
+            for subscriber in list(self.subscribers):
+                subscriber.offer(event)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self.transport == "layer":
+                    await self._run_layer()
+                else:
+                    await self._run_db()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a lost Redis/DB connection must not end live delivery for good
+                logger.exception("progress hub failed; restarting in 1s")
+                self.ready.clear()
+                await asyncio.sleep(1.0)
+
+    async def _run_layer(self) -> None:
+        layer = get_channel_layer()
+        assert layer is not None
+        channel = await layer.new_channel("progress.hub.")
+        await layer.group_add(LAYER_GROUP, channel)
+        refresher = asyncio.get_running_loop().create_task(self._refresh_group(layer, channel))
+        self.ready.set()
+        try:
+            while True:
+                message = await layer.receive(channel)
+                self.dispatch(list(message.get("events", [])))
+        finally:
+            refresher.cancel()
+
+    async def _refresh_group(self, layer: Any, channel: str) -> None:
+        while True:  # group membership expires (channels-redis: after a day) unless renewed
+            await asyncio.sleep(3600)
+            await layer.group_add(LAYER_GROUP, channel)
+
+    async def _run_db(self) -> None:
+        last = 0
+        gaps: dict[int, float] = {}
+        interval = conf.poll_interval()
+        while True:
+            if not self.subscribers:  # idle: no queries until someone subscribes again
+                self.ready.clear()
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            if not self.ready.is_set():
+                last = await sync_to_async(event_latest_id)()
+                gaps.clear()
+                self.ready.set()
+            await asyncio.sleep(interval)
+            events, last = await sync_to_async(_poll)(last, gaps)
+            if events:
+                self.dispatch(events)
+
+
+def _poll(last: int, gaps: dict[int, float]) -> tuple[list[Event], int]:
+    now = time.monotonic()
+    for gap_id, seen in list(gaps.items()):
+        if now - seen > GAP_GRACE_SECONDS:
+            del gaps[gap_id]
+    rows = list(ProgressEvent.objects.filter(id__gt=last).order_by("id")[:5000])
+    if gaps:
+        rows = list(ProgressEvent.objects.filter(id__in=list(gaps)).order_by("id")) + rows
+    events: list[Event] = []
+    for row in rows:
+        row_id = int(row.pk)
+        gaps.pop(row_id, None)
+        if row_id > last:
+            gaps.update({missing: now for missing in range(last + 1, min(row_id, last + 1000))})
+            last = row_id
+        events.append(event_from_row(row))
+    return events, last
+
+
+_hubs: dict[Any, Hub] = {}
+
+
+def hub() -> Hub:
+    """The hub of the running event loop (daphne has one; tests may create several)."""
+    loop = asyncio.get_running_loop()
+    found = _hubs.get(loop)
+    if found is None:
+        for old in [lp for lp in _hubs if lp.is_closed()]:
+            del _hubs[old]
+        found = _hubs[loop] = Hub()
+    return found

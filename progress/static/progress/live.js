@@ -1,0 +1,177 @@
+/* Live admin pages (contract 2): keeps every element carrying data-progress-topic="<topic>"
+ * up to date from the WebSocket /ws/progress/ (session cookie auth).
+ *
+ * For each event on a topic, inside each element with that data-progress-topic:
+ *  - [data-progress-field="<key>"] (descendants, or the element itself) get textContent =
+ *    state[key] (the event text when key is "text"); <progress>/<meter>/<input> get .value;
+ *  - [data-progress-width="<key>"] get style.width = state[key] + "%";
+ *  - the element gets data-progress-kind = the event kind;
+ *  - with data-progress-reload-fragment, the page is fetched again and the element's innerHTML
+ *    replaced by that of the element with the same id in the fetched page.
+ * Fields inside a nested element with its own data-progress-topic belong to that element.
+ * Reconnects by itself with exponential backoff; <html data-progress-live="connected|closed">
+ * tells pages (and tests) the connection state. The WebSocket URL can be overridden with
+ * <meta name="progress-ws-url" content="wss://host/ws/progress/">.
+ */
+(function () {
+  "use strict";
+  if (window.progressLive) { return; }
+
+  var MIN_BACKOFF = 500, MAX_BACKOFF = 15000;
+  var socket = null, backoff = MIN_BACKOFF, subscribed = {}, lastEventId = 0, rescanTimer = null;
+  var fragments = {};  // element id -> {busy: bool, again: bool}
+
+  function socketUrl() {
+    var meta = document.querySelector('meta[name="progress-ws-url"]');
+    if (meta && meta.content) { return meta.content; }
+    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws/progress/";
+  }
+
+  function topicElements(topic) {
+    var found = [], all = document.querySelectorAll("[data-progress-topic]");
+    for (var i = 0; i < all.length; i++) {
+      if (all[i].getAttribute("data-progress-topic") === topic) { found.push(all[i]); }
+    }
+    return found;
+  }
+
+  function pageTopics() {
+    var topics = {}, all = document.querySelectorAll("[data-progress-topic]");
+    for (var i = 0; i < all.length; i++) {
+      var topic = all[i].getAttribute("data-progress-topic");
+      if (topic) { topics[topic] = true; }
+    }
+    return topics;
+  }
+
+  function owned(root, selector) {
+    // root itself (if it matches) and its descendants that are not inside a nested topic element
+    var result = [], nodes = root.querySelectorAll(selector);
+    if (root.matches(selector)) { result.push(root); }
+    for (var i = 0; i < nodes.length; i++) {
+      if (nodes[i].closest("[data-progress-topic]") === root) { result.push(nodes[i]); }
+    }
+    return result;
+  }
+
+  function setField(node, value) {
+    var tag = node.tagName;
+    if (tag === "PROGRESS" || tag === "METER") {
+      var number = Number(value);
+      if (!isNaN(number)) { node.value = number; }
+    } else if (tag === "INPUT" || tag === "TEXTAREA") {
+      node.value = value === null ? "" : String(value);
+    } else {
+      node.textContent = value === null ? "" : String(value);
+    }
+  }
+
+  function apply(root, event) {
+    var state = event.state || {};
+    owned(root, "[data-progress-field]").forEach(function (node) {
+      var key = node.getAttribute("data-progress-field");
+      if (key === "text") {
+        // an `end` with an empty text means "keep showing the last message" (seed semantics)
+        if (typeof event.text !== "string" || (event.kind === "end" && event.text === "")) { return; }
+        setField(node, event.text);
+      } else if (Object.prototype.hasOwnProperty.call(state, key)) {
+        setField(node, state[key]);
+      }
+    });
+    owned(root, "[data-progress-width]").forEach(function (node) {
+      var key = node.getAttribute("data-progress-width");
+      if (Object.prototype.hasOwnProperty.call(state, key) && state[key] !== null && !isNaN(Number(state[key]))) {
+        node.style.width = Number(state[key]) + "%";
+      }
+    });
+    root.setAttribute("data-progress-kind", event.kind);
+    if (root.hasAttribute("data-progress-reload-fragment")) { reloadFragment(root); }
+  }
+
+  function reloadFragment(root) {
+    var id = root.id;
+    if (!id) { return; }
+    var entry = fragments[id] || (fragments[id] = {busy: false, again: false});
+    if (entry.busy) { entry.again = true; return; }  // coalesce bursts into one more fetch
+    entry.busy = true;
+    fetch(location.href, {credentials: "same-origin", headers: {"X-Progress-Fragment": id}})
+      .then(function (response) { return response.ok ? response.text() : null; })
+      .then(function (html) {
+        if (html === null) { return; }
+        var fresh = new DOMParser().parseFromString(html, "text/html").getElementById(id);
+        var current = document.getElementById(id);
+        if (fresh && current) {
+          current.innerHTML = fresh.innerHTML;
+          scheduleRescan();
+        }
+      })
+      .catch(function () { /* the next event or reconnect tries again */ })
+      .then(function () {
+        entry.busy = false;
+        if (entry.again) { entry.again = false; var el = document.getElementById(id); if (el) { reloadFragment(el); } }
+      });
+  }
+
+  function send(message) {
+    if (socket && socket.readyState === WebSocket.OPEN) { socket.send(JSON.stringify(message)); return true; }
+    return false;
+  }
+
+  function sync() {
+    var wanted = pageTopics(), add = [], remove = [], topic;
+    for (topic in wanted) { if (!subscribed[topic]) { add.push(topic); } }
+    for (topic in subscribed) { if (!wanted[topic]) { remove.push(topic); } }
+    if (add.length && send({type: "subscribe", topics: add})) { add.forEach(function (t) { subscribed[t] = true; }); }
+    if (remove.length && send({type: "unsubscribe", topics: remove})) { remove.forEach(function (t) { delete subscribed[t]; }); }
+  }
+
+  function scheduleRescan() {
+    if (rescanTimer) { return; }
+    rescanTimer = setTimeout(function () { rescanTimer = null; sync(); }, 50);
+  }
+
+  function setStatus(status) { document.documentElement.setAttribute("data-progress-live", status); }
+
+  function connect() {
+    var ws;
+    try { ws = new WebSocket(socketUrl()); } catch (e) { retry(); return; }
+    socket = ws;
+    ws.onopen = function () { backoff = MIN_BACKOFF; subscribed = {}; setStatus("connected"); sync(); };
+    ws.onmessage = function (message) {
+      var data;
+      try { data = JSON.parse(message.data); } catch (e) { return; }
+      if (!data || data.type !== "event") { return; }
+      if (data.id && data.id > lastEventId) { lastEventId = data.id; }
+      topicElements(data.topic).forEach(function (root) { apply(root, data); });
+    };
+    ws.onclose = function () {
+      if (socket !== ws) { return; }
+      socket = null;
+      setStatus("closed");
+      retry();
+    };
+  }
+
+  function retry() {
+    var delay = backoff + Math.random() * backoff / 2;
+    backoff = Math.min(backoff * 2, MAX_BACKOFF);
+    setTimeout(connect, delay);
+  }
+
+  function start() {
+    new MutationObserver(function (mutations) {
+      for (var i = 0; i < mutations.length; i++) {
+        if (mutations[i].addedNodes.length || mutations[i].type === "attributes") { scheduleRescan(); return; }
+      }
+    }).observe(document.body, {childList: true, subtree: true, attributes: true, attributeFilter: ["data-progress-topic"]});
+    setStatus("connecting");
+    connect();
+  }
+
+  window.progressLive = {
+    lastEventId: function () { return lastEventId; },
+    rescan: scheduleRescan,
+    apply: apply
+  };
+  if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", start); } else { start(); }
+}());

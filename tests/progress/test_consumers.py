@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from tests.conftest import access_token_for
+from tests.progress.conftest import publish, run, ws_connect, ws_receive_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_anonymous_is_refused_with_4401(db: None) -> None:
+    async def body() -> None:
+        communicator, connected, _ = await ws_connect()
+        assert connected
+        closed = await communicator.receive_output(timeout=5)
+        assert closed == {"type": "websocket.close", "code": 4401}
+
+    run(body)
+
+
+def test_bad_token_is_refused_with_4401(db: None) -> None:
+    async def body() -> None:
+        communicator, _, _ = await ws_connect("/ws/progress/?token=not-a-jwt")
+        assert (await communicator.receive_output(timeout=5))["code"] == 4401
+
+    run(body)
+
+
+def test_token_of_inactive_user_is_refused_with_4403(user) -> None:
+    user.is_active = False
+    user.save()
+    token = access_token_for(user)
+
+    async def body() -> None:
+        communicator, _, _ = await ws_connect(f"/ws/progress/?token={token}")
+        assert (await communicator.receive_output(timeout=5))["code"] == 4403
+
+    run(body)
+
+
+def test_admin_subscribes_and_receives_snapshot_then_live_events(admin) -> None:
+    publish("run:abc", "new", "My run", {"percent": 0})
+    publish("run:abc", "msg", "half", {"percent": 50})
+    token = access_token_for(admin)
+
+    async def body() -> None:
+        communicator, _, _ = await ws_connect(f"/ws/progress/?token={token}")
+        await communicator.send_json_to({"type": "subscribe", "topics": ["run:abc"]})
+        got = await ws_receive_until(communicator, lambda m: m["type"] == "event")
+        assert got[0] == {"type": "subscribed", "topics": ["run:abc"]}
+        snapshot = got[-1]
+        assert snapshot["snapshot"] is True
+        assert (snapshot["kind"], snapshot["text"], snapshot["state"]) == ("msg", "half", {"percent": 50})
+        await sync_to_async(publish)("run:other", "msg", "not subscribed")
+        await sync_to_async(publish)("run:abc", "msg", "three quarters", {"percent": 75})
+        live = (await ws_receive_until(communicator, lambda m: m["type"] == "event"))[-1]
+        assert (live["topic"], live["text"], live["state"]) == ("run:abc", "three quarters", {"percent": 75})
+        await communicator.send_json_to({"type": "unsubscribe", "topics": ["run:abc"]})
+        assert (await ws_receive_until(communicator, lambda m: True))[-1] == {"type": "subscribed", "topics": []}
+        await sync_to_async(publish)("run:abc", "end", "")
+        assert await communicator.receive_nothing(timeout=0.3)
+        await communicator.disconnect()
+
+    run(body)
+
+
+def test_user_sees_only_own_topics_even_with_star(user, admin) -> None:
+    token = access_token_for(user)
+
+    async def body() -> None:
+        communicator, _, _ = await ws_connect(f"/ws/progress/?token={token}")
+        await communicator.send_json_to({"type": "subscribe", "topics": ["*"]})
+        await ws_receive_until(communicator, lambda m: m["type"] == "subscribed")
+        await sync_to_async(publish)("job:1", "msg", "someone else's", owner_id=admin.pk)
+        await sync_to_async(publish)("stream:0", "new", "socket stream")
+        await sync_to_async(publish)("job:2", "msg", "mine", owner_id=user.pk)
+        event = (await ws_receive_until(communicator, lambda m: m["type"] == "event"))[-1]
+        assert (event["topic"], event["text"]) == ("job:2", "mine")
+        assert "owner_id" not in event
+        await communicator.disconnect()
+
+    run(body)
+
+
+def test_session_cookie_authenticates(admin, client) -> None:
+    client.force_login(admin)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+
+    async def body() -> None:
+        communicator, _, _ = await ws_connect(headers=[(b"cookie", cookie)])
+        await communicator.send_json_to({"type": "subscribe", "topics": ["stream:3"]})
+        assert (await ws_receive_until(communicator, lambda m: True))[-1]["type"] == "subscribed"
+        await sync_to_async(publish)("stream:3", "new", "socket task")
+        event = (await ws_receive_until(communicator, lambda m: m["type"] == "event"))[-1]
+        assert (event["kind"], event["text"]) == ("new", "socket task")
+        await communicator.disconnect()
+
+    run(body)
+
+
+@pytest.mark.parametrize("message", ["not json", '{"type": "dance"}', '{"type": "subscribe", "topics": "x"}',
+                                     '{"type": "subscribe", "topics": [""]}', '{"type": "subscribe", "topics": ["a"], "since": -1}',
+                                     '{"type": "subscribe", "topics": ["a"], "since": 99999999999999999999999}'])
+def test_malformed_messages_get_an_error_and_the_connection_stays(admin, message) -> None:
+    token = access_token_for(admin)
+
+    async def body() -> None:
+        communicator, _, _ = await ws_connect(f"/ws/progress/?token={token}")
+        await communicator.send_to(text_data=message)
+        error = (await ws_receive_until(communicator, lambda m: True))[-1]
+        assert error["type"] == "error" and error["code"] == "bad_request"
+        await communicator.send_json_to({"type": "subscribe", "topics": ["a"]})
+        assert (await ws_receive_until(communicator, lambda m: True))[-1] == {"type": "subscribed", "topics": ["a"]}
+        await communicator.disconnect()
+
+    run(body)
+
+
+def test_since_replays_missed_events(admin) -> None:
+    first = publish("job:9", "new", "export", owner_id=None)
+    publish("job:9", "msg", "10%")
+    publish("job:9", "msg", "20%")
+    token = access_token_for(admin)
+
+    async def body() -> None:
+        communicator, _, _ = await ws_connect(f"/ws/progress/?token={token}")
+        await communicator.send_json_to({"type": "subscribe", "topics": ["job:9"], "since": first})
+        got = await ws_receive_until(communicator, lambda m: m.get("text") == "20%")
+        assert [m["text"] for m in got if m["type"] == "event"] == ["10%", "20%"]
+        await communicator.disconnect()
+
+    run(body)
