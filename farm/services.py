@@ -200,7 +200,7 @@ class TaskChange:
 def task_update(*, run: Run, number: int, change: TaskChange, worker_uuid: str | None = None) -> Task:
     """Apply a worker's PUT; refused when the task is now computing for another worker."""
     _task_row(run, number)
-    task = Task.objects.select_for_update().select_related("worker").get(run=run, task=number)
+    task = Task.objects.select_for_update(of=("self",)).select_related("worker").get(run=run, task=number)
     now = timezone.now()
     if worker_uuid and task.status == Task.Status.COMPUTING and task.worker is not None \
             and task.worker.uuid != worker_uuid:

@@ -1,0 +1,215 @@
+"""Beyond the seed: auth, ownership, leases, out-of-order hand-out, batch, bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from coordinator.models import Role, User
+from farm.models import Run, Task, Worker
+from tests.factories import UserFactory
+from tests.farm.conftest import basic
+
+pytestmark = pytest.mark.django_db
+
+
+def new_run(api: APIClient, n: int = 10) -> str:
+    response = api.post("/api/run", {"numTasks": n}, format="json")
+    assert response.status_code == 201
+    return str(response.json()["uuid"])
+
+
+def new_worker(api: APIClient, uuid: str) -> None:
+    response = api.post("/api/worker", {"uuid": uuid, "hostname": "h", "pid": 7}, format="json")
+    assert response.status_code == 201
+
+
+def claim(api: APIClient, run: str, worker: str) -> Any:
+    return api.post(f"/api/runs/{run}/task", {"worker_uuid": worker}, format="json")
+
+
+def test_unauthenticated_gets_basic_challenge(anon_client: APIClient) -> None:
+    response = anon_client.get("/api/runs")
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == 'Basic realm="Authentication Required"'
+
+
+@pytest.mark.parametrize("header", [basic("test@example.com", "wrong"), basic("a.b.c", ""), "Basic !!!"])
+def test_bad_credentials_are_401(farm_user: User, header: str) -> None:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=header)
+    response = client.get("/api/token")
+    assert response.status_code == 401
+    assert response.json()["code"] == "authentication_failed"
+
+
+def test_token_is_revoked_by_password_change(farm_user: User, api: APIClient) -> None:
+    assert api.get("/api/runs").status_code == 200
+    farm_user.set_password("another-password-1")
+    farm_user.save()
+    assert api.get("/api/runs").status_code == 401
+
+
+def test_platform_jwt_is_accepted(farm_user: User, client_for: Callable[[User], APIClient]) -> None:
+    assert client_for(farm_user).get("/api/runs").status_code == 200
+
+
+def test_runs_belong_to_their_owner(farm_user: User, api: APIClient,
+                                    token_client_for: Callable[[User], APIClient]) -> None:
+    run = new_run(api)
+    other = token_client_for(UserFactory(role=Role.USER))
+    assert other.get("/api/runs").json() == {"data": []}
+    assert other.get(f"/api/runs/{run}").status_code == 404
+    assert other.delete(f"/api/runs/{run}").status_code == 404
+    assert other.put(f"/api/runs/{run}/tasks/0", {"status": "done"}, format="json").status_code == 404
+    boss = token_client_for(UserFactory(role=Role.ADMIN))
+    assert [r["uuid"] for r in boss.get("/api/runs").json()["data"]] == [run]
+    assert boss.get(f"/api/runs/{run}").status_code == 200
+
+
+def test_worker_of_another_user_cannot_claim(api: APIClient, token_client_for: Callable[[User], APIClient]) -> None:
+    other = token_client_for(UserFactory(role=Role.USER))
+    new_worker(other, "foreign")
+    run = new_run(api)
+    assert claim(api, run, "foreign").status_code == 404
+
+
+def test_duplicate_worker_uuid_is_409(api: APIClient) -> None:
+    new_worker(api, "w1")
+    response = api.post("/api/worker", {"uuid": "w1", "hostname": "h", "pid": 1}, format="json")
+    assert response.status_code == 409
+    assert response.json()["code"] == "worker_exists"
+
+
+def test_fresh_run_reports_not_started(api: APIClient) -> None:
+    run = new_run(api, 10_000_000)
+    body = api.get(f"/api/runs/{run}").json()
+    assert body["numNotStarted"] == 10_000_000 and body["numWaiting"] == 0
+    assert Task.objects.count() == 0  # nothing materialised up front
+
+
+def test_out_of_order_tasks_do_not_break_hand_out(api: APIClient) -> None:
+    run = new_run(api, 5)
+    new_worker(api, "w")
+    assert api.get(f"/api/runs/{run}/tasks/3").status_code == 200  # materialises 3 as waiting
+    assert api.put(f"/api/runs/{run}/tasks/1", {"status": "done"}, format="json").status_code == 204
+    handed = []
+    while (response := claim(api, run, "w")).status_code == 201:
+        handed.append(response.json()["task"])
+    assert response.status_code == 204
+    assert sorted(handed) == [0, 2, 3, 4]  # 1 is done, every other number exactly once
+    assert handed[0] == 3  # waiting rows first
+
+
+def test_expired_lease_is_handed_out_again_and_late_update_refused(api: APIClient, settings: Any) -> None:
+    settings.FARM_LEASE_SECONDS = 60
+    run = new_run(api, 1)
+    first, second = APIClient(), APIClient()
+    first.credentials(HTTP_AUTHORIZATION=api._credentials["HTTP_AUTHORIZATION"])
+    second.credentials(HTTP_AUTHORIZATION=api._credentials["HTTP_AUTHORIZATION"])
+    new_worker(first, "a")
+    new_worker(second, "b")
+    assert claim(first, run, "a").json()["task"] == 0
+    assert claim(second, run, "b").status_code == 204  # still leased to a
+    Task.objects.update(updated=timezone.now() - timedelta(seconds=61))
+    assert claim(second, run, "b").json()["task"] == 0  # lease expired: b takes it over
+    late = first.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 100}, format="json")
+    assert late.status_code == 409
+    assert late.json()["code"] == "lease_lost"
+    assert second.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 100}, format="json").status_code == 204
+    task = Task.objects.get()
+    assert task.worker is not None and task.worker.uuid == "b" and task.percent_completed == 100
+
+
+def test_update_renews_lease_and_worker_last_seen(api: APIClient, settings: Any) -> None:
+    settings.FARM_LEASE_SECONDS = 60
+    run = new_run(api, 1)
+    new_worker(api, "a")
+    claim(api, run, "a")
+    past = timezone.now() - timedelta(seconds=61)
+    Task.objects.update(updated=past)
+    Worker.objects.update(last_seen=past)
+    assert api.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 10}, format="json").status_code == 204
+    assert Worker.objects.get().last_seen > past
+    other = APIClient()
+    other.credentials(HTTP_AUTHORIZATION=api._credentials["HTTP_AUTHORIZATION"])
+    new_worker(other, "b")
+    assert claim(other, run, "b").status_code == 204  # the update kept the lease
+
+
+def test_batch_claim_and_done(api: APIClient) -> None:
+    run = new_run(api, 250)
+    new_worker(api, "w")
+    first = api.post(f"/api/runs/{run}/tasks/claim", {"worker_uuid": "w", "count": 100}, format="json")
+    assert first.status_code == 200
+    numbers = [t["task"] for t in first.json()["tasks"]]
+    assert numbers == list(range(100))
+    done = api.post(f"/api/runs/{run}/tasks/done", {"worker_uuid": "w", "tasks": [*numbers, 200]}, format="json")
+    assert done.status_code == 200
+    assert done.json() == {"done": numbers, "refused": [200]}
+    rest = []
+    while batch := api.post(f"/api/runs/{run}/tasks/claim", {"worker_uuid": "w", "count": 100},
+                            format="json").json()["tasks"]:
+        rest += [t["task"] for t in batch]
+    assert rest == list(range(100, 250))
+    body = api.get(f"/api/runs/{run}").json()
+    assert (body["numDone"], body["numComputing"], body["numNotStarted"]) == (100, 150, 0)
+    assert body["percentDone"] == pytest.approx(100 * 100 / 250)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/api/run", {"numTasks": "many"}),
+        ("post", "/api/run", {"numTasks": 2**70}),
+        ("post", "/api/run", {"numTasks": -1}),
+        ("post", "/api/run", ["not", "an", "object"]),
+        ("post", "/api/worker", {"uuid": "x", "hostname": "h", "pid": 2**64}),
+        ("post", "/api/worker", {"uuid": "x"}),
+        ("put", "/api/runs/{run}/tasks/0", {"percentCompleted": 101}),
+        ("put", "/api/runs/{run}/tasks/0", {"percentCompleted": "half"}),
+        ("put", "/api/runs/{run}/tasks/0", []),
+        ("post", "/api/runs/{run}/task", {}),
+        ("post", "/api/runs/{run}/tasks/claim", {"worker_uuid": "w", "count": 0}),
+        ("post", "/api/runs/{run}/tasks/done", {"worker_uuid": "w", "tasks": [2**70]}),
+    ],
+)
+def test_bad_input_is_400_and_writes_nothing(api: APIClient, method: str, path: str, body: Any) -> None:
+    run = new_run(api, 3)
+    before = (Run.objects.count(), Worker.objects.count(), Task.objects.count())
+    response = getattr(api, method)(path.format(run=run), body, format="json")
+    assert response.status_code == 400
+    assert response.json()["code"] in {"validation_error", "empty_update"}
+    assert (Run.objects.count(), Worker.objects.count(), Task.objects.count()) == before
+
+
+def test_malformed_json_and_huge_task_number(api: APIClient) -> None:
+    run = new_run(api, 3)
+    response = api.generic("PUT", f"/api/runs/{run}/tasks/0", "{bad json", content_type="application/json")
+    assert response.status_code == 400
+    assert api.get(f"/api/runs/{run}/tasks/{2**80}").status_code == 404
+    assert api.put(f"/api/runs/{run}/tasks/0", "x", content_type="text/plain").status_code == 415
+
+
+def test_progress_events(api: APIClient, farm_user: User, monkeypatch: Any) -> None:
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr("farm.services.progress_publish", lambda **kw: events.append(kw))
+    run = new_run(api, 2)
+    new_worker(api, "w")
+    for _ in range(2):
+        n = claim(api, run, "w").json()["task"]
+        api.put(f"/api/runs/{run}/tasks/{n}", {"percentCompleted": 100}, format="json")
+        api.put(f"/api/runs/{run}/tasks/{n}", {"status": "done"}, format="json")
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "new" and events[0]["text"] == f"run {run} (2 tasks)"
+    assert kinds[-1] == "end" and kinds.count("end") == 1
+    assert {e["topic"] for e in events} == {f"run:{run}"}
+    assert {e["owner_id"] for e in events} == {farm_user.pk}
+    last_msg = [e for e in events if e["kind"] == "msg"][-1]
+    assert last_msg["state"] == {"percentDone": 100.0, "numWaiting": 0, "numComputing": 0, "numDone": 2,
+                                 "numNotStarted": 0, "numTasks": 2}
