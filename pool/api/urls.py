@@ -1,0 +1,14 @@
+from django.urls import path
+
+from pool.api import views
+
+urlpatterns = [
+    path("pool/register", views.DeviceRegisterApi.as_view(), name="pool-device-register"),
+    path("pool/token", views.DeviceTokenApi.as_view(), name="pool-device-token"),
+    path("pool/pending", views.PendingApi.as_view(), name="pool-pending"),
+    path("pool/response", views.ResponseApi.as_view(), name="pool-response"),
+    path("pool/heartbeat", views.HeartbeatApi.as_view(), name="pool-heartbeat"),
+    path("pool/task", views.TaskCreateApi.as_view(), name="pool-task-create"),
+    path("pool/log", views.LogApi.as_view(), name="pool-log"),
+    path("pool/devices", views.DeviceListApi.as_view(), name="pool-device-list"),
+]

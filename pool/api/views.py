@@ -1,0 +1,237 @@
+"""The seed's `/pool/…` endpoints, plus device enrolment (`/pool/register`, `/pool/token`)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework_simplejwt.authentication import JWTAuthentication
+
+from coordinator.api.views import ErrorEnvelopeSerializer
+from coordinator.permissions import IsAdmin, IsMasterOrAdmin, platform_user
+from pool import selectors, services
+from pool.api.renderers import NDJSONRenderer
+from pool.api.serializers import JsonObjectField, MessageSerializer, ResponseStatusField, text_field
+from pool.authentication import DeviceJWTAuthentication, IsDevice
+from pool.errors import InvalidDateError
+from pool.models import Device
+from pool.selectors import device_is_online
+from pool.services import RESPONSE_STATUSES
+from pool.wire import MAX_DEVICE_ID, format_ts, message_to_wire
+
+E = ErrorEnvelopeSerializer
+DEVICE_AUTH = [DeviceJWTAuthentication, JWTAuthentication]
+TAGS = ["pool"]
+
+
+class DeviceApi(APIView):
+    """Base of the device endpoints: device token only; a user token is recognised and refused."""
+
+    authentication_classes = DEVICE_AUTH
+    permission_classes = [IsDevice]
+
+    @property
+    def device(self) -> Device:
+        user = self.request.user
+        assert isinstance(user, Device)
+        return user
+
+
+class DeviceRegisterApi(APIView):
+    """A device enrols itself; it stays unvalidated until staff validate it."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    @extend_schema_serializer(component_name="PoolRegisterInput")
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200)
+        kind = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+
+    @extend_schema_serializer(component_name="PoolRegister")
+    class OutputSerializer(serializers.Serializer):
+        device_id = serializers.IntegerField()
+        secret = serializers.CharField(help_text="Shown once; exchange it at POST /pool/token.")
+        validated = serializers.BooleanField()
+
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer, 400: E}, tags=TAGS, auth=[])
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        device, secret = services.device_create(name=data.validated_data["name"], kind=data.validated_data["kind"])
+        return Response({"device_id": device.pk, "secret": secret, "validated": device.validated}, status=201)
+
+
+class DeviceTokenApi(APIView):
+    """Exchange a device id and secret for a device JWT."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    @extend_schema_serializer(component_name="PoolTokenInput")
+    class InputSerializer(serializers.Serializer):
+        device_id = serializers.IntegerField(min_value=1, max_value=MAX_DEVICE_ID)
+        secret = serializers.CharField(max_length=200, trim_whitespace=False)
+
+    @extend_schema_serializer(component_name="PoolToken")
+    class OutputSerializer(serializers.Serializer):
+        token = serializers.CharField()
+        exp = serializers.CharField(help_text="Expiry, UTC, e.g. 2026-06-03T12:34:56Z")
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer, 400: E, 401: E, 403: E}, tags=TAGS,
+                   auth=[])
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        token, exp = services.device_token_issue(**data.validated_data)
+        return Response({"token": token, "exp": format_ts(exp)})
+
+
+class PendingApi(DeviceApi):
+    """The caller's pending tasks, oldest first."""
+
+    @extend_schema(responses={200: MessageSerializer(many=True), 401: E, 403: E}, tags=TAGS)
+    def get(self, request: Request) -> Response:
+        services.broadcasts_materialise(device=self.device)
+        return Response([message_to_wire(m) for m in selectors.device_pending(device=self.device)])
+
+
+class ResponseApi(DeviceApi):
+    """Answer a task addressed to the caller: done and failed are final, progress is not."""
+
+    @extend_schema_serializer(component_name="PoolResponseInput")
+    class InputSerializer(serializers.Serializer):
+        parent_id = serializers.CharField(max_length=40)
+        status = ResponseStatusField(required=False)
+        title = text_field()
+        body = text_field()
+        meta = JsonObjectField(required=False, default=dict)
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            in_meta = attrs["meta"].get("status")
+            status = attrs.get("status")
+            if status is None and in_meta is None:
+                raise serializers.ValidationError({"status": ["Give `status` (done, failed or progress)."]})
+            if in_meta is not None and in_meta not in RESPONSE_STATUSES:
+                raise serializers.ValidationError({"meta": ["`meta.status` must be done, failed or progress."]})
+            if status is not None and in_meta is not None and status != in_meta:
+                raise serializers.ValidationError({"status": ["`status` and `meta.status` disagree."]})
+            attrs["status"] = status or in_meta
+            return attrs
+
+    @extend_schema(request=InputSerializer, responses={201: MessageSerializer, 400: E, 401: E, 403: E, 404: E,
+                                                       409: E}, tags=TAGS)
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        message = services.response_create(device=self.device, **data.validated_data)
+        return Response(message_to_wire(message), status=201)
+
+
+class HeartbeatApi(DeviceApi):
+    """Liveness ping: stores a heartbeat message and updates the device's last activity."""
+
+    @extend_schema_serializer(component_name="PoolHeartbeatInput")
+    class InputSerializer(serializers.Serializer):
+        title = text_field()
+        body = text_field()
+        meta = JsonObjectField(required=False, default=dict)
+
+    @extend_schema(request=InputSerializer, responses={201: MessageSerializer, 400: E, 401: E, 403: E}, tags=TAGS)
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        message = services.heartbeat_record(device=self.device, **data.validated_data)
+        return Response(message_to_wire(message), status=201)
+
+
+class TaskCreateApi(APIView):
+    """Create a task for one device, several or all (`device:*`)."""
+
+    permission_classes = [IsMasterOrAdmin]
+
+    @extend_schema_serializer(component_name="PoolTaskInput")
+    class InputSerializer(serializers.Serializer):
+        to = serializers.CharField(max_length=4000)
+        title = text_field()
+        body = text_field()
+        meta = JsonObjectField(required=False, default=dict)
+        expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+        def validate_expires_at(self, value: Any) -> Any:
+            if value is not None and value <= timezone.now():
+                raise serializers.ValidationError("The expiry must be in the future.")
+            return value
+
+    @extend_schema(request=InputSerializer, responses={201: MessageSerializer, 400: E, 401: E, 403: E}, tags=TAGS)
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        task = services.task_create(user=platform_user(request), **data.validated_data)
+        return Response(message_to_wire(task), status=201)
+
+
+class LogApi(APIView):
+    """A UTC day's messages: JSONL by default, a JSON array for `Accept: application/json`."""
+
+    permission_classes = [IsAdmin]
+    renderer_classes = [NDJSONRenderer, JSONRenderer]
+
+    @extend_schema(
+        parameters=[OpenApiParameter("date", str, description="YYYY-MM-DD (UTC); default today")],
+        responses={
+            (200, "application/x-ndjson"): OpenApiResponse(MessageSerializer(many=True),
+                                                           description="One message per line."),
+            (200, "application/json"): MessageSerializer(many=True),
+            400: E, 401: E, 403: E,
+        },
+        tags=TAGS,
+    )
+    def get(self, request: Request) -> Response:
+        raw = request.query_params.get("date")
+        if raw is None:
+            day = timezone.now().date()
+        else:
+            try:
+                day = date.fromisoformat(raw) if len(raw) == 10 else None
+            except ValueError:
+                day = None
+            if day is None:
+                raise InvalidDateError(extra={"date": raw[:100]})
+        return Response([message_to_wire(m) for m in selectors.message_log(day=day).iterator(chunk_size=2000)])
+
+
+class DeviceListApi(APIView):
+    """Every device with its flags, last activity and pending count."""
+
+    permission_classes = [IsAdmin]
+
+    @extend_schema_serializer(component_name="PoolDevice")
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.IntegerField()
+        name = serializers.CharField()
+        kind = serializers.CharField(allow_blank=True)
+        validated = serializers.BooleanField()
+        enabled = serializers.BooleanField()
+        created_at = serializers.DateTimeField()
+        last_activity_at = serializers.DateTimeField(allow_null=True)
+        last_activity_type = serializers.CharField(allow_blank=True)
+        last_heartbeat_at = serializers.DateTimeField(allow_null=True)
+        online = serializers.BooleanField()
+        pending_count = serializers.IntegerField()
+
+    @extend_schema(responses={200: OutputSerializer(many=True), 401: E, 403: E}, tags=TAGS)
+    def get(self, request: Request) -> Response:
+        now = timezone.now()
+        devices = selectors.device_list()
+        for device in devices:
+            device.online = device_is_online(device, now)  # type: ignore[attr-defined]
+        return Response(self.OutputSerializer(devices, many=True).data)

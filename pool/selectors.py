@@ -1,0 +1,179 @@
+"""Reads of the device task pool: pending tasks, the day log, the device list, export rows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
+
+from coordinator.models import User
+from pool import conf
+from pool.models import OPEN_STATES, Delivery, Device, Message, MessageType
+from pool.wire import format_ts
+
+
+def _live(prefix: str, now: datetime) -> Q:
+    return Q(**{f"{prefix}cancelled_at": None}) & (
+        Q(**{f"{prefix}expires_at": None}) | Q(**{f"{prefix}expires_at__gt": now})
+    )
+
+
+def device_pending(*, device: Device) -> list[Message]:
+    """The device's open, live tasks, oldest first (reads only its own open delivery rows)."""
+    now = timezone.now()
+    deliveries = (
+        Delivery.objects.filter(device=device, state__in=OPEN_STATES)
+        .filter(_live("task__", now))
+        .select_related("task")
+        .order_by("task_id")
+    )
+    return [d.task for d in deliveries]
+
+
+def message_log(*, day: date) -> QuerySet[Message]:
+    """The messages of one UTC day, in log order."""
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    return Message.objects.filter(ts__gte=start, ts__lt=start + timedelta(days=1)).order_by("ts", "seq")
+
+
+def device_is_online(device: Device, now: datetime | None = None) -> bool:
+    now = now or timezone.now()
+    return device.last_heartbeat_at is not None and now - device.last_heartbeat_at < conf.online_threshold()
+
+
+def device_list() -> list[Device]:
+    """Every device with `pending_count` (open deliveries plus broadcasts not yet materialised)."""
+    now = timezone.now()
+    devices = list(
+        Device.objects.annotate(
+            open_count=Count("deliveries", filter=Q(deliveries__state__in=OPEN_STATES) & _live("deliveries__task__", now))
+        ).order_by("id")
+    )
+    broadcasts = list(
+        Message.objects.filter(type=MessageType.TASK, target_all=True)
+        .filter(_live("", now))
+        .values_list("pk", "ts")
+    )
+    seen: set[tuple[int, int]] = set()
+    if broadcasts:
+        seen = set(
+            Delivery.objects.filter(task_id__in=[pk for pk, _ in broadcasts]).values_list("task_id", "device_id")
+        )
+    for device in devices:
+        unseen = 0
+        if device.validated:
+            unseen = sum(1 for pk, _ts in broadcasts if (pk, device.pk) not in seen)
+        device.pending_count = device.open_count + unseen  # type: ignore[attr-defined]
+    return devices
+
+
+def device_pending_count(*, device: Device) -> int:
+    """Pending tasks of one device, including broadcasts it has not fetched yet."""
+    now = timezone.now()
+    materialised = Delivery.objects.filter(device=device, state__in=OPEN_STATES).filter(_live("task__", now)).count()
+    if not device.validated:
+        return materialised
+    unseen = (
+        Message.objects.filter(type=MessageType.TASK, target_all=True)
+        .filter(_live("", now))
+        .filter(~Exists(Delivery.objects.filter(task=OuterRef("pk"), device=device)))
+        .count()
+    )
+    return materialised + unseen
+
+
+def task_threads(*, task: Message) -> list[dict[str, Any]]:
+    """A task's deliveries, each with the responses of its device, for the admin page."""
+    deliveries = list(Delivery.objects.filter(task=task).select_related("device").order_by("device_id"))
+    responses: dict[int | None, list[Message]] = {}
+    for response in Message.objects.filter(parent_id=task.msg_id, type=MessageType.RESPONSE).order_by("ts", "seq"):
+        responses.setdefault(response.device_id, []).append(response)
+    return [{"delivery": d, "responses": responses.get(d.device_id, [])} for d in deliveries]
+
+
+# --- Export for `jobs` (contract 4) ------------------------------------------------------------
+
+POOL_EXPORT_COLUMNS: list[str] = [
+    "task_id",
+    "task_ts",
+    "from",
+    "to",
+    "title",
+    "body",
+    "meta",
+    "expires_at",
+    "cancelled",
+    "device_id",
+    "device_name",
+    "state",
+    "progress",
+    "updated_at",
+    "response_count",
+    "responses",
+]
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def pool_export_rows(*, user: User, everything: bool) -> Iterator[dict[str, Any]]:
+    """One row per task x target device (tasks the user sent; all tasks when `everything`)."""
+    tasks = Message.objects.filter(type=MessageType.TASK).order_by("seq")
+    if not everything:
+        tasks = tasks.filter(sent_by=user)
+    chunk: list[Message] = []
+    for task in tasks.iterator(chunk_size=500):
+        chunk.append(task)
+        if len(chunk) >= 500:
+            yield from _export_chunk(chunk)
+            chunk = []
+    if chunk:
+        yield from _export_chunk(chunk)
+
+
+def _export_chunk(tasks: list[Message]) -> Iterator[dict[str, Any]]:
+    by_pk = {t.pk: t for t in tasks}
+    deliveries: dict[int, list[Delivery]] = {}
+    for delivery in Delivery.objects.filter(task_id__in=by_pk).select_related("device").order_by("task_id", "device_id"):
+        deliveries.setdefault(delivery.task_id, []).append(delivery)
+    responses: dict[tuple[str, int | None], list[dict[str, Any]]] = {}
+    answers = Message.objects.filter(type=MessageType.RESPONSE, parent_id__in=[t.msg_id for t in tasks])
+    for response in answers.order_by("ts", "seq"):
+        responses.setdefault((response.parent_id or "", response.device_id), []).append(
+            {"id": response.msg_id, "ts": format_ts(response.ts), "status": response.meta.get("status"),
+             "title": response.title, "body": response.body}
+        )
+    for task in tasks:
+        base = {
+            "task_id": task.msg_id,
+            "task_ts": format_ts(task.ts),
+            "from": task.sender,
+            "to": task.to,
+            "title": task.title,
+            "body": task.body,
+            "meta": _json(task.meta),
+            "expires_at": format_ts(task.expires_at) if task.expires_at else None,
+            "cancelled": task.cancelled_at is not None,
+        }
+        rows = deliveries.get(task.pk, [])
+        if not rows:
+            yield {**base, "device_id": None, "device_name": None, "state": None, "progress": None,
+                   "updated_at": None, "response_count": 0, "responses": "[]"}
+            continue
+        for delivery in rows:
+            answered = responses.get((task.msg_id, delivery.device_id), [])
+            yield {
+                **base,
+                "device_id": delivery.device_id,
+                "device_name": delivery.device.name,
+                "state": delivery.state,
+                "progress": None if delivery.progress is None else _json(delivery.progress),
+                "updated_at": format_ts(delivery.updated_at),
+                "response_count": len(answered),
+                "responses": _json(answered),
+            }

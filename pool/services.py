@@ -1,0 +1,533 @@
+"""Writes of the device task pool: devices, tokens, tasks, responses, heartbeats, the day log."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from django.contrib.auth.hashers import check_password, make_password
+from django.db import transaction
+from django.db.models import Count, Exists, OuterRef, Q
+from django.utils import timezone
+
+from coordinator.models import User
+from pool import conf
+from pool.errors import (
+    AlreadyAnsweredError,
+    DeviceDisabledError,
+    DeviceNotValidatedError,
+    InvalidCredentialsError,
+    InvalidTargetError,
+    TaskClosedError,
+    TaskNotFoundError,
+    UnknownDevicesError,
+)
+from pool.models import OPEN_STATES, Delivery, DeliveryState, Device, Message, MessageType
+from pool.tokens import device_token_encode
+from pool.wire import MESSAGE_KEYS, format_ts, message_line, parse_target, parse_ts
+from progress.services import progress_publish
+
+RESPONSE_STATUSES = ("done", "failed", "progress")
+FINAL_STATES = (DeliveryState.DONE, DeliveryState.FAILED)
+# A hash to check against when the device does not exist, so both failures cost the same time.
+_DUMMY_HASH = make_password("pool-dummy-secret")
+
+
+# --- The day log -------------------------------------------------------------------------------
+
+
+def journal_append(messages: Iterable[Message]) -> None:
+    """Append messages to `<POOL_JOURNAL_DIR>/<UTC day>.jsonl`, one write() per line.
+
+    The file is opened with O_APPEND and each line goes out in a single os.write(), so concurrent
+    writers (processes) never interleave inside a line; on a local regular file this holds for
+    lines longer than PIPE_BUF too (PIPE_BUF only bounds atomicity for pipes and FIFOs).
+    """
+    directory = conf.journal_dir()
+    if directory is None:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    for message in messages:
+        path = directory / f"{message.ts.strftime('%Y-%m-%d')}.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, message_line(message))
+        finally:
+            os.close(fd)
+
+
+def _record(message: Message) -> Message:
+    """Save a new message and append it to the day log once the transaction commits."""
+    message.save(force_insert=True)
+    transaction.on_commit(lambda: journal_append([message]))
+    return message
+
+
+# --- Devices -----------------------------------------------------------------------------------
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@transaction.atomic
+def device_create(*, name: str, kind: str = "", validated: bool = False) -> tuple[Device, str]:
+    """Create a device; returns it and its secret (shown once, stored hashed)."""
+    secret = new_secret()
+    device = Device.objects.create(name=name, kind=kind, validated=validated, secret_hash=make_password(secret))
+    return device, secret
+
+
+@transaction.atomic
+def device_issue_secret(*, device: Device) -> str:
+    """Replace a device's secret; the new one is returned once."""
+    secret = new_secret()
+    Device.objects.filter(pk=device.pk).update(secret_hash=make_password(secret))
+    device.refresh_from_db()
+    return secret
+
+
+def device_set_flags(*, devices: Iterable[Device], validated: bool | None = None, enabled: bool | None = None) -> int:
+    """Validate/unvalidate or enable/disable devices; takes effect on their next request."""
+    changes: dict[str, Any] = {}
+    if validated is not None:
+        changes["validated"] = validated
+    if enabled is not None:
+        changes["enabled"] = enabled
+    return Device.objects.filter(pk__in=[d.pk for d in devices]).update(**changes)
+
+
+def device_token_issue(*, device_id: int, secret: str) -> tuple[str, datetime]:
+    """Exchange a device id and secret for a device JWT and its expiry."""
+    device = Device.objects.filter(pk=device_id).first() if 0 < device_id < 2**63 else None
+    if not check_password(secret, device.secret_hash if device else _DUMMY_HASH) or device is None:
+        raise InvalidCredentialsError()
+    if not device.enabled:
+        raise DeviceDisabledError()
+    if not device.validated:
+        raise DeviceNotValidatedError()
+    return device_token_encode(device_id=device.pk)
+
+
+def _touch(device: Device, kind: str, now: datetime, heartbeat: bool = False) -> None:
+    changes: dict[str, Any] = {"last_activity_at": now, "last_activity_type": kind}
+    if heartbeat:
+        changes["last_heartbeat_at"] = now
+    Device.objects.filter(pk=device.pk).update(**changes)
+
+
+# --- Tasks -------------------------------------------------------------------------------------
+
+
+def _delivery_counts(task: Message) -> dict[str, int]:
+    counts = {state: 0 for state in DeliveryState.values}
+    for row in Delivery.objects.filter(task=task).values("state").annotate(n=Count("id")):
+        counts[row["state"]] = row["n"]
+    return counts
+
+
+def _task_finished(task: Message) -> bool:
+    """Every target device is done or failed (broadcast: every validated, enabled device)."""
+    if Delivery.objects.filter(task=task, state__in=OPEN_STATES).exists():
+        return False
+    if not task.target_all:
+        return True
+    closed = Delivery.objects.filter(task=task, state__in=FINAL_STATES).values("device_id")
+    return not Device.objects.filter(validated=True, enabled=True).exclude(pk__in=closed).exists()
+
+
+def _owner(task: Message) -> int | None:
+    return task.sent_by_id
+
+
+@transaction.atomic
+def task_create(
+    *,
+    user: User | None,
+    to: str,
+    title: str = "",
+    body: str = "",
+    meta: dict[str, Any] | None = None,
+    expires_at: datetime | None = None,
+) -> Message:
+    """Store a task for one, several or all devices with one delivery row per named device."""
+    target = parse_target(to)
+    if not target.is_devices:
+        raise InvalidTargetError("A task is addressed to devices: device:<id>, device:* or device:[<id>,...].")
+    if target.device_ids:
+        known = set(Device.objects.filter(pk__in=target.device_ids).values_list("pk", flat=True))
+        unknown = [pk for pk in target.device_ids if pk not in known]
+        if unknown:
+            raise UnknownDevicesError(
+                "Unknown device ids: " + ", ".join(str(pk) for pk in unknown) + ".", extra={"unknown": unknown}
+            )
+    now = timezone.now()
+    meta = dict(meta or {})
+    if expires_at is not None:
+        meta["expires_at"] = format_ts(expires_at)
+    task = _record(
+        Message(
+            ts=now,
+            sender=f"user:{user.email}" if user else "backend",
+            to=target.canonical(),
+            type=MessageType.TASK,
+            title=title,
+            body=body,
+            meta=meta,
+            target_all=target.all_devices,
+            expires_at=expires_at,
+            sent_by=user,
+        )
+    )
+    Delivery.objects.bulk_create(
+        [Delivery(task=task, device_id=pk, created_at=now, updated_at=now) for pk in target.device_ids]
+    )
+    progress_publish(
+        topic=f"pooltask:{task.msg_id}",
+        kind="new",
+        text=title or task.msg_id,
+        state={
+            "to": task.to,
+            "devices": {str(pk): DeliveryState.PENDING.value for pk in target.device_ids},
+            "counts": _delivery_counts(task),
+        },
+        owner_id=_owner(task),
+    )
+    return task
+
+
+@transaction.atomic
+def task_cancel(*, task: Message) -> bool:
+    """Cancel a task: it is pending for nobody from now on. False when it already was."""
+    now = timezone.now()
+    if not Message.objects.filter(pk=task.pk, type=MessageType.TASK, cancelled_at=None).update(cancelled_at=now):
+        return False
+    Delivery.objects.filter(task=task, state__in=OPEN_STATES).update(state=DeliveryState.CANCELLED, updated_at=now)
+    task.cancelled_at = now
+    progress_publish(
+        topic=f"pooltask:{task.msg_id}",
+        kind="end",
+        text="cancelled",
+        state={"cancelled": True, "counts": _delivery_counts(task)},
+        owner_id=_owner(task),
+    )
+    return True
+
+
+def _live_broadcasts(now: datetime) -> Any:
+    return Message.objects.filter(type=MessageType.TASK, target_all=True, cancelled_at=None).filter(
+        Q(expires_at=None) | Q(expires_at__gt=now)
+    )
+
+
+def broadcasts_materialise(*, device: Device) -> int:
+    """Insert the delivery rows of live broadcasts this device has not seen yet; returns how many.
+
+    Only broadcasts newer than the device's watermark are looked at, so the cost follows new
+    broadcasts, not history. The watermark trails "now" by a margin so that a broadcast whose
+    transaction committed late is still found on a later call.
+    """
+    now = timezone.now()
+    candidates = _live_broadcasts(now).filter(~Exists(Delivery.objects.filter(task=OuterRef("pk"), device=device)))
+    if device.broadcasts_seen_until is not None:
+        candidates = candidates.filter(ts__gt=device.broadcasts_seen_until)
+    task_ids = list(candidates.values_list("pk", flat=True))
+    if task_ids:
+        Delivery.objects.bulk_create(
+            [Delivery(task_id=pk, device=device, created_at=now, updated_at=now) for pk in task_ids],
+            ignore_conflicts=True,
+        )
+    mark = now - conf.broadcast_margin()
+    # Move the watermark only in big steps: most polls then write nothing at all.
+    if device.broadcasts_seen_until is None or mark - device.broadcasts_seen_until > conf.broadcast_margin() / 5:
+        Device.objects.filter(pk=device.pk).filter(
+            Q(broadcasts_seen_until=None) | Q(broadcasts_seen_until__lt=mark)
+        ).update(broadcasts_seen_until=mark)
+        device.broadcasts_seen_until = mark
+    return len(task_ids)
+
+
+def _delivery_for(task: Message, device: Device) -> Delivery:
+    delivery = Delivery.objects.filter(task=task, device=device).first()
+    if delivery is None and task.target_all:
+        now = timezone.now()
+        Delivery.objects.bulk_create(
+            [Delivery(task=task, device=device, created_at=now, updated_at=now)], ignore_conflicts=True
+        )
+        delivery = Delivery.objects.filter(task=task, device=device).first()
+    if delivery is None:
+        raise TaskNotFoundError()
+    return delivery
+
+
+@transaction.atomic
+def response_create(
+    *,
+    device: Device,
+    parent_id: str,
+    status: str,
+    title: str = "",
+    body: str = "",
+    meta: dict[str, Any] | None = None,
+) -> Message:
+    """Store a device's answer to a task and move its delivery (done/failed are final)."""
+    task = Message.objects.filter(msg_id=parent_id, type=MessageType.TASK).first()
+    if task is None:
+        raise TaskNotFoundError()
+    delivery = _delivery_for(task, device)
+    if delivery.state in FINAL_STATES:
+        raise AlreadyAnsweredError()
+    now = timezone.now()
+    if delivery.state == DeliveryState.CANCELLED or not task.is_live(now):
+        raise TaskClosedError()
+    meta = {**(meta or {}), "status": status}
+    changes: dict[str, Any] = {"state": status, "updated_at": now}
+    if status == "progress":
+        changes["progress"] = meta.get("progress", body or None)
+    # The conditional UPDATE is the guard: of two concurrent final answers from one device only
+    # one finds the row still open (PostgreSQL re-checks the WHERE after the row lock; SQLite
+    # runs writers one at a time), the other gets 409 and its message is rolled back.
+    if not Delivery.objects.filter(pk=delivery.pk, state__in=OPEN_STATES).update(**changes):
+        raise AlreadyAnsweredError()
+    response = _record(
+        Message(
+            ts=now,
+            sender=device.address,
+            to=task.sender,
+            type=MessageType.RESPONSE,
+            title=title,
+            body=body,
+            parent_id=task.msg_id,
+            meta=meta,
+            device=device,
+        )
+    )
+    _touch(device, MessageType.RESPONSE, now)
+    topic = f"pooltask:{task.msg_id}"
+    state = {
+        "device_id": device.pk,
+        "device_state": status,
+        "progress": changes.get("progress"),
+        "counts": _delivery_counts(task),
+    }
+    progress_publish(topic=topic, kind="msg", text=f"{device.address}: {status} {title or body}".strip(),
+                     state=state, owner_id=_owner(task))
+    if status != "progress" and _task_finished(task):
+        progress_publish(topic=topic, kind="end", text="", state=state, owner_id=_owner(task))
+    return response
+
+
+@transaction.atomic
+def heartbeat_record(*, device: Device, title: str = "", body: str = "", meta: dict[str, Any] | None = None) -> Message:
+    """Store a heartbeat message and mark the device as seen now."""
+    now = timezone.now()
+    message = _record(
+        Message(
+            ts=now, sender=device.address, to="backend", type=MessageType.HEARTBEAT,
+            title=title, body=body, meta=meta or {}, device=device,
+        )
+    )
+    _touch(device, MessageType.HEARTBEAT, now, heartbeat=True)
+    progress_publish(
+        topic=f"pooldevice:{device.pk}", kind="msg", text=f"{device.address} heartbeat",
+        state={"online": True, "last_seen": now.isoformat()}, owner_id=None,
+    )
+    return message
+
+
+# --- JSONL import ------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    """Outcome of a JSONL import: new messages, already present ids, bad lines."""
+
+    created: int = 0
+    skipped: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    lines: int = 0
+
+
+_MSG_ID = re.compile(r"msg_[0-9A-Za-z_-]{1,36}")
+_DEVICE_FROM = re.compile(r"device:(\d{1,18})")
+
+
+def _parse_line(raw: str) -> tuple[Message, str | None]:
+    """A validated, unsaved message from one JSONL line (and the response status, if any)."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    missing = [key for key in ("id", "ts", "from", "to", "type") if key not in data]
+    if missing:
+        raise ValueError("missing keys: " + ", ".join(missing))
+    unknown = sorted(set(data) - set(MESSAGE_KEYS))
+    if unknown:
+        raise ValueError("unknown keys: " + ", ".join(unknown))
+    msg_id = data["id"]
+    if not isinstance(msg_id, str) or not _MSG_ID.fullmatch(msg_id):
+        raise ValueError("`id` must look like msg_<hex>")
+    try:
+        ts = parse_ts(data["ts"]) if isinstance(data["ts"], str) else None
+    except ValueError:
+        ts = None
+    if ts is None:
+        raise ValueError("`ts` is not an ISO timestamp like 2026-06-03T12:34:56Z")
+    if data["type"] not in MessageType.values:
+        raise ValueError(f"`type` must be one of {', '.join(MessageType.values)}")
+    for key in ("from", "to"):
+        if not isinstance(data[key], str) or not data[key] or len(data[key]) > 4000:
+            raise ValueError(f"`{key}` must be a non-empty string")
+    for key in ("title", "body"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise ValueError(f"`{key}` must be a string")
+    parent_id = data.get("parent_id")
+    if parent_id is not None and (not isinstance(parent_id, str) or len(parent_id) > 40):
+        raise ValueError("`parent_id` must be a message id or null")
+    meta = data.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ValueError("`meta` must be an object")
+    message = Message(
+        msg_id=msg_id, ts=ts, sender=data["from"], to=data["to"], type=data["type"],
+        title=data.get("title") or "", body=data.get("body") or "", parent_id=parent_id, meta=meta,
+    )
+    if message.type == MessageType.TASK:
+        target = parse_target(message.to)  # InvalidTargetError is a ValueError-like bad line
+        message.target_all = target.all_devices
+        if isinstance(meta.get("expires_at"), str):
+            message.expires_at = parse_ts(meta["expires_at"])
+    status = meta.get("status") if message.type == MessageType.RESPONSE else None
+    return message, status if status in RESPONSE_STATUSES else None
+
+
+def _import_batch(batch: list[Message], report: ImportReport, users: dict[str, User | None]) -> None:
+    ids = [m.msg_id for m in batch]
+    present = set(Message.objects.filter(msg_id__in=ids).values_list("msg_id", flat=True))
+    fresh: list[Message] = []
+    for message in batch:
+        if message.msg_id in present:
+            report.skipped += 1
+            continue
+        present.add(message.msg_id)
+        fresh.append(message)
+    if not fresh:
+        return
+    device_ids = {int(m.group(1)) for x in fresh if (m := _DEVICE_FROM.fullmatch(x.sender))}
+    task_targets: dict[str, tuple[int, ...]] = {
+        x.msg_id: parse_target(x.to).device_ids for x in fresh if x.type == MessageType.TASK
+    }
+    for targets in task_targets.values():
+        device_ids.update(targets)
+    known = set(Device.objects.filter(pk__in=device_ids).values_list("pk", flat=True))
+    for message in fresh:
+        if (m := _DEVICE_FROM.fullmatch(message.sender)) and int(m.group(1)) in known:
+            message.device_id = int(m.group(1))
+        if message.sender.startswith("user:"):
+            email = message.sender[5:].lower()
+            if email not in users:
+                users[email] = User.objects.filter(email=email).first()
+            message.sent_by = users[email]
+    with transaction.atomic():
+        created = Message.objects.bulk_create(fresh)
+        by_id = {m.msg_id: m for m in created}
+        deliveries = [
+            Delivery(task_id=by_id[msg_id].pk, device_id=pk, created_at=by_id[msg_id].ts, updated_at=by_id[msg_id].ts)
+            for msg_id, targets in task_targets.items()
+            for pk in targets
+            if pk in known
+        ]
+        Delivery.objects.bulk_create(deliveries, ignore_conflicts=True)
+        broadcasts = [m.ts for m in created if m.target_all]
+        if broadcasts:
+            # Imported broadcasts may be older than a device's watermark: move it back.
+            oldest = min(broadcasts)
+            Device.objects.filter(broadcasts_seen_until__gte=oldest).update(
+                broadcasts_seen_until=oldest - timedelta(microseconds=1)
+            )
+    report.created += len(created)
+
+
+def _apply_imported_responses(response_seqs: list[int]) -> None:
+    """Replay imported done/failed/progress answers onto delivery rows, oldest first."""
+    for start in range(0, len(response_seqs), 1000):
+        chunk = response_seqs[start : start + 1000]
+        responses = list(Message.objects.filter(pk__in=chunk).exclude(device=None).order_by("ts", "seq"))
+        tasks = {
+            t.msg_id: t
+            for t in Message.objects.filter(type=MessageType.TASK, msg_id__in={r.parent_id for r in responses})
+        }
+        with transaction.atomic():
+            for response in responses:
+                task = tasks.get(response.parent_id or "")
+                if task is None or response.device is None:
+                    continue
+                try:
+                    delivery = _delivery_for(task, response.device)
+                except TaskNotFoundError:
+                    continue
+                status = response.meta.get("status")
+                changes: dict[str, Any] = {"state": status, "updated_at": response.ts}
+                if status == "progress":
+                    changes["progress"] = response.meta.get("progress", response.body or None)
+                Delivery.objects.filter(pk=delivery.pk, state__in=OPEN_STATES).update(**changes)
+
+
+def pool_import_jsonl(
+    *,
+    path: Path,
+    on_progress: Callable[[ImportReport], None] | None = None,
+    batch_size: int = 1000,
+) -> ImportReport:
+    """Load a task-pool-backend day file: idempotent by message id, keeps ids and timestamps."""
+    report = ImportReport()
+    users: dict[str, User | None] = {}
+    batch: list[Message] = []
+    response_ids: list[str] = []
+
+    def flush() -> None:
+        _import_batch(batch, report, users)
+        batch.clear()
+        if on_progress is not None:
+            on_progress(report)
+
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        report.errors.append({"file": str(path), "line": 0, "error": f"cannot open: {exc.strerror or exc}"})
+        return report
+    with handle:
+        for line_no, raw_bytes in enumerate(handle, start=1):
+            report.lines = line_no
+            if not raw_bytes.strip():
+                continue
+            try:
+                message, status = _parse_line(raw_bytes.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                report.errors.append({"file": str(path), "line": line_no, "error": f"not UTF-8: {exc.reason}"})
+                continue
+            except (ValueError, InvalidTargetError) as exc:
+                error = exc.message if isinstance(exc, InvalidTargetError) else str(exc)
+                report.errors.append({"file": str(path), "line": line_no, "error": error})
+                continue
+            if status is not None:
+                response_ids.append(message.msg_id)
+            batch.append(message)
+            if len(batch) >= batch_size:
+                flush()
+    flush()
+    seqs = []
+    for start in range(0, len(response_ids), 1000):
+        seqs.extend(
+            Message.objects.filter(msg_id__in=response_ids[start : start + 1000]).values_list("pk", flat=True)
+        )
+    _apply_imported_responses(sorted(seqs))
+    return report
