@@ -52,3 +52,76 @@ async def ws_receive_until(communicator: WebsocketCommunicator, predicate: Calla
 @pytest.fixture(autouse=True)
 def _fast_polling(settings: Any) -> None:
     settings.PROGRESS_POLL_INTERVAL = 0.02
+
+
+class SseClient:
+    """Drives `/progress/events` through the real ASGI application, reading the stream as it comes."""
+
+    def __init__(self, query: str = "", headers: dict[str, str] | None = None) -> None:
+        from channels.testing import ApplicationCommunicator
+
+        raw_headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        scope = {"type": "http", "http_version": "1.1", "method": "GET", "path": "/progress/events",
+                 "raw_path": b"/progress/events", "root_path": "", "scheme": "http", "query_string": query.encode(),
+                 "headers": [(b"host", b"127.0.0.1"), *raw_headers], "client": ("127.0.0.1", 5000),
+                 "server": ("127.0.0.1", 80)}
+        self.communicator = ApplicationCommunicator(application, scope)
+        self.buffer = ""
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.ended = False
+
+    async def open(self) -> None:
+        await self.communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
+        start = await self.communicator.receive_output(timeout=10)
+        assert start["type"] == "http.response.start"
+        self.status = start["status"]
+        self.headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+
+    async def read_until(self, needle: str, timeout: float = 5.0) -> str:
+        """Everything received so far once `needle` has arrived."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while needle not in self.buffer:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self.ended:
+                raise AssertionError(f"{needle!r} not received; got {self.buffer!r}")
+            message = await self.communicator.receive_output(timeout=remaining)
+            if message["type"] == "http.response.body":
+                self.buffer += message.get("body", b"").decode()
+                self.ended = not message.get("more_body", False)
+        return self.buffer
+
+    async def read_all(self, timeout: float = 5.0) -> str:
+        while not self.ended:
+            message = await self.communicator.receive_output(timeout=timeout)
+            if message["type"] == "http.response.body":
+                self.buffer += message.get("body", b"").decode()
+                self.ended = not message.get("more_body", False)
+        return self.buffer
+
+    async def close(self) -> None:
+        await self.communicator.send_input({"type": "http.disconnect"})
+        try:
+            await self.communicator.wait(timeout=5)
+        except Exception:
+            pass
+
+
+def parse_sse(text: str) -> list[dict[str, str]]:
+    """Frames of an SSE text as dicts of their fields (comments dropped)."""
+    frames = []
+    for block in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.split("\n"):
+            if not line or line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value[1:] if value.startswith(" ") else value
+        if fields:
+            frames.append(fields)
+    return frames
+
+
+def named_events(text: str) -> list[tuple[str, dict[str, str]]]:
+    return [(f["event"], json.loads(f["data"])) for f in parse_sse(text) if "event" in f]

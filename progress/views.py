@@ -1,0 +1,178 @@
+"""The seed's Server-Sent Events stream at `/progress/events` (an async view served by daphne).
+
+Frames: a `retry:` line first; then, on a fresh connection, one `new` and the latest `msg` per
+live stream the caller may see (the snapshot) closed by an `id:` line, or, with `Last-Event-ID`,
+every missed event with its id; then live events (`id:`/`event:`/`data:`), and a `: keep-alive`
+comment whenever the stream is idle. `?once=1` (and any request served by the WSGI server, which
+cannot hold a stream open) sends the same beginning and closes: `EventSource` reconnects after
+`retry` milliseconds with `Last-Event-ID`, so even then nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core.handlers.asgi import ASGIRequest
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.views import APIView
+from rest_framework_simplejwt.authentication import JWTAuthentication
+
+from coordinator.api.envelope import error_response
+from coordinator.api.views import ErrorEnvelopeSerializer
+from progress import conf
+from progress.auth import access_for
+from progress.events import Event, sse_frame
+from progress.hub import Subscriber, hub
+from progress.selectors import (
+    REPLAY_LIMIT,
+    Viewer,
+    event_latest_id,
+    event_list_after,
+    event_replay_possible,
+    topic_snapshot_events,
+)
+
+
+class BadParameter(ValueError):
+    pass
+
+
+def _topics(request: HttpRequest) -> set[str]:
+    return {part.strip() for value in request.GET.getlist("topic") for part in value.split(",") if part.strip()}
+
+
+def _last_event_id(request: HttpRequest) -> int | None:
+    raw = request.headers.get("Last-Event-ID", request.GET.get("lastEventId", "")).strip()
+    if raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise BadParameter("`Last-Event-ID` must be an event id (a non-negative integer).")
+    return int(raw)
+
+
+def _once(request: HttpRequest) -> bool:
+    raw = request.GET.get("once", "")
+    if raw not in ("", "0", "1"):
+        raise BadParameter("`once` must be 1 or 0.")
+    return raw == "1" or not isinstance(request, ASGIRequest)
+
+
+def _beginning(viewer: Viewer, topics: set[str], after: int | None) -> tuple[list[str], set[int], int]:
+    """The frames sent first, the ids they replayed, and the id up to which the snapshot covers."""
+    frames = [f"retry: {conf.SSE_RETRY_MS}\n\n"]
+    if after is not None and event_replay_possible(after):
+        replayed = event_list_after(viewer=viewer, after_id=after, topics=topics)
+        if len(replayed) < REPLAY_LIMIT:
+            frames += [sse_frame(e["kind"], e["topic"], e["text"], e["id"]) for e in replayed]
+            return frames, {e["id"] for e in replayed}, 0
+    covered = event_latest_id()
+    frames += [sse_frame(e["kind"], e["topic"], e["text"]) for e in topic_snapshot_events(viewer=viewer, topics=topics)]
+    frames.append(f"id: {covered}\n\n")
+    return frames, set(), covered
+
+
+async def _live(viewer: Viewer, topics: set[str], after: int | None) -> AsyncIterator[str]:
+    def accepts(event: Event) -> bool:
+        return viewer.can_see(event) and (not topics or event["topic"] in topics)
+
+    subscriber = Subscriber(accepts)
+    await hub().subscribe(subscriber)  # before reading the beginning: nothing falls in between
+    try:
+        frames, replayed, covered = await sync_to_async(_beginning)(viewer, topics, after)
+        for frame in frames:
+            yield frame
+        keepalive = conf.keepalive_seconds()
+        while not subscriber.overflowed.is_set():  # a reader this slow reconnects and replays
+            try:
+                event = await asyncio.wait_for(subscriber.queue.get(), timeout=keepalive)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            if event["id"] <= covered or event["id"] in replayed:
+                continue
+            yield sse_frame(event["kind"], event["topic"], event["text"], event["id"])
+    finally:
+        hub().unsubscribe(subscriber)
+
+
+def _stream_headers(response: HttpResponse) -> HttpResponse:
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+    return response
+
+
+async def progress_events(request: HttpRequest) -> HttpResponse:
+    """GET /progress/events: the seed's SSE stream (see the module docstring)."""
+    if request.method != "GET":
+        response = error_response(405, "method_not_allowed", f'Method "{request.method}" not allowed.')
+        response["Allow"] = "GET"
+        return response
+    try:
+        topics, after, once = _topics(request), _last_event_id(request), _once(request)
+    except BadParameter as exc:
+        return error_response(400, "validation_error", str(exc))
+    token = request.GET.get("token") or _bearer(request)
+    access = await access_for(session_user=await request.auser(), token=token)
+    if access.viewer is None:
+        code = "not_authenticated" if access.status == 401 else "permission_denied"
+        return error_response(access.status, code, access.message)
+    if once:
+        frames, _, _ = await sync_to_async(_beginning)(access.viewer, topics, after)
+        return _stream_headers(HttpResponse("".join(frames), content_type="text/event-stream"))
+    return _stream_headers(StreamingHttpResponse(_live(access.viewer, topics, after), content_type="text/event-stream"))
+
+
+def _bearer(request: HttpRequest) -> str | None:
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    return credentials.strip() or None if scheme.lower() == "bearer" else None
+
+
+class ProgressEventsSchema(APIView):
+    """Documents `/progress/events` in the OpenAPI schema; the async view above serves it."""
+
+    authentication_classes = [JWTAuthentication, SessionAuthentication]
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        operation_id="progress_events",
+        summary="Server-Sent Events: new / msg / end",
+        description=(
+            "`text/event-stream` of named events `new`, `msg`, `end`, each with `data` a JSON object "
+            '`{"<uid or topic>": "<text>"}` and an `id:`. Starts with a `retry:` line and either the '
+            "snapshot of live streams (then an `id:` line) or, with `Last-Event-ID`, the missed events; "
+            "then streams until the client leaves, with `: keep-alive` comments. With `once=1` (or when "
+            "served by the WSGI server) the response ends after that beginning. Users see their own "
+            "progress, admins everything; anonymous readers only when PROGRESS_PUBLIC is on."
+        ),
+        parameters=[
+            OpenApiParameter("topic", OpenApiTypes.STR, many=True, description="Only these topics (repeat or comma-separate)."),
+            OpenApiParameter("once", OpenApiTypes.STR, enum=["0", "1"], description="1: send the beginning, then close."),
+            OpenApiParameter("token", OpenApiTypes.STR, description="A user access JWT (EventSource cannot send headers)."),
+            OpenApiParameter("lastEventId", OpenApiTypes.STR, pattern=r"^[0-9]{1,18}$",
+                             description="Same as the Last-Event-ID header."),
+            OpenApiParameter("Last-Event-ID", OpenApiTypes.STR, location=OpenApiParameter.HEADER, pattern=r"^[0-9]{1,18}$",
+                             description="Replay the events after this id (sent by EventSource on reconnect)."),
+        ],
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description="The event stream."),
+            (400, "application/json"): ErrorEnvelopeSerializer,
+            (401, "application/json"): ErrorEnvelopeSerializer,
+            (403, "application/json"): ErrorEnvelopeSerializer,
+        },
+        tags=["progress"],
+    )
+    def get(self, request: Request) -> Any:  # pragma: no cover - never routed; the async view serves the path
+        raise NotImplementedError
+
+
+# drf-spectacular finds API views through `callback.cls`; the async view borrows the schema class.
+progress_events.cls = ProgressEventsSchema  # type: ignore[attr-defined]
+progress_events.initkwargs = {}  # type: ignore[attr-defined]

@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from tests.conftest import access_token_for
+from tests.progress.conftest import SseClient, named_events, parse_sse, publish, run
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_snapshot_then_live_events_in_the_seed_format(admin) -> None:
+    publish("stream:0", "new", "backup")
+    publish("stream:0", "msg", "copying 1/3")
+    publish("stream:1", "new", "finished thing")
+    publish("stream:1", "end", "")
+    token = access_token_for(admin)
+
+    async def body() -> None:
+        sse = SseClient(f"token={token}")
+        await sse.open()
+        assert sse.status == 200
+        assert sse.headers["content-type"] == "text/event-stream"
+        assert sse.headers["cache-control"] == "no-cache"
+        text = await sse.read_until("\nid: ")
+        assert text.startswith("retry: ")
+        # the snapshot: one `new` and the latest `msg` per live stream; ended streams are not live
+        assert named_events(text) == [("new", {"0": "backup"}), ("msg", {"0": "copying 1/3"})]
+        new_id = await sync_to_async(publish)("stream:0", "msg", 'a "quoted"\nline')
+        await sync_to_async(publish)("stream:0", "end", "")
+        text = await sse.read_until("event: end")
+        frames = [f for f in parse_sse(text) if f.get("event")][2:]
+        assert frames[0] == {"id": str(new_id), "event": "msg", "data": json.dumps({"0": 'a "quoted"\nline'})}
+        assert (frames[1]["event"], json.loads(frames[1]["data"])) == ("end", {"0": ""})
+        await sse.close()
+
+    run(body)
+
+
+def test_domain_topics_are_keyed_by_topic_and_topic_filter_narrows(admin) -> None:
+    token = access_token_for(admin)
+
+    async def body() -> None:
+        sse = SseClient(f"token={token}&topic=job:7")
+        await sse.open()
+        await sse.read_until("\nid: ")
+        await sync_to_async(publish)("job:8", "new", "other job")
+        await sync_to_async(publish)("job:7", "new", "csv export")
+        text = await sse.read_until("event: new")
+        assert named_events(text) == [("new", {"job:7": "csv export"})]
+        await sse.close()
+
+    run(body)
+
+
+def test_last_event_id_replays_missed_events(admin) -> None:
+    publish("stream:4", "new", "task")
+    seen = publish("stream:4", "msg", "one")
+    publish("stream:4", "msg", "two")
+    last = publish("stream:4", "end", "boom")
+    token = access_token_for(admin)
+
+    async def body() -> None:
+        sse = SseClient(f"token={token}&once=1", headers={"Last-Event-ID": str(seen)})
+        await sse.open()
+        text = await sse.read_all()
+        assert named_events(text) == [("msg", {"4": "two"}), ("end", {"4": "boom"})]
+        assert parse_sse(text)[-1]["id"] == str(last)
+
+    run(body)
+
+
+def test_once_sends_the_snapshot_and_closes(admin) -> None:
+    publish("run:ab", "new", "a run", {"percent": 10})
+
+    async def body() -> None:
+        sse = SseClient(f"token={access_token_for(admin)}&once=1")
+        await sse.open()
+        text = await sse.read_all()
+        assert named_events(text) == [("new", {"run:ab": "a run"})]
+
+    run(body)
+
+
+@pytest.mark.parametrize("query,headers", [("once=2", {}), ("", {"Last-Event-ID": "x1"}),
+                                           ("lastEventId=99999999999999999999999", {})])
+def test_bad_parameters_are_400_envelopes(admin, query, headers) -> None:
+    async def body() -> None:
+        sse = SseClient(f"token={access_token_for(admin)}&{query}", headers=headers)
+        await sse.open()
+        assert sse.status == 400
+        assert json.loads(await sse.read_all())["code"] == "validation_error"
+
+    run(body)
+
+
+def test_anonymous_gets_401_unless_public(db, settings) -> None:
+    async def body() -> int:
+        sse = SseClient("once=1")
+        await sse.open()
+        await sse.read_all()
+        return sse.status
+
+    assert run(body) == 401
+    settings.PROGRESS_PUBLIC = True
+    publish("stream:2", "new", "public task")
+    assert run(body) == 200
+
+
+def test_users_see_their_own_progress_only(user, admin) -> None:
+    publish("job:1", "new", "my export", owner_id=user.pk)
+    publish("job:2", "new", "admin export", owner_id=admin.pk)
+    publish("stream:0", "new", "socket task")
+
+    def names(who) -> list:
+        async def body() -> list:
+            sse = SseClient(f"token={access_token_for(who)}&once=1")
+            await sse.open()
+            return named_events(await sse.read_all())
+
+        return run(body)
+
+    assert names(user) == [("new", {"job:1": "my export"})]
+    assert names(admin) == [("new", {"job:1": "my export"}), ("new", {"job:2": "admin export"}),
+                            ("new", {"0": "socket task"})]
+
+
+def test_keepalive_comments_when_idle(admin, settings) -> None:
+    settings.PROGRESS_KEEPALIVE_SECONDS = 0.5
+
+    async def body() -> None:
+        sse = SseClient(f"token={access_token_for(admin)}")
+        await sse.open()
+        await sse.read_until(": keep-alive\n\n")
+        await sse.close()
+
+    run(body)
+
+
+def test_cors_headers_on_stream_and_preflight(admin, settings, client) -> None:
+    settings.CORS_ALLOWED_ORIGINS = ["http://front.example"]
+    publish("stream:0", "new", "x")
+
+    async def body() -> dict:
+        sse = SseClient(f"token={access_token_for(admin)}", headers={"Origin": "http://front.example"})
+        await sse.open()
+        await sse.read_until("event: new")
+        await sse.close()
+        return sse.headers
+
+    assert run(body)["access-control-allow-origin"] == "http://front.example"
+    preflight = client.options("/progress/events", HTTP_ORIGIN="http://front.example",
+                               HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET",
+                               )
+    assert preflight.status_code == 200
+    assert preflight["Access-Control-Allow-Origin"] == "http://front.example"
+    other = client.get("/progress/events?once=1", HTTP_ORIGIN="http://evil.example")
+    assert "Access-Control-Allow-Origin" not in other
+
+
+def test_post_is_405(client) -> None:
+    response = client.post("/progress/events")
+    assert response.status_code == 405
+    assert response.json()["code"] == "method_not_allowed"
+
+
+def test_wsgi_request_returns_the_beginning_without_hanging(client, admin) -> None:
+    publish("stream:5", "new", "served by gunicorn")
+    client.force_login(admin)
+    response = client.get("/progress/events")
+    assert response.status_code == 200
+    assert named_events(response.content.decode()) == [("new", {"5": "served by gunicorn"})]
