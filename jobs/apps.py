@@ -1,7 +1,45 @@
+from __future__ import annotations
+
+from typing import Any
+
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class JobsConfig(AppConfig):
     verbose_name = "Background jobs"
     name = "jobs"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        import importlib
+
+        from django.utils.module_loading import autodiscover_modules
+
+        from jobs import conf
+
+        # Every installed app's `jobs.py` declares its job functions with `@job`.
+        autodiscover_modules("jobs")
+        for module in conf.extra_modules():
+            importlib.import_module(module)
+        post_migrate.connect(_create_run_permissions, sender=self)
+
+    def admin_dashboard(self, request: Any) -> list[dict[str, Any]]:
+        from django.urls import reverse
+
+        from jobs.selectors import job_counts
+
+        counts = job_counts()
+        url = reverse("admin:jobs_job_changelist")
+        return [
+            {"title": "Jobs running", "value": counts.get("started", 0), "url": f"{url}?status__exact=started",
+             "note": f"{counts.get('fresh', 0)} waiting"},
+            {"title": "Jobs failed", "value": counts.get("failure", 0), "url": f"{url}?status__exact=failure",
+             "note": f"{counts.get('success', 0)} succeeded"},
+        ]
+
+
+def _create_run_permissions(**kwargs: Any) -> None:
+    from jobs.selectors import job_permissions_sync
+
+    job_permissions_sync()

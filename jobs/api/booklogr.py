@@ -1,0 +1,270 @@
+"""BookLogr's `/v1` task and file endpoints (seed 001), with its error bodies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import exceptions, serializers, status
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView, set_rollback
+
+from coordinator.errors import ApplicationError
+from coordinator.permissions import platform_user
+from jobs import conf
+from jobs.api.common import BodyError, booklogr_error, json_body
+from jobs.errors import ArgumentError, JobNotAllowedError, UnknownJobTypeError
+from jobs.exports import file_path, upload_store
+from jobs.models import Job
+from jobs.registry import all_specs, get_spec
+from jobs.selectors import file_get_for_owner, file_list, job_get_for_user
+from jobs.services import job_create, job_retry, user_may_run
+
+_ERROR_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+                 405: "Method not allowed", 409: "Conflict", 413: "Payload too large", 415: "Unsupported media type",
+                 422: "Invalid type"}
+
+
+def booklogr_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Errors as BookLogr answered them: `{"error", "message"}`, and flask-jwt-extended's `{"msg"}`."""
+    set_rollback()
+    if isinstance(exc, exceptions.NotAuthenticated):
+        return Response({"msg": "Missing Authorization Header"}, status=401, headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, exceptions.AuthenticationFailed):
+        detail = exc.detail.get("detail", exc.detail) if isinstance(exc.detail, dict) else exc.detail
+        return Response({"msg": str(detail)}, status=401, headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, ApplicationError):
+        return Response({"error": _ERROR_TITLES.get(exc.status_code, "Error"), "message": exc.message},
+                        status=exc.status_code)
+    if isinstance(exc, exceptions.APIException):
+        return Response({"error": _ERROR_TITLES.get(exc.status_code, "Error"), "message": str(exc.detail)},
+                        status=exc.status_code)
+    return None  # unexpected: let the middleware log it and answer 500
+
+
+class BookLogrView(APIView):
+    def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response | None]:
+        return booklogr_exception_handler
+
+
+JWT_401 = OpenApiResponse(
+    response=inline_serializer(name="BookLogrJwtError", fields={"msg": serializers.CharField()}),
+    description="Missing or invalid access token (flask-jwt-extended's body).",
+)
+NOT_FOUND = booklogr_error("BookLogrNotFound", "Not found (also when it is not the caller's).")
+
+
+def _type_list() -> str:
+    return ", ".join(spec.name for spec in all_specs())
+
+
+class TaskCreateApi(BookLogrView):
+    parser_classes = [JSONParser]
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "BookLogrTaskCreateInput"
+
+        type = serializers.CharField()
+        data = serializers.JSONField(  # type: ignore[assignment]
+            help_text="The job's arguments (an object; `{}` for the exports' defaults).")
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "BookLogrTaskCreated"
+
+        message = serializers.CharField()
+        task_id = serializers.IntegerField()
+
+    @extend_schema(
+        operation_id="v1_tasks_create",
+        request=InputSerializer,
+        responses={
+            202: OutputSerializer,
+            400: OpenApiResponse(
+                response=inline_serializer(name="BookLogrMissing", fields={
+                    "status": serializers.CharField(required=False), "message": serializers.CharField(),
+                    "missing": serializers.ListField(child=serializers.CharField(), required=False),
+                    "error": serializers.CharField(required=False),
+                }),
+                description="Missing `type`/`data` (with the `missing` list), or arguments not matching the job.",
+            ),
+            401: JWT_401,
+            403: booklogr_error("BookLogrForbidden", "The job type is protected and not granted to the caller."),
+            422: booklogr_error("BookLogrInvalidType", "Unknown job type."),
+        },
+        summary="Create a background task (BookLogr)",
+    )
+    def post(self, request: Request) -> Response:
+        try:
+            body = json_body(request)
+        except BodyError as exc:
+            return Response({"error": "Bad request", "message": str(exc)}, status=400)
+        if not isinstance(body, dict):
+            body = {}
+        missing = [key for key in ("type", "data") if key not in body]
+        if missing:
+            return Response({"status": "error", "message": "Request JSON is missing some required params",
+                             "missing": missing}, status=400)
+        job_type = body["type"]
+        if not isinstance(job_type, str) or get_spec(job_type) is None:
+            return Response({"error": "Invalid type", "message": "The supplied task type is invalid. It can be "
+                             f"either {_type_list()}."}, status=422)
+        user = platform_user(request)
+        try:
+            job = job_create(type=job_type, data=body["data"], user=user, strict=False)
+        except ArgumentError as exc:
+            return Response({"error": "Invalid data", "message": exc.message}, status=400)
+        except UnknownJobTypeError:  # unregistered between the check and the create
+            return Response({"error": "Invalid type", "message": "The supplied task type is invalid."}, status=422)
+        return Response({"message": "Task created.", "task_id": job.pk}, status=status.HTTP_202_ACCEPTED)
+
+
+class TaskOutputSerializer(serializers.ModelSerializer):
+    created_on = serializers.DateTimeField(source="created_at", read_only=True)
+    created_by = serializers.IntegerField(source="created_by_id", allow_null=True)
+    data = serializers.JSONField()  # type: ignore[assignment]
+    result = serializers.JSONField(allow_null=True)
+    status = serializers.CharField(help_text="fresh, started, success or failure.")
+
+    class Meta:
+        ref_name = "BookLogrTask"
+        model = Job
+        fields = ["id", "type", "data", "status", "worker", "created_on", "created_at", "updated_on", "created_by",
+                  "attempts", "max_attempts", "result", "error", "progress", "progress_message", "started_at",
+                  "finished_at"]
+
+
+class TaskDetailApi(BookLogrView):
+    @extend_schema(
+        operation_id="v1_tasks_retrieve",
+        responses={200: TaskOutputSerializer, 401: JWT_401, 404: NOT_FOUND},
+        summary="A task's whole record (the caller's own; admins see all)",
+    )
+    def get(self, request: Request, task_id: int) -> Response:
+        user = platform_user(request)
+        assert user is not None
+        job = job_get_for_user(job_id=task_id, user=user)
+        return Response(TaskOutputSerializer(job).data)
+
+
+class TaskRetryApi(BookLogrView):
+    @extend_schema(
+        operation_id="v1_tasks_retry",
+        request=None,
+        responses={
+            200: inline_serializer(name="BookLogrRetried", fields={"message": serializers.CharField()}),
+            401: JWT_401, 404: NOT_FOUND,
+            409: booklogr_error("BookLogrRetryConflict", "Only a task in status `failure` can be retried."),
+        },
+        summary="Retry a failed task (queued again, never run inside the request)",
+    )
+    def post(self, request: Request, task_id: int) -> Response:
+        user = platform_user(request)
+        assert user is not None
+        job = job_get_for_user(job_id=task_id, user=user)
+        job_retry(job=job)
+        return Response({"message": "Task set to be retried."})
+
+
+class FileOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "BookLogrFile"
+
+    id = serializers.IntegerField()
+    filename = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    format = serializers.CharField()
+    size = serializers.IntegerField()
+    job_id = serializers.IntegerField(allow_null=True)
+
+
+class FileListApi(BookLogrView):
+    parser_classes = [MultiPartParser, FormParser]
+
+    class UploadSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "BookLogrUpload"
+
+        file = serializers.FileField()
+        type = serializers.ChoiceField(choices=["jsonl"], required=False, default="jsonl")
+
+    @extend_schema(
+        operation_id="v1_files_list",
+        responses={200: FileOutputSerializer(many=True), 401: JWT_401,
+                   404: booklogr_error("BookLogrNoFiles", "The caller has no files (BookLogr answers 404).")},
+        summary="The caller's files, newest first",
+    )
+    def get(self, request: Request) -> Response:
+        user = platform_user(request)
+        assert user is not None
+        rows = list(file_list(user=user))
+        if not rows:
+            return Response({"error": "Not found", "message": "No files found"}, status=404)
+        return Response(FileOutputSerializer(rows, many=True).data)
+
+    @extend_schema(
+        operation_id="v1_files_upload",
+        request={"multipart/form-data": UploadSerializer},
+        responses={
+            202: inline_serializer(name="BookLogrUploadCreated", fields={
+                "message": serializers.CharField(), "task_id": serializers.IntegerField(),
+                "filename": serializers.CharField()}),
+            400: booklogr_error("BookLogrUploadBad", "Unknown import type or unreadable request."),
+            401: JWT_401,
+            403: booklogr_error("BookLogrUploadForbidden", "The caller may not run `jsonl_import`."),
+            413: booklogr_error("BookLogrUploadTooBig", "The file is larger than JOBS_UPLOAD_MAX_BYTES."),
+            415: booklogr_error("BookLogrUploadMedia", "Not a multipart upload."),
+            422: booklogr_error("BookLogrUploadMissing", "`file` is missing."),
+        },
+        summary="Upload a task-pool JSONL file; creates a `jsonl_import` job",
+    )
+    def post(self, request: Request) -> Response:
+        user = platform_user(request)
+        assert user is not None
+        upload = request.FILES.get("file")
+        if upload is None:
+            return Response({"error": "Missing file", "message": "The request is missing the file."}, status=422)
+        import_type = request.POST.get("type") or "jsonl"
+        if import_type != "jsonl":
+            return Response({"error": "Bad type", "message": "The import type can only be jsonl."}, status=400)
+        spec = get_spec("jsonl_import")
+        if spec is None or not user_may_run(user, spec):
+            raise JobNotAllowedError("You don't have permission to import into the task pool.")
+        if upload.size and upload.size > conf.upload_max_bytes():
+            return Response({"error": "Payload too large", "message": "The file is too large."}, status=413)
+        row = upload_store(user=user, chunks=upload.chunks())
+        job = job_create(type="jsonl_import", data={"filename": row.filename}, user=user)
+        return Response({"message": "Task created.", "task_id": job.pk, "filename": row.filename},
+                        status=status.HTTP_202_ACCEPTED)
+
+
+DOWNLOAD_TYPES = {"csv": "text/csv", "json": "application/json", "html": "text/html", "jsonl": "application/x-ndjson"}
+
+
+class FileDownloadApi(BookLogrView):
+    @extend_schema(
+        operation_id="v1_files_download",
+        responses={
+            **{(200, media): OpenApiResponse(OpenApiTypes.BINARY, description="The file, as an attachment.")
+               for media in DOWNLOAD_TYPES.values()},
+            401: JWT_401, 404: booklogr_error("BookLogrFileNotFound", "No such file of the caller's."),
+        },
+        summary="Download one of the caller's files as an attachment",
+    )
+    def get(self, request: Request, filename: str) -> FileResponse:
+        user = platform_user(request)
+        assert user is not None
+        row = file_get_for_owner(filename=filename, user=user)
+        try:
+            path = file_path(row)
+            handle = open(path, "rb")
+        except OSError as exc:
+            raise exceptions.NotFound("No file found") from exc
+        content_type = DOWNLOAD_TYPES.get(row.format, "application/octet-stream")
+        return FileResponse(handle, as_attachment=True, filename=row.filename, content_type=content_type)

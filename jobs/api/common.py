@@ -1,0 +1,41 @@
+"""Helpers shared by the two seed dialects: body parsing and schema fragments."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from drf_spectacular.utils import OpenApiResponse, inline_serializer
+from rest_framework import serializers
+from rest_framework.request import Request
+
+
+class BodyError(Exception):
+    pass
+
+
+def json_body(request: Request) -> Any:
+    """The JSON body of any request, GET included (pytasks' `/token`); None when empty."""
+    raw = request.body
+    if not raw or not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BodyError("The request body is not valid JSON.") from exc
+
+
+def message_response(name: str, description: str) -> OpenApiResponse:
+    return OpenApiResponse(
+        response=inline_serializer(name=name, fields={"message": serializers.CharField()}),
+        description=description,
+    )
+
+
+def booklogr_error(name: str, description: str) -> OpenApiResponse:
+    return OpenApiResponse(
+        response=inline_serializer(
+            name=name, fields={"error": serializers.CharField(), "message": serializers.CharField()}
+        ),
+        description=description,
+    )

@@ -1,0 +1,142 @@
+"""A django-q2 ORM broker that sleeps on PostgreSQL LISTEN instead of polling.
+
+Stock `django_q.brokers.orm.ORM` polls `OrmQ` every `poll` seconds and calls
+`close_old_connections()` on every call (a reconnect per call when `CONN_MAX_AGE` is 0). This
+broker keeps its connection, claims queue rows with one `UPDATE … FOR UPDATE SKIP LOCKED …
+RETURNING` on PostgreSQL, and when the queue is empty waits on a dedicated autocommit connection
+that LISTENs to `task_created` (jobs) and `django_q` (any other `async_task`), with a slow poll
+(`JOBS_LISTEN_TIMEOUT`) as the fallback so nothing is missed. On SQLite it is the stock ORM broker.
+The broker loop also runs the jobs sweep (lost-worker recovery, backlog) every `JOBS_SWEEP_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from django.db import connections
+from django.utils import timezone
+from django_q.brokers.orm import ORM
+from django_q.conf import Conf
+from django_q.models import OrmQ
+
+from jobs import conf
+
+logger = logging.getLogger("jobs.broker")
+
+QUEUE_CHANNEL = "django_q"
+CHANNELS = ("task_created", QUEUE_CHANNEL)
+
+
+class ListenNotifyBroker(ORM):
+    skip_notify = False
+
+    def __init__(self, list_key: str | None = None) -> None:
+        super().__init__(list_key=list_key)  # type: ignore[arg-type]
+        self._listen_conn: Any = None
+        self._next_sweep = 0.0
+
+    @property
+    def _db(self) -> Any:
+        return connections[Conf.ORM]
+
+    @property
+    def is_postgres(self) -> bool:
+        return bool(self._db.vendor == "postgresql")
+
+    def get_connection(self, list_key: str | None = None) -> Any:
+        # Keep the connection between calls; only drop it when it is broken.
+        conn = self._db
+        if conn.connection is not None and conn.get_autocommit() and conn.errors_occurred and not conn.is_usable():
+            conn.close()
+        return OrmQ.objects.using(Conf.ORM)
+
+    def enqueue(self, task: Any) -> Any:
+        pk = super().enqueue(task)
+        if self.is_postgres and not self.skip_notify:
+            with self._db.cursor() as cursor:
+                cursor.execute("SELECT pg_notify(%s, %s)", [QUEUE_CHANNEL, self.list_key])
+        return pk
+
+    def _take(self) -> list[tuple[Any, Any]]:
+        if not self.is_postgres:
+            return list(super_dequeue_without_sleep(self))
+        table = OrmQ._meta.db_table
+        now = timezone.now()
+        self.get_connection()
+        with self._db.cursor() as cursor:
+            # SKIP LOCKED: two clusters never wait on, or both take, the same queue row.
+            cursor.execute(
+                f"UPDATE {table} SET lock = %s WHERE id IN (SELECT id FROM {table} WHERE key = %s AND lock < %s "
+                f"ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id, payload",
+                [now + timedelta(seconds=Conf.RETRY), self.list_key, now, Conf.BULK],
+            )
+            return [(row[0], row[1]) for row in cursor.fetchall()]
+
+    def _listen(self) -> Any:
+        if self._listen_conn is None or self._listen_conn.closed:
+            import psycopg
+
+            settings = self._db.settings_dict
+            params = {
+                "dbname": settings["NAME"], "user": settings.get("USER") or None,
+                "password": settings.get("PASSWORD") or None, "host": settings.get("HOST") or None,
+                "port": settings.get("PORT") or None,
+            }
+            self._listen_conn = psycopg.connect(**{k: v for k, v in params.items() if v}, autocommit=True)
+            for channel in CHANNELS:
+                self._listen_conn.execute(f"LISTEN {channel}")
+        return self._listen_conn
+
+    def _wait(self, timeout: float) -> None:
+        try:
+            conn = self._listen()
+            for _ in conn.notifies(timeout=timeout, stop_after=1):
+                break
+        except Exception:
+            logger.exception("LISTEN connection failed; falling back to polling")
+            if self._listen_conn is not None:
+                self._listen_conn.close()
+            self._listen_conn = None
+            time.sleep(min(timeout, Conf.POLL))
+
+    def _maybe_sweep(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + conf.sweep_seconds()
+        try:
+            from jobs.services import jobs_sweep
+
+            jobs_sweep()
+        except Exception:
+            logger.exception("jobs sweep failed")
+
+    def dequeue(self) -> list[tuple[Any, Any]] | None:
+        self._maybe_sweep()
+        tasks = self._take()
+        if tasks:
+            return tasks
+        if not self.is_postgres:
+            time.sleep(Conf.POLL)
+            return None
+        # LISTEN is established before the next take, so a NOTIFY sent in between is not lost:
+        # it is waiting in the connection and ends the wait at once.
+        self._listen()
+        tasks = self._take()
+        if tasks:
+            return tasks
+        self._wait(min(conf.listen_timeout(), max(0.05, self._next_sweep - time.monotonic())))
+        return self._take() or None
+
+
+def super_dequeue_without_sleep(broker: ORM) -> list[tuple[Any, Any]]:
+    """The stock ORM claim (select, then a guarded update per row), without its idle sleep."""
+    tasks = broker.get_connection().filter(key=broker.list_key, lock__lt=timezone.now())[0:Conf.BULK]
+    taken = []
+    for task in tasks:
+        if broker.get_connection().filter(id=task.id, lock=task.lock).update(lock=broker.timeout(task)):
+            taken.append((task.pk, task.payload))
+    return taken

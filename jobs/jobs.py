@@ -1,0 +1,67 @@
+"""The built-in jobs: BookLogr's exports, the pool JSONL import, and pytasks' example pack."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from jobs import conf
+from jobs.context import JobContext
+from jobs.exports import export_run, import_run
+from jobs.registry import job
+
+Dataset = Literal["jobs", "pool", "farm"]
+
+
+@job(name="csv_export", timeout=3600)
+def csv_export(ctx: JobContext, datasets: list[Dataset] | None = None, everything: bool = False) -> dict[str, Any]:
+    """Export what the user owns (pool tasks, farm runs, jobs) as one CSV file."""
+    return export_run(ctx, fmt="csv", datasets=datasets, everything=everything)
+
+
+@job(name="json_export", timeout=3600)
+def json_export(ctx: JobContext, datasets: list[Dataset] | None = None, everything: bool = False) -> dict[str, Any]:
+    """Export what the user owns as a JSON array."""
+    return export_run(ctx, fmt="json", datasets=datasets, everything=everything)
+
+
+@job(name="html_export", timeout=3600)
+def html_export(ctx: JobContext, datasets: list[Dataset] | None = None, everything: bool = False) -> dict[str, Any]:
+    """Export what the user owns as a readable HTML page."""
+    return export_run(ctx, fmt="html", datasets=datasets, everything=everything)
+
+
+@job(name="jsonl_import", protected=True, roles=("master",), timeout=3600)
+def jsonl_import(ctx: JobContext, filename: str) -> dict[str, Any]:
+    """Import an uploaded task-pool JSONL day file into the pool (idempotent)."""
+    return import_run(ctx, filename=filename)
+
+
+@job(name="noop")
+def noop() -> None:
+    """Do nothing (benchmarks and health checks)."""
+    return None
+
+
+if conf.example_pack():
+    # pytasks' de-facto fixture pack `brenopelegrin/pytasks-test`, kept for drop-in clients.
+
+    @job(name="test.main.add")
+    def add(x: int, y: int) -> int:
+        """Add two integers."""
+        return x + y
+
+    @job(name="test.main.subtract")
+    def subtract(x: int, y: int) -> int:
+        """Subtract y from x."""
+        return x - y
+
+    @job(name="test.main.hypot")
+    def hypot(x: float, y: float) -> float:
+        """The hypotenuse of a right triangle."""
+        return math.hypot(x, y)
+
+    @job(name="test.main.myProtectedTask", protected=True)
+    def my_protected_task(x: int, y: int) -> int:
+        """A protected example: callers need the permission or a token allowing it."""
+        return x * y

@@ -1,0 +1,80 @@
+"""Job records (BookLogr's `tasks` table, extended) and the files they produce."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Job(models.Model):
+    class Status(models.TextChoices):
+        FRESH = "fresh", "Fresh"
+        STARTED = "started", "Started"
+        SUCCESS = "success", "Success"
+        FAILURE = "failure", "Failure"
+
+    # The pytasks dialect names jobs by this opaque id, so ids cannot be enumerated there.
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    type = models.CharField(max_length=200, db_index=True)
+    data = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.FRESH, db_index=True)
+    worker = models.CharField(max_length=200, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_on = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=1)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    progress = models.FloatField(default=0)
+    progress_message = models.CharField(max_length=500, blank=True, default="")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Set when the job has been handed to django-q2; a fresh job with none is in the backlog.
+    queued_at = models.DateTimeField(null=True, blank=True)
+    run_after = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="jobs_status_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"{self.type} #{self.pk} ({self.status})"
+
+    @property
+    def topic(self) -> str:
+        return f"job:{self.pk}"
+
+
+class JobFile(models.Model):
+    """A file an export produced or an upload brought in (BookLogr's `files` table)."""
+
+    class Format(models.TextChoices):
+        CSV = "csv", "CSV"
+        JSON = "json", "JSON"
+        HTML = "html", "HTML"
+        JSONL = "jsonl", "JSONL"
+
+    filename = models.CharField(max_length=255, unique=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="job_files"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    format = models.CharField(max_length=8, choices=Format.choices)
+    size = models.BigIntegerField(default=0)
+    rows = models.BigIntegerField(default=0)
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="files")
+    uploaded = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.filename

@@ -1,0 +1,85 @@
+"""Reads of the jobs app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from django.contrib.auth.models import Permission
+from django.contrib.contenttypes.models import ContentType
+from django.db.models import Count, QuerySet
+
+from coordinator.models import User
+from jobs.errors import FileNotFoundForUserError, JobNotFoundError
+from jobs.models import Job, JobFile
+from jobs.registry import all_specs
+
+JOB_EXPORT_COLUMNS = [
+    "id", "type", "status", "data", "result", "error", "attempts", "worker", "created_by",
+    "created_at", "started_at", "finished_at",
+]
+
+
+def job_get_for_user(*, job_id: int, user: User) -> Job:
+    """The job if the user created it (admins see all); otherwise `JobNotFoundError`."""
+    qs = Job.objects.select_related("created_by")
+    if not user.is_admin:
+        qs = qs.filter(created_by=user)
+    job = qs.filter(pk=job_id).first()
+    if job is None:
+        raise JobNotFoundError()
+    return job
+
+
+def job_get_by_uuid(*, public_id: str) -> Job | None:
+    """The job named by its pytasks id, or None (also for malformed ids)."""
+    import uuid
+
+    try:
+        value = uuid.UUID(str(public_id))
+    except ValueError:
+        return None
+    return Job.objects.filter(uuid=value).first()
+
+
+def job_counts() -> dict[str, int]:
+    return {row["status"]: row["n"] for row in Job.objects.values("status").annotate(n=Count("id"))}
+
+
+def file_list(*, user: User) -> QuerySet[JobFile]:
+    """The user's files, newest first."""
+    return JobFile.objects.filter(owner=user).order_by("-created_at", "-id")
+
+
+def file_get_for_owner(*, filename: str, user: User) -> JobFile:
+    """The file row of that name if the user owns it (only owners may download)."""
+    row = JobFile.objects.filter(filename=filename, owner=user).first()
+    if row is None:
+        raise FileNotFoundForUserError()
+    return row
+
+
+def job_export_rows(*, user: User | None, everything: bool) -> Iterator[dict[str, Any]]:
+    """The user's jobs (all jobs when `everything`), one row each, streamed."""
+    qs = Job.objects.order_by("pk")
+    if not everything:
+        qs = qs.filter(created_by=user)
+    for job in qs.select_related("created_by").iterator(chunk_size=2000):
+        yield {
+            "id": job.pk, "type": job.type, "status": job.status, "data": job.data, "result": job.result,
+            "error": job.error, "attempts": job.attempts, "worker": job.worker,
+            "created_by": job.created_by.email if job.created_by else None,
+            "created_at": job.created_at.isoformat() if job.created_at else None,
+            "started_at": job.started_at.isoformat() if job.started_at else None,
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        }
+
+
+def job_permissions_sync() -> None:
+    """Create a `jobs.run_<name>` permission for each protected job type."""
+    ct = ContentType.objects.get_for_model(Job)
+    for spec in all_specs():
+        if spec.protected:
+            Permission.objects.get_or_create(
+                content_type=ct, codename=spec.permission_codename, defaults={"name": f"Can run job {spec.name}"[:255]}
+            )

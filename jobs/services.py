@@ -1,0 +1,347 @@
+"""Writes of the jobs app: create, queue, claim, run, finish, retry, cancel and recover jobs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import traceback as traceback_module
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.db import close_old_connections, connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from coordinator.models import User
+from jobs import conf
+from jobs.context import JobCancelled, JobContext
+from jobs.errors import JobNotAllowedError, JobStateError, UnknownJobTypeError
+from jobs.models import Job
+from jobs.registry import JobSpec, build_kwargs, get_spec, validate_args
+from progress.services import progress_publish
+
+logger = logging.getLogger("jobs")
+
+NOTIFY_CHANNEL = "task_created"
+# One id per worker process, in BookLogr's `nickname:UUID` form.
+_WORKER_ID = f"{socket.gethostname()}-{os.getpid()}:{uuid.uuid4()}"
+
+
+def worker_id() -> str:
+    """This process's worker id (recomputed after a fork so children never share one)."""
+    global _WORKER_ID
+    if f"-{os.getpid()}:" not in _WORKER_ID:
+        _WORKER_ID = f"{socket.gethostname()}-{os.getpid()}:{uuid.uuid4()}"
+    return _WORKER_ID
+
+
+def user_may_run(user: User | None, spec: JobSpec) -> bool:
+    """Whether a platform user may submit this job type (admins always may)."""
+    if not spec.protected:
+        return True
+    if user is None or not user.is_active:
+        return False
+    if user.is_admin or user.role in spec.roles:
+        return True
+    return user.has_perm(f"jobs.{spec.permission_codename}")
+
+
+def _publish_status(job: Job, text: str = "") -> None:
+    progress_publish(topic=job.topic, kind="msg", text=text or job.status,
+                     state={"status": job.status, "percent": job.progress, "message": job.progress_message},
+                     owner_id=job.created_by_id)
+
+
+@transaction.atomic
+def job_create(
+    *,
+    type: str,
+    data: Any,
+    user: User | None,
+    strict: bool = False,
+    allowed_tasks: dict[str, Any] | None = None,
+) -> Job:
+    """Validate the arguments and authorization, store a `fresh` job and queue it after commit.
+
+    `allowed_tasks` is the claim of a pytasks token; when given it decides for protected types
+    instead of the user's permissions.
+    """
+    spec = get_spec(type)
+    if spec is None:
+        raise UnknownJobTypeError(extra={"type": type})
+    if spec.protected:
+        allowed = bool(allowed_tasks.get(spec.name)) if allowed_tasks is not None else user_may_run(user, spec)
+        if not allowed:
+            raise JobNotAllowedError(extra={"type": type})
+    args = validate_args(spec, {} if data is None and not spec.params else data, strict=strict)
+    job = Job.objects.create(type=spec.name, data=args, created_by=user, max_attempts=spec.max_attempts)
+    _publish_status(job)
+    job_id = job.pk
+    transaction.on_commit(lambda: job_enqueue(job_id=job_id))
+    return job
+
+
+def _notify(job_id: int) -> None:
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(job_id)])
+
+
+def job_enqueue(*, job_id: int) -> bool:
+    """Hand a committed `fresh` job to django-q2 once, then `NOTIFY task_created, '<id>'`."""
+    from django_q.brokers import get_broker
+    from django_q.tasks import async_task
+
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None:
+        return False
+    # The guard makes the web process, the backlog command and the sweep never queue it twice.
+    if not Job.objects.filter(pk=job_id, status=Job.Status.FRESH, queued_at__isnull=True).update(
+        queued_at=timezone.now()
+    ):
+        return False
+    spec = get_spec(job.type)
+    timeout = (spec.timeout if spec and spec.timeout else None) or conf.default_timeout()
+    broker = get_broker()
+    # The job's own NOTIFY below wakes the listeners; skip the broker's generic one.
+    broker.skip_notify = True  # type: ignore[attr-defined]
+    try:
+        async_task("jobs.tasks.job_run", job_id, timeout=timeout, broker=broker,
+                   task_name=f"job {job_id} {job.type}"[:100])
+    except Exception:
+        Job.objects.filter(pk=job_id).update(queued_at=None)
+        logger.exception("Could not queue job %s; the sweep will retry", job_id)
+        return False
+    _notify(job_id)
+    return True
+
+
+def job_claim(*, job_id: int, worker: str) -> bool:
+    """Take a fresh job for this worker: one guarded UPDATE, so each attempt runs exactly once."""
+    now = timezone.now()
+    claimed = Job.objects.filter(
+        Q(run_after__isnull=True) | Q(run_after__lte=now), pk=job_id, status=Job.Status.FRESH
+    ).update(status=Job.Status.STARTED, worker=worker, updated_on=now, started_at=now, heartbeat_at=now,
+             finished_at=None, progress=0, progress_message="", cancel_requested=False, error="",
+             traceback="", attempts=F("attempts") + 1)
+    return claimed == 1
+
+
+class _Heartbeat(threading.Thread):
+    """Touches `heartbeat_at` while the job runs, so the sweep can tell a live job from a dead one."""
+
+    def __init__(self, job_id: int, worker: str) -> None:
+        super().__init__(name=f"job-heartbeat-{job_id}", daemon=True)
+        self.job_id = job_id
+        self.worker = worker
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(conf.heartbeat_seconds()):
+                Job.objects.filter(pk=self.job_id, status=Job.Status.STARTED, worker=self.worker).update(
+                    heartbeat_at=timezone.now()
+                )
+        except Exception:
+            logger.exception("heartbeat of job %s failed", self.job_id)
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=10)
+
+
+def job_report_progress(
+    *, job_id: int, worker: str, percent: float, message: str, extra_state: dict[str, Any] | None = None
+) -> bool:
+    """Store and publish progress; returns True when a cancel was requested."""
+    now = timezone.now()
+    percent = max(0.0, min(100.0, float(percent)))
+    Job.objects.filter(pk=job_id, status=Job.Status.STARTED, worker=worker).update(
+        progress=percent, progress_message=message[:500], updated_on=now, heartbeat_at=now
+    )
+    row = Job.objects.filter(pk=job_id).values("cancel_requested", "created_by_id").first()
+    if row is None:
+        return True
+    state = {"percent": percent, "status": Job.Status.STARTED, "message": message, **(extra_state or {})}
+    progress_publish(topic=f"job:{job_id}", kind="msg", text=message, state=state, owner_id=row["created_by_id"])
+    return bool(row["cancel_requested"])
+
+
+def _json_result(value: Any) -> Any:
+    json.dumps(value)  # raises TypeError/ValueError when not JSON-serialisable
+    return value
+
+
+def job_execute(*, job_id: int) -> str:
+    """Run one job in this worker if it can be claimed; returns the final or current status."""
+    worker = worker_id()
+    if not job_claim(job_id=job_id, worker=worker):
+        return "skipped"
+    job = Job.objects.get(pk=job_id)
+    progress_publish(topic=job.topic, kind="new", text=job.type,
+                     state={"status": job.status, "percent": 0, "message": "", "worker": worker},
+                     owner_id=job.created_by_id)
+    spec = get_spec(job.type)
+    heartbeat = _Heartbeat(job_id, worker)
+    heartbeat.start()
+    retryable = True
+    try:
+        if spec is None:
+            retryable = False
+            raise LookupError(f"job type {job.type!r} is not registered in this worker")
+        ctx = JobContext(job_id=job_id, job_type=job.type, user_id=job.created_by_id, worker=worker,
+                         attempt=job.attempts)
+        kwargs = build_kwargs(spec, job.data if isinstance(job.data, dict) else {})
+        if spec.context_param:
+            kwargs[spec.context_param] = ctx
+        result = _json_result(spec.func(**kwargs))
+    except JobCancelled as exc:
+        heartbeat.stop()
+        return job_finish(job_id=job_id, worker=worker, ok=False, error=str(exc), retryable=False)
+    except (Exception, SystemExit) as exc:
+        # django-q2's TimeoutException derives from SystemExit; it is the per-job timeout.
+        heartbeat.stop()
+        if type(exc).__name__ == "TimeoutException":
+            error = f"Timed out: the job ran longer than its timeout ({exc})."
+        elif isinstance(exc, SystemExit):
+            raise
+        else:
+            error = f"{type(exc).__name__}: {exc}"
+        return job_finish(job_id=job_id, worker=worker, ok=False, error=error,
+                          tb=traceback_module.format_exc(), retryable=retryable)
+    heartbeat.stop()
+    return job_finish(job_id=job_id, worker=worker, ok=True, result=result)
+
+
+def job_finish(
+    *,
+    job_id: int,
+    worker: str,
+    ok: bool,
+    result: Any = None,
+    error: str = "",
+    tb: str = "",
+    retryable: bool = True,
+) -> str:
+    """Record the outcome of the attempt this worker holds; a failure is retried per the policy."""
+    now = timezone.now()
+    job = Job.objects.filter(pk=job_id, status=Job.Status.STARTED, worker=worker).first()
+    if job is None:
+        # The sweep already gave this attempt up (heartbeat lost); its outcome no longer counts.
+        return "lost"
+    if ok:
+        Job.objects.filter(pk=job_id, status=Job.Status.STARTED, worker=worker).update(
+            status=Job.Status.SUCCESS, result=result, progress=100, updated_on=now, finished_at=now
+        )
+        job.refresh_from_db()
+        _publish_status(job)
+        progress_publish(topic=job.topic, kind="end", text="", state={"status": job.status, "percent": 100},
+                         owner_id=job.created_by_id)
+        return job.status
+    return _fail_or_retry(job, worker=worker, error=error, tb=tb, retryable=retryable)
+
+
+def _fail_or_retry(job: Job, *, worker: str | None, error: str, tb: str = "", retryable: bool = True) -> str:
+    now = timezone.now()
+    spec = get_spec(job.type)
+    guard = Job.objects.filter(pk=job.pk, status=Job.Status.STARTED)
+    if worker is not None:
+        guard = guard.filter(worker=worker)
+    if retryable and job.attempts < job.max_attempts:
+        delay = spec.backoff_for(job.attempts) if spec else 0.0
+        updated = guard.update(status=Job.Status.FRESH, worker=None, error=error, traceback=tb, updated_on=now,
+                               queued_at=None, run_after=now + timedelta(seconds=delay), heartbeat_at=None)
+        if updated:
+            job.refresh_from_db()
+            _publish_status(job, f"retrying after: {error}")
+            if delay <= 0:
+                job_enqueue(job_id=job.pk)
+        return Job.Status.FRESH
+    updated = guard.update(status=Job.Status.FAILURE, error=error, traceback=tb, updated_on=now, finished_at=now)
+    if updated:
+        job.refresh_from_db()
+        _publish_status(job, error)
+        progress_publish(topic=job.topic, kind="end", text=error, state={"status": job.status},
+                         owner_id=job.created_by_id)
+    return Job.Status.FAILURE
+
+
+@transaction.atomic
+def job_retry(*, job: Job) -> Job:
+    """Put a `failure` back to `fresh` with a fresh attempt budget and queue it after commit."""
+    updated = Job.objects.filter(pk=job.pk, status=Job.Status.FAILURE).update(
+        status=Job.Status.FRESH, worker=None, queued_at=None, run_after=None, attempts=0, result=None,
+        progress=0, progress_message="", cancel_requested=False, heartbeat_at=None, finished_at=None,
+        updated_on=timezone.now(),
+    )
+    if not updated:
+        raise JobStateError("Only a task in status failure can be retried.", extra={"status": job.status})
+    job.refresh_from_db()
+    _publish_status(job)
+    transaction.on_commit(lambda: job_enqueue(job_id=job.pk))
+    return job
+
+
+@transaction.atomic
+def job_cancel(*, job: Job) -> Job:
+    """Cancel a fresh job now, or ask a started one to stop at its next progress report."""
+    now = timezone.now()
+    if Job.objects.filter(pk=job.pk, status=Job.Status.FRESH).update(
+        status=Job.Status.FAILURE, error="Cancelled before it started.", updated_on=now, finished_at=now,
+        cancel_requested=True,
+    ):
+        job.refresh_from_db()
+        _publish_status(job, job.error)
+        progress_publish(topic=job.topic, kind="end", text=job.error, state={"status": job.status},
+                         owner_id=job.created_by_id)
+        return job
+    if Job.objects.filter(pk=job.pk, status=Job.Status.STARTED).update(cancel_requested=True):
+        job.refresh_from_db()
+        return job
+    job.refresh_from_db()
+    raise JobStateError("Only a fresh or started task can be cancelled.", extra={"status": job.status})
+
+
+def jobs_recover_stale(*, stale_seconds: float | None = None) -> list[int]:
+    """Retry or fail `started` jobs whose worker stopped heart-beating (killed, lost host)."""
+    bound = conf.stale_seconds() if stale_seconds is None else stale_seconds
+    cutoff = timezone.now() - timedelta(seconds=bound)
+    recovered: list[int] = []
+    for job in Job.objects.filter(status=Job.Status.STARTED, heartbeat_at__lt=cutoff):
+        # The worker guard makes a late heartbeat or a second sweeper lose the race harmlessly.
+        status = _fail_or_retry(
+            job, worker=job.worker,
+            error=f"Worker {job.worker} stopped responding (no heartbeat for more than {bound:g} s).",
+        )
+        recovered.append(job.pk)
+        logger.warning("recovered job %s from lost worker %s -> %s", job.pk, job.worker, status)
+    return recovered
+
+
+def jobs_queue_backlog(*, grace_seconds: float = 10.0) -> list[int]:
+    """Queue `fresh` jobs that were never handed to django-q2 (or whose backoff has passed)."""
+    now = timezone.now()
+    due = Job.objects.filter(
+        Q(run_after__isnull=True) | Q(run_after__lte=now), status=Job.Status.FRESH, queued_at__isnull=True,
+        created_at__lte=now - timedelta(seconds=grace_seconds),
+    ).values_list("pk", flat=True)
+    return [job_id for job_id in list(due) if job_enqueue(job_id=job_id)]
+
+
+def jobs_delete_fresh() -> int:
+    """Delete every `fresh` job (BookLogr's `clear`)."""
+    deleted, _ = Job.objects.filter(status=Job.Status.FRESH).delete()
+    return deleted
+
+
+def jobs_sweep() -> dict[str, list[int]]:
+    """One maintenance pass, run by every cluster's broker and by `manage.py jobs_sweep`."""
+    close_old_connections()
+    return {"recovered": jobs_recover_stale(), "queued": jobs_queue_backlog()}

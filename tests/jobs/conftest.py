@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+import tests.jobs.sample_jobs  # noqa: F401 - registers the test job functions
+from jobs.models import Job
+from tests.live import BIN, ROOT, server_env
+
+# Fast recovery for processes started by tests: heartbeat every 0.3 s, stale after 2 s.
+CLUSTER_ENV = {
+    "JOBS_EXTRA_MODULES": "tests.jobs.sample_jobs",
+    "JOBS_HEARTBEAT_SECONDS": "0.3",
+    "JOBS_STALE_SECONDS": "2",
+    "JOBS_SWEEP_SECONDS": "0.5",
+    "JOBS_LISTEN_TIMEOUT": "1",
+    "Q_WORKERS": "2",
+}
+
+
+@pytest.fixture(autouse=True)
+def export_root(tmp_path: Path, settings: pytest.FixtureRequest) -> Path:
+    root = tmp_path / "exports"
+    root.mkdir()
+    settings.EXPORT_ROOT = str(root)  # type: ignore[attr-defined]
+    return root
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def job_status(job_id: int) -> str:
+    connection.close()  # see the cluster's commits, not a stale snapshot
+    return Job.objects.get(pk=job_id).status
+
+
+@contextmanager
+def run_cluster(export_root: Path, **extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `manage.py qcluster` process on the test database, in its own process group."""
+    env = server_env(**CLUSTER_ENV, EXPORT_ROOT=str(export_root), **extra)
+    proc = subprocess.Popen([str(BIN / "python"), "manage.py", "qcluster"], cwd=ROOT, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        else:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
