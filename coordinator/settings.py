@@ -284,6 +284,9 @@ Q_CLUSTER: dict[str, Any] = {
     "save_limit": 1000,
     "poll": 0.5,
     "label": "Django Q2",
+    # jobs: the ORM broker that waits on PostgreSQL LISTEN/NOTIFY (plain ORM polling on SQLite);
+    # Q_BROKER_CLASS="" selects django-q2's stock ORM broker (benchmark baseline).
+    "broker_class": os.environ.get("Q_BROKER_CLASS", "jobs.broker.ListenNotifyBroker") or None,
 }
 
 # --- Internationalisation, time, static -----------------------------------------------------
