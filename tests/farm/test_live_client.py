@@ -1,0 +1,141 @@
+"""End to end with the published `taskfarm-worker==0.4.0` client against a live gunicorn."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import taskfarm_worker
+from taskfarm_worker import TaskFarm, TaskFarmWorker, tfRuns
+
+from coordinator.models import User
+from farm.models import Run, Task, Worker
+from tests.factories import DEFAULT_PASSWORD, UserFactory
+from tests.live import ROOT, run_wsgi_server, server_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def farm_owner(transactional_db: None) -> User:
+    return UserFactory(email="scientist@example.com")
+
+
+def test_client_version() -> None:
+    assert taskfarm_worker.__version__ == "0.4.0"
+
+
+def test_taskfarm_and_worker_end_to_end(live_server_url: str, farm_owner: User) -> None:
+    base = live_server_url + "/api/"
+    tf = TaskFarm(farm_owner.email, DEFAULT_PASSWORD, numTasks=5, url_base=base)
+    assert len(tf.uuid) == 32 and tf.numTasks == 5
+    assert tf.percentDone == 0 and tf.numWaiting == 0 and tf.numDone == 0 and tf.numComputing == 0
+    assert [r["uuid"] for r in tfRuns(farm_owner.email, DEFAULT_PASSWORD, url_base=base)] == [tf.uuid]
+
+    worker = TaskFarmWorker(farm_owner.email, DEFAULT_PASSWORD, tf.uuid, url_base=base)
+    seen = []
+    for task in worker.tasks:
+        seen.append(task)
+        worker.update(40)
+        assert tf.getTaskInfo(task, "percentCompleted") == 40
+        worker.update(100)
+        worker.done()
+        assert tf.getTaskInfo(task, "status") == "done"
+    assert seen == [0, 1, 2, 3, 4]
+    assert tf.numDone == 5 and tf.percentDone == 100
+    info = tf.info("")
+    assert info["numNotStarted"] == 0 and info["uuid"] == tf.uuid
+    assert Worker.objects.get().last_seen >= Worker.objects.get().start
+
+    tf.setTaskInfo(2, "percentCompleted", 30)
+    tf.restart()
+    assert tf.numWaiting == 1 and tf.getTaskInfo(2, "percentCompleted") == 30
+    tf.restart(everything=True)
+    assert tf.numWaiting == 5 and tf.percentDone == 0
+    again = TaskFarm(farm_owner.email, DEFAULT_PASSWORD, uuid=tf.uuid, url_base=base)
+    assert again.numTasks == 5
+    tf.delete()
+    assert not Run.objects.exists()
+    with pytest.raises(RuntimeError, match="HTTP 404"):
+        TaskFarm(farm_owner.email, DEFAULT_PASSWORD, uuid=tf.uuid, url_base=base)
+
+
+def test_wrong_password_is_refused(live_server_url: str, farm_owner: User) -> None:
+    with pytest.raises(RuntimeError, match="HTTP 401"):
+        TaskFarm(farm_owner.email, "not-the-password", numTasks=1, url_base=live_server_url + "/api/")
+
+
+def test_manage_tf_command_line(live_server_url: str, farm_owner: User) -> None:
+    base = live_server_url + "/api/"
+    tf = TaskFarm(farm_owner.email, DEFAULT_PASSWORD, numTasks=3, url_base=base)
+    worker = TaskFarmWorker(farm_owner.email, DEFAULT_PASSWORD, tf.uuid, url_base=base)
+    assert worker.task == 0
+    worker.update(100)
+    worker.done()
+
+    def manage(*args: str) -> str:
+        cmd = [str(BIN / "manageTF"), "-b", base, "-u", farm_owner.email, "-p", DEFAULT_PASSWORD, *args]
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60).stdout
+
+    run = Run.objects.get()
+    assert manage("--list").split() == [str(run.pk), tf.uuid, "3"]
+    assert manage("--info", tf.uuid).strip() == f"{run.pk} {tf.uuid} 3 (0,0,1) 33.333333333333336"
+    manage("--reset-all", tf.uuid)
+    assert tf.numWaiting == 1 and tf.numDone == 0
+    manage("--delete", tf.uuid)
+    assert not Run.objects.exists()
+
+
+def test_eight_real_workers_race(transactional_db: None, farm_owner: User) -> None:
+    """8 worker processes on one run: no number handed to two workers, every task done once."""
+    num_tasks = 160
+    with run_wsgi_server(workers=4) as live:
+        base = live + "/api/"
+        tf = TaskFarm(farm_owner.email, DEFAULT_PASSWORD, numTasks=num_tasks, url_base=base)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.farm.race_worker", base, farm_owner.email, DEFAULT_PASSWORD, tf.uuid],
+                cwd=ROOT, env=server_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            for _ in range(8)
+        ]
+        outputs = [proc.communicate(timeout=240) for proc in procs]
+        for proc, (_, err) in zip(procs, outputs, strict=True):
+            assert proc.returncode == 0, err
+        handed = Counter(int(line) for out, _ in outputs for line in out.split())
+        assert [n for n, count in handed.items() if count > 1] == []
+        assert sorted(handed) == list(range(num_tasks))
+        assert sum(1 for out, _ in outputs if out.strip()) >= 2  # the work really was shared
+        assert tf.numDone == num_tasks and tf.percentDone == 100
+    statuses = Counter(Task.objects.values_list("status", flat=True))
+    assert statuses == {"done": num_tasks}
+    assert Worker.objects.count() == 8
+
+
+def test_lease_expiry_with_real_clients(transactional_db: None, farm_owner: User) -> None:
+    """A worker silent past its lease loses the task to another; its late update gets a 409."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    with run_wsgi_server(workers=2, FARM_LEASE_SECONDS="60") as live:
+        base = live + "/api/"
+        tf = TaskFarm(farm_owner.email, DEFAULT_PASSWORD, numTasks=1, url_base=base)
+        slow = TaskFarmWorker(farm_owner.email, DEFAULT_PASSWORD, tf.uuid, url_base=base)
+        fast = TaskFarmWorker(farm_owner.email, DEFAULT_PASSWORD, tf.uuid, url_base=base)
+        assert slow.task == 0
+        assert fast.task is None  # leased to `slow`
+        Task.objects.update(updated=timezone.now() - timedelta(seconds=120))
+        fast._task = None
+        assert fast.task == 0  # the lease expired: handed out again
+        with pytest.raises(RuntimeError, match="HTTP 409"):
+            slow.update(50)
+        fast.update(100)
+        fast.done()
+        assert tf.numDone == 1
+        assert Task.objects.get().worker.uuid == fast.worker_uuid
