@@ -85,7 +85,7 @@ def run_wsgi_server(workers: int = 2, threads: int = 1, **extra_env: str) -> Ite
         [
             str(BIN / "gunicorn"), "coordinator.wsgi:application",
             "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
-            "--log-level", "warning", "--timeout", "120",
+            "--log-level", "warning", "--timeout", "120", "--no-control-socket",
         ],
         cwd=ROOT, env=server_env(**extra_env),
     )

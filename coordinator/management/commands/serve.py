@@ -1,0 +1,98 @@
+"""`manage.py serve`: start everything the platform runs, as one supervised group.
+
+Embedded default (one address, http://HOST:PORT/): gunicorn (WSGI: REST API, admin) and daphne
+(ASGI: WebSocket and SSE) listen on UNIX sockets under var/run/, and a small front door on
+HOST:PORT splices each connection to one of them by path (see coordinator/serving/proxy.py and
+docs/serving.md). With --behind-proxy, gunicorn listens on HOST:PORT and daphne on
+HOST:ASGI_PORT, for a real reverse proxy (nginx) in front. A django-q2 cluster runs beside them,
+plus every process an installed app declares with `AppConfig.serve_processes()`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from coordinator.serving.group import ProcessSpec, run_group
+
+
+def _bin(name: str) -> str:
+    """A console script installed beside this interpreter (the project's virtualenv)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def build_process_specs(
+    *, host: str, port: int, workers: int, behind_proxy: bool, asgi_port: int, qcluster: bool, access_log: bool
+) -> list[ProcessSpec]:
+    """The processes of the platform, in start order."""
+    manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
+    run_dir = Path(settings.RUN_DIR)
+    wsgi_socket, asgi_socket = run_dir / "wsgi.sock", run_dir / "asgi.sock"
+    wsgi_bind = f"{host}:{port}" if behind_proxy else f"unix:{wsgi_socket}"
+    gunicorn = [
+        _bin("gunicorn"), "coordinator.wsgi:application", "--bind", wsgi_bind,
+        "--workers", str(workers), "--worker-class", "sync", "--timeout", "120", "--graceful-timeout", "10",
+        "--no-control-socket",
+    ]
+    if access_log:
+        gunicorn += ["--access-logfile", "-"]
+    daphne = [_bin("daphne"), "--proxy-headers"]
+    daphne += ["--bind", host, "--port", str(asgi_port)] if behind_proxy else ["-u", str(asgi_socket)]
+    daphne += ["coordinator.asgi:application"]
+    specs = [ProcessSpec("web", gunicorn), ProcessSpec("asgi", daphne)]
+    if not behind_proxy:
+        proxy = [sys.executable, "-m", "coordinator.serving.proxy", "--host", host, "--port", str(port),
+                 "--wsgi-socket", str(wsgi_socket), "--asgi-socket", str(asgi_socket)]
+        for prefix in settings.ASGI_PATH_PREFIXES:
+            proxy += ["--asgi-prefix", prefix]
+        specs.append(ProcessSpec("front", proxy))
+    if qcluster:
+        specs.append(ProcessSpec("jobs", [*manage, "qcluster"]))
+    for config in apps.get_app_configs():
+        declare = getattr(config, "serve_processes", None)
+        if declare is not None:
+            specs.extend(ProcessSpec(name, list(argv)) for name, argv in declare())
+    return specs
+
+
+class Command(BaseCommand):
+    help = "Start the whole platform (WSGI + ASGI servers, job cluster, app listeners) as one group."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=os.environ.get("COORDINATOR_HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("COORDINATOR_PORT", "8000")))
+        parser.add_argument("--workers", type=int, default=settings.SERVE_WSGI_WORKERS,
+                            help="gunicorn worker processes (WEB_CONCURRENCY; default: one per core)")
+        parser.add_argument("--behind-proxy", action="store_true",
+                            help="no front door: gunicorn on --port, daphne on --asgi-port, for nginx in front")
+        parser.add_argument("--asgi-port", type=int, default=None, help="with --behind-proxy (default: port + 1)")
+        parser.add_argument("--no-qcluster", action="store_true", help="run job clusters elsewhere")
+        parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["workers"] < 1:
+            raise CommandError("--workers must be at least 1.")
+        Path(settings.RUN_DIR).mkdir(parents=True, exist_ok=True)
+        specs = build_process_specs(
+            host=options["host"], port=options["port"], workers=options["workers"],
+            behind_proxy=options["behind_proxy"], asgi_port=options["asgi_port"] or options["port"] + 1,
+            qcluster=not options["no_qcluster"], access_log=options["access_log"],
+        )
+        for sock in ("wsgi.sock", "asgi.sock"):  # stale sockets of a previous run would block binding
+            (Path(settings.RUN_DIR) / sock).unlink(missing_ok=True)
+        env = dict(os.environ)
+        env.setdefault("DJANGO_SETTINGS_MODULE", "coordinator.settings")
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.BASE_DIR), env.get("PYTHONPATH")]))
+        where = f"http://{options['host']}:{options['port']}/"
+        self.stdout.write(self.style.SUCCESS(f"Coordinator starting at {where}  (admin: {where}admin/, API docs: {where}docs/)"))
+        status = run_group(specs, env)
+        if status:
+            raise SystemExit(status)
