@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from coordinator.models import User
@@ -45,30 +46,30 @@ def device_is_online(device: Device, now: datetime | None = None) -> bool:
     return device.last_heartbeat_at is not None and now - device.last_heartbeat_at < conf.online_threshold()
 
 
-def device_list() -> list[Device]:
-    """Every device with `pending_count` (open deliveries plus broadcasts not yet materialised)."""
+def devices_with_pending() -> QuerySet[Device]:
+    """Devices annotated with `pending_count`: open live deliveries plus broadcasts not yet fetched."""
     now = timezone.now()
-    devices = list(
-        Device.objects.annotate(
-            open_count=Count("deliveries", filter=Q(deliveries__state__in=OPEN_STATES) & _live("deliveries__task__", now))
-        ).order_by("id")
+    open_rows = (
+        Delivery.objects.filter(device=OuterRef("pk"), state__in=OPEN_STATES)
+        .filter(_live("task__", now))
+        .order_by()
+        .values("device")
+        .annotate(n=Count("id"))
+        .values("n")
     )
-    broadcasts = list(
+    unseen = (
         Message.objects.filter(type=MessageType.TASK, target_all=True)
         .filter(_live("", now))
-        .values_list("pk", "ts")
+        .filter(~Exists(Delivery.objects.filter(task=OuterRef("pk"), device=OuterRef(OuterRef("pk")))))
+        .order_by()
+        .values("target_all")
+        .annotate(n=Count("seq"))
+        .values("n")
     )
-    seen: set[tuple[int, int]] = set()
-    if broadcasts:
-        seen = set(
-            Delivery.objects.filter(task_id__in=[pk for pk, _ in broadcasts]).values_list("task_id", "device_id")
-        )
-    for device in devices:
-        unseen = 0
-        if device.validated:
-            unseen = sum(1 for pk, _ts in broadcasts if (pk, device.pk) not in seen)
-        device.pending_count = device.open_count + unseen  # type: ignore[attr-defined]
-    return devices
+    return Device.objects.annotate(
+        pending_count=Coalesce(Subquery(open_rows), 0)
+        + Case(When(validated=True, then=Coalesce(Subquery(unseen), 0)), default=Value(0)),
+    ).order_by("id")
 
 
 def device_pending_count(*, device: Device) -> int:

@@ -231,7 +231,7 @@ class DeviceListApi(APIView):
     @extend_schema(responses={200: OutputSerializer(many=True), 401: E, 403: E}, tags=TAGS)
     def get(self, request: Request) -> Response:
         now = timezone.now()
-        devices = selectors.device_list()
+        devices = list(selectors.devices_with_pending())
         for device in devices:
             device.online = device_is_online(device, now)  # type: ignore[attr-defined]
         return Response(self.OutputSerializer(devices, many=True).data)
