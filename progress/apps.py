@@ -1,7 +1,31 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
 from django.apps import AppConfig
+from django.conf import settings
+from django.http import HttpRequest
+from django.urls import reverse
 
 
 class ProgressConfig(AppConfig):
     verbose_name = "Live progress"
     name = "progress"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def serve_processes(self) -> list[tuple[str, list[str]]]:
+        """`manage.py serve` also runs the socket listener (contract 3)."""
+        return [("progress", [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "progress_listen"])]
+
+    def admin_dashboard(self, request: HttpRequest) -> list[dict[str, Any]]:
+        """A card linking the Live page, with the number of streams running now."""
+        from progress.models import ProgressTopic
+
+        if not getattr(request.user, "is_superuser", False):
+            return []
+        live = ProgressTopic.objects.filter(ended_at__isnull=True)
+        sockets = live.filter(topic__startswith="stream:").count()
+        return [{"title": "Live progress", "value": live.count(), "url": reverse("admin:progress_live"),
+                 "note": f"{sockets} socket stream{'s' if sockets != 1 else ''} running"}]

@@ -45,7 +45,7 @@ class ProgressTopic(models.Model):
     ended_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["ended_at", "-updated_at"]
+        ordering = [models.F("ended_at").asc(nulls_first=True), "-updated_at"]
         verbose_name = "live stream"
         verbose_name_plural = "live streams"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from django.db.models import Max, Min, Q, QuerySet
+from django.db.models import F, Max, Min, Q, QuerySet
 
 from progress.events import Event
 from progress.models import ProgressEvent, ProgressTopic
@@ -67,7 +67,7 @@ def topic_list(*, viewer: Viewer, topics: Iterable[str] | None = None, live_only
     qs = ProgressTopic.objects.filter(viewer.visible(), _topic_filter(topics))
     if live_only:
         qs = qs.filter(ended_at__isnull=True)
-    return qs.order_by("ended_at", "-updated_at")
+    return qs.order_by(F("ended_at").asc(nulls_first=True), "-updated_at")
 
 
 def topic_snapshot_events(*, viewer: Viewer, topics: Iterable[str] | None = None) -> list[Event]:

@@ -140,9 +140,8 @@ def _prune_now_and_then() -> None:
     progress_prune()
 
 
-def streams_end_orphans(reason: str) -> int:
+def streams_end_orphans(reason: str) -> list[Event]:
     """End socket streams left live by a listener that died (their connections are gone)."""
     orphans = list(ProgressTopic.objects.filter(topic__startswith="stream:", ended_at__isnull=True)
                    .values_list("topic", flat=True))
-    events_store([{"topic": t, "kind": "end", "text": reason, "state": {}, "owner_id": None} for t in orphans])
-    return len(orphans)
+    return events_store([{"topic": t, "kind": "end", "text": reason, "state": {}, "owner_id": None} for t in orphans])

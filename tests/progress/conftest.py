@@ -125,3 +125,60 @@ def parse_sse(text: str) -> list[dict[str, str]]:
 
 def named_events(text: str) -> list[tuple[str, dict[str, str]]]:
     return [(f["event"], json.loads(f["data"])) for f in parse_sse(text) if "event" in f]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, message: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not met within {timeout}s (last: {value!r})")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def socket_dir() -> Any:
+    """A short directory for UNIX sockets (paths are limited to 108 bytes)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp(prefix="prg", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def listener(transactional_db: None, socket_dir: Any, settings: Any) -> Any:
+    """The socket listener running in a thread of this process (its own event loop)."""
+    import threading
+
+    from progress.listener import Listener
+
+    settings.PROGRESS_MAX_STREAMS = getattr(settings, "PROGRESS_MAX_STREAMS", 1000)
+    instance = Listener(socket_dir / "seq.sock", socket_dir / "stream.sock")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(instance.serve(),), daemon=True)
+    thread.start()
+    wait_for(instance.ready.is_set, message="listener ready")
+    yield instance
+    loop.call_soon_threadsafe(instance.stop)
+    thread.join(15)
+    loop.close()
+
+
+def topic_row(topic: str) -> Any:
+    from progress.models import ProgressTopic
+
+    return ProgressTopic.objects.filter(topic=topic).first()
+
+
+def events_of(topic: str) -> list[tuple[str, str]]:
+    from progress.models import ProgressEvent
+
+    return list(ProgressEvent.objects.filter(topic=topic).order_by("id").values_list("kind", "text"))

@@ -9,6 +9,7 @@
  *  - with data-progress-reload-fragment, the page is fetched again and the element's innerHTML
  *    replaced by that of the element with the same id in the fetched page.
  * Fields inside a nested element with its own data-progress-topic belong to that element.
+ * data-progress-topic="*" receives every event the reader may see (admins: all).
  * Reconnects by itself with exponential backoff; <html data-progress-live="connected|closed">
  * tells pages (and tests) the connection state. The WebSocket URL can be overridden with
  * <meta name="progress-ws-url" content="wss://host/ws/progress/">.
@@ -28,9 +29,11 @@
   }
 
   function topicElements(topic) {
+    // data-progress-topic="*" follows every event the reader may see (e.g. the Live page's list)
     var found = [], all = document.querySelectorAll("[data-progress-topic]");
     for (var i = 0; i < all.length; i++) {
-      if (all[i].getAttribute("data-progress-topic") === topic) { found.push(all[i]); }
+      var wanted = all[i].getAttribute("data-progress-topic");
+      if (wanted === topic || wanted === "*") { found.push(all[i]); }
     }
     return found;
   }

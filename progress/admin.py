@@ -1,0 +1,67 @@
+"""The "Live" admin page: every stream with its name, latest message and age, updated in place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+
+from progress import conf
+from progress.models import ProgressTopic
+from progress.selectors import Viewer, topic_list
+
+LIVE_PAGE_ROWS = 500
+
+
+@admin.register(ProgressTopic)
+class ProgressTopicAdmin(admin.ModelAdmin):
+    list_display = ["name", "topic", "text", "percent", "started_at", "updated_at", "ended_at"]
+    list_filter = [("ended_at", admin.EmptyFieldListFilter)]
+    search_fields = ["topic", "name", "text"]
+    readonly_fields = [f.name for f in ProgressTopic._meta.fields]
+    change_list_template = "admin/progress/progresstopic/change_list.html"
+
+    class Media:
+        js = ["progress/live.js"]
+
+    @admin.display(description="percent")
+    def percent(self, obj: ProgressTopic) -> str:
+        value = (obj.state or {}).get("percent")
+        return "" if value is None else format_html("{}%", value)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[URLPattern]:
+        live = path("live/", self.admin_site.admin_view(self.live_view), name="progress_live")
+        return [live, *super().get_urls()]
+
+    def live_view(self, request: HttpRequest) -> HttpResponse:
+        """Like the seed's front-end: live streams first, newest first; ended ones at the bottom."""
+        viewer = Viewer(sees_all=True)
+        topics: QuerySet[ProgressTopic] = topic_list(viewer=viewer)
+        only = request.GET.get("only", "")
+        if only == "streams":
+            topics = topics.filter(topic__startswith="stream:")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Live progress",
+            "opts": self.model._meta,
+            "topics": list(topics[:LIVE_PAGE_ROWS]),
+            "only": only,
+            "retention_minutes": round(conf.retention_seconds() / 60),
+            "changelist_url": reverse("admin:progress_progresstopic_changelist"),
+            "media": self.media,
+        }
+        return TemplateResponse(request, "admin/progress/live.html", context)
