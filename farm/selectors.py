@@ -68,8 +68,8 @@ def worker_get(*, user: User, uuid: str) -> Worker:
 
 def run_counts(*, run: Run) -> RunCounts:
     """Counts by status and the run's percentage (the seed's semantics: existing rows only)."""
-    by_status = {
-        row["status"]: row
+    by_status: dict[str, dict[str, Any]] = {
+        row["status"]: dict(row)
         for row in Task.objects.filter(run=run).order_by().values("status")
         .annotate(n=Count("id"), pct=Sum("percent_completed"))
     }

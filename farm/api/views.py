@@ -124,7 +124,7 @@ class RunListApi(FarmApi):
 
     @extend_schema_serializer(component_name="FarmRunListOutput")
     class OutputSerializer(serializers.Serializer):
-        data = RunSummarySerializer(many=True)
+        data = RunSummarySerializer(many=True)  # type: ignore[assignment]
 
     @extend_schema(responses={200: OutputSerializer, **AUTH_ERRORS}, tags=["farm"], operation_id="farm_run_list")
     def get(self, request: Request) -> Response:

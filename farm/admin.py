@@ -1,0 +1,173 @@
+"""Staff UI for the task farm: runs with live progress, their tasks, and the workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.paginator import Paginator
+from django.db.models import Count, Q, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from farm import services
+from farm.models import Run, Task, Worker
+from farm.selectors import RunCounts, run_counts
+
+TASKS_PER_PAGE = 50
+
+
+def progress_widget(run: Run, counts: RunCounts) -> SafeString:
+    """A progress bar and the counts, kept live by progress/live.js (contract 2)."""
+    state = counts.as_state()
+    return format_html(
+        '<div id="farm-run-progress-{uuid}" class="farm-progress" data-progress-topic="run:{uuid}">'
+        '<div style="background:#e5e5e5;width:12em;height:0.9em;border-radius:3px;overflow:hidden">'
+        '<div data-progress-width="percentDone" style="background:#417690;height:100%;width:{pct}%"></div></div>'
+        '<small><span data-progress-field="numDone">{done}</span> done · '
+        '<span data-progress-field="numComputing">{computing}</span> computing · '
+        '<span data-progress-field="numWaiting">{waiting}</span> waiting · '
+        '<span data-progress-field="numNotStarted">{not_started}</span> not started</small></div>',
+        uuid=run.uuid, pct=f"{state['percentDone']:.2f}", done=counts.num_done, computing=counts.num_computing,
+        waiting=counts.num_waiting, not_started=counts.num_not_started,
+    )
+
+
+def _counts_from_annotations(run: Any) -> RunCounts:
+    if not hasattr(run, "n_done"):
+        return run_counts(run=run)
+    percent = (run.pct_sum or 0.0) / run.num_tasks if run.num_tasks else 0.0
+    return RunCounts(run.num_tasks, run.n_waiting, run.n_computing, run.n_done, percent)
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    list_display = ("uuid", "owner", "created_at", "num_tasks", "progress")
+    list_filter = ("created_at",)
+    search_fields = ("uuid", "owner__email")
+    list_select_related = ("owner",)
+    date_hierarchy = "created_at"
+    actions = ("restart_incomplete", "restart_all")
+    change_form_template = "farm/admin/run_change_form.html"
+    fields = ("owner", "num_tasks")
+
+    class Media:
+        js = ["progress/live.js"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Run]:
+        from django.db.models import Sum
+
+        return super().get_queryset(request).annotate(
+            n_waiting=Count("tasks", filter=Q(tasks__status=Task.Status.WAITING)),
+            n_computing=Count("tasks", filter=Q(tasks__status=Task.Status.COMPUTING)),
+            n_done=Count("tasks", filter=Q(tasks__status=Task.Status.DONE)),
+            pct_sum=Sum("tasks__percent_completed"),
+        )
+
+    def get_fields(self, request: HttpRequest, obj: Run | None = None) -> Any:
+        if obj is None:
+            return ("owner", "num_tasks")
+        return ("uuid", "owner", "num_tasks", "next_task", "created_at", "progress")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Run | None = None) -> Any:
+        if obj is None:
+            return ()
+        return ("uuid", "owner", "num_tasks", "next_task", "created_at", "progress")
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        return {"owner": request.user.pk}
+
+    @admin.display(description="progress")
+    def progress(self, run: Run) -> SafeString:
+        return progress_widget(run, _counts_from_annotations(run))
+
+    def save_model(self, request: HttpRequest, obj: Run, form: Any, change: bool) -> None:
+        if change:
+            return  # runs are immutable once created; state changes go through the actions
+        created = services.run_create(owner=obj.owner, num_tasks=obj.num_tasks)
+        obj.pk, obj.uuid, obj.created_at, obj.next_task = created.pk, created.uuid, created.created_at, 0
+
+    def delete_model(self, request: HttpRequest, obj: Run) -> None:
+        services.run_delete(run=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        for run in queryset:
+            services.run_delete(run=run)
+
+    def _restart(self, request: HttpRequest, queryset: QuerySet[Run], everything: bool) -> None:
+        changed = sum(services.run_restart(run=run, everything=everything) for run in queryset)
+        self.message_user(request, f"{changed} tasks put back to waiting.", messages.SUCCESS)
+
+    @admin.action(description="Restart incomplete tasks (below 100%%)")
+    def restart_incomplete(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        self._restart(request, queryset, everything=False)
+
+    @admin.action(description="Restart all tasks (back to 0%%)")
+    def restart_all(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        self._restart(request, queryset, everything=True)
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        run = Run.objects.filter(pk=object_id).first() if object_id.isdigit() else None
+        context = dict(extra_context or {})
+        if run is not None:
+            status = request.GET.get("task_status", "")
+            tasks = Task.objects.filter(run=run).select_related("worker").order_by("task")
+            if status in Task.Status.values:
+                tasks = tasks.filter(status=status)
+            page = Paginator(tasks, TASKS_PER_PAGE).get_page(request.GET.get("task_page"))
+            context.update({
+                "farm_run": run,
+                "farm_tasks_page": page,
+                "farm_task_status": status,
+                "farm_statuses": Task.Status.values,
+                "farm_all_tasks_url": reverse("admin:farm_task_changelist") + f"?run__id__exact={run.pk}",
+            })
+        return super().change_view(request, object_id, form_url, context)
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = ("task", "run", "status", "percent_completed", "worker", "started", "updated")
+    list_filter = ("status", "started", "updated")
+    search_fields = ("run__uuid", "worker__hostname", "worker__uuid")
+    list_select_related = ("run", "worker")
+    readonly_fields = ("run", "task", "status", "percent_completed", "worker", "started", "updated")
+    show_full_result_count = False  # runs can hold millions of rows
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
+        return False
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    list_display = ("hostname", "pid", "uuid", "owner", "start", "last_seen", "tasks_done", "tasks_computing")
+    list_filter = ("last_seen", "start")
+    search_fields = ("hostname", "uuid", "owner__email")
+    list_select_related = ("owner",)
+    readonly_fields = ("uuid", "owner", "hostname", "pid", "start", "last_seen")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
+        return super().get_queryset(request).annotate(
+            n_done=Count("tasks", filter=Q(tasks__status=Task.Status.DONE)),
+            n_computing=Count("tasks", filter=Q(tasks__status=Task.Status.COMPUTING)),
+        )
+
+    @admin.display(description="tasks done", ordering="n_done")
+    def tasks_done(self, worker: Any) -> int:
+        return int(worker.n_done)
+
+    @admin.display(description="computing", ordering="n_computing")
+    def tasks_computing(self, worker: Any) -> int:
+        return int(worker.n_computing)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Worker | None = None) -> bool:
+        return False

@@ -1,0 +1,83 @@
+"""The staff admin for runs, tasks and workers."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from coordinator.models import Role, User
+from farm import services
+from farm.models import Run, Task, Worker
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff(fast_hashers: None) -> Client:
+    client = Client()
+    client.force_login(UserFactory(role=Role.ADMIN))
+    return client
+
+
+@pytest.fixture
+def busy_run(farm_user: User) -> Run:
+    run = services.run_create(owner=farm_user, num_tasks=4)
+    worker = services.worker_register(owner=farm_user, uuid="w1", hostname="node7", pid=42)
+    services.tasks_claim(run=run, worker=worker, limit=3)
+    services.task_update(run=run, number=0, change=services.TaskChange(100.0, "done"))
+    return run
+
+
+def test_run_list_shows_live_progress(staff: Client, busy_run: Run) -> None:
+    page = staff.get("/admin/farm/run/").content.decode()
+    assert f'data-progress-topic="run:{busy_run.uuid}"' in page
+    assert f'id="farm-run-progress-{busy_run.uuid}"' in page
+    assert 'data-progress-width="percentDone"' in page and "width:25.00%" in page
+    assert '<span data-progress-field="numDone">1</span>' in page
+    assert '<span data-progress-field="numComputing">2</span>' in page
+    assert '<span data-progress-field="numNotStarted">1</span>' in page
+    assert "progress/live.js" in page
+
+
+def test_run_page_lists_and_filters_tasks(staff: Client, busy_run: Run) -> None:
+    url = f"/admin/farm/run/{busy_run.pk}/change/"
+    page = staff.get(url).content.decode()
+    assert 'id="farm-run-tasks"' in page and "data-progress-reload-fragment" in page
+    assert all(f'id="farm-task-{n}"' in page for n in (0, 1, 2))
+    assert "node7:42" in page
+    done_only = staff.get(url, {"task_status": "done"}).content.decode()
+    assert 'id="farm-task-0"' in done_only and 'id="farm-task-1"' not in done_only
+
+
+def test_create_run_from_admin(staff: Client, farm_user: User) -> None:
+    response = staff.post("/admin/farm/run/add/", {"owner": farm_user.pk, "num_tasks": 1000})
+    assert response.status_code == 302
+    run = Run.objects.get()
+    assert run.owner == farm_user and run.num_tasks == 1000 and len(run.uuid) == 32
+    assert not Task.objects.exists()
+
+
+def test_restart_and_delete_actions(staff: Client, busy_run: Run) -> None:
+    url = "/admin/farm/run/"
+    staff.post(url, {"action": "restart_incomplete", "_selected_action": [busy_run.pk]})
+    assert sorted(Task.objects.values_list("status", flat=True)) == ["done", "waiting", "waiting"]
+    staff.post(url, {"action": "restart_all", "_selected_action": [busy_run.pk]})
+    assert set(Task.objects.values_list("status", "percent_completed")) == {("waiting", 0.0)}
+    staff.post(url, {"action": "delete_selected", "_selected_action": [busy_run.pk], "post": "yes"})
+    assert not Run.objects.exists() and not Task.objects.exists()
+
+
+def test_worker_and_task_lists(staff: Client, busy_run: Run) -> None:
+    workers = staff.get("/admin/farm/worker/").content.decode()
+    assert "node7" in workers and "w1" in workers
+    assert Worker.objects.count() == 1
+    tasks = staff.get("/admin/farm/task/", {"status__exact": "computing"}).content.decode()
+    assert "computing" in tasks
+    assert staff.get("/admin/farm/task/add/").status_code == 403
+
+
+def test_non_staff_cannot_open_the_farm_admin(farm_user: User) -> None:
+    client = Client()
+    client.force_login(farm_user)
+    assert client.get("/admin/farm/run/").status_code == 302
