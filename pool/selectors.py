@@ -178,3 +178,18 @@ def _export_chunk(tasks: list[Message]) -> Iterator[dict[str, Any]]:
                 "response_count": len(answered),
                 "responses": _json(answered),
             }
+
+
+def task_state_counts(*, task: Message) -> dict[str, int]:
+    """How many target devices are in each delivery state."""
+    counts = {state: 0 for state in ("pending", "progress", "done", "failed", "cancelled")}
+    for row in Delivery.objects.filter(task=task).values("state").annotate(n=Count("id")):
+        counts[row["state"]] = row["n"]
+    return counts
+
+
+def task_unfetched_devices(*, task: Message) -> int:
+    """For a live broadcast: validated, enabled devices that have no delivery row yet."""
+    if not task.target_all or not task.is_live():
+        return 0
+    return Device.objects.filter(validated=True, enabled=True).exclude(deliveries__task=task).count()

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.contrib.auth.hashers import check_password, make_password
 from django.db import transaction
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from coordinator.models import User
@@ -30,6 +30,7 @@ from pool.errors import (
     UnknownDevicesError,
 )
 from pool.models import OPEN_STATES, Delivery, DeliveryState, Device, Message, MessageType
+from pool.selectors import task_state_counts
 from pool.tokens import device_token_encode
 from pool.wire import MESSAGE_KEYS, format_ts, message_line, parse_target, parse_ts
 from progress.services import progress_publish
@@ -126,13 +127,6 @@ def _touch(device: Device, kind: str, now: datetime, heartbeat: bool = False) ->
 # --- Tasks -------------------------------------------------------------------------------------
 
 
-def _delivery_counts(task: Message) -> dict[str, int]:
-    counts = {state: 0 for state in DeliveryState.values}
-    for row in Delivery.objects.filter(task=task).values("state").annotate(n=Count("id")):
-        counts[row["state"]] = row["n"]
-    return counts
-
-
 def _task_finished(task: Message) -> bool:
     """Every target device is done or failed (broadcast: every validated, enabled device)."""
     if Delivery.objects.filter(task=task, state__in=OPEN_STATES).exists():
@@ -196,7 +190,7 @@ def task_create(
         state={
             "to": task.to,
             "devices": {str(pk): DeliveryState.PENDING.value for pk in target.device_ids},
-            "counts": _delivery_counts(task),
+            "counts": task_state_counts(task=task),
         },
         owner_id=_owner(task),
     )
@@ -215,7 +209,7 @@ def task_cancel(*, task: Message) -> bool:
         topic=f"pooltask:{task.msg_id}",
         kind="end",
         text="cancelled",
-        state={"cancelled": True, "counts": _delivery_counts(task)},
+        state={"cancelled": True, "counts": task_state_counts(task=task)},
         owner_id=_owner(task),
     )
     return True
@@ -315,7 +309,7 @@ def response_create(
         "device_id": device.pk,
         "device_state": status,
         "progress": changes.get("progress"),
-        "counts": _delivery_counts(task),
+        "counts": task_state_counts(task=task),
     }
     progress_publish(topic=topic, kind="msg", text=f"{device.address}: {status} {title or body}".strip(),
                      state=state, owner_id=_owner(task))
@@ -337,7 +331,7 @@ def heartbeat_record(*, device: Device, title: str = "", body: str = "", meta: d
     _touch(device, MessageType.HEARTBEAT, now, heartbeat=True)
     progress_publish(
         topic=f"pooldevice:{device.pk}", kind="msg", text=f"{device.address} heartbeat",
-        state={"online": True, "last_seen": now.isoformat()}, owner_id=None,
+        state={"online": True, "last_seen": now.isoformat(), "badge": "online"}, owner_id=None,
     )
     return message
 

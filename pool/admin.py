@@ -1,0 +1,302 @@
+"""The staff UI of the task pool: devices, tasks (compose, follow live, cancel), the message log."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from coordinator.models import User
+from pool import selectors, services
+from pool.models import Device, Message, MessageType, Task
+from pool.selectors import device_is_online
+from pool.wire import format_ts
+
+LIVE_JS = ["progress/live.js"]
+
+
+class DeviceAddForm(forms.ModelForm):
+    class Meta:
+        model = Device
+        fields = ("name", "kind", "validated")
+
+
+@admin.register(Device)
+class DeviceAdmin(admin.ModelAdmin):
+    list_display = ("id", "name", "kind", "validated", "enabled", "online_badge", "last_activity_at",
+                    "last_activity_type", "pending")
+    list_filter = ("validated", "enabled", "kind")
+    search_fields = ("name", "kind", "=id")
+    readonly_fields = ("validated", "enabled", "created_at", "last_activity_at", "last_activity_type",
+                       "last_heartbeat_at", "broadcasts_seen_until")
+    actions = ["validate", "disable", "enable", "issue_secret"]
+
+    class Media:
+        js = LIVE_JS
+        css = {"all": ["pool/admin.css"]}
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Device]:
+        return selectors.devices_with_pending()
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = DeviceAddForm
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.readonly_fields if obj is not None else ()
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return ("name", "kind", "validated")
+        return ("name", "kind", *self.readonly_fields)
+
+    def save_model(self, request: HttpRequest, obj: Device, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        device, secret = services.device_create(name=obj.name, kind=obj.kind, validated=obj.validated)
+        obj.pk = device.pk
+        obj.secret_hash = device.secret_hash
+        obj.created_at = device.created_at
+        obj._state.adding = False
+        self.message_user(request, f"Device {device.pk} created. Its secret, shown only now: {secret}",
+                          messages.WARNING)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Online")
+    def online_badge(self, obj: Device) -> str:
+        online = device_is_online(obj)
+        seen = obj.last_heartbeat_at.isoformat() if obj.last_heartbeat_at else "never"
+        # Live: a heartbeat event on pooldevice:<id> sets the badge text and the time.
+        return format_html(
+            '<span class="pool-badge" data-progress-topic="pooldevice:{}" data-online="{}">'
+            '<span data-progress-field="badge">{}</span> <small data-progress-field="last_seen">{}</small></span>',
+            obj.pk, "1" if online else "0", "online" if online else "offline", seen,
+        )
+
+    @admin.display(description="Pending", ordering="pending_count")
+    def pending(self, obj: Device) -> int:
+        return int(getattr(obj, "pending_count", 0))
+
+    @admin.action(description="Validate the selected devices")
+    def validate(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
+        count = services.device_set_flags(devices=queryset, validated=True)
+        self.message_user(request, f"{count} device(s) validated.")
+
+    @admin.action(description="Disable the selected devices")
+    def disable(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
+        count = services.device_set_flags(devices=queryset, enabled=False)
+        self.message_user(request, f"{count} device(s) disabled: their tokens stop working now.")
+
+    @admin.action(description="Enable the selected devices")
+    def enable(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
+        count = services.device_set_flags(devices=queryset, enabled=True)
+        self.message_user(request, f"{count} device(s) enabled.")
+
+    @admin.action(description="Issue a new secret (shown once)")
+    def issue_secret(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
+        for device in queryset:
+            secret = services.device_issue_secret(device=device)
+            self.message_user(request, f"New secret for device {device.pk} ({device.name}), shown only now: {secret}",
+                              messages.WARNING)
+
+
+class TaskComposeForm(forms.ModelForm):
+    """Compose a task: a target picker (one device, several, all) and an optional expiry."""
+
+    TARGETS = (("one", "One device"), ("several", "Several devices"), ("all", "All devices (device:*)"))
+    target = forms.ChoiceField(choices=TARGETS, widget=forms.RadioSelect, initial="one")
+    devices = forms.ModelMultipleChoiceField(
+        queryset=Device.objects.order_by("id"), required=False,
+        help_text="For one or several devices. Unvalidated devices receive the task once validated.",
+    )
+    meta_json = forms.CharField(label="Meta (JSON object)", required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    expires_at = forms.DateTimeField(required=False, help_text="Optional, UTC (YYYY-MM-DD HH:MM:SS).")
+
+    class Meta:
+        model = Task
+        fields = ("title", "body")
+
+    def clean_meta_json(self) -> dict[str, Any]:
+        raw = (self.cleaned_data.get("meta_json") or "").strip()
+        if not raw:
+            return {}
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise forms.ValidationError("Meta must be a JSON object.")
+        return value
+
+    def clean_expires_at(self) -> Any:
+        value = self.cleaned_data.get("expires_at")
+        if value is not None and value <= timezone.now():
+            raise forms.ValidationError("The expiry must be in the future.")
+        return value
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        chosen = list(data.get("devices") or [])
+        if data.get("target") == "one" and len(chosen) != 1:
+            self.add_error("devices", "Pick exactly one device.")
+        if data.get("target") == "several" and not chosen:
+            self.add_error("devices", "Pick at least one device.")
+        return data
+
+    def target_string(self) -> str:
+        if self.cleaned_data["target"] == "all":
+            return "device:*"
+        ids = sorted(d.pk for d in self.cleaned_data["devices"])
+        return f"device:{ids[0]}" if self.cleaned_data["target"] == "one" else f"device:{json.dumps(ids)}"
+
+
+class TargetKindFilter(admin.SimpleListFilter):
+    title = "target"
+    parameter_name = "target"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("one", "One device"), ("list", "Device list"), ("all", "All devices")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "all":
+            return queryset.filter(target_all=True)
+        if self.value() == "list":
+            return queryset.filter(to__startswith="device:[")
+        if self.value() == "one":
+            return queryset.filter(target_all=False).exclude(to__startswith="device:[")
+        return queryset
+
+
+class DeviceFilter(admin.SimpleListFilter):
+    title = "device"
+    parameter_name = "device"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(str(d.pk), f"{d.pk} {d.name}") for d in Device.objects.order_by("id")[:200]]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value and value.isdigit():
+            return queryset.filter(deliveries__device_id=int(value)).distinct()
+        return queryset
+
+
+class StatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("open", "Open (someone still pending)"), ("progress", "Has progress"), ("done", "Has done"),
+                ("failed", "Has failures"), ("expired", "Expired"), ("cancelled", "Cancelled")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        now = timezone.now()
+        value = self.value()
+        if value == "cancelled":
+            return queryset.exclude(cancelled_at=None)
+        if value == "expired":
+            return queryset.filter(expires_at__lte=now)
+        if value == "open":
+            return queryset.filter(cancelled_at=None, deliveries__state__in=["pending", "progress"]).distinct()
+        if value in ("progress", "done", "failed"):
+            return queryset.filter(deliveries__state=value).distinct()
+        return queryset
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    form = TaskComposeForm
+    change_form_template = "admin/pool/task/change_form.html"
+    list_display = ("msg_id", "ts", "sender", "to", "title", "state_summary", "expires_at", "cancelled_at")
+    list_filter = (TargetKindFilter, StatusFilter, DeviceFilter, "ts")
+    date_hierarchy = "ts"
+    search_fields = ("title", "body", "=msg_id")
+    actions = ["cancel"]
+    list_per_page = 50
+
+    class Media:
+        js = LIVE_JS
+        css = {"all": ["pool/admin.css"]}
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return Task.objects.filter(type=MessageType.TASK).order_by("-ts", "-seq")
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return [(None, {"fields": ("target", "devices", "title", "body", "meta_json", "expires_at")})]
+        return [(None, {"fields": ("msg_id", "ts", "sender", "to", "title", "body", "meta", "expires_at",
+                                   "cancelled_at")})]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # tasks are immutable; the page is a view page with the cancel action
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        user = request.user if isinstance(request.user, User) else None
+        task = services.task_create(
+            user=user, to=form.target_string(), title=form.cleaned_data["title"], body=form.cleaned_data["body"],
+            meta=form.cleaned_data["meta_json"], expires_at=form.cleaned_data["expires_at"],
+        )
+        for field in task._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(task, field.attname))
+        obj._state.adding = False
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        task = self.get_object(request, object_id)
+        context = dict(extra_context or {})
+        if task is not None:
+            context["threads"] = selectors.task_threads(task=task)
+            context["unfetched"] = selectors.task_unfetched_devices(task=task)
+            context["task_topic"] = f"pooltask:{task.msg_id}"
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    @admin.display(description="Deliveries")
+    def state_summary(self, obj: Message) -> str:
+        counts = getattr(obj, "_counts", None)
+        if counts is None:
+            counts = selectors.task_state_counts(task=obj)
+        parts = [f"{n} {state}" for state, n in counts.items() if n]
+        return ", ".join(parts) or ("broadcast, not fetched yet" if obj.target_all else "-")
+
+    @admin.action(description="Cancel the selected tasks")
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        cancelled = sum(1 for task in queryset if services.task_cancel(task=task))
+        self.message_user(request, f"{cancelled} task(s) cancelled; they are pending for nobody now.")
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    """The full log, read-only."""
+
+    list_display = ("msg_id", "ts_utc", "type", "sender", "to", "title", "parent_id")
+    list_filter = ("type", "ts")
+    date_hierarchy = "ts"
+    search_fields = ("=msg_id", "title", "body", "sender", "=parent_id")
+    list_per_page = 100
+    fields = ("msg_id", "ts", "sender", "to", "type", "title", "body", "parent_id", "meta")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="ts", ordering="ts")
+    def ts_utc(self, obj: Message) -> str:
+        return format_ts(obj.ts)

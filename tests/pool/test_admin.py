@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from pool.models import Delivery, Device, Message
+from pool.services import heartbeat_record, response_create, task_create
+
+
+@pytest.fixture
+def staff(admin) -> Client:
+    client = Client()
+    client.force_login(admin)
+    return client
+
+
+def test_device_list_shows_badge_pending_and_live_topic(staff, make_device, master):
+    online, offline = make_device("online-one"), make_device("quiet-one")
+    heartbeat_record(device=online)
+    task_create(user=master, to="device:*")
+    page = staff.get(reverse("admin:pool_device_changelist")).content.decode()
+    assert f'data-progress-topic="pooldevice:{online.pk}"' in page
+    assert "progress/live.js" in page
+    badges = dict(re.findall(r'pooldevice:(\d+)" data-online="\d"><span data-progress-field="badge">(\w+)', page))
+    assert badges == {str(online.pk): "online", str(offline.pk): "offline"}
+    assert '<td class="field-pending">1</td>' in page
+
+
+def test_device_add_shows_secret_once_and_actions_work(staff, make_device):
+    response = staff.post(reverse("admin:pool_device_add"), {"name": "bench-pc", "kind": "pc", "validated": "on"},
+                          follow=True)
+    device = Device.objects.get(name="bench-pc")
+    assert device.validated
+    text = response.content.decode()
+    secret = re.search(r"(?:shown only now|shown only now): (\S+?)<", text).group(1)
+    assert Client().post("/pool/token", {"device_id": device.pk, "secret": secret},
+                         content_type="application/json").status_code == 200
+
+    other = make_device("new", validated=False)
+    url = reverse("admin:pool_device_changelist")
+    staff.post(url, {"action": "validate", "_selected_action": [other.pk]})
+    other.refresh_from_db()
+    assert other.validated
+    staff.post(url, {"action": "disable", "_selected_action": [other.pk]})
+    other.refresh_from_db()
+    assert not other.enabled
+    old_hash = device.secret_hash
+    response = staff.post(url, {"action": "issue_secret", "_selected_action": [device.pk]}, follow=True)
+    device.refresh_from_db()
+    assert device.secret_hash != old_hash
+    new_secret = re.search(r"(?:shown only now|shown only now): (\S+?)<", response.content.decode()).group(1)
+    assert Client().post("/pool/token", {"device_id": device.pk, "secret": secret},
+                         content_type="application/json").status_code == 401
+    assert Client().post("/pool/token", {"device_id": device.pk, "secret": new_secret},
+                         content_type="application/json").status_code == 200
+
+
+def test_compose_task_with_target_picker(staff, make_device, admin):
+    d1, d2 = make_device("a"), make_device("b")
+    url = reverse("admin:pool_task_add")
+    assert staff.get(url).status_code == 200
+    staff.post(url, {"target": "one", "devices": [d1.pk], "title": "one", "body": "", "meta_json": ""})
+    staff.post(url, {"target": "several", "devices": [d1.pk, d2.pk], "title": "two", "body": "",
+                     "meta_json": '{"k": 1}', "expires_at": "2999-01-01 00:00:00"})
+    staff.post(url, {"target": "all", "title": "all", "body": "", "meta_json": ""})
+    tasks = {t.title: t for t in Message.objects.filter(type="task")}
+    assert tasks["one"].to == f"device:{d1.pk}"
+    assert tasks["two"].to == f"device:[{d1.pk},{d2.pk}]" and tasks["two"].meta["k"] == 1
+    assert tasks["two"].expires_at.year == 2999
+    assert tasks["all"].to == "device:*"
+    assert tasks["one"].sender == f"user:{admin.email}"
+
+    bad = staff.post(url, {"target": "one", "devices": [d1.pk, d2.pk], "title": "x", "meta_json": "[1]"})
+    assert bad.status_code == 200 and "Pick exactly one device." in bad.content.decode()
+    assert "Meta must be a JSON object." in bad.content.decode()
+    assert Message.objects.filter(type="task").count() == 3
+
+
+def test_task_page_threads_responses_live_and_cancel(staff, make_device, master):
+    d1, d2 = make_device("alpha"), make_device("beta")
+    task = task_create(user=master, to=f"device:[{d1.pk},{d2.pk}]", title="update firmware")
+    response_create(device=d1, parent_id=task.msg_id, status="progress", body="half way")
+    response_create(device=d1, parent_id=task.msg_id, status="done", body="all good")
+    page = staff.get(reverse("admin:pool_task_change", args=[task.pk])).content.decode()
+    assert f'data-progress-topic="pooltask:{task.msg_id}" data-progress-reload-fragment' in page
+    assert 'id="pool-task-deliveries"' in page and "progress/live.js" in page
+    assert page.index("half way") < page.index("all good") < page.index("beta")
+    assert 'class="pool-state-done">done<' in page and 'class="pool-state-pending">pending<' in page
+
+    listing = staff.get(reverse("admin:pool_task_changelist")).content.decode()
+    assert "1 done, 1 pending" in listing or "1 pending, 1 done" in listing
+
+    staff.post(reverse("admin:pool_task_changelist"), {"action": "cancel", "_selected_action": [task.pk]})
+    task.refresh_from_db()
+    assert task.cancelled_at is not None
+    assert Delivery.objects.get(task=task, device=d2).state == "cancelled"
+
+
+def test_task_list_filters_and_search(staff, make_device, master):
+    d1, d2 = make_device("a"), make_device("b")
+    direct = task_create(user=master, to=f"device:{d1.pk}", title="reboot router")
+    task_create(user=master, to="device:*", title="inventory")
+    listed = task_create(user=master, to=f"device:[{d1.pk},{d2.pk}]", title="collect logs", body="zip them")
+    response_create(device=d2, parent_id=listed.msg_id, status="failed")
+    url = reverse("admin:pool_task_changelist")
+
+    def titles(query: str) -> set[str]:
+        page = staff.get(url + query)
+        assert page.status_code == 200
+        return {t.title for t in page.context["cl"].result_list}
+
+    assert titles("") == {"reboot router", "inventory", "collect logs"}
+    assert titles("?target=all") == {"inventory"}
+    assert titles("?target=list") == {"collect logs"}
+    assert titles("?target=one") == {"reboot router"}
+    assert titles(f"?device={d2.pk}") == {"collect logs"}
+    assert titles("?status=failed") == {"collect logs"}
+    assert titles("?status=open") == {"reboot router", "collect logs"}
+    assert titles("?q=zip") == {"collect logs"}
+    day = timezone.now()
+    assert titles(f"?ts__year={day.year}&ts__month={day.month}&ts__day={day.day}") == {
+        "reboot router", "inventory", "collect logs"}
+    assert direct.title in titles("?q=reboot")
+
+
+def test_message_log_is_read_only_and_filterable(staff, device, master):
+    task_create(user=master, to=f"device:{device.pk}", title="t")
+    heartbeat_record(device=device)
+    url = reverse("admin:pool_message_changelist")
+    assert staff.get(url).status_code == 200
+    page = staff.get(url + "?type__exact=heartbeat")
+    assert [m.type for m in page.context["cl"].result_list] == ["heartbeat"]
+    assert staff.get(reverse("admin:pool_message_add")).status_code == 403
+    message = Message.objects.first()
+    detail = staff.get(reverse("admin:pool_message_change", args=[message.pk]))
+    assert detail.status_code == 200 and message.msg_id in detail.content.decode()
+    staff.post(reverse("admin:pool_message_change", args=[message.pk]), {"title": "changed"})
+    message.refresh_from_db()
+    assert message.title == "t"
+
+
+def test_admin_dashboard_cards(rf, admin, make_device):
+    from django.apps import apps
+
+    make_device("waiting", validated=False)
+    request = rf.get("/admin/")
+    request.user = admin
+    cards = {c["title"]: c for c in apps.get_app_config("pool").admin_dashboard(request)}
+    assert cards["Devices to validate"]["value"] == 1
+    assert Client().get(cards["Devices to validate"]["url"]).status_code == 302  # a real admin URL (login first)
