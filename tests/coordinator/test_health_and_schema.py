@@ -37,3 +37,14 @@ def test_schema_and_docs_are_served(anon_client: APIClient) -> None:
     docs = anon_client.get("/docs/")
     assert docs.status_code == 200
     assert b"swagger" in docs.content.lower()
+
+
+@pytest.mark.django_db
+def test_schema_is_readable_with_any_credentials(anon_client: APIClient) -> None:
+    anon_client.credentials(HTTP_AUTHORIZATION="Bearer something-that-is-not-a-user-token")
+    assert anon_client.get("/schema/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_format_query_parameter_cannot_break_an_endpoint(anon_client: APIClient) -> None:
+    assert anon_client.get("/healthz?format=nonsense").status_code == 200
