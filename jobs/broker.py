@@ -75,6 +75,11 @@ class ListenNotifyBroker(ORM):
             )
             return [(row[0], row[1]) for row in cursor.fetchall()]
 
+    def close(self) -> None:
+        if self._listen_conn is not None:
+            self._listen_conn.close()
+            self._listen_conn = None
+
     def _listen(self) -> Any:
         if self._listen_conn is None or self._listen_conn.closed:
             import psycopg
@@ -90,17 +95,20 @@ class ListenNotifyBroker(ORM):
                 self._listen_conn.execute(f"LISTEN {channel}")
         return self._listen_conn
 
-    def _wait(self, timeout: float) -> None:
+    def _wait(self, timeout: float) -> bool:
+        """Sleep until a NOTIFY arrives or `timeout` passes; True when woken by a notification."""
         try:
             conn = self._listen()
             for _ in conn.notifies(timeout=timeout, stop_after=1):
-                break
+                return True
+            return False
         except Exception:
             logger.exception("LISTEN connection failed; falling back to polling")
             if self._listen_conn is not None:
                 self._listen_conn.close()
             self._listen_conn = None
             time.sleep(min(timeout, Conf.POLL))
+            return False
 
     def _maybe_sweep(self) -> None:
         now = time.monotonic()

@@ -58,7 +58,7 @@ def run_cluster(export_root: Path, **extra: str) -> Iterator[subprocess.Popen[by
         yield proc
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:

@@ -1,0 +1,78 @@
+"""Real `qcluster` processes: exactly-once with two clusters, timeouts, kill -9 recovery."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from coordinator.models import User
+from jobs.models import Job
+from jobs.services import job_create
+from tests.jobs.conftest import job_status, run_cluster, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def _finished(ids: list[int]) -> bool:
+    job_status(ids[0])
+    return not Job.objects.filter(pk__in=ids, status__in=[Job.Status.FRESH, Job.Status.STARTED]).exists()
+
+
+def test_two_clusters_run_each_job_exactly_once(user: User, export_root: Path, tmp_path: Path) -> None:
+    record = tmp_path / "executions.txt"
+    with run_cluster(export_root) as first, run_cluster(export_root) as second:
+        ids = [job_create(type="tests.record", data={"path": str(record)}, user=user).pk for _ in range(60)]
+        export = job_create(type="csv_export", data={"datasets": ["jobs"]}, user=user).pk
+        slow = job_create(type="tests.timeout", data={}, user=user).pk
+        wait_for(lambda: _finished([*ids, export, slow]), timeout=90)
+        assert first.poll() is None and second.poll() is None
+    jobs = Job.objects.filter(pk__in=ids)
+    assert {job.status for job in jobs} == {Job.Status.SUCCESS}
+    assert all(job.attempts == 1 for job in jobs)
+    pids = record.read_text().split()
+    assert len(pids) == len(ids)  # no job ran twice, none was lost
+    # Work was shared: more than one worker process took jobs.
+    assert len({job.worker for job in jobs}) > 1
+    assert Job.objects.get(pk=export).status == Job.Status.SUCCESS
+    timed_out = Job.objects.get(pk=slow)
+    assert timed_out.status == Job.Status.FAILURE
+    assert "Timed out" in timed_out.error
+
+
+def _worker_pid(job: Job) -> int:
+    # worker ids are `<host>-<pid>:<uuid>`
+    assert job.worker
+    return int(job.worker.split(":", 1)[0].rsplit("-", 1)[1])
+
+
+def test_kill_9_of_a_worker_and_of_a_whole_cluster_is_recovered(user: User, export_root: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "first-attempt"
+    with run_cluster(export_root) as cluster:
+        retried = job_create(type="tests.sleep_retry", data={"seconds": 60.0, "marker": str(marker)}, user=user).pk
+        failed = job_create(type="tests.sleep", data={"seconds": 60.0, "steps": 60}, user=user).pk
+        wait_for(lambda: job_status(retried) == "started" and job_status(failed) == "started", timeout=60)
+        wait_for(marker.exists)
+
+        # One worker process dies mid-job: the cluster's own sweep notices the silent heartbeat
+        # and the job is retried per its policy (2 attempts).
+        victim = Job.objects.get(pk=retried)
+        os.kill(_worker_pid(victim), signal.SIGKILL)
+        wait_for(lambda: job_status(retried) == "success", timeout=60)
+        job = Job.objects.get(pk=retried)
+        assert job.result == "attempt 2"
+        assert job.attempts == 2
+        assert job.worker != victim.worker
+
+        # The whole cluster dies (master, pusher, workers): nobody is left to sweep.
+        os.killpg(cluster.pid, signal.SIGKILL)
+        cluster.wait()
+    assert job_status(failed) == "started"
+    with run_cluster(export_root):
+        # The next cluster to start recovers it; one attempt allowed, so it is a failure.
+        wait_for(lambda: job_status(failed) == "failure", timeout=60)
+    job = Job.objects.get(pk=failed)
+    assert "stopped responding" in job.error
+    assert job.finished_at is not None
