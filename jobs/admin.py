@@ -1,0 +1,204 @@
+"""Staff admin for jobs and their files: live progress, retry/cancel, submit from the signature."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+
+from coordinator.errors import ApplicationError
+from coordinator.models import User
+from jobs.exports import file_path
+from jobs.forms import JobSubmitForm
+from jobs.models import Job, JobFile
+from jobs.registry import all_specs, get_spec
+from jobs.services import job_cancel, job_create, job_retry, user_may_run
+
+
+def progress_widget(job: Job) -> str:
+    """A live fragment for contract 2: updated in place by progress/live.js."""
+    return format_html(
+        '<div class="job-progress" data-progress-topic="job:{}">'
+        '<progress max="100" value="{}" data-progress-field="percent"></progress> '
+        '<span data-progress-field="status">{}</span> '
+        '<small data-progress-field="message">{}</small></div>',
+        job.pk, job.progress, job.status, job.progress_message,
+    )
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ["id", "type", "status", "owner", "worker", "attempts", "live_progress", "created_at",
+                    "started_at", "finished_at"]
+    list_filter = ["status", "type", "created_at"]
+    search_fields = ["=id", "type", "worker", "created_by__email", "error"]
+    list_select_related = ["created_by"]
+    date_hierarchy = "created_at"
+    actions = ["retry_jobs", "cancel_jobs"]
+    change_form_template = "admin/jobs/job/change_form.html"
+    change_list_template = "admin/jobs/job/change_list.html"
+    readonly_fields = ["id", "uuid", "type", "data", "status", "live_progress", "worker", "created_by", "attempts",
+                       "max_attempts", "result", "error", "traceback", "created_at", "updated_on", "started_at",
+                       "finished_at", "heartbeat_at", "queued_at", "run_after", "cancel_requested", "files_list"]
+    fields = tuple(readonly_fields)
+
+    class Media:
+        js = ["progress/live.js"]
+
+    @admin.display(description="owner", ordering="created_by__email")
+    def owner(self, job: Job) -> str:
+        return job.created_by.email if job.created_by else "-"
+
+    @admin.display(description="progress")
+    def live_progress(self, job: Job) -> str:
+        return progress_widget(job)
+
+    @admin.display(description="files")
+    def files_list(self, job: Job) -> str:
+        links = [format_html('<a href="{}">{}</a>', reverse("admin:jobs_jobfile_download", args=[f.pk]), f.filename)
+                 for f in job.files.all()]
+        return format_html(", ".join(["{}"] * len(links)), *links) if links else "-"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Viewing is allowed to staff with view permission; state changes go through the actions.
+        return False
+
+    @admin.action(description="Retry selected failed jobs", permissions=["view"])
+    def retry_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        done, refused = 0, 0
+        for job in queryset:
+            try:
+                job_retry(job=job)
+                done += 1
+            except ApplicationError:
+                refused += 1
+        self.message_user(request, f"{done} job(s) queued again; {refused} not in status failure.",
+                          messages.SUCCESS if done else messages.WARNING)
+
+    @admin.action(description="Cancel selected jobs (fresh: now; started: at the next progress report)",
+                  permissions=["view"])
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        done, refused = 0, 0
+        for job in queryset:
+            try:
+                job_cancel(job=job)
+                done += 1
+            except ApplicationError:
+                refused += 1
+        self.message_user(request, f"{done} job(s) cancelled or asked to stop; {refused} already finished.",
+                          messages.SUCCESS if done else messages.WARNING)
+
+    def get_urls(self) -> list[URLPattern]:
+        custom = [
+            path("submit/", self.admin_site.admin_view(self.submit_view), name="jobs_job_submit"),
+            path("<int:job_id>/retry/", self.admin_site.admin_view(self.retry_view), name="jobs_job_retry"),
+            path("<int:job_id>/cancel/", self.admin_site.admin_view(self.cancel_view), name="jobs_job_cancel"),
+        ]
+        return custom + super().get_urls()
+
+    def _job_action(self, request: HttpRequest, job_id: int, action: str) -> HttpResponse:
+        if request.method != "POST" or not self.has_view_permission(request):
+            raise Http404
+        job = Job.objects.filter(pk=job_id).first()
+        if job is None:
+            raise Http404
+        try:
+            job_retry(job=job) if action == "retry" else job_cancel(job=job)
+            self.message_user(request, f"Job {job_id}: {action} done.", messages.SUCCESS)
+        except ApplicationError as exc:
+            self.message_user(request, f"Job {job_id}: {exc.message}", messages.ERROR)
+        return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job_id]))
+
+    def retry_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        return self._job_action(request, job_id, "retry")
+
+    def cancel_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        return self._job_action(request, job_id, "cancel")
+
+    def submit_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise Http404
+        user = request.user if isinstance(request.user, User) else None
+        specs = [spec for spec in all_specs() if user_may_run(user, spec)]
+        type_name = request.POST.get("type") or request.GET.get("type") or ""
+        spec = get_spec(type_name) if type_name in {s.name for s in specs} else None
+        form = None
+        if spec is not None:
+            form = JobSubmitForm(spec, request.POST if request.method == "POST" else None)
+            if request.method == "POST" and form.is_valid():
+                try:
+                    job = job_create(type=spec.name, data=form.job_data(), user=user)
+                except ApplicationError as exc:
+                    form.add_error(None, exc.message)
+                else:
+                    self.message_user(request, f"Job {job.pk} ({job.type}) submitted.", messages.SUCCESS)
+                    return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Submit a job",
+            "specs": specs,
+            "spec": spec,
+            "form": form,
+            "media": self.media + (form.media if form else self.media),
+        }
+        return TemplateResponse(request, "admin/jobs/job/submit.html", context)
+
+
+@admin.register(JobFile)
+class JobFileAdmin(admin.ModelAdmin):
+    list_display = ["filename", "owner", "format", "human_size", "rows", "job_link", "uploaded", "created_at",
+                    "download"]
+    list_filter = ["format", "uploaded", "created_at"]
+    search_fields = ["filename", "owner__email"]
+    list_select_related = ["owner", "job"]
+    readonly_fields = ["filename", "owner", "format", "size", "rows", "job", "uploaded", "created_at", "download"]
+    fields = tuple(readonly_fields)
+
+    @admin.display(description="size", ordering="size")
+    def human_size(self, row: JobFile) -> str:
+        return filesizeformat(row.size)
+
+    @admin.display(description="job")
+    def job_link(self, row: JobFile) -> str:
+        if row.job_id is None:
+            return "-"
+        return format_html('<a href="{}">#{}</a>', reverse("admin:jobs_job_change", args=[row.job_id]), row.job_id)
+
+    @admin.display(description="download")
+    def download(self, row: JobFile) -> str:
+        return format_html('<a href="{}">download</a>', reverse("admin:jobs_jobfile_download", args=[row.pk]))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path("<int:file_id>/download/", self.admin_site.admin_view(self.download_view),
+                 name="jobs_jobfile_download"),
+            *super().get_urls(),
+        ]
+
+    def download_view(self, request: HttpRequest, file_id: int) -> FileResponse:
+        if not self.has_view_permission(request):
+            raise Http404
+        row = JobFile.objects.filter(pk=file_id).first()
+        if row is None:
+            raise Http404
+        try:
+            handle = open(file_path(row), "rb")
+        except OSError as exc:
+            raise Http404 from exc
+        return FileResponse(handle, as_attachment=True, filename=row.filename)

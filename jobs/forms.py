@@ -1,0 +1,79 @@
+"""The admin's submit-a-job form, generated from the job function's signature."""
+
+from __future__ import annotations
+
+import enum
+import types
+from typing import Any, Literal, Union, get_args, get_origin
+
+from django import forms
+
+from jobs.registry import JobSpec, Param
+
+_INT_LIMIT = 2**63
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    if get_origin(annotation) in (Union, types.UnionType):
+        options = [option for option in get_args(annotation) if option is not type(None)]
+        if len(options) == 1 and len(get_args(annotation)) == 2:
+            return options[0], True
+    return annotation, False
+
+
+def field_for(param: Param) -> forms.Field:
+    """A form field for one parameter; kinds without a natural widget take JSON."""
+    annotation, optional = _unwrap_optional(param.annotation)
+    required = param.required and not optional
+    initial = None if param.required else param.default
+    help_text = f"type: {param.annotation}"
+    if annotation is bool:
+        return forms.BooleanField(required=False, initial=initial, help_text=help_text)
+    if annotation is int:
+        return forms.IntegerField(required=required, initial=initial, help_text=help_text,
+                                  min_value=-_INT_LIMIT, max_value=_INT_LIMIT - 1)
+    if annotation is float:
+        return forms.FloatField(required=required, initial=initial, help_text=help_text)
+    if annotation is str:
+        return forms.CharField(required=required, initial=initial, help_text=help_text)
+    if get_origin(annotation) is Literal:
+        choices = [(str(choice), str(choice)) for choice in get_args(annotation)]
+        return forms.ChoiceField(choices=([("", "---")] if not required else []) + choices, required=required,
+                                 initial=initial, help_text=help_text)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        choices = [(str(member.value), member.name) for member in annotation]
+        initial_value = initial.value if isinstance(initial, enum.Enum) else initial
+        return forms.ChoiceField(choices=([("", "---")] if not required else []) + choices, required=required,
+                                 initial=initial_value, help_text=help_text)
+    return forms.JSONField(required=required, initial=initial, help_text=f"JSON; {help_text}")
+
+
+def _json_value(param: Param, value: Any) -> Any:
+    annotation, _optional = _unwrap_optional(param.annotation)
+    if get_origin(annotation) is Literal:
+        for choice in get_args(annotation):
+            if str(choice) == value:
+                return choice
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        for member in annotation:
+            if str(member.value) == value:
+                return member.value
+    return value
+
+
+class JobSubmitForm(forms.Form):
+    def __init__(self, spec: JobSpec, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spec = spec
+        for param in spec.params:
+            self.fields[param.name] = field_for(param)
+
+    def job_data(self) -> dict[str, Any]:
+        """The cleaned values as the job's JSON arguments (empty optional fields left out)."""
+        data: dict[str, Any] = {}
+        for param in self.spec.params:
+            value = self.cleaned_data.get(param.name)
+            if value in (None, "") and not param.required:
+                continue
+            data[param.name] = _json_value(param, value)
+        return data

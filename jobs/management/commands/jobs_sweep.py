@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from jobs.services import jobs_sweep
+
+
+class Command(BaseCommand):
+    help = "Recover jobs of lost workers (stale heartbeat) and queue the backlog; clusters also do this."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        result = jobs_sweep()
+        self.stdout.write(f"Recovered {len(result['recovered'])} job(s), queued {len(result['queued'])} job(s).")
