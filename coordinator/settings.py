@@ -151,10 +151,10 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file, not ":memory:", so the processes started by concurrency tests share the test DB.
     _database["TEST"] = {"NAME": str(VAR_DIR / f"test_coordinator_{TEST_DB_SUFFIX}.sqlite3")}
-    _database["CONN_MAX_AGE"] = 0
 else:
-    _database["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60)
     _database["TEST"] = {"NAME": f"test_{_database['NAME']}_{TEST_DB_SUFFIX}"}
+# Persistent connections: each gunicorn worker keeps its connection between requests.
+_database["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60)
 DATABASES = {"default": _database}
 IS_POSTGRES = _database["ENGINE"] == "django.db.backends.postgresql"
 
