@@ -255,6 +255,12 @@ def import_run(ctx: JobContext, *, filename: str) -> dict[str, Any]:
         raise FileNotFoundError(f"no uploaded file named {filename!r} for this user")
     pool_import_jsonl = _import_attr("pool.services", "pool_import_jsonl")
     ctx.report(0, f"importing {filename}", force=True)
-    report = pool_import_jsonl(path=file_path(row))
+    size = max(1, row.size)
+
+    def on_progress(partial: Any) -> None:
+        done = min(99.0, 100.0 * partial.lines / max(1, size // 200))  # ~200 bytes a line, an estimate
+        ctx.report(done, f"{partial.created} created, {partial.skipped} skipped, {len(partial.errors)} errors")
+
+    report = pool_import_jsonl(path=file_path(row), on_progress=on_progress)
     ctx.report(100, f"{report.created} created, {report.skipped} skipped, {len(report.errors)} errors", force=True)
     return {"filename": filename, "created": report.created, "skipped": report.skipped, "errors": report.errors}

@@ -12,7 +12,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -343,5 +343,4 @@ def jobs_delete_fresh() -> int:
 
 def jobs_sweep() -> dict[str, list[int]]:
     """One maintenance pass, run by every cluster's broker and by `manage.py jobs_sweep`."""
-    close_old_connections()
     return {"recovered": jobs_recover_stale(), "queued": jobs_queue_backlog()}

@@ -69,3 +69,8 @@ def run_cluster(export_root: Path, **extra: str) -> Iterator[subprocess.Popen[by
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.fixture(autouse=True)
+def _fast_hashers(settings: pytest.FixtureRequest) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # type: ignore[attr-defined]

@@ -1,0 +1,245 @@
+"""Job lifecycle in-process: queueing, the guarded claim, outcomes, retry policy, cancel, recovery."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.utils import timezone
+from django_q.models import OrmQ
+
+from coordinator.models import User
+from jobs import services
+from jobs.context import JobContext
+from jobs.errors import JobNotAllowedError, JobStateError, UnknownJobTypeError
+from jobs.models import Job
+from jobs.services import (
+    job_cancel,
+    job_claim,
+    job_create,
+    job_execute,
+    job_retry,
+    jobs_queue_backlog,
+    jobs_recover_stale,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Progress events published by the jobs app (contract 1), in order."""
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(services, "progress_publish", lambda **kw: seen.append(kw))
+    return seen
+
+
+def create(user: User | None, type: str, data: dict, capture) -> Job:
+    with capture(execute=True):
+        return job_create(type=type, data=data, user=user)
+
+
+def test_create_commits_then_queues_once(user: User, django_capture_on_commit_callbacks) -> None:
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        job = job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user)
+        assert OrmQ.objects.count() == 0  # nothing queued before commit
+    for callback in callbacks:
+        callback()
+    job.refresh_from_db()
+    assert job.status == "fresh" and job.queued_at is not None
+    assert OrmQ.objects.count() == 1
+    # Queueing again (backlog command, sweep) never adds a second message.
+    assert services.job_enqueue(job_id=job.pk) is False
+    assert OrmQ.objects.count() == 1
+
+
+def test_unknown_type_and_protected_types(user: User, master: User, admin: User) -> None:
+    with pytest.raises(UnknownJobTypeError):
+        job_create(type="nope", data={}, user=user)
+    with pytest.raises(JobNotAllowedError):
+        job_create(type="test.main.myProtectedTask", data={"x": 1, "y": 2}, user=user)
+    with pytest.raises(JobNotAllowedError):
+        job_create(type="tests.staff_only", data={}, user=user)
+    job_create(type="tests.staff_only", data={}, user=master)  # role listed on the decorator
+    job_create(type="test.main.myProtectedTask", data={"x": 1, "y": 2}, user=admin)  # admins always
+
+
+def test_protected_type_through_the_django_permission(user: User) -> None:
+    from django.contrib.auth.models import Permission
+
+    from jobs.selectors import job_permissions_sync
+
+    job_permissions_sync()
+    user.user_permissions.add(Permission.objects.get(codename="run_test.main.myProtectedTask"))
+    user = User.objects.get(pk=user.pk)  # fresh permission cache
+    assert job_create(type="test.main.myProtectedTask", data={"x": 2, "y": 3}, user=user).status == "fresh"
+
+
+def test_claim_is_guarded(user: User) -> None:
+    job = job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user)
+    assert job_claim(job_id=job.pk, worker="a:1") is True
+    assert job_claim(job_id=job.pk, worker="b:2") is False
+    job.refresh_from_db()
+    assert (job.status, job.worker, job.attempts) == ("started", "a:1", 1)
+    assert job_execute(job_id=job.pk) == "skipped"  # a second delivery does nothing
+
+
+def test_execute_success_records_result_and_publishes(user: User, events) -> None:
+    job = job_create(type="test.main.add", data={"x": 40, "y": 2}, user=user)
+    assert job_execute(job_id=job.pk) == "success"
+    job.refresh_from_db()
+    assert job.result == 42 and job.status == "success" and job.worker and job.finished_at
+    kinds = [(e["kind"], e["topic"]) for e in events]
+    assert ("new", f"job:{job.pk}") in kinds and kinds[-1] == ("end", f"job:{job.pk}")
+    new = next(e for e in events if e["kind"] == "new")
+    assert new["text"] == "test.main.add" and new["owner_id"] == user.pk
+    assert events[-1]["text"] == ""
+
+
+def test_failure_records_error_and_traceback(user: User, events) -> None:
+    job = job_create(type="tests.fail", data={"message": "boom"}, user=user)
+    assert job_execute(job_id=job.pk) == "failure"
+    job.refresh_from_db()
+    assert job.status == "failure" and job.error == "RuntimeError: boom" and "Traceback" in job.traceback
+    assert events[-1]["kind"] == "end" and events[-1]["text"] == "RuntimeError: boom"
+
+
+def test_result_must_be_json(user: User) -> None:
+    job = job_create(type="tests.unserialisable", data={}, user=user)
+    job_execute(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == "failure" and "not JSON serializable" in job.error
+
+
+def test_retry_policy_runs_again_until_success(user: User, django_capture_on_commit_callbacks) -> None:
+    job = create(user, "tests.flaky", {"succeed_on": 3}, django_capture_on_commit_callbacks)
+    assert job_execute(job_id=job.pk) == "fresh"  # attempt 1 failed, re-queued at once
+    job.refresh_from_db()
+    assert job.error == "RuntimeError: attempt 1 fails" and job.queued_at is not None
+    assert job_execute(job_id=job.pk) == "fresh"
+    assert job_execute(job_id=job.pk) == "success"
+    job.refresh_from_db()
+    assert (job.attempts, job.result) == (3, 3)
+    assert OrmQ.objects.count() == 3  # one queue message per attempt
+
+
+def test_backoff_delays_the_next_attempt(user: User) -> None:
+    job = job_create(type="tests.backoff", data={}, user=user)
+    assert job_execute(job_id=job.pk) == "fresh"
+    job.refresh_from_db()
+    assert job.run_after > timezone.now() + timedelta(seconds=50)
+    assert job.queued_at is None
+    assert job_execute(job_id=job.pk) == "skipped"  # not before its time
+    assert jobs_queue_backlog(grace_seconds=0) == []
+    Job.objects.filter(pk=job.pk).update(run_after=timezone.now() - timedelta(seconds=1))
+    assert jobs_queue_backlog(grace_seconds=0) == [job.pk]
+    assert job_execute(job_id=job.pk) == "failure"  # attempt 2 of 2
+
+
+def test_retry_only_from_failure_and_never_runs_inline(user: User, django_capture_on_commit_callbacks) -> None:
+    job = job_create(type="tests.fail", data={"message": "x"}, user=user)
+    with pytest.raises(JobStateError):
+        job_retry(job=job)
+    job_execute(job_id=job.pk)
+    job.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=True):
+        job_retry(job=job)
+    job.refresh_from_db()
+    assert job.status == "fresh" and job.attempts == 0 and job.queued_at is not None
+
+
+def test_cancel_fresh_now_and_started_at_next_report(user: User) -> None:
+    fresh = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user)
+    job_cancel(job=fresh)
+    assert fresh.status == "failure" and "Cancelled" in fresh.error
+    with pytest.raises(JobStateError):
+        job_cancel(job=fresh)
+
+    running = job_create(type="tests.sleep", data={"seconds": 0.0, "steps": 3}, user=user)
+    assert job_claim(job_id=running.pk, worker="w:1")
+    job_cancel(job=running)
+    ctx = JobContext(job_id=running.pk, job_type="tests.sleep", user_id=user.pk, worker="w:1")
+    from jobs.context import JobCancelled
+
+    with pytest.raises(JobCancelled):
+        ctx.report(10, "step", force=True)
+
+
+def test_cancel_requested_stops_a_running_function(user: User) -> None:
+    job = job_create(type="tests.sleep", data={"seconds": 0.0, "steps": 5}, user=user)
+    Job.objects.filter(pk=job.pk).update(cancel_requested=True)  # asked before its first report
+    original = services.job_claim
+
+    def claim_keeping_request(**kw: Any) -> bool:
+        ok = original(**kw)
+        Job.objects.filter(pk=job.pk).update(cancel_requested=True)
+        return ok
+
+    services.job_claim = claim_keeping_request  # type: ignore[assignment]
+    try:
+        assert job_execute(job_id=job.pk) == "failure"
+    finally:
+        services.job_claim = original  # type: ignore[assignment]
+    job.refresh_from_db()
+    assert job.error.startswith("Cancelled") and job.attempts == 1
+
+
+def test_recovery_retries_or_fails_stale_jobs(user: User) -> None:
+    retry = job_create(type="tests.sleep_retry", data={"seconds": 1.0, "marker": "/nonexistent"}, user=user)
+    fail = job_create(type="tests.sleep", data={"seconds": 1.0}, user=user)
+    live = job_create(type="tests.sleep", data={"seconds": 1.0}, user=user)
+    for job in (retry, fail, live):
+        assert job_claim(job_id=job.pk, worker=f"dead:{job.pk}")
+    old = timezone.now() - timedelta(seconds=120)
+    Job.objects.filter(pk__in=[retry.pk, fail.pk]).update(heartbeat_at=old)
+    assert sorted(jobs_recover_stale(stale_seconds=30)) == sorted([retry.pk, fail.pk])
+    retry.refresh_from_db()
+    fail.refresh_from_db()
+    live.refresh_from_db()
+    assert retry.status == "fresh" and "stopped responding" in retry.error
+    assert fail.status == "failure" and "stopped responding" in fail.error
+    assert live.status == "started"
+    # The dead worker's late report of an outcome no longer counts.
+    assert services.job_finish(job_id=fail.pk, worker=f"dead:{fail.pk}", ok=True, result=1) == "lost"
+
+
+def test_manager_commands(user: User, capsys) -> None:
+    never = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user)  # on_commit never ran
+    Job.objects.filter(pk=never.pk).update(created_at=timezone.now() - timedelta(minutes=1))
+    call_command("jobs_list_fresh")
+    out = capsys.readouterr().out
+    assert f"{never.pk}\ttest.main.add" in out and "never queued" in out
+    call_command("jobs_backlog")
+    assert f"Queued 1 job(s): {never.pk}" in capsys.readouterr().out
+    assert OrmQ.objects.count() == 1
+    call_command("jobs_sweep")
+    assert "Recovered 0" in capsys.readouterr().out
+    call_command("jobs_clear_fresh")
+    assert "Deleted 1" in capsys.readouterr().out
+    assert not Job.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_postgres_notifies_task_created_with_the_id_after_commit(user: User) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL only")
+    from jobs.broker import ListenNotifyBroker
+
+    broker = ListenNotifyBroker(list_key="notify-test")
+    listener = broker._listen()
+    try:
+        job = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user)
+        payloads = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
+        assert payloads[:1] == [str(job.pk)]
+        # The broker's own enqueue wakes it too (non-job async_task calls).
+        from django_q.tasks import async_task
+
+        async_task("math.floor", 1.5, broker=ListenNotifyBroker(list_key="notify-test"))
+        assert broker._wait(30) is True
+        taken = broker._take()
+        assert len(taken) == 1
+    finally:
+        broker.close()
