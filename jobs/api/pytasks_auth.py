@@ -75,6 +75,9 @@ def token_decode(token: str) -> dict[str, Any]:
 
 def payload_user(payload: dict[str, Any]) -> User | None:
     user_id = payload.get("user_id")
+    # pytasks tokens carry an int, simplejwt access tokens a string
+    if isinstance(user_id, str) and user_id.isdigit() and len(user_id) < 19:
+        user_id = int(user_id)
     if type(user_id) is not int:
         return None
     return User.objects.filter(pk=user_id, is_active=True).first()

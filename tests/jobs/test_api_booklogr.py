@@ -1,0 +1,174 @@
+"""BookLogr `/v1` dialect: status codes and bodies, ownership, retry, files, upload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django_q.models import OrmQ
+
+from jobs.models import Job, JobFile
+from jobs.services import job_create, job_execute
+
+pytestmark = pytest.mark.django_db
+
+
+def test_create_returns_202_with_the_id_and_queues_after_commit(user, client_for, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client_for(user).post("/v1/tasks", {"type": "csv_export", "data": {}}, format="json")
+    assert response.status_code == 202
+    body = response.json()
+    assert body == {"message": "Task created.", "task_id": body["task_id"]}
+    job = Job.objects.get(pk=body["task_id"])
+    assert (job.type, job.status, job.created_by_id, job.data) == ("csv_export", "fresh", user.pk, {})
+    assert OrmQ.objects.count() == 1  # queued, not run inside the request
+
+
+@pytest.mark.parametrize(("payload", "missing"), [({}, ["type", "data"]), ({"type": "csv_export"}, ["data"]),
+                                                  ({"data": {}}, ["type"]), ([1, 2], ["type", "data"])])
+def test_create_missing_keys_is_400_with_the_missing_list(user, client_for, payload, missing):
+    response = client_for(user).post("/v1/tasks", payload, format="json")
+    assert response.status_code == 400
+    assert response.json() == {"status": "error", "message": "Request JSON is missing some required params",
+                               "missing": missing}
+
+
+def test_create_unknown_type_is_422(user, client_for):
+    response = client_for(user).post("/v1/tasks", {"type": "share_book_event", "data": {}}, format="json")
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "Invalid type"
+    assert body["message"].startswith("The supplied task type is invalid. It can be either ")
+    assert "csv_export" in body["message"]
+    assert not Job.objects.exists()
+
+
+def test_create_with_bad_arguments_or_malformed_json_is_400(user, client_for):
+    client = client_for(user)
+    response = client.post("/v1/tasks", {"type": "test.main.add", "data": {"x": 1, "y": 2**80}}, format="json")
+    assert response.status_code == 400 and response.json()["error"] == "Invalid data"
+    response = client.post("/v1/tasks", {"type": "test.main.add", "data": "x=1"}, format="json")
+    assert response.status_code == 400
+    response = client.post("/v1/tasks", "{not json", content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"] == "Bad request"
+    # BookLogr is lenient about ints for floats (pytasks is not)
+    response = client.post("/v1/tasks", {"type": "test.main.hypot", "data": {"x": 3, "y": 4}}, format="json")
+    assert response.status_code == 202
+    assert not Job.objects.exclude(type="test.main.hypot").exists()
+
+
+def test_protected_type_refused_for_plain_users(user, admin, client_for):
+    response = client_for(user).post("/v1/tasks", {"type": "test.main.myProtectedTask", "data": {"x": 1, "y": 2}},
+                                     format="json")
+    assert response.status_code == 403 and response.json()["error"] == "Forbidden"
+    response = client_for(admin).post("/v1/tasks", {"type": "test.main.myProtectedTask", "data": {"x": 1, "y": 2}},
+                                      format="json")
+    assert response.status_code == 202
+
+
+def test_jwt_errors_are_flask_jwt_extended_shaped(anon_client):
+    response = anon_client.post("/v1/tasks", {"type": "csv_export", "data": {}}, format="json")
+    assert response.status_code == 401 and response.json() == {"msg": "Missing Authorization Header"}
+    anon_client.credentials(HTTP_AUTHORIZATION="Bearer not.a.token")
+    response = anon_client.get("/v1/files")
+    assert response.status_code == 401 and set(response.json()) == {"msg"}
+
+
+def test_get_task_is_the_whole_record_for_its_owner_only(user, master, admin, client_for):
+    job = job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user)
+    job_execute(job_id=job.pk)
+    response = client_for(user).get(f"/v1/tasks/{job.pk}")
+    assert response.status_code == 200
+    body = response.json()
+    for key in ("id", "type", "data", "status", "worker", "created_on", "updated_on", "created_by", "attempts",
+                "result", "error", "progress", "started_at", "finished_at"):
+        assert key in body
+    assert (body["status"], body["result"], body["data"], body["created_by"]) == ("success", 3, {"x": 1, "y": 2},
+                                                                                user.pk)
+    assert body["worker"]
+    other = client_for(master).get(f"/v1/tasks/{job.pk}")
+    assert other.status_code == 404 and other.json() == {"error": "Not found", "message": "No task found"}
+    assert client_for(admin).get(f"/v1/tasks/{job.pk}").status_code == 200
+    assert client_for(user).get("/v1/tasks/999999").status_code == 404
+
+
+def test_retry_only_a_failure_and_only_the_owners(user, master, client_for, django_capture_on_commit_callbacks):
+    job = job_create(type="tests.fail", data={"message": "x"}, user=user)
+    client = client_for(user)
+    response = client.post(f"/v1/tasks/{job.pk}/retry")
+    assert response.status_code == 409 and response.json()["error"] == "Conflict"
+    job_execute(job_id=job.pk)
+    assert client_for(master).post(f"/v1/tasks/{job.pk}/retry").status_code == 404
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(f"/v1/tasks/{job.pk}/retry")
+    assert response.status_code == 200 and response.json() == {"message": "Task set to be retried."}
+    job.refresh_from_db()
+    assert job.status == "fresh"  # queued again, not run inside the request
+    assert client.post(f"/v1/tasks/{job.pk}/retry").status_code == 409
+
+
+def _export(user, fmt="csv"):
+    job = job_create(type=f"{fmt}_export", data={"datasets": ["jobs"]}, user=user)
+    assert job_execute(job_id=job.pk) == "success"
+    job.refresh_from_db()
+    return job.result["filename"]
+
+
+def test_files_list_newest_first_and_404_when_none(user, master, client_for):
+    client = client_for(user)
+    response = client.get("/v1/files")
+    assert response.status_code == 404 and response.json() == {"error": "Not found", "message": "No files found"}
+    first, second = _export(user), _export(user, "json")
+    _export(master)
+    response = client.get("/v1/files")
+    assert response.status_code == 200
+    assert [row["filename"] for row in response.json()] == [second, first]
+    assert set(response.json()[0]) >= {"id", "filename", "created_at"}
+
+
+def test_download_for_the_owner_only(user, master, admin, client_for, export_root: Path):
+    name = _export(user)
+    response = client_for(user).get(f"/v1/files/{name}")
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == f'attachment; filename="{name}"'
+    assert b"".join(response.streaming_content).startswith(b"dataset,")
+    for other in (master, admin):
+        response = client_for(other).get(f"/v1/files/{name}")
+        assert response.status_code == 404 and response.json() == {"error": "Not found", "message": "No file found"}
+
+
+@pytest.mark.parametrize("name", ["..%2F..%2Fsecret_key", "%2Fetc%2Fpasswd", "..", "export_x.csv%00"])
+def test_download_path_tricks_are_404(user, client_for, export_root: Path, name):
+    (export_root.parent / "secret_key").write_text("s3cret")
+    response = client_for(user).get(f"/v1/files/{name}")
+    assert response.status_code == 404
+    assert b"s3cret" not in response.content
+
+
+def test_download_of_a_row_whose_file_is_gone_is_404(user, client_for, export_root: Path):
+    name = _export(user)
+    (export_root / name).unlink()
+    assert client_for(user).get(f"/v1/files/{name}").status_code == 404
+
+
+def test_upload_creates_an_import_job(master, user, client_for, export_root: Path, django_capture_on_commit_callbacks):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    upload = SimpleUploadedFile("2026-06-03.jsonl", b'{"id": "x"}\n', content_type="application/x-ndjson")
+    response = client_for(user).post("/v1/files", {"file": upload}, format="multipart")
+    assert response.status_code == 403  # jsonl_import is for masters and admins
+    assert not JobFile.objects.exists()
+    upload.seek(0)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client_for(master).post("/v1/files", {"file": upload, "type": "jsonl"}, format="multipart")
+    assert response.status_code == 202
+    body = response.json()
+    job = Job.objects.get(pk=body["task_id"])
+    assert job.type == "jsonl_import" and job.data == {"filename": body["filename"]}
+    stored = JobFile.objects.get(filename=body["filename"])
+    assert stored.uploaded and stored.owner == master
+    assert (export_root / stored.filename).read_bytes() == b'{"id": "x"}\n'
+    assert client_for(master).post("/v1/files", {}, format="multipart").status_code == 422
+    upload.seek(0)
+    response = client_for(master).post("/v1/files", {"file": upload, "type": "goodreads"}, format="multipart")
+    assert response.status_code == 400
