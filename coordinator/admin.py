@@ -68,5 +68,6 @@ class UserAdmin(DjangoUserAdmin):
 
     @admin.action(description="Deactivate (cannot log in or call the API)")
     def deactivate(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
-        updated = queryset.exclude(pk=request.user.pk).update(is_active=False)
+        # Never lock oneself out.
+        updated = queryset.exclude(email=getattr(request.user, "email", "")).update(is_active=False)
         self.message_user(request, f"{updated} user(s) deactivated.")

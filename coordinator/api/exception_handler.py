@@ -34,11 +34,10 @@ def _first_message(detail: Any) -> str:
 
 
 def _api_exception_body(exc: exceptions.APIException) -> dict[str, Any]:
+    detail: Any = exc.detail
     if isinstance(exc, exceptions.ValidationError):
-        detail = exc.detail
         fields = detail if isinstance(detail, dict) else {"non_field_errors": detail}
         return error_body("validation_error", "Invalid input.", {"fields": fields})
-    detail = exc.detail
     extra: dict[str, Any] = {}
     # DRF's codes are already snake_case ("not_authenticated", "permission_denied", simplejwt's
     # "no_active_account"…); a dict detail is simplejwt's {"detail", "code", "messages"}.
@@ -49,8 +48,9 @@ def _api_exception_body(exc: exceptions.APIException) -> dict[str, Any]:
         if "code" in detail:
             code = str(detail["code"])
         extra = {key: value for key, value in detail.items() if key not in {"detail", "code"}}
-    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-        extra["wait_seconds"] = exc.wait
+    wait = getattr(exc, "wait", None)
+    if isinstance(exc, exceptions.Throttled) and wait is not None:
+        extra["wait_seconds"] = wait
     return error_body(code, _first_message(detail), extra)
 
 

@@ -26,6 +26,7 @@ class _Group(Manager):  # type: ignore[misc]
     """honcho's Manager, remembering whether the stop came from a signal or from a dying child."""
 
     stopped_by_signal = False
+    returncode: int | None = None
 
     def terminate(self) -> None:
         signal_codes = {SIGNALS[signal.SIGINT]["rc"], SIGNALS[signal.SIGTERM]["rc"]}
