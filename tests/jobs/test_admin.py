@@ -1,0 +1,105 @@
+"""The staff admin: live job list and page, retry/cancel actions, submit form, files and download."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.test import Client
+
+from jobs.models import Job, JobFile
+from jobs.services import job_claim, job_create, job_execute
+from tests.factories import DEFAULT_PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff(client: Client, admin) -> Client:
+    assert client.login(username=admin.email, password=DEFAULT_PASSWORD)
+    return client
+
+
+def test_job_list_has_live_progress_filters_and_search(staff: Client, user) -> None:
+    job = job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user)
+    other = job_create(type="tests.fail", data={"message": "m"}, user=user)
+    job_execute(job_id=other.pk)
+    page = staff.get("/admin/jobs/job/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert f'data-progress-topic="job:{job.pk}"' in html and "progress/live.js" in html
+    assert user.email in html and "Submit a job" in html
+    failed = staff.get("/admin/jobs/job/?status__exact=failure").content.decode()
+    assert f'data-progress-topic="job:{other.pk}"' in failed and f'data-progress-topic="job:{job.pk}"' not in failed
+    found = staff.get(f"/admin/jobs/job/?q={user.email}").content.decode()
+    assert f"job:{job.pk}" in found
+    detail = staff.get(f"/admin/jobs/job/{other.pk}/change/").content.decode()
+    assert 'id="job-live"' in detail and "RuntimeError: m" in detail and "Retry" in detail
+
+
+def test_retry_and_cancel_actions(staff: Client, user, django_capture_on_commit_callbacks) -> None:
+    failed = job_create(type="tests.fail", data={"message": "m"}, user=user)
+    job_execute(job_id=failed.pk)
+    fresh = job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user)
+    running = job_create(type="tests.sleep", data={"seconds": 1.0}, user=user)
+    job_claim(job_id=running.pk, worker="w:1")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff.post("/admin/jobs/job/", {"action": "retry_jobs", "_selected_action": [failed.pk, fresh.pk]},
+                              follow=True)
+    assert "1 job(s) queued again; 1 not in status failure." in response.content.decode()
+    failed.refresh_from_db()
+    assert failed.status == "fresh"
+    response = staff.post("/admin/jobs/job/", {"action": "cancel_jobs", "_selected_action": [fresh.pk, running.pk]},
+                          follow=True)
+    assert "2 job(s) cancelled or asked to stop" in response.content.decode()
+    fresh.refresh_from_db()
+    running.refresh_from_db()
+    assert fresh.status == "failure" and running.status == "started" and running.cancel_requested
+    # the job page's own buttons
+    response = staff.post(f"/admin/jobs/job/{fresh.pk}/retry/", follow=True)
+    fresh.refresh_from_db()
+    assert fresh.status == "fresh"
+    assert staff.get(f"/admin/jobs/job/{fresh.pk}/retry/").status_code == 404  # POST only
+
+
+def test_submit_form_is_generated_from_the_signature(staff: Client, admin) -> None:
+    chooser = staff.get("/admin/jobs/job/submit/").content.decode()
+    assert "tests.kinds" in chooser and "test.main.myProtectedTask (protected)" in chooser
+    form = staff.get("/admin/jobs/job/submit/?type=tests.kinds").content.decode()
+    for name in ("n", "ratio", "label", "flag", "items", "mapping", "maybe", "mode", "colour", "point", "options"):
+        assert f'name="{name}"' in form
+    assert '<option value="fast">' in form and '<option value="red">' in form
+    data = {"type": "tests.kinds", "n": "3", "ratio": "0.5", "label": "x", "flag": "on", "items": "[1, 2]",
+            "mapping": '{"a": 1.5}', "maybe": "", "mode": "slow", "colour": "blue", "point": '{"x": 1}',
+            "options": '{"name": "n", "size": 1}'}
+    response = staff.post("/admin/jobs/job/submit/?type=tests.kinds", data)
+    assert response.status_code == 302
+    job = Job.objects.get(type="tests.kinds")
+    assert job.created_by == admin
+    assert job.data == {"n": 3, "ratio": 0.5, "label": "x", "flag": True, "items": [1, 2], "mapping": {"a": 1.5},
+                        "maybe": None, "mode": "slow", "colour": "blue", "point": {"x": 1},
+                        "options": {"name": "n", "size": 1}}
+    job_execute(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == "success" and job.result["colour"] == "blue"
+    bad = staff.post("/admin/jobs/job/submit/?type=tests.kinds", {**data, "point": '{"x": "one"}'})
+    assert bad.status_code == 200 and "doesnt match the required type" in bad.content.decode()
+    assert Job.objects.count() == 1
+
+
+def test_files_admin_with_size_and_download(staff: Client, client: Client, user, export_root: Path) -> None:
+    job = job_create(type="csv_export", data={"datasets": ["jobs"]}, user=user)
+    job_execute(job_id=job.pk)
+    row = JobFile.objects.get()
+    listing = staff.get("/admin/jobs/jobfile/").content.decode()
+    assert row.filename in listing and "bytes" in listing and f"/admin/jobs/jobfile/{row.pk}/download/" in listing
+    download = staff.get(f"/admin/jobs/jobfile/{row.pk}/download/")
+    assert download.status_code == 200
+    assert b"".join(download.streaming_content) == (export_root / row.filename).read_bytes()
+    assert staff.get("/admin/django_q/ormq/").status_code == 200  # django-q2's admin stays available
+
+
+def test_admin_dashboard_cards(staff: Client, user) -> None:
+    job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user)
+    index = staff.get("/admin/").content.decode()
+    assert "Jobs running" in index and "1 waiting" in index
