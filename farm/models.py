@@ -77,10 +77,8 @@ class Task(models.Model):
             models.UniqueConstraint(fields=["run", "task"], name="farm_task_unique_number"),
         ]
         indexes = [
-            # Hand-out takes the lowest waiting number of a run; the counts group by status. The
-            # index covers both (percent is included on PostgreSQL for index-only sums).
-            models.Index(fields=["run", "status", "task"], include=["percent_completed"],
-                         name="farm_task_run_status"),
+            # Hand-out takes the lowest waiting number of a run; the counts group by status.
+            models.Index(fields=["run", "status", "task"], name="farm_task_run_status"),
             # Lease expiry: computing tasks of a run with the oldest sign of life.
             models.Index(fields=["run", "status", "updated"], name="farm_task_run_status_updated"),
         ]

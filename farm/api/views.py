@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import JSONParser
@@ -19,6 +20,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from coordinator.api.views import ErrorEnvelopeSerializer
 from coordinator.models import User
 from farm import selectors, services
+from farm.api.fields import HostnameField, StrictFloatField, StrictIntegerField, WorkerUuidField
 from farm.authentication import FarmBasicAuthentication, farm_token_for
 from farm.conf import WORKER_COOKIE, batch_max
 from farm.errors import EmptyUpdateError, UnknownInfoError
@@ -31,6 +33,17 @@ BODY_ERRORS: dict[int, Any] = {400: E, 415: E}
 RUN_INFO_KEYS = ("percentDone", "numWaiting", "numDone", "numComputing", "numNotStarted")
 TASK_INFO_KEYS = ("status", "percentCompleted")
 NO_CONTENT = OpenApiResponse(description="No content (empty body).")
+# The PUT body as the seed defines it: at least one of the two keys, nothing else.
+PUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "percentCompleted": {"type": "number", "minimum": 0, "maximum": 100},
+        "status": {"type": "string", "enum": ["waiting", "computing", "done"]},
+    },
+    "additionalProperties": False,
+    "minProperties": 1,
+}
+
 
 
 def _user(request: Request) -> User:
@@ -108,7 +121,7 @@ class RunCreateApi(FarmApi):
 
     @extend_schema_serializer(component_name="FarmRunCreateInput")
     class InputSerializer(serializers.Serializer):
-        numTasks = serializers.IntegerField(min_value=0, max_value=MAX_TASKS)
+        numTasks = StrictIntegerField(min_value=0, max_value=MAX_TASKS)
 
     @extend_schema(request=InputSerializer, responses={201: RunSummarySerializer, **BODY_ERRORS, **AUTH_ERRORS},
                    tags=["farm"])
@@ -185,7 +198,7 @@ class RunRestartApi(FarmApi):
 
 @extend_schema_serializer(component_name="FarmWorkerRef")
 class WorkerInputSerializer(serializers.Serializer):
-    worker_uuid = serializers.CharField(max_length=64)
+    worker_uuid = WorkerUuidField()
 
 
 class RunTaskClaimApi(FarmApi):
@@ -206,12 +219,24 @@ class RunTaskClaimApi(FarmApi):
         return _remember_worker(Response(_task_data(tasks[0]), status=status.HTTP_201_CREATED), worker)
 
 
+class RequiredBodySchema(AutoSchema):
+    """A raw request schema is optional by default; the seed refuses a PUT without a body (400)."""
+
+    def _get_request_body(self, direction: str = "request") -> dict[str, Any] | None:
+        body = super()._get_request_body(direction)
+        if body is not None:
+            body["required"] = True
+        return body
+
+
 class TaskDetailApi(FarmApi):
     """Read or update task `n` of a run (an in-range task never handed out is created as waiting)."""
 
+    schema = RequiredBodySchema()
+
     @extend_schema_serializer(component_name="FarmTaskDetailInput")
     class InputSerializer(serializers.Serializer):
-        percentCompleted = serializers.FloatField(min_value=0, max_value=100, required=False)
+        percentCompleted = StrictFloatField(min_value=0, max_value=100, required=False)
         status = serializers.ChoiceField(choices=Task.Status.choices, required=False)
 
     @extend_schema(
@@ -226,7 +251,7 @@ class TaskDetailApi(FarmApi):
         return Response(_pick(_task_data(task), info))
 
     @extend_schema(
-        request=InputSerializer,
+        request={"application/json": PUT_SCHEMA},
         responses={204: NO_CONTENT, 404: E, 409: E, **BODY_ERRORS, **AUTH_ERRORS}, tags=["farm"],
         description="Only `percentCompleted` and/or `status`; any other key is a 400. A PUT from a worker "
         "whose task was re-handed out after its lease expired is refused with 409.",
@@ -254,9 +279,9 @@ class WorkerCreateApi(FarmApi):
 
     @extend_schema_serializer(component_name="FarmWorkerCreateInput")
     class InputSerializer(serializers.Serializer):
-        uuid = serializers.CharField(max_length=64)
-        hostname = serializers.CharField(max_length=255)
-        pid = serializers.IntegerField(min_value=0, max_value=2**63 - 1)
+        uuid = WorkerUuidField()
+        hostname = HostnameField()
+        pid = StrictIntegerField(min_value=0, max_value=2**63 - 1)
 
     @extend_schema_serializer(component_name="FarmWorkerCreateOutput")
     class OutputSerializer(serializers.Serializer):
@@ -283,7 +308,7 @@ class TaskBatchClaimApi(FarmApi):
 
     @extend_schema_serializer(component_name="FarmTaskBatchClaimInput")
     class InputSerializer(WorkerInputSerializer):
-        count = serializers.IntegerField(min_value=1, max_value=100_000)
+        count = StrictIntegerField(min_value=1, max_value=100_000)
 
     @extend_schema(request=InputSerializer,
                    responses={200: TaskListOutputSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS}, tags=["farm"])
@@ -303,7 +328,7 @@ class TaskBatchDoneApi(FarmApi):
 
     @extend_schema_serializer(component_name="FarmTaskBatchDoneInput")
     class InputSerializer(WorkerInputSerializer):
-        tasks = serializers.ListField(child=serializers.IntegerField(min_value=0, max_value=MAX_TASKS),
+        tasks = serializers.ListField(child=StrictIntegerField(min_value=0, max_value=MAX_TASKS),
                                       max_length=100_000)
 
     @extend_schema_serializer(component_name="FarmTaskBatchDoneOutput")
