@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
+import json
 import types
 import typing
 from collections.abc import Callable
@@ -153,6 +154,9 @@ def validate_args(spec: JobSpec, args: Any, *, strict: bool) -> dict[str, Any]:
             continue
         try:
             convert(param.annotation, args[param.name], strict=strict)
+            # PostgreSQL cannot store NUL in text or jsonb; refuse it here rather than fail later.
+            if "\\u0000" in json.dumps(args[param.name]):
+                raise ValueError("NUL characters are not allowed")
         except (TypeError, ValueError) as exc:
             raise ArgumentError("type", param.name, type_label(param.annotation), str(exc)) from exc
     for key in args:

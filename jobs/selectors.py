@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,8 @@ from coordinator.models import User
 from jobs.errors import FileNotFoundForUserError, JobNotFoundError
 from jobs.models import Job, JobFile
 from jobs.registry import all_specs
+
+_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 
 JOB_EXPORT_COLUMNS = [
     "id", "type", "status", "data", "result", "error", "attempts", "worker", "created_by",
@@ -53,6 +56,9 @@ def file_list(*, user: User) -> QuerySet[JobFile]:
 
 def file_get_for_owner(*, filename: str, user: User) -> JobFile:
     """The file row of that name if the user owns it (only owners may download)."""
+    # Our names are `<prefix>_<yymmdd>_<8 chars>.<ext>`; anything else cannot be a file of ours.
+    if not _FILENAME.fullmatch(filename):
+        raise FileNotFoundForUserError()
     row = JobFile.objects.filter(filename=filename, owner=user).first()
     if row is None:
         raise FileNotFoundForUserError()

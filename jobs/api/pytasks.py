@@ -232,7 +232,8 @@ class PytasksTokenApi(PytasksView):
         errors = {key: f"You need to inform {key}" for key in ("user", "password") if not isinstance(body.get(key), str)}
         if errors:
             return _payload_validation_failed(errors)
-        user = User.objects.filter(email=body["user"].strip().lower(), is_active=True).first()
+        email = body["user"].strip().lower()
+        user = User.objects.filter(email=email, is_active=True).first() if "\x00" not in email else None
         if user is None or not user.check_password(body["password"]):
             return Response({"message": "Invalid user or password."}, status=401)
         token, exp = token_issue(user)

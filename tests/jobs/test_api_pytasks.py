@@ -169,3 +169,9 @@ def test_token_without_expiry(anon_client, admin, settings):
     payload = jwt.decode(body["token"], settings.JWT_VERIFYING_KEY or settings.JWT_SIGNING_KEY,
                          algorithms=[settings.JWT_ALGORITHM])
     assert "exp" not in payload
+
+
+def test_nul_bytes_in_credentials_or_arguments_are_client_errors(anon_client):
+    assert get_token(anon_client, "a\x00@example.com").status_code == 401
+    response = post_task(anon_client, {"type": "tests.fail", "args": {"message": "a\x00b"}})
+    assert response.status_code == 404 and not Job.objects.exists()

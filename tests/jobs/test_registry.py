@@ -92,3 +92,10 @@ def test_pytasks_example_pack_and_context_parameter_is_not_an_argument() -> None
     assert [p.name for p in export.params] == ["datasets", "everything"]
     with pytest.raises(ArgumentError):
         validate_args(export, {"datasets": ["books"]}, strict=False)
+
+
+def test_nul_characters_are_refused_anywhere_in_the_arguments() -> None:
+    spec = kinds_spec()
+    for value in ({**GOOD, "label": "a\x00b"}, {**GOOD, "mapping": {"k\x00": 1.0}}):
+        with pytest.raises(ArgumentError):
+            validate_args(spec, value, strict=True)
