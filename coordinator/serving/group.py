@@ -11,8 +11,13 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
+import honcho.manager
 import psutil
 from honcho.manager import SIGNALS, Manager
+
+# honcho SIGKILLs whatever has not stopped 5 s after SIGTERM; a django-q2 cluster finishing its
+# current jobs and gunicorn draining requests need longer to stop cleanly.
+honcho.manager.KILL_WAIT = 20
 
 
 @dataclass(frozen=True)
