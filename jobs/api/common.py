@@ -33,9 +33,16 @@ def message_response(name: str, description: str) -> OpenApiResponse:
 
 
 def booklogr_error(name: str, description: str) -> OpenApiResponse:
+    """BookLogr's `{"error", "message"}`; a URL that matches no route answers the platform
+    envelope `{"code", "message", "extra"}` instead, so both shapes fit this schema."""
     return OpenApiResponse(
         response=inline_serializer(
-            name=name, fields={"error": serializers.CharField(), "message": serializers.CharField()}
+            name=name, fields={
+                "message": serializers.CharField(),
+                "error": serializers.CharField(required=False),
+                "code": serializers.CharField(required=False),
+                "extra": serializers.DictField(required=False),
+            }
         ),
         description=description,
     )

@@ -13,6 +13,7 @@ from typing import Any
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -52,6 +53,8 @@ def pytasks_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
 class PytasksView(APIView):
     authentication_classes: list[type] = []
     permission_classes = [AllowAny]
+    # pytasks speaks JSON only; the views read the body themselves (GET /token has one too).
+    parser_classes = [JSONParser]
 
     def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response | None]:
         return pytasks_exception_handler
