@@ -18,13 +18,14 @@ from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
+from channels import DEFAULT_CHANNEL_LAYER
+from channels.layers import channel_layers
 
 from progress import conf
 from progress.events import Event
 from progress.models import ProgressEvent
 from progress.selectors import event_from_row, event_latest_id
-from progress.services import LAYER_GROUP
+from progress.services import layer_group
 
 logger = logging.getLogger(__name__)
 GAP_GRACE_SECONDS = 5.0
@@ -88,11 +89,13 @@ class Hub:
                 await asyncio.sleep(1.0)
 
     async def _run_layer(self) -> None:
-        layer = get_channel_layer()
-        assert layer is not None
+        # A layer instance of its own: channels-redis ties receiving to one event loop, and tests
+        # (unlike daphne) run one loop after another in the same process.
+        layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
         channel = await layer.new_channel("progress.hub.")
-        await layer.group_add(LAYER_GROUP, channel)
-        refresher = asyncio.get_running_loop().create_task(self._refresh_group(layer, channel))
+        group = await sync_to_async(layer_group)()
+        await layer.group_add(group, channel)
+        refresher = asyncio.get_running_loop().create_task(self._refresh_group(layer, group, channel))
         self.ready.set()
         try:
             while True:
@@ -101,10 +104,10 @@ class Hub:
         finally:
             refresher.cancel()
 
-    async def _refresh_group(self, layer: Any, channel: str) -> None:
+    async def _refresh_group(self, layer: Any, group: str, channel: str) -> None:
         while True:  # group membership expires (channels-redis: after a day) unless renewed
             await asyncio.sleep(3600)
-            await layer.group_add(LAYER_GROUP, channel)
+            await layer.group_add(group, channel)
 
     async def _run_db(self) -> None:
         last = 0

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from progress import conf
 from progress.services import events_broadcast, events_store, streams_end_orphans
@@ -52,6 +52,10 @@ def message_state(text: str) -> dict[str, Any]:
     if match and float(match.group(1)) <= 100:
         return {"percent": float(match.group(1))}
     return {}
+
+
+def _close_db() -> None:
+    connection.close()
 
 
 class UidPool:
@@ -171,6 +175,7 @@ class Listener:
                 with contextlib.suppress(Exception):
                     await self.store(batch)
             flusher.cancel()
+            await sync_to_async(_close_db)()  # the thread that wrote holds the connection
 
     def stop(self) -> None:
         self.stopping.set()

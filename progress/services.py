@@ -13,6 +13,7 @@ polls the event table. See docs/progress.md for why.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -21,7 +22,8 @@ from typing import Any, Literal
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 
 from progress import conf
@@ -31,11 +33,19 @@ from progress.models import ProgressEvent, ProgressTopic
 logger = logging.getLogger(__name__)
 
 EventKind = Literal["new", "msg", "end"]
-LAYER_GROUP = "progress.events"
 _TOPIC_FIELDS = ["name", "text", "error", "state", "owner_id", "last_kind", "last_event_id",
                  "started_at", "updated_at", "ended_at"]
 _prune_lock = threading.Lock()
 _last_prune = 0.0
+
+
+def layer_group() -> str:
+    """The channel-layer group of this deployment: named after its database, so that test runs
+    or deployments sharing one Redis never see each other's events."""
+    db = settings.DATABASES["default"]
+    name = connection.settings_dict.get("NAME") or db.get("NAME")
+    digest = hashlib.sha1(f"{db.get('HOST')}:{db.get('PORT')}/{name}".encode()).hexdigest()[:16]
+    return f"progress.events.{digest}"
 
 
 def group_name(topic: str) -> str:
@@ -64,13 +74,19 @@ def progress_publish(
 
     def send() -> None:
         try:
-            events = events_store([pending])
-            if conf.transport() == "layer":
-                async_to_sync(events_broadcast)(events)
+            events_deliver([pending])
         except Exception:  # progress is best effort: never break the caller's committed work
             logger.exception("Publishing progress on %s failed", topic)
 
     transaction.on_commit(send)
+
+
+def events_deliver(pending: list[dict[str, Any]]) -> list[Event]:
+    """Store events and, with the Redis transport, send them to every ASGI process (sync callers)."""
+    events = events_store(pending)
+    if conf.transport() == "layer":
+        async_to_sync(events_broadcast)(events)
+    return events
 
 
 def events_store(pending: list[dict[str, Any]]) -> list[Event]:
@@ -118,7 +134,7 @@ async def events_broadcast(events: list[Event]) -> None:
     """Send stored events to every ASGI process through the channel layer (Redis transport)."""
     layer = get_channel_layer()
     if layer is not None and events:
-        await layer.group_send(LAYER_GROUP, {"type": "progress.batch", "events": events})
+        await layer.group_send(layer_group(), {"type": "progress.batch", "events": events})
 
 
 def progress_prune() -> tuple[int, int]:

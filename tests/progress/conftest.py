@@ -9,13 +9,13 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from coordinator.asgi import application
-from progress.services import events_store
+from progress.services import events_deliver
 
 
 def publish(topic: str, kind: str, text: str = "", state: dict[str, Any] | None = None,
             owner_id: int | None = None) -> int:
     """Store one event the way `progress_publish` does after commit; returns its id."""
-    [event] = events_store([{"topic": topic, "kind": kind, "text": text, "state": state or {}, "owner_id": owner_id}])
+    [event] = events_deliver([{"topic": topic, "kind": kind, "text": text, "state": state or {}, "owner_id": owner_id}])
     return event["id"]
 
 
@@ -182,3 +182,112 @@ def events_of(topic: str) -> list[tuple[str, str]]:
     from progress.models import ProgressEvent
 
     return list(ProgressEvent.objects.filter(topic=topic).order_by("id").values_list("kind", "text"))
+
+
+def run_asgi_server(**extra_env: str) -> Any:
+    """Start daphne (the production ASGI server) on a free port against the test database."""
+    import subprocess
+    from contextlib import contextmanager
+
+    from tests.live import BIN, ROOT, free_port, server_env, wait_for_http
+
+    @contextmanager
+    def server() -> Any:
+        port = free_port()
+        env = server_env(PROGRESS_POLL_INTERVAL="0.05", **extra_env)
+        proc = subprocess.Popen([str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "coordinator.asgi:application"],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_http(f"{base}/healthz", proc=proc)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    return server()
+
+
+def run_listener_process(socket_dir: Any, **extra_env: str) -> Any:
+    """Start `manage.py progress_listen` as its own process on sockets in `socket_dir`."""
+    import subprocess
+    import sys
+    from contextlib import contextmanager
+
+    from tests.live import ROOT, server_env
+
+    @contextmanager
+    def listener() -> Any:
+        seq = socket_dir / "seq.sock"
+        proc = subprocess.Popen([sys.executable, "manage.py", "progress_listen", "--socket", str(seq),
+                                 "--stream-socket", str(socket_dir / "stream.sock")], cwd=ROOT, env=server_env(**extra_env))
+        try:
+            wait_for(seq.exists, timeout=30, message="listener socket")
+            yield seq
+        finally:
+            proc.terminate()
+            proc.wait(timeout=15)
+
+    return listener()
+
+
+class SseReader:
+    """Reads an SSE stream over real HTTP (1.0: the body is the raw stream) in a background thread."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        import socket
+        import threading
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=30)
+        lines = [f"GET {parts.path}?{parts.query} HTTP/1.0", f"Host: {parts.netloc}", "Accept: text/event-stream",
+                 *(f"{k}: {v}" for k, v in (headers or {}).items())]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.frames: list[dict[str, str]] = []
+        self.head = ""
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        raw = b""
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return
+                raw += chunk
+                if not self.head:
+                    if b"\r\n\r\n" not in raw:
+                        continue
+                    head, raw = raw.split(b"\r\n\r\n", 1)
+                    self.head = head.decode()
+                while b"\n\n" in raw:
+                    block, raw = raw.split(b"\n\n", 1)
+                    with self.lock:
+                        self.frames.extend(parse_sse(block.decode() + "\n\n"))
+        except OSError:
+            return
+
+    def events(self) -> list[tuple[str, dict[str, str]]]:
+        with self.lock:
+            return [(f["event"], json.loads(f["data"])) for f in self.frames if "event" in f]
+
+    def last_id(self) -> str:
+        with self.lock:
+            return [f["id"] for f in self.frames if "id" in f][-1]
+
+    def close(self) -> None:
+        import socket
+
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(5)
