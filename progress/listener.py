@@ -50,7 +50,8 @@ def clean(data: bytes, limit: int) -> str:
 def message_state(text: str) -> dict[str, Any]:
     match = _PERCENT.match(text)
     if match and float(match.group(1)) <= 100:
-        return {"percent": float(match.group(1))}
+        value = float(match.group(1))
+        return {"percent": int(value) if value.is_integer() else value}
     return {}
 
 

@@ -291,3 +291,74 @@ class SseReader:
             pass
         self.sock.close()
         self.thread.join(5)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def serve_platform(var_dir: Any, qcluster: bool = False, **extra_env: str) -> Any:
+    """`manage.py serve` (gunicorn + daphne + front door + socket listener [+ django-q2]) on the test DB.
+
+    Its own var directory keeps its sockets apart from other test runs; yields the base URL."""
+    import subprocess
+    import sys
+    from contextlib import contextmanager
+
+    from tests.live import ROOT, free_port, server_env, wait_for_http
+
+    @contextmanager
+    def platform() -> Any:
+        port = free_port()
+        argv = [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", "1"]
+        if not qcluster:
+            argv.append("--no-qcluster")
+        env = server_env(COORDINATOR_VAR_DIR=str(var_dir), PROGRESS_POLL_INTERVAL="0.05", Q_WORKERS="1", **extra_env)
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_http(f"{base}/healthz", timeout=60, proc=proc)
+            wait_for((var_dir / "run" / "progress.sock").exists, timeout=30, message="progress socket")
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                import os
+                import signal
+
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    return platform()
+
+
+@pytest.fixture
+def browser(monkeypatch: Any) -> Any:
+    """A headless Debian chromium driven by Playwright (never a downloaded browser)."""
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are still sync.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+def admin_login(page: Any, base: str, user: Any) -> None:
+    from tests.factories import DEFAULT_PASSWORD
+
+    page.goto(f"{base}/admin/login/")
+    page.fill("#id_username", user.email)
+    page.fill("#id_password", DEFAULT_PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{base}/admin/")

@@ -20,7 +20,7 @@ def test_live_page_lists_streams_live_first_and_ended_at_the_bottom(client: Clie
     assert page.status_code == 200
     html = page.content.decode()
     assert html.index("csv export") < html.index("backup") < html.index("old finished task")
-    assert "[40%] copying" in html and 'style="width: 40.0%"' in html
+    assert "[40%] copying" in html and 'style="width: 40%"' in html
     assert 'data-progress-topic="*"' in html and "progress/live.js" in html
     only = client.get("/admin/progress/progresstopic/live/?only=streams").content.decode()
     assert "csv export" not in only and "backup" in only

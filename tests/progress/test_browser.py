@@ -1,0 +1,99 @@
+"""Real-browser tests: Debian's chromium through Playwright against `manage.py serve`."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from functools import partial
+
+import pytest
+
+from progress.client import stream
+from tests.conftest import access_token_for
+from tests.live import free_port
+from tests.progress.conftest import admin_login, serve_platform
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def platform(transactional_db, socket_dir):
+    with serve_platform(socket_dir) as base:
+        yield base, socket_dir / "run" / "progress.sock"
+
+
+def test_live_page_follows_a_socket_stream(platform, browser, admin) -> None:
+    base, sock = platform
+    page = browser.new_page()
+    admin_login(page, base, admin)
+    page.goto(f"{base}/admin/")
+    page.click("text=Live progress")
+    page.wait_for_url(f"{base}/admin/progress/progresstopic/live/")
+    page.wait_for_selector("html[data-progress-live=connected]")
+    with stream("first task", sock) as first:
+        row = page.locator('tr[data-topic-row="stream:0"]')
+        row.wait_for()  # a new stream appears without a reload
+        assert row.locator(".name").inner_text() == "first task"
+        with stream("second task", sock) as second:
+            page.locator('tr[data-topic-row="stream:1"]').wait_for()
+            first.send("copying", percent=40)
+            page.wait_for_function(
+                "document.querySelector('tr[data-topic-row=\"stream:0\"] .msg').textContent === '[40%] copying'")
+            assert "width: 40%" in (row.locator("[data-progress-width]").get_attribute("style") or "")
+            first.close()  # ends: the first task drops below the running one
+            page.wait_for_function(
+                "document.querySelector('tr[data-topic-row=\"stream:0\"]')?.classList.contains('ended')")
+            topics = page.eval_on_selector_all("tr[data-topic-row]", "rows => rows.map(r => r.dataset.topicRow)")
+            assert topics == ["stream:1", "stream:0"]
+            second.send("still going")
+            page.wait_for_function(
+                "document.querySelector('tr[data-topic-row=\"stream:1\"] .msg').textContent === 'still going'")
+
+
+SEED_PAGE = """<!doctype html><meta charset="utf-8"><title>tasks</title><div id="cards"></div><script>
+// the seed's front-end logic (src/js/update.js): cards by uid, msg replaces the body, end marks it
+const source = new EventSource(%(url)s);
+const cards = document.getElementById("cards");
+function each(e, fn) { const data = JSON.parse(e.data); for (const uid in data) fn(uid, data[uid]); }
+source.addEventListener("new", e => each(e, (uid, name) => {
+  const card = document.createElement("div"); card.id = "card-" + uid; card.className = "card";
+  card.innerHTML = "<h3></h3><p></p>"; card.querySelector("h3").textContent = name; cards.prepend(card);
+}));
+source.addEventListener("msg", e => each(e, (uid, text) => {
+  const card = document.getElementById("card-" + uid); if (card) card.querySelector("p").textContent = text;
+}));
+source.addEventListener("end", e => each(e, uid => {
+  const card = document.getElementById("card-" + uid); if (card) { card.classList.add("ended"); cards.prepend(card); }
+}));
+source.onerror = () => { document.body.dataset.error = "1"; source.close(); };
+source.onopen = () => { document.body.dataset.open = "1"; };
+</script>"""
+
+
+def test_event_source_page_on_another_origin_receives_new_msg_end(transactional_db, socket_dir, browser, admin,
+                                                                   tmp_path) -> None:
+    page_port = free_port()
+    origin = f"http://127.0.0.1:{page_port}"
+    with serve_platform(socket_dir, CORS_ALLOWED_ORIGINS=origin) as base:
+        sock = socket_dir / "run" / "progress.sock"
+        url = f"{base}/progress/events?token={access_token_for(admin)}"
+        (tmp_path / "index.html").write_text(SEED_PAGE % {"url": repr(url)})
+        handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", page_port), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            with stream("already running", sock) as early:
+                early.send("started before the page")
+                page = browser.new_page()
+                page.goto(f"{origin}/index.html")
+                # the snapshot: a page joining late still learns the running task and its message
+                page.wait_for_selector("#card-0 p:text('started before the page')")
+                with stream("watched task", sock) as watched:
+                    page.wait_for_selector("#card-1 h3:text('watched task')")
+                    watched.send("step 2 of 3")
+                    page.wait_for_selector("#card-1 p:text('step 2 of 3')")
+                page.wait_for_selector("#card-1.ended")
+                assert page.locator("#card-1 p").inner_text() == "step 2 of 3"
+                assert page.evaluate("document.body.dataset.error") is None
+        finally:
+            server.shutdown()
