@@ -97,3 +97,88 @@ def test_event_source_page_on_another_origin_receives_new_msg_end(transactional_
                 assert page.evaluate("document.body.dataset.error") is None
         finally:
             server.shutdown()
+
+
+FARM_WORKER = """
+import sys
+from taskfarm_worker import TaskFarmWorker
+base, email, password, uuid = sys.argv[1:5]
+worker = TaskFarmWorker(email, password, uuid, url_base=base)
+for task in worker.tasks:
+    worker.update(50)
+    print("half", task, flush=True)
+    sys.stdin.readline()
+    worker.update(100)
+    worker.done()
+    print("done", task, flush=True)
+"""
+
+
+def _field(page, selector: str, text: str) -> None:
+    page.wait_for_function("([s, t]) => document.querySelector(s)?.textContent.trim() === t", arg=[selector, text])
+
+
+def test_farm_run_page_moves_while_a_taskfarm_worker_works(platform, browser, admin) -> None:
+    import subprocess
+    import sys
+
+    from farm.models import Run
+    from farm.services import run_create
+    from tests.factories import DEFAULT_PASSWORD
+    from tests.live import ROOT
+
+    base, _ = platform
+    run = run_create(owner=admin, num_tasks=2)
+    page = browser.new_page()
+    admin_login(page, base, admin)
+    page.goto(f"{base}/admin/farm/run/{Run.objects.get().pk}/change/")
+    page.wait_for_selector("html[data-progress-live=connected]")
+    page.evaluate("window.notReloaded = true")
+    widget = f"#farm-run-progress-{run.uuid}"
+    bar = f"{widget} [data-progress-width=percentDone]"
+    assert page.eval_on_selector(bar, "e => e.style.width") in ("0%", "0.00%")
+    worker = subprocess.Popen([sys.executable, "-c", FARM_WORKER, f"{base}/api/", admin.email, DEFAULT_PASSWORD,
+                               run.uuid], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().split() == ["half", "0"]
+        _field(page, f"{widget} [data-progress-field=numComputing]", "1")
+        page.wait_for_function("s => document.querySelector(s).style.width === '25%'", arg=bar)
+        worker.stdin.write("\n")
+        worker.stdin.flush()
+        assert worker.stdout.readline().split() == ["done", "0"]
+        _field(page, f"{widget} [data-progress-field=numDone]", "1")
+        assert worker.stdout.readline().split() == ["half", "1"]
+        worker.stdin.write("\n")
+        worker.stdin.flush()
+        assert worker.stdout.readline().split() == ["done", "1"]
+        _field(page, f"{widget} [data-progress-field=numDone]", "2")
+        page.wait_for_function("s => document.querySelector(s).style.width === '100%'", arg=bar)
+        assert page.evaluate("window.notReloaded") is True
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_job_page_moves_while_a_django_q2_worker_runs_it(transactional_db, socket_dir, browser, admin) -> None:
+    import tests.jobs.sample_jobs  # noqa: F401 - registers `tests.sleep` in this process
+    from jobs.models import Job
+    from jobs.services import job_create
+
+    with serve_platform(socket_dir, qcluster=True, JOBS_EXTRA_MODULES="tests.jobs.sample_jobs") as base:
+        page = browser.new_page()
+        admin_login(page, base, admin)
+        job = job_create(type="tests.sleep", data={"seconds": 8, "steps": 8}, user=admin)
+        page.goto(f"{base}/admin/jobs/job/{job.pk}/change/")
+        page.wait_for_selector("html[data-progress-live=connected]")
+        page.evaluate("window.notReloaded = true")
+        widget = f"[data-progress-topic='job:{job.pk}']"
+        # the worker reports step by step: the bar and the message move on the open page ...
+        page.wait_for_function("s => Number(document.querySelector(s + ' progress').value) >= 25", arg=widget,
+                               timeout=60000)
+        assert page.inner_text(f"{widget} [data-progress-field=status]") == "started"
+        assert page.inner_text(f"{widget} [data-progress-field=message]").startswith("step ")
+        # ... up to the end
+        page.wait_for_function("s => document.querySelector(s + ' [data-progress-field=status]').textContent === 'success'",
+                               arg=widget, timeout=60000)
+        assert Job.objects.get(pk=job.pk).status == "success"
+        assert page.evaluate("window.notReloaded") is True
