@@ -79,45 +79,45 @@ def job_create(
             raise JobNotAllowedError(extra={"type": type})
     args = validate_args(spec, {} if data is None and not spec.params else data, strict=strict)
     job = Job.objects.create(type=spec.name, data=args, created_by=user, max_attempts=spec.max_attempts)
-    _publish_status(job)
     job_id = job.pk
-    transaction.on_commit(lambda: job_enqueue(job_id=job_id))
+    transaction.on_commit(lambda: job_enqueue(job_id=job_id, job_type=spec.name))
     return job
 
 
-def _notify(job_id: int) -> None:
-    if connection.vendor != "postgresql":
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(job_id)])
+def job_enqueue(*, job_id: int, job_type: str | None = None) -> bool:
+    """Hand a committed `fresh` job to django-q2 once, with `NOTIFY task_created, '<id>'`.
 
-
-def job_enqueue(*, job_id: int) -> bool:
-    """Hand a committed `fresh` job to django-q2 once, then `NOTIFY task_created, '<id>'`."""
+    The guard, the queue row and the NOTIFY are one transaction: the notification is delivered
+    when the queue row becomes visible, and a failure leaves the job in the backlog.
+    """
     from django_q.brokers import get_broker
     from django_q.tasks import async_task
 
-    job = Job.objects.filter(pk=job_id).first()
-    if job is None:
-        return False
-    # The guard makes the web process, the backlog command and the sweep never queue it twice.
-    if not Job.objects.filter(pk=job_id, status=Job.Status.FRESH, queued_at__isnull=True).update(
-        queued_at=timezone.now()
-    ):
-        return False
-    spec = get_spec(job.type)
+    if job_type is None:
+        job_type = Job.objects.filter(pk=job_id).values_list("type", flat=True).first()
+        if job_type is None:
+            return False
+    spec = get_spec(job_type)
     timeout = (spec.timeout if spec and spec.timeout else None) or conf.default_timeout()
     broker = get_broker()
     # The job's own NOTIFY below wakes the listeners; skip the broker's generic one.
     broker.skip_notify = True  # type: ignore[attr-defined]
     try:
-        async_task("jobs.tasks.job_run", job_id, timeout=timeout, broker=broker,
-                   task_name=f"job {job_id} {job.type}"[:100])
+        with transaction.atomic():
+            # The guard makes the web process, the backlog command and the sweep never queue it twice.
+            if not Job.objects.filter(pk=job_id, status=Job.Status.FRESH, queued_at__isnull=True).update(
+                queued_at=timezone.now()
+            ):
+                return False
+            # save=False: the job row keeps the outcome; django-q2 need not store successes again.
+            async_task("jobs.tasks.job_run", job_id, timeout=timeout, broker=broker, save=False,
+                       task_name=f"job {job_id} {job_type}"[:100])
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(job_id)])
     except Exception:
-        Job.objects.filter(pk=job_id).update(queued_at=None)
         logger.exception("Could not queue job %s; the sweep will retry", job_id)
         return False
-    _notify(job_id)
     return True
 
 
@@ -204,7 +204,7 @@ def job_execute(*, job_id: int) -> str:
         result = _json_result(spec.func(**kwargs))
     except JobCancelled as exc:
         heartbeat.stop()
-        return job_finish(job_id=job_id, worker=worker, ok=False, error=str(exc), retryable=False)
+        return job_finish(job_id=job_id, worker=worker, ok=False, error=str(exc), retryable=False, job=job)
     except (Exception, SystemExit) as exc:
         # django-q2's TimeoutException derives from SystemExit; it is the per-job timeout.
         heartbeat.stop()
@@ -215,9 +215,9 @@ def job_execute(*, job_id: int) -> str:
         else:
             error = f"{type(exc).__name__}: {exc}"
         return job_finish(job_id=job_id, worker=worker, ok=False, error=error,
-                          tb=traceback_module.format_exc(), retryable=retryable)
+                          tb=traceback_module.format_exc(), retryable=retryable, job=job)
     heartbeat.stop()
-    return job_finish(job_id=job_id, worker=worker, ok=True, result=result)
+    return job_finish(job_id=job_id, worker=worker, ok=True, result=result, job=job)
 
 
 def job_finish(
@@ -229,22 +229,24 @@ def job_finish(
     error: str = "",
     tb: str = "",
     retryable: bool = True,
+    job: Job | None = None,
 ) -> str:
     """Record the outcome of the attempt this worker holds; a failure is retried per the policy."""
     now = timezone.now()
-    job = Job.objects.filter(pk=job_id, status=Job.Status.STARTED, worker=worker).first()
     if job is None:
-        # The sweep already gave this attempt up (heartbeat lost); its outcome no longer counts.
-        return "lost"
+        job = Job.objects.filter(pk=job_id).first()
     if ok:
-        Job.objects.filter(pk=job_id, status=Job.Status.STARTED, worker=worker).update(
+        # The worker guard: if the sweep already gave this attempt up, its outcome no longer counts.
+        if not Job.objects.filter(pk=job_id, status=Job.Status.STARTED, worker=worker).update(
             status=Job.Status.SUCCESS, result=result, progress=100, updated_on=now, finished_at=now
-        )
-        job.refresh_from_db()
-        _publish_status(job)
-        progress_publish(topic=job.topic, kind="end", text="", state={"status": job.status, "percent": 100},
-                         owner_id=job.created_by_id)
-        return job.status
+        ):
+            return "lost"
+        progress_publish(topic=f"job:{job_id}", kind="end", text="",
+                         state={"status": Job.Status.SUCCESS, "percent": 100, "message": ""},
+                         owner_id=job.created_by_id if job else None)
+        return Job.Status.SUCCESS
+    if job is None or job.status != Job.Status.STARTED or job.worker != worker:
+        return "lost"
     return _fail_or_retry(job, worker=worker, error=error, tb=tb, retryable=retryable)
 
 
@@ -258,18 +260,18 @@ def _fail_or_retry(job: Job, *, worker: str | None, error: str, tb: str = "", re
         delay = spec.backoff_for(job.attempts) if spec else 0.0
         updated = guard.update(status=Job.Status.FRESH, worker=None, error=error, traceback=tb, updated_on=now,
                                queued_at=None, run_after=now + timedelta(seconds=delay), heartbeat_at=None)
-        if updated:
-            job.refresh_from_db()
-            _publish_status(job, f"retrying after: {error}")
-            if delay <= 0:
-                job_enqueue(job_id=job.pk)
-        return Job.Status.FRESH
-    updated = guard.update(status=Job.Status.FAILURE, error=error, traceback=tb, updated_on=now, finished_at=now)
-    if updated:
+        if not updated:
+            return "lost"
         job.refresh_from_db()
-        _publish_status(job, error)
-        progress_publish(topic=job.topic, kind="end", text=error, state={"status": job.status},
-                         owner_id=job.created_by_id)
+        _publish_status(job, f"retrying after: {error}")
+        if delay <= 0:
+            job_enqueue(job_id=job.pk, job_type=job.type)
+        return Job.Status.FRESH
+    if not guard.update(status=Job.Status.FAILURE, error=error, traceback=tb, updated_on=now, finished_at=now):
+        return "lost"
+    progress_publish(topic=job.topic, kind="end", text=error,
+                     state={"status": Job.Status.FAILURE, "percent": job.progress, "message": error},
+                     owner_id=job.created_by_id)
     return Job.Status.FAILURE
 
 
