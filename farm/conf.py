@@ -33,5 +33,14 @@ def batch_max() -> int:
     return max(1, _int("FARM_BATCH_MAX", DEFAULT_BATCH_MAX))
 
 
+def progress_interval() -> float:
+    """`FARM_PROGRESS_INTERVAL`: least seconds between two `msg` events of one run from one server process."""
+    value = getattr(settings, "FARM_PROGRESS_INTERVAL", os.environ.get("FARM_PROGRESS_INTERVAL", 0.5))
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return 0.5
+
+
 # Cookie that tells a worker's later PUTs apart from those of other workers of the same user.
 WORKER_COOKIE = "farm_worker"

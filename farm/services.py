@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -10,25 +11,49 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from coordinator.models import User
-from farm.conf import lease_seconds
+from farm.conf import lease_seconds, progress_interval
 from farm.errors import LeaseLostError, TaskNotFoundError, WorkerExistsError
 from farm.models import Run, Task, Worker
 from farm.selectors import RunCounts, run_counts
 from progress.services import progress_publish
+
+# Worker.last_seen is refreshed at most this often (seconds): one UPDATE saved on most requests.
+LAST_SEEN_RESOLUTION = 5
 
 
 def run_topic(run: Run) -> str:
     return f"run:{run.uuid}"
 
 
-def _publish_counts(run: Run, text: str, *, ended_now: bool = False) -> RunCounts:
-    """Publish the run's counts (computed once) as `msg`, plus `end` when the last task just finished."""
+# When this server process last published a `msg` for each run (monotonic seconds).
+_last_msg: dict[int, float] = {}
+
+
+def _msg_due(run: Run, force: bool) -> bool:
+    # Hundreds of claims and updates a second would each cost a progress event (database rows and a
+    # channel-layer send) plus a count query; live pages need a few updates a second, not every one.
+    now = time.monotonic()
+    if not force and now - _last_msg.get(run.pk, -1e9) < progress_interval():
+        return False
+    if len(_last_msg) > 10_000:
+        _last_msg.clear()
+    _last_msg[run.pk] = now
+    return True
+
+
+def _publish_counts(run: Run, text: str, *, maybe_ended: bool = False, force: bool = False) -> None:
+    """Publish the run's counts (computed once) as `msg` (at most every FARM_PROGRESS_INTERVAL per
+    process), and `end` with the final counts when a task just finished and none is left."""
+    due = _msg_due(run, force)
+    if not due and not maybe_ended:
+        return
     counts = run_counts(run=run)
     state = counts.as_state()
-    progress_publish(topic=run_topic(run), kind="msg", text=text, state=state, owner_id=run.owner_id)
-    if ended_now and counts.num_done == counts.num_tasks:
+    ended = maybe_ended and counts.num_done == counts.num_tasks
+    if due or ended:
+        progress_publish(topic=run_topic(run), kind="msg", text=text, state=state, owner_id=run.owner_id)
+    if ended:
         progress_publish(topic=run_topic(run), kind="end", text="", state=state, owner_id=run.owner_id)
-    return counts
 
 
 @transaction.atomic
@@ -61,7 +86,7 @@ def run_restart(*, run: Run, everything: bool) -> int:
         changed = tasks.filter(percent_completed__lt=100).update(
             status=Task.Status.WAITING, worker=None, updated=now
         )
-    _publish_counts(run, f"restarted {changed} tasks")
+    _publish_counts(run, f"restarted {changed} tasks", force=True)
     return changed
 
 
@@ -77,103 +102,81 @@ def worker_register(*, owner: User, uuid: str, hostname: str, pid: int) -> Worke
         raise WorkerExistsError() from exc
 
 
-def worker_touch(*, worker_id: int) -> None:
-    """Record that the worker is alive."""
-    Worker.objects.filter(pk=worker_id).update(last_seen=timezone.now())
+def _claimable(cutoff: datetime) -> Q:
+    """Waiting rows, and computing rows whose worker has been silent past the lease."""
+    return Q(status=Task.Status.WAITING) | Q(status=Task.Status.COMPUTING, updated__lt=cutoff)
 
 
-def _claim_existing(run: Run, worker: Worker, limit: int, now: datetime) -> list[int]:
-    """Claim up to `limit` waiting rows, then rows whose lease expired; returns their ids.
+def _claim_existing(run: Run, worker: Worker, limit: int, now: datetime) -> int:
+    """Claim up to `limit` existing rows (waiting, or lease expired), lowest numbers first.
 
     On PostgreSQL the candidate rows are locked with SKIP LOCKED, so concurrent claimers each
-    take different rows without waiting for each other; everywhere the UPDATE repeats the status
-    (and, for expired leases, the last sign of life) it read, so a row another transaction took
-    in between is simply not counted as ours.
+    take different rows without waiting for each other; everywhere the UPDATE repeats the
+    condition it selected on, so a row another transaction took in between is not taken again.
     """
-    claimed: list[int] = []
     cutoff = now - timedelta(seconds=lease_seconds())
-    candidates_for = (
-        (Q(status=Task.Status.WAITING), Q(status=Task.Status.WAITING), "task"),
-        (Q(status=Task.Status.COMPUTING, updated__lt=cutoff), Q(status=Task.Status.COMPUTING, updated__lt=cutoff),
-         "updated"),
+    rows = Task.objects.filter(_claimable(cutoff), run=run).order_by("task")
+    if connection.features.has_select_for_update_skip_locked:
+        rows = rows.select_for_update(skip_locked=True)
+    ids = list(rows.values_list("id", flat=True)[:limit])
+    if not ids:
+        return 0
+    return Task.objects.filter(_claimable(cutoff), pk__in=ids).update(
+        status=Task.Status.COMPUTING, worker=worker, started=now, updated=now
     )
-    for select, guard, order in candidates_for:
-        want = limit - len(claimed)
-        if want <= 0:
-            break
-        rows = Task.objects.filter(select, run=run).order_by(order)
-        if connection.features.has_select_for_update_skip_locked:
-            rows = rows.select_for_update(skip_locked=True)
-        ids = list(rows.values_list("id", flat=True)[:want])
-        if not ids:
-            continue
-        changed = Task.objects.filter(guard, pk__in=ids).update(
-            status=Task.Status.COMPUTING, worker=worker, started=now, updated=now
-        )
-        if changed == len(ids):
-            claimed += ids
-        elif changed:  # some rows were taken in between: keep only those that are now ours
-            claimed += Task.objects.filter(pk__in=ids, worker=worker, started=now).values_list("id", flat=True)
-    return claimed
 
 
-def _claim_fresh(run: Run, worker: Worker, limit: int, now: datetime) -> list[int]:
+def _claim_fresh(run: Run, worker: Worker, limit: int, now: datetime) -> int:
     """Take up to `limit` never-handed-out numbers from the run's counter and create their rows.
 
-    The counter row is locked only for this short transaction; numbers already materialised out
-    of order (by a GET/PUT on them) are skipped: they exist as waiting rows and are handed out by
-    `_claim_existing`.
+    The counter row is locked only for the rest of this short transaction. A number already
+    materialised out of order (a GET/PUT on it) conflicts on the unique (run, task) and is
+    skipped by the INSERT; a waiting row of that kind goes out through `_claim_existing`.
+    Returns how many numbers were taken from the counter.
     """
-    claimed: list[int] = []
-    while len(claimed) < limit:
-        locked = Run.objects.filter(pk=run.pk)
-        if connection.features.has_select_for_update:
-            locked = locked.select_for_update()
-        current = locked.values_list("next_task", "num_tasks").first()
-        if current is None:
-            break
-        start, num_tasks = current
-        end = min(start + limit - len(claimed), num_tasks)
-        if start >= end:
-            break
-        Run.objects.filter(pk=run.pk).update(next_task=end)
-        taken = set(
-            Task.objects.filter(run=run, task__gte=start, task__lt=end).values_list("task", flat=True)
-        )
-        new_rows = [
-            Task(run=run, task=number, status=Task.Status.COMPUTING, worker=worker, started=now, updated=now)
-            for number in range(start, end) if number not in taken
-        ]
-        created = Task.objects.bulk_create(new_rows)
-        if created and created[0].pk is None:  # backends that cannot return ids from bulk inserts
-            claimed.extend(Task.objects.filter(run=run, task__in=[t.task for t in created]).values_list("id", flat=True))
-        else:
-            claimed.extend(t.pk for t in created)
-    return claimed
+    locked = Run.objects.filter(pk=run.pk)
+    if connection.features.has_select_for_update:
+        locked = locked.select_for_update()
+    current = locked.values_list("next_task", "num_tasks").first()
+    if current is None:
+        return 0
+    start, num_tasks = current
+    end = min(start + limit, num_tasks)
+    if start >= end:
+        return 0
+    Run.objects.filter(pk=run.pk).update(next_task=end)
+    Task.objects.bulk_create(
+        [Task(run=run, task=number, status=Task.Status.COMPUTING, worker=worker, started=now, updated=now)
+         for number in range(start, end)],
+        ignore_conflicts=True,
+    )
+    return end - start
 
 
 @transaction.atomic
 def tasks_claim(*, run: Run, worker: Worker, limit: int = 1) -> list[Task]:
-    """Hand up to `limit` tasks to `worker`, each to no other worker: waiting, expired, then fresh."""
+    """Hand up to `limit` tasks to `worker`, each to no other worker: waiting or expired, then fresh."""
     now = timezone.now()
-    ids = _claim_existing(run, worker, limit, now)
-    if len(ids) < limit:
-        ids += _claim_fresh(run, worker, limit - len(ids), now)
-    Worker.objects.filter(pk=worker.pk).update(last_seen=now)
-    tasks = list(Task.objects.filter(pk__in=ids).order_by("task"))
+    expected = _claim_existing(run, worker, limit, now)
+    mine = Task.objects.filter(run=run, worker=worker, started=now, status=Task.Status.COMPUTING)
+    tasks: list[Task] = []
+    while True:
+        taken = _claim_fresh(run, worker, limit - expected, now) if expected < limit else 0
+        expected += taken
+        tasks = list(mine.order_by("task"))
+        # Only numbers materialised out of order make the INSERT skip some; then take more.
+        if len(tasks) >= expected or taken == 0:
+            break
+        expected = len(tasks)
+    if worker.last_seen < now - timedelta(seconds=LAST_SEEN_RESOLUTION):
+        Worker.objects.filter(pk=worker.pk).update(last_seen=now)
     if tasks:
         numbers = ", ".join(str(t.task) for t in tasks[:10])
         _publish_counts(run, f"{worker.hostname}:{worker.pid} took task {numbers}")
     return tasks
 
 
-def _task_row(run: Run, number: int) -> Task:
-    """The row of task `number`, created as waiting when it was never touched (as the seed does)."""
-    if number < 0 or number >= run.num_tasks:
-        raise TaskNotFoundError()
-    task = Task.objects.filter(run=run, task=number).first()
-    if task is not None:
-        return task
+def _materialise(run: Run, number: int) -> Task:
     try:
         with transaction.atomic():
             task = Task.objects.create(run=run, task=number, status=Task.Status.WAITING)
@@ -184,10 +187,15 @@ def _task_row(run: Run, number: int) -> Task:
     return task
 
 
-@transaction.atomic
 def task_get_or_materialise(*, run: Run, number: int) -> Task:
     """Read task `number`; an in-range number never handed out becomes a waiting row."""
-    return _task_row(run, number)
+    if number < 0 or number >= run.num_tasks:
+        raise TaskNotFoundError()
+    task = Task.objects.filter(run=run, task=number).first()
+    if task is not None:
+        return task
+    with transaction.atomic():
+        return _materialise(run, number)
 
 
 @dataclass(frozen=True)
@@ -199,8 +207,13 @@ class TaskChange:
 @transaction.atomic
 def task_update(*, run: Run, number: int, change: TaskChange, worker_uuid: str | None = None) -> Task:
     """Apply a worker's PUT; refused when the task is now computing for another worker."""
-    _task_row(run, number)
-    task = Task.objects.select_for_update(of=("self",)).select_related("worker").get(run=run, task=number)
+    if number < 0 or number >= run.num_tasks:
+        raise TaskNotFoundError()
+    locked = Task.objects.select_for_update(of=("self",)).select_related("worker").filter(run=run, task=number)
+    task = locked.first()
+    if task is None:
+        _materialise(run, number)
+        task = locked.get()
     now = timezone.now()
     if worker_uuid and task.status == Task.Status.COMPUTING and task.worker is not None \
             and task.worker.uuid != worker_uuid:
@@ -215,11 +228,13 @@ def task_update(*, run: Run, number: int, change: TaskChange, worker_uuid: str |
         task.status = change.status
         fields.append("status")
     task.save(update_fields=fields)
-    if worker_uuid:
-        Worker.objects.filter(uuid=worker_uuid).update(last_seen=now)
-    ended = not was_done and task.status == Task.Status.DONE
+    holder = task.worker
+    if worker_uuid and holder is not None and holder.uuid == worker_uuid \
+            and holder.last_seen < now - timedelta(seconds=LAST_SEEN_RESOLUTION):
+        Worker.objects.filter(pk=holder.pk).update(last_seen=now)
+    finished = not was_done and task.status == Task.Status.DONE
     label = f"task {number}: {task.status} {task.percent_completed:g}%"
-    _publish_counts(run, label, ended_now=ended)
+    _publish_counts(run, label, maybe_ended=finished)
     return task
 
 
@@ -235,5 +250,5 @@ def tasks_complete(*, run: Run, worker: Worker, numbers: list[int]) -> list[int]
         )
     Worker.objects.filter(pk=worker.pk).update(last_seen=now)
     if done:
-        _publish_counts(run, f"{worker.hostname}:{worker.pid} completed {len(done)} tasks", ended_now=True)
+        _publish_counts(run, f"{worker.hostname}:{worker.pid} completed {len(done)} tasks", maybe_ended=True)
     return done

@@ -177,6 +177,12 @@ def test_batch_claim_and_done(api: APIClient) -> None:
         ("post", "/api/runs/{run}/task", {}),
         ("post", "/api/runs/{run}/tasks/claim", {"worker_uuid": "w", "count": 0}),
         ("post", "/api/runs/{run}/tasks/done", {"worker_uuid": "w", "tasks": [2**70]}),
+        ("post", "/api/runs/{run}/task", {"worker_uuid": 5}),
+        ("post", "/api/worker", {"uuid": "a;b", "hostname": "h", "pid": 1}),
+        ("post", "/api/worker", {"uuid": "x", "hostname": "h\u0000", "pid": 1}),
+        ("post", "/api/worker", {"uuid": "x", "hostname": "h", "pid": "1"}),
+        ("put", "/api/runs/{run}/tasks/0", {"percentCompleted": False}),
+        ("post", "/api/run", {"numTasks": True}),
     ],
 )
 def test_bad_input_is_400_and_writes_nothing(api: APIClient, method: str, path: str, body: Any) -> None:
@@ -196,7 +202,8 @@ def test_malformed_json_and_huge_task_number(api: APIClient) -> None:
     assert api.put(f"/api/runs/{run}/tasks/0", "x", content_type="text/plain").status_code == 415
 
 
-def test_progress_events(api: APIClient, farm_user: User, monkeypatch: Any) -> None:
+def test_progress_events(api: APIClient, farm_user: User, monkeypatch: Any, settings: Any) -> None:
+    settings.FARM_PROGRESS_INTERVAL = 0
     events: list[dict[str, Any]] = []
     monkeypatch.setattr("farm.services.progress_publish", lambda **kw: events.append(kw))
     run = new_run(api, 2)
@@ -213,3 +220,18 @@ def test_progress_events(api: APIClient, farm_user: User, monkeypatch: Any) -> N
     last_msg = [e for e in events if e["kind"] == "msg"][-1]
     assert last_msg["state"] == {"percentDone": 100.0, "numWaiting": 0, "numComputing": 0, "numDone": 2,
                                  "numNotStarted": 0, "numTasks": 2}
+
+
+def test_progress_messages_are_throttled_but_the_end_is_not(api: APIClient, monkeypatch: Any, settings: Any) -> None:
+    settings.FARM_PROGRESS_INTERVAL = 3600
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr("farm.services.progress_publish", lambda **kw: events.append(kw))
+    run = new_run(api, 3)
+    new_worker(api, "w")
+    for _ in range(3):
+        n = claim(api, run, "w").json()["task"]
+        api.put(f"/api/runs/{run}/tasks/{n}", {"status": "done", "percentCompleted": 100}, format="json")
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "new" and kinds[-1] == "end"
+    assert kinds.count("msg") < 6  # not one per request
+    assert events[-1]["state"]["numDone"] == 3

@@ -1,0 +1,346 @@
+"""Task farm benchmark: `python -m bench.farm [--quick]`.
+
+Drives, with the real `taskfarm-worker` client (8 processes, each task claimed, updated to 100 and
+marked done: 4 requests per task):
+  * our server on PostgreSQL and on SQLite,
+  * the reference `taskfarm==0.4.0` server (gunicorn, 4 workers) on PostgreSQL and on SQLite,
+  * a floor: the same client loop against a trivial authenticated endpoint of ours (`GET /api/token`
+    with the token), i.e. what the client and this machine allow at best,
+  * our batch path alone on PostgreSQL (claim and complete 100 at a time, 8 clients).
+Both servers run under gunicorn with 4 sync workers on the same PostgreSQL server; every scenario
+uses its own database, created and dropped here. Figures go to docs/benchmarks.md (section farm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import requests
+
+from bench.report import write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+PY = sys.executable
+BIN = Path(PY).parent
+REF_VENV = VAR / "bench-taskfarm-ref-venv"
+REF_REQUIREMENTS = ROOT / "bench" / "requirements-taskfarm-ref.txt"
+PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+USER, PASSWORD = "bench@example.com", "bench-password-1"
+REF_USER = "bench"
+SECRET = "bench-secret-key-not-for-production-0123456789"
+WORKERS = 8
+SERVER_WORKERS = 4
+
+
+@dataclass
+class Result:
+    name: str
+    tasks: int
+    seconds: float = float("nan")
+    claimed: int = 0
+    duplicates: int = 0
+    client_errors: list[str] = field(default_factory=list)
+    http_errors: int = 0
+    server_5xx: int = 0
+    done: int | None = None
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.claimed / self.seconds if self.seconds and self.seconds == self.seconds else float("nan")
+
+
+# --- databases ------------------------------------------------------------------------------
+
+def pg_admin(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@contextmanager
+def pg_database(name: str) -> Iterator[str]:
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    pg_admin(f'CREATE DATABASE "{name}"')
+    parsed = urlparse(PG_URL)
+    try:
+        yield parsed._replace(path=f"/{name}").geturl()
+    finally:
+        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- servers --------------------------------------------------------------------------------
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            requests.get(url, timeout=2)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def gunicorn(argv: list[str], env: dict[str, str], cwd: Path, log: Path, probe: str) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*argv, "--bind", f"127.0.0.1:{port}", "--workers", str(SERVER_WORKERS), "--access-logfile", str(log),
+         "--log-level", "warning", "--timeout", "120"],
+        cwd=cwd, env=env, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + probe, proc)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def ours_env(database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update({"DATABASE_URL": database_url, "DJANGO_SECRET_KEY": SECRET, "DJANGO_DEBUG": "0",
+                "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "coordinator.settings"})
+    return env
+
+
+@contextmanager
+def our_server(database_url: str, log: Path) -> Iterator[str]:
+    env = ours_env(database_url)
+    subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    subprocess.run([PY, "manage.py", "createuser", USER, "--password", PASSWORD], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    with gunicorn([str(BIN / "gunicorn"), "coordinator.wsgi:application"], env, ROOT, log, "/healthz") as base:
+        yield base + "/api/"
+
+
+def ensure_ref_venv() -> Path:
+    py = REF_VENV / "bin" / "python"
+    stamp = REF_VENV / "requirements.txt"
+    if not py.exists() or not stamp.exists() or stamp.read_text() != REF_REQUIREMENTS.read_text():
+        shutil.rmtree(REF_VENV, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(REF_VENV)], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q",
+                        "-r", str(REF_REQUIREMENTS)], check=True)
+        shutil.copy(REF_REQUIREMENTS, stamp)
+    return py
+
+
+REF_INIT = """
+from taskfarm import app, db
+from taskfarm.models import User
+with app.app_context():  # required by current Flask-SQLAlchemy, harmless with 2.x
+    db.create_all()
+    user = User(username={user!r})
+    user.hash_password({password!r})
+    db.session.add(user)
+    db.session.commit()
+"""
+
+
+@contextmanager
+def reference_server(database_url: str, log: Path) -> Iterator[str]:
+    py = ensure_ref_venv()
+    sa_url = database_url.replace("postgres://", "postgresql://", 1)
+    env = {"PATH": os.environ.get("PATH", ""), "DATABASE_URL": sa_url, "SECRET_KEY": SECRET}
+    subprocess.run([str(py), "-c", REF_INIT.format(user=REF_USER, password=PASSWORD)], env=env, check=True,
+                   cwd=tempfile.gettempdir())
+    with gunicorn([str(py.parent / "gunicorn"), "taskfarm:app"], env, Path(tempfile.gettempdir()), log, "/") as base:
+        yield base + "/api/"
+
+
+# --- clients --------------------------------------------------------------------------------
+
+def drive(mode: str, url: str, user: str, targets: list[str], extra: list[str], timeout: float,
+          workdir: Path) -> tuple[list[dict[str, Any]], float, str]:
+    """Start the client processes, release them together, collect their JSON results."""
+    go = workdir / f"go-{mode}-{time.monotonic_ns()}"
+    procs = [
+        subprocess.Popen([PY, "-m", "bench.farm_client", mode, url, user, PASSWORD, target, str(go), *extra],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+        for target in targets
+    ]
+    note = ""
+    for proc in procs:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if line != "ready":
+            proc.wait()
+            raise RuntimeError(f"client did not start: {line} {proc.stderr.read() if proc.stderr else ''}")
+    go.touch()
+    released = time.time()
+    results: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            note = f"stopped after {timeout:.0f}s"
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        if lines:
+            results.append(json.loads(lines[-1]))
+    go.unlink(missing_ok=True)
+    end = max((r["end"] for r in results), default=time.time())
+    return results, end - released, note
+
+
+def http_errors(log: Path) -> tuple[int, int]:
+    """(responses >= 400, responses >= 500) in a gunicorn access log."""
+    codes = [int(m.group(1)) for m in re.finditer(r'" (\d{3}) ', log.read_text())] if log.exists() else []
+    return sum(c >= 400 for c in codes), sum(c >= 500 for c in codes)
+
+
+def done_count(url: str, user: str, run: str) -> int | None:
+    try:
+        session = requests.Session()
+        tok = session.get(url + "token", auth=(user, PASSWORD), timeout=30).json()["token"]
+        return int(session.get(f"{url}runs/{run}", params={"info": "numDone"}, auth=(tok, ""), timeout=30)
+                   .json()["numDone"])
+    except Exception:  # the server may be wedged; the table says so
+        return None
+
+
+def create_run(url: str, user: str, n: int) -> str:
+    from taskfarm_worker import TaskFarm
+
+    return str(TaskFarm(user, PASSWORD, numTasks=n, url_base=url).uuid)
+
+
+def summarise(name: str, n: int, results: list[dict[str, Any]], seconds: float, log: Path, note: str,
+              done: int | None) -> Result:
+    claims = Counter(t for r in results for t in r["tasks"])
+    errors4, errors5 = http_errors(log)
+    result = Result(name=name, tasks=n, seconds=seconds, claimed=sum(r["count"] for r in results),
+                    duplicates=sum(c - 1 for c in claims.values()),
+                    client_errors=[e for r in results for e in r["errors"]], http_errors=errors4,
+                    server_5xx=errors5, done=done, note=note)
+    if len(results) < len(results) or not results:
+        result.note = (result.note + "; no client finished").strip("; ")
+    print(f"{name:28s} {result.rate:9.1f} tasks/s  claimed={result.claimed} dup={result.duplicates} "
+          f"http>=400={errors4} 5xx={errors5} client_errors={len(result.client_errors)} done={done} {note}",
+          flush=True)
+    return result
+
+
+def farm_scenario(name: str, url: str, user: str, n: int, timeout: float, workdir: Path, log: Path) -> Result:
+    run = create_run(url, user, n)
+    results, seconds, note = drive("worker", url, user, [run] * WORKERS, [], timeout, workdir)
+    return summarise(name, n, results, seconds, log, note, done_count(url, user, run))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument("--tasks", type=int, default=None)
+    parser.add_argument("--batch-tasks", type=int, default=None)
+    parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    args = parser.parse_args()
+    n = args.tasks or (200 if args.quick else 2000)
+    n_batch = args.batch_tasks or (20_000 if args.quick else 200_000)
+    timeout = 120.0 if args.quick else 600.0
+    tag = f"{os.getpid()}"
+    workdir = VAR / f"bench-farm-{tag}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: list[Result] = []
+    try:
+        with pg_database(f"bench_farm_ours_{tag}") as db_url:
+            log = workdir / "ours-pg.log"
+            with our_server(db_url, log) as url:
+                results.append(farm_scenario("ours, PostgreSQL", url, USER, n, timeout, workdir, log))
+                log.write_text("")
+                floor, seconds, note = drive("floor", url, USER, [str(n // WORKERS)] * WORKERS, [], timeout,
+                                             workdir)
+                results.append(summarise("floor (ours, no-op)", n, floor, seconds, log, note, None))
+                log.write_text("")
+                run = create_run(url, USER, n_batch)
+                batch, seconds, note = drive("batch", url, USER, [run] * WORKERS, ["100"], timeout, workdir)
+                results.append(summarise("batch of 100, PostgreSQL", n_batch, batch, seconds, log, note,
+                                         done_count(url, USER, run)))
+        sqlite_path = workdir / "ours.sqlite3"
+        log = workdir / "ours-sqlite.log"
+        with our_server(f"sqlite:///{sqlite_path}", log) as url:
+            results.append(farm_scenario("ours, SQLite", url, USER, n, timeout, workdir, log))
+        with pg_database(f"bench_farm_ref_{tag}") as db_url:
+            log = workdir / "ref-pg.log"
+            with reference_server(db_url, log) as url:
+                results.append(farm_scenario("reference, PostgreSQL", url, REF_USER, n, timeout, workdir, log))
+        log = workdir / "ref-sqlite.log"
+        with reference_server(f"sqlite:///{workdir / 'ref.sqlite3'}", log) as url:
+            results.append(farm_scenario("reference, SQLite", url, REF_USER, n, timeout, workdir, log))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    markdown = report(results, n, n_batch, args.quick)
+    print(markdown)
+    if not args.no_write:
+        write_section("farm", markdown)
+
+
+def report(results: list[Result], n: int, n_batch: int, quick: bool) -> str:
+    by = {r.name: r for r in results}
+    rows = [
+        "| scenario | tasks/s | tasks claimed | duplicates | HTTP ≥400 (5xx) | client errors | done (server) | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        errors = "; ".join(sorted(set(r.client_errors)))[:200]
+        rows.append(f"| {r.name} | {r.rate:.1f} | {r.claimed} | {r.duplicates} | {r.http_errors} ({r.server_5xx}) | "
+                    f"{len(r.client_errors)} | {'' if r.done is None else r.done} | {r.note}{' ' + errors if errors else ''} |")
+    ours, ref, floor = by["ours, PostgreSQL"], by["reference, PostgreSQL"], by["floor (ours, no-op)"]
+    lines = [
+        "### Task farm (`python -m bench.farm`" + (" --quick" if quick else "") + ")",
+        "",
+        f"{WORKERS} client processes using the real `taskfarm-worker` 0.4.0 client, {n} tasks per run (each "
+        f"claimed, updated to 100 and marked done: 4 requests per task); both servers under gunicorn with "
+        f"{SERVER_WORKERS} sync workers, same PostgreSQL server, a fresh database per scenario. The floor is "
+        f"the same 8-process loop of 4 requests per task against `GET /api/token` (token auth, no work). "
+        f"The batch row claims and completes {n_batch} tasks 100 at a time with 8 clients.",
+        "",
+        *rows,
+        "",
+        f"* ours / reference on PostgreSQL: **{ours.rate / ref.rate:.2f}×** (target ≥ 3×)"
+        if ref.rate == ref.rate and ref.rate > 0 else "* reference on PostgreSQL: no rate",
+        f"* ours on PostgreSQL / floor: **{100 * ours.rate / floor.rate:.0f}%** (target ≥ 65%); "
+        f"ours on SQLite / floor: **{100 * by['ours, SQLite'].rate / floor.rate:.0f}%**",
+        f"* batch path: **{by['batch of 100, PostgreSQL'].rate:.0f} tasks/s** (target ≥ 10,000)",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

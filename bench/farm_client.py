@@ -1,0 +1,116 @@
+"""One benchmark client process for `bench.farm` (run with the project's Python).
+
+Modes (argv[1]):
+  worker URL USER PW RUN GO   the real `taskfarm_worker.TaskFarmWorker` loop: claim, update(100), done()
+  floor  URL USER PW N GO     the same 4 requests per task against a trivial authenticated endpoint
+  batch  URL USER PW RUN GO K claim K tasks and complete them, one request each, until none is left
+
+Each process prints `ready` once set up, waits until the file GO exists, works, then prints one
+JSON line: {"tasks": [...], "count": n, "errors": [...], "start": t0, "end": t1}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.auth import HTTPBasicAuth
+from urllib3.util.retry import Retry
+
+
+def wait_for(go: str) -> float:
+    print("ready", flush=True)
+    while not os.path.exists(go):
+        time.sleep(0.005)
+    return time.time()
+
+
+def session_like_client(url: str) -> requests.Session:
+    """A session configured exactly as taskfarm_worker configures its own."""
+    session = requests.Session()
+    retry = Retry(total=10, read=10, connect=10, backoff_factor=0.3, status_forcelist=(500, 502, 503, 504))
+    session.mount(url, HTTPAdapter(max_retries=retry))
+    return session
+
+
+def token(session: requests.Session, url: str, user: str, password: str) -> str:
+    response = session.get(url + "token", auth=HTTPBasicAuth(user, password))
+    response.raise_for_status()
+    return str(response.json()["token"])
+
+
+def run_worker(url: str, user: str, password: str, run: str, go: str) -> dict[str, Any]:
+    from taskfarm_worker import TaskFarmWorker
+
+    worker = TaskFarmWorker(user, password, run, url_base=url)
+    start = wait_for(go)
+    seen: list[int] = []
+    errors: list[str] = []
+    try:
+        for task in worker.tasks:
+            seen.append(task)
+            worker.update(100)
+            worker.done()
+    except Exception as exc:  # report what the client saw, as a user would
+        errors.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+    return {"tasks": seen, "count": len(seen), "errors": errors, "start": start, "end": time.time()}
+
+
+def run_floor(url: str, user: str, password: str, n: int, go: str) -> dict[str, Any]:
+    session = session_like_client(url)
+    auth = HTTPBasicAuth(token(session, url, user, password), "")
+    start = wait_for(go)
+    errors: list[str] = []
+    for _ in range(n):
+        for _ in range(4):
+            response = session.get(url + "token", auth=auth)
+            if response.status_code != 200:
+                errors.append(f"HTTP {response.status_code}")
+    return {"tasks": [], "count": n, "errors": errors, "start": start, "end": time.time()}
+
+
+def run_batch(url: str, user: str, password: str, run: str, go: str, k: int) -> dict[str, Any]:
+    session = session_like_client(url)
+    auth = HTTPBasicAuth(token(session, url, user, password), "")
+    worker = uuid.uuid1().hex
+    response = session.post(url + "worker", json={"uuid": worker, "hostname": socket.gethostname(),
+                                                   "pid": os.getpid()}, auth=auth)
+    response.raise_for_status()
+    start = wait_for(go)
+    seen: list[int] = []
+    errors: list[str] = []
+    while True:
+        claimed = session.post(f"{url}runs/{run}/tasks/claim", json={"worker_uuid": worker, "count": k}, auth=auth)
+        if claimed.status_code != 200:
+            errors.append(f"claim HTTP {claimed.status_code}")
+            break
+        numbers = [t["task"] for t in claimed.json()["tasks"]]
+        if not numbers:
+            break
+        seen += numbers
+        done = session.post(f"{url}runs/{run}/tasks/done", json={"worker_uuid": worker, "tasks": numbers}, auth=auth)
+        if done.status_code != 200 or done.json()["refused"]:
+            errors.append(f"done HTTP {done.status_code}")
+    return {"tasks": seen, "count": len(seen), "errors": errors, "start": start, "end": time.time()}
+
+
+def main() -> None:
+    mode, url, user, password, target, go = sys.argv[1:7]
+    if mode == "worker":
+        result = run_worker(url, user, password, target, go)
+    elif mode == "floor":
+        result = run_floor(url, user, password, int(target), go)
+    else:
+        result = run_batch(url, user, password, target, go, int(sys.argv[7]))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
