@@ -48,7 +48,7 @@ class DeviceJWTAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed("The device token has expired.", code="token_expired") from exc
         except jwt.InvalidTokenError as exc:
             raise DeviceTokenInvalid("The device token is not valid.") from exc
-        device_id = payload.get("device_id", payload.get("sub"))
+        device_id: Any = payload.get("device_id", payload.get("sub"))
         try:
             device_pk = int(device_id)
         except (TypeError, ValueError) as exc:

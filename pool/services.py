@@ -518,7 +518,7 @@ def pool_import_jsonl(
             if len(batch) >= batch_size:
                 flush()
     flush()
-    seqs = []
+    seqs: list[int] = []
     for start in range(0, len(response_ids), 1000):
         seqs.extend(
             Message.objects.filter(msg_id__in=response_ids[start : start + 1000]).values_list("pk", flat=True)

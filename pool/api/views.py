@@ -197,15 +197,14 @@ class LogApi(APIView):
     )
     def get(self, request: Request) -> Response:
         raw = request.query_params.get("date")
-        if raw is None:
-            day = timezone.now().date()
-        else:
+        day: date | None = timezone.now().date()
+        if raw is not None:
             try:
                 day = date.fromisoformat(raw) if len(raw) == 10 else None
             except ValueError:
                 day = None
-            if day is None:
-                raise InvalidDateError(extra={"date": raw[:100]})
+        if day is None:
+            raise InvalidDateError(extra={"date": (raw or "")[:100]})
         return Response([message_to_wire(m) for m in selectors.message_log(day=day).iterator(chunk_size=2000)])
 
 

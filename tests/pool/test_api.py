@@ -294,3 +294,4 @@ def test_log_jsonl_and_json(device, master, admin, client_for):
     for bad in ["2026-13-01", "yesterday", "2026-1-1", "2026-02-30", "0000-01-01", "9" * 40]:
         response = client.get(f"/pool/log?date={bad}", HTTP_ACCEPT="application/json")
         assert response.status_code == 400 and response.json()["code"] == "invalid_date", bad
+
