@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback as traceback_module
 import uuid
 from datetime import timedelta
@@ -133,28 +134,39 @@ def job_claim(*, job_id: int, worker: str) -> bool:
 
 
 class _Heartbeat(threading.Thread):
-    """Touches `heartbeat_at` while the job runs, so the sweep can tell a live job from a dead one."""
+    """Touches `heartbeat_at` of the job this process is running, so the sweep can tell a live
+    job from a dead one. One daemon thread per worker process, started with its first job."""
 
-    def __init__(self, job_id: int, worker: str) -> None:
-        super().__init__(name=f"job-heartbeat-{job_id}", daemon=True)
-        self.job_id = job_id
-        self.worker = worker
-        self.stopped = threading.Event()
+    _instance: _Heartbeat | None = None
+    _instance_pid = 0
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        super().__init__(name="job-heartbeat", daemon=True)
+        self.current: tuple[int, str] | None = None
+
+    @classmethod
+    def get(cls) -> _Heartbeat:
+        with cls._lock:
+            if cls._instance is None or cls._instance_pid != os.getpid() or not cls._instance.is_alive():
+                cls._instance = cls()
+                cls._instance_pid = os.getpid()
+                cls._instance.start()
+            return cls._instance
 
     def run(self) -> None:
-        try:
-            while not self.stopped.wait(conf.heartbeat_seconds()):
-                Job.objects.filter(pk=self.job_id, status=Job.Status.STARTED, worker=self.worker).update(
+        while True:
+            time.sleep(conf.heartbeat_seconds())
+            current = self.current
+            if current is None:
+                continue
+            try:
+                Job.objects.filter(pk=current[0], status=Job.Status.STARTED, worker=current[1]).update(
                     heartbeat_at=timezone.now()
                 )
-        except Exception:
-            logger.exception("heartbeat of job %s failed", self.job_id)
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=10)
+            except Exception:
+                logger.exception("heartbeat of job %s failed", current[0])
+                connection.close()
 
 
 def job_report_progress(
@@ -189,8 +201,8 @@ def job_execute(*, job_id: int) -> str:
                      state={"status": job.status, "percent": 0, "message": "", "worker": worker},
                      owner_id=job.created_by_id)
     spec = get_spec(job.type)
-    heartbeat = _Heartbeat(job_id, worker)
-    heartbeat.start()
+    heartbeat = _Heartbeat.get()
+    heartbeat.current = (job_id, worker)
     retryable = True
     try:
         if spec is None:
@@ -203,11 +215,11 @@ def job_execute(*, job_id: int) -> str:
             kwargs[spec.context_param] = ctx
         result = _json_result(spec.func(**kwargs))
     except JobCancelled as exc:
-        heartbeat.stop()
+        heartbeat.current = None
         return job_finish(job_id=job_id, worker=worker, ok=False, error=str(exc), retryable=False, job=job)
     except (Exception, SystemExit) as exc:
         # django-q2's TimeoutException derives from SystemExit; it is the per-job timeout.
-        heartbeat.stop()
+        heartbeat.current = None
         if type(exc).__name__ == "TimeoutException":
             error = f"Timed out: the job ran longer than its timeout ({exc})."
         elif isinstance(exc, SystemExit):
@@ -216,7 +228,7 @@ def job_execute(*, job_id: int) -> str:
             error = f"{type(exc).__name__}: {exc}"
         return job_finish(job_id=job_id, worker=worker, ok=False, error=error,
                           tb=traceback_module.format_exc(), retryable=retryable, job=job)
-    heartbeat.stop()
+    heartbeat.current = None
     return job_finish(job_id=job_id, worker=worker, ok=True, result=result, job=job)
 
 

@@ -1,0 +1,293 @@
+"""Benchmark of the jobs app on PostgreSQL (issue 5).
+
+    .venv/bin/python -m bench.jobs [--quick]
+
+Creates its own database (`bench_jobs_<pid>`, next to `BENCH_DATABASE_URL` / `DATABASE_URL`,
+default `postgres://postgres@127.0.0.1:5432/coordinator`) and drops it at the end. In one run:
+
+1. enqueue-to-`started` latency (p50/p95/p99) of `noop` jobs arriving at 10/s, with the
+   LISTEN/NOTIFY broker and with django-q2's stock polling ORM broker (`Q_BROKER_CLASS=""`);
+2. enqueue rate and no-op drain rate with one and with two clusters, both brokers;
+3. exactly-once: N jobs (10,000; 500 with --quick) across two clusters, each appending its id to
+   a file: duplicates = lines - distinct ids, lost = N - distinct ids;
+4. a CSV export of 1,000,000 job rows (50,000 with --quick): seconds and peak RSS growth.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = str(Path(sys.executable))
+
+
+def _db_urls() -> tuple[str, str, str]:
+    base = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL") or \
+        "postgres://postgres@127.0.0.1:5432/coordinator"
+    parts = urlsplit(base)
+    if not parts.scheme.startswith("postgres"):
+        raise SystemExit("bench.jobs needs PostgreSQL (BENCH_DATABASE_URL or DATABASE_URL=postgres://...)")
+    name = f"bench_jobs_{os.getpid()}"
+    return base, urlunsplit(parts._replace(path=f"/{name}")), name
+
+
+def _admin_conn(base: str) -> Any:
+    import psycopg
+
+    # CREATE/DROP DATABASE run from the maintenance database, which always exists.
+    parts = urlsplit(base.replace("postgres://", "postgresql://", 1))
+    return psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak = rss_bytes()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.02):
+            self.peak = max(self.peak, rss_bytes())
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def cluster(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([PY, "manage.py", "qcluster"], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_done(ids: list[int], timeout: float) -> None:
+    from django.db import connection
+
+    from jobs.models import Job
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        connection.close()
+        if not Job.objects.filter(pk__in=ids).exclude(status__in=["success", "failure"]).exists():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"jobs not finished within {timeout}s")
+
+
+def warm_up(user: Any, count: int = 4) -> None:
+    from jobs.services import job_create
+
+    wait_done([job_create(type="noop", data={}, user=user).pk for _ in range(count)], 120)
+
+
+def latency(user: Any, n: int) -> list[float]:
+    from jobs.models import Job
+    from jobs.services import job_create
+
+    ids = []
+    for _ in range(n):
+        ids.append(job_create(type="noop", data={}, user=user).pk)
+        time.sleep(0.1)
+    wait_done(ids, 300)
+    return [(job.started_at - job.created_at).total_seconds() * 1000 for job in Job.objects.filter(pk__in=ids)]
+
+
+def enqueue(user: Any, n: int) -> tuple[list[int], float]:
+    """Submit n no-op jobs back to back (no cluster running); returns their ids and jobs/s."""
+    from jobs.services import job_create
+
+    start = time.perf_counter()
+    ids = [job_create(type="noop", data={}, user=user).pk for _ in range(n)]
+    return ids, n / (time.perf_counter() - start)
+
+
+def drain(ids: list[int]) -> float:
+    """Jobs/s from the first claim to the last finish (cluster start-up excluded)."""
+    from django.db.models import Max, Min
+
+    from jobs.models import Job
+
+    wait_done(ids, 600)
+    span = Job.objects.filter(pk__in=ids).aggregate(first=Min("started_at"), last=Max("finished_at"))
+    return len(ids) / (span["last"] - span["first"]).total_seconds()
+
+
+def exactly_once(user: Any, n: int, env: dict[str, str], workdir: Path) -> dict[str, Any]:
+    from jobs.services import job_create
+
+    path = workdir / "executions.txt"
+    with cluster(env), cluster(env):
+        warm_up(user)
+        start = time.perf_counter()
+        ids = [job_create(type="bench.mark", data={"path": str(path)}, user=user).pk for _ in range(n)]
+        wait_done(ids, 1200)
+        seconds = time.perf_counter() - start
+    lines = path.read_text().split()
+    distinct = set(lines) & {str(i) for i in ids}
+    return {"jobs": n, "executions": len([x for x in lines if x in distinct]), "distinct": len(distinct),
+            "duplicates": len(lines) - len(set(lines)), "lost": n - len(distinct), "seconds": seconds}
+
+
+def big_export(user: Any, rows: int) -> dict[str, float]:
+    from django.db import connection
+
+    from jobs.services import job_create, job_execute
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO jobs_job (uuid, type, data, status, created_at, created_by_id, attempts, max_attempts, "
+            "result, error, traceback, progress, progress_message, cancel_requested) "
+            "SELECT gen_random_uuid(), 'bench.row', jsonb_build_object('n', g, 'label', 'row ' || g), 'success', "
+            "now(), %s, 1, 1, to_jsonb(g), '', '', 100, '', false FROM generate_series(1, %s) g",
+            [user.pk, rows],
+        )
+    job = job_create(type="csv_export", data={"datasets": ["jobs"]}, user=user)
+    sampler = PeakRss()
+    before = rss_bytes()
+    sampler.start()
+    start = time.perf_counter()
+    job_execute(job_id=job.pk)
+    seconds = time.perf_counter() - start
+    sampler.done.set()
+    sampler.join()
+    job.refresh_from_db()
+    if job.status != "success":
+        raise RuntimeError(f"export failed: {job.error}")
+    return {"rows": job.result["rows"]["jobs"], "seconds": seconds, "peak_growth_mb": (sampler.peak - before) / 2**20,
+            "size_mb": job.result["size"] / 2**20}
+
+
+def main(argv: list[str]) -> None:
+    quick = "--quick" in argv
+    n_latency, n_throughput = (50, 200) if quick else (500, 2000)
+    n_once, n_rows = (500, 50_000) if quick else (10_000, 1_000_000)
+    base, url, name = _db_urls()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
+    common = {"DATABASE_URL": url, "COORDINATOR_VAR_DIR": str(workdir), "EXPORT_ROOT": str(workdir / "exports"),
+              "JOBS_EXTRA_MODULES": "bench.jobs_tasks", "DJANGO_SETTINGS_MODULE": "coordinator.settings",
+              "Q_WORKERS": "2", "LOG_LEVEL": "WARNING", "REDIS_URL": ""}
+    os.environ.update(common)
+    with _admin_conn(base) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        from bench.report import median, percentile, write_section
+        from coordinator.models import Role, User
+
+        call_command("migrate", verbosity=0)
+        user = User.objects.create_user("bench@example.com", "bench-password", role=Role.ADMIN)
+        results: dict[str, dict[str, Any]] = {}
+        brokers = {"LISTEN/NOTIFY broker": _env(**common), "stock django-q2 ORM broker": _env(**common, Q_BROKER_CLASS="")}
+        for label, env in brokers.items():
+            os.environ["Q_BROKER_CLASS"] = env.get("Q_BROKER_CLASS", "jobs.broker.ListenNotifyBroker")
+            _reset_broker_conf()
+            row: dict[str, Any] = {}
+            with cluster(env):
+                warm_up(user)
+                lat = latency(user, n_latency)
+                row["p50"], row["p95"], row["p99"] = (percentile(lat, p) for p in (50, 95, 99))
+            ids, row["enqueue_1"] = enqueue(user, n_throughput)
+            with cluster(env):
+                row["drain_1"] = drain(ids)
+            ids, row["enqueue_2"] = enqueue(user, n_throughput)
+            with cluster(env), cluster(env):
+                row["drain_2"] = drain(ids)
+            results[label] = row
+            print(label, {k: round(v, 1) for k, v in row.items()}, flush=True)
+        os.environ["Q_BROKER_CLASS"] = "jobs.broker.ListenNotifyBroker"
+        _reset_broker_conf()
+        once = exactly_once(user, n_once, _env(**common), workdir)
+        print("exactly once", once, flush=True)
+        export = big_export(user, n_rows)
+        print("export", export, flush=True)
+
+        notify, stock = results["LISTEN/NOTIFY broker"], results["stock django-q2 ORM broker"]
+        lines = [
+            "## Background jobs (issue 5)",
+            "",
+            f"PostgreSQL, a fresh database per run; clusters of 2 workers (`manage.py qcluster`); `noop` jobs "
+            f"submitted through `job_create` (commit, `on_commit` → `async_task`, NOTIFY). Latency = "
+            f"`started_at - created_at` of {n_latency} jobs arriving at 10/s; enqueue/s = {n_throughput} "
+            f"`job_create` calls back to back from one process; drain/s = the same jobs run by idle clusters, first "
+            f"claim to last finish. Stock = django-q2's own ORM broker with this project's `poll` of "
+            f"{_poll()} s. Command: `.venv/bin/python -m bench.jobs{' --quick' if quick else ''}`.",
+            "",
+            "| broker | p50 ms | p95 ms | p99 ms | enqueue/s | drain/s, 1 cluster | drain/s, 2 clusters |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for label, row in results.items():
+            lines.append(f"| {label} | {row['p50']:.1f} | {row['p95']:.1f} | {row['p99']:.1f} | "
+                         f"{median([row['enqueue_1'], row['enqueue_2']]):.0f} | {row['drain_1']:.0f} | "
+                         f"{row['drain_2']:.0f} |")
+        lines += [
+            "",
+            f"NOTIFY vs stock: p50 {stock['p50'] / notify['p50']:.1f}x lower, drain with two clusters "
+            f"{notify['drain_2'] / stock['drain_2']:.1f}x higher.",
+            "",
+            f"Exactly once: {once['jobs']} `bench.mark` jobs across two clusters in {once['seconds']:.1f} s: "
+            f"**{once['duplicates']} duplicate executions**, {once['lost']} lost.",
+            "",
+            f"CSV export of {export['rows']:,} job rows: **{export['seconds']:.1f} s**, file {export['size_mb']:.0f} MB, "
+            f"peak RSS growth **{export['peak_growth_mb']:.1f} MB**.",
+            "",
+            "Targets (issue 5): p50 < 20 ms and p95 < 50 ms with NOTIFY; ≥ 200 no-op jobs/s; 1M-row export < 60 s "
+            "with < 100 MB growth; 0 duplicates in 10,000 jobs.",
+        ]
+        markdown = "\n".join(lines)
+        print(markdown)
+        if not quick:
+            write_section("jobs", markdown)
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        with _admin_conn(base) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _poll() -> float:
+    from django.conf import settings
+
+    return float(settings.Q_CLUSTER.get("poll", 0.2))
+
+
+def _reset_broker_conf() -> None:
+    # The bench process enqueues with the broker under test (Conf is read once at import).
+    from django_q.conf import Conf
+
+    Conf.BROKER_CLASS = os.environ.get("Q_BROKER_CLASS") or None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
