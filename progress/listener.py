@@ -29,6 +29,7 @@ from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection
 
 from progress import conf
+from progress.events import Event
 from progress.services import events_broadcast, events_store, streams_end_orphans
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,11 @@ def message_state(text: str) -> dict[str, Any]:
 
 def _close_db() -> None:
     connection.close()
+
+
+def _end_orphans() -> list[Event]:
+    close_old_connections()
+    return streams_end_orphans("listener restarted")
 
 
 class UidPool:
@@ -149,7 +155,7 @@ class Listener:
     async def serve(self) -> None:
         """Listen on both sockets until `stop()`; connections are ended and events flushed on the way out."""
         loop = asyncio.get_running_loop()
-        orphans = await sync_to_async(lambda: (close_old_connections(), streams_end_orphans("listener restarted"))[1])()
+        orphans = await sync_to_async(_end_orphans)()
         if orphans and self.layer:
             await events_broadcast(orphans)
         seq = self._bind(self.seqpacket_path, socket.SOCK_SEQPACKET)

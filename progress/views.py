@@ -17,6 +17,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.authentication import SessionAuthentication
@@ -103,13 +104,13 @@ async def _live(viewer: Viewer, topics: set[str], after: int | None) -> AsyncIte
         hub().unsubscribe(subscriber)
 
 
-def _stream_headers(response: HttpResponse) -> HttpResponse:
+def _stream_headers(response: HttpResponseBase) -> HttpResponseBase:
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return response
 
 
-async def progress_events(request: HttpRequest) -> HttpResponse:
+async def progress_events(request: HttpRequest) -> HttpResponseBase:
     """GET /progress/events: the seed's SSE stream (see the module docstring)."""
     if request.method != "GET":
         response = error_response(405, "method_not_allowed", f'Method "{request.method}" not allowed.')

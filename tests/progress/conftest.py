@@ -184,6 +184,23 @@ def events_of(topic: str) -> list[tuple[str, str]]:
     return list(ProgressEvent.objects.filter(topic=topic).order_by("id").values_list("kind", "text"))
 
 
+def stop_process(proc: Any, timeout: float, group: bool = False) -> None:
+    """SIGTERM, then SIGKILL (the whole process group when `group`) if it does not stop in time."""
+    import os
+    import signal
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.wait()
+
+
 def run_asgi_server(**extra_env: str) -> Any:
     """Start daphne (the production ASGI server) on a free port against the test database."""
     import subprocess
@@ -202,12 +219,7 @@ def run_asgi_server(**extra_env: str) -> Any:
             wait_for_http(f"{base}/healthz", proc=proc)
             yield base
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 15)
 
     return server()
 
@@ -229,8 +241,7 @@ def run_listener_process(socket_dir: Any, **extra_env: str) -> Any:
             wait_for(seq.exists, timeout=30, message="listener socket")
             yield seq
         finally:
-            proc.terminate()
-            proc.wait(timeout=15)
+            stop_process(proc, 15)
 
     return listener()
 
@@ -322,15 +333,7 @@ def serve_platform(var_dir: Any, qcluster: bool = False, **extra_env: str) -> An
             wait_for((var_dir / "run" / "progress.sock").exists, timeout=30, message="progress socket")
             yield base
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                import os
-                import signal
-
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_process(proc, 40, group=True)
 
     return platform()
 

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.django_db(trans
 
 @pytest.fixture
 def platform(transactional_db, socket_dir):
-    with serve_platform(socket_dir) as base:
+    with serve_platform(socket_dir, FARM_PROGRESS_INTERVAL="0.5") as base:
         yield base, socket_dir / "run" / "progress.sock"
 
 
@@ -99,16 +99,20 @@ def test_event_source_page_on_another_origin_receives_new_msg_end(transactional_
             server.shutdown()
 
 
+# A worker paced like real work: farm publishes at most one `msg` per run every
+# FARM_PROGRESS_INTERVAL (0.5 s) per server process, so reports closer together are coalesced.
 FARM_WORKER = """
-import sys
+import sys, time
 from taskfarm_worker import TaskFarmWorker
 base, email, password, uuid = sys.argv[1:5]
 worker = TaskFarmWorker(email, password, uuid, url_base=base)
 for task in worker.tasks:
+    time.sleep(0.7)
     worker.update(50)
     print("half", task, flush=True)
     sys.stdin.readline()
     worker.update(100)
+    time.sleep(0.7)
     worker.done()
     print("done", task, flush=True)
 """
