@@ -41,10 +41,22 @@ def _msg_due(run: Run, force: bool) -> bool:
     return True
 
 
+def _counter_exhausted(run: Run) -> bool:
+    """Whether every number was handed out; then also lock the run row, so that of two transactions
+    finishing the last tasks at once the second counts after the first committed and one of them
+    sees the run complete (each alone would miss the other's uncommitted rows)."""
+    rows = Run.objects.filter(pk=run.pk, next_task=F("num_tasks"))
+    if connection.features.has_select_for_update:
+        rows = rows.select_for_update()
+    return rows.values_list("id", flat=True).first() is not None
+
+
 def _publish_counts(run: Run, text: str, *, maybe_ended: bool = False, force: bool = False) -> None:
     """Publish the run's counts (computed once) as `msg` (at most every FARM_PROGRESS_INTERVAL per
     process), and `end` with the final counts when a task just finished and none is left."""
     due = _msg_due(run, force)
+    if maybe_ended and not _counter_exhausted(run):
+        maybe_ended = False  # tasks were never handed out yet: the run cannot be finished
     if not due and not maybe_ended:
         return
     counts = run_counts(run=run)
@@ -241,14 +253,18 @@ def task_update(*, run: Run, number: int, change: TaskChange, worker_uuid: str |
 @transaction.atomic
 def tasks_complete(*, run: Run, worker: Worker, numbers: list[int]) -> list[int]:
     """Mark several tasks held by `worker` done at 100%; returns the numbers completed."""
+    numbers = sorted(set(numbers))
     now = timezone.now()
-    held = Task.objects.filter(run=run, worker=worker, status=Task.Status.COMPUTING, task__in=numbers)
-    done = sorted(held.values_list("task", flat=True))
-    if done:
-        Task.objects.filter(run=run, worker=worker, status=Task.Status.COMPUTING, task__in=done).update(
-            status=Task.Status.DONE, percent_completed=100.0, updated=now
-        )
-    Worker.objects.filter(pk=worker.pk).update(last_seen=now)
+    changed = Task.objects.filter(run=run, worker=worker, status=Task.Status.COMPUTING, task__in=numbers).update(
+        status=Task.Status.DONE, percent_completed=100.0, updated=now
+    )
+    if changed == len(numbers):
+        done = list(numbers)
+    else:  # some were not this worker's: report exactly which ones were completed now
+        done = sorted(Task.objects.filter(run=run, worker=worker, status=Task.Status.DONE, updated=now,
+                                          task__in=numbers).values_list("task", flat=True))
+    if worker.last_seen < now - timedelta(seconds=LAST_SEEN_RESOLUTION):
+        Worker.objects.filter(pk=worker.pk).update(last_seen=now)
     if done:
         _publish_counts(run, f"{worker.hostname}:{worker.pid} completed {len(done)} tasks", maybe_ended=True)
     return done
