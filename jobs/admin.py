@@ -108,7 +108,7 @@ class JobAdmin(admin.ModelAdmin):
     def _job_action(self, request: HttpRequest, job_id: int, action: str) -> HttpResponse:
         if request.method != "POST" or not self.has_view_permission(request):
             raise Http404
-        job = Job.objects.filter(pk=job_id).first()
+        job = Job.objects.filter(pk=job_id).first() if job_id < 2**63 else None
         if job is None:
             raise Http404
         try:
@@ -194,7 +194,7 @@ class JobFileAdmin(admin.ModelAdmin):
     def download_view(self, request: HttpRequest, file_id: int) -> FileResponse:
         if not self.has_view_permission(request):
             raise Http404
-        row = JobFile.objects.filter(pk=file_id).first()
+        row = JobFile.objects.filter(pk=file_id).first() if file_id < 2**63 else None
         if row is None:
             raise Http404
         try:

@@ -25,6 +25,8 @@ JOB_EXPORT_COLUMNS = [
 
 def job_get_for_user(*, job_id: int, user: User) -> Job:
     """The job if the user created it (admins see all); otherwise `JobNotFoundError`."""
+    if not 0 < job_id < 2**63:  # ids beyond the column's range cannot exist
+        raise JobNotFoundError()
     qs = Job.objects.select_related("created_by")
     if not user.is_admin:
         qs = qs.filter(created_by=user)

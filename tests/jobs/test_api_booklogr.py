@@ -172,3 +172,9 @@ def test_upload_creates_an_import_job(master, user, client_for, export_root: Pat
     upload.seek(0)
     response = client_for(master).post("/v1/files", {"file": upload, "type": "goodreads"}, format="multipart")
     assert response.status_code == 400
+
+
+def test_ids_beyond_64_bits_are_404_not_500(user, client_for):
+    huge = 2**70
+    assert client_for(user).get(f"/v1/tasks/{huge}").status_code == 404
+    assert client_for(user).post(f"/v1/tasks/{huge}/retry").status_code == 404
