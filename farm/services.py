@@ -146,6 +146,8 @@ def _claim_fresh(run: Run, worker: Worker, limit: int, now: datetime) -> int:
     skipped by the INSERT; a waiting row of that kind goes out through `_claim_existing`.
     Returns how many numbers were taken from the counter.
     """
+    if run.next_task >= run.num_tasks:
+        return 0  # already exhausted when the run was read (the counter only grows): no lock needed
     locked = Run.objects.filter(pk=run.pk)
     if connection.features.has_select_for_update:
         locked = locked.select_for_update()
@@ -189,14 +191,17 @@ def tasks_claim(*, run: Run, worker: Worker, limit: int = 1) -> list[Task]:
 
 
 def _materialise(run: Run, number: int) -> Task:
+    """Create the waiting row of a task number nobody touched yet (the seed does so on GET/PUT)."""
+    if number >= run.next_task:
+        # When it is the counter's next number, take it from the counter first: the run row is
+        # then locked before the task row is inserted, the order hand-out uses, so the two can
+        # never deadlock; numbers further ahead are skipped by hand-out's INSERT … ON CONFLICT.
+        Run.objects.filter(pk=run.pk, next_task=number).update(next_task=F("next_task") + 1)
     try:
         with transaction.atomic():
-            task = Task.objects.create(run=run, task=number, status=Task.Status.WAITING)
+            return Task.objects.create(run=run, task=number, status=Task.Status.WAITING)
     except IntegrityError:  # created concurrently
         return Task.objects.get(run=run, task=number)
-    # Keep the counter dense when the number touched is the next one anyway.
-    Run.objects.filter(pk=run.pk, next_task=number).update(next_task=F("next_task") + 1)
-    return task
 
 
 def task_get_or_materialise(*, run: Run, number: int) -> Task:

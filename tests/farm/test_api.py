@@ -235,3 +235,23 @@ def test_progress_messages_are_throttled_but_the_end_is_not(api: APIClient, monk
     assert kinds[0] == "new" and kinds[-1] == "end"
     assert kinds.count("msg") < 6  # not one per request
     assert events[-1]["state"]["numDone"] == 3
+
+
+def test_claim_cost_does_not_grow_with_run_size_or_finished_tasks(api: APIClient, settings: Any) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.FARM_PROGRESS_INTERVAL = 3600
+    new_worker(api, "w")
+    small, big = new_run(api, 10), new_run(api, 10_000_000)
+    claimed = api.post(f"/api/runs/{big}/tasks/claim", {"worker_uuid": "w", "count": 1000}, format="json")
+    api.post(f"/api/runs/{big}/tasks/done", {"worker_uuid": "w", "tasks": [t["task"] for t in
+                                                                              claimed.json()["tasks"]]}, format="json")
+    claim(api, small, "w")
+    counts = []
+    for run in (small, big):
+        with CaptureQueriesContext(connection) as queries:
+            assert claim(api, run, "w").status_code == 201
+        counts.append(len(queries))
+        assert not any("COUNT(" in q["sql"] for q in queries.captured_queries)  # no scan of the run's tasks
+    assert counts[0] == counts[1]
