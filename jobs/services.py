@@ -166,6 +166,8 @@ class _Heartbeat(threading.Thread):
                 )
             except Exception:
                 logger.exception("heartbeat of job %s failed", current[0])
+            finally:
+                # A connection held between beats would outlive its database (tests drop theirs).
                 connection.close()
 
 
