@@ -48,16 +48,20 @@ os.environ.pop("POOL_JOURNAL_DIR", None)
 from bench.pool_seed import Seeder, now_utc, stderr  # noqa: E402
 from bench.report import median, write_section  # noqa: E402
 
+# Every script ends with this: one RESULT line (requests, errors, p50 ms, p95 ms, seconds).
+LUA_DONE = """
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %f %f %f\\n", summary.requests,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, summary.duration / 1e6))
+end
+"""
+
 PENDING_LUA = """
 local tokens = {%s}
 request = function()
   local t = tokens[math.random(#tokens)]
   return wrk.format("GET", "%s", {["Authorization"] = "Bearer " .. t, ["Accept"] = "application/json"})
-end
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %%d %%d %%f %%f %%f\\n", summary.requests,
-    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    latency:percentile(50) / 1000, latency:percentile(95) / 1000, summary.duration / 1e6))
 end
 """
 
@@ -74,11 +78,6 @@ request = function()
   return wrk.format("POST", "/pool/response",
     {["Authorization"] = "Bearer " .. job[1], ["Content-Type"] = "application/json"},
     '{"parent_id":"' .. job[2] .. '","status":"done","body":"ok"}')
-end
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %%d %%d %%f %%f %%f\\n", summary.requests,
-    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    latency:percentile(50) / 1000, latency:percentile(95) / 1000, summary.duration / 1e6))
 end
 """
 
@@ -110,7 +109,7 @@ def start_server(workers: int) -> subprocess.Popen[bytes]:
 
 def wrk(base: str, script: str, *, seconds: int, connections: int) -> dict[str, float]:
     path = WORKDIR / f"bench-{secrets.token_hex(4)}.lua"
-    path.write_text(script)
+    path.write_text(script + LUA_DONE)
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "-s", str(path), base],
         capture_output=True, text=True, check=True,
@@ -278,6 +277,8 @@ def main() -> None:
         f"- pending p95 / floor p95 on the large database: **{ratio_floor:.2f}x** (target <= 3x)",
         f"- pending p95 large / small: **{ratio_scale:.2f}** (target 0.8-1.2; floor large/small for "
         f"reference: {floor_scale:.2f})",
+        f"- load average at the end of the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared "
+        "machine: absolute times include other work; ratios come from interleaved rounds)",
         f"- `POST /pool/response` with 16 concurrent device clients: **{response_result['rps']:.0f} responses/s**, "
         f"p50 {response_result['p50_ms']:.1f} ms, p95 {response_result['p95_ms']:.1f} ms, "
         f"{response_result['errors']} non-2xx of {response_result['requests']:,}",

@@ -295,3 +295,23 @@ def test_log_jsonl_and_json(device, master, admin, client_for):
         response = client.get(f"/pool/log?date={bad}", HTTP_ACCEPT="application/json")
         assert response.status_code == 400 and response.json()["code"] == "invalid_date", bad
 
+
+
+def test_rs256_device_tokens_when_configured(settings, device, anon_client):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    settings.JWT_ALGORITHM = "RS256"
+    settings.JWT_SIGNING_KEY = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    settings.JWT_VERIFYING_KEY = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    response = anon_client.post("/pool/token", {"device_id": device.pk, "secret": device.secret}, format="json")
+    assert response.status_code == 200
+    token = response.json()["token"]
+    assert jwt.get_unverified_header(token)["alg"] == "RS256"
+    assert _bearer(token).get("/pool/pending").status_code == 200
+    # An HS256 token signed with the old shared key is no longer accepted.
+    forged = jwt.encode(jwt.decode(token, options={"verify_signature": False}), settings.SECRET_KEY, algorithm="HS256")
+    assert _bearer(forged).get("/pool/pending").status_code == 401
