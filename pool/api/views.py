@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
+from django.http import StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer
 from rest_framework import serializers
@@ -25,7 +26,7 @@ from pool.errors import InvalidDateError
 from pool.models import Device
 from pool.selectors import device_is_online
 from pool.services import RESPONSE_STATUSES
-from pool.wire import MAX_DEVICE_ID, format_ts, message_to_wire
+from pool.wire import MAX_DEVICE_ID, format_ts, message_line, message_to_wire
 
 E = ErrorEnvelopeSerializer
 DEVICE_AUTH = [DeviceJWTAuthentication, JWTAuthentication]
@@ -195,7 +196,7 @@ class LogApi(APIView):
         },
         tags=TAGS,
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: Request) -> Response | StreamingHttpResponse:
         raw = request.query_params.get("date")
         day: date | None = timezone.now().date()
         if raw is not None:
@@ -205,7 +206,14 @@ class LogApi(APIView):
                 day = None
         if day is None:
             raise InvalidDateError(extra={"date": (raw or "")[:100]})
-        return Response([message_to_wire(m) for m in selectors.message_log(day=day).iterator(chunk_size=2000)])
+        messages = selectors.message_log(day=day).iterator(chunk_size=2000)
+        if isinstance(request.accepted_renderer, NDJSONRenderer):
+            # Streamed line by line (a day can be large); a direct response also keeps its
+            # Content-Type for an empty day, which DRF drops for an empty rendered body.
+            return StreamingHttpResponse(
+                (message_line(m) for m in messages), content_type="application/x-ndjson; charset=utf-8"
+            )
+        return Response([message_to_wire(m) for m in messages])
 
 
 class DeviceListApi(APIView):

@@ -278,7 +278,7 @@ def test_log_jsonl_and_json(device, master, admin, client_for):
     client = client_for(admin)
     response = client.get("/pool/log")
     assert response.status_code == 200 and response["Content-Type"].startswith("application/x-ndjson")
-    lines = response.content.decode().splitlines()
+    lines = b"".join(response.streaming_content).decode().splitlines()
     assert len(lines) == 2
     import json
 
@@ -289,8 +289,10 @@ def test_log_jsonl_and_json(device, master, admin, client_for):
     assert as_json["Content-Type"].startswith("application/json")
     assert [m["id"] for m in as_json.json()] == [json.loads(line)["id"] for line in lines]
     today = timezone.now().date()
-    assert client.get(f"/pool/log?date={today.isoformat()}").content.decode().splitlines() == lines
-    assert client.get("/pool/log?date=2001-01-01").content == b""
+    same_day = client.get(f"/pool/log?date={today.isoformat()}")
+    assert b"".join(same_day.streaming_content).decode().splitlines() == lines
+    empty = client.get("/pool/log?date=2001-01-01")
+    assert b"".join(empty.streaming_content) == b"" and empty["Content-Type"].startswith("application/x-ndjson")
     for bad in ["2026-13-01", "yesterday", "2026-1-1", "2026-02-30", "0000-01-01", "9" * 40]:
         response = client.get(f"/pool/log?date={bad}", HTTP_ACCEPT="application/json")
         assert response.status_code == 400 and response.json()["code"] == "invalid_date", bad
