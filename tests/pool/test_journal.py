@@ -56,6 +56,7 @@ def test_log_round_trip_write_cat_import(journal: Path, make_device, master, cli
     assert Delivery.objects.get(task__msg_id=task["id"], device=d2).progress == 50
 
 
+@pytest.mark.slow
 def test_lines_are_written_whole_by_concurrent_processes(journal: Path):
     """Many processes appending long lines (> PIPE_BUF) to one day file never interleave."""
     script = (
