@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
 
 from coordinator.models import User
 from progress import conf
+from progress.db import db_call
 from progress.selectors import Viewer
 
 
@@ -44,7 +44,7 @@ def _from_token(raw: str) -> Access:
 async def access_for(*, session_user: Any, token: str | None) -> Access:
     """Authenticate by token when one is given, else by the session; anonymous only if public."""
     if token:
-        return await sync_to_async(_from_token)(token)
+        return await db_call(_from_token)(token)
     if isinstance(session_user, User) and session_user.is_authenticated:
         if not session_user.is_active:
             return Access(None, 403, "This account may not read progress.")

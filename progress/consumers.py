@@ -16,10 +16,10 @@ import json
 from typing import Any
 from urllib.parse import parse_qs
 
-from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from progress.auth import access_for
+from progress.db import db_call
 from progress.events import Event, ws_payload
 from progress.hub import Subscriber, hub
 from progress.selectors import Viewer, event_list_after, topic_state_events
@@ -110,13 +110,13 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
         viewer = self.viewer
         assert viewer is not None
         if since is not None:
-            events = await sync_to_async(event_list_after)(viewer=viewer, after_id=since, topics=topics)
+            events = await db_call(event_list_after)(viewer=viewer, after_id=since, topics=topics)
             for event in events:
                 await self.send_json(ws_payload(event))
             return
         if "*" in topics:
             topics = ["*"]
-        for event in await sync_to_async(topic_state_events)(viewer=viewer, topics=topics):
+        for event in await db_call(topic_state_events)(viewer=viewer, topics=topics):
             await self.send_json(ws_payload(event, snapshot=True))
 
     async def _error(self, code: str, message: str) -> None:

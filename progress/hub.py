@@ -12,6 +12,7 @@ Transports (`PROGRESS_TRANSPORT`, default `auto`):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -62,7 +63,9 @@ class Hub:
         """Register a subscriber; returns once every event stored from now on will reach it."""
         self.subscribers.add(subscriber)
         if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._run())
+            # A fresh context: the hub outlives the request that started it, so it must not run its
+            # database reads in that request's thread (Django's per-request ThreadSensitiveContext).
+            self.task = asyncio.get_running_loop().create_task(self._run(), context=contextvars.Context())
         self.wake.set()
         await self.ready.wait()
 

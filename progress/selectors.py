@@ -11,6 +11,7 @@ from progress.events import Event
 from progress.models import ProgressEvent, ProgressTopic
 
 REPLAY_LIMIT = 10000
+STATE_LIMIT = 1000  # topics sent on a subscription to `*`: the most recent live ones first
 
 
 @dataclass(frozen=True)
@@ -88,5 +89,5 @@ def topic_state_events(*, viewer: Viewer, topics: Iterable[str]) -> list[Event]:
         Event(id=t.last_event_id, topic=t.topic, kind=t.last_kind,
               text=t.name if t.last_kind == "new" else (t.error if t.last_kind == "end" else t.text),
               state=t.state or {}, owner_id=t.owner_id, at=t.updated_at.timestamp())
-        for t in topic_list(viewer=viewer, topics=topics)
+        for t in topic_list(viewer=viewer, topics=topics)[:STATE_LIMIT]
     ]

@@ -14,7 +14,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
@@ -30,6 +29,7 @@ from coordinator.api.envelope import error_response
 from coordinator.api.views import ErrorEnvelopeSerializer
 from progress import conf
 from progress.auth import access_for
+from progress.db import db_call
 from progress.events import Event, sse_frame
 from progress.hub import Subscriber, hub
 from progress.selectors import (
@@ -87,7 +87,7 @@ async def _live(viewer: Viewer, topics: set[str], after: int | None) -> AsyncIte
     subscriber = Subscriber(accepts)
     await hub().subscribe(subscriber)  # before reading the beginning: nothing falls in between
     try:
-        frames, replayed, covered = await sync_to_async(_beginning)(viewer, topics, after)
+        frames, replayed, covered = await db_call(_beginning)(viewer, topics, after)
         for frame in frames:
             yield frame
         keepalive = conf.keepalive_seconds()
@@ -97,9 +97,13 @@ async def _live(viewer: Viewer, topics: set[str], after: int | None) -> AsyncIte
             except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
-            if event["id"] <= covered or event["id"] in replayed:
-                continue
-            yield sse_frame(event["kind"], event["topic"], event["text"], event["id"])
+            batch = [event]
+            while len(batch) < 500 and not subscriber.queue.empty():  # under load: one write, many frames
+                batch.append(subscriber.queue.get_nowait())
+            frames = [sse_frame(e["kind"], e["topic"], e["text"], e["id"]) for e in batch
+                      if e["id"] > covered and e["id"] not in replayed]
+            if frames:
+                yield "".join(frames)
     finally:
         hub().unsubscribe(subscriber)
 
@@ -126,7 +130,7 @@ async def progress_events(request: HttpRequest) -> HttpResponseBase:
         code = "not_authenticated" if access.status == 401 else "permission_denied"
         return error_response(access.status, code, access.message)
     if once:
-        frames, _, _ = await sync_to_async(_beginning)(access.viewer, topics, after)
+        frames, _, _ = await db_call(_beginning)(access.viewer, topics, after)
         return _stream_headers(HttpResponse("".join(frames), content_type="text/event-stream"))
     return _stream_headers(StreamingHttpResponse(_live(access.viewer, topics, after), content_type="text/event-stream"))
 

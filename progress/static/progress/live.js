@@ -18,7 +18,7 @@
   "use strict";
   if (window.progressLive) { return; }
 
-  var MIN_BACKOFF = 500, MAX_BACKOFF = 15000;
+  var MIN_BACKOFF = 500, MAX_BACKOFF = 15000, FRAGMENT_INTERVAL = 300;
   var socket = null, backoff = MIN_BACKOFF, subscribed = {}, lastEventId = 0, rescanTimer = null;
   var fragments = {};  // element id -> {busy: bool, again: bool}
 
@@ -94,9 +94,14 @@
   function reloadFragment(root) {
     var id = root.id;
     if (!id) { return; }
-    var entry = fragments[id] || (fragments[id] = {busy: false, again: false});
+    var entry = fragments[id] || (fragments[id] = {busy: false, again: false, last: 0});
     if (entry.busy) { entry.again = true; return; }  // coalesce bursts into one more fetch
     entry.busy = true;
+    var wait = Math.max(0, entry.last + FRAGMENT_INTERVAL - Date.now());  // at most one fetch per interval
+    setTimeout(function () { entry.last = Date.now(); fetchFragment(id, entry); }, wait);
+  }
+
+  function fetchFragment(id, entry) {
     fetch(location.href, {credentials: "same-origin", headers: {"X-Progress-Fragment": id}})
       .then(function (response) { return response.ok ? response.text() : null; })
       .then(function (html) {
