@@ -7,14 +7,14 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
 from coordinator.models import User
 from pool import selectors, services
-from pool.models import Device, Message, MessageType, Task
+from pool.models import Delivery, DeliveryState, Device, Message, MessageType, Task
 from pool.selectors import device_is_online
 from pool.wire import format_ts
 
@@ -187,7 +187,7 @@ class DeviceFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
         if value and value.isdigit():
-            return queryset.filter(deliveries__device_id=int(value)).distinct()
+            return queryset.filter(pk__in=Delivery.objects.filter(device_id=int(value)).values("task_id"))
         return queryset
 
 
@@ -207,9 +207,10 @@ class StatusFilter(admin.SimpleListFilter):
         if value == "expired":
             return queryset.filter(expires_at__lte=now)
         if value == "open":
-            return queryset.filter(cancelled_at=None, deliveries__state__in=["pending", "progress"]).distinct()
+            open_rows = Delivery.objects.filter(state__in=["pending", "progress"]).values("task_id")
+            return queryset.filter(cancelled_at=None, pk__in=open_rows)
         if value in ("progress", "done", "failed"):
-            return queryset.filter(deliveries__state=value).distinct()
+            return queryset.filter(pk__in=Delivery.objects.filter(state=value).values("task_id"))
         return queryset
 
 
@@ -229,7 +230,8 @@ class TaskAdmin(admin.ModelAdmin):
         css = {"all": ["pool/admin.css"]}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        return Task.objects.filter(type=MessageType.TASK).order_by("-ts", "-seq")
+        counts = {f"n_{state}": Count("deliveries", filter=Q(deliveries__state=state)) for state in DeliveryState.values}
+        return Task.objects.filter(type=MessageType.TASK).annotate(**counts).order_by("-ts", "-seq")
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
@@ -265,9 +267,7 @@ class TaskAdmin(admin.ModelAdmin):
 
     @admin.display(description="Deliveries")
     def state_summary(self, obj: Message) -> str:
-        counts = getattr(obj, "_counts", None)
-        if counts is None:
-            counts = selectors.task_state_counts(task=obj)
+        counts = {state: getattr(obj, f"n_{state}", 0) for state in DeliveryState.values}
         parts = [f"{n} {state}" for state, n in counts.items() if n]
         return ", ".join(parts) or ("broadcast, not fetched yet" if obj.target_all else "-")
 

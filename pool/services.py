@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -37,8 +38,12 @@ from progress.services import progress_publish
 
 RESPONSE_STATUSES = ("done", "failed", "progress")
 FINAL_STATES = (DeliveryState.DONE, DeliveryState.FAILED)
-# A hash to check against when the device does not exist, so both failures cost the same time.
-_DUMMY_HASH = make_password("pool-dummy-secret")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to check against when the device does not exist, so both failures cost the same time."""
+    return make_password(secrets.token_urlsafe(16))
 
 
 # --- The day log -------------------------------------------------------------------------------
@@ -108,7 +113,7 @@ def device_set_flags(*, devices: Iterable[Device], validated: bool | None = None
 def device_token_issue(*, device_id: int, secret: str) -> tuple[str, datetime]:
     """Exchange a device id and secret for a device JWT and its expiry."""
     device = Device.objects.filter(pk=device_id).first() if 0 < device_id < 2**63 else None
-    if not check_password(secret, device.secret_hash if device else _DUMMY_HASH) or device is None:
+    if not check_password(secret, device.secret_hash if device else _dummy_hash()) or device is None:
         raise InvalidCredentialsError()
     if not device.enabled:
         raise DeviceDisabledError()
