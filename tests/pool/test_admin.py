@@ -154,3 +154,13 @@ def test_admin_dashboard_cards(rf, admin, make_device):
     cards = {c["title"]: c for c in apps.get_app_config("pool").admin_dashboard(request)}
     assert cards["Devices to validate"]["value"] == 1
     assert Client().get(cards["Devices to validate"]["url"]).status_code == 302  # a real admin URL (login first)
+
+
+def test_device_pages_render_and_edit_name(staff, device):
+    assert staff.get(reverse("admin:pool_device_add")).status_code == 200
+    url = reverse("admin:pool_device_change", args=[device.pk])
+    page = staff.get(url)
+    assert page.status_code == 200 and "broadcasts_seen_until" not in page.content.decode().split("<form")[0]
+    staff.post(url, {"name": "renamed", "kind": "sensor"})
+    device.refresh_from_db()
+    assert device.name == "renamed" and device.validated  # flags change only through actions
