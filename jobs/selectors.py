@@ -67,19 +67,23 @@ def file_get_for_owner(*, filename: str, user: User) -> JobFile:
     return row
 
 
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 def job_export_rows(*, user: User | None, everything: bool) -> Iterator[dict[str, Any]]:
-    """The user's jobs (all jobs when `everything`), one row each, streamed."""
+    """The user's jobs (all jobs when `everything`), one row each, streamed without model instances."""
     qs = Job.objects.order_by("pk")
     if not everything:
         qs = qs.filter(created_by=user)
-    for job in qs.select_related("created_by").iterator(chunk_size=2000):
+    rows = qs.values_list("pk", "type", "status", "data", "result", "error", "attempts", "worker",
+                          "created_by__email", "created_at", "started_at", "finished_at")
+    for (pk, type_, status, data, result, error, attempts, worker, email, created, started,
+         finished) in rows.iterator(chunk_size=5000):
         yield {
-            "id": job.pk, "type": job.type, "status": job.status, "data": job.data, "result": job.result,
-            "error": job.error, "attempts": job.attempts, "worker": job.worker,
-            "created_by": job.created_by.email if job.created_by else None,
-            "created_at": job.created_at.isoformat() if job.created_at else None,
-            "started_at": job.started_at.isoformat() if job.started_at else None,
-            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+            "id": pk, "type": type_, "status": status, "data": data, "result": result, "error": error,
+            "attempts": attempts, "worker": worker, "created_by": email, "created_at": _iso(created),
+            "started_at": _iso(started), "finished_at": _iso(finished),
         }
 
 
