@@ -174,7 +174,7 @@ class _HtmlWriter(_Writer):
         for col in columns:
             value = row.get(col)
             css = ' class="json"' if isinstance(value, dict | list) else ""
-            cells.append(f"<td{css}>{html.escape(_cell(value))}</td>")
+            cells.append(f"<td{css}>{html.escape(str(_cell(value)))}</td>")
         self.handle.write("<tr>" + "".join(cells) + "</tr>\n")
 
     def end_dataset(self, name: str, count: int) -> None:
