@@ -18,13 +18,14 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class Result:
     server_5xx: int = 0
     done: int | None = None
     note: str = ""
+    rounds: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -272,10 +274,29 @@ def farm_scenario(name: str, url: str, user: str, n: int, timeout: float, workdi
     return summarise(name, n, results, seconds, log, note, done_count(url, user, run))
 
 
+def merge(name: str, parts: list[Result]) -> Result:
+    """One row from several rounds: the median rate, everything else summed."""
+    total = Result(name=name, tasks=sum(p.tasks for p in parts))
+    total.claimed = sum(p.claimed for p in parts)
+    total.duplicates = sum(p.duplicates for p in parts)
+    total.client_errors = [e for p in parts for e in p.client_errors]
+    total.http_errors = sum(p.http_errors for p in parts)
+    total.server_5xx = sum(p.server_5xx for p in parts)
+    dones = [p.done for p in parts if p.done is not None]
+    total.done = sum(dones) if dones else None
+    total.note = "; ".join(sorted({p.note for p in parts if p.note}))
+    rates = [p.rate for p in parts if p.rate == p.rate]
+    median_rate = statistics.median(rates) if rates else float("nan")
+    total.seconds = total.claimed / median_rate if median_rate else float("nan")
+    total.rounds = [round(r, 1) for r in rates]
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
-    parser.add_argument("--tasks", type=int, default=None)
+    parser.add_argument("--tasks", type=int, default=None, help="tasks per scenario, split over the rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (medians are reported)")
     parser.add_argument("--batch-tasks", type=int, default=None)
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)} "
@@ -285,70 +306,86 @@ def main() -> None:
     if only - set(SCENARIOS):
         parser.error(f"unknown scenarios: {', '.join(sorted(only - set(SCENARIOS)))}")
     n = args.tasks or (200 if args.quick else 2000)
-    n_batch = args.batch_tasks or (20_000 if args.quick else 200_000)
+    rounds = args.rounds or (1 if args.quick else 3)
+    per_round = max(WORKERS, n // rounds)
+    n_batch = args.batch_tasks or (20_000 if args.quick else 100_000)
     timeout = 120.0 if args.quick else 600.0
     tag = f"{os.getpid()}"
     workdir = VAR / f"bench-farm-{tag}"
     workdir.mkdir(parents=True, exist_ok=True)
-    results: list[Result] = []
+    parts: dict[str, list[Result]] = {key: [] for key in SCENARIOS}
+    load_before = os.getloadavg()[0]
     try:
-        if only & {"ours-pg", "floor", "batch"}:
-            with pg_database(f"bench_farm_ours_{tag}") as db_url:
+        with ExitStack() as stack:
+            servers: dict[str, tuple[str, str, Path]] = {}
+            if only & {"ours-pg", "floor", "batch"}:
+                db_url = stack.enter_context(pg_database(f"bench_farm_ours_{tag}"))
                 log = workdir / "ours-pg.log"
-                with our_server(db_url, log) as url:
-                    if "ours-pg" in only:
-                        results.append(farm_scenario(SCENARIOS["ours-pg"], url, USER, n, timeout, workdir, log))
-                    if "floor" in only:
-                        log.write_text("")
-                        floor, seconds, note = drive("floor", url, USER, [str(n // WORKERS)] * WORKERS, [],
-                                                     timeout, workdir)
-                        results.append(summarise(SCENARIOS["floor"], n, floor, seconds, log, note, None))
-                    if "batch" in only:
-                        log.write_text("")
-                        run = create_run(url, USER, n_batch)
-                        batch, seconds, note = drive("batch", url, USER, [run] * WORKERS, ["100"], timeout,
-                                                     workdir)
-                        results.append(summarise(SCENARIOS["batch"], n_batch, batch, seconds, log, note,
-                                                 done_count(url, USER, run)))
-        if "ours-sqlite" in only:
-            log = workdir / "ours-sqlite.log"
-            with our_server(f"sqlite:///{workdir / 'ours.sqlite3'}", log) as url:
-                results.append(farm_scenario(SCENARIOS["ours-sqlite"], url, USER, n, timeout, workdir, log))
-        if "ref-pg" in only:
-            with pg_database(f"bench_farm_ref_{tag}") as db_url:
+                servers["ours-pg"] = (stack.enter_context(our_server(db_url, log)), USER, log)
+            if "ours-sqlite" in only:
+                log = workdir / "ours-sqlite.log"
+                servers["ours-sqlite"] = (stack.enter_context(our_server(f"sqlite:///{workdir / 'ours.sqlite3'}", log)),
+                                          USER, log)
+            if "ref-pg" in only:
+                db_url = stack.enter_context(pg_database(f"bench_farm_ref_{tag}"))
                 log = workdir / "ref-pg.log"
-                with reference_server(db_url, log) as url:
-                    results.append(farm_scenario(SCENARIOS["ref-pg"], url, REF_USER, n, timeout, workdir, log))
+                servers["ref-pg"] = (stack.enter_context(reference_server(db_url, log)), REF_USER, log)
+            # The servers run side by side and the scenarios take turns, so that the load others put
+            # on this shared machine falls on all of them alike; each row reports the median round.
+            order = [key for key in ("ours-pg", "ref-pg", "floor", "ours-sqlite") if key in only]
+            for r in range(rounds):
+                for key in order[r % len(order):] + order[: r % len(order)]:
+                    url, user, log = servers["ours-pg" if key == "floor" else key]
+                    log.write_text("")
+                    if key == "floor":
+                        floor, seconds, note = drive("floor", url, user, [str(per_round // WORKERS)] * WORKERS, [],
+                                                     timeout, workdir)
+                        parts[key].append(summarise(SCENARIOS[key], per_round, floor, seconds, log, note, None))
+                    else:
+                        parts[key].append(farm_scenario(SCENARIOS[key], url, user, per_round, timeout, workdir, log))
+            if "batch" in only:
+                url, user, log = servers["ours-pg"]
+                log.write_text("")
+                run = create_run(url, user, n_batch)
+                batch, seconds, note = drive("batch", url, user, [run] * WORKERS, ["100"], timeout, workdir)
+                parts["batch"].append(summarise(SCENARIOS["batch"], n_batch, batch, seconds, log, note,
+                                                done_count(url, user, run)))
         if "ref-sqlite" in only:
             log = workdir / "ref-sqlite.log"
             with reference_server(f"sqlite:///{workdir / 'ref.sqlite3'}", log) as url:
-                results.append(farm_scenario(SCENARIOS["ref-sqlite"], url, REF_USER, n, timeout, workdir, log))
+                parts["ref-sqlite"].append(farm_scenario(SCENARIOS["ref-sqlite"], url, REF_USER, n, timeout, workdir,
+                                                         log))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if len(results) < len(SCENARIOS):
+    if any(not parts[key] for key in SCENARIOS):
         return
-    markdown = report(results, n, n_batch, args.quick)
+    results = [merge(SCENARIOS[key], parts[key]) for key in SCENARIOS]
+    markdown = report(results, n, rounds, n_batch, args.quick)
+    markdown += (f"\n* 1-minute load average of the machine (shared with other test runs): {load_before:.1f} at the "
+                 f"start, {os.getloadavg()[0]:.1f} at the end.")
     print(markdown)
     if not args.no_write:
         write_section("farm", markdown)
 
 
-def report(results: list[Result], n: int, n_batch: int, quick: bool) -> str:
+def report(results: list[Result], n: int, rounds: int, n_batch: int, quick: bool) -> str:
     by = {r.name: r for r in results}
     ours_sqlite, batch = by[SCENARIOS["ours-sqlite"]], by[SCENARIOS["batch"]]
     rows = [
-        "| scenario | tasks/s | tasks claimed | duplicates | HTTP ≥400 (5xx) | client errors | done (server) | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| scenario | tasks/s (median) | rounds | tasks claimed | duplicates | HTTP ≥400 (5xx) | client errors "
+        "| done (server) | note |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         errors = "; ".join(sorted(set(r.client_errors)))[:200]
-        rows.append(f"| {r.name} | {r.rate:.1f} | {r.claimed} | {r.duplicates} | {r.http_errors} ({r.server_5xx}) | "
+        rows.append(f"| {r.name} | {r.rate:.1f} | {', '.join(map(str, r.rounds))} | {r.claimed} | {r.duplicates} | {r.http_errors} ({r.server_5xx}) | "
                     f"{len(r.client_errors)} | {'' if r.done is None else r.done} | {r.note}{' ' + errors if errors else ''} |")
     ours, ref, floor = by[SCENARIOS["ours-pg"]], by[SCENARIOS["ref-pg"]], by[SCENARIOS["floor"]]
     lines = [
         "### Task farm (`python -m bench.farm`" + (" --quick" if quick else "") + ")",
         "",
-        f"{WORKERS} client processes using the real `taskfarm-worker` 0.4.0 client, {n} tasks per run (each "
+        f"{WORKERS} client processes using the real `taskfarm-worker` 0.4.0 client, {n} tasks per scenario in "
+        f"{rounds} interleaved rounds (servers side by side, scenarios taking turns; median round reported; each task "
         f"claimed, updated to 100 and marked done: 4 requests per task); both servers under gunicorn with "
         f"{SERVER_WORKERS} sync workers, same PostgreSQL server, a fresh database per scenario. The floor is "
         f"the same 8-process loop of 4 requests per task against `GET /api/token` (token auth, no work). "

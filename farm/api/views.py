@@ -167,10 +167,7 @@ class RunDetailApi(FarmApi):
     def get(self, request: Request, uuid: str) -> Response:
         run = selectors.run_get(user=_user(request), uuid=uuid)
         info = _info(request, RUN_INFO_KEYS)
-        counts = selectors.run_counts(run=run)
-        data = {**_run_summary(run), **counts.as_state()}
-        data.pop("numTasks")
-        data = {**_run_summary(run), **data}
+        data = {**_run_summary(run), **selectors.run_counts(run=run).as_state()}
         return Response(_pick(data, info))
 
     @extend_schema(responses={204: NO_CONTENT, 404: E, **AUTH_ERRORS}, tags=["farm"])
