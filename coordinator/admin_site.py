@@ -11,7 +11,6 @@ from typing import Any
 
 from django.apps import apps
 from django.contrib import admin
-from django.db import DatabaseError
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 
@@ -32,7 +31,7 @@ class CoordinatorAdminSite(admin.AdminSite):
                 continue
             try:
                 cards.extend(contribute(request))
-            except DatabaseError:  # a broken card must not take the admin down
+            except Exception:  # a broken card must not take the admin index down with it
                 logger.exception("Dashboard card of %s failed", config.label)
         return cards
 

@@ -85,9 +85,10 @@ class Router:
                     break
                 writer.write(data)
                 await writer.drain()
-            if half_close and writer.can_write_eof():
+            if half_close and writer.can_write_eof() and not writer.is_closing():
                 writer.write_eof()
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, RuntimeError):
+            # The other side went away (RuntimeError: the transport closed under write_eof).
             return
 
 

@@ -57,3 +57,16 @@ def test_admin_can_add_user_with_role(client: Client) -> None:
     })
     assert response.status_code == 302, response.content[:2000]
     assert User.objects.get(email="new@example.com").role == Role.MASTER
+
+
+@pytest.mark.django_db
+def test_a_broken_dashboard_card_does_not_break_the_index(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.apps import apps
+
+    def broken(request: object) -> list[dict[str, object]]:
+        raise RuntimeError("card failed")
+
+    monkeypatch.setattr(apps.get_app_config("coordinator"), "admin_dashboard", broken, raising=False)
+    admin = UserFactory(role=Role.ADMIN)
+    client.login(username=admin.email, password=DEFAULT_PASSWORD)
+    assert client.get("/admin/").status_code == 200
