@@ -185,7 +185,7 @@ def report(rows: list[Row], notes: list[str], streams: int, clients: int, second
     lines = [
         f"{'Quick smoke run' if quick else 'Full run'}: {streams} producer connections on the SEQPACKET socket "
         f"(one process) → `progress_listen` → one daphne → {clients} SSE clients (one process), {seconds:g} s per "
-        "rate. Latency = sent → parsed by the client, over the clients that stay connected; one more client "
+        "rate. Latency = sent → parsed by the client, over the clients that stay connected; one of the clients "
         "drops its connection halfway and reconnects 0.5 s later with `Last-Event-ID`.",
         "",
         "| transport | rate (events/s) | sent | p50 (ms) | p95 (ms) | max (ms) | lost (steady clients) | lost (reconnecting client) |",

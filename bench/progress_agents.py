@@ -55,7 +55,8 @@ class Reader:
 
     async def session(self, until: float) -> None:
         reader, writer = await asyncio.open_connection(self.url.hostname, self.url.port)
-        headers = f"GET {self.url.path}?{self.url.query} HTTP/1.0\r\nHost: {self.url.netloc}\r\n"
+        headers = (f"GET {self.url.path}?{self.url.query} HTTP/1.0\r\nHost: {self.url.netloc}\r\n"
+                   "Accept: text/event-stream\r\n")
         if self.last_id:
             headers += f"Last-Event-ID: {self.last_id}\r\n"
         writer.write((headers + "\r\n").encode())

@@ -4,8 +4,10 @@ Frames: a `retry:` line first; then, on a fresh connection, one `new` and the la
 live stream the caller may see (the snapshot) closed by an `id:` line, or, with `Last-Event-ID`,
 every missed event with its id; then live events (`id:`/`event:`/`data:`), and a `: keep-alive`
 comment whenever the stream is idle. `?once=1` (and any request served by the WSGI server, which
-cannot hold a stream open) sends the same beginning and closes: `EventSource` reconnects after
-`retry` milliseconds with `Last-Event-ID`, so even then nothing is lost.
+cannot hold a stream open), and any request without `Accept: text/event-stream` (which EventSource
+always sends; `curl -N -H 'Accept: text/event-stream'` by hand), sends the same beginning and
+closes: `EventSource` reconnects after `retry` milliseconds with `Last-Event-ID`, so even then
+nothing is lost.
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ def _once(request: HttpRequest) -> bool:
     raw = request.GET.get("once", "")
     if raw not in ("", "0", "1"):
         raise BadParameter("`once` must be 1 or 0.")
-    return raw == "1" or not isinstance(request, ASGIRequest)
+    # Only a client that asks for an event stream gets one that never ends (EventSource always
+    # sends `Accept: text/event-stream`); any other client, and the WSGI server, get the beginning.
+    wants_stream = "text/event-stream" in request.headers.get("Accept", "")
+    return raw == "1" or not wants_stream or not isinstance(request, ASGIRequest)
 
 
 def _beginning(viewer: Viewer, topics: set[str], after: int | None) -> tuple[list[str], set[int], int]:
@@ -153,8 +158,9 @@ class ProgressEventsSchema(APIView):
             "`text/event-stream` of named events `new`, `msg`, `end`, each with `data` a JSON object "
             '`{"<uid or topic>": "<text>"}` and an `id:`. Starts with a `retry:` line and either the '
             "snapshot of live streams (then an `id:` line) or, with `Last-Event-ID`, the missed events; "
-            "then streams until the client leaves, with `: keep-alive` comments. With `once=1` (or when "
-            "served by the WSGI server) the response ends after that beginning. Users see their own "
+            "then streams until the client leaves, with `: keep-alive` comments — when the request sends "
+            "`Accept: text/event-stream`, as EventSource does. Without that header, with `once=1`, or when "
+            "served by the WSGI server, the response ends after that beginning. Users see their own "
             "progress, admins everything; anonymous readers only when PROGRESS_PUBLIC is on."
         ),
         parameters=[

@@ -60,7 +60,8 @@ class SseClient:
     def __init__(self, query: str = "", headers: dict[str, str] | None = None) -> None:
         from channels.testing import ApplicationCommunicator
 
-        raw_headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        headers = {"Accept": "text/event-stream", **(headers or {})}
+        raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         scope = {"type": "http", "http_version": "1.1", "method": "GET", "path": "/progress/events",
                  "raw_path": b"/progress/events", "root_path": "", "scheme": "http", "query_string": query.encode(),
                  "headers": [(b"host", b"127.0.0.1"), *raw_headers], "client": ("127.0.0.1", 5000),
@@ -344,6 +345,8 @@ def browser(monkeypatch: Any) -> Any:
     import os
 
     if not os.path.exists(CHROMIUM):
+        if os.environ.get("COORDINATOR_REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is not installed and COORDINATOR_REQUIRE_BROWSER is set")
         pytest.skip(f"{CHROMIUM} is not installed")
     from playwright.sync_api import sync_playwright
 

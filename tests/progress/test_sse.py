@@ -72,11 +72,12 @@ def test_last_event_id_replays_missed_events(admin) -> None:
     run(body)
 
 
-def test_once_sends_the_snapshot_and_closes(admin) -> None:
+@pytest.mark.parametrize("query,accept", [("once=1", "text/event-stream"), ("", "*/*")])
+def test_once_or_a_client_not_asking_for_a_stream_gets_the_snapshot_and_the_end(admin, query, accept) -> None:
     publish("run:ab", "new", "a run", {"percent": 10})
 
     async def body() -> None:
-        sse = SseClient(f"token={access_token_for(admin)}&once=1")
+        sse = SseClient(f"token={access_token_for(admin)}&{query}", headers={"Accept": accept})
         await sse.open()
         text = await sse.read_all()
         assert named_events(text) == [("new", {"run:ab": "a run"})]
