@@ -148,7 +148,7 @@ def main() -> None:
     if args.quick:
         rates, streams, clients, seconds = [100, 200], 4, 5, 2.0
     else:
-        rates, streams, clients, seconds = [250, 500, 1000, 2000], 10, 50, 5.0
+        rates, streams, clients, seconds = [250, 500, 1000, 2000, 4000], 10, 50, 5.0
     rows: list[Row] = []
     notes: list[str] = []
     var_root = Path(tempfile.mkdtemp(prefix="bprg", dir="/tmp"))

@@ -111,7 +111,7 @@ class Listener:
     async def flusher(self) -> None:
         while True:
             await self.has_pending.wait()
-            await asyncio.sleep(0.002)  # let a burst gather into one transaction
+            await asyncio.sleep(0.005)  # let a burst gather into one transaction (and one layer message)
             batch, self.pending = self.pending[:BATCH], self.pending[BATCH:]
             if not self.pending:
                 self.has_pending.clear()

@@ -43,6 +43,8 @@ from progress.selectors import (
     topic_snapshot_events,
 )
 
+COALESCE_SECONDS = 0.02
+
 
 class BadParameter(ValueError):
     pass
@@ -102,8 +104,11 @@ async def _live(viewer: Viewer, topics: set[str], after: int | None) -> AsyncIte
             except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
+            # Under load, one write per COALESCE_SECONDS carries many frames: each write costs a trip
+            # through Django's and daphne's response machinery, per client.
+            await asyncio.sleep(COALESCE_SECONDS)
             batch = [event]
-            while len(batch) < 500 and not subscriber.queue.empty():  # under load: one write, many frames
+            while len(batch) < 2000 and not subscriber.queue.empty():
                 batch.append(subscriber.queue.get_nowait())
             frames = [sse_frame(e["kind"], e["topic"], e["text"], e["id"]) for e in batch
                       if e["id"] > covered and e["id"] not in replayed]
