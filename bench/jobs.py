@@ -220,7 +220,7 @@ def main(argv: list[str]) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
     common = {"DATABASE_URL": url, "COORDINATOR_VAR_DIR": str(workdir), "EXPORT_ROOT": str(workdir / "exports"),
               "JOBS_EXTRA_MODULES": "bench.jobs_tasks", "DJANGO_SETTINGS_MODULE": "coordinator.settings",
-              "Q_WORKERS": "2", "LOG_LEVEL": "WARNING", "REDIS_URL": ""}
+              "Q_WORKERS": os.environ.get("BENCH_Q_WORKERS", "2"), "LOG_LEVEL": "WARNING", "REDIS_URL": ""}
     os.environ.update(common)
     with _admin_conn(base) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -266,7 +266,7 @@ def main(argv: list[str]) -> None:
         lines = [
             "## Background jobs (issue 5)",
             "",
-            f"PostgreSQL, a fresh database per run; clusters of 2 workers (`manage.py qcluster`); `noop` jobs "
+            f"PostgreSQL, a fresh database per run; clusters of {common['Q_WORKERS']} workers (`manage.py qcluster`); `noop` jobs "
             f"submitted through `job_create` (commit, `on_commit` → `async_task`, NOTIFY). Latency = "
             f"`started_at - created_at` of {n_latency} jobs arriving at 10/s; enqueue/s = {n_throughput} "
             f"`job_create` calls back to back from one process; drain/s = the same jobs run by idle clusters, first "
