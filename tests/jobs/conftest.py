@@ -52,8 +52,10 @@ def job_status(job_id: int) -> str:
 def run_cluster(export_root: Path, **extra: str) -> Iterator[subprocess.Popen[bytes]]:
     """A real `manage.py qcluster` process on the test database, in its own process group."""
     env = server_env(**CLUSTER_ENV, EXPORT_ROOT=str(export_root), **extra)
+    # Logs go to a file next to the exports: a pipe nobody reads would fill up and block the cluster.
+    log = open(export_root.parent / "qcluster.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([str(BIN / "python"), "manage.py", "qcluster"], cwd=ROOT, env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            start_new_session=True, stdout=log, stderr=log)
     try:
         yield proc
     finally:
@@ -69,6 +71,7 @@ def run_cluster(export_root: Path, **extra: str) -> Iterator[subprocess.Popen[by
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        log.close()
 
 
 @pytest.fixture(autouse=True)
