@@ -307,7 +307,7 @@ def main() -> None:
         parser.error(f"unknown scenarios: {', '.join(sorted(only - set(SCENARIOS)))}")
     n = args.tasks or (200 if args.quick else 2000)
     rounds = args.rounds or (1 if args.quick else 3)
-    per_round = max(WORKERS, n // rounds)
+    per_round = max(WORKERS, -(-n // rounds))  # at least n tasks in all
     n_batch = args.batch_tasks or (20_000 if args.quick else 100_000)
     timeout = 120.0 if args.quick else 600.0
     tag = f"{os.getpid()}"

@@ -273,3 +273,16 @@ def tasks_complete(*, run: Run, worker: Worker, numbers: list[int]) -> list[int]
     if done:
         _publish_counts(run, f"{worker.hostname}:{worker.pid} completed {len(done)} tasks", maybe_ended=True)
     return done
+
+
+@transaction.atomic
+def leases_expire() -> int:
+    """Put every computing task whose worker was silent past the lease back to waiting (a sweep;
+    hand-out also takes such tasks over by itself)."""
+    cutoff = timezone.now() - timedelta(seconds=lease_seconds())
+    expired = Task.objects.filter(status=Task.Status.COMPUTING, updated__lt=cutoff)
+    runs = list(Run.objects.filter(pk__in=expired.values("run_id")).distinct())
+    changed = expired.update(status=Task.Status.WAITING, worker=None)
+    for run in runs:
+        _publish_counts(run, "expired leases returned to waiting", force=True)
+    return changed

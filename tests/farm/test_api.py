@@ -255,3 +255,22 @@ def test_claim_cost_does_not_grow_with_run_size_or_finished_tasks(api: APIClient
         counts.append(len(queries))
         assert not any("COUNT(" in q["sql"] for q in queries.captured_queries)  # no scan of the run's tasks
     assert counts[0] == counts[1]
+
+
+def test_expire_leases_command_returns_silent_tasks_to_waiting(api: APIClient, settings: Any) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    settings.FARM_LEASE_SECONDS = 60
+    run = new_run(api, 3)
+    new_worker(api, "w")
+    claim(api, run, "w")
+    claim(api, run, "w")
+    Task.objects.filter(task=0).update(updated=timezone.now() - timedelta(seconds=61))
+    out = StringIO()
+    call_command("farm_expire_leases", stdout=out)
+    assert out.getvalue().strip() == "1 tasks returned to waiting."
+    body = api.get(f"/api/runs/{run}").json()
+    assert (body["numWaiting"], body["numComputing"]) == (1, 1)
+    assert claim(api, run, "w").json()["task"] == 0
