@@ -195,11 +195,14 @@ def stop_process(proc: Any, timeout: float, group: bool = False) -> None:
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        if group:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
+        if not group:
             proc.kill()
         proc.wait()
+    if group:  # whatever the leader left behind (its own children) must not outlive the test
+        import contextlib
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def run_asgi_server(**extra_env: str) -> Any:
@@ -358,6 +361,11 @@ def browser(monkeypatch: Any) -> Any:
             yield instance
         finally:
             instance.close()
+            # Playwright's greenlet gives this code its own context: close the connection the test
+            # opened in it, or it would outlive the test database.
+            from django.db import connections
+
+            connections.close_all()
 
 
 def admin_login(page: Any, base: str, user: Any) -> None:
