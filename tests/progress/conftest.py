@@ -313,7 +313,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
                  "--disable-component-update", "--disable-sync"]
 
 
-def serve_platform(var_dir: Any, qcluster: bool = False, **extra_env: str) -> Any:
+def serve_platform(var_dir: Any, qcluster: bool = False, port: int | None = None, **extra_env: str) -> Any:
     """`manage.py serve` (gunicorn + daphne + front door + socket listener [+ django-q2]) on the test DB.
 
     Its own var directory keeps its sockets apart from other test runs; yields the base URL."""
@@ -325,13 +325,12 @@ def serve_platform(var_dir: Any, qcluster: bool = False, **extra_env: str) -> An
 
     @contextmanager
     def platform() -> Any:
-        port = free_port()
-        argv = [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", "1"]
+        argv = [sys.executable, "manage.py", "serve", "--port", str(port or free_port()), "--workers", "1"]
         if not qcluster:
             argv.append("--no-qcluster")
         env = server_env(COORDINATOR_VAR_DIR=str(var_dir), PROGRESS_POLL_INTERVAL="0.05", Q_WORKERS="1", **extra_env)
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
-        base = f"http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{argv[4]}"
         try:
             wait_for_http(f"{base}/healthz", timeout=60, proc=proc)
             wait_for((var_dir / "run" / "progress.sock").exists, timeout=30, message="progress socket")

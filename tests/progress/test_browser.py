@@ -50,6 +50,22 @@ def test_live_page_follows_a_socket_stream(platform, browser, admin) -> None:
                 "document.querySelector('tr[data-topic-row=\"stream:1\"] .msg').textContent === 'still going'")
 
 
+def test_live_page_reconnects_by_itself_after_a_server_restart(transactional_db, socket_dir, browser, admin) -> None:
+    port = free_port()
+    with serve_platform(socket_dir, port=port) as base:
+        page = browser.new_page()
+        admin_login(page, base, admin)
+        page.goto(f"{base}/admin/progress/progresstopic/live/")
+        page.wait_for_selector("html[data-progress-live=connected]")
+        page.evaluate("window.notReloaded = true")
+    page.wait_for_selector("html[data-progress-live=closed]")  # the server is gone
+    with serve_platform(socket_dir, port=port):  # back on the same address
+        page.wait_for_selector("html[data-progress-live=connected]", timeout=60000)
+        with stream("after the restart", socket_dir / "run" / "progress.sock"):
+            page.locator('tr[data-topic-row="stream:0"] .name:text("after the restart")').wait_for()
+        assert page.evaluate("window.notReloaded") is True
+
+
 SEED_PAGE = """<!doctype html><meta charset="utf-8"><title>tasks</title><div id="cards"></div><script>
 // the seed's front-end logic (src/js/update.js): cards by uid, msg replaces the body, end marks it
 const source = new EventSource(%(url)s);
