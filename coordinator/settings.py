@@ -138,7 +138,11 @@ DEFAULT_SQLITE_PATH = VAR_DIR / "coordinator.sqlite3"
 DATABASE_URL = os.environ.get("DATABASE_URL", "").strip() or f"sqlite:///{DEFAULT_SQLITE_PATH}"
 # Test databases are per test run, so that several runs on one machine never share one.
 TEST_DB_SUFFIX = os.environ.get("COORDINATOR_TEST_DB_SUFFIX", str(os.getpid()))
-_database: dict[str, Any] = dict(dj_database_url.parse(DATABASE_URL, conn_health_checks=True))
+# Health checks cost a `SELECT 1` round trip at the start of every request; off by default (a
+# connection broken by a database restart then fails one request per worker and is replaced).
+_database: dict[str, Any] = dict(
+    dj_database_url.parse(DATABASE_URL, conn_health_checks=env_bool("DATABASE_CONN_HEALTH_CHECKS", False))
+)
 if _database["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (WSGI workers, daphne, django-q2, the socket listener) write to one file.
     # WAL lets readers run beside the single writer, IMMEDIATE takes the write lock at BEGIN so
