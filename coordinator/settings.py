@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from corsheaders.defaults import default_headers
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -280,6 +281,8 @@ ASGI_PATH_PREFIXES = ["/ws/", "/progress/events"]
 CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", [])
 CORS_ALLOW_ALL_ORIGINS = env_bool("CORS_ALLOW_ALL_ORIGINS", False)
 CORS_URLS_REGEX = r"^/(progress|api|pool|v1|auth)/.*$"
+# EventSource resends the last event id on reconnect; a cross-origin reader must be allowed to.
+CORS_ALLOW_HEADERS = (*default_headers, "last-event-id")
 
 # --- django-q2 ------------------------------------------------------------------------------
 Q_CLUSTER: dict[str, Any] = {

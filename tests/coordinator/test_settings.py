@@ -78,3 +78,17 @@ def test_bad_boolean_is_reported(tmp_path: Path) -> None:
     out = run_settings_probe({"COORDINATOR_VAR_DIR": str(tmp_path), "DJANGO_DEBUG": "maybe"}, "")
     assert out.returncode != 0
     assert "DJANGO_DEBUG='maybe' is not a boolean" in out.stderr
+
+
+def test_cross_origin_preflight_may_carry_last_event_id(settings: object) -> None:
+    from django.test import Client
+
+    settings.CORS_ALLOWED_ORIGINS = ["http://front.example"]  # type: ignore[attr-defined]
+    response = Client().options(
+        "/progress/events",
+        HTTP_ORIGIN="http://front.example",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET",
+        HTTP_ACCESS_CONTROL_REQUEST_HEADERS="last-event-id",
+    )
+    assert response["Access-Control-Allow-Origin"] == "http://front.example"
+    assert "last-event-id" in response["Access-Control-Allow-Headers"]
