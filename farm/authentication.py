@@ -2,7 +2,11 @@
 
 `GET /api/token` returns an HS256 JWT of type `farm` signed with a key derived from the platform
 secret. The client sends that token as the Basic *username* (any password) on every later call,
-so verifying it must be cheap: an HMAC check and one primary-key lookup, never a password hash.
+so verifying it must be cheap: an HMAC check and one primary-key lookup, never a password hash,
+and that lookup is cached per process for a few seconds (`FARM_AUTH_CACHE_SECONDS`): a worker sends
+4 requests per task, and the user row was one of the few round trips each of them still made.
+Saving or deleting a user empties this process's cache at once (so a password change or a
+deactivation is seen immediately here, and by other processes within the cache's lifetime).
 Email + password runs the normal password check (PBKDF2) and is meant for fetching the token.
 """
 
@@ -10,12 +14,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import hashlib
+import threading
+import time
 from typing import Any
 
 import jwt
 from django.conf import settings
 from django.contrib.auth import authenticate
+from django.db.models.signals import post_delete, post_save
 from django.utils.crypto import salted_hmac
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
@@ -23,6 +31,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.request import Request
 
 from coordinator.models import User
+from farm.conf import auth_cache_seconds
 
 REALM = 'Basic realm="Authentication Required"'
 TOKEN_TYPE = "farm"
@@ -43,8 +52,40 @@ def farm_token_for(user: User) -> str:
     return jwt.encode(payload, _signing_key(), algorithm="HS256")
 
 
+# token -> (monotonic expiry, user as loaded then). Bounded; emptied whenever any user is saved.
+_token_users: dict[str, tuple[float, User]] = {}
+_token_users_lock = threading.Lock()
+TOKEN_CACHE_MAX = 10_000
+
+
+def _forget_users(**kwargs: Any) -> None:
+    # Any user change (password, is_active, role) may change what a cached token grants.
+    with _token_users_lock:
+        _token_users.clear()
+
+
+post_save.connect(_forget_users, sender=User, dispatch_uid="farm.authentication.forget_users.save")
+post_delete.connect(_forget_users, sender=User, dispatch_uid="farm.authentication.forget_users.delete")
+
+
 def user_for_farm_token(token: str) -> User | None:
-    """The active user a farm token names, or None for anything else."""
+    """The active user a farm token names, or None for anything else (cached a few seconds)."""
+    ttl = auth_cache_seconds()
+    if ttl > 0:
+        hit = _token_users.get(token)
+        if hit is not None and hit[0] > time.monotonic():
+            # A copy: request handlers must not share (and mutate) one object across requests.
+            return copy.copy(hit[1])
+    user = _user_for_farm_token(token)
+    if user is not None and ttl > 0:
+        with _token_users_lock:
+            if len(_token_users) >= TOKEN_CACHE_MAX:
+                _token_users.clear()
+            _token_users[token] = (time.monotonic() + ttl, copy.copy(user))
+    return user
+
+
+def _user_for_farm_token(token: str) -> User | None:
     try:
         payload = jwt.decode(token, _signing_key(), algorithms=["HS256"])
     except jwt.PyJWTError:

@@ -33,6 +33,16 @@ def batch_max() -> int:
     return max(1, _int("FARM_BATCH_MAX", DEFAULT_BATCH_MAX))
 
 
+def auth_cache_seconds() -> float:
+    """`FARM_AUTH_CACHE_SECONDS`: how long a process trusts a verified farm token without re-reading its user
+    (0 turns the cache off); another process sees a password change or deactivation within this delay."""
+    value = getattr(settings, "FARM_AUTH_CACHE_SECONDS", os.environ.get("FARM_AUTH_CACHE_SECONDS", 5.0))
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return 5.0
+
+
 def progress_interval() -> float:
     """`FARM_PROGRESS_INTERVAL`: least seconds between two `msg` events of one run from one server process."""
     value = getattr(settings, "FARM_PROGRESS_INTERVAL", os.environ.get("FARM_PROGRESS_INTERVAL", 0.5))

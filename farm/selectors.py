@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from django.db import connection
 from django.db.models import Count, QuerySet, Sum
+from django.utils.dateparse import parse_datetime
 
 from coordinator.models import User
 from farm.errors import RunNotFoundError, WorkerNotFoundError
@@ -59,11 +62,61 @@ def run_get(*, user: User, uuid: str) -> Run:
 
 def worker_get(*, user: User, uuid: str) -> Worker:
     """One worker by uuid, if it is the user's (or the user is an admin)."""
-    workers = Worker.objects.all() if user.is_admin else Worker.objects.filter(owner=user)
-    worker = workers.filter(uuid=uuid).first()
+    worker = _workers_visible_to(user).filter(uuid=uuid).first()
     if worker is None:
         raise WorkerNotFoundError()
     return worker
+
+
+def _workers_visible_to(user: User) -> QuerySet[Worker]:
+    return Worker.objects.all() if user.is_admin else Worker.objects.filter(owner=user)
+
+
+def _aware(value: Any) -> Any:
+    # Raw SQL on SQLite gives a naive datetime (or text) in UTC; PostgreSQL an aware datetime already.
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def worker_and_run_get(*, user: User, worker_uuid: str, run_uuid: str) -> tuple[Worker, Run]:
+    """The worker and the run of a hand-out or batch request, read in one query (plain SQL: this runs
+    on every claim, and building the ORM query cost more than running it); a missing one is the
+    same 404 as `worker_get` then `run_get` give (the worker is checked first)."""
+    owned = "" if user.is_admin else " AND r.owner_id = %s AND w.owner_id = %s"
+    sql = (f"SELECT r.id, r.owner_id, r.num_tasks, r.next_task, r.created_at, "
+           f"w.id, w.owner_id, w.hostname, w.pid, w.start, w.last_seen "
+           f"FROM {Run._meta.db_table} r, {Worker._meta.db_table} w WHERE r.uuid = %s AND w.uuid = %s{owned}")
+    params: list[Any] = [run_uuid, worker_uuid, *([] if user.is_admin else [user.pk, user.pk])]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        worker_get(user=user, uuid=worker_uuid)  # raises WorkerNotFoundError first, as before
+        run_get(user=user, uuid=run_uuid)
+        raise RunNotFoundError()  # not reached unless one was deleted in between
+    run = Run(id=row[0], uuid=run_uuid, owner_id=row[1], num_tasks=row[2], next_task=row[3],
+              created_at=_aware(row[4]))
+    worker = Worker(id=row[5], uuid=worker_uuid, owner_id=row[6], hostname=row[7], pid=row[8],
+                    start=_aware(row[9]), last_seen=_aware(row[10]))
+    return worker, run
+
+
+def task_read(*, user: User, run_uuid: str, number: int) -> dict[str, Any] | None:
+    """Task `number` of a visible run as `id, task, percent_completed, status`, in one query joined on
+    the run's uuid; None when the run is not visible or the task row does not exist yet."""
+    owned = "" if user.is_admin else " AND r.owner_id = %s"
+    sql = (f"SELECT t.id, t.task, t.percent_completed, t.status FROM {Task._meta.db_table} t "
+           f"JOIN {Run._meta.db_table} r ON r.id = t.run_id WHERE r.uuid = %s AND t.task = %s{owned}")
+    params: list[Any] = [run_uuid, number, *([] if user.is_admin else [user.pk])]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return {"id": row[0], "task": row[1], "percent_completed": row[2], "status": row[3]}
 
 
 def run_counts(*, run: Run) -> RunCounts:

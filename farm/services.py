@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
@@ -29,16 +31,35 @@ def run_topic(run: Run) -> str:
 _last_msg: dict[int, float] = {}
 
 
-def _msg_due(run: Run, force: bool) -> bool:
+def _msg_due(run_id: int, force: bool) -> bool:
     # Hundreds of claims and updates a second would each cost a progress event (database rows and a
     # channel-layer send) plus a count query; live pages need a few updates a second, not every one.
     now = time.monotonic()
-    if not force and now - _last_msg.get(run.pk, -1e9) < progress_interval():
+    if not force and now - _last_msg.get(run_id, -1e9) < progress_interval():
         return False
     if len(_last_msg) > 10_000:
         _last_msg.clear()
-    _last_msg[run.pk] = now
+    _last_msg[run_id] = now
     return True
+
+
+# When this server process last refreshed each worker's `last_seen` (monotonic seconds).
+_last_seen_sent: dict[int, float] = {}
+
+
+def _touch_worker(worker_id: int, now: datetime, last_seen: datetime | None = None) -> None:
+    """Refresh `Worker.last_seen` at most every LAST_SEEN_RESOLUTION seconds per worker and process
+    (a guarded UPDATE, so processes racing on it write it once), instead of once per request."""
+    tick = time.monotonic()
+    if tick - _last_seen_sent.get(worker_id, -1e9) < LAST_SEEN_RESOLUTION:
+        return
+    if last_seen is not None and last_seen >= now - timedelta(seconds=LAST_SEEN_RESOLUTION):
+        return
+    if len(_last_seen_sent) > 10_000:
+        _last_seen_sent.clear()
+    _last_seen_sent[worker_id] = tick
+    Worker.objects.filter(pk=worker_id, last_seen__lt=now - timedelta(seconds=LAST_SEEN_RESOLUTION)).update(
+        last_seen=now)
 
 
 def _counter_exhausted(run: Run) -> bool:
@@ -51,10 +72,12 @@ def _counter_exhausted(run: Run) -> bool:
     return rows.values_list("id", flat=True).first() is not None
 
 
-def _publish_counts(run: Run, text: str, *, maybe_ended: bool = False, force: bool = False) -> None:
+def _publish_counts(run: Run, text: str, *, maybe_ended: bool = False, force: bool = False,
+                    due: bool | None = None) -> None:
     """Publish the run's counts (computed once) as `msg` (at most every FARM_PROGRESS_INTERVAL per
     process), and `end` with the final counts when a task just finished and none is left."""
-    due = _msg_due(run, force)
+    if due is None:
+        due = _msg_due(run.pk, force)
     if maybe_ended and not _counter_exhausted(run):
         maybe_ended = False  # tasks were never handed out yet: the run cannot be finished
     if not due and not maybe_ended:
@@ -66,6 +89,24 @@ def _publish_counts(run: Run, text: str, *, maybe_ended: bool = False, force: bo
         progress_publish(topic=run_topic(run), kind="msg", text=text, state=state, owner_id=run.owner_id)
     if ended:
         progress_publish(topic=run_topic(run), kind="end", text="", state=state, owner_id=run.owner_id)
+
+
+def _publish_finished(run_id: int, text: str, *, finished: bool) -> None:
+    """`_publish_counts` after a write that already committed, for callers that hold only the run id:
+    the run row is read only when an event may go out (throttled `msg`, or the last task finished).
+
+    The write committed before this reads the counter, so of two requests finishing the last tasks
+    the later one to commit sees the other's row done (the count runs under the run row's lock)."""
+    due = _msg_due(run_id, False)
+    if not due and not finished:
+        return
+    run = Run.objects.filter(pk=run_id).first()
+    if run is None:
+        return
+    if not due and run.next_task < run.num_tasks:
+        return  # numbers never handed out are left: not the end (whoever finishes them will check)
+    with transaction.atomic():
+        _publish_counts(run, text, maybe_ended=finished, due=due)
 
 
 @transaction.atomic
@@ -119,75 +160,131 @@ def _claimable(cutoff: datetime) -> Q:
     return Q(status=Task.Status.WAITING) | Q(status=Task.Status.COMPUTING, updated__lt=cutoff)
 
 
-def _claim_existing(run: Run, worker: Worker, limit: int, now: datetime) -> int:
-    """Claim up to `limit` existing rows (waiting, or lease expired), lowest numbers first.
+TASK = Task._meta.db_table
+RUN = Run._meta.db_table
 
-    On PostgreSQL the candidate rows are locked with SKIP LOCKED, so concurrent claimers each
-    take different rows without waiting for each other; everywhere the UPDATE repeats the
-    condition it selected on, so a row another transaction took in between is not taken again.
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """A task just handed out, as the API returns it (read back by the claiming statement itself)."""
+
+    id: int
+    task: int
+    percent_completed: float
+    status: str
+
+
+def _dt(value: datetime) -> Any:
+    # Raw SQL gets the datetime as the backend stores it (SQLite: ISO text in UTC, compared as text).
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def _claim_existing(run: Run, worker: Worker, limit: int, now: datetime) -> list[ClaimedTask]:
+    """Claim up to `limit` existing rows (waiting, or lease expired), lowest numbers first, in one
+    UPDATE … RETURNING.
+
+    On PostgreSQL the candidate rows are locked with SKIP LOCKED, so concurrent claimers each take
+    different rows without waiting for each other; everywhere the UPDATE repeats the condition it
+    selected on, so a row another claimer took in between is not taken again (SQLite writes one
+    statement at a time anyway). One statement: atomic without a transaction around it.
     """
-    cutoff = now - timedelta(seconds=lease_seconds())
-    rows = Task.objects.filter(_claimable(cutoff), run=run).order_by("task")
-    if connection.features.has_select_for_update_skip_locked:
-        rows = rows.select_for_update(skip_locked=True)
-    ids = list(rows.values_list("id", flat=True)[:limit])
-    if not ids:
-        return 0
-    return Task.objects.filter(_claimable(cutoff), pk__in=ids).update(
-        status=Task.Status.COMPUTING, worker=worker, started=now, updated=now
+    cutoff = _dt(now - timedelta(seconds=lease_seconds()))
+    lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
+    claimable = "(status = %s OR (status = %s AND updated < %s))"
+    waiting, computing = Task.Status.WAITING.value, Task.Status.COMPUTING.value
+    sql = (
+        f"UPDATE {TASK} SET status = %s, worker_id = %s, started = %s, updated = %s "
+        f"WHERE id IN (SELECT id FROM {TASK} WHERE run_id = %s AND {claimable} ORDER BY task LIMIT %s{lock}) "
+        f"AND {claimable} RETURNING id, task, percent_completed, status"
     )
+    stamp = _dt(now)
+    params = [computing, worker.pk, stamp, stamp, run.pk, waiting, computing, cutoff, limit,
+              waiting, computing, cutoff]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [ClaimedTask(*row) for row in cursor.fetchall()]
 
 
-def _claim_fresh(run: Run, worker: Worker, limit: int, now: datetime) -> int:
+def _claim_fresh(run: Run, worker: Worker, limit: int, now: datetime) -> tuple[int, list[ClaimedTask]]:
     """Take up to `limit` never-handed-out numbers from the run's counter and create their rows.
 
-    The counter row is locked only for the rest of this short transaction. A number already
-    materialised out of order (a GET/PUT on it) conflicts on the unique (run, task) and is
-    skipped by the INSERT; a waiting row of that kind goes out through `_claim_existing`.
-    Returns how many numbers were taken from the counter.
+    The counter row is locked only for the rest of this short statement (PostgreSQL) or
+    transaction (SQLite). A number already materialised out of order (a GET/PUT on it) conflicts
+    on the unique (run, task) and is skipped by the INSERT; a waiting row of that kind goes out
+    through `_claim_existing`. Returns how many numbers were taken from the counter, and the rows
+    created.
     """
     if run.next_task >= run.num_tasks:
-        return 0  # already exhausted when the run was read (the counter only grows): no lock needed
-    locked = Run.objects.filter(pk=run.pk)
-    if connection.features.has_select_for_update:
-        locked = locked.select_for_update()
-    current = locked.values_list("next_task", "num_tasks").first()
-    if current is None:
-        return 0
-    start, num_tasks = current
-    end = min(start + limit, num_tasks)
-    if start >= end:
-        return 0
-    Run.objects.filter(pk=run.pk).update(next_task=end)
-    Task.objects.bulk_create(
-        [Task(run=run, task=number, status=Task.Status.COMPUTING, worker=worker, started=now, updated=now)
-         for number in range(start, end)],
-        ignore_conflicts=True,
-    )
-    return end - start
+        return 0, []  # already exhausted when the run was read (the counter only grows): no lock needed
+    stamp = _dt(now)
+    computing = Task.Status.COMPUTING.value
+    columns = "run_id, task, status, percent_completed, worker_id, started, updated"
+    if connection.vendor == "postgresql":
+        # One round trip: lock the counter and read its old value (FOR UPDATE returns the latest
+        # committed value), advance it, and insert the numbers in between. The last row of the
+        # result carries the count taken from the counter (none at all: it was exhausted).
+        sql = (
+            f"WITH old AS (SELECT id, next_task FROM {RUN} WHERE id = %s FOR UPDATE), "
+            f"taken AS (UPDATE {RUN} r SET next_task = LEAST(r.next_task + %s, r.num_tasks) FROM old "
+            f"WHERE r.id = old.id AND r.next_task < r.num_tasks RETURNING old.next_task AS lo, r.next_task AS hi), "
+            f"ins AS (INSERT INTO {TASK} ({columns}) SELECT %s, g, %s, 0.0, %s, %s, %s "
+            f"FROM taken, generate_series(taken.lo, taken.hi - 1) AS g ON CONFLICT DO NOTHING RETURNING id, task) "
+            f"SELECT id, task, NULL FROM ins UNION ALL SELECT NULL, NULL, hi - lo FROM taken"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [run.pk, limit, run.pk, computing, worker.pk, stamp, stamp])
+            rows = cursor.fetchall()
+        taken = sum(int(row[2]) for row in rows if row[2] is not None)
+        created = sorted(row[1] for row in rows if row[2] is None)
+        ids = {row[1]: row[0] for row in rows if row[2] is None}
+        return taken, [ClaimedTask(ids[n], n, 0.0, computing) for n in created]
+    with transaction.atomic(), connection.cursor() as cursor:
+        # SQLite: the transaction is IMMEDIATE (settings), so it holds the write lock from its start.
+        cursor.execute(f"SELECT next_task, num_tasks FROM {RUN} WHERE id = %s", [run.pk])
+        current = cursor.fetchone()
+        if current is None:
+            return 0, []
+        start, end = current[0], min(current[0] + limit, current[1])
+        if start >= end:
+            return 0, []
+        cursor.execute(f"UPDATE {RUN} SET next_task = %s WHERE id = %s", [end, run.pk])
+        cursor.execute(
+            f"WITH RECURSIVE g(n) AS (SELECT %s UNION ALL SELECT n + 1 FROM g WHERE n + 1 < %s) "
+            f"INSERT INTO {TASK} ({columns}) SELECT %s, n, %s, 0.0, %s, %s, %s FROM g WHERE true "
+            f"ON CONFLICT DO NOTHING RETURNING id, task",
+            [start, end, run.pk, computing, worker.pk, stamp, stamp],
+        )
+        rows = cursor.fetchall()
+    return end - start, [ClaimedTask(row[0], row[1], 0.0, computing) for row in sorted(rows, key=lambda r: r[1])]
 
 
-@transaction.atomic
-def tasks_claim(*, run: Run, worker: Worker, limit: int = 1) -> list[Task]:
-    """Hand up to `limit` tasks to `worker`, each to no other worker: waiting or expired, then fresh."""
+def tasks_claim(*, run: Run, worker: Worker, limit: int = 1) -> list[ClaimedTask]:
+    """Hand up to `limit` tasks to `worker`, each to no other worker: waiting or expired, then fresh.
+
+    Not one transaction: each statement is atomic by itself and hands out only what it took, so a
+    failure in between leaves nothing half-claimed (and a transaction would only add round trips).
+    """
     now = timezone.now()
-    expected = _claim_existing(run, worker, limit, now)
-    mine = Task.objects.filter(run=run, worker=worker, started=now, status=Task.Status.COMPUTING)
-    tasks: list[Task] = []
-    while True:
-        taken = _claim_fresh(run, worker, limit - expected, now) if expected < limit else 0
-        expected += taken
-        tasks = list(mine.order_by("task"))
+    tasks = _claim_existing(run, worker, limit, now)
+    while len(tasks) < limit:
+        taken, created = _claim_fresh(run, worker, limit - len(tasks), now)
+        tasks += created
         # Only numbers materialised out of order make the INSERT skip some; then take more.
-        if len(tasks) >= expected or taken == 0:
+        if taken == 0 or len(created) == taken:
             break
-        expected = len(tasks)
-    if worker.last_seen < now - timedelta(seconds=LAST_SEEN_RESOLUTION):
-        Worker.objects.filter(pk=worker.pk).update(last_seen=now)
+    tasks.sort(key=lambda t: t.task)
+    _touch_worker(worker.pk, now, worker.last_seen)
     if tasks:
         numbers = ", ".join(str(t.task) for t in tasks[:10])
-        _publish_counts(run, f"{worker.hostname}:{worker.pid} took task {numbers}")
+        _publish_finished_or_due(run, f"{worker.hostname}:{worker.pid} took task {numbers}")
     return tasks
+
+
+def _publish_finished_or_due(run: Run, text: str) -> None:
+    # Hand-out never ends a run: only a throttled `msg` may be due.
+    if _msg_due(run.pk, False):
+        with transaction.atomic():
+            _publish_counts(run, text, due=True)
 
 
 def _materialise(run: Run, number: int) -> Task:
@@ -219,6 +316,39 @@ def task_get_or_materialise(*, run: Run, number: int) -> Task:
 class TaskChange:
     percent_completed: float | None = None
     status: str | None = None
+
+
+def task_update_held(*, user: User, run_uuid: str, number: int, change: TaskChange, worker_uuid: str) -> bool:
+    """The common PUT in one guarded UPDATE: the task is computing for the worker that sends it (its
+    cookie), in a run the user may change. Returns False, changing nothing, in every other case
+    (unknown run or task, another holder, not computing), which `task_update` then decides.
+
+    Being computing for this worker, the task cannot have been done before, so setting `done`
+    here always finishes it."""
+    sets: list[str] = ["updated = %s"]
+    params: list[Any] = [_dt(timezone.now())]
+    if change.percent_completed is not None:
+        sets.append("percent_completed = %s")
+        params.append(change.percent_completed)
+    if change.status is not None:
+        sets.append("status = %s")
+        params.append(change.status)
+    owner = "" if user.is_admin else " AND owner_id = %s"
+    sql = (f"UPDATE {TASK} SET {', '.join(sets)} "
+           f"WHERE run_id = (SELECT id FROM {RUN} WHERE uuid = %s{owner}) AND task = %s AND status = %s "
+           f"AND worker_id = (SELECT id FROM {Worker._meta.db_table} WHERE uuid = %s) "
+           f"RETURNING run_id, worker_id, status, percent_completed")
+    params += [run_uuid, *([] if user.is_admin else [user.pk]), number, Task.Status.COMPUTING.value, worker_uuid]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    run_id, worker_id, status, percent = row
+    _touch_worker(worker_id, timezone.now())
+    finished = status == Task.Status.DONE
+    _publish_finished(run_id, f"task {number}: {status} {percent:g}%", finished=finished)
+    return True
 
 
 @transaction.atomic
@@ -255,23 +385,26 @@ def task_update(*, run: Run, number: int, change: TaskChange, worker_uuid: str |
     return task
 
 
-@transaction.atomic
 def tasks_complete(*, run: Run, worker: Worker, numbers: list[int]) -> list[int]:
-    """Mark several tasks held by `worker` done at 100%; returns the numbers completed."""
+    """Mark several tasks held by `worker` done at 100%; returns the numbers completed.
+
+    One guarded UPDATE … RETURNING (atomic by itself): only rows computing for this worker change,
+    and the statement itself says which ones did."""
     numbers = sorted(set(numbers))
     now = timezone.now()
-    changed = Task.objects.filter(run=run, worker=worker, status=Task.Status.COMPUTING, task__in=numbers).update(
-        status=Task.Status.DONE, percent_completed=100.0, updated=now
-    )
-    if changed == len(numbers):
-        done = list(numbers)
-    else:  # some were not this worker's: report exactly which ones were completed now
-        done = sorted(Task.objects.filter(run=run, worker=worker, status=Task.Status.DONE, updated=now,
-                                          task__in=numbers).values_list("task", flat=True))
-    if worker.last_seen < now - timedelta(seconds=LAST_SEEN_RESOLUTION):
-        Worker.objects.filter(pk=worker.pk).update(last_seen=now)
+    if connection.vendor == "postgresql":
+        among = "task = ANY(%s)"
+    else:  # one parameter whatever the count (SQLite limits the number of parameters)
+        among = "task IN (SELECT value FROM json_each(%s))"
+    sql = (f"UPDATE {TASK} SET status = %s, percent_completed = 100.0, updated = %s "
+           f"WHERE run_id = %s AND worker_id = %s AND status = %s AND {among} RETURNING task")
+    listed: Any = numbers if connection.vendor == "postgresql" else json.dumps(numbers)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [Task.Status.DONE.value, _dt(now), run.pk, worker.pk, Task.Status.COMPUTING.value, listed])
+        done = sorted(row[0] for row in cursor.fetchall())
+    _touch_worker(worker.pk, now, worker.last_seen)
     if done:
-        _publish_counts(run, f"{worker.hostname}:{worker.pid} completed {len(done)} tasks", maybe_ended=True)
+        _publish_finished(run.pk, f"{worker.hostname}:{worker.pid} completed {len(done)} tasks", finished=True)
     return done
 
 

@@ -100,8 +100,8 @@ class TaskOutputSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Task.Status.choices, required=False)
 
 
-def _task_data(task: Task) -> dict[str, Any]:
-    return {"id": task.pk, "task": task.task, "percentCompleted": task.percent_completed, "status": task.status}
+def _task_data(task: Task | services.ClaimedTask) -> dict[str, Any]:
+    return {"id": task.id, "task": task.task, "percentCompleted": task.percent_completed, "status": task.status}
 
 
 class TokenApi(FarmApi):
@@ -207,9 +207,8 @@ class RunTaskClaimApi(FarmApi):
     def post(self, request: Request, uuid: str) -> Response:
         data = WorkerInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user = _user(request)
-        worker = selectors.worker_get(user=user, uuid=data.validated_data["worker_uuid"])
-        run = selectors.run_get(user=user, uuid=uuid)
+        worker, run = selectors.worker_and_run_get(user=_user(request), worker_uuid=data.validated_data["worker_uuid"],
+                                                   run_uuid=uuid)
         tasks = services.tasks_claim(run=run, worker=worker, limit=1)
         if not tasks:
             return Response(status=status.HTTP_204_NO_CONTENT)
@@ -242,8 +241,16 @@ class TaskDetailApi(FarmApi):
         responses={200: TaskOutputSerializer, 404: E, **AUTH_ERRORS}, tags=["farm"],
     )
     def get(self, request: Request, uuid: str, n: int) -> Response:
-        run = selectors.run_get(user=_user(request), uuid=uuid)
         info = _info(request, TASK_INFO_KEYS)
+        user = _user(request)
+        # The common case in one query (run and task joined on the run's uuid); a task row that does
+        # not exist yet (or a run that is not visible) takes the path that creates it or says 404.
+        row = selectors.task_read(user=user, run_uuid=uuid, number=n) if 0 <= n < MAX_TASKS else None
+        if row is not None:
+            data = {"id": row["id"], "task": row["task"], "percentCompleted": row["percent_completed"],
+                    "status": row["status"]}
+            return Response(_pick(data, info))
+        run = selectors.run_get(user=user, uuid=uuid)
         task = services.task_get_or_materialise(run=run, number=n)
         return Response(_pick(_task_data(task), info))
 
@@ -263,11 +270,18 @@ class TaskDetailApi(FarmApi):
                                    extra={"fields": {key: ["Unknown key."] for key in unknown}})
         data = self.InputSerializer(data=body)
         data.is_valid(raise_exception=True)
-        run = selectors.run_get(user=_user(request), uuid=uuid)
+        user = _user(request)
         change = services.TaskChange(
             percent_completed=data.validated_data.get("percentCompleted"), status=data.validated_data.get("status")
         )
-        services.task_update(run=run, number=n, change=change, worker_uuid=_worker_uuid_from(request))
+        worker_uuid = _worker_uuid_from(request)
+        # The worker holding the task updates it: one guarded UPDATE. Anything else (lazy creation,
+        # 404, 409 for a lease lost, a PUT without a worker cookie) takes the full path.
+        if worker_uuid and 0 <= n < MAX_TASKS and services.task_update_held(user=user, run_uuid=uuid, number=n, change=change,
+                                                     worker_uuid=worker_uuid):
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        run = selectors.run_get(user=user, uuid=uuid)
+        services.task_update(run=run, number=n, change=change, worker_uuid=worker_uuid)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -312,9 +326,8 @@ class TaskBatchClaimApi(FarmApi):
     def post(self, request: Request, uuid: str) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user = _user(request)
-        worker = selectors.worker_get(user=user, uuid=data.validated_data["worker_uuid"])
-        run = selectors.run_get(user=user, uuid=uuid)
+        worker, run = selectors.worker_and_run_get(user=_user(request), worker_uuid=data.validated_data["worker_uuid"],
+                                                   run_uuid=uuid)
         limit = min(data.validated_data["count"], batch_max())
         tasks = services.tasks_claim(run=run, worker=worker, limit=limit)
         return _remember_worker(Response({"tasks": [_task_data(task) for task in tasks]}), worker)
@@ -339,9 +352,8 @@ class TaskBatchDoneApi(FarmApi):
     def post(self, request: Request, uuid: str) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user = _user(request)
-        worker = selectors.worker_get(user=user, uuid=data.validated_data["worker_uuid"])
-        run = selectors.run_get(user=user, uuid=uuid)
+        worker, run = selectors.worker_and_run_get(user=_user(request), worker_uuid=data.validated_data["worker_uuid"],
+                                                   run_uuid=uuid)
         numbers = sorted(set(data.validated_data["tasks"]))
         done = services.tasks_complete(run=run, worker=worker, numbers=numbers)
         done_set = set(done)
