@@ -50,3 +50,14 @@ def token_client_for(fast_hashers: None) -> Callable[[User], APIClient]:
 @pytest.fixture
 def api(farm_user: User, token_client_for: Callable[[User], APIClient]) -> APIClient:
     return token_client_for(farm_user)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_caches() -> None:
+    """The farm's per-process caches (token users, last `msg` and `last_seen` writes) are keyed by ids,
+    and ids come back after a test's rollback: start every test with them empty."""
+    from farm import authentication, services
+
+    authentication._token_users.clear()
+    services._last_msg.clear()
+    services._last_seen_sent.clear()
