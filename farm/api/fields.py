@@ -44,3 +44,19 @@ class WorkerUuidField(serializers.RegexField):
         if not isinstance(data, str):
             self.fail("invalid")
         return str(super().to_internal_value(data))
+
+
+class TaskNumberListField(serializers.ListField):
+    """A list of task numbers (JSON integers in range). A batch of a thousand numbers is checked in one
+    pass; only a list with a bad item goes through the per-item fields, for the same error details."""
+
+    def __init__(self, *, max_value: int, **kwargs: Any) -> None:
+        self.max_number = max_value
+        super().__init__(child=StrictIntegerField(min_value=0, max_value=max_value), **kwargs)
+
+    def to_internal_value(self, data: Any) -> list[Any]:
+        if isinstance(data, list) and (self.max_length is None or len(data) <= self.max_length) and (
+            data or self.allow_empty
+        ) and all(type(item) is int and 0 <= item <= self.max_number for item in data):
+            return list(data)
+        return list(super().to_internal_value(data))

@@ -20,7 +20,13 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from coordinator.api.views import ErrorEnvelopeSerializer
 from coordinator.models import User
 from farm import selectors, services
-from farm.api.fields import HostnameField, StrictFloatField, StrictIntegerField, WorkerUuidField
+from farm.api.fields import (
+    HostnameField,
+    StrictFloatField,
+    StrictIntegerField,
+    TaskNumberListField,
+    WorkerUuidField,
+)
 from farm.authentication import FarmBasicAuthentication, farm_token_for
 from farm.conf import WORKER_COOKIE, batch_max
 from farm.errors import EmptyUpdateError, UnknownInfoError
@@ -338,8 +344,7 @@ class TaskBatchDoneApi(FarmApi):
 
     @extend_schema_serializer(component_name="FarmTaskBatchDoneInput")
     class InputSerializer(WorkerInputSerializer):
-        tasks = serializers.ListField(child=StrictIntegerField(min_value=0, max_value=MAX_TASKS),
-                                      max_length=100_000)
+        tasks = TaskNumberListField(max_value=MAX_TASKS, max_length=100_000)
 
     @extend_schema_serializer(component_name="FarmTaskBatchDoneOutput")
     class OutputSerializer(serializers.Serializer):
