@@ -1,8 +1,9 @@
 """Publishing progress: the one entry point every app uses.
 
 `progress_publish()` is called by `pool`, `farm` and `jobs` (and by the socket listener) after
-their own writes; the event leaves only once the surrounding transaction has committed.
-`progress` itself imports no other app: it knows topics, not domains.
+their own writes. Inside a transaction the event is stored in that same transaction (no commit of
+its own) and delivered once it commits; a rollback takes the event with it. Outside one it is
+stored and delivered at once. `progress` itself imports no other app: it knows topics, not domains.
 
 Every event is first stored (`ProgressEvent`, increasing ids: replay, `Last-Event-ID`, retention)
 together with the latest state of its topic (`ProgressTopic`: snapshots for late joiners, the
@@ -14,6 +15,7 @@ polls the event table. See docs/progress.md for why.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -61,24 +63,33 @@ def progress_publish(
     state: dict[str, Any] | None = None,
     owner_id: int | None = None,
 ) -> None:
-    """Publish one progress event on `topic` once the current transaction commits.
+    """Publish one progress event on `topic`: stored with the caller's writes, delivered after commit.
 
     `text` is what the seed's front-end shows (the name for `new`, the message for `msg`, the
     error or "" for `end`); `state` is structured data for live admin pages (percentages,
     counts); `owner_id` is the user allowed to see it besides admins (None: admins only).
+
+    Inside a transaction (`atomic`) the event and its topic are written in that transaction, so
+    the event exists iff the caller's writes commit and costs no commit of its own; the topic's
+    row stays locked until then, so keep hot topics out of long transactions (farm throttles its
+    run events). Outside a transaction it is stored in autocommit mode (one statement on
+    PostgreSQL). Either way it is broadcast (Redis transport) only after the commit, and a failed
+    broadcast is logged, never raised: progress never breaks the caller's committed work.
     """
     if kind not in ("new", "msg", "end"):
         raise ValueError(f"unknown progress event kind {kind!r}")
     pending = {"topic": str(topic)[:200], "kind": kind, "text": str(text), "state": dict(state or {}),
                "owner_id": owner_id}
+    events = _store_one(pending)
+    if conf.transport() == "layer":
 
-    def send() -> None:
-        try:
-            events_deliver([pending])
-        except Exception:  # progress is best effort: never break the caller's committed work
-            logger.exception("Publishing progress on %s failed", topic)
+        def send() -> None:
+            try:
+                async_to_sync(events_broadcast)(events)
+            except Exception:  # progress is best effort: never break the caller's committed work
+                logger.exception("Publishing progress on %s failed", topic)
 
-    transaction.on_commit(send)
+        transaction.on_commit(send)
 
 
 def events_deliver(pending: list[dict[str, Any]]) -> list[Event]:
@@ -90,11 +101,15 @@ def events_deliver(pending: list[dict[str, Any]]) -> list[Event]:
 
 
 def events_store(pending: list[dict[str, Any]]) -> list[Event]:
-    """Store a batch of events and fold them into the latest state of their topics."""
+    """Store a batch of events and fold them into the latest state of their topics.
+
+    Inside a transaction this joins it (no savepoint, no commit of its own)."""
     if not pending:
         return []
+    if len(pending) == 1 and connection.vendor == "postgresql":
+        return _store_one(pending[0])
     now = timezone.now()
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         rows = ProgressEvent.objects.bulk_create(
             [ProgressEvent(topic=p["topic"], kind=p["kind"], text=p["text"], state=p["state"],
                            owner_id=p["owner_id"], created_at=now) for p in pending]
@@ -105,10 +120,51 @@ def events_store(pending: list[dict[str, Any]]) -> list[Event]:
         ProgressTopic.objects.bulk_create(
             list(topics.values()), update_conflicts=True, unique_fields=["topic"], update_fields=_TOPIC_FIELDS
         )
-    _prune_now_and_then()
+    _prune_soon()
     at = now.timestamp()
     return [Event(id=int(r.pk), topic=r.topic, kind=r.kind, text=r.text, state=r.state, owner_id=r.owner_id, at=at)
             for r in rows]
+
+
+def _store_one(p: dict[str, Any]) -> list[Event]:
+    """Store one event and fold it into its topic: on PostgreSQL one statement (the event insert
+    and the topic upsert, with the fold written in SQL); elsewhere the batch path."""
+    if connection.vendor != "postgresql":
+        return events_store([p])
+    now = timezone.now()
+    kind, text, topic = p["kind"], p["text"], p["topic"]
+    state = json.dumps(p["state"])
+    qn = connection.ops.quote_name
+    merged = "(CASE WHEN jsonb_typeof(t.state) = 'object' THEN t.state ELSE '{}'::jsonb END) || EXCLUDED.state"
+    sets = {
+        "new": ["name", "text", "error", "state", "started_at", "ended_at"],
+        "msg": ["text"],
+        "end": ["error", "ended_at"],
+    }[kind]
+    assignments = [f"{c} = EXCLUDED.{c}" for c in sets]
+    if kind != "new":
+        assignments.append(f"state = {merged}")
+    assignments += ["owner_id = COALESCE(EXCLUDED.owner_id, t.owner_id)", "last_kind = EXCLUDED.last_kind",
+                    "last_event_id = EXCLUDED.last_event_id", "updated_at = EXCLUDED.updated_at"]
+    sql = (
+        f"WITH e AS (INSERT INTO {qn(ProgressEvent._meta.db_table)} "
+        f"(topic, kind, text, state, owner_id, created_at) VALUES (%s, %s, %s, %s::jsonb, %s, %s) RETURNING id) "
+        f"INSERT INTO {qn(ProgressTopic._meta.db_table)} AS t (topic, name, text, error, state, owner_id, "
+        f"last_kind, last_event_id, started_at, updated_at, ended_at) "
+        f"SELECT %s, %s, %s, %s, %s::jsonb, %s, %s, e.id, %s, %s, %s FROM e "
+        f"ON CONFLICT (topic) DO UPDATE SET {', '.join(assignments)} RETURNING t.last_event_id"
+    )
+    params = [
+        topic, kind, text, state, p["owner_id"], now,
+        topic, (text if kind == "new" else topic)[:200], text if kind == "msg" else "",
+        text if kind == "end" else "", state, p["owner_id"], kind, now, now, now if kind == "end" else None,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        [event_id] = cursor.fetchone()
+    _prune_soon()
+    return [Event(id=int(event_id), topic=topic, kind=kind, text=text, state=p["state"], owner_id=p["owner_id"],
+                  at=now.timestamp())]
 
 
 def _fold(topics: dict[str, ProgressTopic], row: ProgressEvent) -> None:
@@ -145,6 +201,12 @@ def progress_prune() -> tuple[int, int]:
     ended, _ = ProgressTopic.objects.filter(ended_at__lt=cutoff).delete()
     stale, _ = ProgressTopic.objects.filter(ended_at__isnull=True, updated_at__lt=now - timedelta(days=7)).delete()
     return events, ended + stale
+
+
+def _prune_soon() -> None:
+    """Prune at most once a minute per process, after the current transaction (never inside it)."""
+    if time.monotonic() - _last_prune >= 60:
+        transaction.on_commit(_prune_now_and_then)
 
 
 def _prune_now_and_then() -> None:
