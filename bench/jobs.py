@@ -1,6 +1,6 @@
 """Benchmark of the jobs app on PostgreSQL (issue 5).
 
-    .venv/bin/python -m bench.jobs [--quick]
+    .venv/bin/python -m bench.jobs [--quick] [--drain-only]
 
 Creates its own database (`bench_jobs_<pid>`, next to `BENCH_DATABASE_URL` / `DATABASE_URL`,
 default `postgres://postgres@127.0.0.1:5432/coordinator`) and drops it at the end. In one run:
@@ -11,6 +11,9 @@ default `postgres://postgres@127.0.0.1:5432/coordinator`) and drops it at the en
 3. exactly-once: N jobs (10,000; 500 with --quick) across two clusters, each appending its id to
    a file: duplicates = lines - distinct ids, lost = N - distinct ids;
 4. a CSV export of 1,000,000 job rows (50,000 with --quick): seconds and peak RSS growth.
+
+`--drain-only` runs only part 2 (both brokers, one and two clusters), prints the figures and writes
+nothing: the quick check while working on the per-job cost.
 """
 
 from __future__ import annotations
@@ -214,6 +217,7 @@ def big_export(user: Any, rows: int) -> dict[str, float]:
 
 def main(argv: list[str]) -> None:
     quick = "--quick" in argv
+    drain_only = "--drain-only" in argv
     n_latency, n_throughput = (50, 200) if quick else (500, 2000)
     n_once, n_rows = (500, 50_000) if quick else (10_000, 1_000_000)
     base, url, name = _db_urls()
@@ -241,10 +245,11 @@ def main(argv: list[str]) -> None:
             os.environ["Q_BROKER_CLASS"] = env.get("Q_BROKER_CLASS", "jobs.broker.ListenNotifyBroker")
             _reset_broker_conf()
             row: dict[str, Any] = {}
-            with cluster(env):
-                warm_up(user)
-                lat = latency(user, n_latency)
-                row["p50"], row["p95"], row["p99"] = (percentile(lat, p) for p in (50, 95, 99))
+            if not drain_only:
+                with cluster(env):
+                    warm_up(user)
+                    lat = latency(user, n_latency)
+                    row["p50"], row["p95"], row["p99"] = (percentile(lat, p) for p in (50, 95, 99))
             ids, row["enqueue_1"] = enqueue(user, n_throughput)
             with cluster(env):
                 row["drain_1"] = drain(ids)
@@ -253,6 +258,12 @@ def main(argv: list[str]) -> None:
                 row["drain_2"] = drain(ids)
             results[label] = row
             print(label, {k: round(v, 1) for k, v in row.items()}, flush=True)
+        if drain_only:
+            notify, stock = results["LISTEN/NOTIFY broker"], results["stock django-q2 ORM broker"]
+            print(f"drain/s ours vs stock: 1 cluster {notify['drain_1']:.0f} vs {stock['drain_1']:.0f} "
+                  f"({notify['drain_1'] / stock['drain_1']:.1f}x), 2 clusters {notify['drain_2']:.0f} vs "
+                  f"{stock['drain_2']:.0f} ({notify['drain_2'] / stock['drain_2']:.1f}x)", flush=True)
+            return
         os.environ["Q_BROKER_CLASS"] = "jobs.broker.ListenNotifyBroker"
         _reset_broker_conf()
         raw = raw_enqueue(200 if quick else 1000)

@@ -177,14 +177,17 @@ def job_report_progress(
     """Store and publish progress; returns True when a cancel was requested."""
     now = timezone.now()
     percent = max(0.0, min(100.0, float(percent)))
-    Job.objects.filter(pk=job_id, status=Job.Status.STARTED, worker=worker).update(
-        progress=percent, progress_message=message[:500], updated_on=now, heartbeat_at=now
-    )
-    row = Job.objects.filter(pk=job_id).values("cancel_requested", "created_by_id").first()
-    if row is None:
-        return True
-    state = {"percent": percent, "status": Job.Status.STARTED, "message": message, **(extra_state or {})}
-    progress_publish(topic=f"job:{job_id}", kind="msg", text=message, state=state, owner_id=row["created_by_id"])
+    # The progress columns and the `msg` event are one transaction (one commit per report).
+    with transaction.atomic():
+        Job.objects.filter(pk=job_id, status=Job.Status.STARTED, worker=worker).update(
+            progress=percent, progress_message=message[:500], updated_on=now, heartbeat_at=now
+        )
+        row = Job.objects.filter(pk=job_id).values("cancel_requested", "created_by_id").first()
+        if row is None:
+            return True
+        state = {"percent": percent, "status": Job.Status.STARTED, "message": message, **(extra_state or {})}
+        progress_publish(topic=f"job:{job_id}", kind="msg", text=message, state=state,
+                         owner_id=row["created_by_id"])
     return bool(row["cancel_requested"])
 
 
@@ -196,12 +199,14 @@ def _json_result(value: Any) -> Any:
 def job_execute(*, job_id: int) -> str:
     """Run one job in this worker if it can be claimed; returns the final or current status."""
     worker = worker_id()
-    if not job_claim(job_id=job_id, worker=worker):
-        return "skipped"
-    job = Job.objects.get(pk=job_id)
-    progress_publish(topic=job.topic, kind="new", text=job.type,
-                     state={"status": job.status, "percent": 0, "message": "", "worker": worker},
-                     owner_id=job.created_by_id)
+    # The claim, the read and the `new` event are one transaction: one commit per start.
+    with transaction.atomic():
+        if not job_claim(job_id=job_id, worker=worker):
+            return "skipped"
+        job = Job.objects.get(pk=job_id)
+        progress_publish(topic=job.topic, kind="new", text=job.type,
+                         state={"status": job.status, "percent": 0, "message": "", "worker": worker},
+                         owner_id=job.created_by_id)
     spec = get_spec(job.type)
     heartbeat = _Heartbeat.get()
     heartbeat.current = (job_id, worker)
@@ -250,14 +255,16 @@ def job_finish(
     if job is None:
         job = Job.objects.filter(pk=job_id).first()
     if ok:
-        # The worker guard: if the sweep already gave this attempt up, its outcome no longer counts.
-        if not Job.objects.filter(pk=job_id, status=Job.Status.STARTED, worker=worker).update(
-            status=Job.Status.SUCCESS, result=result, progress=100, updated_on=now, finished_at=now
-        ):
-            return "lost"
-        progress_publish(topic=f"job:{job_id}", kind="end", text="",
-                         state={"status": Job.Status.SUCCESS, "percent": 100, "message": ""},
-                         owner_id=job.created_by_id if job else None)
+        # The result and the `end` event are one transaction: one commit per finish.
+        with transaction.atomic():
+            # The worker guard: if the sweep already gave this attempt up, its outcome no longer counts.
+            if not Job.objects.filter(pk=job_id, status=Job.Status.STARTED, worker=worker).update(
+                status=Job.Status.SUCCESS, result=result, progress=100, updated_on=now, finished_at=now
+            ):
+                return "lost"
+            progress_publish(topic=f"job:{job_id}", kind="end", text="",
+                             state={"status": Job.Status.SUCCESS, "percent": 100, "message": ""},
+                             owner_id=job.created_by_id if job else None)
         return Job.Status.SUCCESS
     if job is None or job.status != Job.Status.STARTED or job.worker != worker:
         return "lost"
@@ -272,20 +279,25 @@ def _fail_or_retry(job: Job, *, worker: str | None, error: str, tb: str = "", re
         guard = guard.filter(worker=worker)
     if retryable and job.attempts < job.max_attempts:
         delay = spec.backoff_for(job.attempts) if spec else 0.0
-        updated = guard.update(status=Job.Status.FRESH, worker=None, error=error, traceback=tb, updated_on=now,
-                               queued_at=None, run_after=now + timedelta(seconds=delay), heartbeat_at=None)
-        if not updated:
-            return "lost"
-        job.refresh_from_db()
-        _publish_status(job, f"retrying after: {error}")
+        # The outcome and its event are one transaction; the job is queued again after it.
+        with transaction.atomic():
+            updated = guard.update(status=Job.Status.FRESH, worker=None, error=error, traceback=tb,
+                                   updated_on=now, queued_at=None, run_after=now + timedelta(seconds=delay),
+                                   heartbeat_at=None)
+            if not updated:
+                return "lost"
+            job.refresh_from_db()
+            _publish_status(job, f"retrying after: {error}")
         if delay <= 0:
             job_enqueue(job_id=job.pk, job_type=job.type)
         return Job.Status.FRESH
-    if not guard.update(status=Job.Status.FAILURE, error=error, traceback=tb, updated_on=now, finished_at=now):
-        return "lost"
-    progress_publish(topic=job.topic, kind="end", text=error,
-                     state={"status": Job.Status.FAILURE, "percent": job.progress, "message": error},
-                     owner_id=job.created_by_id)
+    with transaction.atomic():
+        if not guard.update(status=Job.Status.FAILURE, error=error, traceback=tb, updated_on=now,
+                            finished_at=now):
+            return "lost"
+        progress_publish(topic=job.topic, kind="end", text=error,
+                         state={"status": Job.Status.FAILURE, "percent": job.progress, "message": error},
+                         owner_id=job.created_by_id)
     return Job.Status.FAILURE
 
 
