@@ -20,10 +20,25 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 def start_serve(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
     env = server_env(COORDINATOR_VAR_DIR=str(tmp_path), Q_WORKERS="1")
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - the child keeps writing to it
     return subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", "1"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+
+
+def wait_for_output(tmp_path: Path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in (tmp_path / "serve.log").read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in the serve output"
+        time.sleep(0.2)
+
+
+def stop_and_read(proc: subprocess.Popen[bytes], tmp_path: Path, sig: int | None = signal.SIGTERM) -> str:
+    if sig is not None:
+        proc.send_signal(sig)
+    proc.wait(timeout=60)
+    return (tmp_path / "serve.log").read_text(errors="replace")
 
 
 def descendants(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
@@ -36,6 +51,8 @@ def test_serve_answers_on_one_address_and_stops_cleanly(tmp_path: Path) -> None:
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for_http(f"{base}/healthz", timeout=60, proc=proc)
+        wait_for_output(tmp_path, "Q Cluster")  # the job cluster is up too
+        wait_for_output(tmp_path, "running.")
         deadline = time.monotonic() + 30
         while requests.get(f"{base}/healthz", timeout=5).status_code == 502 and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -50,9 +67,9 @@ def test_serve_answers_on_one_address_and_stops_cleanly(tmp_path: Path) -> None:
         names = " ".join(" ".join(child.cmdline()) for child in children if child.is_running())
         assert "gunicorn" in names and "daphne" in names and "qcluster" in names
     finally:
-        proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=60)[0].decode(errors="replace")
+        output = stop_and_read(proc, tmp_path)
     assert proc.returncode == 0, output[-3000:]
+    assert "SIGKILL" not in output, output[-3000:]  # every process stopped by itself, cleanly
     for line_start in ("web", "asgi", "front", "jobs"):
         assert any(line.split(" ", 1)[-1].startswith(line_start) for line in output.splitlines()), output[-2000:]
     assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
@@ -63,17 +80,20 @@ def test_serve_stops_everything_when_one_process_dies(tmp_path: Path) -> None:
     proc = start_serve(tmp_path, port)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=60, proc=proc)
+        wait_for_output(tmp_path, "running.")
         gunicorn_master = next(
             child for child in descendants(proc)
             if "gunicorn" in " ".join(child.cmdline()) and child.parent() and "gunicorn" not in " ".join(child.parent().cmdline())
         )
         children = descendants(proc)
         os.kill(gunicorn_master.pid, signal.SIGKILL)
-        output = proc.communicate(timeout=60)[0].decode(errors="replace")
+        output = stop_and_read(proc, tmp_path, sig=None)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0, output[-3000:]
+    assert "web stopped" in output or ("web (pid" in output and "died" in output), output[-3000:]
+    assert "SIGKILL" not in output, output[-3000:]
     time.sleep(0.5)
     alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not alive, [c.cmdline() for c in alive]

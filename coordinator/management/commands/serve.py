@@ -54,7 +54,9 @@ def build_process_specs(
             proxy += ["--asgi-prefix", prefix]
         specs.append(ProcessSpec("front", proxy))
     if qcluster:
-        specs.append(ProcessSpec("jobs", [*manage, "qcluster"]))
+        # Signalled through its main process only (see coordinator/serving/leader_only.py).
+        leader_only = [sys.executable, "-m", "coordinator.serving.leader_only", "--"]
+        specs.append(ProcessSpec("jobs", [*leader_only, *manage, "qcluster"]))
     for config in apps.get_app_configs():
         declare = getattr(config, "serve_processes", None)
         if declare is not None:
