@@ -263,41 +263,85 @@ def _claim_fresh(run: Run, worker: Worker, limit: int, now: datetime) -> tuple[i
     return end - start, [ClaimedTask(row[0], row[1], 0.0, computing) for row in sorted(rows, key=lambda r: r[1])]
 
 
-def _claim_pg(run: Run, worker: Worker, limit: int, now: datetime) -> tuple[int, list[ClaimedTask]]:
-    """`_claim_existing` then `_claim_fresh` for what it did not find, in one PostgreSQL statement
-    (one round trip per hand-out). Each part locks as it does alone: candidate task rows with SKIP
-    LOCKED, then the run row (only when fresh numbers are needed and left), always in that order.
-    Returns how many numbers were taken from the counter, and every task claimed."""
+@dataclass(frozen=True)
+class PgClaim:
+    tasks: list[ClaimedTask]
+    taken: int  # numbers taken from the counter
+    run_id: int | None  # None: the run or the worker is not there (or not the user's)
+    worker_id: int | None
+
+
+def _claim_pg(*, run_uuid: str, worker_uuid: str, owner_id: int | None, limit: int, now: datetime) -> PgClaim:
+    """`_claim_existing` then `_claim_fresh` for what it did not find, with the run and the worker
+    looked up by uuid (and owner, unless None), in one PostgreSQL statement: one round trip per
+    hand-out, `last_seen` included. Each part locks as it does alone: candidate task rows with SKIP
+    LOCKED, then the run row (only when fresh numbers are needed and left), always in that order."""
     cutoff = _dt(now - timedelta(seconds=lease_seconds()))
-    waiting, computing = Task.Status.WAITING.value, Task.Status.COMPUTING.value
-    claimable = "(status = %(waiting)s OR (status = %(computing)s AND updated < %(cutoff)s))"
+    claimable = "(t.status = %(waiting)s OR (t.status = %(computing)s AND t.updated < %(cutoff)s))"
+    owned = "" if owner_id is None else " AND owner_id = %(owner)s"
     columns = "run_id, task, status, percent_completed, worker_id, started, updated"
     sql = (
-        f"WITH ex AS (UPDATE {TASK} SET status = %(computing)s, worker_id = %(worker)s, started = %(now)s, "
-        f"updated = %(now)s WHERE id IN (SELECT id FROM {TASK} WHERE run_id = %(run)s AND {claimable} "
-        f"ORDER BY task LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AND {claimable} "
-        f"RETURNING id, task, percent_completed, status), "
-        f"want AS (SELECT %(limit)s - count(*) AS n FROM ex), "
-        f"old AS (SELECT r.id, r.next_task FROM {RUN} r, want WHERE r.id = %(run)s AND want.n > 0 "
-        f"AND r.next_task < r.num_tasks FOR UPDATE OF r), "
-        f"taken AS (UPDATE {RUN} r SET next_task = LEAST(r.next_task + want.n, r.num_tasks) FROM old, want "
-        f"WHERE r.id = old.id RETURNING old.next_task AS lo, r.next_task AS hi), "
-        f"ins AS (INSERT INTO {TASK} ({columns}) SELECT %(run)s, g, %(computing)s, 0.0, %(worker)s, %(now)s, "
-        f"%(now)s FROM taken, generate_series(taken.lo, taken.hi - 1) AS g ON CONFLICT DO NOTHING "
+        f"WITH run_ AS (SELECT id FROM {RUN} WHERE uuid = %(run_uuid)s{owned}), "
+        f"wk AS (SELECT id FROM {Worker._meta.db_table} WHERE uuid = %(worker_uuid)s{owned}), "
+        # The worker's sign of life, written only when older than LAST_SEEN_RESOLUTION (a data-modifying
+        # CTE runs whether or not it is read).
+        f"seen AS (UPDATE {Worker._meta.db_table} SET last_seen = %(now)s WHERE id = (SELECT id FROM wk) "
+        f"AND last_seen < %(stale)s RETURNING id), "
+        f"ex AS (UPDATE {TASK} SET status = %(computing)s, worker_id = (SELECT id FROM wk), started = %(now)s, "
+        f"updated = %(now)s WHERE id IN (SELECT t.id FROM {TASK} t, run_, wk WHERE t.run_id = run_.id "
+        f"AND {claimable} ORDER BY t.task LIMIT %(limit)s FOR UPDATE OF t SKIP LOCKED) "
+        f"AND {claimable.replace('t.', '')} RETURNING id, task, percent_completed, status), "
+        f"want AS (SELECT %(limit)s - (SELECT count(*) FROM ex) AS n, wk.id AS worker_id FROM wk), "
+        f"old AS (SELECT f.id, f.next_task FROM {RUN} f, run_, want WHERE f.id = run_.id AND want.n > 0 "
+        f"AND f.next_task < f.num_tasks FOR UPDATE OF f), "
+        f"taken AS (UPDATE {RUN} f SET next_task = LEAST(f.next_task + want.n, f.num_tasks) FROM old, want "
+        f"WHERE f.id = old.id RETURNING f.id AS run_id, want.worker_id, old.next_task AS lo, f.next_task AS hi), "
+        f"ins AS (INSERT INTO {TASK} ({columns}) SELECT taken.run_id, g, %(computing)s, 0.0, taken.worker_id, "
+        f"%(now)s, %(now)s FROM taken, generate_series(taken.lo, taken.hi - 1) AS g ON CONFLICT DO NOTHING "
         f"RETURNING id, task) "
-        f"SELECT id, task, percent_completed, status, NULL::bigint FROM ex "
-        f"UNION ALL SELECT id, task, 0.0::float8, %(computing)s, NULL::bigint FROM ins "
-        f"UNION ALL SELECT NULL, NULL, NULL, NULL, hi - lo FROM taken"
+        f"SELECT 0, id, task, percent_completed, status FROM ex "
+        f"UNION ALL SELECT 0, id, task, 0.0::float8, %(computing)s FROM ins "
+        f"UNION ALL SELECT 1, hi - lo, NULL, NULL, NULL FROM taken "
+        f"UNION ALL SELECT 2, run_.id, wk.id, NULL, NULL FROM run_, wk"
     )
-    stamp = _dt(now)
-    params = {"waiting": waiting, "computing": computing, "cutoff": cutoff, "worker": worker.pk, "now": stamp,
-              "run": run.pk, "limit": limit}
+    params = {"waiting": Task.Status.WAITING.value, "computing": Task.Status.COMPUTING.value, "cutoff": cutoff,
+              "now": _dt(now), "stale": _dt(now - timedelta(seconds=LAST_SEEN_RESOLUTION)), "run_uuid": run_uuid,
+              "worker_uuid": worker_uuid, "owner": owner_id, "limit": limit}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    taken = sum(int(row[4]) for row in rows if row[4] is not None)
-    tasks = [ClaimedTask(row[0], row[1], float(row[2]), row[3]) for row in rows if row[4] is None]
-    return taken, tasks
+    tasks = [ClaimedTask(int(r[1]), int(r[2]), float(r[3]), str(r[4])) for r in rows if r[0] == 0]
+    taken = sum(int(r[1]) for r in rows if r[0] == 1)
+    meta = [r for r in rows if r[0] == 2]
+    return PgClaim(tasks, taken, int(meta[0][1]) if meta else None, int(meta[0][2]) if meta else None)
+
+
+def tasks_claim_by_uuid(*, user: User, run_uuid: str, worker_uuid: str, limit: int) -> list[ClaimedTask] | None:
+    """The API's hand-out on PostgreSQL: run and worker found and tasks claimed in one round trip.
+    None when the run or worker is not the user's (nothing claimed; the caller says which is missing)
+    or on another database (the caller takes `tasks_claim`)."""
+    if connection.vendor != "postgresql":
+        return None
+    now = timezone.now()
+    claim = _claim_pg(run_uuid=run_uuid, worker_uuid=worker_uuid, owner_id=None if user.is_admin else user.pk,
+                      limit=limit, now=now)
+    if claim.run_id is None or claim.worker_id is None:
+        return None
+    tasks = claim.tasks
+    if claim.taken > 0 and len(tasks) < limit:
+        # Numbers materialised out of order were skipped (or the counter ran out): take more the
+        # usual way (rare: the full objects are read only here).
+        run, worker = Run.objects.get(pk=claim.run_id), Worker.objects.get(pk=claim.worker_id)
+        tasks += tasks_claim(run=run, worker=worker, limit=limit - len(tasks))
+        tasks.sort(key=lambda t: t.task)
+        return tasks
+    tasks.sort(key=lambda t: t.task)
+    if tasks and _msg_due(claim.run_id, False):
+        run, worker = Run.objects.get(pk=claim.run_id), Worker.objects.get(pk=claim.worker_id)
+        numbers = ", ".join(str(t.task) for t in tasks[:10])
+        with transaction.atomic():
+            _publish_counts(run, f"{worker.hostname}:{worker.pid} took task {numbers}", due=True)
+    return tasks
 
 
 def tasks_claim(*, run: Run, worker: Worker, limit: int = 1) -> list[ClaimedTask]:
@@ -311,8 +355,8 @@ def tasks_claim(*, run: Run, worker: Worker, limit: int = 1) -> list[ClaimedTask
     now = timezone.now()
     with transaction.atomic() if connection.vendor == "sqlite" else nullcontext():
         if connection.vendor == "postgresql":
-            taken, tasks = _claim_pg(run, worker, limit, now)
-            retry = taken > 0 and len(tasks) < limit
+            claim = _claim_pg(run_uuid=run.uuid, worker_uuid=worker.uuid, owner_id=None, limit=limit, now=now)
+            tasks, retry = claim.tasks, claim.taken > 0 and len(claim.tasks) < limit
         else:
             tasks, retry = _claim_existing(run, worker, limit, now), True
         while retry and len(tasks) < limit:

@@ -30,7 +30,7 @@ from farm.api.fields import (
 from farm.authentication import FarmBasicAuthentication, farm_token_for
 from farm.conf import WORKER_COOKIE, batch_max
 from farm.errors import EmptyUpdateError, UnknownInfoError
-from farm.models import Run, Task, Worker
+from farm.models import Run, Task
 
 MAX_TASKS = 2**62
 E = ErrorEnvelopeSerializer
@@ -73,11 +73,22 @@ def _worker_uuid_from(request: Request) -> str | None:
     return request.headers.get("X-Farm-Worker") or request.COOKIES.get(WORKER_COOKIE) or None
 
 
-def _remember_worker(response: Response, worker: Worker) -> Response:
+def _remember_worker(response: Response, worker_uuid: str) -> Response:
     # requests.Session keeps this cookie, so the worker's later PUTs (which carry no worker id in
     # the seed's protocol) can be told apart from those of the worker that took its task over.
-    response.set_cookie(WORKER_COOKIE, worker.uuid, httponly=True, samesite="Lax")
+    response.set_cookie(WORKER_COOKIE, worker_uuid, httponly=True, samesite="Lax")
     return response
+
+
+def _claim(request: Request, run_uuid: str, worker_uuid: str, limit: int) -> list[services.ClaimedTask]:
+    user = _user(request)
+    # PostgreSQL: one round trip for lookup and hand-out; a missing run or worker (None) and other
+    # databases take the lookup that says which one is missing, then the hand-out.
+    tasks = services.tasks_claim_by_uuid(user=user, run_uuid=run_uuid, worker_uuid=worker_uuid, limit=limit)
+    if tasks is None:
+        worker, run = selectors.worker_and_run_get(user=user, worker_uuid=worker_uuid, run_uuid=run_uuid)
+        tasks = services.tasks_claim(run=run, worker=worker, limit=limit)
+    return tasks
 
 
 class FarmApi(APIView):
@@ -213,12 +224,11 @@ class RunTaskClaimApi(FarmApi):
     def post(self, request: Request, uuid: str) -> Response:
         data = WorkerInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        worker, run = selectors.worker_and_run_get(user=_user(request), worker_uuid=data.validated_data["worker_uuid"],
-                                                   run_uuid=uuid)
-        tasks = services.tasks_claim(run=run, worker=worker, limit=1)
+        tasks = _claim(request, uuid, data.validated_data["worker_uuid"], 1)
         if not tasks:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return _remember_worker(Response(_task_data(tasks[0]), status=status.HTTP_201_CREATED), worker)
+        return _remember_worker(Response(_task_data(tasks[0]), status=status.HTTP_201_CREATED),
+                                data.validated_data["worker_uuid"])
 
 
 class RequiredBodySchema(AutoSchema):
@@ -283,8 +293,9 @@ class TaskDetailApi(FarmApi):
         worker_uuid = _worker_uuid_from(request)
         # The worker holding the task updates it: one guarded UPDATE. Anything else (lazy creation,
         # 404, 409 for a lease lost, a PUT without a worker cookie) takes the full path.
-        if worker_uuid and 0 <= n < MAX_TASKS and services.task_update_held(user=user, run_uuid=uuid, number=n, change=change,
-                                                     worker_uuid=worker_uuid):
+        held = worker_uuid is not None and 0 <= n < MAX_TASKS and services.task_update_held(
+            user=user, run_uuid=uuid, number=n, change=change, worker_uuid=worker_uuid)
+        if held:
             return Response(status=status.HTTP_204_NO_CONTENT)
         run = selectors.run_get(user=user, uuid=uuid)
         services.task_update(run=run, number=n, change=change, worker_uuid=worker_uuid)
@@ -312,7 +323,7 @@ class WorkerCreateApi(FarmApi):
         data.is_valid(raise_exception=True)
         worker = services.worker_register(owner=_user(request), **data.validated_data)
         response = Response({"uuid": worker.uuid, "id": worker.pk}, status=status.HTTP_201_CREATED)
-        return _remember_worker(response, worker)
+        return _remember_worker(response, worker.uuid)
 
 
 @extend_schema_serializer(component_name="FarmTaskList")
@@ -332,11 +343,10 @@ class TaskBatchClaimApi(FarmApi):
     def post(self, request: Request, uuid: str) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        worker, run = selectors.worker_and_run_get(user=_user(request), worker_uuid=data.validated_data["worker_uuid"],
-                                                   run_uuid=uuid)
         limit = min(data.validated_data["count"], batch_max())
-        tasks = services.tasks_claim(run=run, worker=worker, limit=limit)
-        return _remember_worker(Response({"tasks": [_task_data(task) for task in tasks]}), worker)
+        tasks = _claim(request, uuid, data.validated_data["worker_uuid"], limit)
+        return _remember_worker(Response({"tasks": [_task_data(task) for task in tasks]}),
+                                data.validated_data["worker_uuid"])
 
 
 class TaskBatchDoneApi(FarmApi):

@@ -79,6 +79,22 @@ def test_worker_of_another_user_cannot_claim(api: APIClient, token_client_for: C
     assert claim(api, run, "foreign").status_code == 404
 
 
+def test_claim_says_which_of_worker_and_run_is_missing(api: APIClient,
+                                                       token_client_for: Callable[[User], APIClient]) -> None:
+    run = new_run(api, 2)
+    new_worker(api, "mine")
+    for path, body in ((f"/api/runs/{run}/task", {}), (f"/api/runs/{run}/tasks/claim", {"count": 2}),
+                       (f"/api/runs/{run}/tasks/done", {"tasks": [0]})):
+        missing_worker = api.post(path, {"worker_uuid": "nobody", **body}, format="json")
+        assert (missing_worker.status_code, missing_worker.json()["code"]) == (404, "worker_not_found")
+        missing_run = api.post(path.replace(run, "f" * 32), {"worker_uuid": "mine", **body}, format="json")
+        assert (missing_run.status_code, missing_run.json()["code"]) == (404, "run_not_found")
+    # An admin may hand out another user's run to the admin's own worker.
+    boss = token_client_for(UserFactory(role=Role.ADMIN))
+    new_worker(boss, "boss")
+    assert claim(boss, run, "boss").status_code == 201
+
+
 def test_duplicate_worker_uuid_is_409(api: APIClient) -> None:
     new_worker(api, "w1")
     response = api.post("/api/worker", {"uuid": "w1", "hostname": "h", "pid": 1}, format="json")
