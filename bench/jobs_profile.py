@@ -5,7 +5,8 @@
 Creates its own database (`bench_jobs_profile_<pid>`, next to `BENCH_DATABASE_URL` /
 `DATABASE_URL`) and drops it at the end. Runs `jobs` no-op jobs (default 20) in-process the way a
 cluster does: `job_create` (commit, `on_commit` → `async_task` + NOTIFY), the broker's take,
-`jobs.tasks.job_run`, the broker's ack; prints the mean statements and commits per step.
+`jobs.tasks.job_run`, the broker's ack; prints the mean statements, commits and milliseconds
+per step (the time is in-process, without django-q2's own queues and processes).
 A "commit" is an outermost `atomic` commit or a statement run in autocommit mode.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -64,6 +66,7 @@ def main(argv: list[str]) -> None:
         real_commit = connection.commit
         steps = ["enqueue", "dequeue", "run", "ack"]
         totals = {s: [0, 0] for s in steps}
+        seconds = dict.fromkeys(steps, 0.0)
         sql: Counter[str] = Counter()
         for i in range(n + 2):
             counters = {s: Counting(connection) for s in steps}
@@ -77,6 +80,7 @@ def main(argv: list[str]) -> None:
             try:
                 for step in steps:
                     current[:] = [counters[step]]
+                    start = time.perf_counter()
                     with connection.execute_wrapper(counters[step]):
                         if step == "enqueue":
                             job_create(type="noop", data={}, user=user)
@@ -88,6 +92,8 @@ def main(argv: list[str]) -> None:
                             assert tasks.job_run(*task["args"]) == "success"
                         else:
                             broker.acknowledge(taken[0][0])
+                    if i >= 2:
+                        seconds[step] += time.perf_counter() - start
             finally:
                 connection.commit = real_commit  # type: ignore[method-assign]
             if i >= 2:  # the first two warm caches (content types, registry, prepared plans)
@@ -95,11 +101,15 @@ def main(argv: list[str]) -> None:
                     totals[step][0] += counters[step].statements
                     totals[step][1] += counters[step].commits
                     sql.update(counters[step].sql)
-        print(f"per no-op job, mean of {n} (statements / commits):")
+        print(f"per no-op job, mean of {n} (statements / commits / ms):")
         for step in steps:
-            print(f"  {step:8} {totals[step][0] / n:5.1f} / {totals[step][1] / n:4.1f}")
+            print(f"  {step:8} {totals[step][0] / n:5.1f} / {totals[step][1] / n:4.1f} / "
+                  f"{seconds[step] * 1000 / n:6.2f}")
         print(f"  {'total':8} {sum(t[0] for t in totals.values()) / n:5.1f} / "
-              f"{sum(t[1] for t in totals.values()) / n:4.1f}")
+              f"{sum(t[1] for t in totals.values()) / n:4.1f} / {sum(seconds.values()) * 1000 / n:6.2f}")
+        worker = sum(seconds[s] for s in ("dequeue", "run", "ack")) * 1000 / n
+        print(f"  cluster side (dequeue + run + ack): {worker:.2f} ms -> {1000 / worker:.0f} jobs/s for one "
+              f"process doing it all in sequence")
         for text, count in sql.most_common():
             print(f"  {count / n:4.1f}  {text}")
     finally:
