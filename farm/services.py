@@ -92,16 +92,32 @@ def _publish_counts(run: Run, text: str, *, maybe_ended: bool = False, force: bo
         progress_publish(topic=run_topic(run), kind="end", text="", state=state, owner_id=run.owner_id)
 
 
-def _publish_finished(run_id: int, text: str, *, finished: bool) -> None:
+def _numbers_left(finishing: bool) -> str:
+    """A RETURNING column for a write that finishes tasks: whether the run's counter still has numbers
+    to hand out, read under a share lock of the run row (PostgreSQL).
+
+    The lock is what makes this one statement safe: it reads the latest committed counter, and the
+    UPDATE that would hand out the last numbers waits until this write committed, so whoever then
+    finishes those counts this write's rows done. Elsewhere (or not finishing): NULL, and
+    `_publish_finished` reads the counter itself after the commit."""
+    if finishing and connection.vendor == "postgresql":
+        return f"(SELECT next_task < num_tasks FROM {RUN} WHERE id = {TASK}.run_id FOR SHARE)"
+    return "NULL"
+
+
+def _publish_finished(run_id: int, text: str, *, finished: bool, left: bool | None = None) -> None:
     """`_publish_counts` after a write that already committed, for callers that hold only the run id:
     the run row is read only when an event may go out (throttled `msg`, or the last task finished).
 
-    The write committed before this reads the counter, so of two requests finishing the last tasks
-    the later one to commit sees the other's row done (the count runs under the run row's lock)."""
+    `left`: the counter state the write itself read (`_numbers_left`), if it did. Otherwise the write
+    committed before this reads the counter, so of two requests finishing the last tasks the later
+    one to commit sees the other's row done (the count runs under the run row's lock)."""
     due = _msg_due(run_id, False)
     if not due and not finished:
         return
-    if not due:
+    if not due and left:
+        return  # numbers never handed out are left: not the end (whoever finishes them will check)
+    if not due and left is None:
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT next_task < num_tasks FROM {RUN} WHERE id = %s", [run_id])
             row = cursor.fetchone()
@@ -427,20 +443,20 @@ def task_update_held(*, user: User, run_uuid: str, number: int, change: TaskChan
         sets.append("status = %s")
         params.append(change.status)
     owner = "" if user.is_admin else " AND owner_id = %s"
+    finishing = change.status == Task.Status.DONE
     sql = (f"UPDATE {TASK} SET {', '.join(sets)} "
            f"WHERE run_id = (SELECT id FROM {RUN} WHERE uuid = %s{owner}) AND task = %s AND status = %s "
            f"AND worker_id = (SELECT id FROM {Worker._meta.db_table} WHERE uuid = %s) "
-           f"RETURNING run_id, worker_id, status, percent_completed")
+           f"RETURNING run_id, worker_id, status, percent_completed, {_numbers_left(finishing)}")
     params += [run_uuid, *([] if user.is_admin else [user.pk]), number, Task.Status.COMPUTING.value, worker_uuid]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
         return False
-    run_id, worker_id, status, percent = row
+    run_id, worker_id, status, percent, left = row
     _touch_worker(worker_id, timezone.now())
-    finished = status == Task.Status.DONE
-    _publish_finished(run_id, f"task {number}: {status} {percent:g}%", finished=finished)
+    _publish_finished(run_id, f"task {number}: {status} {percent:g}%", finished=finishing, left=left)
     return True
 
 
@@ -490,14 +506,17 @@ def tasks_complete(*, run: Run, worker: Worker, numbers: list[int]) -> list[int]
     else:  # one parameter whatever the count (SQLite limits the number of parameters)
         among = "task IN (SELECT value FROM json_each(%s))"
     sql = (f"UPDATE {TASK} SET status = %s, percent_completed = 100.0, updated = %s "
-           f"WHERE run_id = %s AND worker_id = %s AND status = %s AND {among} RETURNING task")
+           f"WHERE run_id = %s AND worker_id = %s AND status = %s AND {among} RETURNING task, {_numbers_left(True)}")
     listed: Any = numbers if connection.vendor == "postgresql" else json.dumps(numbers)
     with connection.cursor() as cursor:
         cursor.execute(sql, [Task.Status.DONE.value, _dt(now), run.pk, worker.pk, Task.Status.COMPUTING.value, listed])
-        done = sorted(row[0] for row in cursor.fetchall())
+        rows = cursor.fetchall()
+    done = sorted(row[0] for row in rows)
     _touch_worker(worker.pk, now, worker.last_seen)
     if done:
-        _publish_finished(run.pk, f"{worker.hostname}:{worker.pid} completed {len(done)} tasks", finished=True)
+        lefts = [row[1] for row in rows]
+        _publish_finished(run.pk, f"{worker.hostname}:{worker.pid} completed {len(done)} tasks", finished=True,
+                          left=None if None in lefts else all(lefts))
     return done
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -290,3 +292,51 @@ def test_expire_leases_command_returns_silent_tasks_to_waiting(api: APIClient, s
     body = api.get(f"/api/runs/{run}").json()
     assert (body["numWaiting"], body["numComputing"]) == (1, 1)
     assert claim(api, run, "w").json()["task"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_run_ends_once_when_workers_finish_the_last_tasks_together(
+    farm_user: User, token_client_for: Callable[[User], APIClient], monkeypatch: Any, settings: Any
+) -> None:
+    """Completions that commit at the same moment: the counter check after (or under a share lock
+    with) each write means at least one of them sees the run complete and sends `end`."""
+    settings.FARM_PROGRESS_INTERVAL = 3600
+    events: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def record(**kw: Any) -> None:
+        with lock:
+            events.append(kw)
+
+    monkeypatch.setattr("farm.services.progress_publish", record)
+    api = token_client_for(farm_user)
+    run = new_run(api, 16)
+    clients = [token_client_for(farm_user) for _ in range(8)]
+    held: list[list[int]] = []
+    for i, client in enumerate(clients):
+        new_worker(client, f"w{i}")
+        response = client.post(f"/api/runs/{run}/tasks/claim", {"worker_uuid": f"w{i}", "count": 2}, format="json")
+        held.append([t["task"] for t in response.json()["tasks"]])
+    barrier = threading.Barrier(len(clients))
+    statuses: list[int] = []
+
+    def finish(i: int) -> None:
+        try:
+            barrier.wait()
+            first, second = held[i]
+            client = clients[i]
+            statuses.append(client.put(f"/api/runs/{run}/tasks/{first}", {"status": "done"}, format="json").status_code)
+            done = client.post(f"/api/runs/{run}/tasks/done", {"worker_uuid": f"w{i}", "tasks": [second]},
+                               format="json")
+            statuses.append(done.status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=finish, args=(i,)) for i in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(set(statuses)) == [200, 204]
+    ends = [e for e in events if e["kind"] == "end"]
+    assert ends and all(e["state"]["numDone"] == 16 for e in ends)

@@ -90,9 +90,9 @@ def test_queries_per_batch_request(api: APIClient, settings: Any) -> None:
 # all in-process).
 QUERIES_PER_CLIENT_REQUEST: dict[str, dict[str, int]] = {
     "sqlite": {"claim": 7, "get": 1, "put_percent": 1, "put_done": 2},
-    "postgresql": {"claim": 1, "get": 1, "put_percent": 1, "put_done": 2},
+    "postgresql": {"claim": 1, "get": 1, "put_percent": 1, "put_done": 1},
 }
 QUERIES_PER_BATCH_REQUEST: dict[str, dict[str, int]] = {
     "sqlite": {"claim": 7, "done": 3},
-    "postgresql": {"claim": 1, "done": 3},
+    "postgresql": {"claim": 1, "done": 2},
 }
