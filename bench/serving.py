@@ -66,9 +66,10 @@ def wrk(url: str, token: str, seconds: int, connections: int) -> tuple[float, fl
          "-H", f"Authorization: Bearer {token}", url],
         capture_output=True, text=True, check=True,
     ).stdout
-    if "Non-2xx" in out or "Socket errors" in out and re.search(r"(connect|read|write|timeout) [1-9]", out):
-        errors = [line for line in out.splitlines() if "Non-2xx" in line or "Socket errors" in line]
-        print(f"    note: {'; '.join(errors)}")
+    if "Non-2xx" in out:
+        raise SystemExit(f"{url} answered errors under load:\n{out}")
+    if "Socket errors" in out and re.search(r"(connect|read|write|timeout) [1-9]", out):
+        print("    note: " + "; ".join(line for line in out.splitlines() if "Socket errors" in line))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p99_match = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     p99 = float("nan")
