@@ -78,7 +78,7 @@ def device_token(env: dict[str, str], base: str) -> str | None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--max-examples", type=int, default=int(os.environ.get("FUZZ_MAX_EXAMPLES", "12")))
-    parser.add_argument("--max-time", type=int, default=int(os.environ.get("FUZZ_MAX_TIME", "100")),
+    parser.add_argument("--max-time", type=int, default=int(os.environ.get("FUZZ_MAX_TIME", "40")),
                         help="seconds per identity")
     parser.add_argument("--include-path-regex", default=None)
     args = parser.parse_args()

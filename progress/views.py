@@ -178,7 +178,19 @@ class ProgressEventsSchema(APIView):
                              description="Replay the events after this id (sent by EventSource on reconnect)."),
         ],
         responses={
-            (200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description="The event stream."),
+            # Event-stream schemas describe one event (schemathesis and OpenAPI 3.2 read them so).
+            (200, "text/event-stream"): OpenApiResponse(
+                {
+                    "type": "object",
+                    "properties": {
+                        "event": {"type": "string", "enum": ["new", "msg", "end"]},
+                        "data": {"type": "string", "description": 'JSON: {"<uid or topic>": "<text>"}'},
+                        "id": {"type": "string"},
+                        "retry": {"type": "integer"},
+                    },
+                },
+                description="The event stream: one object per event.",
+            ),
             (400, "application/json"): ErrorEnvelopeSerializer,
             (401, "application/json"): ErrorEnvelopeSerializer,
             (403, "application/json"): ErrorEnvelopeSerializer,
