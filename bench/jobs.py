@@ -18,6 +18,7 @@ nothing: the quick check while working on the per-job cost.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -216,8 +217,11 @@ def big_export(user: Any, rows: int) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> None:
-    quick = "--quick" in argv
-    drain_only = "--drain-only" in argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument("--drain-only", action="store_true", help="only enqueue/drain, nothing written")
+    args = parser.parse_args(argv)
+    quick, drain_only = args.quick, args.drain_only
     n_latency, n_throughput = (50, 200) if quick else (500, 2000)
     n_once, n_rows = (500, 50_000) if quick else (10_000, 1_000_000)
     base, url, name = _db_urls()
