@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -30,6 +31,18 @@ def progress_widget(job: Job) -> str:
         '<small data-progress-field="message">{}</small></div>',
         job.pk, job.progress, job.status, job.progress_message,
     )
+
+
+def _apply_each(queryset: QuerySet[Job], service: Callable[..., Any]) -> tuple[int, int]:
+    """Call a job service on each selected job; count those it accepted and those it refused."""
+    done = refused = 0
+    for job in queryset:
+        try:
+            service(job=job)
+            done += 1
+        except ApplicationError:
+            refused += 1
+    return done, refused
 
 
 @admin.register(Job)
@@ -74,26 +87,14 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry selected failed jobs", permissions=["view"])
     def retry_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        done, refused = 0, 0
-        for job in queryset:
-            try:
-                job_retry(job=job)
-                done += 1
-            except ApplicationError:
-                refused += 1
+        done, refused = _apply_each(queryset, job_retry)
         self.message_user(request, f"{done} job(s) queued again; {refused} not in status failure.",
                           messages.SUCCESS if done else messages.WARNING)
 
     @admin.action(description="Cancel selected jobs (fresh: now; started: at the next progress report)",
                   permissions=["view"])
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        done, refused = 0, 0
-        for job in queryset:
-            try:
-                job_cancel(job=job)
-                done += 1
-            except ApplicationError:
-                refused += 1
+        done, refused = _apply_each(queryset, job_cancel)
         self.message_user(request, f"{done} job(s) cancelled or asked to stop; {refused} already finished.",
                           messages.SUCCESS if done else messages.WARNING)
 
