@@ -162,6 +162,10 @@ else:
 _database["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60)
 DATABASES = {"default": _database}
 IS_POSTGRES = _database["ENGINE"] == "django.db.backends.postgresql"
+# Hot statements (farm hand-out and updates) are prepared once per connection on PostgreSQL
+# (`coordinator.db.prepared_cursor`); turn off behind a pooler in transaction mode that does not
+# track prepared statements (PgBouncer before 1.21, or without max_prepared_statements).
+DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

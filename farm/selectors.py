@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import connection
 from django.db.models import Count, QuerySet, Sum
 from django.utils.dateparse import parse_datetime
 
+from coordinator.db import prepared_cursor
 from coordinator.models import User
 from farm.errors import RunNotFoundError, WorkerNotFoundError
 from farm.models import Run, Task, Worker
@@ -90,7 +90,7 @@ def worker_and_run_get(*, user: User, worker_uuid: str, run_uuid: str) -> tuple[
            f"w.id, w.owner_id, w.hostname, w.pid, w.start, w.last_seen "
            f"FROM {Run._meta.db_table} r, {Worker._meta.db_table} w WHERE r.uuid = %s AND w.uuid = %s{owned}")
     params: list[Any] = [run_uuid, worker_uuid, *([] if user.is_admin else [user.pk, user.pk])]
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
@@ -111,7 +111,7 @@ def task_read(*, user: User, run_uuid: str, number: int) -> dict[str, Any] | Non
     sql = (f"SELECT t.id, t.task, t.percent_completed, t.status FROM {Task._meta.db_table} t "
            f"JOIN {Run._meta.db_table} r ON r.id = t.run_id WHERE r.uuid = %s AND t.task = %s{owned}")
     params: list[Any] = [run_uuid, number, *([] if user.is_admin else [user.pk])]
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:

@@ -13,6 +13,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from coordinator.db import prepared_cursor
 from coordinator.models import User
 from farm.conf import lease_seconds, progress_interval
 from farm.errors import LeaseLostError, TaskNotFoundError, WorkerExistsError
@@ -291,11 +292,14 @@ def _claim_pg(*, run_uuid: str, worker_uuid: str, owner_id: int | None, limit: i
     """`_claim_existing` then `_claim_fresh` for what it did not find, with the run and the worker
     looked up by uuid (and owner, unless None), in one PostgreSQL statement: one round trip per
     hand-out, `last_seen` included. Each part locks as it does alone: candidate task rows with SKIP
-    LOCKED, then the run row (only when fresh numbers are needed and left), always in that order."""
-    cutoff = _dt(now - timedelta(seconds=lease_seconds()))
-    claimable = "(t.status = %(waiting)s OR (t.status = %(computing)s AND t.updated < %(cutoff)s))"
+    LOCKED, then the run row (only when fresh numbers are needed and left), always in that order.
+
+    Waiting rows and rows whose lease expired are looked for apart, each by an index range of
+    (run, status, …) that holds only such rows: one condition with OR between them would let the
+    planner read every row of the run (finished ones too), a cost growing with the run's progress."""
     owned = "" if owner_id is None else " AND owner_id = %(owner)s"
     columns = "run_id, task, status, percent_completed, worker_id, started, updated"
+    claimable = "(status = %(waiting)s OR (status = %(computing)s AND updated < %(cutoff)s))"
     sql = (
         f"WITH run_ AS (SELECT id FROM {RUN} WHERE uuid = %(run_uuid)s{owned}), "
         f"wk AS (SELECT id FROM {Worker._meta.db_table} WHERE uuid = %(worker_uuid)s{owned}), "
@@ -303,27 +307,34 @@ def _claim_pg(*, run_uuid: str, worker_uuid: str, owner_id: int | None, limit: i
         # CTE runs whether or not it is read).
         f"seen AS (UPDATE {Worker._meta.db_table} SET last_seen = %(now)s WHERE id = (SELECT id FROM wk) "
         f"AND last_seen < %(stale)s RETURNING id), "
+        f"waiting AS (SELECT t.id, t.task FROM {TASK} t, run_, wk WHERE t.run_id = run_.id "
+        f"AND t.status = %(waiting)s ORDER BY t.task LIMIT %(limit)s FOR UPDATE OF t SKIP LOCKED), "
+        f"lapsed AS (SELECT t.id, t.task FROM {TASK} t, run_, wk WHERE t.run_id = run_.id "
+        f"AND t.status = %(computing)s AND t.updated < %(cutoff)s ORDER BY t.task LIMIT %(limit)s "
+        f"FOR UPDATE OF t SKIP LOCKED), "
+        f"pick AS (SELECT id FROM (SELECT id, task FROM waiting UNION ALL SELECT id, task FROM lapsed) c "
+        f"ORDER BY task LIMIT %(limit)s), "
         f"ex AS (UPDATE {TASK} SET status = %(computing)s, worker_id = (SELECT id FROM wk), started = %(now)s, "
-        f"updated = %(now)s WHERE id IN (SELECT t.id FROM {TASK} t, run_, wk WHERE t.run_id = run_.id "
-        f"AND {claimable} ORDER BY t.task LIMIT %(limit)s FOR UPDATE OF t SKIP LOCKED) "
-        f"AND {claimable.replace('t.', '')} RETURNING id, task, percent_completed, status), "
-        f"want AS (SELECT %(limit)s - (SELECT count(*) FROM ex) AS n, wk.id AS worker_id FROM wk), "
+        f"updated = %(now)s WHERE id IN (SELECT id FROM pick) AND {claimable} "
+        f"RETURNING id, task, percent_completed, status), "
+        f"want AS (SELECT %(limit)s::bigint - (SELECT count(*) FROM ex) AS n, wk.id AS worker_id FROM wk), "
         f"old AS (SELECT f.id, f.next_task FROM {RUN} f, run_, want WHERE f.id = run_.id AND want.n > 0 "
         f"AND f.next_task < f.num_tasks FOR UPDATE OF f), "
         f"taken AS (UPDATE {RUN} f SET next_task = LEAST(f.next_task + want.n, f.num_tasks) FROM old, want "
         f"WHERE f.id = old.id RETURNING f.id AS run_id, want.worker_id, old.next_task AS lo, f.next_task AS hi), "
         f"ins AS (INSERT INTO {TASK} ({columns}) SELECT taken.run_id, g, %(computing)s, 0.0, taken.worker_id, "
         f"%(now)s, %(now)s FROM taken, generate_series(taken.lo, taken.hi - 1) AS g ON CONFLICT DO NOTHING "
-        f"RETURNING id, task) "
+        f"RETURNING id, task, status) "
         f"SELECT 0, id, task, percent_completed, status FROM ex "
-        f"UNION ALL SELECT 0, id, task, 0.0::float8, %(computing)s FROM ins "
+        f"UNION ALL SELECT 0, id, task, 0.0::float8, status FROM ins "
         f"UNION ALL SELECT 1, hi - lo, NULL, NULL, NULL FROM taken "
         f"UNION ALL SELECT 2, run_.id, wk.id, NULL, NULL FROM run_, wk"
     )
-    params = {"waiting": Task.Status.WAITING.value, "computing": Task.Status.COMPUTING.value, "cutoff": cutoff,
-              "now": _dt(now), "stale": _dt(now - timedelta(seconds=LAST_SEEN_RESOLUTION)), "run_uuid": run_uuid,
+    params = {"waiting": Task.Status.WAITING.value, "computing": Task.Status.COMPUTING.value,
+              "cutoff": _dt(now - timedelta(seconds=lease_seconds())), "now": _dt(now),
+              "stale": _dt(now - timedelta(seconds=LAST_SEEN_RESOLUTION)), "run_uuid": run_uuid,
               "worker_uuid": worker_uuid, "owner": owner_id, "limit": limit}
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     tasks = [ClaimedTask(int(r[1]), int(r[2]), float(r[3]), str(r[4])) for r in rows if r[0] == 0]
@@ -449,7 +460,7 @@ def task_update_held(*, user: User, run_uuid: str, number: int, change: TaskChan
            f"AND worker_id = (SELECT id FROM {Worker._meta.db_table} WHERE uuid = %s) "
            f"RETURNING run_id, worker_id, status, percent_completed, {_numbers_left(finishing)}")
     params += [run_uuid, *([] if user.is_admin else [user.pk]), number, Task.Status.COMPUTING.value, worker_uuid]
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
@@ -508,7 +519,7 @@ def tasks_complete(*, run: Run, worker: Worker, numbers: list[int]) -> list[int]
     sql = (f"UPDATE {TASK} SET status = %s, percent_completed = 100.0, updated = %s "
            f"WHERE run_id = %s AND worker_id = %s AND status = %s AND {among} RETURNING task, {_numbers_left(True)}")
     listed: Any = numbers if connection.vendor == "postgresql" else json.dumps(numbers)
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, [Task.Status.DONE.value, _dt(now), run.pk, worker.pk, Task.Status.COMPUTING.value, listed])
         rows = cursor.fetchall()
     done = sorted(row[0] for row in rows)
