@@ -275,6 +275,34 @@ def test_claim_cost_does_not_grow_with_run_size_or_finished_tasks(api: APIClient
     assert counts[0] == counts[1]
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="reads PostgreSQL's per-transaction table statistics")
+def test_claim_reads_no_finished_rows(api: APIClient, settings: Any) -> None:
+    """Rows the claim statement reads from the task table (index or heap) do not grow with the
+    number of tasks already done: those rows are never looked at."""
+    settings.FARM_PROGRESS_INTERVAL = 3600
+    new_worker(api, "w")
+    run = new_run(api, 100_000)
+
+    def rows_read() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
+                           "FROM pg_stat_xact_user_tables WHERE relname = 'farm_task'")
+            return int(cursor.fetchone()[0])
+
+    def read_by_one_claim() -> int:
+        before = rows_read()
+        assert claim(api, run, "w").status_code == 201
+        return rows_read() - before
+
+    first = read_by_one_claim()
+    for _ in range(10):
+        numbers = [t["task"] for t in api.post(f"/api/runs/{run}/tasks/claim", {"worker_uuid": "w", "count": 1000},
+                                               format="json").json()["tasks"]]
+        api.post(f"/api/runs/{run}/tasks/done", {"worker_uuid": "w", "tasks": numbers}, format="json")
+    assert Task.objects.filter(status=Task.Status.DONE).count() == 10_000
+    assert read_by_one_claim() == first < 10
+
+
 def test_expire_leases_command_returns_silent_tasks_to_waiting(api: APIClient, settings: Any) -> None:
     from io import StringIO
 
