@@ -6,6 +6,7 @@ client and the seed's test suite expect; error bodies are our envelope.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from drf_spectacular.openapi import AutoSchema
@@ -21,6 +22,7 @@ from coordinator.api.views import ErrorEnvelopeSerializer
 from coordinator.models import User
 from farm import selectors, services
 from farm.api.fields import (
+    WORKER_UUID_PATTERN,
     HostnameField,
     StrictFloatField,
     StrictIntegerField,
@@ -215,6 +217,22 @@ class WorkerInputSerializer(serializers.Serializer):
     worker_uuid = WorkerUuidField()
 
 
+_WORKER_UUID = re.compile(WORKER_UUID_PATTERN)
+
+
+def _worker_uuid_of(body: Any) -> str:
+    """The claim body's worker uuid. A well-formed one is taken as it is: this runs on every hand-out,
+    and building and running a serializer cost more Python than the claim itself. Anything else goes
+    through the serializer, for its error details."""
+    if isinstance(body, dict):
+        value = body.get("worker_uuid")
+        if type(value) is str and _WORKER_UUID.fullmatch(value):
+            return value
+    data = WorkerInputSerializer(data=body)
+    data.is_valid(raise_exception=True)
+    return str(data.validated_data["worker_uuid"])
+
+
 class RunTaskClaimApi(FarmApi):
     """Hand the next task to a worker: 201 with the task, 204 (empty) when none is left."""
 
@@ -222,13 +240,11 @@ class RunTaskClaimApi(FarmApi):
                    responses={201: TaskOutputSerializer, 204: NO_CONTENT, 404: E, **BODY_ERRORS, **AUTH_ERRORS},
                    tags=["farm"])
     def post(self, request: Request, uuid: str) -> Response:
-        data = WorkerInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        tasks = _claim(request, uuid, data.validated_data["worker_uuid"], 1)
+        worker_uuid = _worker_uuid_of(request.data)
+        tasks = _claim(request, uuid, worker_uuid, 1)
         if not tasks:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return _remember_worker(Response(_task_data(tasks[0]), status=status.HTTP_201_CREATED),
-                                data.validated_data["worker_uuid"])
+        return _remember_worker(Response(_task_data(tasks[0]), status=status.HTTP_201_CREATED), worker_uuid)
 
 
 class RequiredBodySchema(AutoSchema):
@@ -239,6 +255,24 @@ class RequiredBodySchema(AutoSchema):
         if body is not None:
             body["required"] = True
         return body
+
+
+_PUT_KEYS = frozenset(("percentCompleted", "status"))
+_STATUSES = frozenset(Task.Status.values)
+
+
+def _plain_change(body: Any) -> services.TaskChange | None:
+    """A well-formed PUT body as a change, checked without a serializer (every worker update runs
+    this); None for anything else, which the serializer then explains."""
+    if not isinstance(body, dict) or not body or not body.keys() <= _PUT_KEYS:
+        return None
+    percent, state = body.get("percentCompleted"), body.get("status")
+    if "percentCompleted" in body and not (isinstance(percent, int | float) and type(percent) is not bool
+                                           and 0 <= percent <= 100):
+        return None
+    if "status" in body and not (type(state) is str and state in _STATUSES):
+        return None
+    return services.TaskChange(percent_completed=None if percent is None else float(percent), status=state)
 
 
 class TaskDetailApi(FarmApi):
@@ -278,18 +312,10 @@ class TaskDetailApi(FarmApi):
     )
     def put(self, request: Request, uuid: str, n: int) -> Response:
         body = request.data
-        if not isinstance(body, dict) or not body:
-            raise EmptyUpdateError()
-        unknown = sorted(set(body) - {"percentCompleted", "status"})
-        if unknown:
-            raise EmptyUpdateError(f"Unknown keys: {', '.join(unknown)}.", code="unknown_key",
-                                   extra={"fields": {key: ["Unknown key."] for key in unknown}})
-        data = self.InputSerializer(data=body)
-        data.is_valid(raise_exception=True)
+        change = _plain_change(body)
+        if change is None:
+            change = self._validated_change(body)
         user = _user(request)
-        change = services.TaskChange(
-            percent_completed=data.validated_data.get("percentCompleted"), status=data.validated_data.get("status")
-        )
         worker_uuid = _worker_uuid_from(request)
         # The worker holding the task updates it: one guarded UPDATE. Anything else (lazy creation,
         # 404, 409 for a lease lost, a PUT without a worker cookie) takes the full path.
@@ -300,6 +326,19 @@ class TaskDetailApi(FarmApi):
         run = selectors.run_get(user=user, uuid=uuid)
         services.task_update(run=run, number=n, change=change, worker_uuid=worker_uuid)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def _validated_change(self, body: Any) -> services.TaskChange:
+        if not isinstance(body, dict) or not body:
+            raise EmptyUpdateError()
+        unknown = sorted(set(body) - _PUT_KEYS)
+        if unknown:
+            raise EmptyUpdateError(f"Unknown keys: {', '.join(unknown)}.", code="unknown_key",
+                                   extra={"fields": {key: ["Unknown key."] for key in unknown}})
+        data = self.InputSerializer(data=body)
+        data.is_valid(raise_exception=True)
+        return services.TaskChange(
+            percent_completed=data.validated_data.get("percentCompleted"), status=data.validated_data.get("status")
+        )
 
 
 class WorkerCreateApi(FarmApi):

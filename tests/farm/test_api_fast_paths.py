@@ -1,0 +1,68 @@
+"""The hand-out and update bodies are checked without a serializer when well formed; whatever
+that shortcut accepts, the serializer accepts with the same result, and what it leaves, the
+serializer decides (its error details)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rest_framework.exceptions import ValidationError
+
+from farm.api.views import TaskDetailApi, WorkerInputSerializer, _plain_change, _worker_uuid_of
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(10**20), max_value=10**20),
+    st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(["waiting", "computing", "done", "Done", ""]),
+    st.text(max_size=70),
+)
+json_values = st.one_of(json_scalars, st.lists(json_scalars, max_size=2), st.dictionaries(st.text(max_size=3),
+                                                                                          json_scalars, max_size=2))
+put_bodies = st.one_of(
+    st.dictionaries(st.sampled_from(["percentCompleted", "status", "other"]), json_values, max_size=3),
+    st.fixed_dictionaries({}, optional={"percentCompleted": st.floats(0, 100) | st.integers(0, 100),
+                                        "status": st.sampled_from(["waiting", "computing", "done"])}),
+    json_values,
+)
+worker_bodies = st.one_of(
+    st.fixed_dictionaries({"worker_uuid": st.one_of(st.text(max_size=70), st.from_regex(r"[A-Za-z0-9._~:@+\-]{1,64}",
+                                                                                           fullmatch=True),
+                                                    json_scalars)}),
+    json_values,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(put_bodies)
+def test_put_shortcut_agrees_with_the_serializer(body: Any) -> None:
+    change = _plain_change(body)
+    if change is None:
+        return
+    serializer = TaskDetailApi.InputSerializer(data=body)
+    assert serializer.is_valid(), serializer.errors
+    assert change.percent_completed == serializer.validated_data.get("percentCompleted")
+    assert change.status == serializer.validated_data.get("status")
+
+
+@settings(max_examples=400, deadline=None)
+@given(worker_bodies)
+def test_claim_shortcut_agrees_with_the_serializer(body: Any) -> None:
+    serializer = WorkerInputSerializer(data=body)
+    if serializer.is_valid():
+        assert _worker_uuid_of(body) == serializer.validated_data["worker_uuid"]
+    else:
+        with pytest.raises(ValidationError):
+            _worker_uuid_of(body)
+
+
+def test_the_shortcuts_take_the_bodies_the_client_sends() -> None:
+    assert _plain_change({"percentCompleted": 100}) is not None
+    assert _plain_change({"status": "done"}) is not None
+    assert _worker_uuid_of({"worker_uuid": "0f5e0c0a3c1b11efa7a1c8d9d2a8a7b1"}) == "0f5e0c0a3c1b11efa7a1c8d9d2a8a7b1"
+    assert _plain_change({"percentCompleted": 101}) is None
+    assert _plain_change({"percentCompleted": True}) is None
+    assert _plain_change({"status": "finished"}) is None
+    assert _plain_change({"status": "done", "extra": 1}) is None
+    assert _plain_change({}) is None
