@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import psutil
 import requests
 
 from bench.report import write_section
@@ -70,6 +71,14 @@ class Result:
     done: int | None = None
     note: str = ""
     rounds: list[float] = field(default_factory=list)
+    # CPU seconds spent while the scenario ran: the client processes, the server's processes
+    # (gunicorn master and workers) and the database's backends serving it (PostgreSQL only).
+    cpu_client: float = 0.0
+    cpu_server: float = 0.0
+    cpu_database: float = 0.0
+
+    def cpu_ms_per_task(self, seconds: float) -> float:
+        return 1000 * seconds / self.claimed if self.claimed else float("nan")
 
     @property
     def rate(self) -> float:
@@ -96,6 +105,51 @@ def pg_database(name: str) -> Iterator[str]:
         pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# --- CPU accounting -------------------------------------------------------------------------
+
+# Base URL of each running server -> its gunicorn master's pid, and its PostgreSQL database's name.
+SERVER_PIDS: dict[str, int] = {}
+SERVER_DATABASES: dict[str, str] = {}
+
+
+def pg_name(database_url: str) -> str | None:
+    return urlparse(database_url).path.lstrip("/") if database_url.startswith("postgres") else None
+
+
+def _cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+        return float(times.user + times.system)
+    except psutil.Error:
+        return 0.0
+
+
+def server_cpu(url: str) -> float:
+    """CPU seconds so far of the gunicorn master and workers behind `url` (workers live as long as
+    the server, so differences of two readings are what they spent in between)."""
+    pid = next((p for base, p in SERVER_PIDS.items() if url.startswith(base)), None)
+    if pid is None:
+        return 0.0
+    try:
+        master = psutil.Process(pid)
+        return _cpu(master) + sum(_cpu(child) for child in master.children(recursive=True))
+    except psutil.Error:
+        return 0.0
+
+
+def database_cpu(url: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to the database behind `url` (by pid)."""
+    database = next((name for base, name in SERVER_DATABASES.items() if url.startswith(base)), None)
+    if not database:
+        return {}
+    found: dict[int, float] = {}
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if cmdline.startswith("postgres: ") and f" {database} " in cmdline:
+            found[process.pid] = _cpu(process)
+    return found
+
+
 # --- servers --------------------------------------------------------------------------------
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -120,7 +174,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(argv: list[str], env: dict[str, str], cwd: Path, log: Path, probe: str) -> Iterator[str]:
+def gunicorn(argv: list[str], env: dict[str, str], cwd: Path, log: Path, probe: str,
+             database: str | None = None) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [*argv, "--bind", f"127.0.0.1:{port}", "--workers", str(SERVER_WORKERS), "--access-logfile", str(log),
@@ -128,10 +183,15 @@ def gunicorn(argv: list[str], env: dict[str, str], cwd: Path, log: Path, probe: 
         cwd=cwd, env=env, stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
+    SERVER_PIDS[base] = proc.pid
+    if database:
+        SERVER_DATABASES[base] = database
     try:
         wait_http(base + probe, proc)
         yield base
     finally:
+        SERVER_PIDS.pop(base, None)
+        SERVER_DATABASES.pop(base, None)
         proc.terminate()
         try:
             proc.wait(timeout=20)
@@ -153,7 +213,8 @@ def our_server(database_url: str, log: Path) -> Iterator[str]:
     subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     subprocess.run([PY, "manage.py", "createuser", USER, "--password", PASSWORD], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)
-    with gunicorn([str(BIN / "gunicorn"), "coordinator.wsgi:application"], env, ROOT, log, "/healthz") as base:
+    with gunicorn([str(BIN / "gunicorn"), "coordinator.wsgi:application"], env, ROOT, log, "/healthz",
+                  pg_name(database_url)) as base:
         yield base + "/api/"
 
 
@@ -188,15 +249,26 @@ def reference_server(database_url: str, log: Path) -> Iterator[str]:
     env = {"PATH": os.environ.get("PATH", ""), "DATABASE_URL": sa_url, "SECRET_KEY": SECRET}
     subprocess.run([str(py), "-c", REF_INIT.format(user=REF_USER, password=PASSWORD)], env=env, check=True,
                    cwd=tempfile.gettempdir())
-    with gunicorn([str(py.parent / "gunicorn"), "taskfarm:app"], env, Path(tempfile.gettempdir()), log, "/") as base:
+    with gunicorn([str(py.parent / "gunicorn"), "taskfarm:app"], env, Path(tempfile.gettempdir()), log, "/",
+                  pg_name(database_url)) as base:
         yield base + "/api/"
 
 
 # --- clients --------------------------------------------------------------------------------
 
+@dataclass
+class Driven:
+    results: list[dict[str, Any]]  # one JSON result per client process
+    seconds: float
+    note: str
+    cpu_server: float
+    cpu_database: float
+
+
 def drive(mode: str, url: str, user: str, targets: list[str], extra: list[str], timeout: float,
-          workdir: Path) -> tuple[list[dict[str, Any]], float, str]:
-    """Start the client processes, release them together, collect their JSON results."""
+          workdir: Path) -> Driven:
+    """Start the client processes, release them together, collect their JSON results and the CPU the
+    server and its database spent meanwhile."""
     go = workdir / f"go-{mode}-{time.monotonic_ns()}"
     procs = [
         subprocess.Popen([PY, "-m", "bench.farm_client", mode, url, user, PASSWORD, target, str(go), *extra],
@@ -211,6 +283,7 @@ def drive(mode: str, url: str, user: str, targets: list[str], extra: list[str], 
         if line != "ready":
             proc.wait()
             raise RuntimeError(f"client did not start: {line} {proc.stderr.read() if proc.stderr else ''}")
+    server_before, database_before = server_cpu(url), database_cpu(url)
     go.touch()
     released = time.time()
     results: list[dict[str, Any]] = []
@@ -225,9 +298,12 @@ def drive(mode: str, url: str, user: str, targets: list[str], extra: list[str], 
         lines = [ln for ln in out.splitlines() if ln.startswith("{")]
         if lines:
             results.append(json.loads(lines[-1]))
+    server_spent = server_cpu(url) - server_before
+    database_after = database_cpu(url)
+    database_spent = sum(seconds - database_before.get(pid, 0.0) for pid, seconds in database_after.items())
     go.unlink(missing_ok=True)
     end = max((r["end"] for r in results), default=time.time())
-    return results, end - released, note
+    return Driven(results, end - released, note, server_spent, database_spent)
 
 
 def http_errors(log: Path) -> tuple[int, int]:
@@ -252,26 +328,29 @@ def create_run(url: str, user: str, n: int) -> str:
     return str(TaskFarm(user, PASSWORD, numTasks=n, url_base=url).uuid)
 
 
-def summarise(name: str, n: int, results: list[dict[str, Any]], seconds: float, log: Path, note: str,
-              done: int | None) -> Result:
+def summarise(name: str, n: int, driven: Driven, log: Path, done: int | None) -> Result:
+    results, note = driven.results, driven.note
     claims = Counter(t for r in results for t in r["tasks"])
     errors4, errors5 = http_errors(log)
-    result = Result(name=name, tasks=n, seconds=seconds, claimed=sum(r["count"] for r in results),
+    result = Result(name=name, tasks=n, seconds=driven.seconds, claimed=sum(r["count"] for r in results),
                     duplicates=sum(c - 1 for c in claims.values()),
                     client_errors=[e for r in results for e in r["errors"]], http_errors=errors4,
-                    server_5xx=errors5, done=done, note=note)
+                    server_5xx=errors5, done=done, note=note, cpu_client=sum(r.get("cpu", 0.0) for r in results),
+                    cpu_server=driven.cpu_server, cpu_database=driven.cpu_database)
     if len(results) < len(results) or not results:
         result.note = (result.note + "; no client finished").strip("; ")
+    cpu = "/".join(f"{result.cpu_ms_per_task(x):.2f}" for x in (result.cpu_client, result.cpu_server,
+                                                                   result.cpu_database))
     print(f"{name:28s} {result.rate:9.1f} tasks/s  claimed={result.claimed} dup={result.duplicates} "
-          f"http>=400={errors4} 5xx={errors5} client_errors={len(result.client_errors)} done={done} {note}",
-          flush=True)
+          f"http>=400={errors4} 5xx={errors5} client_errors={len(result.client_errors)} done={done} "
+          f"cpu ms/task client/server/db={cpu} {note}", flush=True)
     return result
 
 
 def farm_scenario(name: str, url: str, user: str, n: int, timeout: float, workdir: Path, log: Path) -> Result:
     run = create_run(url, user, n)
-    results, seconds, note = drive("worker", url, user, [run] * WORKERS, [], timeout, workdir)
-    return summarise(name, n, results, seconds, log, note, done_count(url, user, run))
+    driven = drive("worker", url, user, [run] * WORKERS, [], timeout, workdir)
+    return summarise(name, n, driven, log, done_count(url, user, run))
 
 
 def merge(name: str, parts: list[Result]) -> Result:
@@ -285,6 +364,9 @@ def merge(name: str, parts: list[Result]) -> Result:
     dones = [p.done for p in parts if p.done is not None]
     total.done = sum(dones) if dones else None
     total.note = "; ".join(sorted({p.note for p in parts if p.note}))
+    total.cpu_client = sum(p.cpu_client for p in parts)
+    total.cpu_server = sum(p.cpu_server for p in parts)
+    total.cpu_database = sum(p.cpu_database for p in parts)
     rates = [p.rate for p in parts if p.rate == p.rate]
     median_rate = statistics.median(rates) if rates else float("nan")
     total.seconds = total.claimed / median_rate if median_rate else float("nan")
@@ -338,18 +420,16 @@ def main() -> None:
                     url, user, log = servers["ours-pg" if key == "floor" else key]
                     log.write_text("")
                     if key == "floor":
-                        floor, seconds, note = drive("floor", url, user, [str(per_round // WORKERS)] * WORKERS, [],
-                                                     timeout, workdir)
-                        parts[key].append(summarise(SCENARIOS[key], per_round, floor, seconds, log, note, None))
+                        floor = drive("floor", url, user, [str(per_round // WORKERS)] * WORKERS, [], timeout, workdir)
+                        parts[key].append(summarise(SCENARIOS[key], per_round, floor, log, None))
                     else:
                         parts[key].append(farm_scenario(SCENARIOS[key], url, user, per_round, timeout, workdir, log))
             if "batch" in only:
                 url, user, log = servers["ours-pg"]
                 log.write_text("")
                 run = create_run(url, user, n_batch)
-                batch, seconds, note = drive("batch", url, user, [run] * WORKERS, ["100"], timeout, workdir)
-                parts["batch"].append(summarise(SCENARIOS["batch"], n_batch, batch, seconds, log, note,
-                                                done_count(url, user, run)))
+                batch = drive("batch", url, user, [run] * WORKERS, ["100"], timeout, workdir)
+                parts["batch"].append(summarise(SCENARIOS["batch"], n_batch, batch, log, done_count(url, user, run)))
         if "ref-sqlite" in only:
             log = workdir / "ref-sqlite.log"
             with reference_server(f"sqlite:///{workdir / 'ref.sqlite3'}", log) as url:
@@ -398,8 +478,36 @@ def report(results: list[Result], n: int, rounds: int, n_batch: int, quick: bool
         f"* ours on PostgreSQL / floor: **{100 * ours.rate / floor.rate:.0f}%** (target ≥ 65%); "
         f"ours on SQLite / floor: **{100 * ours_sqlite.rate / floor.rate:.0f}%**",
         f"* batch path: **{batch.rate:.0f} tasks/s** (target ≥ 10,000)",
+        "",
+        *cpu_table(results, ref),
     ]
     return "\n".join(lines)
+
+
+def cpu_table(results: list[Result], ref: Result) -> list[str]:
+    """Where each task's CPU went (every round summed, divided by the tasks claimed), and what that
+    allows on this machine's cores when CPU is the limit."""
+    cores = os.cpu_count() or 1
+    rows = [
+        f"CPU per task in milliseconds (all rounds; clients = the 8 client processes, server = gunicorn master and "
+        f"workers, database = the PostgreSQL backends serving that server). This machine has {cores} cores, so "
+        f"with every process busy a scenario cannot pass {cores} * 1000 / total tasks/s.",
+        "",
+        "| scenario | clients | server | database | total | CPU-bound ceiling (tasks/s) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        parts = [r.cpu_ms_per_task(x) for x in (r.cpu_client, r.cpu_server, r.cpu_database)]
+        total = sum(parts)
+        rows.append(f"| {r.name} | {parts[0]:.2f} | {parts[1]:.2f} | {parts[2]:.2f} | {total:.2f} | "
+                    f"{cores * 1000 / total if total else float('nan'):.0f} |")
+    client_ms = ref.cpu_ms_per_task(ref.cpu_client)
+    if ref.rate == ref.rate and ref.rate > 0 and client_ms == client_ms:
+        budget = cores * 1000 / (3 * ref.rate)
+        rows += ["", f"* 3 times the reference is {3 * ref.rate:.0f} tasks/s: at most {budget:.2f} ms of CPU per task for "
+                 f"clients, server and database together, of which the unchanged client loop alone takes about "
+                 f"{client_ms:.2f} ms."]
+    return rows
 
 
 if __name__ == "__main__":

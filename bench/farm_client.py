@@ -6,13 +6,14 @@ Modes (argv[1]):
   batch  URL USER PW RUN GO K claim K tasks and complete them, one request each, until none is left
 
 Each process prints `ready` once set up, waits until the file GO exists, works, then prints one
-JSON line: {"tasks": [...], "count": n, "errors": [...], "start": t0, "end": t1}.
+JSON line: {"tasks": [...], "count": n, "errors": [...], "start": t0, "end": t1, "cpu": seconds}.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 import sys
 import time
@@ -29,7 +30,17 @@ def wait_for(go: str) -> float:
     print("ready", flush=True)
     while not os.path.exists(go):
         time.sleep(0.005)
+    global _cpu_at_start
+    _cpu_at_start = cpu_seconds()
     return time.time()
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+_cpu_at_start = 0.0
 
 
 def session_like_client(url: str) -> requests.Session:
@@ -109,6 +120,7 @@ def main() -> None:
         result = run_floor(url, user, password, int(target), go)
     else:
         result = run_batch(url, user, password, target, go, int(sys.argv[7]))
+    result["cpu"] = cpu_seconds() - _cpu_at_start  # this process's CPU while it worked
     print(json.dumps(result), flush=True)
 
 
