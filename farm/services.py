@@ -184,6 +184,9 @@ def _claimable(cutoff: datetime) -> Q:
 
 TASK = Task._meta.db_table
 RUN = Run._meta.db_table
+# Statuses written into SQL as literals where a partial index's condition must be seen in the
+# statement itself (a parameter would hide it from a prepared plan). Constants, never input.
+WAITING, COMPUTING = (f"'{status.value}'" for status in (Task.Status.WAITING, Task.Status.COMPUTING))
 
 
 @dataclass(frozen=True)
@@ -203,25 +206,26 @@ def _dt(value: datetime) -> Any:
 
 def _claim_existing(run: Run, worker: Worker, limit: int, now: datetime) -> list[ClaimedTask]:
     """Claim up to `limit` existing rows (waiting, or lease expired), lowest numbers first, in one
-    UPDATE … RETURNING.
+    UPDATE … RETURNING (SQLite; PostgreSQL does this inside `_claim_pg`).
 
-    On PostgreSQL the candidate rows are locked with SKIP LOCKED, so concurrent claimers each take
-    different rows without waiting for each other; everywhere the UPDATE repeats the condition it
-    selected on, so a row another claimer took in between is not taken again (SQLite writes one
-    statement at a time anyway). One statement: atomic without a transaction around it.
+    The UPDATE repeats the condition it selected on, so a row another claimer took in between is not
+    taken again (SQLite writes one statement at a time anyway). One statement: atomic without a
+    transaction around it.
     """
     cutoff = _dt(now - timedelta(seconds=lease_seconds()))
-    lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
-    claimable = "(status = %s OR (status = %s AND updated < %s))"
-    waiting, computing = Task.Status.WAITING.value, Task.Status.COMPUTING.value
+    claimable = f"(status = {WAITING} OR (status = {COMPUTING} AND updated < %s))"
+    # Each part by its own partial index (`farm_task_waiting`, `farm_task_computing`).
+    candidates = (f"SELECT id FROM (SELECT id, task FROM (SELECT id, task FROM {TASK} WHERE run_id = %s "
+                  f"AND status = {WAITING} ORDER BY task LIMIT %s) UNION ALL SELECT id, task FROM (SELECT id, task "
+                  f"FROM {TASK} WHERE run_id = %s AND status = {COMPUTING} AND updated < %s ORDER BY task LIMIT %s)) "
+                  f"ORDER BY task LIMIT %s")
     sql = (
         f"UPDATE {TASK} SET status = %s, worker_id = %s, started = %s, updated = %s "
-        f"WHERE id IN (SELECT id FROM {TASK} WHERE run_id = %s AND {claimable} ORDER BY task LIMIT %s{lock}) "
-        f"AND {claimable} RETURNING id, task, percent_completed, status"
+        f"WHERE id IN ({candidates}) AND {claimable} RETURNING id, task, percent_completed, status"
     )
     stamp = _dt(now)
-    params = [computing, worker.pk, stamp, stamp, run.pk, waiting, computing, cutoff, limit,
-              waiting, computing, cutoff]
+    params = [Task.Status.COMPUTING.value, worker.pk, stamp, stamp, run.pk, limit, run.pk, cutoff, limit, limit,
+              cutoff]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [ClaimedTask(*row) for row in cursor.fetchall()]
@@ -299,7 +303,7 @@ def _claim_pg(*, run_uuid: str, worker_uuid: str, owner_id: int | None, limit: i
     planner read every row of the run (finished ones too), a cost growing with the run's progress."""
     owned = "" if owner_id is None else " AND owner_id = %(owner)s"
     columns = "run_id, task, status, percent_completed, worker_id, started, updated"
-    claimable = "(status = %(waiting)s OR (status = %(computing)s AND updated < %(cutoff)s))"
+    claimable = f"(status = {WAITING} OR (status = {COMPUTING} AND updated < %(cutoff)s))"
     sql = (
         f"WITH run_ AS (SELECT id FROM {RUN} WHERE uuid = %(run_uuid)s{owned}), "
         f"wk AS (SELECT id FROM {Worker._meta.db_table} WHERE uuid = %(worker_uuid)s{owned}), "
@@ -308,9 +312,9 @@ def _claim_pg(*, run_uuid: str, worker_uuid: str, owner_id: int | None, limit: i
         f"seen AS (UPDATE {Worker._meta.db_table} SET last_seen = %(now)s WHERE id = (SELECT id FROM wk) "
         f"AND last_seen < %(stale)s RETURNING id), "
         f"waiting AS (SELECT t.id, t.task FROM {TASK} t, run_, wk WHERE t.run_id = run_.id "
-        f"AND t.status = %(waiting)s ORDER BY t.task LIMIT %(limit)s FOR UPDATE OF t SKIP LOCKED), "
+        f"AND t.status = {WAITING} ORDER BY t.task LIMIT %(limit)s FOR UPDATE OF t SKIP LOCKED), "
         f"lapsed AS (SELECT t.id, t.task FROM {TASK} t, run_, wk WHERE t.run_id = run_.id "
-        f"AND t.status = %(computing)s AND t.updated < %(cutoff)s ORDER BY t.task LIMIT %(limit)s "
+        f"AND t.status = {COMPUTING} AND t.updated < %(cutoff)s ORDER BY t.task LIMIT %(limit)s "
         f"FOR UPDATE OF t SKIP LOCKED), "
         f"pick AS (SELECT id FROM (SELECT id, task FROM waiting UNION ALL SELECT id, task FROM lapsed) c "
         f"ORDER BY task LIMIT %(limit)s), "
@@ -330,7 +334,7 @@ def _claim_pg(*, run_uuid: str, worker_uuid: str, owner_id: int | None, limit: i
         f"UNION ALL SELECT 1, hi - lo, NULL, NULL, NULL FROM taken "
         f"UNION ALL SELECT 2, run_.id, wk.id, NULL, NULL FROM run_, wk"
     )
-    params = {"waiting": Task.Status.WAITING.value, "computing": Task.Status.COMPUTING.value,
+    params = {"computing": Task.Status.COMPUTING.value,
               "cutoff": _dt(now - timedelta(seconds=lease_seconds())), "now": _dt(now),
               "stale": _dt(now - timedelta(seconds=LAST_SEEN_RESOLUTION)), "run_uuid": run_uuid,
               "worker_uuid": worker_uuid, "owner": owner_id, "limit": limit}
