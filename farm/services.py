@@ -460,7 +460,10 @@ def task_update_held(*, user: User, run_uuid: str, number: int, change: TaskChan
     owner = "" if user.is_admin else " AND owner_id = %s"
     finishing = change.status == Task.Status.DONE
     sql = (f"UPDATE {TASK} SET {', '.join(sets)} "
-           f"WHERE run_id = (SELECT id FROM {RUN} WHERE uuid = %s{owner}) AND task = %s AND status = %s "
+           # The row by the unique (run, task) index: the status check uses IS NOT DISTINCT FROM,
+           # which no partial index answers (see `tasks_complete`).
+           f"WHERE run_id = (SELECT id FROM {RUN} WHERE uuid = %s{owner}) AND task = %s "
+           f"AND status IS NOT DISTINCT FROM %s "
            f"AND worker_id = (SELECT id FROM {Worker._meta.db_table} WHERE uuid = %s) "
            f"RETURNING run_id, worker_id, status, percent_completed, {_numbers_left(finishing)}")
     params += [run_uuid, *([] if user.is_admin else [user.pk]), number, Task.Status.COMPUTING.value, worker_uuid]
@@ -516,15 +519,31 @@ def tasks_complete(*, run: Run, worker: Worker, numbers: list[int]) -> list[int]
     and the statement itself says which ones did."""
     numbers = sorted(set(numbers))
     now = timezone.now()
+    params: list[Any] = [Task.Status.DONE.value, _dt(now), run.pk, worker.pk, Task.Status.COMPUTING.value]
     if connection.vendor == "postgresql":
-        among = "task = ANY(%s)"
+        # Rows are reached only through the numbers given, each by the unique (run, task) index
+        # (OFFSET 0 keeps that lookup a query of its own). The checks on the row are written with
+        # IS NOT DISTINCT FROM, the same test as = here (never NULL) but one no index answers: else
+        # the planner may prefer scanning the worker's rows or the partial index of computing rows,
+        # which also holds entries of rows finished since the last vacuum. The run row is
+        # share-locked once, after every row was written (the aggregate reads the whole UPDATE
+        # first): the order a single-task PUT locks in (`_numbers_left`), so hand-out, which locks
+        # task rows and then the run row, can never deadlock with it.
+        sql = (f"WITH done AS (UPDATE {TASK} t SET status = %s, percent_completed = 100.0, updated = %s "
+               f"FROM (SELECT x.id FROM unnest(%s::bigint[]) AS n(task) CROSS JOIN LATERAL "
+               f"(SELECT id FROM {TASK} WHERE run_id = %s AND task = n.task OFFSET 0) x) m "
+               f"WHERE t.id = m.id AND t.worker_id IS NOT DISTINCT FROM %s AND t.status IS NOT DISTINCT FROM %s "
+               f"RETURNING t.task, t.run_id), "
+               f"left_ AS (SELECT next_task < num_tasks AS more FROM {RUN} "
+               f"WHERE id = (SELECT max(run_id) FROM done) FOR SHARE) "
+               f"SELECT done.task, left_.more FROM done LEFT JOIN left_ ON true")
+        params = [params[0], params[1], numbers, *params[2:]]
     else:  # one parameter whatever the count (SQLite limits the number of parameters)
-        among = "task IN (SELECT value FROM json_each(%s))"
-    sql = (f"UPDATE {TASK} SET status = %s, percent_completed = 100.0, updated = %s "
-           f"WHERE run_id = %s AND worker_id = %s AND status = %s AND {among} RETURNING task, {_numbers_left(True)}")
-    listed: Any = numbers if connection.vendor == "postgresql" else json.dumps(numbers)
+        sql = (f"UPDATE {TASK} SET status = %s, percent_completed = 100.0, updated = %s WHERE run_id = %s "
+               f"AND worker_id = %s AND status = %s AND task IN (SELECT value FROM json_each(%s)) RETURNING task, NULL")
+        params.append(json.dumps(numbers))
     with prepared_cursor() as cursor:
-        cursor.execute(sql, [Task.Status.DONE.value, _dt(now), run.pk, worker.pk, Task.Status.COMPUTING.value, listed])
+        cursor.execute(sql, params)
         rows = cursor.fetchall()
     done = sorted(row[0] for row in rows)
     _touch_worker(worker.pk, now, worker.last_seen)
