@@ -226,8 +226,8 @@ def _worker_uuid_of(body: Any) -> str:
     through the serializer, for its error details."""
     if isinstance(body, dict):
         value = body.get("worker_uuid")
-        if type(value) is str and _WORKER_UUID.fullmatch(value):
-            return value
+        if _well_formed_worker_uuid(value):
+            return str(value)
     data = WorkerInputSerializer(data=body)
     data.is_valid(raise_exception=True)
     return str(data.validated_data["worker_uuid"])
@@ -370,6 +370,30 @@ class TaskListOutputSerializer(serializers.Serializer):
     tasks = TaskOutputSerializer(many=True)
 
 
+def _well_formed_worker_uuid(value: Any) -> bool:
+    return type(value) is str and _WORKER_UUID.fullmatch(value) is not None
+
+
+def _batch_claim_input(body: Any) -> tuple[str, int] | None:
+    """(worker uuid, count) of a well-formed batch claim, checked without a serializer; None for
+    anything else, which the serializer then explains."""
+    if isinstance(body, dict):
+        worker_uuid, count = body.get("worker_uuid"), body.get("count")
+        if _well_formed_worker_uuid(worker_uuid) and type(count) is int and 1 <= count <= 100_000:
+            return str(worker_uuid), count
+    return None
+
+
+def _batch_done_input(body: Any) -> tuple[str, list[int]] | None:
+    """(worker uuid, numbers) of a well-formed batch completion, as `_batch_claim_input`."""
+    if isinstance(body, dict):
+        worker_uuid, numbers = body.get("worker_uuid"), body.get("tasks")
+        if _well_formed_worker_uuid(worker_uuid) and type(numbers) is list and len(numbers) <= 100_000 \
+                and all(type(n) is int and 0 <= n <= MAX_TASKS for n in numbers):
+            return str(worker_uuid), numbers
+    return None
+
+
 class TaskBatchClaimApi(FarmApi):
     """Batch hand-out for tiny tasks: claim up to `count` tasks in one request (200, maybe empty)."""
 
@@ -380,12 +404,14 @@ class TaskBatchClaimApi(FarmApi):
     @extend_schema(request=InputSerializer,
                    responses={200: TaskListOutputSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS}, tags=["farm"])
     def post(self, request: Request, uuid: str) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        limit = min(data.validated_data["count"], batch_max())
-        tasks = _claim(request, uuid, data.validated_data["worker_uuid"], limit)
-        return _remember_worker(Response({"tasks": [_task_data(task) for task in tasks]}),
-                                data.validated_data["worker_uuid"])
+        given = _batch_claim_input(request.data)
+        if given is None:
+            data = self.InputSerializer(data=request.data)
+            data.is_valid(raise_exception=True)
+            given = data.validated_data["worker_uuid"], data.validated_data["count"]
+        worker_uuid, count = given
+        tasks = _claim(request, uuid, worker_uuid, min(count, batch_max()))
+        return _remember_worker(Response({"tasks": [_task_data(task) for task in tasks]}), worker_uuid)
 
 
 class TaskBatchDoneApi(FarmApi):
@@ -404,11 +430,14 @@ class TaskBatchDoneApi(FarmApi):
     @extend_schema(request=InputSerializer, responses={200: OutputSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS},
                    tags=["farm"])
     def post(self, request: Request, uuid: str) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        worker, run = selectors.worker_and_run_get(user=_user(request), worker_uuid=data.validated_data["worker_uuid"],
-                                                   run_uuid=uuid)
-        numbers = sorted(set(data.validated_data["tasks"]))
+        given = _batch_done_input(request.data)
+        if given is None:
+            data = self.InputSerializer(data=request.data)
+            data.is_valid(raise_exception=True)
+            given = data.validated_data["worker_uuid"], data.validated_data["tasks"]
+        worker_uuid, listed = given
+        worker, run = selectors.worker_and_run_get(user=_user(request), worker_uuid=worker_uuid, run_uuid=uuid)
+        numbers = sorted(set(listed))
         done = services.tasks_complete(run=run, worker=worker, numbers=numbers)
         done_set = set(done)
         return Response({"done": done, "refused": [n for n in numbers if n not in done_set]})

@@ -11,7 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rest_framework.exceptions import ValidationError
 
-from farm.api.views import TaskDetailApi, WorkerInputSerializer, _plain_change, _worker_uuid_of
+from farm.api.views import (
+    TaskBatchClaimApi,
+    TaskBatchDoneApi,
+    TaskDetailApi,
+    WorkerInputSerializer,
+    _batch_claim_input,
+    _batch_done_input,
+    _plain_change,
+    _worker_uuid_of,
+)
 
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(10**20), max_value=10**20),
@@ -66,3 +75,44 @@ def test_the_shortcuts_take_the_bodies_the_client_sends() -> None:
     assert _plain_change({"status": "finished"}) is None
     assert _plain_change({"status": "done", "extra": 1}) is None
     assert _plain_change({}) is None
+
+
+numbers = st.lists(st.one_of(st.integers(min_value=-5, max_value=2**63), st.booleans(), st.floats(0, 10), st.none()),
+                   max_size=5)
+batch_claim_bodies = st.one_of(
+    st.fixed_dictionaries({"worker_uuid": worker_bodies.map(lambda body: body.get("worker_uuid")
+                                                            if isinstance(body, dict) else body),
+                           "count": st.one_of(st.integers(min_value=-3, max_value=100_003), json_scalars)}),
+    json_values,
+)
+batch_done_bodies = st.one_of(
+    st.fixed_dictionaries({"worker_uuid": st.sampled_from(["w", "w w", 7]), "tasks": st.one_of(numbers, json_values)}),
+    json_values,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(batch_claim_bodies)
+def test_batch_claim_shortcut_agrees_with_the_serializer(body: Any) -> None:
+    given_ = _batch_claim_input(body)
+    if given_ is not None:
+        serializer = TaskBatchClaimApi.InputSerializer(data=body)
+        assert serializer.is_valid(), serializer.errors
+        assert given_ == (serializer.validated_data["worker_uuid"], serializer.validated_data["count"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(batch_done_bodies)
+def test_batch_done_shortcut_agrees_with_the_serializer(body: Any) -> None:
+    given_ = _batch_done_input(body)
+    if given_ is not None:
+        serializer = TaskBatchDoneApi.InputSerializer(data=body)
+        assert serializer.is_valid(), serializer.errors
+        assert given_ == (serializer.validated_data["worker_uuid"], serializer.validated_data["tasks"])
+
+
+def test_the_batch_shortcuts_take_the_bodies_a_batch_client_sends() -> None:
+    assert _batch_claim_input({"worker_uuid": "w1", "count": 100}) == ("w1", 100)
+    assert _batch_done_input({"worker_uuid": "w1", "tasks": [3, 1, 2]}) == ("w1", [3, 1, 2])
+    assert _batch_claim_input({"worker_uuid": "w1", "count": True}) is None
+    assert _batch_done_input({"worker_uuid": "w1", "tasks": [1, -1]}) is None
