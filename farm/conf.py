@@ -52,5 +52,11 @@ def progress_interval() -> float:
         return 0.5
 
 
+def progress_trailing() -> bool:
+    """`FARM_PROGRESS_TRAILING`: send a run's last change inside a throttled window when it closes."""
+    value = getattr(settings, "FARM_PROGRESS_TRAILING", os.environ.get("FARM_PROGRESS_TRAILING", "1"))
+    return str(value).strip().lower() not in ("0", "false", "no", "off", "")
+
+
 # Cookie that tells a worker's later PUTs apart from those of other workers of the same user.
 WORKER_COOKIE = "farm_worker"

@@ -15,7 +15,8 @@ from django.utils import timezone
 
 from coordinator.db import prepared_cursor
 from coordinator.models import User
-from farm.conf import lease_seconds, progress_interval
+from farm import throttle
+from farm.conf import lease_seconds
 from farm.errors import LeaseLostError, TaskNotFoundError, WorkerExistsError
 from farm.models import Run, Task, Worker
 from farm.selectors import RunCounts, run_counts
@@ -29,20 +30,21 @@ def run_topic(run: Run) -> str:
     return f"run:{run.uuid}"
 
 
-# When this server process last published a `msg` for each run (monotonic seconds).
-_last_msg: dict[int, float] = {}
+def _msg_due(run_id: int, force: bool, text: str = "") -> bool:
+    return throttle.msg_due(run_id, force, text)
 
 
-def _msg_due(run_id: int, force: bool) -> bool:
-    # Hundreds of claims and updates a second would each cost a progress event (database rows and a
-    # channel-layer send) plus a count query; live pages need a few updates a second, not every one.
-    now = time.monotonic()
-    if not force and now - _last_msg.get(run_id, -1e9) < progress_interval():
-        return False
-    if len(_last_msg) > 10_000:
-        _last_msg.clear()
-    _last_msg[run_id] = now
-    return True
+def _publish_trailing(run_id: int, text: str) -> None:
+    """The `msg` sent when a throttled window closes: the run's counts as they are then."""
+    run = Run.objects.filter(pk=run_id).first()
+    if run is None:
+        return
+    with transaction.atomic():
+        progress_publish(topic=run_topic(run), kind="msg", text=text, state=run_counts(run=run).as_state(),
+                         owner_id=run.owner_id)
+
+
+throttle.set_publisher(_publish_trailing)
 
 
 # When this server process last refreshed each worker's `last_seen` (monotonic seconds).
@@ -79,7 +81,7 @@ def _publish_counts(run: Run, text: str, *, maybe_ended: bool = False, force: bo
     """Publish the run's counts (computed once) as `msg` (at most every FARM_PROGRESS_INTERVAL per
     process), and `end` with the final counts when a task just finished and none is left."""
     if due is None:
-        due = _msg_due(run.pk, force)
+        due = _msg_due(run.pk, force, text)
     if maybe_ended and not _counter_exhausted(run):
         maybe_ended = False  # tasks were never handed out yet: the run cannot be finished
     if not due and not maybe_ended:
@@ -90,6 +92,7 @@ def _publish_counts(run: Run, text: str, *, maybe_ended: bool = False, force: bo
     if due or ended:
         progress_publish(topic=run_topic(run), kind="msg", text=text, state=state, owner_id=run.owner_id)
     if ended:
+        throttle.forget(run.pk)
         progress_publish(topic=run_topic(run), kind="end", text="", state=state, owner_id=run.owner_id)
 
 
@@ -113,7 +116,7 @@ def _publish_finished(run_id: int, text: str, *, finished: bool, left: bool | No
     `left`: the counter state the write itself read (`_numbers_left`), if it did. Otherwise the write
     committed before this reads the counter, so of two requests finishing the last tasks the later
     one to commit sees the other's row done (the count runs under the run row's lock)."""
-    due = _msg_due(run_id, False)
+    due = _msg_due(run_id, False, text)
     if not due and not finished:
         return
     if not due and left:
@@ -145,6 +148,7 @@ def run_create(*, owner: User, num_tasks: int) -> Run:
 @transaction.atomic
 def run_delete(*, run: Run) -> None:
     """Delete a run and its tasks."""
+    throttle.forget(run.pk)
     progress_publish(topic=run_topic(run), kind="end", text="run deleted", owner_id=run.owner_id)
     Task.objects.filter(run=run).delete()
     run.delete()
@@ -367,7 +371,7 @@ def tasks_claim_by_uuid(*, user: User, run_uuid: str, worker_uuid: str, limit: i
         tasks.sort(key=lambda t: t.task)
         return tasks
     tasks.sort(key=lambda t: t.task)
-    if tasks and _msg_due(claim.run_id, False):
+    if tasks and _msg_due(claim.run_id, False, f"took task {', '.join(str(t.task) for t in tasks[:10])}"):
         run, worker = Run.objects.get(pk=claim.run_id), Worker.objects.get(pk=claim.worker_id)
         numbers = ", ".join(str(t.task) for t in tasks[:10])
         with transaction.atomic():
@@ -406,7 +410,7 @@ def tasks_claim(*, run: Run, worker: Worker, limit: int = 1) -> list[ClaimedTask
 
 def _publish_finished_or_due(run: Run, text: str) -> None:
     # Hand-out never ends a run: only a throttled `msg` may be due.
-    if _msg_due(run.pk, False):
+    if _msg_due(run.pk, False, text):
         with transaction.atomic():
             _publish_counts(run, text, due=True)
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
@@ -9,6 +10,13 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from coordinator.models import Role, User
 from tests.factories import UserFactory
 from tests.live import run_wsgi_server
+
+
+@pytest.fixture(autouse=True)
+def _no_trailing_farm_events(settings: Any) -> None:
+    """The farm's trailing progress events come from a thread with its own database connection,
+    which cannot see a test's uncommitted rows; tests of that thread turn it back on."""
+    settings.FARM_PROGRESS_TRAILING = False
 
 
 @pytest.fixture

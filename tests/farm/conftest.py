@@ -8,6 +8,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from coordinator.models import Role, User
+from farm import throttle
 from farm.authentication import farm_token_for
 from tests.factories import DEFAULT_PASSWORD, UserFactory
 
@@ -59,5 +60,5 @@ def _fresh_process_caches() -> None:
     from farm import authentication, services
 
     authentication._token_users.clear()
-    services._last_msg.clear()
+    throttle.reset()
     services._last_seen_sent.clear()

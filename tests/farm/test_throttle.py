@@ -1,0 +1,54 @@
+"""Run progress events: throttled per server process, the last change of a window still sent."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from progress.models import ProgressEvent
+from tests.farm.test_api import claim, new_run, new_worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run_messages(run: str) -> list[ProgressEvent]:
+    return list(ProgressEvent.objects.filter(topic=f"run:{run}", kind="msg").order_by("id"))
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_last_change_inside_a_window_is_sent_when_the_window_closes(api: APIClient, settings: Any) -> None:
+    settings.FARM_PROGRESS_INTERVAL = 0.5
+    settings.FARM_PROGRESS_TRAILING = True
+    run = new_run(api, 3)
+    new_worker(api, "w")
+    n = claim(api, run, "w").json()["task"]  # leading edge: sent at once
+    assert len(run_messages(run)) == 1
+    api.put(f"/api/runs/{run}/tasks/{n}", {"percentCompleted": 40}, format="json")
+    api.put(f"/api/runs/{run}/tasks/{n}", {"percentCompleted": 70}, format="json")  # both inside the window
+    assert len(run_messages(run)) == 1
+    wait_for(lambda: len(run_messages(run)) == 2)
+    trailing = run_messages(run)[-1]
+    assert trailing.text == f"task {n}: computing 70%"
+    assert trailing.state["percentDone"] == pytest.approx(70 / 3)  # 70% of one task of three
+    time.sleep(0.8)
+    assert len(run_messages(run)) == 2  # nothing more changed: nothing more is sent
+
+
+def test_without_trailing_the_window_swallows_the_last_change(api: APIClient, settings: Any) -> None:
+    settings.FARM_PROGRESS_INTERVAL = 0.3
+    settings.FARM_PROGRESS_TRAILING = False
+    run = new_run(api, 3)
+    new_worker(api, "w")
+    n = claim(api, run, "w").json()["task"]
+    api.put(f"/api/runs/{run}/tasks/{n}", {"percentCompleted": 40}, format="json")
+    time.sleep(0.8)
+    assert len(run_messages(run)) == 1
