@@ -368,3 +368,15 @@ def test_run_ends_once_when_workers_finish_the_last_tasks_together(
     assert sorted(set(statuses)) == [200, 204]
     ends = [e for e in events if e["kind"] == "end"]
     assert ends and all(e["state"]["numDone"] == 16 for e in ends)
+
+
+def test_lease_sweep_is_scheduled_for_the_cluster(db: None) -> None:
+    from django.utils.module_loading import import_string
+    from django_q.models import Schedule
+
+    from farm.apps import LEASE_SWEEP
+    from farm.services import leases_expire
+
+    schedule = Schedule.objects.get(name=LEASE_SWEEP)
+    assert (schedule.schedule_type, schedule.minutes, schedule.repeats) == (Schedule.MINUTES, 1, -1)
+    assert import_string(schedule.func) is leases_expire
