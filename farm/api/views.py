@@ -7,6 +7,7 @@ client and the seed's test suite expect; error bodies are our envelope.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from drf_spectacular.openapi import AutoSchema
@@ -374,24 +375,34 @@ def _well_formed_worker_uuid(value: Any) -> bool:
     return type(value) is str and _WORKER_UUID.fullmatch(value) is not None
 
 
-def _batch_claim_input(body: Any) -> tuple[str, int] | None:
-    """(worker uuid, count) of a well-formed batch claim, checked without a serializer; None for
-    anything else, which the serializer then explains."""
+def _count_ok(value: Any) -> bool:
+    return type(value) is int and 1 <= value <= 100_000
+
+
+def _numbers_ok(value: Any) -> bool:
+    return type(value) is list and len(value) <= 100_000 and all(type(n) is int and 0 <= n <= MAX_TASKS
+                                                                 for n in value)
+
+
+def _batch_shortcut(body: Any, key: str, value_ok: Callable[[Any], bool]) -> tuple[str, Any] | None:
+    """(worker uuid, body[key]) of a well-formed batch body, checked without a serializer (a batch
+    client sends thousands a second); None for anything else."""
     if isinstance(body, dict):
-        worker_uuid, count = body.get("worker_uuid"), body.get("count")
-        if _well_formed_worker_uuid(worker_uuid) and type(count) is int and 1 <= count <= 100_000:
-            return str(worker_uuid), count
+        worker_uuid, value = body.get("worker_uuid"), body.get(key)
+        if _well_formed_worker_uuid(worker_uuid) and value_ok(value):
+            return str(worker_uuid), value
     return None
 
 
-def _batch_done_input(body: Any) -> tuple[str, list[int]] | None:
-    """(worker uuid, numbers) of a well-formed batch completion, as `_batch_claim_input`."""
-    if isinstance(body, dict):
-        worker_uuid, numbers = body.get("worker_uuid"), body.get("tasks")
-        if _well_formed_worker_uuid(worker_uuid) and type(numbers) is list and len(numbers) <= 100_000 \
-                and all(type(n) is int and 0 <= n <= MAX_TASKS for n in numbers):
-            return str(worker_uuid), numbers
-    return None
+def _batch_input(body: Any, key: str, value_ok: Callable[[Any], bool],
+                 serializer_class: type[serializers.Serializer]) -> tuple[str, Any]:
+    """`_batch_shortcut`, or the serializer's answer: its values, or its error details (400)."""
+    given = _batch_shortcut(body, key, value_ok)
+    if given is not None:
+        return given
+    data = serializer_class(data=body)
+    data.is_valid(raise_exception=True)
+    return data.validated_data["worker_uuid"], data.validated_data[key]
 
 
 class TaskBatchClaimApi(FarmApi):
@@ -404,12 +415,7 @@ class TaskBatchClaimApi(FarmApi):
     @extend_schema(request=InputSerializer,
                    responses={200: TaskListOutputSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS}, tags=["farm"])
     def post(self, request: Request, uuid: str) -> Response:
-        given = _batch_claim_input(request.data)
-        if given is None:
-            data = self.InputSerializer(data=request.data)
-            data.is_valid(raise_exception=True)
-            given = data.validated_data["worker_uuid"], data.validated_data["count"]
-        worker_uuid, count = given
+        worker_uuid, count = _batch_input(request.data, "count", _count_ok, self.InputSerializer)
         tasks = _claim(request, uuid, worker_uuid, min(count, batch_max()))
         return _remember_worker(Response({"tasks": [_task_data(task) for task in tasks]}), worker_uuid)
 
@@ -430,12 +436,7 @@ class TaskBatchDoneApi(FarmApi):
     @extend_schema(request=InputSerializer, responses={200: OutputSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS},
                    tags=["farm"])
     def post(self, request: Request, uuid: str) -> Response:
-        given = _batch_done_input(request.data)
-        if given is None:
-            data = self.InputSerializer(data=request.data)
-            data.is_valid(raise_exception=True)
-            given = data.validated_data["worker_uuid"], data.validated_data["tasks"]
-        worker_uuid, listed = given
+        worker_uuid, listed = _batch_input(request.data, "tasks", _numbers_ok, self.InputSerializer)
         worker, run = selectors.worker_and_run_get(user=_user(request), worker_uuid=worker_uuid, run_uuid=uuid)
         numbers = sorted(set(listed))
         done = services.tasks_complete(run=run, worker=worker, numbers=numbers)

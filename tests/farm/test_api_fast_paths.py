@@ -16,8 +16,9 @@ from farm.api.views import (
     TaskBatchDoneApi,
     TaskDetailApi,
     WorkerInputSerializer,
-    _batch_claim_input,
-    _batch_done_input,
+    _batch_shortcut,
+    _count_ok,
+    _numbers_ok,
     _plain_change,
     _worker_uuid_of,
 )
@@ -91,28 +92,24 @@ batch_done_bodies = st.one_of(
 )
 
 
+@pytest.mark.parametrize(("key", "value_ok", "serializer_class", "bodies"), [
+    ("count", _count_ok, TaskBatchClaimApi.InputSerializer, batch_claim_bodies),
+    ("tasks", _numbers_ok, TaskBatchDoneApi.InputSerializer, batch_done_bodies),
+], ids=["claim", "done"])
 @settings(max_examples=400, deadline=None)
-@given(batch_claim_bodies)
-def test_batch_claim_shortcut_agrees_with_the_serializer(body: Any) -> None:
-    given_ = _batch_claim_input(body)
+@given(data=st.data())
+def test_batch_shortcuts_agree_with_the_serializers(key: str, value_ok: Any, serializer_class: Any, bodies: Any,
+                                                    data: Any) -> None:
+    body = data.draw(bodies)
+    given_ = _batch_shortcut(body, key, value_ok)
     if given_ is not None:
-        serializer = TaskBatchClaimApi.InputSerializer(data=body)
+        serializer = serializer_class(data=body)
         assert serializer.is_valid(), serializer.errors
-        assert given_ == (serializer.validated_data["worker_uuid"], serializer.validated_data["count"])
-
-
-@settings(max_examples=400, deadline=None)
-@given(batch_done_bodies)
-def test_batch_done_shortcut_agrees_with_the_serializer(body: Any) -> None:
-    given_ = _batch_done_input(body)
-    if given_ is not None:
-        serializer = TaskBatchDoneApi.InputSerializer(data=body)
-        assert serializer.is_valid(), serializer.errors
-        assert given_ == (serializer.validated_data["worker_uuid"], serializer.validated_data["tasks"])
+        assert given_ == (serializer.validated_data["worker_uuid"], serializer.validated_data[key])
 
 
 def test_the_batch_shortcuts_take_the_bodies_a_batch_client_sends() -> None:
-    assert _batch_claim_input({"worker_uuid": "w1", "count": 100}) == ("w1", 100)
-    assert _batch_done_input({"worker_uuid": "w1", "tasks": [3, 1, 2]}) == ("w1", [3, 1, 2])
-    assert _batch_claim_input({"worker_uuid": "w1", "count": True}) is None
-    assert _batch_done_input({"worker_uuid": "w1", "tasks": [1, -1]}) is None
+    assert _batch_shortcut({"worker_uuid": "w1", "count": 100}, "count", _count_ok) == ("w1", 100)
+    assert _batch_shortcut({"worker_uuid": "w1", "tasks": [3, 1, 2]}, "tasks", _numbers_ok) == ("w1", [3, 1, 2])
+    assert _batch_shortcut({"worker_uuid": "w1", "count": True}, "count", _count_ok) is None
+    assert _batch_shortcut({"worker_uuid": "w1", "tasks": [1, -1]}, "tasks", _numbers_ok) is None
