@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from coordinator.db import prepared_cursor
@@ -181,11 +181,6 @@ def worker_register(*, owner: User, uuid: str, hostname: str, pid: int) -> Worke
         raise WorkerExistsError() from exc
 
 
-def _claimable(cutoff: datetime) -> Q:
-    """Waiting rows, and computing rows whose worker has been silent past the lease."""
-    return Q(status=Task.Status.WAITING) | Q(status=Task.Status.COMPUTING, updated__lt=cutoff)
-
-
 TASK = Task._meta.db_table
 RUN = Run._meta.db_table
 # Statuses written into SQL as literals where a partial index's condition must be seen in the
@@ -302,9 +297,10 @@ def _claim_pg(*, run_uuid: str, worker_uuid: str, owner_id: int | None, limit: i
     hand-out, `last_seen` included. Each part locks as it does alone: candidate task rows with SKIP
     LOCKED, then the run row (only when fresh numbers are needed and left), always in that order.
 
-    Waiting rows and rows whose lease expired are looked for apart, each by an index range of
-    (run, status, …) that holds only such rows: one condition with OR between them would let the
-    planner read every row of the run (finished ones too), a cost growing with the run's progress."""
+    Waiting rows and rows whose lease expired are looked for apart, each through the partial index
+    that holds only such rows (`farm_task_waiting`, `farm_task_computing`): one condition with OR
+    between them let the planner read every row of the run (finished ones too), a cost growing with
+    the run's progress."""
     owned = "" if owner_id is None else " AND owner_id = %(owner)s"
     columns = "run_id, task, status, percent_completed, worker_id, started, updated"
     claimable = f"(status = {WAITING} OR (status = {COMPUTING} AND updated < %(cutoff)s))"
