@@ -30,10 +30,6 @@ def run_topic(run: Run) -> str:
     return f"run:{run.uuid}"
 
 
-def _msg_due(run_id: int, force: bool, text: str = "") -> bool:
-    return throttle.msg_due(run_id, force, text)
-
-
 def _publish_trailing(run_id: int, text: str) -> None:
     """The `msg` sent when a throttled window closes: the run's counts as they are then."""
     run = Run.objects.filter(pk=run_id).first()
@@ -81,7 +77,7 @@ def _publish_counts(run: Run, text: str, *, maybe_ended: bool = False, force: bo
     """Publish the run's counts (computed once) as `msg` (at most every FARM_PROGRESS_INTERVAL per
     process), and `end` with the final counts when a task just finished and none is left."""
     if due is None:
-        due = _msg_due(run.pk, force, text)
+        due = throttle.msg_due(run.pk, force, text)
     if maybe_ended and not _counter_exhausted(run):
         maybe_ended = False  # tasks were never handed out yet: the run cannot be finished
     if not due and not maybe_ended:
@@ -116,7 +112,7 @@ def _publish_finished(run_id: int, text: str, *, finished: bool, left: bool | No
     `left`: the counter state the write itself read (`_numbers_left`), if it did. Otherwise the write
     committed before this reads the counter, so of two requests finishing the last tasks the later
     one to commit sees the other's row done (the count runs under the run row's lock)."""
-    due = _msg_due(run_id, False, text)
+    due = throttle.msg_due(run_id, False, text)
     if not due and not finished:
         return
     if not due and left:
@@ -367,7 +363,7 @@ def tasks_claim_by_uuid(*, user: User, run_uuid: str, worker_uuid: str, limit: i
         tasks.sort(key=lambda t: t.task)
         return tasks
     tasks.sort(key=lambda t: t.task)
-    if tasks and _msg_due(claim.run_id, False, f"took task {', '.join(str(t.task) for t in tasks[:10])}"):
+    if tasks and throttle.msg_due(claim.run_id, False, f"took task {', '.join(str(t.task) for t in tasks[:10])}"):
         run, worker = Run.objects.get(pk=claim.run_id), Worker.objects.get(pk=claim.worker_id)
         numbers = ", ".join(str(t.task) for t in tasks[:10])
         with transaction.atomic():
@@ -406,7 +402,7 @@ def tasks_claim(*, run: Run, worker: Worker, limit: int = 1) -> list[ClaimedTask
 
 def _publish_finished_or_due(run: Run, text: str) -> None:
     # Hand-out never ends a run: only a throttled `msg` may be due.
-    if _msg_due(run.pk, False, text):
+    if throttle.msg_due(run.pk, False, text):
         with transaction.atomic():
             _publish_counts(run, text, due=True)
 
