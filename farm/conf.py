@@ -58,5 +58,11 @@ def progress_trailing() -> bool:
     return str(value).strip().lower() not in ("0", "false", "no", "off", "")
 
 
+def fast_path_enabled() -> bool:
+    """`FARM_FAST_PATH`: answer the worker's per-task requests in front of Django (`farm.api.fastpath`)."""
+    value = getattr(settings, "FARM_FAST_PATH", os.environ.get("FARM_FAST_PATH", "1"))
+    return str(value).strip().lower() not in ("0", "false", "no", "off", "")
+
+
 # Cookie that tells a worker's later PUTs apart from those of other workers of the same user.
 WORKER_COOKIE = "farm_worker"

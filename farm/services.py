@@ -19,7 +19,7 @@ from farm import throttle
 from farm.conf import lease_seconds
 from farm.errors import LeaseLostError, TaskNotFoundError, WorkerExistsError
 from farm.models import Run, Task, Worker
-from farm.selectors import RunCounts, run_counts
+from farm.selectors import RunCounts, run_counts, worker_and_run_get
 from progress.services import progress_publish
 
 # Worker.last_seen is refreshed at most this often (seconds): one UPDATE saved on most requests.
@@ -368,6 +368,17 @@ def tasks_claim_by_uuid(*, user: User, run_uuid: str, worker_uuid: str, limit: i
         numbers = ", ".join(str(t.task) for t in tasks[:10])
         with transaction.atomic():
             _publish_counts(run, f"{worker.hostname}:{worker.pid} took task {numbers}", due=True)
+    return tasks
+
+
+def tasks_claim_for(*, user: User, run_uuid: str, worker_uuid: str, limit: int) -> list[ClaimedTask]:
+    """The API's hand-out by uuids. PostgreSQL: one round trip for lookup and hand-out; a missing run
+    or worker and other databases take the lookup that says which one is missing (404), then the
+    hand-out."""
+    tasks = tasks_claim_by_uuid(user=user, run_uuid=run_uuid, worker_uuid=worker_uuid, limit=limit)
+    if tasks is None:
+        worker, run = worker_and_run_get(user=user, worker_uuid=worker_uuid, run_uuid=run_uuid)
+        tasks = tasks_claim(run=run, worker=worker, limit=limit)
     return tasks
 
 

@@ -76,22 +76,17 @@ def _worker_uuid_from(request: Request) -> str | None:
     return request.headers.get("X-Farm-Worker") or request.COOKIES.get(WORKER_COOKIE) or None
 
 
-def _remember_worker(response: Response, worker_uuid: str) -> Response:
+def _remember_worker(response: Response, worker_uuid: str, request: Request | None = None) -> Response:
     # requests.Session keeps this cookie, so the worker's later PUTs (which carry no worker id in
-    # the seed's protocol) can be told apart from those of the worker that took its task over.
-    response.set_cookie(WORKER_COOKIE, worker_uuid, httponly=True, samesite="Lax")
+    # the seed's protocol) can be told apart from those of the worker that took its task over. A
+    # request already carrying it gets no new one (parsing Set-Cookie is costly for the client).
+    if request is None or request.COOKIES.get(WORKER_COOKIE) != worker_uuid:
+        response.set_cookie(WORKER_COOKIE, worker_uuid, httponly=True, samesite="Lax")
     return response
 
 
 def _claim(request: Request, run_uuid: str, worker_uuid: str, limit: int) -> list[services.ClaimedTask]:
-    user = _user(request)
-    # PostgreSQL: one round trip for lookup and hand-out; a missing run or worker (None) and other
-    # databases take the lookup that says which one is missing, then the hand-out.
-    tasks = services.tasks_claim_by_uuid(user=user, run_uuid=run_uuid, worker_uuid=worker_uuid, limit=limit)
-    if tasks is None:
-        worker, run = selectors.worker_and_run_get(user=user, worker_uuid=worker_uuid, run_uuid=run_uuid)
-        tasks = services.tasks_claim(run=run, worker=worker, limit=limit)
-    return tasks
+    return services.tasks_claim_for(user=_user(request), run_uuid=run_uuid, worker_uuid=worker_uuid, limit=limit)
 
 
 class FarmApi(APIView):
@@ -245,7 +240,8 @@ class RunTaskClaimApi(FarmApi):
         tasks = _claim(request, uuid, worker_uuid, 1)
         if not tasks:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return _remember_worker(Response(_task_data(tasks[0]), status=status.HTTP_201_CREATED), worker_uuid)
+        return _remember_worker(Response(_task_data(tasks[0]), status=status.HTTP_201_CREATED), worker_uuid,
+                                request)
 
 
 class RequiredBodySchema(AutoSchema):
@@ -262,7 +258,7 @@ _PUT_KEYS = frozenset(("percentCompleted", "status"))
 _STATUSES = frozenset(Task.Status.values)
 
 
-def _plain_change(body: Any) -> services.TaskChange | None:
+def plain_change(body: Any) -> services.TaskChange | None:
     """A well-formed PUT body as a change, checked without a serializer (every worker update runs
     this); None for anything else, which the serializer then explains."""
     if not isinstance(body, dict) or not body or not body.keys() <= _PUT_KEYS:
@@ -313,7 +309,7 @@ class TaskDetailApi(FarmApi):
     )
     def put(self, request: Request, uuid: str, n: int) -> Response:
         body = request.data
-        change = _plain_change(body)
+        change = plain_change(body)
         if change is None:
             change = self._validated_change(body)
         user = _user(request)
@@ -417,7 +413,7 @@ class TaskBatchClaimApi(FarmApi):
     def post(self, request: Request, uuid: str) -> Response:
         worker_uuid, count = _batch_input(request.data, "count", _count_ok, self.InputSerializer)
         tasks = _claim(request, uuid, worker_uuid, min(count, batch_max()))
-        return _remember_worker(Response({"tasks": [_task_data(task) for task in tasks]}), worker_uuid)
+        return _remember_worker(Response({"tasks": [_task_data(task) for task in tasks]}), worker_uuid, request)
 
 
 class TaskBatchDoneApi(FarmApi):

@@ -19,8 +19,8 @@ from farm.api.views import (
     _batch_shortcut,
     _count_ok,
     _numbers_ok,
-    _plain_change,
     _worker_uuid_of,
+    plain_change,
 )
 
 json_scalars = st.one_of(
@@ -47,7 +47,7 @@ worker_bodies = st.one_of(
 @settings(max_examples=400, deadline=None)
 @given(put_bodies)
 def test_put_shortcut_agrees_with_the_serializer(body: Any) -> None:
-    change = _plain_change(body)
+    change = plain_change(body)
     if change is None:
         return
     serializer = TaskDetailApi.InputSerializer(data=body)
@@ -68,14 +68,14 @@ def test_claim_shortcut_agrees_with_the_serializer(body: Any) -> None:
 
 
 def test_the_shortcuts_take_the_bodies_the_client_sends() -> None:
-    assert _plain_change({"percentCompleted": 100}) is not None
-    assert _plain_change({"status": "done"}) is not None
+    assert plain_change({"percentCompleted": 100}) is not None
+    assert plain_change({"status": "done"}) is not None
     assert _worker_uuid_of({"worker_uuid": "0f5e0c0a3c1b11efa7a1c8d9d2a8a7b1"}) == "0f5e0c0a3c1b11efa7a1c8d9d2a8a7b1"
-    assert _plain_change({"percentCompleted": 101}) is None
-    assert _plain_change({"percentCompleted": True}) is None
-    assert _plain_change({"status": "finished"}) is None
-    assert _plain_change({"status": "done", "extra": 1}) is None
-    assert _plain_change({}) is None
+    assert plain_change({"percentCompleted": 101}) is None
+    assert plain_change({"percentCompleted": True}) is None
+    assert plain_change({"status": "finished"}) is None
+    assert plain_change({"status": "done", "extra": 1}) is None
+    assert plain_change({}) is None
 
 
 numbers = st.lists(st.one_of(st.integers(min_value=-5, max_value=2**63), st.booleans(), st.floats(0, 10), st.none()),
