@@ -36,6 +36,8 @@ from farm.errors import EmptyUpdateError, UnknownInfoError
 from farm.models import Run, Task
 
 MAX_TASKS = 2**62
+# The most numbers one batch body may carry (the serializers' and the shortcuts' limit alike).
+BATCH_BODY_MAX = 100_000
 E = ErrorEnvelopeSerializer
 AUTH_ERRORS: dict[int, Any] = {401: E, 403: E}
 BODY_ERRORS: dict[int, Any] = {400: E, 415: E}
@@ -115,7 +117,7 @@ class TaskOutputSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Task.Status.choices, required=False)
 
 
-def _task_data(task: Task | services.ClaimedTask) -> dict[str, Any]:
+def task_data(task: Task | services.ClaimedTask) -> dict[str, Any]:
     return {"id": task.id, "task": task.task, "percentCompleted": task.percent_completed, "status": task.status}
 
 
@@ -240,7 +242,7 @@ class RunTaskClaimApi(FarmApi):
         tasks = _claim(request, uuid, worker_uuid, 1)
         if not tasks:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return _remember_worker(Response(_task_data(tasks[0]), status=status.HTTP_201_CREATED), worker_uuid,
+        return _remember_worker(Response(task_data(tasks[0]), status=status.HTTP_201_CREATED), worker_uuid,
                                 request)
 
 
@@ -299,7 +301,7 @@ class TaskDetailApi(FarmApi):
             return Response(_pick(data, info))
         run = selectors.run_get(user=user, uuid=uuid)
         task = services.task_get_or_materialise(run=run, number=n)
-        return Response(_pick(_task_data(task), info))
+        return Response(_pick(task_data(task), info))
 
     @extend_schema(
         request={"application/json": PUT_SCHEMA},
@@ -371,16 +373,16 @@ def _well_formed_worker_uuid(value: Any) -> bool:
     return type(value) is str and _WORKER_UUID.fullmatch(value) is not None
 
 
-def _count_ok(value: Any) -> bool:
-    return type(value) is int and 1 <= value <= 100_000
+def count_ok(value: Any) -> bool:
+    return type(value) is int and 1 <= value <= BATCH_BODY_MAX
 
 
-def _numbers_ok(value: Any) -> bool:
-    return type(value) is list and len(value) <= 100_000 and all(type(n) is int and 0 <= n <= MAX_TASKS
+def numbers_ok(value: Any) -> bool:
+    return type(value) is list and len(value) <= BATCH_BODY_MAX and all(type(n) is int and 0 <= n <= MAX_TASKS
                                                                  for n in value)
 
 
-def _batch_shortcut(body: Any, key: str, value_ok: Callable[[Any], bool]) -> tuple[str, Any] | None:
+def batch_shortcut(body: Any, key: str, value_ok: Callable[[Any], bool]) -> tuple[str, Any] | None:
     """(worker uuid, body[key]) of a well-formed batch body, checked without a serializer (a batch
     client sends thousands a second); None for anything else."""
     if isinstance(body, dict):
@@ -392,8 +394,8 @@ def _batch_shortcut(body: Any, key: str, value_ok: Callable[[Any], bool]) -> tup
 
 def _batch_input(body: Any, key: str, value_ok: Callable[[Any], bool],
                  serializer_class: type[serializers.Serializer]) -> tuple[str, Any]:
-    """`_batch_shortcut`, or the serializer's answer: its values, or its error details (400)."""
-    given = _batch_shortcut(body, key, value_ok)
+    """`batch_shortcut`, or the serializer's answer: its values, or its error details (400)."""
+    given = batch_shortcut(body, key, value_ok)
     if given is not None:
         return given
     data = serializer_class(data=body)
@@ -406,14 +408,30 @@ class TaskBatchClaimApi(FarmApi):
 
     @extend_schema_serializer(component_name="FarmTaskBatchClaimInput")
     class InputSerializer(WorkerInputSerializer):
-        count = StrictIntegerField(min_value=1, max_value=100_000)
+        count = StrictIntegerField(min_value=1, max_value=BATCH_BODY_MAX)
 
     @extend_schema(request=InputSerializer,
                    responses={200: TaskListOutputSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS}, tags=["farm"])
     def post(self, request: Request, uuid: str) -> Response:
-        worker_uuid, count = _batch_input(request.data, "count", _count_ok, self.InputSerializer)
-        tasks = _claim(request, uuid, worker_uuid, min(count, batch_max()))
-        return _remember_worker(Response({"tasks": [_task_data(task) for task in tasks]}), worker_uuid, request)
+        worker_uuid, count = _batch_input(request.data, "count", count_ok, self.InputSerializer)
+        data = batch_claim_data(user=_user(request), run_uuid=uuid, worker_uuid=worker_uuid, count=count)
+        return _remember_worker(Response(data), worker_uuid, request)
+
+
+def batch_claim_data(*, user: User, run_uuid: str, worker_uuid: str, count: int) -> dict[str, Any]:
+    """A batch claim's answer (also the WSGI fast path's)."""
+    tasks = services.tasks_claim_for(user=user, run_uuid=run_uuid, worker_uuid=worker_uuid,
+                                     limit=min(count, batch_max()))
+    return {"tasks": [task_data(task) for task in tasks]}
+
+
+def batch_done_data(*, user: User, run_uuid: str, worker_uuid: str, listed: list[int]) -> dict[str, Any]:
+    """A batch completion's answer (also the WSGI fast path's)."""
+    worker, run = selectors.worker_and_run_get(user=user, worker_uuid=worker_uuid, run_uuid=run_uuid)
+    numbers = sorted(set(listed))
+    done = services.tasks_complete(run=run, worker=worker, numbers=numbers)
+    done_set = set(done)
+    return {"done": done, "refused": [n for n in numbers if n not in done_set]}
 
 
 class TaskBatchDoneApi(FarmApi):
@@ -421,7 +439,7 @@ class TaskBatchDoneApi(FarmApi):
 
     @extend_schema_serializer(component_name="FarmTaskBatchDoneInput")
     class InputSerializer(WorkerInputSerializer):
-        tasks = TaskNumberListField(max_value=MAX_TASKS, max_length=100_000)
+        tasks = TaskNumberListField(max_value=MAX_TASKS, max_length=BATCH_BODY_MAX)
 
     @extend_schema_serializer(component_name="FarmTaskBatchDoneOutput")
     class OutputSerializer(serializers.Serializer):
@@ -432,9 +450,5 @@ class TaskBatchDoneApi(FarmApi):
     @extend_schema(request=InputSerializer, responses={200: OutputSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS},
                    tags=["farm"])
     def post(self, request: Request, uuid: str) -> Response:
-        worker_uuid, listed = _batch_input(request.data, "tasks", _numbers_ok, self.InputSerializer)
-        worker, run = selectors.worker_and_run_get(user=_user(request), worker_uuid=worker_uuid, run_uuid=uuid)
-        numbers = sorted(set(listed))
-        done = services.tasks_complete(run=run, worker=worker, numbers=numbers)
-        done_set = set(done)
-        return Response({"done": done, "refused": [n for n in numbers if n not in done_set]})
+        worker_uuid, listed = _batch_input(request.data, "tasks", numbers_ok, self.InputSerializer)
+        return Response(batch_done_data(user=_user(request), run_uuid=uuid, worker_uuid=worker_uuid, listed=listed))

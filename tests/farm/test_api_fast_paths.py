@@ -16,10 +16,10 @@ from farm.api.views import (
     TaskBatchDoneApi,
     TaskDetailApi,
     WorkerInputSerializer,
-    _batch_shortcut,
-    _count_ok,
-    _numbers_ok,
     _worker_uuid_of,
+    batch_shortcut,
+    count_ok,
+    numbers_ok,
     plain_change,
 )
 
@@ -93,15 +93,15 @@ batch_done_bodies = st.one_of(
 
 
 @pytest.mark.parametrize(("key", "value_ok", "serializer_class", "bodies"), [
-    ("count", _count_ok, TaskBatchClaimApi.InputSerializer, batch_claim_bodies),
-    ("tasks", _numbers_ok, TaskBatchDoneApi.InputSerializer, batch_done_bodies),
+    ("count", count_ok, TaskBatchClaimApi.InputSerializer, batch_claim_bodies),
+    ("tasks", numbers_ok, TaskBatchDoneApi.InputSerializer, batch_done_bodies),
 ], ids=["claim", "done"])
 @settings(max_examples=400, deadline=None)
 @given(data=st.data())
 def test_batch_shortcuts_agree_with_the_serializers(key: str, value_ok: Any, serializer_class: Any, bodies: Any,
                                                     data: Any) -> None:
     body = data.draw(bodies)
-    given_ = _batch_shortcut(body, key, value_ok)
+    given_ = batch_shortcut(body, key, value_ok)
     if given_ is not None:
         serializer = serializer_class(data=body)
         assert serializer.is_valid(), serializer.errors
@@ -109,7 +109,7 @@ def test_batch_shortcuts_agree_with_the_serializers(key: str, value_ok: Any, ser
 
 
 def test_the_batch_shortcuts_take_the_bodies_a_batch_client_sends() -> None:
-    assert _batch_shortcut({"worker_uuid": "w1", "count": 100}, "count", _count_ok) == ("w1", 100)
-    assert _batch_shortcut({"worker_uuid": "w1", "tasks": [3, 1, 2]}, "tasks", _numbers_ok) == ("w1", [3, 1, 2])
-    assert _batch_shortcut({"worker_uuid": "w1", "count": True}, "count", _count_ok) is None
-    assert _batch_shortcut({"worker_uuid": "w1", "tasks": [1, -1]}, "tasks", _numbers_ok) is None
+    assert batch_shortcut({"worker_uuid": "w1", "count": 100}, "count", count_ok) == ("w1", 100)
+    assert batch_shortcut({"worker_uuid": "w1", "tasks": [3, 1, 2]}, "tasks", numbers_ok) == ("w1", [3, 1, 2])
+    assert batch_shortcut({"worker_uuid": "w1", "count": True}, "count", count_ok) is None
+    assert batch_shortcut({"worker_uuid": "w1", "tasks": [1, -1]}, "tasks", numbers_ok) is None

@@ -295,6 +295,54 @@ def test_the_request_cycle_signals_are_sent(wsgi: Wsgi, owner: User) -> None:
     assert not answer.by_django and seen == ["started", "finished"]
 
 
+def batch_loop(wsgi: Wsgi, setup: Setup) -> list[Answer]:
+    claim, done = f"/api/runs/{setup.run}/tasks/claim", f"/api/runs/{setup.run}/tasks/done"
+    a, w = setup.auth, setup.worker
+    return [
+        wsgi("POST", claim, {"worker_uuid": w, "count": 2}, auth=a),
+        wsgi("POST", claim, {"worker_uuid": w, "count": 5}, auth=a, cookie=setup.cookie),
+        wsgi("POST", done, {"worker_uuid": w, "tasks": [4, 0, 1, 1, 9]}, auth=a, cookie=setup.cookie),
+        wsgi("POST", claim, {"worker_uuid": w, "count": 5}, auth=a, cookie=setup.cookie),
+    ]
+
+
+def test_batch_claim_and_completion_are_answered_by_the_fast_path_as_by_django(
+    wsgi: Wsgi, owner: User, settings: Any
+) -> None:
+    fast = batch_loop(wsgi, new_setup(wsgi, owner, num_tasks=4))
+    assert not any(a.by_django for a in fast)
+    settings.FARM_FAST_PATH = False
+    full = batch_loop(wsgi, new_setup(wsgi, owner, num_tasks=4))
+    assert all(a.by_django for a in full)
+
+    def without_ids(answer: Answer) -> tuple[int, dict[str, str], Any]:
+        status, headers, body = comparable(answer)
+        for task in body.get("tasks", []):
+            task.pop("id")
+        return status, headers, body
+
+    assert [without_ids(a) for a in fast] == [without_ids(a) for a in full]
+    assert [t["task"] for t in fast[0].json()["tasks"]] == [0, 1]
+    assert [t["task"] for t in fast[1].json()["tasks"]] == [2, 3]
+    assert fast[2].json() == {"done": [0, 1], "refused": [4, 9]}
+    assert fast[3].json() == {"tasks": []}
+    assert ["Set-Cookie" in a.headers for a in fast] == [True, False, False, False]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("claim", {"worker_uuid": "nobody", "count": 2}),
+    ("claim", {"worker_uuid": "{worker}", "count": 0}),
+    ("done", {"worker_uuid": "{worker}", "tasks": [-1]}),
+    ("done", {"worker_uuid": "nobody", "tasks": [1]}),
+])
+def test_batch_requests_the_fast_path_declines(wsgi: Wsgi, owner: User, path: str, body: dict[str, Any]) -> None:
+    setup = new_setup(wsgi, owner)
+    body = {k: (v.format(worker=setup.worker) if isinstance(v, str) else v) for k, v in body.items()}
+    answer = wsgi("POST", f"/api/runs/{setup.run}/tasks/{path}", body, auth=setup.auth)
+    assert answer.by_django and answer.status in (400, 404)
+    assert answer.json()["code"]
+
+
 def test_switched_off_everything_goes_to_django(wsgi: Wsgi, owner: User, settings: Any) -> None:
     settings.FARM_FAST_PATH = False
     answers = worker_loop(wsgi, new_setup(wsgi, owner))
