@@ -561,6 +561,52 @@ def tasks_complete(*, run: Run, worker: Worker, numbers: list[int]) -> list[int]
     return done
 
 
+def tasks_complete_by_uuid(*, user: User, run_uuid: str, worker_uuid: str, numbers: list[int]) -> list[int] | None:
+    """The API's batch completion on PostgreSQL: run and worker found by uuid (and owner) and the
+    rows completed in one round trip, as `tasks_complete` completes them. None when the run or the
+    worker is not the user's (nothing changed; the caller says which is missing) or on another
+    database (the caller looks both up and takes `tasks_complete`)."""
+    if connection.vendor != "postgresql":
+        return None
+    numbers = sorted(set(numbers))
+    now = timezone.now()
+    owned = "" if user.is_admin else " AND owner_id = %(owner)s"
+    # As in `tasks_complete`: rows reached by number through the unique (run, task) index, checks
+    # written with IS NOT DISTINCT FROM, the run row share-locked once after every write.
+    sql = (
+        f"WITH run_ AS (SELECT id FROM {RUN} WHERE uuid = %(run_uuid)s{owned}), "
+        f"wk AS (SELECT id, hostname, pid, last_seen FROM {Worker._meta.db_table} WHERE uuid = %(worker_uuid)s{owned}), "
+        f"done AS (UPDATE {TASK} t SET status = %(done)s, percent_completed = 100.0, updated = %(now)s "
+        f"FROM (SELECT x.id FROM run_, unnest(%(numbers)s::bigint[]) AS n(task) CROSS JOIN LATERAL "
+        f"(SELECT id FROM {TASK} WHERE run_id = run_.id AND task = n.task OFFSET 0) x) m, wk "
+        f"WHERE t.id = m.id AND t.worker_id IS NOT DISTINCT FROM wk.id "
+        f"AND t.status IS NOT DISTINCT FROM %(computing)s RETURNING t.task, t.run_id), "
+        f"left_ AS (SELECT next_task < num_tasks AS more FROM {RUN} "
+        f"WHERE id = (SELECT max(run_id) FROM done) FOR SHARE) "
+        f"SELECT 0, done.task, left_.more, NULL::bigint, NULL::text, NULL::bigint, NULL::timestamptz "
+        f"FROM done LEFT JOIN left_ ON true "
+        f"UNION ALL SELECT 1, run_.id, NULL, wk.id, wk.hostname, wk.pid, wk.last_seen FROM run_, wk"
+    )
+    params = {"run_uuid": run_uuid, "worker_uuid": worker_uuid, "owner": None if user.is_admin else user.pk,
+              "done": Task.Status.DONE.value, "computing": Task.Status.COMPUTING.value, "now": _dt(now),
+              "numbers": numbers}
+    with prepared_cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    meta = [row for row in rows if row[0] == 1]
+    if not meta:
+        return None
+    _, run_id, _, worker_id, hostname, pid, last_seen = meta[0]
+    finished = [row for row in rows if row[0] == 0]
+    done = sorted(int(row[1]) for row in finished)
+    _touch_worker(int(worker_id), now, last_seen)
+    if done:
+        lefts = [row[2] for row in finished]
+        _publish_finished(int(run_id), f"{hostname}:{pid} completed {len(done)} tasks", finished=True,
+                          left=None if None in lefts else all(lefts))
+    return done
+
+
 @transaction.atomic
 def leases_expire() -> int:
     """Put every computing task whose worker was silent past the lease back to waiting (a sweep;

@@ -426,10 +426,13 @@ def batch_claim_data(*, user: User, run_uuid: str, worker_uuid: str, count: int)
 
 
 def batch_done_data(*, user: User, run_uuid: str, worker_uuid: str, listed: list[int]) -> dict[str, Any]:
-    """A batch completion's answer (also the WSGI fast path's)."""
-    worker, run = selectors.worker_and_run_get(user=user, worker_uuid=worker_uuid, run_uuid=run_uuid)
+    """A batch completion's answer (also the WSGI fast path's). PostgreSQL: one round trip; a missing
+    run or worker and other databases take the lookup that says which one is missing, then the writes."""
     numbers = sorted(set(listed))
-    done = services.tasks_complete(run=run, worker=worker, numbers=numbers)
+    done = services.tasks_complete_by_uuid(user=user, run_uuid=run_uuid, worker_uuid=worker_uuid, numbers=numbers)
+    if done is None:
+        worker, run = selectors.worker_and_run_get(user=user, worker_uuid=worker_uuid, run_uuid=run_uuid)
+        done = services.tasks_complete(run=run, worker=worker, numbers=numbers)
     done_set = set(done)
     return {"done": done, "refused": [n for n in numbers if n not in done_set]}
 

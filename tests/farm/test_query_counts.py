@@ -94,5 +94,5 @@ QUERIES_PER_CLIENT_REQUEST: dict[str, dict[str, int]] = {
 }
 QUERIES_PER_BATCH_REQUEST: dict[str, dict[str, int]] = {
     "sqlite": {"claim": 7, "done": 3},
-    "postgresql": {"claim": 1, "done": 2},
+    "postgresql": {"claim": 1, "done": 1},
 }
