@@ -6,7 +6,8 @@ broadcasts, direct and list tasks) plus answered history up to 10,000 messages; 
 authenticated endpoint of ours answering `[]`), interleaved; grow the history to 1,000,000
 messages (same pending core) and measure again; then `POST /pool/response` throughput with 16
 concurrent device clients. Load comes from wrk (Lua scripts pick a random device token per
-request) against gunicorn with DJANGO_DEBUG=0. The database is dropped at the end.
+request) against granian (as production runs it: keep-alive on) with DJANGO_DEBUG=0. The database
+is dropped at the end.
 
     .venv/bin/python -m bench.pool           # full run (figures into docs/benchmarks.md)
     .venv/bin/python -m bench.pool --quick   # tiny smoke run (nothing written)
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 DB_NAME = os.environ.get("BENCH_POOL_DB", "bench_pool")
 WORKDIR = Path(tempfile.mkdtemp(prefix="bench-pool-"))
@@ -94,14 +94,11 @@ def manage(*args: str) -> None:
 
 
 def start_server(workers: int) -> subprocess.Popen[bytes]:
+    from coordinator.management.commands.serve import granian_argv
     from tests.live import free_port, wait_for_http
 
     port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "gunicorn"), "coordinator.wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(workers), "--log-level", "warning", "--timeout", "120"],
-        cwd=ROOT, env=os.environ,
-    )
+    proc = subprocess.Popen(granian_argv(port=port, workers=workers, log_level="warning"), cwd=ROOT, env=os.environ)
     proc.base = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     wait_for_http(f"{proc.base}/healthz", proc=proc)  # type: ignore[attr-defined]
     return proc
@@ -259,8 +256,8 @@ def main() -> None:
     markdown = "\n".join([
         "### Device task pool (`pool`)",
         "",
-        f"`python -m bench.pool{' --quick' if quick else ''}`: PostgreSQL, gunicorn (4 sync workers, "
-        f"DJANGO_DEBUG=0), wrk on loopback with {conns} connections, {devices:,} devices, "
+        f"`python -m bench.pool{' --quick' if quick else ''}`: PostgreSQL, granian (4 workers x 1 thread, "
+        f"keep-alive, DJANGO_DEBUG=0), wrk on loopback with {conns} connections, {devices:,} devices, "
         f"{rounds} interleaved rounds of {seconds}s (medians). Random devices from a sample of {len(tokens):,}; "
         f"pending tasks per sampled device: median {pend_median}, max {max(pending_sizes or [0])}.",
         "",

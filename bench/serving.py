@@ -1,11 +1,16 @@
 """Serving shapes: requests/s of a trivial authenticated endpoint under each server.
 
 Measures, in one run and interleaved (so machine noise hits every shape alike):
-  * wsgi    — gunicorn, sync workers (one per core): how production serves plain HTTP;
-  * asgi    — daphne alone: what plain HTTP would cost if the ASGI server served everything;
-  * embedded — `manage.py serve`'s front door splicing to gunicorn: the one-address default.
+  * granian  — granian, one worker process per core, one Python thread each, keep-alive on: how
+               production serves plain HTTP (behind nginx, or `serve --behind-proxy`);
+  * gunicorn — gunicorn, sync workers (one per core), which close every connection: the server
+               granian replaced, kept as the comparison baseline;
+  * asgi     — daphne alone: what plain HTTP would cost if the ASGI server served everything;
+  * embedded — `manage.py serve`'s front door splicing to granian (keep-alive off there, so every
+               request is a new connection): the one-address default.
 The endpoint is `GET /auth/me/` with a user JWT (authentication + one indexed query). Load comes
-from wrk (Debian package `wrk`) on loopback. Figures go to docs/benchmarks.md.
+from wrk (Debian package `wrk`, which keeps connections alive where the server allows) on
+loopback. Figures go to docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 import requests
 
 from bench.report import median, write_section
+from coordinator.management.commands.serve import granian_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -102,10 +108,11 @@ def main() -> None:
     subprocess.run([*manage, "createuser", "bench@example.com", "--role", "user", "--password", "bench-pass-1234"],
                    cwd=ROOT, env=env, check=True, capture_output=True)
 
-    ports = {"wsgi": free_port(), "asgi": free_port(), "embedded": free_port()}
+    ports = {"granian": free_port(), "gunicorn": free_port(), "asgi": free_port(), "embedded": free_port()}
     commands = {
-        "wsgi": [str(BIN / "gunicorn"), "coordinator.wsgi:application", "--bind", f"127.0.0.1:{ports['wsgi']}",
-                 "--workers", str(workers), "--no-control-socket", "--log-level", "warning"],
+        "granian": granian_argv(port=ports["granian"], workers=workers, log_level="warning"),
+        "gunicorn": [str(BIN / "gunicorn"), "coordinator.wsgi:application", "--bind", f"127.0.0.1:{ports['gunicorn']}",
+                     "--workers", str(workers), "--no-control-socket", "--log-level", "warning"],
         "asgi": [str(BIN / "daphne"), "--bind", "127.0.0.1", "--port", str(ports["asgi"]), "coordinator.asgi:application"],
         "embedded": [*manage, "serve", "--port", str(ports["embedded"]), "--workers", str(workers), "--no-qcluster"],
     }
@@ -135,17 +142,18 @@ def main() -> None:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
 
-    wsgi_rps = median([r for r, _ in results["wsgi"]])
+    baseline_rps = median([r for r, _ in results["gunicorn"]])
     rows = []
     labels = {
-        "wsgi": f"gunicorn, {workers} sync workers (production plain HTTP)",
+        "granian": f"granian, {workers} workers x 1 thread, keep-alive (production plain HTTP)",
+        "gunicorn": f"gunicorn, {workers} sync workers (the previous server, baseline)",
         "asgi": "daphne alone (ASGI for everything)",
-        "embedded": "`manage.py serve` front door → gunicorn (embedded default)",
+        "embedded": "`manage.py serve` front door → granian, keep-alive off (embedded default)",
     }
     for name in commands:
         rps = median([r for r, _ in results[name]])
         p99 = median([p for _, p in results[name]])
-        rows.append(f"| {labels[name]} | {rps:,.0f} | {p99:.1f} | {rps / wsgi_rps:.2f} |")
+        rows.append(f"| {labels[name]} | {rps:,.0f} | {p99:.1f} | {rps / baseline_rps:.2f} |")
     db = "SQLite" if env["DATABASE_URL"].startswith("sqlite") else "PostgreSQL"
     markdown = "\n".join([
         "## Serving shapes (issue 2)",
@@ -157,7 +165,7 @@ def main() -> None:
         "|---|---:|---:|---:|",
         *rows,
         "",
-        "Plain HTTP therefore goes to gunicorn; daphne serves only `/ws/` and `/progress/events`.",
+        "Plain HTTP therefore goes to granian; daphne serves only `/ws/` and `/progress/events`.",
     ])
     print(markdown)
     write_section("serving", markdown)

@@ -57,6 +57,6 @@ def client_for() -> Callable[[User], APIClient]:
 
 @pytest.fixture
 def live_server_url(transactional_db: None) -> Iterator[str]:
-    """A real gunicorn process serving this test's database."""
+    """A real granian server (tests/live.py) serving this test's database."""
     with run_wsgi_server() as base:
         yield base

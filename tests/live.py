@@ -1,6 +1,6 @@
 """Real server processes for end-to-end and concurrency tests.
 
-`run_wsgi_server()` starts gunicorn (the production WSGI server) against the *test* database of
+`run_wsgi_server()` starts granian (the production WSGI server) against the *test* database of
 the running pytest session, so data created by a test is visible to the server and the other
 way round. Use it with the `transactional_db` fixture (data must be committed to be seen).
 """
@@ -79,14 +79,13 @@ def wait_for_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes]
 
 @contextmanager
 def run_wsgi_server(workers: int = 2, threads: int = 1, **extra_env: str) -> Iterator[str]:
-    """Start gunicorn on a free port; yields the base URL (`http://127.0.0.1:PORT`)."""
+    """Start granian on a free port, as production runs it (`threads` Python threads per worker,
+    keep-alive on); yields the base URL (`http://127.0.0.1:PORT`)."""
+    from coordinator.management.commands.serve import granian_argv
+
     port = free_port()
     proc = subprocess.Popen(
-        [
-            str(BIN / "gunicorn"), "coordinator.wsgi:application",
-            "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
-            "--log-level", "warning", "--timeout", "120", "--no-control-socket",
-        ],
+        granian_argv(port=port, workers=workers, threads=threads, log_level="warning"),
         cwd=ROOT, env=server_env(**extra_env),
     )
     base = f"http://127.0.0.1:{port}"

@@ -16,7 +16,8 @@ import psutil
 from honcho.manager import SIGNALS, Manager
 
 # honcho SIGKILLs whatever has not stopped 5 s after SIGTERM; a django-q2 cluster finishing its
-# current jobs and gunicorn draining requests need longer to stop cleanly.
+# current jobs and granian finishing its in-flight requests (it kills a worker still busy after
+# 10 s, see serve.GRACEFUL_SECONDS) need longer to stop cleanly.
 honcho.manager.KILL_WAIT = 20
 
 
@@ -43,10 +44,11 @@ class _Group(Manager):  # type: ignore[misc]
     def watch_for_dead_children(self, stop: threading.Event) -> None:
         """Notice a child that died while a grandchild still holds its output pipe open.
 
-        honcho learns that a process stopped when its output reaches EOF; a gunicorn master killed
-        with SIGKILL leaves workers holding the pipe, so the group would go on without its web
-        server. Checking the pids themselves closes that gap: the group is stopped (killpg also
-        reaches the orphans, which share the dead process's group).
+        honcho learns that a process stopped when its output reaches EOF; a granian main process
+        killed with SIGKILL leaves its workers running (still answering requests) and holding the
+        pipe, so the group would go on with a web server nobody supervises. Checking the pids
+        themselves closes that gap: the group is stopped (killpg also reaches the orphans, which
+        share the dead process's group).
         """
         while not stop.wait(0.5):
             for name, proc in list(self._processes.items()):

@@ -59,13 +59,22 @@ def test_serve_answers_on_one_address_and_stops_cleanly(tmp_path: Path) -> None:
         assert requests.get(f"{base}/healthz", timeout=5).json() == {"status": "ok", "database": "ok"}
         login = requests.get(f"{base}/admin/login/", timeout=5)
         assert login.status_code == 200 and "Coordinator" in login.text
-        # Plain HTTP is served by gunicorn; WebSocket paths by daphne (Twisted's Server header).
-        assert "gunicorn" in requests.get(f"{base}/healthz", timeout=5).headers.get("Server", "")
+        # Plain HTTP is served by granian; WebSocket paths by daphne.
+        plain = requests.get(f"{base}/healthz", timeout=5)
+        assert plain.headers.get("Server") == "granian"
         ws = requests.get(f"{base}/ws/nothing-here/", timeout=5)
-        assert "gunicorn" not in ws.headers.get("Server", "")
+        assert "granian" not in ws.headers.get("Server", "")
+        # Behind the front door granian closes every connection after one response, so a client
+        # reusing its connections (a requests.Session) still gets each request routed by its path.
+        assert plain.headers.get("Connection") == "close"
+        # (daphne does keep its connections alive: plain requests sent after a /ws/ answer on the same
+        # connection are answered by daphne, correctly but slower; see docs/serving.md.)
+        with requests.Session() as session:
+            assert session.get(f"{base}/healthz", timeout=5).headers.get("Server") == "granian"
+            assert "granian" not in session.get(f"{base}/ws/nothing-here/", timeout=5).headers.get("Server", "")
         children = descendants(proc)
         names = " ".join(" ".join(child.cmdline()) for child in children if child.is_running())
-        assert "gunicorn" in names and "daphne" in names and "qcluster" in names
+        assert "granian" in names and "daphne" in names and "qcluster" in names
     finally:
         output = stop_and_read(proc, tmp_path)
     assert proc.returncode == 0, output[-3000:]
@@ -81,12 +90,14 @@ def test_serve_stops_everything_when_one_process_dies(tmp_path: Path) -> None:
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=60, proc=proc)
         wait_for_output(tmp_path, "running.")
-        gunicorn_master = next(
+        # granian's main process: its workers share its command line, so it is the one whose parent is not granian.
+        granian_main = next(
             child for child in descendants(proc)
-            if "gunicorn" in " ".join(child.cmdline()) and child.parent() and "gunicorn" not in " ".join(child.parent().cmdline())
+            if "granian" in " ".join(child.cmdline()) and child.parent() and "granian" not in " ".join(child.parent().cmdline())
         )
+        assert granian_main.children(), "granian's workers are separate processes"
         children = descendants(proc)
-        os.kill(gunicorn_master.pid, signal.SIGKILL)
+        os.kill(granian_main.pid, signal.SIGKILL)  # its workers live on (orphans) until the group stops them
         output = stop_and_read(proc, tmp_path, sig=None)
     finally:
         if proc.poll() is None:
@@ -97,3 +108,72 @@ def test_serve_stops_everything_when_one_process_dies(tmp_path: Path) -> None:
     time.sleep(0.5)
     alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not alive, [c.cmdline() for c in alive]
+
+
+def test_web_keeps_connections_alive_only_behind_a_real_proxy() -> None:
+    from coordinator.management.commands.serve import build_process_specs
+
+    def web_argv(behind_proxy: bool) -> list[str]:
+        specs = build_process_specs(host="127.0.0.1", port=8000, workers=3, behind_proxy=behind_proxy, asgi_port=8001,
+                                    qcluster=False, access_log=True)
+        return next(spec.argv for spec in specs if spec.name == "web")
+
+    embedded, behind = web_argv(False), web_argv(True)
+    assert "--no-http1-keep-alive" in embedded and "--uds" in embedded  # the front door routes per connection
+    assert "--no-http1-keep-alive" not in behind and behind[behind.index("--port") + 1] == "8000"
+    for argv in (embedded, behind):
+        assert argv[argv.index("--workers") + 1] == "3" and argv[argv.index("--blocking-threads") + 1] == "1"
+        assert "--access-log" in argv and "--interface" in argv and "wsgi" in argv
+
+
+def test_front_door_waits_for_a_server_that_does_not_accept_yet() -> None:
+    """granian binds its socket at once but accepts only once a worker has loaded Django: until
+    then the front door retries instead of answering 502 (and gives up at once when stopping)."""
+    import asyncio
+    import shutil
+    import socket
+    import tempfile
+
+    from coordinator.serving.proxy import Router
+
+    socket_dir = Path(tempfile.mkdtemp(prefix="door", dir="/tmp"))  # UNIX socket paths are short
+    wsgi_path = socket_dir / "wsgi.sock"
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nready")
+        await writer.drain()
+        writer.close()
+
+    async def request(port: int) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await asyncio.wait_for(reader.read(), timeout=10)
+        writer.close()
+        return response
+
+    async def scenario() -> tuple[bytes, bytes]:
+        router = Router(str(wsgi_path), str(socket_dir / "asgi.sock"), ["/ws/"])
+        door = await asyncio.start_server(router.handle, "127.0.0.1", 0)
+        port = door.sockets[0].getsockname()[1]
+        bound = socket.socket(socket.AF_UNIX)
+        bound.bind(str(wsgi_path))  # the socket exists but refuses connections, as granian's does
+        pending = asyncio.ensure_future(request(port))
+        await asyncio.sleep(0.5)
+        assert not pending.done()
+        upstream = await asyncio.start_unix_server(answer, sock=bound)  # listens from now on
+        waited = await pending
+        upstream.close()
+        await upstream.wait_closed()
+        wsgi_path.unlink()
+        router.stopping.set()
+        refused = await request(port)
+        door.close()
+        return waited, refused
+
+    try:
+        waited, refused = asyncio.run(scenario())
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+    assert waited.startswith(b"HTTP/1.1 200 OK") and waited.endswith(b"ready")
+    assert refused.startswith(b"HTTP/1.1 502 Bad Gateway")

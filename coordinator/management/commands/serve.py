@@ -1,11 +1,13 @@
 """`manage.py serve`: start everything the platform runs, as one supervised group.
 
-Embedded default (one address, http://HOST:PORT/): gunicorn (WSGI: REST API, admin) and daphne
+Embedded default (one address, http://HOST:PORT/): granian (WSGI: REST API, admin) and daphne
 (ASGI: WebSocket and SSE) listen on UNIX sockets under var/run/, and a small front door on
 HOST:PORT splices each connection to one of them by path (see coordinator/serving/proxy.py and
-docs/serving.md). With --behind-proxy, gunicorn listens on HOST:PORT and daphne on
-HOST:ASGI_PORT, for a real reverse proxy (nginx) in front. A django-q2 cluster runs beside them,
-plus every process an installed app declares with `AppConfig.serve_processes()`.
+docs/serving.md). The front door routes a connection by its first request, so granian runs with
+HTTP/1.1 keep-alive off there and closes every connection after one response. With
+--behind-proxy, granian listens on HOST:PORT (keep-alive on) and daphne on HOST:ASGI_PORT, for a
+real reverse proxy (nginx) in front. A django-q2 cluster runs beside them, plus every process an
+installed app declares with `AppConfig.serve_processes()`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,40 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from coordinator.serving.group import ProcessSpec, run_group
 
+# Seconds a granian worker may take to finish its in-flight request once told to stop; then it is killed.
+GRACEFUL_SECONDS = 10
+
 
 def _bin(name: str) -> str:
     """A console script installed beside this interpreter (the project's virtualenv)."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
+
+
+def granian_argv(
+    *, host: str = "127.0.0.1", port: int = 8000, uds: Path | None = None, workers: int, threads: int = 1,
+    keep_alive: bool = True, access_log: bool = False, log_level: str = "info",
+) -> list[str]:
+    """The command line of the production WSGI server: granian serving `coordinator.wsgi`.
+
+    Listens on HOST:PORT, or on the UNIX socket `uds` (mode 0600: only this user's front door
+    connects). `threads` Python threads per worker process; 1 (the default here; granian's own
+    is 1024 / workers / 2) answers one request at a time per process with one database
+    connection, like gunicorn's sync workers. HTTP/1.1 only. A worker that dies is started
+    again (granian's default is to stop the whole server; a worker that keeps dying at start
+    still stops it). Details: docs/serving.md, "The WSGI server: granian".
+    """
+    bind = ["--uds", str(uds), "--uds-permissions", "0o600"] if uds else ["--host", host, "--port", str(port)]
+    argv = [
+        _bin("granian"), "--interface", "wsgi", "coordinator.wsgi:application", *bind,
+        "--http", "1", "--no-ws", "--workers", str(workers), "--blocking-threads", str(threads),
+        "--workers-kill-timeout", str(GRACEFUL_SECONDS), "--respawn-failed-workers", "--log-level", log_level,
+    ]
+    if not keep_alive:
+        argv.append("--no-http1-keep-alive")
+    if access_log:
+        argv.append("--access-log")
+    return argv
 
 
 def build_process_specs(
@@ -35,18 +66,15 @@ def build_process_specs(
     manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
     run_dir = Path(settings.RUN_DIR)
     wsgi_socket, asgi_socket = run_dir / "wsgi.sock", run_dir / "asgi.sock"
-    wsgi_bind = f"{host}:{port}" if behind_proxy else f"unix:{wsgi_socket}"
-    gunicorn = [
-        _bin("gunicorn"), "coordinator.wsgi:application", "--bind", wsgi_bind,
-        "--workers", str(workers), "--worker-class", "sync", "--timeout", "120", "--graceful-timeout", "10",
-        "--no-control-socket",
-    ]
-    if access_log:
-        gunicorn += ["--access-logfile", "-"]
+    if behind_proxy:
+        web = granian_argv(host=host, port=port, workers=workers, access_log=access_log)
+    else:
+        # The front door routes each connection by its first request: one request per connection.
+        web = granian_argv(uds=wsgi_socket, workers=workers, keep_alive=False, access_log=access_log)
     daphne = [_bin("daphne"), "--proxy-headers"]
     daphne += ["--bind", host, "--port", str(asgi_port)] if behind_proxy else ["-u", str(asgi_socket)]
     daphne += ["coordinator.asgi:application"]
-    specs = [ProcessSpec("web", gunicorn), ProcessSpec("asgi", daphne)]
+    specs = [ProcessSpec("web", web), ProcessSpec("asgi", daphne)]
     if not behind_proxy:
         proxy = [sys.executable, "-m", "coordinator.serving.proxy", "--host", host, "--port", str(port),
                  "--wsgi-socket", str(wsgi_socket), "--asgi-socket", str(asgi_socket)]
@@ -71,12 +99,12 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("COORDINATOR_HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("COORDINATOR_PORT", "8000")))
         parser.add_argument("--workers", type=int, default=settings.SERVE_WSGI_WORKERS,
-                            help="gunicorn worker processes (WEB_CONCURRENCY; default: one per core)")
+                            help="granian worker processes (WEB_CONCURRENCY; default: one per core)")
         parser.add_argument("--behind-proxy", action="store_true",
-                            help="no front door: gunicorn on --port, daphne on --asgi-port, for nginx in front")
+                            help="no front door: granian on --port (keep-alive on), daphne on --asgi-port, for nginx in front")
         parser.add_argument("--asgi-port", type=int, default=None, help="with --behind-proxy (default: port + 1)")
         parser.add_argument("--no-qcluster", action="store_true", help="run job clusters elsewhere")
-        parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
+        parser.add_argument("--access-log", action="store_true", help="log every HTTP request (granian's access log)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["workers"] < 1:
