@@ -158,7 +158,7 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
     _database["TEST"] = {"NAME": str(VAR_DIR / f"test_coordinator_{TEST_DB_SUFFIX}.sqlite3")}
 else:
     _database["TEST"] = {"NAME": f"test_{_database['NAME']}_{TEST_DB_SUFFIX}"}
-# Persistent connections: each gunicorn worker keeps its connection between requests.
+# Persistent connections: each WSGI worker (granian, one Python thread) keeps its connection between requests.
 _database["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60)
 DATABASES = {"default": _database}
 IS_POSTGRES = _database["ENGINE"] == "django.db.backends.postgresql"
@@ -315,7 +315,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
-# gunicorn serves the admin's static files through WhiteNoise; with the finders on, no
+# The WSGI server (granian) serves the admin's static files through WhiteNoise; with the finders on, no
 # collectstatic step is needed (production may still run it for cached, compressed files).
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
