@@ -7,7 +7,8 @@ marked done: 4 requests per task):
   * a floor: the same client loop against a trivial authenticated endpoint of ours (`GET /api/token`
     with the token), i.e. what the client and this machine allow at best,
   * our batch path alone on PostgreSQL (claim and complete 100 at a time, 8 clients).
-Both servers run under gunicorn with 4 sync workers on the same PostgreSQL server; every scenario
+Ours runs under granian (4 worker processes, keep-alive), as production serves it, the reference
+under gunicorn (4 sync workers), on the same PostgreSQL server; every scenario
 uses its own database, created and dropped here. Figures go to docs/benchmarks.md (section farm).
 """
 
@@ -18,14 +19,15 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ import psutil
 import requests
 
 from bench.report import write_section
+from coordinator.management.commands.serve import granian_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
@@ -48,6 +51,8 @@ REF_USER = "bench"
 SECRET = "bench-secret-key-not-for-production-0123456789"
 WORKERS = 8
 SERVER_WORKERS = 4
+# Our server as production runs it (granian, keep-alive); `--ours-server gunicorn` for comparison.
+OURS_SERVER = "granian"
 SCENARIOS = {
     "ours-pg": "ours, PostgreSQL",
     "floor": "floor (ours, no-op)",
@@ -72,7 +77,7 @@ class Result:
     note: str = ""
     rounds: list[float] = field(default_factory=list)
     # CPU seconds spent while the scenario ran: the client processes, the server's processes
-    # (gunicorn master and workers) and the database's backends serving it (PostgreSQL only).
+    # (WSGI server: main process and workers) and the database's backends serving it (PostgreSQL only).
     cpu_client: float = 0.0
     cpu_server: float = 0.0
     cpu_database: float = 0.0
@@ -107,7 +112,7 @@ def pg_database(name: str) -> Iterator[str]:
 
 # --- CPU accounting -------------------------------------------------------------------------
 
-# Base URL of each running server -> its gunicorn master's pid, and its PostgreSQL database's name.
+# Base URL of each running server -> its main process's pid, and its PostgreSQL database's name.
 SERVER_PIDS: dict[str, int] = {}
 SERVER_DATABASES: dict[str, str] = {}
 
@@ -125,7 +130,7 @@ def _cpu(process: psutil.Process) -> float:
 
 
 def server_cpu(url: str) -> float:
-    """CPU seconds so far of the gunicorn master and workers behind `url` (workers live as long as
+    """CPU seconds so far of the WSGI server's main process and workers behind `url` (workers live as long as
     the server, so differences of two readings are what they spent in between)."""
     pid = next((p for base, p in SERVER_PIDS.items() if url.startswith(base)), None)
     if pid is None:
@@ -173,15 +178,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def gunicorn_argv(argv: list[str], port: int, log: Path) -> list[str]:
+    return [*argv, "--bind", f"127.0.0.1:{port}", "--workers", str(SERVER_WORKERS), "--access-logfile", str(log),
+            "--log-level", "warning", "--timeout", "120"]
+
+
 @contextmanager
-def gunicorn(argv: list[str], env: dict[str, str], cwd: Path, log: Path, probe: str,
-             database: str | None = None) -> Iterator[str]:
+def serve_http(argv: Callable[[int], list[str]], env: dict[str, str], cwd: Path, log: Path, probe: str,
+               database: str | None = None) -> Iterator[str]:
+    """Start a WSGI server (`argv(port)`) on a free port; yields its base URL."""
     port = free_port()
-    proc = subprocess.Popen(
-        [*argv, "--bind", f"127.0.0.1:{port}", "--workers", str(SERVER_WORKERS), "--access-logfile", str(log),
-         "--log-level", "warning", "--timeout", "120"],
-        cwd=cwd, env=env, stderr=subprocess.DEVNULL,
-    )
+    with log.open("ab") as out:
+        # A session of its own: the server's workers are stopped with it, whatever happens here.
+        proc = subprocess.Popen(argv(port), cwd=cwd, env=env, stdout=out, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     SERVER_PIDS[base] = proc.pid
     if database:
@@ -198,6 +208,8 @@ def gunicorn(argv: list[str], env: dict[str, str], cwd: Path, log: Path, probe: 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # any worker left behind
 
 
 def ours_env(database_url: str) -> dict[str, str]:
@@ -213,8 +225,15 @@ def our_server(database_url: str, log: Path) -> Iterator[str]:
     subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     subprocess.run([PY, "manage.py", "createuser", USER, "--password", PASSWORD], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)
-    with gunicorn([str(BIN / "gunicorn"), "coordinator.wsgi:application"], env, ROOT, log, "/healthz",
-                  pg_name(database_url)) as base:
+    if OURS_SERVER == "granian":
+        def argv(port: int) -> list[str]:
+            # As `manage.py serve --behind-proxy` runs it; its access log goes to standard output,
+            # which `serve_http` sends to the log file.
+            return granian_argv(port=port, workers=SERVER_WORKERS, access_log=True)
+    else:
+        def argv(port: int) -> list[str]:
+            return gunicorn_argv([str(BIN / "gunicorn"), "coordinator.wsgi:application"], port, log)
+    with serve_http(argv, env, ROOT, log, "/healthz", pg_name(database_url)) as base:
         yield base + "/api/"
 
 
@@ -249,8 +268,9 @@ def reference_server(database_url: str, log: Path) -> Iterator[str]:
     env = {"PATH": os.environ.get("PATH", ""), "DATABASE_URL": sa_url, "SECRET_KEY": SECRET}
     subprocess.run([str(py), "-c", REF_INIT.format(user=REF_USER, password=PASSWORD)], env=env, check=True,
                    cwd=tempfile.gettempdir())
-    with gunicorn([str(py.parent / "gunicorn"), "taskfarm:app"], env, Path(tempfile.gettempdir()), log, "/",
-                  pg_name(database_url)) as base:
+    def argv(port: int) -> list[str]:
+        return gunicorn_argv([str(py.parent / "gunicorn"), "taskfarm:app"], port, log)
+    with serve_http(argv, env, Path(tempfile.gettempdir()), log, "/", pg_name(database_url)) as base:
         yield base + "/api/"
 
 
@@ -265,6 +285,14 @@ class Driven:
     cpu_database: float
 
 
+def client_env() -> dict[str, str]:
+    """The client processes' environment: a batch job's few variables. `requests` reads the whole
+    environment twice per request (looking for proxy settings), so a developer shell's or a CI
+    runner's variables would otherwise count as client work, alike for every server measured."""
+    keep = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "TMPDIR") if name in os.environ}
+    return {**keep, "PYTHONPATH": str(ROOT)}
+
+
 def drive(mode: str, url: str, user: str, targets: list[str], extra: list[str], timeout: float,
           workdir: Path) -> Driven:
     """Start the client processes, release them together, collect their JSON results and the CPU the
@@ -272,8 +300,7 @@ def drive(mode: str, url: str, user: str, targets: list[str], extra: list[str], 
     go = workdir / f"go-{mode}-{time.monotonic_ns()}"
     procs = [
         subprocess.Popen([PY, "-m", "bench.farm_client", mode, url, user, PASSWORD, target, str(go), *extra],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client_env())
         for target in targets
     ]
     note = ""
@@ -307,7 +334,7 @@ def drive(mode: str, url: str, user: str, targets: list[str], extra: list[str], 
 
 
 def http_errors(log: Path) -> tuple[int, int]:
-    """(responses >= 400, responses >= 500) in a gunicorn access log."""
+    """(responses >= 400, responses >= 500) in an access log (gunicorn's, or granian's as formatted here)."""
     codes = [int(m.group(1)) for m in re.finditer(r'" (\d{3}) ', log.read_text())] if log.exists() else []
     return sum(c >= 400 for c in codes), sum(c >= 500 for c in codes)
 
@@ -383,7 +410,11 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)} "
                         "(implies --no-write)")
+    parser.add_argument("--ours-server", choices=("granian", "gunicorn"), default="granian",
+                        help="the WSGI server in front of ours (the reference always runs under gunicorn)")
     args = parser.parse_args()
+    global OURS_SERVER
+    OURS_SERVER = args.ours_server
     only = set(filter(None, args.only.split(","))) or set(SCENARIOS)
     if only - set(SCENARIOS):
         parser.error(f"unknown scenarios: {', '.join(sorted(only - set(SCENARIOS)))}")
@@ -415,7 +446,7 @@ def main() -> None:
             # The servers run side by side and the scenarios take turns, so that the load others put
             # on this shared machine falls on all of them alike; each row reports the median round.
             order = [key for key in ("ours-pg", "ref-pg", "floor", "ours-sqlite") if key in only]
-            for r in range(rounds):
+            for r in range(rounds if order else 0):
                 for key in order[r % len(order):] + order[: r % len(order)]:
                     url, user, log = servers["ours-pg" if key == "floor" else key]
                     log.write_text("")
@@ -466,9 +497,13 @@ def report(results: list[Result], n: int, rounds: int, n_batch: int, quick: bool
         "",
         f"{WORKERS} client processes using the real `taskfarm-worker` 0.4.0 client, {n} tasks per scenario in "
         f"{rounds} interleaved rounds (servers side by side, scenarios taking turns; median round reported; each task "
-        f"claimed, updated to 100 and marked done: 4 requests per task); both servers under gunicorn with "
-        f"{SERVER_WORKERS} sync workers, same PostgreSQL server, a fresh database per scenario. The floor is "
-        f"the same 8-process loop of 4 requests per task against `GET /api/token` (token auth, no work). "
+        f"claimed, updated to 100 and marked done: 4 requests per task); ours under {OURS_SERVER} with "
+        f"{SERVER_WORKERS} worker processes ({'keep-alive, ' if OURS_SERVER == 'granian' else ''}as production "
+        f"serves it), the reference under gunicorn with {SERVER_WORKERS} sync workers, same PostgreSQL server, a "
+        f"fresh database per scenario. The floor is the same 8-process loop of 4 requests per task against "
+        f"`GET /api/token` (token auth, no work, through the full Django and DRF stack: the WSGI fast path does not "
+        f"answer it). Client processes run with a minimal environment (PATH, HOME, LANG), like batch jobs: "
+        f"`requests` scans every environment variable twice per request. "
         f"The batch row claims and completes {n_batch} tasks 100 at a time with 8 clients.",
         "",
         *rows,
@@ -489,8 +524,8 @@ def cpu_table(results: list[Result], ref: Result, floor: Result) -> list[str]:
     allows on this machine's cores when CPU is the limit."""
     cores = os.cpu_count() or 1
     rows = [
-        f"CPU per task in milliseconds (all rounds; clients = the 8 client processes, server = gunicorn master and "
-        f"workers, database = the PostgreSQL backends serving that server). This machine has {cores} cores, so "
+        f"CPU per task in milliseconds (all rounds; clients = the 8 client processes, server = the WSGI server's "
+        f"processes, database = the PostgreSQL backends serving that server). This machine has {cores} cores, so "
         f"with every process busy a scenario cannot pass {cores} * 1000 / total tasks/s.",
         "",
         "| scenario | clients | server | database | total | CPU-bound ceiling (tasks/s) |",
@@ -501,15 +536,15 @@ def cpu_table(results: list[Result], ref: Result, floor: Result) -> list[str]:
         total = sum(parts)
         rows.append(f"| {r.name} | {parts[0]:.2f} | {parts[1]:.2f} | {parts[2]:.2f} | {total:.2f} | "
                     f"{cores * 1000 / total if total else float('nan'):.0f} |")
-    client_ms = ref.cpu_ms_per_task(ref.cpu_client)
-    if ref.rate == ref.rate and ref.rate > 0 and client_ms == client_ms:
+    if ref.rate == ref.rate and ref.rate > 0:
         budget = cores * 1000 / (3 * ref.rate)
-        floor_server = floor.cpu_ms_per_task(floor.cpu_server)
+        ours = next(r for r in results if r.name == SCENARIOS["ours-pg"])
+        spent = [ours.cpu_ms_per_task(x) for x in (ours.cpu_client, ours.cpu_server, ours.cpu_database)]
+        ref_total = sum(ref.cpu_ms_per_task(x) for x in (ref.cpu_client, ref.cpu_server, ref.cpu_database))
         rows += ["", f"* 3 times the reference is {3 * ref.rate:.0f} tasks/s: at most {budget:.2f} ms of CPU per task for "
-                 f"clients, server and database together, of which the unchanged client loop alone takes about "
-                 f"{client_ms:.2f} ms. That leaves {budget - client_ms:.2f} ms for the server and its database, "
-                 f"while the floor's trivial view (4 requests through Django and DRF, no database) already takes "
-                 f"{floor_server:.2f} ms of server CPU per task."]
+                 f"clients, server and database together on {cores} cores; ours on PostgreSQL spent {sum(spent):.2f} ms "
+                 f"({spent[0]:.2f} in the clients, {spent[1]:.2f} in the server, {spent[2]:.2f} in the database), the "
+                 f"reference {ref_total:.2f} ms."]
     return rows
 
 

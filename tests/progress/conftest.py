@@ -314,7 +314,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
 
 
 def serve_platform(var_dir: Any, qcluster: bool = False, port: int | None = None, **extra_env: str) -> Any:
-    """`manage.py serve` (gunicorn + daphne + front door + socket listener [+ django-q2]) on the test DB.
+    """`manage.py serve` (granian + daphne + front door + socket listener [+ django-q2]) on the test DB.
 
     Its own var directory keeps its sockets apart from other test runs; yields the base URL."""
     import subprocess
