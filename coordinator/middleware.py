@@ -1,7 +1,8 @@
 """Turn Django's HTML error pages into the JSON envelope on API paths.
 
 DRF views already answer with the envelope; this covers what never reaches a DRF view: unknown
-URLs (404), Django-level method refusals (405) and crashes outside DRF (500).
+URLs (404), Django-level method refusals (405), crashes outside DRF (500), and paths with a NUL
+character (400, before any view).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 
 from coordinator.api.envelope import error_response
 
@@ -37,6 +38,12 @@ class ApiErrorEnvelopeMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "\x00" in request.path_info:
+            # A NUL (`%00`) can name nothing here, and PostgreSQL refuses it in any text value: answer
+            # before a view passes it to the database (a 500 there).
+            if is_api_path(request.path):
+                return error_response(400, "bad_request", "The request path contains a NUL character.")
+            return HttpResponseBadRequest("The request path contains a NUL character.")
         response = self.get_response(request)
         if response.status_code < 400 or not is_api_path(request.path):
             return response

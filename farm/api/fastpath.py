@@ -63,9 +63,10 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 PREFIX = "/api/runs/"
-_CLAIM = re.compile(r"/api/runs/([^/]+)/task")
-_TASK = re.compile(r"/api/runs/([^/]+)/tasks/([0-9]+)")
-_BATCH = re.compile(r"/api/runs/([^/]+)/tasks/(claim|done)")
+# No NUL in a uuid: Django's middleware refuses such paths (PostgreSQL cannot hold the character).
+_CLAIM = re.compile(r"/api/runs/([^/\x00]+)/task")
+_TASK = re.compile(r"/api/runs/([^/\x00]+)/tasks/([0-9]+)")
+_BATCH = re.compile(r"/api/runs/([^/\x00]+)/tasks/(claim|done)")
 # A worker's bodies are under 100 bytes, a batch completion of a thousand numbers about 8 KB;
 # anything larger goes to the full stack.
 MAX_BODY = 256 * 1024

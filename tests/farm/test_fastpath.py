@@ -204,7 +204,7 @@ def test_a_worker_that_lost_its_task_gets_the_full_paths_409(wsgi: Wsgi, owner: 
 @pytest.mark.parametrize("case", [
     "unknown run", "unknown worker", "password login", "bad token", "no auth", "bearer", "malformed json",
     "nan", "unknown key", "no cookie", "never handed out", "unknown info", "other query", "foreign host",
-    "cross origin", "xml only", "form body", "empty body", "head", "out of range", "inactive user",
+    "cross origin", "xml only", "form body", "empty body", "head", "out of range", "inactive user", "nul in uuid",
 ])
 def test_every_other_request_is_left_to_django(wsgi: Wsgi, owner: User, case: str, settings: Any) -> None:
     setup = new_setup(wsgi, owner)
@@ -236,6 +236,7 @@ def test_every_other_request_is_left_to_django(wsgi: Wsgi, owner: User, case: st
         "head": dict(method="HEAD", path=task_path, auth=a),
         "out of range": dict(method="GET", path=f"/api/runs/{setup.run}/tasks/{2**62}", auth=a),
         "inactive user": dict(method="GET", path=task_path, auth=a),
+        "nul in uuid": dict(method="POST", path="/api/runs/ab\x00cd/task", body=worker_body, auth=a),
     }
     if case == "inactive user":
         User.objects.filter(pk=owner.pk).update(is_active=False)
@@ -252,7 +253,7 @@ def test_every_other_request_is_left_to_django(wsgi: Wsgi, owner: User, case: st
         "bearer": 401, "malformed json": 400, "nan": 400, "unknown key": 400, "no cookie": 204,
         "never handed out": 200, "unknown info": 404, "other query": 200, "foreign host": 400,
         "cross origin": 200, "xml only": 406, "form body": 415, "empty body": 400, "head": 200,
-        "out of range": 404, "inactive user": 401,
+        "out of range": 404, "inactive user": 401, "nul in uuid": 400,
     }[case]
     assert answer.status == expected, (case, answer)
 
