@@ -2,7 +2,7 @@
 
 DRF views already answer with the envelope; this covers what never reaches a DRF view: unknown
 URLs (404), Django-level method refusals (405), crashes outside DRF (500), and paths with a NUL
-character (400, before any view).
+character (404, before any view).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
 
 from coordinator.api.envelope import error_response
 
@@ -40,10 +40,10 @@ class ApiErrorEnvelopeMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if "\x00" in request.path_info:
             # A NUL (`%00`) can name nothing here, and PostgreSQL refuses it in any text value: answer
-            # before a view passes it to the database (a 500 there).
+            # 404 before a view passes it to the database (a 500 there).
             if is_api_path(request.path):
-                return error_response(400, "bad_request", "The request path contains a NUL character.")
-            return HttpResponseBadRequest("The request path contains a NUL character.")
+                return error_response(404, "not_found", "No endpoint or object at this path (it contains a NUL).")
+            return HttpResponseNotFound("Not found.")
         response = self.get_response(request)
         if response.status_code < 400 or not is_api_path(request.path):
             return response

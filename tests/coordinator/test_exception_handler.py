@@ -91,14 +91,14 @@ def test_crash_outside_drf_is_500_envelope() -> None:
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("path", ["/api/runs/ab%00cd", "/api/runs/ab%00cd/tasks/1", "/v1/files/a%00b", "/task/x%00y"])
-def test_a_nul_in_the_path_is_a_400_envelope_not_a_database_error(anon_client: APIClient, user: User,
+def test_a_nul_in_the_path_is_a_404_envelope_not_a_database_error(anon_client: APIClient, user: User,
                                                                  path: str) -> None:
     anon_client.force_authenticate(user)
     response = anon_client.get(path)
-    assert response.status_code == 400
-    assert_envelope(response.json(), "bad_request")
+    assert response.status_code == 404
+    assert_envelope(response.json(), "not_found")
 
 
-def test_a_nul_in_a_page_path_is_a_plain_400(anon_client: APIClient) -> None:
+def test_a_nul_in_a_page_path_is_a_plain_404(anon_client: APIClient) -> None:
     response = anon_client.get("/admin/x%00y/")
-    assert response.status_code == 400
+    assert response.status_code == 404 and not response["Content-Type"].startswith("application/json")

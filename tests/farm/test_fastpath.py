@@ -253,7 +253,7 @@ def test_every_other_request_is_left_to_django(wsgi: Wsgi, owner: User, case: st
         "bearer": 401, "malformed json": 400, "nan": 400, "unknown key": 400, "no cookie": 204,
         "never handed out": 200, "unknown info": 404, "other query": 200, "foreign host": 400,
         "cross origin": 200, "xml only": 406, "form body": 415, "empty body": 400, "head": 200,
-        "out of range": 404, "inactive user": 401, "nul in uuid": 400,
+        "out of range": 404, "inactive user": 401, "nul in uuid": 404,
     }[case]
     assert answer.status == expected, (case, answer)
 
