@@ -519,60 +519,26 @@ def task_update(*, run: Run, number: int, change: TaskChange, worker_uuid: str |
     return task
 
 
-def tasks_complete(*, run: Run, worker: Worker, numbers: list[int]) -> list[int]:
-    """Mark several tasks held by `worker` done at 100%; returns the numbers completed.
-
-    One guarded UPDATE … RETURNING (atomic by itself): only rows computing for this worker change,
-    and the statement itself says which ones did."""
-    numbers = sorted(set(numbers))
-    now = timezone.now()
-    params: list[Any] = [Task.Status.DONE.value, _dt(now), run.pk, worker.pk, Task.Status.COMPUTING.value]
-    if connection.vendor == "postgresql":
-        # Rows are reached only through the numbers given, each by the unique (run, task) index
-        # (OFFSET 0 keeps that lookup a query of its own). The checks on the row are written with
-        # IS NOT DISTINCT FROM, the same test as = here (never NULL) but one no index answers: else
-        # the planner may prefer scanning the worker's rows or the partial index of computing rows,
-        # which also holds entries of rows finished since the last vacuum. The run row is
-        # share-locked once, after every row was written (the aggregate reads the whole UPDATE
-        # first): the order a single-task PUT locks in (`_numbers_left`), so hand-out, which locks
-        # task rows and then the run row, can never deadlock with it.
-        sql = (f"WITH done AS (UPDATE {TASK} t SET status = %s, percent_completed = 100.0, updated = %s "
-               f"FROM (SELECT x.id FROM unnest(%s::bigint[]) AS n(task) CROSS JOIN LATERAL "
-               f"(SELECT id FROM {TASK} WHERE run_id = %s AND task = n.task OFFSET 0) x) m "
-               f"WHERE t.id = m.id AND t.worker_id IS NOT DISTINCT FROM %s AND t.status IS NOT DISTINCT FROM %s "
-               f"RETURNING t.task, t.run_id), "
-               f"left_ AS (SELECT next_task < num_tasks AS more FROM {RUN} "
-               f"WHERE id = (SELECT max(run_id) FROM done) FOR SHARE) "
-               f"SELECT done.task, left_.more FROM done LEFT JOIN left_ ON true")
-        params = [params[0], params[1], numbers, *params[2:]]
-    else:  # one parameter whatever the count (SQLite limits the number of parameters)
-        sql = (f"UPDATE {TASK} SET status = %s, percent_completed = 100.0, updated = %s WHERE run_id = %s "
-               f"AND worker_id = %s AND status = %s AND task IN (SELECT value FROM json_each(%s)) RETURNING task, NULL")
-        params.append(json.dumps(numbers))
-    with prepared_cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    done = sorted(row[0] for row in rows)
-    _touch_worker(worker.pk, now, worker.last_seen)
-    if done:
-        lefts = [row[1] for row in rows]
-        _publish_finished(run.pk, f"{worker.hostname}:{worker.pid} completed {len(done)} tasks", finished=True,
-                          left=None if None in lefts else all(lefts))
-    return done
+@dataclass(frozen=True)
+class PgCompletion:
+    finished: list[tuple[int, bool | None]]  # (number, whether the counter still has numbers)
+    found: tuple[int, int, str, int, Any] | None  # run id, worker id, hostname, pid, last_seen; None: missing
 
 
-def tasks_complete_by_uuid(*, user: User, run_uuid: str, worker_uuid: str, numbers: list[int]) -> list[int] | None:
-    """The API's batch completion on PostgreSQL: run and worker found by uuid (and owner) and the
-    rows completed in one round trip, as `tasks_complete` completes them. None when the run or the
-    worker is not the user's (nothing changed; the caller says which is missing) or on another
-    database (the caller looks both up and takes `tasks_complete`)."""
-    if connection.vendor != "postgresql":
-        return None
-    numbers = sorted(set(numbers))
-    now = timezone.now()
-    owned = "" if user.is_admin else " AND owner_id = %(owner)s"
-    # As in `tasks_complete`: rows reached by number through the unique (run, task) index, checks
-    # written with IS NOT DISTINCT FROM, the run row share-locked once after every write.
+def _complete_pg(*, run_uuid: str, worker_uuid: str, owner_id: int | None, numbers: list[int],
+                 now: datetime) -> PgCompletion:
+    """Batch completion in one PostgreSQL statement, with the run and the worker looked up by uuid
+    (and owner, unless None), as `_claim_pg` does for hand-out.
+
+    Rows are reached only through the numbers given, each by the unique (run, task) index (OFFSET
+    0 keeps that lookup a query of its own). The checks on the row are written with IS NOT
+    DISTINCT FROM, the same test as = here (never NULL) but one no index answers: else the planner
+    may prefer scanning the worker's rows or the partial index of computing rows, which also holds
+    entries of rows finished since the last vacuum. The run row is share-locked once, after every
+    row was written (the aggregate reads the whole UPDATE first): the order a single-task PUT locks
+    in (`_numbers_left`), so hand-out, which locks task rows and then the run row, can never
+    deadlock with it."""
+    owned = "" if owner_id is None else " AND owner_id = %(owner)s"
     sql = (
         f"WITH run_ AS (SELECT id FROM {RUN} WHERE uuid = %(run_uuid)s{owned}), "
         f"wk AS (SELECT id, hostname, pid, last_seen FROM {Worker._meta.db_table} WHERE uuid = %(worker_uuid)s{owned}), "
@@ -587,24 +553,69 @@ def tasks_complete_by_uuid(*, user: User, run_uuid: str, worker_uuid: str, numbe
         f"FROM done LEFT JOIN left_ ON true "
         f"UNION ALL SELECT 1, run_.id, NULL, wk.id, wk.hostname, wk.pid, wk.last_seen FROM run_, wk"
     )
-    params = {"run_uuid": run_uuid, "worker_uuid": worker_uuid, "owner": None if user.is_admin else user.pk,
+    params = {"run_uuid": run_uuid, "worker_uuid": worker_uuid, "owner": owner_id,
               "done": Task.Status.DONE.value, "computing": Task.Status.COMPUTING.value, "now": _dt(now),
               "numbers": numbers}
     with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     meta = [row for row in rows if row[0] == 1]
-    if not meta:
-        return None
-    _, run_id, _, worker_id, hostname, pid, last_seen = meta[0]
-    finished = [row for row in rows if row[0] == 0]
-    done = sorted(int(row[1]) for row in finished)
-    _touch_worker(int(worker_id), now, last_seen)
+    found = None
+    if meta:
+        _, run_id, _, worker_id, hostname, pid, last_seen = meta[0]
+        found = (int(run_id), int(worker_id), str(hostname), int(pid), last_seen)
+    return PgCompletion([(int(row[1]), row[2]) for row in rows if row[0] == 0], found)
+
+
+def _completed(finished: list[tuple[int, bool | None]], *, run_id: int, worker_id: int, worker_label: str,
+               now: datetime, last_seen: datetime | None) -> list[int]:
+    """After a batch completion: the worker's sign of life and the run's event; the numbers done."""
+    done = sorted(number for number, _ in finished)
+    _touch_worker(worker_id, now, last_seen)
     if done:
-        lefts = [row[2] for row in finished]
-        _publish_finished(int(run_id), f"{hostname}:{pid} completed {len(done)} tasks", finished=True,
+        lefts = [left for _, left in finished]
+        _publish_finished(run_id, f"{worker_label} completed {len(done)} tasks", finished=True,
                           left=None if None in lefts else all(lefts))
     return done
+
+
+def tasks_complete(*, run: Run, worker: Worker, numbers: list[int]) -> list[int]:
+    """Mark several tasks held by `worker` done at 100%; returns the numbers completed.
+
+    One guarded UPDATE … RETURNING (atomic by itself): only rows computing for this worker change,
+    and the statement itself says which ones did."""
+    numbers = sorted(set(numbers))
+    now = timezone.now()
+    if connection.vendor == "postgresql":
+        finished = _complete_pg(run_uuid=run.uuid, worker_uuid=worker.uuid, owner_id=None, numbers=numbers,
+                                now=now).finished
+    else:  # one parameter whatever the count (SQLite limits the number of parameters)
+        sql = (f"UPDATE {TASK} SET status = %s, percent_completed = 100.0, updated = %s WHERE run_id = %s "
+               f"AND worker_id = %s AND status = %s AND task IN (SELECT value FROM json_each(%s)) RETURNING task, NULL")
+        params = [Task.Status.DONE.value, _dt(now), run.pk, worker.pk, Task.Status.COMPUTING.value,
+                  json.dumps(numbers)]
+        with prepared_cursor() as cursor:
+            cursor.execute(sql, params)
+            finished = [(int(row[0]), row[1]) for row in cursor.fetchall()]
+    return _completed(finished, run_id=run.pk, worker_id=worker.pk, worker_label=f"{worker.hostname}:{worker.pid}",
+                      now=now, last_seen=worker.last_seen)
+
+
+def tasks_complete_by_uuid(*, user: User, run_uuid: str, worker_uuid: str, numbers: list[int]) -> list[int] | None:
+    """The API's batch completion on PostgreSQL: run and worker found by uuid (and owner) and the
+    rows completed in one round trip, as `tasks_complete` completes them. None when the run or the
+    worker is not the user's (nothing changed; the caller says which is missing) or on another
+    database (the caller looks both up and takes `tasks_complete`)."""
+    if connection.vendor != "postgresql":
+        return None
+    now = timezone.now()
+    completion = _complete_pg(run_uuid=run_uuid, worker_uuid=worker_uuid, owner_id=None if user.is_admin else user.pk,
+                              numbers=sorted(set(numbers)), now=now)
+    if completion.found is None:
+        return None
+    run_id, worker_id, hostname, pid, last_seen = completion.found
+    return _completed(completion.finished, run_id=run_id, worker_id=worker_id, worker_label=f"{hostname}:{pid}",
+                      now=now, last_seen=last_seen)
 
 
 @transaction.atomic

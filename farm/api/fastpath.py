@@ -42,7 +42,6 @@ from rest_framework.settings import api_settings
 from coordinator.api.envelope import error_body
 from coordinator.models import User
 from farm import selectors, services
-from farm.api.fields import WORKER_UUID_PATTERN
 from farm.api.views import (
     MAX_TASKS,
     batch_claim_data,
@@ -52,6 +51,7 @@ from farm.api.views import (
     numbers_ok,
     plain_change,
     task_data,
+    well_formed_worker_uuid,
 )
 from farm.authentication import user_for_farm_token
 from farm.conf import WORKER_COOKIE, fast_path_enabled
@@ -72,7 +72,6 @@ _BATCH = re.compile(r"/api/runs/([^/\x00]+)/tasks/(claim|done)")
 MAX_BODY = 256 * 1024
 _ACCEPTED = frozenset(("", "*/*", "application/json"))
 _INFO_QUERIES = {"": "", "info=": "", "info=status": "status", "info=percentCompleted": "percentCompleted"}
-_WORKER_UUID = re.compile(WORKER_UUID_PATTERN)
 _ALLOW_POST = "POST, OPTIONS"
 _ALLOW_TASK = "GET, PUT, HEAD, OPTIONS"
 _HOSTS_SEEN: dict[tuple[str, tuple[str, ...], bool], bool] = {}
@@ -248,8 +247,9 @@ class _Request:
     def _claim(self) -> Answer:
         data = self._data()
         worker_uuid = data.get("worker_uuid") if isinstance(data, dict) else None
-        if type(worker_uuid) is not str or not _WORKER_UUID.fullmatch(worker_uuid):
+        if not well_formed_worker_uuid(worker_uuid):
             raise _Decline
+        worker_uuid = str(worker_uuid)
         user = self._user()
         try:
             tasks = services.tasks_claim_for(user=user, run_uuid=self.run_uuid, worker_uuid=worker_uuid, limit=1)

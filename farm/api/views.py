@@ -224,7 +224,7 @@ def _worker_uuid_of(body: Any) -> str:
     through the serializer, for its error details."""
     if isinstance(body, dict):
         value = body.get("worker_uuid")
-        if _well_formed_worker_uuid(value):
+        if well_formed_worker_uuid(value):
             return str(value)
     data = WorkerInputSerializer(data=body)
     data.is_valid(raise_exception=True)
@@ -369,7 +369,7 @@ class TaskListOutputSerializer(serializers.Serializer):
     tasks = TaskOutputSerializer(many=True)
 
 
-def _well_formed_worker_uuid(value: Any) -> bool:
+def well_formed_worker_uuid(value: Any) -> bool:
     return type(value) is str and _WORKER_UUID.fullmatch(value) is not None
 
 
@@ -387,7 +387,7 @@ def batch_shortcut(body: Any, key: str, value_ok: Callable[[Any], bool]) -> tupl
     client sends thousands a second); None for anything else."""
     if isinstance(body, dict):
         worker_uuid, value = body.get("worker_uuid"), body.get(key)
-        if _well_formed_worker_uuid(worker_uuid) and value_ok(value):
+        if well_formed_worker_uuid(worker_uuid) and value_ok(value):
             return str(worker_uuid), value
     return None
 
