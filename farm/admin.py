@@ -6,7 +6,8 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
@@ -150,17 +151,14 @@ class WorkerAdmin(admin.ModelAdmin):
     list_filter = ("last_seen", "start")
     search_fields = ("hostname", "uuid", "owner__email")
     list_select_related = ("owner",)
-    readonly_fields = ("uuid", "owner", "hostname", "pid", "start", "last_seen")
+    readonly_fields = ("uuid", "owner", "hostname", "pid", "start", "last_seen", "tasks_done")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
-        return super().get_queryset(request).annotate(
-            n_done=Count("tasks", filter=Q(tasks__status=Task.Status.DONE)),
-            n_computing=Count("tasks", filter=Q(tasks__status=Task.Status.COMPUTING)),
-        )
-
-    @admin.display(description="tasks done", ordering="n_done")
-    def tasks_done(self, worker: Any) -> int:
-        return int(worker.n_done)
+        # Tasks done is a column (`Worker.tasks_done`); computing tasks are counted per listed worker
+        # from the partial index of computing rows, which holds only tasks out with workers now.
+        computing = Task.objects.filter(worker=OuterRef("pk"), status=Task.Status.COMPUTING).order_by() \
+            .values("worker").annotate(n=Count("*")).values("n")
+        return super().get_queryset(request).annotate(n_computing=Coalesce(Subquery(computing), 0))
 
     @admin.display(description="computing", ordering="n_computing")
     def tasks_computing(self, worker: Any) -> int:

@@ -47,6 +47,10 @@ class Worker(models.Model):
     pid = models.BigIntegerField()
     start = models.DateTimeField(auto_now_add=True)
     last_seen = models.DateTimeField(auto_now_add=True)
+    # Tasks this worker finished (a restart does not take them back), counted by the writes that
+    # finish them: reading it costs nothing, where counting rows would need an index on
+    # `Task.worker` that every hand-out and every completion pays for.
+    tasks_done = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["-last_seen"]
@@ -63,12 +67,21 @@ class Task(models.Model):
         COMPUTING = "computing", "computing"
         DONE = "done", "done"
 
-    # No index of its own: the unique (run, task) serves every lookup by run.
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tasks", db_index=False)
+    # No index of its own: the unique (run, task) serves every lookup by run. No database-level
+    # foreign keys either (`db_constraint=False`), here and on `worker`: PostgreSQL checks one per
+    # inserted or re-assigned row (two lookups, each locking the parent row), which cost the batch
+    # hand-out a fifth of its throughput (docs/farm.md, "Storage"). Rows are written only by
+    # `farm.services`, which locks the run row before inserting (a deleted run gets no new rows);
+    # deleting a run or a worker still cascades / sets NULL through Django.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tasks", db_index=False,
+                            db_constraint=False)
     task = models.BigIntegerField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING)
     percent_completed = models.FloatField(default=0.0)
-    worker = models.ForeignKey(Worker, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks")
+    # No index: nothing looks tasks up by worker on a hot path (the counts the admin shows come from
+    # `Worker.tasks_done` and the partial index of computing rows).
+    worker = models.ForeignKey(Worker, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks",
+                               db_index=False, db_constraint=False)
     started = models.DateTimeField(null=True, blank=True)
     updated = models.DateTimeField(null=True, blank=True)
 
@@ -84,8 +97,10 @@ class Task(models.Model):
         indexes = [
             # Hand-out takes the lowest waiting number of a run.
             models.Index(fields=["run", "task"], condition=Q(status="waiting"), name="farm_task_waiting"),
-            # Lease expiry: computing tasks of a run whose worker was silent the longest.
-            models.Index(fields=["run", "updated"], condition=Q(status="computing"), name="farm_task_computing"),
+            # Lease expiry: computing tasks of a run whose worker was silent the longest; the worker
+            # column lets the admin count a worker's computing tasks from this small index alone.
+            models.Index(fields=["run", "updated", "worker"], condition=Q(status="computing"),
+                         name="farm_task_computing"),
         ]
 
     def __str__(self) -> str:

@@ -17,7 +17,7 @@ from coordinator.db import prepared_cursor
 from coordinator.models import User
 from farm import throttle
 from farm.conf import lease_seconds
-from farm.errors import LeaseLostError, TaskNotFoundError, WorkerExistsError
+from farm.errors import LeaseLostError, RunNotFoundError, TaskNotFoundError, WorkerExistsError
 from farm.models import Run, Task, Worker
 from farm.selectors import RunCounts, run_counts, worker_and_run_get
 from progress.services import progress_publish
@@ -144,6 +144,9 @@ def run_create(*, owner: User, num_tasks: int) -> Run:
 @transaction.atomic
 def run_delete(*, run: Run) -> None:
     """Delete a run and its tasks."""
+    # The run row first: hand-out and materialisation lock it before inserting task rows (there is
+    # no database-level foreign key to stop them), so none can add a row the delete would miss.
+    Run.objects.select_for_update().filter(pk=run.pk).values_list("id", flat=True).first()
     throttle.forget(run.pk)
     progress_publish(topic=run_topic(run), kind="end", text="run deleted", owner_id=run.owner_id)
     Task.objects.filter(run=run).delete()
@@ -179,6 +182,14 @@ def worker_register(*, owner: User, uuid: str, hostname: str, pid: int) -> Worke
 
 TASK = Task._meta.db_table
 RUN = Run._meta.db_table
+WORKER = Worker._meta.db_table
+
+
+def _credit_worker(worker_id: int | None, finished: int) -> None:
+    """Count `finished` tasks in `Worker.tasks_done` (a separate statement; PostgreSQL's hot paths
+    do this inside their own statement)."""
+    if worker_id is not None and finished:
+        Worker.objects.filter(pk=worker_id).update(tasks_done=F("tasks_done") + finished)
 # Statuses written into SQL as literals where a partial index's condition must be seen in the
 # statement itself (a parameter would hide it from a prepared plan). Constants, never input.
 WAITING, COMPUTING = (f"'{status.value}'" for status in (Task.Status.WAITING, Task.Status.COMPUTING))
@@ -302,10 +313,10 @@ def _claim_pg(*, run_uuid: str, worker_uuid: str, owner_id: int | None, limit: i
     claimable = f"(status = {WAITING} OR (status = {COMPUTING} AND updated < %(cutoff)s))"
     sql = (
         f"WITH run_ AS (SELECT id FROM {RUN} WHERE uuid = %(run_uuid)s{owned}), "
-        f"wk AS (SELECT id FROM {Worker._meta.db_table} WHERE uuid = %(worker_uuid)s{owned}), "
+        f"wk AS (SELECT id FROM {WORKER} WHERE uuid = %(worker_uuid)s{owned}), "
         # The worker's sign of life, written only when older than LAST_SEEN_RESOLUTION (a data-modifying
         # CTE runs whether or not it is read).
-        f"seen AS (UPDATE {Worker._meta.db_table} SET last_seen = %(now)s WHERE id = (SELECT id FROM wk) "
+        f"seen AS (UPDATE {WORKER} SET last_seen = %(now)s WHERE id = (SELECT id FROM wk) "
         f"AND last_seen < %(stale)s RETURNING id), "
         f"waiting AS (SELECT t.id, t.task FROM {TASK} t, run_, wk WHERE t.run_id = run_.id "
         f"AND t.status = {WAITING} ORDER BY t.task LIMIT %(limit)s FOR UPDATE OF t SKIP LOCKED), "
@@ -419,12 +430,17 @@ def _publish_finished_or_due(run: Run, text: str) -> None:
 
 
 def _materialise(run: Run, number: int) -> Task:
-    """Create the waiting row of a task number nobody touched yet (the seed does so on GET/PUT)."""
-    if number >= run.next_task:
-        # When it is the counter's next number, take it from the counter first: the run row is
-        # then locked before the task row is inserted, the order hand-out uses, so the two can
-        # never deadlock; numbers further ahead are skipped by hand-out's INSERT … ON CONFLICT.
-        Run.objects.filter(pk=run.pk, next_task=number).update(next_task=F("next_task") + 1)
+    """Create the waiting row of a task number nobody touched yet (the seed does so on GET/PUT).
+
+    The run row is locked first, the order hand-out uses (so the two can never deadlock), and must
+    still be there: with no database-level foreign key, this is what keeps a run being deleted from
+    getting a new row. When the number is the counter's next one, it is taken from the counter;
+    numbers further ahead are skipped by hand-out's INSERT … ON CONFLICT."""
+    next_task = Run.objects.select_for_update().filter(pk=run.pk).values_list("next_task", flat=True).first()
+    if next_task is None:
+        raise RunNotFoundError()  # deleted meanwhile
+    if number == next_task:
+        Run.objects.filter(pk=run.pk).update(next_task=F("next_task") + 1)
     try:
         with transaction.atomic():
             return Task.objects.create(run=run, task=number, status=Task.Status.WAITING)
@@ -466,17 +482,31 @@ def task_update_held(*, user: User, run_uuid: str, number: int, change: TaskChan
         params.append(change.status)
     owner = "" if user.is_admin else " AND owner_id = %s"
     finishing = change.status == Task.Status.DONE
-    sql = (f"UPDATE {TASK} SET {', '.join(sets)} "
-           # The row by the unique (run, task) index: the status check uses IS NOT DISTINCT FROM,
-           # which no partial index answers (see `tasks_complete`).
-           f"WHERE run_id = (SELECT id FROM {RUN} WHERE uuid = %s{owner}) AND task = %s "
-           f"AND status IS NOT DISTINCT FROM %s "
-           f"AND worker_id = (SELECT id FROM {Worker._meta.db_table} WHERE uuid = %s) "
-           f"RETURNING run_id, worker_id, status, percent_completed, {_numbers_left(finishing)}")
+    update = (f"UPDATE {TASK} SET {', '.join(sets)} "
+              # The row by the unique (run, task) index: the status check uses IS NOT DISTINCT FROM,
+              # which no partial index answers (see `tasks_complete`).
+              f"WHERE run_id = (SELECT id FROM {RUN} WHERE uuid = %s{owner}) AND task = %s "
+              f"AND status IS NOT DISTINCT FROM %s "
+              f"AND worker_id = (SELECT id FROM {WORKER} WHERE uuid = %s) "
+              f"RETURNING run_id, worker_id, status, percent_completed, {_numbers_left(finishing)}")
     params += [run_uuid, *([] if user.is_admin else [user.pk]), number, Task.Status.COMPUTING.value, worker_uuid]
-    with prepared_cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
+    if not finishing:
+        with prepared_cursor() as cursor:
+            cursor.execute(update, params)
+            row = cursor.fetchone()
+    elif connection.vendor == "postgresql":
+        # The worker is credited in the same statement (a data-modifying CTE, run after the rest:
+        # its row is locked last, as hand-out locks it last).
+        with prepared_cursor() as cursor:
+            cursor.execute(f"WITH t AS ({update}), credit AS (UPDATE {WORKER} SET tasks_done = tasks_done + 1 "
+                           f"WHERE id = (SELECT worker_id FROM t)) SELECT * FROM t", params)
+            row = cursor.fetchone()
+    else:  # SQLite has no data-modifying CTE: two statements under its write lock
+        with transaction.atomic(), prepared_cursor() as cursor:
+            cursor.execute(update, params)
+            row = cursor.fetchone()
+            if row is not None:
+                _credit_worker(row[1], 1)
     if row is None:
         return False
     run_id, worker_id, status, percent, left = row
@@ -509,13 +539,16 @@ def task_update(*, run: Run, number: int, change: TaskChange, worker_uuid: str |
         task.status = change.status
         fields.append("status")
     task.save(update_fields=fields)
-    holder = task.worker
-    if worker_uuid and holder is not None and holder.uuid == worker_uuid \
-            and holder.last_seen < now - timedelta(seconds=LAST_SEEN_RESOLUTION):
-        Worker.objects.filter(pk=holder.pk).update(last_seen=now)
     finished = not was_done and task.status == Task.Status.DONE
     label = f"task {number}: {task.status} {task.percent_completed:g}%"
     _publish_counts(run, label, maybe_ended=finished)
+    # The worker row last (after the run row `_publish_counts` may lock), the order hand-out locks in.
+    holder = task.worker
+    if finished and holder is not None:
+        _credit_worker(holder.pk, 1)
+    if worker_uuid and holder is not None and holder.uuid == worker_uuid \
+            and holder.last_seen < now - timedelta(seconds=LAST_SEEN_RESOLUTION):
+        Worker.objects.filter(pk=holder.pk).update(last_seen=now)
     return task
 
 
@@ -541,14 +574,17 @@ def _complete_pg(*, run_uuid: str, worker_uuid: str, owner_id: int | None, numbe
     owned = "" if owner_id is None else " AND owner_id = %(owner)s"
     sql = (
         f"WITH run_ AS (SELECT id FROM {RUN} WHERE uuid = %(run_uuid)s{owned}), "
-        f"wk AS (SELECT id, hostname, pid, last_seen FROM {Worker._meta.db_table} WHERE uuid = %(worker_uuid)s{owned}), "
+        f"wk AS (SELECT id, hostname, pid, last_seen FROM {WORKER} WHERE uuid = %(worker_uuid)s{owned}), "
         f"done AS (UPDATE {TASK} t SET status = %(done)s, percent_completed = 100.0, updated = %(now)s "
         f"FROM (SELECT x.id FROM run_, unnest(%(numbers)s::bigint[]) AS n(task) CROSS JOIN LATERAL "
         f"(SELECT id FROM {TASK} WHERE run_id = run_.id AND task = n.task OFFSET 0) x) m, wk "
         f"WHERE t.id = m.id AND t.worker_id IS NOT DISTINCT FROM wk.id "
         f"AND t.status IS NOT DISTINCT FROM %(computing)s RETURNING t.task, t.run_id), "
         f"left_ AS (SELECT next_task < num_tasks AS more FROM {RUN} "
-        f"WHERE id = (SELECT max(run_id) FROM done) FOR SHARE) "
+        f"WHERE id = (SELECT max(run_id) FROM done) FOR SHARE), "
+        # Read by nothing, so run last: the worker row is locked after the run row, as in hand-out.
+        f"credit AS (UPDATE {WORKER} SET tasks_done = tasks_done + (SELECT count(*) FROM done) "
+        f"WHERE id = (SELECT id FROM wk) AND EXISTS (SELECT 1 FROM done)) "
         f"SELECT 0, done.task, left_.more, NULL::bigint, NULL::text, NULL::bigint, NULL::timestamptz "
         f"FROM done LEFT JOIN left_ ON true "
         f"UNION ALL SELECT 1, run_.id, NULL, wk.id, wk.hostname, wk.pid, wk.last_seen FROM run_, wk"
@@ -594,9 +630,10 @@ def tasks_complete(*, run: Run, worker: Worker, numbers: list[int]) -> list[int]
                f"AND worker_id = %s AND status = %s AND task IN (SELECT value FROM json_each(%s)) RETURNING task, NULL")
         params = [Task.Status.DONE.value, _dt(now), run.pk, worker.pk, Task.Status.COMPUTING.value,
                   json.dumps(numbers)]
-        with prepared_cursor() as cursor:
+        with transaction.atomic(), prepared_cursor() as cursor:
             cursor.execute(sql, params)
             finished = [(int(row[0]), row[1]) for row in cursor.fetchall()]
+            _credit_worker(worker.pk, len(finished))
     return _completed(finished, run_id=run.pk, worker_id=worker.pk, worker_label=f"{worker.hostname}:{worker.pid}",
                       now=now, last_seen=worker.last_seen)
 

@@ -71,6 +71,8 @@ def test_restart_and_delete_actions(staff: Client, busy_run: Run) -> None:
 def test_worker_and_task_lists(staff: Client, busy_run: Run) -> None:
     workers = staff.get("/admin/farm/worker/").content.decode()
     assert "node7" in workers and "w1" in workers
+    assert '<td class="field-tasks_done">1</td>' in workers
+    assert '<td class="field-tasks_computing">2</td>' in workers
     assert Worker.objects.count() == 1
     tasks = staff.get("/admin/farm/task/", {"status__exact": "computing"}).content.decode()
     assert "computing" in tasks

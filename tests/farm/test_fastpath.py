@@ -186,6 +186,16 @@ def test_fast_path_writes_what_the_full_path_writes(wsgi: Wsgi, owner: User) -> 
     assert tasks[1].status == Task.Status.COMPUTING
     assert {t.worker.uuid for t in tasks.values()} == {setup.worker}  # type: ignore[union-attr]
     assert Worker.objects.get(uuid=setup.worker).last_seen is not None
+    assert Worker.objects.get(uuid=setup.worker).tasks_done == 1
+
+
+def test_finished_tasks_are_counted_for_the_worker_both_ways(wsgi: Wsgi, owner: User, settings: Any) -> None:
+    fast = new_setup(wsgi, owner, num_tasks=2)
+    worker_loop(wsgi, fast)
+    settings.FARM_FAST_PATH = False
+    full = new_setup(wsgi, owner, num_tasks=2)
+    worker_loop(wsgi, full)
+    assert Worker.objects.get(uuid=fast.worker).tasks_done == Worker.objects.get(uuid=full.worker).tasks_done == 1
 
 
 def test_a_worker_that_lost_its_task_gets_the_full_paths_409(wsgi: Wsgi, owner: User) -> None:

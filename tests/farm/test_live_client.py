@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -115,6 +116,43 @@ def test_eight_real_workers_race(transactional_db: None, farm_owner: User) -> No
     statuses = Counter(Task.objects.values_list("status", flat=True))
     assert statuses == {"done": num_tasks}
     assert Worker.objects.count() == 8
+    # Each worker's count of finished tasks is what it printed, with 8 of them finishing at once.
+    printed = {len(out.split()) for out, _ in outputs}
+    assert sum(Worker.objects.values_list("tasks_done", flat=True)) == num_tasks
+    assert set(Worker.objects.values_list("tasks_done", flat=True)) == printed
+
+
+def test_deleting_a_run_while_real_workers_claim_leaves_no_task_rows(transactional_db: None,
+                                                                      farm_owner: User) -> None:
+    """Task rows have no database-level foreign key: the run's lock must keep claims from adding rows
+    while (and after) the run is deleted."""
+    with run_wsgi_server(workers=4) as live:
+        base = live + "/api/"
+        tf = TaskFarm(farm_owner.email, DEFAULT_PASSWORD, numTasks=100_000, url_base=base)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.farm.race_worker", base, farm_owner.email, DEFAULT_PASSWORD, tf.uuid],
+                cwd=ROOT, env=server_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            for _ in range(6)
+        ]
+        try:
+            deadline = time.monotonic() + 120
+            while Task.objects.filter(status="done").count() < 60 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            tf.delete()  # while the workers keep claiming
+            outputs = [proc.communicate(timeout=120) for proc in procs]
+        finally:
+            for proc in procs:
+                proc.kill()
+    # Every worker stopped on the run's disappearance: a 404, or (a claim that ran into the delete)
+    # no task left; nothing else.
+    stops = [err.splitlines()[-1] if err.strip() else "" for _, err in outputs]
+    assert all("HTTP 404" in stop or (proc.returncode == 0 and not stop) for proc, stop in zip(procs, stops,
+                                                                                          strict=True)), stops
+    assert sum(len(out.split()) for out, _ in outputs) >= 60
+    assert not Run.objects.exists()
+    assert not Task.objects.exists()
 
 
 def test_lease_expiry_with_real_clients(transactional_db: None, farm_owner: User) -> None:

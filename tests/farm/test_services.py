@@ -1,0 +1,115 @@
+"""Writes of `farm.services` a user sees in the admin: workers' finished-task counts, and what deleting
+a run or a worker leaves behind (task rows carry no database-level foreign keys)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from django.db import connection, connections
+
+from coordinator.models import User
+from farm import services
+from farm.errors import RunNotFoundError
+from farm.models import Run, Task, Worker
+
+pytestmark = pytest.mark.django_db
+
+
+def _done(worker: Worker) -> int:
+    return Worker.objects.get(pk=worker.pk).tasks_done
+
+
+def test_tasks_done_counts_every_way_a_task_finishes_and_only_once(farm_user: User) -> None:
+    run = services.run_create(owner=farm_user, num_tasks=8)
+    worker = services.worker_register(owner=farm_user, uuid="counted", hostname="h", pid=1)
+    other = services.worker_register(owner=farm_user, uuid="other", hostname="h", pid=2)
+    assert [t.task for t in services.tasks_claim(run=run, worker=worker, limit=6)] == [0, 1, 2, 3, 4, 5]
+    assert services.tasks_claim(run=run, worker=other, limit=1)[0].task == 6
+    done = services.TaskChange(status=Task.Status.DONE)
+
+    # The holder's PUT (the fast path's statement).
+    assert services.task_update_held(user=farm_user, run_uuid=run.uuid, number=0, change=done, worker_uuid="counted")
+    assert _done(worker) == 1
+    # A PUT through the full path (here: without a worker), credited to the task's holder.
+    services.task_update(run=run, number=1, change=done)
+    assert _done(worker) == 2
+    # Finishing an already finished task counts nothing.
+    services.task_update(run=run, number=1, change=done)
+    assert _done(worker) == 2
+    # Batch completion counts what it finished, not what it refused (6 is the other worker's, 1 is done).
+    assert services.tasks_complete(run=run, worker=worker, numbers=[2, 3, 6, 1]) == [2, 3]
+    assert _done(worker) == 4
+    assert services.tasks_complete_by_uuid(user=farm_user, run_uuid=run.uuid, worker_uuid="counted",
+                                           numbers=[4]) in ([4], None)
+    if Task.objects.get(run=run, task=4).status != Task.Status.DONE:  # SQLite: the caller's fallback
+        services.tasks_complete(run=run, worker=worker, numbers=[4])
+    assert _done(worker) == 5 and _done(other) == 0
+    # A task finished without ever being handed out has nobody to credit.
+    services.task_update(run=run, number=7, change=done)
+    assert _done(worker) == 5 and _done(other) == 0
+    # A restart puts tasks back, but the work was done: the count stays.
+    services.run_restart(run=run, everything=True)
+    assert _done(worker) == 5
+    assert Task.objects.filter(status=Task.Status.DONE).count() == 0
+
+
+def test_a_deleted_run_gets_no_new_task_rows(farm_user: User) -> None:
+    run = services.run_create(owner=farm_user, num_tasks=10)
+    worker = services.worker_register(owner=farm_user, uuid="w", hostname="h", pid=1)
+    services.tasks_claim(run=run, worker=worker, limit=2)
+    stale = Run.objects.get(pk=run.pk)  # what a request read before the delete committed
+    services.run_delete(run=run)
+    assert not Task.objects.exists()
+    with pytest.raises(RunNotFoundError):
+        services.task_get_or_materialise(run=stale, number=5)  # an out-of-order GET
+    with pytest.raises(RunNotFoundError):
+        services.task_update(run=stale, number=6, change=services.TaskChange(percent_completed=10.0))
+    assert services.tasks_claim(run=stale, worker=worker, limit=3) == []
+    assert not Task.objects.exists()
+
+
+def test_deleting_a_worker_keeps_its_tasks_without_it(farm_user: User) -> None:
+    run = services.run_create(owner=farm_user, num_tasks=3)
+    worker = services.worker_register(owner=farm_user, uuid="gone", hostname="h", pid=1)
+    services.tasks_claim(run=run, worker=worker, limit=2)
+    worker.delete()
+    assert list(Task.objects.order_by("task").values_list("task", "worker")) == [(0, None), (1, None)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_delete_waits_for_a_claim_holding_the_run_and_takes_its_rows_too(farm_user: User) -> None:
+    """The order that keeps orphans out without a foreign key: a claim locks the run row, then inserts;
+    the delete locks the run row before deleting the tasks, so it sees what the claim committed."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite writes one transaction at a time")
+    run = services.run_create(owner=farm_user, num_tasks=10)
+    worker = services.worker_register(owner=farm_user, uuid="w", hostname="h", pid=1)
+    claim = psycopg.connect(**connection.get_connection_params())
+    try:
+        claim.execute("SELECT id FROM farm_run WHERE id = %s FOR UPDATE", [run.pk])  # as hand-out locks it
+        errors: list[BaseException] = []
+
+        def delete() -> None:
+            try:
+                services.run_delete(run=run)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+            finally:
+                connections.close_all()
+
+        deleting = threading.Thread(target=delete)
+        deleting.start()
+        time.sleep(0.5)
+        assert deleting.is_alive()  # waiting for the run row
+        claim.execute("INSERT INTO farm_task (run_id, task, status, percent_completed, worker_id, started, updated) "
+                      "VALUES (%s, 0, 'computing', 0, %s, now(), now())", [run.pk, worker.pk])
+        claim.commit()
+        deleting.join(30)
+        assert not deleting.is_alive() and errors == []
+    finally:
+        claim.close()
+    assert not Run.objects.exists()
+    assert not Task.objects.exists()
