@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.utils import CursorDebugWrapper
 
 
@@ -50,22 +50,25 @@ def prepared_cursor() -> Iterator[Any]:
     turned off, this is `connection.cursor()`. Queries still show in Django's query log.
     """
     global _cursor_class
-    if connection.vendor != "postgresql" or not settings.DATABASE_PREPARED_STATEMENTS:
-        with connection.cursor() as cursor:
+    # The wrapper itself, not the `connection` proxy: each attribute read through the proxy is a
+    # context-local lookup, and this runs on every hot request.
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.vendor != "postgresql" or not settings.DATABASE_PREPARED_STATEMENTS:
+        with db.cursor() as cursor:
             yield cursor
         return
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
+    db.close_if_health_check_failed()
+    db.ensure_connection()
     if _cursor_class is None:
         _cursor_class = _prepared_cursor_class()
-    pg = connection.connection
+    pg = db.connection
     if pg.prepare_threshold is None:
         # Django's None turns preparing off for the whole connection, `prepare=True` included; its own
         # (client-side binding) cursors never prepare whatever this says.
         pg.prepare_threshold = 5
-    with connection.wrap_database_errors:
+    with db.wrap_database_errors:
         raw = _cursor_class(pg)
-    cursor = _PreparedDebugWrapper(raw, connection) if connection.queries_logged else connection.make_cursor(raw)
+    cursor = _PreparedDebugWrapper(raw, db) if db.queries_logged else db.make_cursor(raw)
     try:
         yield cursor
     finally:

@@ -75,14 +75,26 @@ def user_for_farm_token(token: str) -> User | None:
         hit = _token_users.get(token)
         if hit is not None and hit[0] > time.monotonic():
             # A copy: request handlers must not share (and mutate) one object across requests.
-            return copy.copy(hit[1])
+            return _clone(hit[1])
     user = _user_for_farm_token(token)
     if user is not None and ttl > 0:
         with _token_users_lock:
             if len(_token_users) >= TOKEN_CACHE_MAX:
                 _token_users.clear()
-            _token_users[token] = (time.monotonic() + ttl, copy.copy(user))
+            _token_users[token] = (time.monotonic() + ttl, _clone(user))
     return user
+
+
+def _clone(user: User) -> User:
+    """What `copy.copy` makes of a model instance (its own `_state` and related-object cache), at a
+    tenth of the cost: this runs on every farm request (`copy.copy` goes through pickling's
+    `__reduce_ex__`, about 25 µs)."""
+    clone = User.__new__(User)
+    clone.__dict__.update(user.__dict__)
+    state = copy.copy(user._state)
+    state.fields_cache = dict(user._state.fields_cache)
+    clone._state = state
+    return clone
 
 
 def _user_for_farm_token(token: str) -> User | None:

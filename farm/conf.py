@@ -1,10 +1,33 @@
-"""Task farm settings, read lazily from Django settings or the environment."""
+"""Task farm settings, read lazily from Django settings or the environment.
+
+Each is read once per process and remembered (several are read on every worker request, and a
+setting that is missing from Django's settings costs an AttributeError inside `getattr` each time);
+a change of Django settings (`override_settings`, pytest's `settings`) forgets them."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+
+_read: dict[str, Any] = {}
+
+
+def _forget(**kwargs: Any) -> None:
+    _read.clear()
+
+
+setting_changed.connect(_forget, dispatch_uid="farm.conf.forget")
+
+
+def _raw(name: str, default: Any) -> Any:
+    try:
+        return _read[name]
+    except KeyError:
+        value = _read[name] = getattr(settings, name, os.environ.get(name, default))
+        return value
 
 # A computing task whose worker has sent nothing (no PUT) for this long goes back to the pool.
 # The taskfarm-worker client has no heartbeat: its only sign of life is `update()`, so the
@@ -16,7 +39,7 @@ DEFAULT_BATCH_MAX = 1000
 
 
 def _int(name: str, default: int) -> int:
-    value = getattr(settings, name, os.environ.get(name, default))
+    value = _raw(name, default)
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -36,7 +59,7 @@ def batch_max() -> int:
 def auth_cache_seconds() -> float:
     """`FARM_AUTH_CACHE_SECONDS`: how long a process trusts a verified farm token without re-reading its user
     (0 turns the cache off); another process sees a password change or deactivation within this delay."""
-    value = getattr(settings, "FARM_AUTH_CACHE_SECONDS", os.environ.get("FARM_AUTH_CACHE_SECONDS", 5.0))
+    value = _raw("FARM_AUTH_CACHE_SECONDS", 5.0)
     try:
         return max(0.0, float(value))
     except (TypeError, ValueError):
@@ -45,7 +68,7 @@ def auth_cache_seconds() -> float:
 
 def progress_interval() -> float:
     """`FARM_PROGRESS_INTERVAL`: least seconds between two `msg` events of one run from one server process."""
-    value = getattr(settings, "FARM_PROGRESS_INTERVAL", os.environ.get("FARM_PROGRESS_INTERVAL", 0.5))
+    value = _raw("FARM_PROGRESS_INTERVAL", 0.5)
     try:
         return max(0.0, float(value))
     except (TypeError, ValueError):
@@ -54,13 +77,13 @@ def progress_interval() -> float:
 
 def progress_trailing() -> bool:
     """`FARM_PROGRESS_TRAILING`: send a run's last change inside a throttled window when it closes."""
-    value = getattr(settings, "FARM_PROGRESS_TRAILING", os.environ.get("FARM_PROGRESS_TRAILING", "1"))
+    value = _raw("FARM_PROGRESS_TRAILING", "1")
     return str(value).strip().lower() not in ("0", "false", "no", "off", "")
 
 
 def fast_path_enabled() -> bool:
     """`FARM_FAST_PATH`: answer the worker's per-task requests in front of Django (`farm.api.fastpath`)."""
-    value = getattr(settings, "FARM_FAST_PATH", os.environ.get("FARM_FAST_PATH", "1"))
+    value = _raw("FARM_FAST_PATH", "1")
     return str(value).strip().lower() not in ("0", "false", "no", "off", "")
 
 

@@ -35,6 +35,7 @@ from typing import Any
 from django.conf import settings
 from django.core import signals
 from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import setting_changed
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
 from rest_framework.settings import api_settings
@@ -90,8 +91,25 @@ def _json_bytes(data: dict[str, Any]) -> bytes:
     return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
+_static: list[list[tuple[str, str]]] = []  # built once; emptied when settings change (tests)
+
+
+def _forget_static_headers(**kwargs: Any) -> None:
+    _static.clear()
+
+
+setting_changed.connect(_forget_static_headers, dispatch_uid="farm.api.fastpath.static_headers")
+
+
 def _static_headers() -> list[tuple[str, str]]:
-    """What Django's middlewares add to every one of these answers, from the same settings."""
+    """What Django's middlewares add to every one of these answers, from the same settings (a fresh
+    list each time: the caller appends to it)."""
+    if not _static:
+        _static.append(_build_static_headers())
+    return list(_static[0])
+
+
+def _build_static_headers() -> list[tuple[str, str]]:
     headers = [("X-Frame-Options", settings.X_FRAME_OPTIONS)]
     if settings.SECURE_CONTENT_TYPE_NOSNIFF:
         headers.append(("X-Content-Type-Options", "nosniff"))
