@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -113,3 +114,26 @@ def test_a_run_delete_waits_for_a_claim_holding_the_run_and_takes_its_rows_too(f
         claim.close()
     assert not Run.objects.exists()
     assert not Task.objects.exists()
+
+
+def test_finishing_a_task_of_a_run_that_goes_on_counts_nothing(farm_user: User, settings: Any) -> None:
+    """Near the end of a run every finished task asks whether the run ended; the answer comes from the
+    partial indexes, not from counting the run's rows, and the `end` event still goes out once."""
+    from django.test.utils import CaptureQueriesContext
+
+    from progress.models import ProgressEvent
+
+    settings.FARM_PROGRESS_INTERVAL = 3600  # no throttled `msg` due: only the end may cost a count
+    run = services.run_create(owner=farm_user, num_tasks=3)
+    worker = services.worker_register(owner=farm_user, uuid="tail", hostname="h", pid=1)
+    services.tasks_claim(run=run, worker=worker, limit=3)  # the counter is exhausted
+    done = services.TaskChange(percent_completed=100.0, status=Task.Status.DONE)
+    for number in (0, 1):
+        with CaptureQueriesContext(connection) as queries:
+            assert services.task_update_held(user=farm_user, run_uuid=run.uuid, number=number, change=done,
+                                             worker_uuid="tail")
+        assert not [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert not ProgressEvent.objects.filter(topic=f"run:{run.uuid}", kind="end").exists()
+    assert services.task_update_held(user=farm_user, run_uuid=run.uuid, number=2, change=done, worker_uuid="tail")
+    end = ProgressEvent.objects.get(topic=f"run:{run.uuid}", kind="end")
+    assert end.state["numDone"] == 3 and end.state["percentDone"] == 100

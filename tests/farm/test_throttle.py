@@ -52,3 +52,21 @@ def test_without_trailing_the_window_swallows_the_last_change(api: APIClient, se
     api.put(f"/api/runs/{run}/tasks/{n}", {"percentCompleted": 40}, format="json")
     time.sleep(0.8)
     assert len(run_messages(run)) == 1
+
+
+def test_a_run_that_is_slow_to_count_gets_a_wider_window(api: APIClient, settings: Any) -> None:
+    from farm import throttle
+    from farm.models import Run
+
+    settings.FARM_PROGRESS_INTERVAL = 0.2
+    settings.FARM_PROGRESS_TRAILING = False
+    run = new_run(api, 10)
+    new_worker(api, "w")
+    claim(api, run, "w")  # leading edge: counted and sent
+    run_id = Run.objects.get(uuid=run).pk
+    assert throttle.window(run_id) == 0.2  # a 10-task count is quick
+    throttle.count_took(run_id, 1.0)  # as a run of about four million touched tasks counts here
+    assert throttle.window(run_id) == throttle.COUNT_COST_FACTOR * 1.0
+    time.sleep(0.3)  # past the configured interval, inside the widened window
+    claim(api, run, "w")
+    assert len(run_messages(run)) == 1
