@@ -6,7 +6,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -43,6 +43,24 @@ def _counts_from_annotations(run: Any) -> RunCounts:
     return RunCounts(run.num_tasks, run.n_waiting, run.n_computing, run.n_done, percent)
 
 
+def _attach_counts(runs: list[Run]) -> None:
+    """Set the counts `_counts_from_annotations` reads on each run, from one query for them all."""
+    by_run: dict[int, dict[str, Any]] = {run.pk: {"n_waiting": 0, "n_computing": 0, "n_done": 0, "pct_sum": 0.0}
+                                         for run in runs}
+    rows = Task.objects.filter(run_id__in=list(by_run)).order_by().values("run_id", "status") \
+        .annotate(n=Count("id"), pct=Sum("percent_completed"))
+    names = {Task.Status.WAITING.value: "n_waiting", Task.Status.COMPUTING.value: "n_computing",
+             Task.Status.DONE.value: "n_done"}
+    for row in rows:
+        counts = by_run[row["run_id"]]
+        if row["status"] in names:
+            counts[names[row["status"]]] = row["n"]
+        counts["pct_sum"] += float(row["pct"] or 0.0)
+    for run in runs:
+        for name, value in by_run[run.pk].items():
+            setattr(run, name, value)
+
+
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
     list_display = ("uuid", "owner", "created_at", "num_tasks", "progress")
@@ -57,15 +75,15 @@ class RunAdmin(admin.ModelAdmin):
     class Media:
         js = ["progress/live.js"]
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Run]:
-        from django.db.models import Sum
-
-        return super().get_queryset(request).annotate(
-            n_waiting=Count("tasks", filter=Q(tasks__status=Task.Status.WAITING)),
-            n_computing=Count("tasks", filter=Q(tasks__status=Task.Status.COMPUTING)),
-            n_done=Count("tasks", filter=Q(tasks__status=Task.Status.DONE)),
-            pct_sum=Sum("tasks__percent_completed"),
-        )
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        # The counts of the runs on this page only, in one grouped query: annotating the queryset
+        # made PostgreSQL join and aggregate every task row of every run before paginating (1.1 s
+        # with 1.6 million task rows, growing with all the farm's history).
+        changelist = super().get_changelist_instance(request)
+        runs = list(changelist.result_list)
+        _attach_counts(runs)
+        changelist.result_list = runs
+        return changelist
 
     def get_fields(self, request: HttpRequest, obj: Run | None = None) -> Any:
         if obj is None:

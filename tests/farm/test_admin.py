@@ -40,6 +40,30 @@ def test_run_list_shows_live_progress(staff: Client, busy_run: Run) -> None:
     assert "progress/live.js" in page
 
 
+def test_run_list_counts_each_run_on_the_page_apart(staff: Client, busy_run: Run, farm_user: User) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    quiet = services.run_create(owner=farm_user, num_tasks=2)
+    other = services.run_create(owner=farm_user, num_tasks=5)
+    worker = services.worker_register(owner=farm_user, uuid="w2", hostname="node8", pid=43)
+    services.tasks_claim(run=other, worker=worker, limit=5)
+    services.tasks_complete(run=other, worker=worker, numbers=[0, 1, 2, 3, 4])
+    with CaptureQueriesContext(connection) as queries:
+        page = staff.get("/admin/farm/run/").content.decode()
+
+    def progress_of(run: Run) -> str:
+        start = page.index(f'id="farm-run-progress-{run.uuid}"')
+        return page[start:page.index("</small>", start)]
+
+    assert "width:25.00%" in progress_of(busy_run) and '"numComputing">2<' in progress_of(busy_run)
+    assert "width:0.00%" in progress_of(quiet) and '"numNotStarted">2<' in progress_of(quiet)
+    assert "width:100.00%" in progress_of(other) and '"numDone">5<' in progress_of(other)
+    # One grouped count for the page's runs, not one per run, and none over every task of the farm.
+    counts = [q["sql"] for q in queries.captured_queries if "farm_task" in q["sql"]]
+    assert len(counts) == 1 and " IN (" in counts[0]
+
+
 def test_run_page_lists_and_filters_tasks(staff: Client, busy_run: Run) -> None:
     url = f"/admin/farm/run/{busy_run.pk}/change/"
     page = staff.get(url).content.decode()
