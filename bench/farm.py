@@ -38,6 +38,7 @@ import requests
 
 from bench.report import write_section
 from coordinator.management.commands.serve import granian_argv
+from tests.live import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
@@ -168,14 +169,6 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> N
         except requests.RequestException:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def gunicorn_argv(argv: list[str], port: int, log: Path) -> list[str]:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import median, percentile, write_section
+from tests.live import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -54,14 +55,6 @@ class Row:
     @property
     def sustained(self) -> bool:
         return self.sent > 0 and self.lost == 0 and self.lost_reconnect == 0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

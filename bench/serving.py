@@ -31,17 +31,10 @@ import requests
 
 from bench.report import median, write_section
 from coordinator.management.commands.serve import granian_argv
+from tests.live import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ok(url: str, timeout: float = 60) -> None:
