@@ -81,9 +81,11 @@ def test_deleting_a_worker_keeps_its_tasks_without_it(farm_user: User) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_run_delete_waits_for_a_claim_holding_the_run_and_takes_its_rows_too(farm_user: User) -> None:
+@pytest.mark.parametrize("way", ["run_delete", "owner_deleted"])
+def test_a_run_delete_waits_for_a_claim_holding_the_run_and_takes_its_rows_too(farm_user: User, way: str) -> None:
     """The order that keeps orphans out without a foreign key: a claim locks the run row, then inserts;
-    the delete locks the run row before deleting the tasks, so it sees what the claim committed."""
+    the delete locks the run row before deleting the tasks, so it sees what the claim committed. The
+    same holds when the run goes because its owner's account is deleted (Django's cascade)."""
     if connection.vendor != "postgresql":
         pytest.skip("SQLite writes one transaction at a time")
     run = services.run_create(owner=farm_user, num_tasks=10)
@@ -95,7 +97,10 @@ def test_a_run_delete_waits_for_a_claim_holding_the_run_and_takes_its_rows_too(f
 
         def delete() -> None:
             try:
-                services.run_delete(run=run)
+                if way == "run_delete":
+                    services.run_delete(run=run)
+                else:
+                    User.objects.get(pk=farm_user.pk).delete()
             except BaseException as exc:  # reported below
                 errors.append(exc)
             finally:
