@@ -6,7 +6,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
-from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -15,7 +15,7 @@ from django.utils.safestring import SafeString
 
 from farm import services
 from farm.models import Run, Task, Worker
-from farm.selectors import RunCounts, run_counts
+from farm.selectors import RunCounts, run_counts, runs_counts
 
 TASKS_PER_PAGE = 50
 
@@ -36,29 +36,10 @@ def progress_widget(run: Run, counts: RunCounts) -> SafeString:
     )
 
 
-def _counts_from_annotations(run: Any) -> RunCounts:
-    if not hasattr(run, "n_done"):
-        return run_counts(run=run)
-    percent = (run.pct_sum or 0.0) / run.num_tasks if run.num_tasks else 0.0
-    return RunCounts(run.num_tasks, run.n_waiting, run.n_computing, run.n_done, percent)
-
-
-def _attach_counts(runs: list[Run]) -> None:
-    """Set the counts `_counts_from_annotations` reads on each run, from one query for them all."""
-    by_run: dict[int, dict[str, Any]] = {run.pk: {"n_waiting": 0, "n_computing": 0, "n_done": 0, "pct_sum": 0.0}
-                                         for run in runs}
-    rows = Task.objects.filter(run_id__in=list(by_run)).order_by().values("run_id", "status") \
-        .annotate(n=Count("id"), pct=Sum("percent_completed"))
-    names = {Task.Status.WAITING.value: "n_waiting", Task.Status.COMPUTING.value: "n_computing",
-             Task.Status.DONE.value: "n_done"}
-    for row in rows:
-        counts = by_run[row["run_id"]]
-        if row["status"] in names:
-            counts[names[row["status"]]] = row["n"]
-        counts["pct_sum"] += float(row["pct"] or 0.0)
-    for run in runs:
-        for name, value in by_run[run.pk].items():
-            setattr(run, name, value)
+def _counts_of(run: Any) -> RunCounts:
+    # The run list sets `farm_counts` for its page (`get_changelist_instance`); a single run counts itself.
+    counts = getattr(run, "farm_counts", None)
+    return counts if counts is not None else run_counts(run=run)
 
 
 @admin.register(Run)
@@ -81,7 +62,9 @@ class RunAdmin(admin.ModelAdmin):
         # with 1.6 million task rows, growing with all the farm's history).
         changelist = super().get_changelist_instance(request)
         runs = list(changelist.result_list)
-        _attach_counts(runs)
+        counts = runs_counts(runs=runs)
+        for run in runs:
+            run.farm_counts = counts[run.pk]
         changelist.result_list = runs
         return changelist
 
@@ -100,7 +83,7 @@ class RunAdmin(admin.ModelAdmin):
 
     @admin.display(description="progress")
     def progress(self, run: Run) -> SafeString:
-        return progress_widget(run, _counts_from_annotations(run))
+        return progress_widget(run, _counts_of(run))
 
     def save_model(self, request: HttpRequest, obj: Run, form: Any, change: bool) -> None:
         if change:

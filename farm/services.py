@@ -170,12 +170,10 @@ def run_create(*, owner: User, num_tasks: int) -> Run:
 @transaction.atomic
 def run_delete(*, run: Run) -> None:
     """Delete a run and its tasks."""
-    # The run row first: hand-out and materialisation lock it before inserting task rows (there is
-    # no database-level foreign key to stop them), so none can add a row the delete would miss.
-    Run.objects.select_for_update().filter(pk=run.pk).values_list("id", flat=True).first()
     throttle.forget(run.pk)
     progress_publish(topic=run_topic(run), kind="end", text="run deleted", owner_id=run.owner_id)
-    Task.objects.filter(run=run).delete()
+    # Django's cascade deletes the tasks; the farm's `pre_delete` receiver (farm.apps) locks the run
+    # row before that, so no hand-out can add a row behind the delete.
     run.delete()
 
 

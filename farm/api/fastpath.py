@@ -91,7 +91,7 @@ def _json_bytes(data: dict[str, Any]) -> bytes:
     return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
-_static: list[list[tuple[str, str]]] = []  # built once; emptied when settings change (tests)
+_static: list[tuple[tuple[str, str], ...]] = []  # built once; emptied when settings change (tests)
 
 
 def _forget_static_headers(**kwargs: Any) -> None:
@@ -101,12 +101,11 @@ def _forget_static_headers(**kwargs: Any) -> None:
 setting_changed.connect(_forget_static_headers, dispatch_uid="farm.api.fastpath.static_headers")
 
 
-def _static_headers() -> list[tuple[str, str]]:
-    """What Django's middlewares add to every one of these answers, from the same settings (a fresh
-    list each time: the caller appends to it)."""
+def _static_headers() -> tuple[tuple[str, str], ...]:
+    """What Django's middlewares add to every one of these answers, from the same settings."""
     if not _static:
-        _static.append(_build_static_headers())
-    return list(_static[0])
+        _static.append(tuple(_build_static_headers()))
+    return _static[0]
 
 
 def _build_static_headers() -> list[tuple[str, str]]:
