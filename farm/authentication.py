@@ -8,6 +8,11 @@ and that lookup is cached per process for a few seconds (`FARM_AUTH_CACHE_SECOND
 Saving or deleting a user empties this process's cache at once (so a password change or a
 deactivation is seen immediately here, and by other processes within the cache's lifetime).
 Email + password runs the normal password check (PBKDF2) and is meant for fetching the token.
+
+Each token also carries a random id (`jti`). `taskfarm-worker` fetches a token of its own for every
+worker it starts, so `POST /api/worker` binds that id to the worker it registers, and the token
+alone tells that worker's later PUTs apart (`farm.workers`): no cookie to keep, send and parse on
+every request. Tokens issued before carry no id; their workers are told apart by the cookie.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import base64
 import binascii
 import copy
 import hashlib
+import secrets
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -47,13 +54,23 @@ def _password_stamp(user: User) -> str:
 
 
 def farm_token_for(user: User) -> str:
-    """A non-expiring token (as the seed's), revoked when the user's password changes."""
-    payload = {"typ": TOKEN_TYPE, "uid": user.pk, "pwd": _password_stamp(user)}
+    """A non-expiring token (as the seed's), revoked when the user's password changes; each one
+    has its own id (`jti`), which the worker registered with it is then known by."""
+    payload = {"typ": TOKEN_TYPE, "uid": user.pk, "pwd": _password_stamp(user), "jti": secrets.token_hex(8)}
     return jwt.encode(payload, _signing_key(), algorithm="HS256")
 
 
-# token -> (monotonic expiry, user as loaded then). Bounded; emptied whenever any user is saved.
-_token_users: dict[str, tuple[float, User]] = {}
+@dataclass(frozen=True, slots=True)
+class FarmToken:
+    """A verified farm token, as DRF's `request.auth`: its id, None for tokens issued without one."""
+
+    token_id: str | None
+
+
+TOKEN_ID_MAX = 32  # the longest id taken from a token (ours are 16 hex characters)
+
+# token -> (monotonic expiry, user as loaded then, its FarmToken). Bounded; emptied whenever any user is saved.
+_token_users: dict[str, tuple[float, User, FarmToken]] = {}
 _token_users_lock = threading.Lock()
 TOKEN_CACHE_MAX = 10_000
 
@@ -68,21 +85,25 @@ post_save.connect(_forget_users, sender=User, dispatch_uid="farm.authentication.
 post_delete.connect(_forget_users, sender=User, dispatch_uid="farm.authentication.forget_users.delete")
 
 
-def user_for_farm_token(token: str) -> User | None:
-    """The active user a farm token names, or None for anything else (cached a few seconds)."""
+def user_for_farm_token(token: str) -> tuple[User, FarmToken] | None:
+    """The active user a farm token names and the token's id, or None for anything else (cached a
+    few seconds)."""
     ttl = auth_cache_seconds()
     if ttl > 0:
         hit = _token_users.get(token)
         if hit is not None and hit[0] > time.monotonic():
             # A copy: request handlers must not share (and mutate) one object across requests.
-            return _clone(hit[1])
-    user = _user_for_farm_token(token)
-    if user is not None and ttl > 0:
+            return _clone(hit[1]), hit[2]
+    found = _user_for_farm_token(token)
+    if found is None:
+        return None
+    user, farm_token = found[0], FarmToken(found[1])
+    if ttl > 0:
         with _token_users_lock:
             if len(_token_users) >= TOKEN_CACHE_MAX:
                 _token_users.clear()
-            _token_users[token] = (time.monotonic() + ttl, _clone(user))
-    return user
+            _token_users[token] = (time.monotonic() + ttl, _clone(user), farm_token)
+    return user, farm_token
 
 
 def _clone(user: User) -> User:
@@ -97,7 +118,7 @@ def _clone(user: User) -> User:
     return clone
 
 
-def _user_for_farm_token(token: str) -> User | None:
+def _user_for_farm_token(token: str) -> tuple[User, str | None] | None:
     try:
         payload = jwt.decode(token, _signing_key(), algorithms=["HS256"])
     except jwt.PyJWTError:
@@ -107,13 +128,16 @@ def _user_for_farm_token(token: str) -> User | None:
     user = User.objects.filter(pk=payload["uid"], is_active=True).first()
     if user is None or payload.get("pwd") != _password_stamp(user):
         return None
-    return user
+    token_id = payload.get("jti")
+    if not isinstance(token_id, str) or not 0 < len(token_id) <= TOKEN_ID_MAX:
+        token_id = None  # signed by us, so only an older token: known by the cookie instead
+    return user, token_id
 
 
 class FarmBasicAuthentication(BaseAuthentication):
     """Basic auth with a farm token as username (any password) or email + password."""
 
-    def authenticate(self, request: Request) -> tuple[User, None] | None:
+    def authenticate(self, request: Request) -> tuple[User, FarmToken | None] | None:
         auth = get_authorization_header(request).split()
         if not auth or auth[0].lower() != b"basic":
             return None
@@ -125,9 +149,9 @@ class FarmBasicAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed("Invalid basic header.") from exc
         username, _, password = decoded.partition(":")
         if username.count(".") == 2:
-            user = user_for_farm_token(username)
-            if user is not None:
-                return user, None
+            by_token = user_for_farm_token(username)
+            if by_token is not None:
+                return by_token
         found = authenticate(request=request._request, username=username, password=password)
         if isinstance(found, User) and found.is_active:
             return found, None

@@ -72,6 +72,28 @@ def _workers_visible_to(user: User) -> QuerySet[Worker]:
     return Worker.objects.all() if user.is_admin else Worker.objects.filter(owner=user)
 
 
+# token id -> uuid of the worker registered with it. A binding never changes while its worker
+# exists, so a process keeps what it read (bounded). After a worker is deleted, a process may go on
+# naming it for that token; only a client that registers a new worker with the same old token
+# would notice (its PUTs read as the deleted worker's: 409), and `taskfarm-worker` never does.
+_token_workers: dict[str, str] = {}
+TOKEN_WORKERS_MAX = 10_000
+
+
+def worker_uuid_for_token(token_id: str) -> str | None:
+    """The uuid of the worker that registered with the farm token `token_id` first, if any (read
+    once per process; a token no worker registered with is looked up again each time, since one may
+    register with it at any moment, in any process)."""
+    uuid = _token_workers.get(token_id)
+    if uuid is None:
+        uuid = Worker.objects.filter(token_id=token_id).values_list("uuid", flat=True).first()
+        if uuid is not None:
+            if len(_token_workers) >= TOKEN_WORKERS_MAX:
+                _token_workers.clear()
+            _token_workers[token_id] = uuid
+    return uuid
+
+
 def _aware(value: Any) -> Any:
     # Raw SQL on SQLite gives a naive datetime (or text) in UTC; PostgreSQL an aware datetime already.
     if isinstance(value, str):

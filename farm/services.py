@@ -193,15 +193,20 @@ def run_restart(*, run: Run, everything: bool) -> int:
 
 
 @transaction.atomic
-def worker_register(*, owner: User, uuid: str, hostname: str, pid: int) -> Worker:
-    """Register a worker process; a uuid already in use is a conflict."""
+def worker_register(*, owner: User, uuid: str, hostname: str, pid: int, token_id: str | None = None) -> Worker:
+    """Register a worker process; a uuid already in use is a conflict. The worker takes the id of
+    the token it registered with (`Worker.token_id`) unless another worker took it first; its
+    `token_id` then stays None."""
     if Worker.objects.filter(uuid=uuid).exists():
         raise WorkerExistsError()
     try:
         with transaction.atomic():
-            return Worker.objects.create(owner=owner, uuid=uuid, hostname=hostname, pid=pid)
-    except IntegrityError as exc:  # a concurrent registration of the same uuid
-        raise WorkerExistsError() from exc
+            return Worker.objects.create(owner=owner, uuid=uuid, hostname=hostname, pid=pid, token_id=token_id)
+    except IntegrityError as exc:
+        if token_id is None or Worker.objects.filter(uuid=uuid).exists():
+            raise WorkerExistsError() from exc  # a concurrent registration of the same uuid
+    # Another worker registered with this token first; the token goes on naming that one.
+    return worker_register(owner=owner, uuid=uuid, hostname=hostname, pid=pid)
 
 
 TASK = Task._meta.db_table

@@ -43,6 +43,7 @@ from rest_framework.settings import api_settings
 from coordinator.api.envelope import error_body
 from coordinator.models import User
 from farm import selectors, services
+from farm.api import identity
 from farm.api.views import (
     MAX_TASKS,
     batch_claim_data,
@@ -54,7 +55,7 @@ from farm.api.views import (
     task_data,
     well_formed_worker_uuid,
 )
-from farm.authentication import user_for_farm_token
+from farm.authentication import FarmToken, user_for_farm_token
 from farm.conf import WORKER_COOKIE, fast_path_enabled
 from farm.errors import RunNotFoundError, WorkerNotFoundError
 
@@ -193,6 +194,7 @@ class _Request:
         self.batch = batch  # "claim" or "done" for the batch endpoints
         self.body = body
         self.user_token = user_token
+        self.token: FarmToken | None = None  # the verified token, once `_user()` ran
 
     @classmethod
     def read(cls, environ: dict[str, Any], path: str) -> _Request:
@@ -241,10 +243,11 @@ class _Request:
             environ["wsgi.input"] = io.BytesIO(self.body)
 
     def _user(self) -> User:
-        user = user_for_farm_token(self.user_token)
-        if user is None or not user.is_active:
+        found = user_for_farm_token(self.user_token)
+        if found is None or not found[0].is_active:
             raise _Decline
-        return user
+        self.token = found[1]
+        return found[0]
 
     def _data(self) -> Any:
         try:
@@ -305,28 +308,27 @@ class _Request:
 
     def _update(self) -> Answer:
         change = plain_change(self._data())
-        worker_uuid = self._worker_uuid()
-        if change is None or worker_uuid is None:
+        if change is None:
+            raise _Decline
+        user = self._user()
+        worker_uuid = identity.sending_worker(header=self.environ.get("HTTP_X_FARM_WORKER") or None,
+                                              cookie=self._cookie(), token=self.token)
+        if worker_uuid is None:
             raise _Decline
         assert self.number is not None
-        held = services.task_update_held(user=self._user(), run_uuid=self.run_uuid, number=self.number,
+        held = services.task_update_held(user=user, run_uuid=self.run_uuid, number=self.number,
                                          change=change, worker_uuid=worker_uuid)
         if not held:
             raise _Decline  # nothing changed; the full path decides (lazy creation, 404, 409)
         return "204 No Content", b"", _ALLOW_TASK, None
 
-    def _worker_uuid(self) -> str | None:
-        header = self.environ.get("HTTP_X_FARM_WORKER")
-        if header:
-            return str(header)
+    def _cookie(self) -> str | None:
         cookies = self.environ.get("HTTP_COOKIE")
         return parse_cookie(cookies).get(WORKER_COOKIE) or None if cookies else None
 
     def _cookie_to_set(self, worker_uuid: str) -> str | None:
-        cookies = self.environ.get("HTTP_COOKIE")
-        if cookies and parse_cookie(cookies).get(WORKER_COOKIE) == worker_uuid:
-            return None
-        return worker_uuid
+        """`worker_uuid` when the answer must set its cookie (after `_user()`)."""
+        return worker_uuid if identity.cookie_needed(worker_uuid, cookie=self._cookie(), token=self.token) else None
 
 
 def _basic_token(header: str) -> str:

@@ -22,6 +22,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from coordinator.api.views import ErrorEnvelopeSerializer
 from coordinator.models import User
 from farm import selectors, services
+from farm.api import identity
 from farm.api.fields import (
     WORKER_UUID_PATTERN,
     HostnameField,
@@ -30,7 +31,7 @@ from farm.api.fields import (
     TaskNumberListField,
     WorkerUuidField,
 )
-from farm.authentication import FarmBasicAuthentication, farm_token_for
+from farm.authentication import FarmBasicAuthentication, FarmToken, farm_token_for
 from farm.conf import WORKER_COOKIE, batch_max
 from farm.errors import EmptyUpdateError, UnknownInfoError
 from farm.models import Run, Task
@@ -74,15 +75,19 @@ def _pick(data: dict[str, Any], info: str) -> dict[str, Any]:
     return {info: data[info]} if info else data
 
 
+def _cookie(request: Request) -> str | None:
+    return request.COOKIES.get(WORKER_COOKIE) or None
+
+
 def _worker_uuid_from(request: Request) -> str | None:
-    return request.headers.get("X-Farm-Worker") or request.COOKIES.get(WORKER_COOKIE) or None
+    return identity.sending_worker(header=request.headers.get("X-Farm-Worker") or None, cookie=_cookie(request),
+                                   token=request.auth)
 
 
-def _remember_worker(response: Response, worker_uuid: str, request: Request | None = None) -> Response:
-    # requests.Session keeps this cookie, so the worker's later PUTs (which carry no worker id in
-    # the seed's protocol) can be told apart from those of the worker that took its task over. A
-    # request already carrying it gets no new one (parsing Set-Cookie is costly for the client).
-    if request is None or request.COOKIES.get(WORKER_COOKIE) != worker_uuid:
+def _remember_worker(response: Response, worker_uuid: str, request: Request) -> Response:
+    # The worker's later PUTs must be told apart from those of a worker that took its task over
+    # (`farm.api.identity`): where its token does not name it, a cookie does.
+    if identity.cookie_needed(worker_uuid, cookie=_cookie(request), token=request.auth):
         response.set_cookie(WORKER_COOKIE, worker_uuid, httponly=True, samesite="Lax")
     return response
 
@@ -359,9 +364,11 @@ class WorkerCreateApi(FarmApi):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        worker = services.worker_register(owner=_user(request), **data.validated_data)
+        token = request.auth
+        worker = services.worker_register(owner=_user(request), **data.validated_data,
+                                          token_id=token.token_id if isinstance(token, FarmToken) else None)
         response = Response({"uuid": worker.uuid, "id": worker.pk}, status=status.HTTP_201_CREATED)
-        return _remember_worker(response, worker.uuid)
+        return _remember_worker(response, worker.uuid, request)
 
 
 @extend_schema_serializer(component_name="FarmTaskList")

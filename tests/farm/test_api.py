@@ -124,14 +124,24 @@ def test_out_of_order_tasks_do_not_break_hand_out(api: APIClient) -> None:
     assert handed[0] == 3  # waiting rows first
 
 
-def test_expired_lease_is_handed_out_again_and_late_update_refused(api: APIClient, settings: Any) -> None:
+@pytest.mark.parametrize("tokens", ["one each", "one shared"])
+def test_expired_lease_is_handed_out_again_and_late_update_refused(
+    api: APIClient, settings: Any, farm_user: User, token_client_for: Callable[[User], APIClient], tokens: str
+) -> None:
+    """Workers with a token each (as `taskfarm-worker` makes them) are told apart by their tokens;
+    workers sharing one token by the cookie the server gives all but the first."""
     settings.FARM_LEASE_SECONDS = 60
     run = new_run(api, 1)
-    first, second = APIClient(), APIClient()
-    first.credentials(HTTP_AUTHORIZATION=api._credentials["HTTP_AUTHORIZATION"])
-    second.credentials(HTTP_AUTHORIZATION=api._credentials["HTTP_AUTHORIZATION"])
+    if tokens == "one each":
+        first, second = token_client_for(farm_user), token_client_for(farm_user)
+    else:
+        first, second = APIClient(), APIClient()
+        first.credentials(HTTP_AUTHORIZATION=api._credentials["HTTP_AUTHORIZATION"])
+        second.credentials(HTTP_AUTHORIZATION=api._credentials["HTTP_AUTHORIZATION"])
     new_worker(first, "a")
     new_worker(second, "b")
+    assert not first.cookies  # the first worker of a token is known by the token
+    assert bool(second.cookies) is (tokens == "one shared")
     assert claim(first, run, "a").json()["task"] == 0
     assert claim(second, run, "b").status_code == 204  # still leased to a
     Task.objects.update(updated=timezone.now() - timedelta(seconds=61))
@@ -142,6 +152,34 @@ def test_expired_lease_is_handed_out_again_and_late_update_refused(api: APIClien
     assert second.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 100}, format="json").status_code == 204
     task = Task.objects.get()
     assert task.worker is not None and task.worker.uuid == "b" and task.percent_completed == 100
+
+
+def test_a_token_names_only_the_first_worker_registered_with_it(api: APIClient) -> None:
+    new_worker(api, "a")
+    new_worker(api, "b")
+    assert Worker.objects.get(uuid="a").token_id
+    assert Worker.objects.get(uuid="b").token_id is None
+    assert "farm_worker" in api.cookies and api.cookies["farm_worker"].value == "b"
+
+
+def test_tokens_are_distinct_and_one_without_an_id_still_works(farm_user: User) -> None:
+    """Tokens issued before they carried an id go on working; their workers get the cookie."""
+    import jwt
+
+    from farm.authentication import _password_stamp, _signing_key, farm_token_for
+
+    assert farm_token_for(farm_user) != farm_token_for(farm_user)
+    old = jwt.encode({"typ": "farm", "uid": farm_user.pk, "pwd": _password_stamp(farm_user)}, _signing_key(),
+                     algorithm="HS256")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=basic(old, ""))
+    run = new_run(client, 1)
+    new_worker(client, "old")
+    assert client.cookies["farm_worker"].value == "old"
+    assert Worker.objects.get(uuid="old").token_id is None
+    assert claim(client, run, "old").status_code == 201
+    assert client.put(f"/api/runs/{run}/tasks/0", {"status": "done"}, format="json").status_code == 204
+    assert Worker.objects.get(uuid="old").tasks_done == 1
 
 
 def test_update_renews_lease_and_worker_last_seen(api: APIClient, settings: Any) -> None:

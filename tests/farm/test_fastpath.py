@@ -111,18 +111,26 @@ class Setup:
     auth: str
     run: str
     worker: str
+    known_by_cookie: bool  # False: the token names the worker (it never gets a cookie)
 
     @property
-    def cookie(self) -> str:
-        return f"{WORKER_COOKIE}={self.worker}"
+    def cookie(self) -> str | None:
+        return f"{WORKER_COOKIE}={self.worker}" if self.known_by_cookie else None
 
 
-def new_setup(wsgi: Wsgi, user: User, num_tasks: int = 3) -> Setup:
+def new_setup(wsgi: Wsgi, user: User, num_tasks: int = 3, *, shared_token: bool = False) -> Setup:
+    """A run and a worker registered as `taskfarm-worker` does (with a token of its own), or as the
+    second worker registered with one token (`shared_token`), which is then known by its cookie."""
     auth = basic(farm_token_for(user), "")
     run = wsgi("POST", "/api/run", {"numTasks": num_tasks}, auth=auth).json()["uuid"]
+    if shared_token:
+        first = {"uuid": uuidlib.uuid1().hex, "hostname": "node-0", "pid": 6}
+        assert "Set-Cookie" not in wsgi("POST", "/api/worker", first, auth=auth).headers
     worker = uuidlib.uuid1().hex
-    assert wsgi("POST", "/api/worker", {"uuid": worker, "hostname": "node-1", "pid": 7}, auth=auth).status == 201
-    return Setup(auth, run, worker)
+    registered = wsgi("POST", "/api/worker", {"uuid": worker, "hostname": "node-1", "pid": 7}, auth=auth)
+    assert registered.status == 201
+    assert ("Set-Cookie" in registered.headers) is shared_token
+    return Setup(auth, run, worker, shared_token)
 
 
 def worker_loop(wsgi: Wsgi, setup: Setup) -> list[Answer]:
@@ -156,25 +164,29 @@ def comparable(answer: Answer) -> tuple[int, dict[str, str], Any]:
     return answer.status, headers, body
 
 
+@pytest.mark.parametrize("shared_token", [False, True], ids=["own token", "shared token"])
 def test_the_worker_loop_is_answered_by_the_fast_path_exactly_as_django_answers_it(
-    wsgi: Wsgi, owner: User, settings: Any
+    wsgi: Wsgi, owner: User, settings: Any, shared_token: bool
 ) -> None:
-    fast_setup = new_setup(wsgi, owner)
+    fast_setup = new_setup(wsgi, owner, shared_token=shared_token)
     fast = worker_loop(wsgi, fast_setup)
     assert [a.by_django for a in fast] == [False] * len(fast)
     settings.FARM_FAST_PATH = False
-    full = worker_loop(wsgi, new_setup(wsgi, owner))
+    full = worker_loop(wsgi, new_setup(wsgi, owner, shared_token=shared_token))
     assert all(a.by_django for a in full)
     assert [comparable(a) for a in fast] == [comparable(a) for a in full]
     assert [a.status for a in fast] == [201, 201, 200, 200, 200, 204, 204, 200, 201, 204]
     assert fast[2].json() == {"percentCompleted": 0.0}
     assert fast[7].json()["status"] == "done" and fast[7].json()["percentCompleted"] == 100.0
-    # The cookie is set when the worker does not send it yet, both ways alike.
+    # Both ways alike: a worker its token names never gets a cookie; a shared token's later worker
+    # gets one when it does not send it yet.
     assert [("Set-Cookie" in a.headers) for a in fast] == [("Set-Cookie" in a.headers) for a in full]
-    assert "Set-Cookie" in fast[0].headers and "Set-Cookie" not in fast[1].headers
-    fast_cookie, full_cookie = fast[0].headers["Set-Cookie"].split("; "), full[0].headers["Set-Cookie"].split("; ")
-    assert fast_cookie[0] == f"{WORKER_COOKIE}={fast_setup.worker}"
-    assert sorted(fast_cookie[1:]) == sorted(full_cookie[1:])
+    assert [("Set-Cookie" in a.headers) for a in fast] == [shared_token] + [False] * (len(fast) - 1)
+    if shared_token:
+        fast_cookie = fast[0].headers["Set-Cookie"].split("; ")
+        full_cookie = full[0].headers["Set-Cookie"].split("; ")
+        assert fast_cookie[0] == f"{WORKER_COOKIE}={fast_setup.worker}"
+        assert sorted(fast_cookie[1:]) == sorted(full_cookie[1:])
 
 
 def test_fast_path_writes_what_the_full_path_writes(wsgi: Wsgi, owner: User) -> None:
@@ -213,7 +225,7 @@ def test_a_worker_that_lost_its_task_gets_the_full_paths_409(wsgi: Wsgi, owner: 
 
 @pytest.mark.parametrize("case", [
     "unknown run", "unknown worker", "password login", "bad token", "no auth", "bearer", "malformed json",
-    "nan", "unknown key", "no cookie", "never handed out", "unknown info", "other query", "foreign host",
+    "nan", "unknown key", "no worker named", "never handed out", "unknown info", "other query", "foreign host",
     "cross origin", "xml only", "form body", "empty body", "head", "out of range", "inactive user", "nul in uuid",
 ])
 def test_every_other_request_is_left_to_django(wsgi: Wsgi, owner: User, case: str, settings: Any) -> None:
@@ -233,7 +245,8 @@ def test_every_other_request_is_left_to_django(wsgi: Wsgi, owner: User, case: st
         "malformed json": dict(method="PUT", path=task_path, raw=b"{not json", auth=a, cookie=c),
         "nan": dict(method="PUT", path=task_path, raw=b'{"percentCompleted": NaN}', auth=a, cookie=c),
         "unknown key": dict(method="PUT", path=task_path, body={"percentCompleted": 5, "x": 1}, auth=a, cookie=c),
-        "no cookie": dict(method="PUT", path=task_path, body={"percentCompleted": 5}, auth=a),
+        "no worker named": dict(method="PUT", path=task_path, body={"percentCompleted": 5},
+                                auth=basic(farm_token_for(owner), "")),  # a token no worker registered with
         "never handed out": dict(method="GET", path=f"/api/runs/{setup.run}/tasks/2", auth=a, cookie=c),
         "unknown info": dict(method="GET", path=task_path, query="info=bogus", auth=a),
         "other query": dict(method="GET", path=task_path, query="info=status&x=1", auth=a),
@@ -260,7 +273,7 @@ def test_every_other_request_is_left_to_django(wsgi: Wsgi, owner: User, case: st
     # And Django's answer is the one the full stack gives with the fast path off.
     expected = {
         "unknown run": 404, "unknown worker": 404, "password login": 201, "bad token": 401, "no auth": 401,
-        "bearer": 401, "malformed json": 400, "nan": 400, "unknown key": 400, "no cookie": 204,
+        "bearer": 401, "malformed json": 400, "nan": 400, "unknown key": 400, "no worker named": 204,
         "never handed out": 200, "unknown info": 404, "other query": 200, "foreign host": 400,
         "cross origin": 200, "xml only": 406, "form body": 415, "empty body": 400, "head": 200,
         "out of range": 404, "inactive user": 401, "nul in uuid": 404,
@@ -317,13 +330,14 @@ def batch_loop(wsgi: Wsgi, setup: Setup) -> list[Answer]:
     ]
 
 
+@pytest.mark.parametrize("shared_token", [False, True], ids=["own token", "shared token"])
 def test_batch_claim_and_completion_are_answered_by_the_fast_path_as_by_django(
-    wsgi: Wsgi, owner: User, settings: Any
+    wsgi: Wsgi, owner: User, settings: Any, shared_token: bool
 ) -> None:
-    fast = batch_loop(wsgi, new_setup(wsgi, owner, num_tasks=4))
+    fast = batch_loop(wsgi, new_setup(wsgi, owner, num_tasks=4, shared_token=shared_token))
     assert not any(a.by_django for a in fast)
     settings.FARM_FAST_PATH = False
-    full = batch_loop(wsgi, new_setup(wsgi, owner, num_tasks=4))
+    full = batch_loop(wsgi, new_setup(wsgi, owner, num_tasks=4, shared_token=shared_token))
     assert all(a.by_django for a in full)
 
     def without_ids(answer: Answer) -> tuple[int, dict[str, str], Any]:
@@ -337,7 +351,7 @@ def test_batch_claim_and_completion_are_answered_by_the_fast_path_as_by_django(
     assert [t["task"] for t in fast[1].json()["tasks"]] == [2, 3]
     assert fast[2].json() == {"done": [0, 1], "refused": [4, 9]}
     assert fast[3].json() == {"tasks": []}
-    assert ["Set-Cookie" in a.headers for a in fast] == [True, False, False, False]
+    assert ["Set-Cookie" in a.headers for a in fast] == [shared_token, False, False, False]
 
 
 @pytest.mark.parametrize("path, body", [

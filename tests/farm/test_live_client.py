@@ -177,3 +177,5 @@ def test_lease_expiry_with_real_clients(transactional_db: None, farm_owner: User
         fast.done()
         assert tf.numDone == 1
         assert Task.objects.get().worker.uuid == fast.worker_uuid
+        # Each worker's own token names it: neither session was given a cookie to carry.
+        assert not slow.session.cookies and not fast.session.cookies
