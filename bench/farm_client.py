@@ -6,7 +6,13 @@ Modes (argv[1]):
   batch  URL USER PW RUN GO K claim K tasks and complete them, one request each, until none is left
 
 Each process prints `ready` once set up, waits until the file GO exists, works, then prints one
-JSON line: {"tasks": [...], "count": n, "errors": [...], "start": t0, "end": t1, "cpu": seconds}.
+JSON line: {"tasks": [...], "count": n, "errors": [...], "start": t0, "end": t1, "cpu": seconds,
+"http": {"4xx": n, "5xx": n, "lost": n}}.
+
+"http" counts every answer of 400 or more the server sent this process, the ones `requests` retried
+by itself (`taskfarm_worker` retries a 500 on GET and PUT up to ten times, unseen by its caller)
+included, read from urllib3's retry history, and "lost" the connection errors it retried. The
+servers measured thus run as deployed, without an access log kept only to count errors.
 """
 
 from __future__ import annotations
@@ -41,6 +47,25 @@ def cpu_seconds() -> float:
 
 
 _cpu_at_start = 0.0
+_http = {"4xx": 0, "5xx": 0, "lost": 0}
+_build_response = HTTPAdapter.build_response
+
+
+def _counting_build_response(self: HTTPAdapter, req: Any, resp: Any) -> requests.Response:
+    """Every final response passes here; the attempts urllib3 retried are in its retry history."""
+    retries = getattr(resp, "retries", None)
+    history = retries.history if retries is not None else ()
+    for status in [attempt.status for attempt in history] + [resp.status]:
+        if status is None:
+            _http["lost"] += 1
+        elif status >= 500:
+            _http["5xx"] += 1
+        elif status >= 400:
+            _http["4xx"] += 1
+    return _build_response(self, req, resp)
+
+
+HTTPAdapter.build_response = _counting_build_response  # type: ignore[method-assign]
 
 
 def session_like_client(url: str) -> requests.Session:
@@ -121,6 +146,7 @@ def main() -> None:
     else:
         result = run_batch(url, user, password, target, go, int(sys.argv[7]))
     result["cpu"] = cpu_seconds() - _cpu_at_start  # this process's CPU while it worked
+    result["http"] = _http
     print(json.dumps(result), flush=True)
 
 
