@@ -6,8 +6,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
-from django.db.models import Count, OuterRef, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
@@ -15,7 +14,7 @@ from django.utils.safestring import SafeString
 
 from farm import services
 from farm.models import Run, Task, Worker
-from farm.selectors import RunCounts, run_counts, runs_counts
+from farm.selectors import RunCounts, run_counts, runs_counts, with_computing_counts
 
 TASKS_PER_PAGE = 50
 
@@ -152,18 +151,21 @@ class WorkerAdmin(admin.ModelAdmin):
     list_filter = ("last_seen", "start")
     search_fields = ("hostname", "uuid", "owner__email")
     list_select_related = ("owner",)
-    readonly_fields = ("uuid", "owner", "hostname", "pid", "start", "last_seen", "tasks_done")
+    readonly_fields = ("uuid", "owner", "hostname", "pid", "start", "last_seen", "tasks_done", "named_by")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
-        # Tasks done is a column (`Worker.tasks_done`); computing tasks are counted per listed worker
-        # from the partial index of computing rows, which holds only tasks out with workers now.
-        computing = Task.objects.filter(worker=OuterRef("pk"), status=Task.Status.COMPUTING).order_by() \
-            .values("worker").annotate(n=Count("*")).values("n")
-        return super().get_queryset(request).annotate(n_computing=Coalesce(Subquery(computing), 0))
+        return with_computing_counts(super().get_queryset(request))
 
     @admin.display(description="computing", ordering="n_computing")
     def tasks_computing(self, worker: Any) -> int:
         return int(worker.n_computing)
+
+    @admin.display(description="its updates are known by")
+    def named_by(self, worker: Worker) -> str:
+        # How a late update from this worker is told from another's (`farm.api.identity`).
+        if worker.token_id:
+            return "its farm token (the token it registered with names it)"
+        return "its cookie (its token named an earlier worker, or carried no id)"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 from django.utils.dateparse import parse_datetime
 
 from coordinator.db import prepared_cursor
@@ -66,6 +67,15 @@ def worker_get(*, user: User, uuid: str) -> Worker:
     if worker is None:
         raise WorkerNotFoundError()
     return worker
+
+
+def with_computing_counts(workers: QuerySet[Worker]) -> QuerySet[Worker]:
+    """`workers`, each with `n_computing`, its tasks computing now. Tasks done is a column
+    (`Worker.tasks_done`); computing tasks are counted per worker from the partial index of
+    computing rows, which holds only the tasks out with workers now (an index-only scan)."""
+    computing = Task.objects.filter(worker=OuterRef("pk"), status=Task.Status.COMPUTING).order_by() \
+        .values("worker").annotate(n=Count("*")).values("n")
+    return workers.annotate(n_computing=Coalesce(Subquery(computing), 0))
 
 
 def _workers_visible_to(user: User) -> QuerySet[Worker]:

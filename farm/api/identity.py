@@ -12,7 +12,7 @@ In order, a request is from:
 The cookie is set only where the token does not already name the worker: a shared token's later
 workers, tokens issued without an id. Each `taskfarm-worker` therefore never holds a cookie, which
 spares its `requests` session the cookie jar's work on each of the four requests of every task
-(measured at 0.15 to 0.25 ms of client CPU per request, docs/benchmarks.md).
+(measured at 0.15 to 0.25 ms of client CPU per request; docs/farm.md, "Leases").
 """
 
 from __future__ import annotations

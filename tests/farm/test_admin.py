@@ -98,6 +98,10 @@ def test_worker_and_task_lists(staff: Client, busy_run: Run) -> None:
     assert '<td class="field-tasks_done">1</td>' in workers
     assert '<td class="field-tasks_computing">2</td>' in workers
     assert Worker.objects.count() == 1
+    worker = Worker.objects.get()
+    assert "its cookie" in staff.get(f"/admin/farm/worker/{worker.pk}/change/").content.decode()
+    Worker.objects.filter(pk=worker.pk).update(token_id="0123456789abcdef")
+    assert "its farm token" in staff.get(f"/admin/farm/worker/{worker.pk}/change/").content.decode()
     tasks = staff.get("/admin/farm/task/", {"status__exact": "computing"}).content.decode()
     assert "computing" in tasks
     assert staff.get("/admin/farm/task/add/").status_code == 403

@@ -142,3 +142,29 @@ def test_finishing_a_task_of_a_run_that_goes_on_counts_nothing(farm_user: User, 
     assert services.task_update_held(user=farm_user, run_uuid=run.uuid, number=2, change=done, worker_uuid="tail")
     end = ProgressEvent.objects.get(topic=f"run:{run.uuid}", kind="end")
     assert end.state["numDone"] == 3 and end.state["percentDone"] == 100
+
+
+def test_a_token_id_goes_to_the_first_worker_registered_with_it(farm_user: User) -> None:
+    first = services.worker_register(owner=farm_user, uuid="first", hostname="h", pid=1, token_id="t1")
+    second = services.worker_register(owner=farm_user, uuid="second", hostname="h", pid=2, token_id="t1")
+    assert (first.token_id, second.token_id) == ("t1", None)
+    assert list(Worker.objects.order_by("uuid").values_list("uuid", "token_id")) == [("first", "t1"),
+                                                                                      ("second", None)]
+
+
+def test_a_uuid_registered_meanwhile_is_still_a_conflict_with_a_token(farm_user: User, monkeypatch: Any) -> None:
+    """The unique uuid decides a concurrent registration of one uuid, with or without a token id."""
+    from farm.errors import WorkerExistsError
+
+    services.worker_register(owner=farm_user, uuid="taken", hostname="h", pid=1, token_id="t2")
+    real_filter = Worker.objects.filter
+    calls: list[dict[str, Any]] = []
+
+    def missing_once(**kwargs: Any) -> Any:  # the first check runs before the other registration commits
+        calls.append(kwargs)
+        return real_filter(pk=-1) if len(calls) == 1 else real_filter(**kwargs)
+
+    monkeypatch.setattr(Worker.objects, "filter", missing_once)
+    with pytest.raises(WorkerExistsError):
+        services.worker_register(owner=farm_user, uuid="taken", hostname="h", pid=2, token_id="t3")
+    assert Worker.objects.count() == 1 and Worker.objects.get().token_id == "t2"
