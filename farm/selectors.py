@@ -83,21 +83,23 @@ def _workers_visible_to(user: User) -> QuerySet[Worker]:
 
 
 # token id -> uuid of the worker registered with it. A binding never changes while its worker
-# exists, so a process keeps what it read (bounded). After a worker is deleted, a process may go on
-# naming it for that token; only a client that registers a new worker with the same old token
-# would notice (its PUTs read as the deleted worker's: 409), and `taskfarm-worker` never does.
+# exists, so a process keeps what it read (bounded). Only a worker deleted and a new one registered
+# with the same old token (which `taskfarm-worker` never does) makes an entry stale; the full path
+# reads the binding afresh before it refuses an update (`cached=False`), so that costs one query then.
 _token_workers: dict[str, str] = {}
 TOKEN_WORKERS_MAX = 10_000
 
 
-def worker_uuid_for_token(token_id: str) -> str | None:
+def worker_uuid_for_token(token_id: str, *, cached: bool = True) -> str | None:
     """The uuid of the worker that registered with the farm token `token_id` first, if any (read
-    once per process; a token no worker registered with is looked up again each time, since one may
-    register with it at any moment, in any process)."""
-    uuid = _token_workers.get(token_id)
+    once per process unless `cached` is False; a token no worker registered with is looked up
+    again each time, since one may register with it at any moment, in any process)."""
+    uuid = _token_workers.get(token_id) if cached else None
     if uuid is None:
         uuid = Worker.objects.filter(token_id=token_id).values_list("uuid", flat=True).first()
-        if uuid is not None:
+        if uuid is None:
+            _token_workers.pop(token_id, None)
+        else:
             if len(_token_workers) >= TOKEN_WORKERS_MAX:
                 _token_workers.clear()
             _token_workers[token_id] = uuid

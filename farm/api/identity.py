@@ -21,16 +21,18 @@ from farm import selectors
 from farm.authentication import FarmToken
 
 
-def token_worker(token: object) -> str | None:
-    """The uuid of the worker registered with this farm token, if one is."""
+def token_worker(token: object, *, fresh: bool = False) -> str | None:
+    """The uuid of the worker registered with this farm token, if one is (`fresh`: read from the
+    database, not this process's cache)."""
     if isinstance(token, FarmToken) and token.token_id is not None:
-        return selectors.worker_uuid_for_token(token.token_id)
+        return selectors.worker_uuid_for_token(token.token_id, cached=not fresh)
     return None
 
 
-def sending_worker(*, header: str | None, cookie: str | None, token: object) -> str | None:
-    """The uuid of the worker that sent the request, or None when nothing names one."""
-    return header or cookie or token_worker(token)
+def sending_worker(*, header: str | None, cookie: str | None, token: object, fresh: bool = False) -> str | None:
+    """The uuid of the worker that sent the request, or None when nothing names one. `fresh` for a
+    decision that refuses the request (a 409): the token's binding is then read afresh."""
+    return header or cookie or token_worker(token, fresh=fresh)
 
 
 def cookie_needed(worker_uuid: str, *, cookie: str | None, token: object) -> bool:

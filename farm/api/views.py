@@ -79,9 +79,9 @@ def _cookie(request: Request) -> str | None:
     return request.COOKIES.get(WORKER_COOKIE) or None
 
 
-def _worker_uuid_from(request: Request) -> str | None:
+def _worker_uuid_from(request: Request, *, fresh: bool = False) -> str | None:
     return identity.sending_worker(header=request.headers.get("X-Farm-Worker") or None, cookie=_cookie(request),
-                                   token=request.auth)
+                                   token=request.auth, fresh=fresh)
 
 
 def _remember_worker(response: Response, worker_uuid: str, request: Request) -> Response:
@@ -328,7 +328,8 @@ class TaskDetailApi(FarmApi):
         if held:
             return Response(status=status.HTTP_204_NO_CONTENT)
         run = selectors.run_get(user=user, uuid=uuid)
-        services.task_update(run=run, number=n, change=change, worker_uuid=worker_uuid)
+        # This path may refuse the update (409): it trusts no cached token binding.
+        services.task_update(run=run, number=n, change=change, worker_uuid=_worker_uuid_from(request, fresh=True))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def _validated_change(self, body: Any) -> services.TaskChange:

@@ -378,3 +378,19 @@ def test_other_paths_never_reach_the_fast_path(wsgi: Wsgi, owner: User) -> None:
     setup = new_setup(wsgi, owner)
     assert wsgi("GET", f"/api/runs/{setup.run}", auth=setup.auth).by_django
     assert wsgi("GET", "/healthz").by_django
+
+
+def test_a_stale_token_binding_in_this_process_does_not_refuse_the_holder(wsgi: Wsgi, owner: User) -> None:
+    """Another worker once registered with this token and was deleted (the cache of this process still
+    names it): the full path reads the binding afresh before it would answer 409."""
+    from farm import selectors
+
+    setup = new_setup(wsgi, owner)
+    number = wsgi("POST", f"/api/runs/{setup.run}/task", {"worker_uuid": setup.worker}, auth=setup.auth).json()["task"]
+    token_id = Worker.objects.get(uuid=setup.worker).token_id
+    assert token_id is not None
+    selectors._token_workers[token_id] = "deleted-worker"
+    answer = wsgi("PUT", f"/api/runs/{setup.run}/tasks/{number}", {"percentCompleted": 40}, auth=setup.auth)
+    assert answer.by_django and answer.status == 204
+    assert Task.objects.get(run__uuid=setup.run, task=number).percent_completed == 40
+    assert selectors._token_workers[token_id] == setup.worker  # the cache is mended
