@@ -419,6 +419,9 @@ def tasks_claim_for(*, user: User, run_uuid: str, worker_uuid: str, limit: int) 
     if tasks is None:
         worker, run = worker_and_run_get(user=user, worker_uuid=worker_uuid, run_uuid=run_uuid)
         tasks = tasks_claim(run=run, worker=worker, limit=limit)
+    if not tasks and not Run.objects.filter(uuid=run_uuid).exists():
+        # The run was deleted while this claim waited for its row: say so (404), not "none left".
+        raise RunNotFoundError()
     return tasks
 
 

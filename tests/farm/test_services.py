@@ -168,3 +168,38 @@ def test_a_uuid_registered_meanwhile_is_still_a_conflict_with_a_token(farm_user:
     with pytest.raises(WorkerExistsError):
         services.worker_register(owner=farm_user, uuid="taken", hostname="h", pid=2, token_id="t3")
     assert Worker.objects.count() == 1 and Worker.objects.get().token_id == "t2"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_that_waited_for_a_run_delete_says_the_run_is_gone(farm_user: User) -> None:
+    """The claim saw the run, then waited for its row while a delete held it: the worker is told the
+    run is gone (404), not that no task is left (204)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite writes one transaction at a time")
+    run = services.run_create(owner=farm_user, num_tasks=10)
+    services.worker_register(owner=farm_user, uuid="w", hostname="h", pid=1)
+    deleting = psycopg.connect(**connection.get_connection_params())
+    outcome: list[object] = []
+
+    def claim() -> None:
+        try:
+            outcome.append(services.tasks_claim_for(user=farm_user, run_uuid=run.uuid, worker_uuid="w", limit=1))
+        except BaseException as exc:  # reported below
+            outcome.append(exc)
+        finally:
+            connections.close_all()
+
+    try:
+        deleting.execute("SELECT id FROM farm_run WHERE id = %s FOR UPDATE", [run.pk])
+        deleting.execute("DELETE FROM farm_run WHERE id = %s", [run.pk])
+        claiming = threading.Thread(target=claim)
+        claiming.start()
+        time.sleep(0.5)
+        assert claiming.is_alive()  # waiting for the run row
+        deleting.commit()
+        claiming.join(30)
+        assert not claiming.is_alive()
+    finally:
+        deleting.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], RunNotFoundError), outcome
+    assert not Task.objects.exists()
