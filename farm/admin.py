@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from farm import services
+from farm import selectors, services
 from farm.models import Run, Task, Worker
 from farm.selectors import RunCounts, run_counts, runs_counts, with_computing_counts
 
@@ -163,9 +163,9 @@ class WorkerAdmin(admin.ModelAdmin):
     @admin.display(description="its updates are known by")
     def named_by(self, worker: Worker) -> str:
         # How a late update from this worker is told from another's (`farm.api.identity`).
-        if worker.token_id:
-            return "its farm token (the token it registered with names it)"
-        return "its cookie (its token named an earlier worker, or carried no id)"
+        if worker.token_id and selectors.worker_uuid_for_token(worker.token_id, cached=False) == worker.uuid:
+            return "its farm token (no other worker registered with that token)"
+        return "its cookie (a token shared with other workers, an older token, or a password login)"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

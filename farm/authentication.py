@@ -11,7 +11,7 @@ Email + password runs the normal password check (PBKDF2) and is meant for fetchi
 
 Each token also carries a random id (`jti`). `taskfarm-worker` fetches a token of its own for every
 worker it starts, so `POST /api/worker` binds that id to the worker it registers, and the token
-alone tells that worker's later PUTs apart (`farm.workers`): no cookie to keep, send and parse on
+alone tells that worker's later PUTs apart (`farm.api.identity`): no cookie to keep, send and parse on
 every request. Tokens issued before carry no id; their workers are told apart by the cookie.
 """
 

@@ -51,10 +51,10 @@ class Worker(models.Model):
     # finish them: reading it costs nothing, where counting rows would need an index on
     # `Task.worker` that every hand-out and every completion pays for.
     tasks_done = models.BigIntegerField(default=0)
-    # The id (`jti`) of the farm token this worker registered with, when no other worker had
-    # registered with it: that token alone then names this worker (`farm.api.identity`). NULL for
-    # the later workers of a shared token and for older tokens; those are known by a cookie.
-    token_id = models.CharField(max_length=32, null=True, blank=True, unique=True, editable=False)
+    # The id (`jti`) of the farm token this worker registered with (NULL: a password login, an older
+    # token). A token that exactly one worker registered with names that worker (`farm.api.identity`);
+    # workers sharing a token are known by a cookie instead.
+    token_id = models.CharField(max_length=32, null=True, blank=True, db_index=True, editable=False)
 
     class Meta:
         ordering = ["-last_seen"]

@@ -82,21 +82,23 @@ def _workers_visible_to(user: User) -> QuerySet[Worker]:
     return Worker.objects.all() if user.is_admin else Worker.objects.filter(owner=user)
 
 
-# token id -> uuid of the worker registered with it. A binding never changes while its worker
-# exists, so a process keeps what it read (bounded). Only a worker deleted and a new one registered
-# with the same old token (which `taskfarm-worker` never does) makes an entry stale; the full path
-# reads the binding afresh before it refuses an update (`cached=False`), so that costs one query then.
+# token id -> uuid of the one worker registered with it. A process keeps what it read (bounded): a
+# token's worker changes only when another worker registers with the same token (the token then
+# names none) or the worker is deleted, and before refusing an update the full path reads every
+# worker of the token afresh (`workers_for_token`), so a stale entry costs a query there and never
+# a wrong 409.
 _token_workers: dict[str, str] = {}
 TOKEN_WORKERS_MAX = 10_000
 
 
 def worker_uuid_for_token(token_id: str, *, cached: bool = True) -> str | None:
-    """The uuid of the worker that registered with the farm token `token_id` first, if any (read
-    once per process unless `cached` is False; a token no worker registered with is looked up
-    again each time, since one may register with it at any moment, in any process)."""
+    """The uuid of the worker that registered with the farm token `token_id`, when exactly one did
+    (read once per process unless `cached` is False; otherwise looked up each time, since a worker
+    may register with it at any moment, in any process)."""
     uuid = _token_workers.get(token_id) if cached else None
     if uuid is None:
-        uuid = Worker.objects.filter(token_id=token_id).values_list("uuid", flat=True).first()
+        found = list(Worker.objects.filter(token_id=token_id).values_list("uuid", flat=True)[:2])
+        uuid = found[0] if len(found) == 1 else None
         if uuid is None:
             _token_workers.pop(token_id, None)
         else:
@@ -104,6 +106,19 @@ def worker_uuid_for_token(token_id: str, *, cached: bool = True) -> str | None:
                 _token_workers.clear()
             _token_workers[token_id] = uuid
     return uuid
+
+
+def workers_for_token(token_id: str) -> frozenset[str]:
+    """The uuids of every worker registered with the farm token `token_id`, read now (what this
+    process keeps for `worker_uuid_for_token` is mended with it)."""
+    found = frozenset(Worker.objects.filter(token_id=token_id).values_list("uuid", flat=True))
+    if len(found) == 1:
+        if len(_token_workers) >= TOKEN_WORKERS_MAX:
+            _token_workers.clear()
+        _token_workers[token_id] = next(iter(found))
+    else:
+        _token_workers.pop(token_id, None)
+    return found
 
 
 def _aware(value: Any) -> Any:

@@ -194,19 +194,15 @@ def run_restart(*, run: Run, everything: bool) -> int:
 
 @transaction.atomic
 def worker_register(*, owner: User, uuid: str, hostname: str, pid: int, token_id: str | None = None) -> Worker:
-    """Register a worker process; a uuid already in use is a conflict. The worker takes the id of
-    the token it registered with (`Worker.token_id`) unless another worker took it first; its
-    `token_id` then stays None."""
+    """Register a worker process, with the id of the farm token it registered with (if any); a uuid
+    already in use is a conflict."""
     if Worker.objects.filter(uuid=uuid).exists():
         raise WorkerExistsError()
     try:
         with transaction.atomic():
             return Worker.objects.create(owner=owner, uuid=uuid, hostname=hostname, pid=pid, token_id=token_id)
-    except IntegrityError as exc:
-        if token_id is None or Worker.objects.filter(uuid=uuid).exists():
-            raise WorkerExistsError() from exc  # a concurrent registration of the same uuid
-    # Another worker registered with this token first; the token goes on naming that one.
-    return worker_register(owner=owner, uuid=uuid, hostname=hostname, pid=pid)
+    except IntegrityError as exc:  # a concurrent registration of the same uuid
+        raise WorkerExistsError() from exc
 
 
 TASK = Task._meta.db_table
@@ -548,8 +544,9 @@ def task_update_held(*, user: User, run_uuid: str, number: int, change: TaskChan
 
 
 @transaction.atomic
-def task_update(*, run: Run, number: int, change: TaskChange, worker_uuid: str | None = None) -> Task:
-    """Apply a worker's PUT; refused when the task is now computing for another worker."""
+def task_update(*, run: Run, number: int, change: TaskChange, senders: frozenset[str] = frozenset()) -> Task:
+    """Apply a PUT from one of the workers `senders` (uuids; empty: the request names none); refused
+    when the task is now computing for a worker not among them."""
     if number < 0 or number >= run.num_tasks:
         raise TaskNotFoundError()
     locked = Task.objects.select_for_update(of=("self",)).select_related("worker").filter(run=run, task=number)
@@ -558,8 +555,8 @@ def task_update(*, run: Run, number: int, change: TaskChange, worker_uuid: str |
         _materialise(run, number)
         task = locked.get()
     now = timezone.now()
-    if worker_uuid and task.status == Task.Status.COMPUTING and task.worker is not None \
-            and task.worker.uuid != worker_uuid:
+    if senders and task.status == Task.Status.COMPUTING and task.worker is not None \
+            and task.worker.uuid not in senders:
         raise LeaseLostError(extra={"task": number})
     was_done = task.status == Task.Status.DONE
     fields = ["updated"]
@@ -578,7 +575,7 @@ def task_update(*, run: Run, number: int, change: TaskChange, worker_uuid: str |
     holder = task.worker
     if finished and holder is not None:
         _credit_worker(holder.pk, 1)
-    if worker_uuid and holder is not None and holder.uuid == worker_uuid \
+    if holder is not None and holder.uuid in senders \
             and holder.last_seen < now - timedelta(seconds=LAST_SEEN_RESOLUTION):
         Worker.objects.filter(pk=holder.pk).update(last_seen=now)
     return task

@@ -6,11 +6,16 @@ In order, a request is from:
 
 1. the worker named by an `X-Farm-Worker` header (scripts that say it);
 2. the worker named by the `farm_worker` cookie (set by the server, kept by `requests.Session`);
-3. the worker registered with the request's farm token (`Worker.token_id`): `taskfarm-worker`
-   fetches a token of its own for each worker, so the token alone names it.
+3. the worker registered with the request's farm token (`Worker.token_id`), when exactly one worker
+   registered with it: `taskfarm-worker` fetches a token of its own for each worker, so the token
+   alone names it. A token several workers registered with names any of them: a PUT carrying
+   only that token is refused only when the task's holder is none of them (a cookie-less script
+   running two workers on one token gets the seed's behaviour for its own workers, as before).
 
-The cookie is set only where the token does not already name the worker: a shared token's later
-workers, tokens issued without an id. Each `taskfarm-worker` therefore never holds a cookie, which
+A worker's token names it for everyone holding that token: a script that fixes tasks up should use
+a token of its own, or the password. The cookie is set only where the token does not name the
+worker: workers sharing a token, tokens issued without an id, password logins. Each
+`taskfarm-worker` therefore never holds a cookie, which
 spares its `requests` session the cookie jar's work on each of the four requests of every task
 (measured at 0.15 to 0.25 ms of client CPU per request; docs/farm.md, "Leases").
 """
@@ -21,18 +26,29 @@ from farm import selectors
 from farm.authentication import FarmToken
 
 
-def token_worker(token: object, *, fresh: bool = False) -> str | None:
-    """The uuid of the worker registered with this farm token, if one is (`fresh`: read from the
-    database, not this process's cache)."""
+def token_worker(token: object) -> str | None:
+    """The uuid of the one worker registered with this farm token, if exactly one is (cached)."""
     if isinstance(token, FarmToken) and token.token_id is not None:
-        return selectors.worker_uuid_for_token(token.token_id, cached=not fresh)
+        return selectors.worker_uuid_for_token(token.token_id)
     return None
 
 
-def sending_worker(*, header: str | None, cookie: str | None, token: object, fresh: bool = False) -> str | None:
-    """The uuid of the worker that sent the request, or None when nothing names one. `fresh` for a
-    decision that refuses the request (a 409): the token's binding is then read afresh."""
-    return header or cookie or token_worker(token, fresh=fresh)
+def sending_worker(*, header: str | None, cookie: str | None, token: object) -> str | None:
+    """The uuid of the worker that sent the request, or None when nothing names exactly one (the
+    hot path: a guarded write that changes nothing unless this worker holds the task)."""
+    return header or cookie or token_worker(token)
+
+
+def possible_senders(*, header: str | None, cookie: str | None, token: object) -> frozenset[str]:
+    """The workers the request may come from, read afresh, for a decision that may refuse it (409):
+    the one a header or cookie names, else every worker registered with its token (none: the
+    request names no worker, and is applied as the seed applies it)."""
+    named = header or cookie
+    if named:
+        return frozenset((named,))
+    if isinstance(token, FarmToken) and token.token_id is not None:
+        return selectors.workers_for_token(token.token_id)
+    return frozenset()
 
 
 def cookie_needed(worker_uuid: str, *, cookie: str | None, token: object) -> bool:

@@ -79,9 +79,14 @@ def _cookie(request: Request) -> str | None:
     return request.COOKIES.get(WORKER_COOKIE) or None
 
 
-def _worker_uuid_from(request: Request, *, fresh: bool = False) -> str | None:
+def _worker_uuid_from(request: Request) -> str | None:
     return identity.sending_worker(header=request.headers.get("X-Farm-Worker") or None, cookie=_cookie(request),
-                                   token=request.auth, fresh=fresh)
+                                   token=request.auth)
+
+
+def _possible_senders(request: Request) -> frozenset[str]:
+    return identity.possible_senders(header=request.headers.get("X-Farm-Worker") or None, cookie=_cookie(request),
+                                     token=request.auth)
 
 
 def _remember_worker(response: Response, worker_uuid: str, request: Request) -> Response:
@@ -329,7 +334,7 @@ class TaskDetailApi(FarmApi):
             return Response(status=status.HTTP_204_NO_CONTENT)
         run = selectors.run_get(user=user, uuid=uuid)
         # This path may refuse the update (409): it trusts no cached token binding.
-        services.task_update(run=run, number=n, change=change, worker_uuid=_worker_uuid_from(request, fresh=True))
+        services.task_update(run=run, number=n, change=change, senders=_possible_senders(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def _validated_change(self, body: Any) -> services.TaskChange:

@@ -13,6 +13,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='worker',
             name='token_id',
-            field=models.CharField(blank=True, editable=False, max_length=32, null=True, unique=True),
+            field=models.CharField(blank=True, db_index=True, editable=False, max_length=32, null=True),
         ),
     ]

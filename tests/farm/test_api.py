@@ -128,8 +128,8 @@ def test_out_of_order_tasks_do_not_break_hand_out(api: APIClient) -> None:
 def test_expired_lease_is_handed_out_again_and_late_update_refused(
     api: APIClient, settings: Any, farm_user: User, token_client_for: Callable[[User], APIClient], tokens: str
 ) -> None:
-    """Workers with a token each (as `taskfarm-worker` makes them) are told apart by their tokens;
-    workers sharing one token by the cookie the server gives all but the first."""
+    """Workers with a token each (as `taskfarm-worker` makes them) are told apart by their tokens; a
+    worker registered with a token another worker registered with first, by the cookie it is given."""
     settings.FARM_LEASE_SECONDS = 60
     run = new_run(api, 1)
     if tokens == "one each":
@@ -142,24 +142,57 @@ def test_expired_lease_is_handed_out_again_and_late_update_refused(
     new_worker(second, "b")
     assert not first.cookies  # the first worker of a token is known by the token
     assert bool(second.cookies) is (tokens == "one shared")
-    assert claim(first, run, "a").json()["task"] == 0
-    assert claim(second, run, "b").status_code == 204  # still leased to a
+    # The one that goes silent: a with its own token; with one shared token, b and its cookie.
+    late, late_id, taker, taker_id = (first, "a", second, "b") if tokens == "one each" else (second, "b", first, "a")
+    assert claim(late, run, late_id).json()["task"] == 0
+    assert claim(taker, run, taker_id).status_code == 204  # still leased
     Task.objects.update(updated=timezone.now() - timedelta(seconds=61))
-    assert claim(second, run, "b").json()["task"] == 0  # lease expired: b takes it over
-    late = first.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 100}, format="json")
-    assert late.status_code == 409
-    assert late.json()["code"] == "lease_lost"
-    assert second.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 100}, format="json").status_code == 204
+    assert claim(taker, run, taker_id).json()["task"] == 0  # lease expired: handed out again
+    refused = late.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 100}, format="json")
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "lease_lost"
+    assert taker.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 100}, format="json").status_code == 204
     task = Task.objects.get()
-    assert task.worker is not None and task.worker.uuid == "b" and task.percent_completed == 100
+    assert task.worker is not None and task.worker.uuid == taker_id and task.percent_completed == 100
 
 
-def test_a_token_names_only_the_first_worker_registered_with_it(api: APIClient) -> None:
+def test_a_token_names_a_worker_only_while_no_other_registered_with_it(api: APIClient) -> None:
+    from farm import selectors
+
+    new_worker(api, "a")
+    token_id = Worker.objects.get(uuid="a").token_id
+    assert token_id and not api.cookies
+    assert selectors.worker_uuid_for_token(token_id) == "a"
+    new_worker(api, "b")  # the same token: from now on it names neither, and b gets a cookie
+    assert Worker.objects.get(uuid="b").token_id == token_id
+    assert api.cookies["farm_worker"].value == "b"
+    assert selectors.worker_uuid_for_token(token_id, cached=False) is None
+
+
+def test_workers_sharing_a_token_without_cookies_update_as_in_the_seed(api: APIClient) -> None:
+    """A script running two workers on one token and keeping no cookies: neither is named, so each
+    one's updates are applied as the original applies them (no lease check), not refused."""
+    run = new_run(api, 2)
     new_worker(api, "a")
     new_worker(api, "b")
-    assert Worker.objects.get(uuid="a").token_id
-    assert Worker.objects.get(uuid="b").token_id is None
-    assert "farm_worker" in api.cookies and api.cookies["farm_worker"].value == "b"
+    api.cookies.clear()
+    assert claim(api, run, "a").json()["task"] == 0
+    api.cookies.clear()
+    assert claim(api, run, "b").json()["task"] == 1
+    api.cookies.clear()
+    assert api.put(f"/api/runs/{run}/tasks/1", {"percentCompleted": 30}, format="json").status_code == 204
+    assert api.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 60}, format="json").status_code == 204
+    assert [t.percent_completed for t in Task.objects.order_by("task")] == [60, 30]
+
+
+def test_the_worker_header_comes_before_the_token(api: APIClient) -> None:
+    run = new_run(api, 1)
+    new_worker(api, "a")
+    claim(api, run, "a")
+    other = api.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 5}, format="json",
+                    headers={"X-Farm-Worker": "someone-else"})
+    assert other.status_code == 409 and other.json()["code"] == "lease_lost"
+    assert api.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 5}, format="json").status_code == 204
 
 
 def test_tokens_are_distinct_and_one_without_an_id_still_works(farm_user: User) -> None:

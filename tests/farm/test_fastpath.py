@@ -213,8 +213,8 @@ def test_finished_tasks_are_counted_for_the_worker_both_ways(wsgi: Wsgi, owner: 
 def test_a_worker_that_lost_its_task_gets_the_full_paths_409(wsgi: Wsgi, owner: User) -> None:
     setup = new_setup(wsgi, owner)
     number = wsgi("POST", f"/api/runs/{setup.run}/task", {"worker_uuid": setup.worker}, auth=setup.auth).json()["task"]
-    other = uuidlib.uuid1().hex
-    wsgi("POST", "/api/worker", {"uuid": other, "hostname": "node-2", "pid": 8}, auth=setup.auth)
+    other = uuidlib.uuid1().hex  # a worker with a token of its own, as `taskfarm-worker` registers it
+    wsgi("POST", "/api/worker", {"uuid": other, "hostname": "node-2", "pid": 8}, auth=basic(farm_token_for(owner), ""))
     Task.objects.filter(run__uuid=setup.run, task=number).update(worker=Worker.objects.get(uuid=other))
     answer = wsgi("PUT", f"/api/runs/{setup.run}/tasks/{number}", {"percentCompleted": 50}, auth=setup.auth,
                   cookie=setup.cookie)

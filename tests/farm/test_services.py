@@ -144,12 +144,15 @@ def test_finishing_a_task_of_a_run_that_goes_on_counts_nothing(farm_user: User, 
     assert end.state["numDone"] == 3 and end.state["percentDone"] == 100
 
 
-def test_a_token_id_goes_to_the_first_worker_registered_with_it(farm_user: User) -> None:
-    first = services.worker_register(owner=farm_user, uuid="first", hostname="h", pid=1, token_id="t1")
-    second = services.worker_register(owner=farm_user, uuid="second", hostname="h", pid=2, token_id="t1")
-    assert (first.token_id, second.token_id) == ("t1", None)
+def test_a_token_id_names_the_one_worker_registered_with_it(farm_user: User) -> None:
+    from farm import selectors
+
+    services.worker_register(owner=farm_user, uuid="first", hostname="h", pid=1, token_id="t1")
+    assert selectors.worker_uuid_for_token("t1") == "first"
+    services.worker_register(owner=farm_user, uuid="second", hostname="h", pid=2, token_id="t1")
     assert list(Worker.objects.order_by("uuid").values_list("uuid", "token_id")) == [("first", "t1"),
-                                                                                      ("second", None)]
+                                                                                      ("second", "t1")]
+    assert selectors.worker_uuid_for_token("t1", cached=False) is None  # shared: it names neither
 
 
 def test_a_uuid_registered_meanwhile_is_still_a_conflict_with_a_token(farm_user: User, monkeypatch: Any) -> None:
