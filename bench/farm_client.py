@@ -11,8 +11,9 @@ JSON line: {"tasks": [...], "count": n, "errors": [...], "start": t0, "end": t1,
 
 "http" counts every answer of 400 or more the server sent this process, the ones `requests` retried
 by itself (`taskfarm_worker` retries a 500 on GET and PUT up to ten times, unseen by its caller)
-included, read from urllib3's retry history, and "lost" the connection errors it retried. The
-servers measured thus run as deployed, without an access log kept only to count errors.
+included, and "lost" the attempts that got no answer (a connection reset or a read error). The
+servers measured thus run as deployed, without an access log kept only to count errors. A client
+that fails or is stopped (SIGTERM) still prints its line, with what it saw.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import socket
 import sys
 import time
@@ -48,23 +50,37 @@ def cpu_seconds() -> float:
 
 _cpu_at_start = 0.0
 _http = {"4xx": 0, "5xx": 0, "lost": 0}
+
+
+def _count(status: int | None) -> None:
+    if status is None:
+        _http["lost"] += 1
+    elif status >= 500:
+        _http["5xx"] += 1
+    elif status >= 400:
+        _http["4xx"] += 1
+
+
+# Every attempt urllib3 retries (or gives up on) passes through `Retry.increment`, with its response
+# or its error; every answer handed to the caller through `HTTPAdapter.build_response`. Each attempt
+# is thus counted once, also when the retries run out and urllib3 raises instead of answering
+# (`raise_on_status`, True for taskfarm_worker and here).
+_increment = Retry.increment
 _build_response = HTTPAdapter.build_response
 
 
+def _counting_increment(self: Retry, method: Any = None, url: Any = None, response: Any = None, error: Any = None,
+                        _pool: Any = None, _stacktrace: Any = None) -> Retry:
+    _count(response.status if response is not None else None)
+    return _increment(self, method, url, response, error, _pool, _stacktrace)
+
+
 def _counting_build_response(self: HTTPAdapter, req: Any, resp: Any) -> requests.Response:
-    """Every final response passes here; the attempts urllib3 retried are in its retry history."""
-    retries = getattr(resp, "retries", None)
-    history = retries.history if retries is not None else ()
-    for status in [attempt.status for attempt in history] + [resp.status]:
-        if status is None:
-            _http["lost"] += 1
-        elif status >= 500:
-            _http["5xx"] += 1
-        elif status >= 400:
-            _http["4xx"] += 1
+    _count(resp.status)
     return _build_response(self, req, resp)
 
 
+Retry.increment = _counting_increment  # type: ignore[method-assign]
 HTTPAdapter.build_response = _counting_build_response  # type: ignore[method-assign]
 
 
@@ -137,14 +153,28 @@ def run_batch(url: str, user: str, password: str, run: str, go: str, k: int) -> 
     return {"tasks": seen, "count": len(seen), "errors": errors, "start": start, "end": time.time()}
 
 
+class Stopped(Exception):
+    """SIGTERM: the benchmark ran out of time."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped()
+
+
 def main() -> None:
     mode, url, user, password, target, go = sys.argv[1:7]
-    if mode == "worker":
-        result = run_worker(url, user, password, target, go)
-    elif mode == "floor":
-        result = run_floor(url, user, password, int(target), go)
-    else:
-        result = run_batch(url, user, password, target, go, int(sys.argv[7]))
+    signal.signal(signal.SIGTERM, _stop)
+    result: dict[str, Any] = {"tasks": [], "count": 0, "errors": [], "start": time.time(), "end": time.time()}
+    try:
+        if mode == "worker":
+            result = run_worker(url, user, password, target, go)
+        elif mode == "floor":
+            result = run_floor(url, user, password, int(target), go)
+        else:
+            result = run_batch(url, user, password, target, go, int(sys.argv[7]))
+    except BaseException as exc:  # report what the client saw, as a user would
+        result["errors"].append(f"{type(exc).__name__}: {str(exc)[:300]}")
+        result["end"] = time.time()
     result["cpu"] = cpu_seconds() - _cpu_at_start  # this process's CPU while it worked
     result["http"] = _http
     print(json.dumps(result), flush=True)
