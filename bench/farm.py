@@ -7,8 +7,8 @@ marked done: 4 requests per task):
   * a floor: the same client loop against a trivial authenticated endpoint of ours (`GET /api/token`
     with the token), i.e. what the client and this machine allow at best,
   * our batch path alone on PostgreSQL (claim and complete 100 at a time, 8 clients).
-Ours runs under granian (4 worker processes, keep-alive), as production serves it, the reference
-under gunicorn (4 sync workers), on the same PostgreSQL server, neither with an access log (the
+Ours runs under granian (one worker process per core, keep-alive), as `manage.py serve` runs it by
+default, the reference under gunicorn (4 sync workers), on the same PostgreSQL server, neither with an access log (the
 clients count every error answer, retried ones included: `bench.farm_client`); every scenario
 uses its own database, created and dropped here. Figures go to docs/benchmarks.md (section farm).
 """
@@ -51,7 +51,9 @@ USER, PASSWORD = "bench@example.com", "bench-password-1"
 REF_USER = "bench"
 SECRET = "bench-secret-key-not-for-production-0123456789"
 WORKERS = 8
-SERVER_WORKERS = 4
+SERVER_WORKERS = 4  # the reference's gunicorn workers (the issue's setup)
+# Ours as `manage.py serve` runs it by default: one worker per core (`WEB_CONCURRENCY` overrides).
+OURS_WORKERS = int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 2)
 # Our server as production runs it (granian, keep-alive); `--ours-server gunicorn` for comparison.
 OURS_SERVER = "granian"
 SCENARIOS = {
@@ -221,7 +223,7 @@ def our_server(database_url: str, log: Path) -> Iterator[str]:
     if OURS_SERVER == "granian":
         def argv(port: int) -> list[str]:
             # As `manage.py serve --behind-proxy` runs it (no access log: the clients count errors).
-            return granian_argv(port=port, workers=SERVER_WORKERS)
+            return granian_argv(port=port, workers=OURS_WORKERS)
     else:
         def argv(port: int) -> list[str]:
             return gunicorn_argv([str(BIN / "gunicorn"), "coordinator.wsgi:application"], port)
@@ -404,6 +406,7 @@ def merge(name: str, parts: list[Result]) -> Result:
 
 
 def main() -> None:
+    global OURS_SERVER, OURS_WORKERS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument("--tasks", type=int, default=None, help="tasks per scenario, split over the rounds")
@@ -414,9 +417,11 @@ def main() -> None:
                         "(implies --no-write)")
     parser.add_argument("--ours-server", choices=("granian", "gunicorn"), default="granian",
                         help="the WSGI server in front of ours (the reference always runs under gunicorn)")
+    parser.add_argument("--ours-workers", type=int, default=None,
+                        help=f"worker processes of our server (default: one per core, as `serve`: {OURS_WORKERS})")
     args = parser.parse_args()
-    global OURS_SERVER
     OURS_SERVER = args.ours_server
+    OURS_WORKERS = args.ours_workers or OURS_WORKERS
     only = set(filter(None, args.only.split(","))) or set(SCENARIOS)
     if only - set(SCENARIOS):
         parser.error(f"unknown scenarios: {', '.join(sorted(only - set(SCENARIOS)))}")
@@ -497,7 +502,7 @@ def report(results: list[Result], n: int, rounds: int, n_batch: int, quick: bool
         f"{WORKERS} client processes using the real `taskfarm-worker` 0.4.0 client, {n} tasks per scenario in "
         f"{rounds} interleaved rounds (servers side by side, scenarios taking turns; median round reported; each task "
         f"claimed, updated to 100 and marked done: 4 requests per task); ours under {OURS_SERVER} with "
-        f"{SERVER_WORKERS} worker processes ({'keep-alive, ' if OURS_SERVER == 'granian' else ''}as production "
+        f"{OURS_WORKERS} worker processes ({'keep-alive, ' if OURS_SERVER == 'granian' else ''}as production "
         f"serves it), the reference under gunicorn with {SERVER_WORKERS} sync workers, same PostgreSQL server, a "
         f"fresh database per scenario. The floor is the same 8-process loop of 4 requests per task against "
         f"`GET /api/token` (token auth, no work, through the full Django and DRF stack: the WSGI fast path does not "
