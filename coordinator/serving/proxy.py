@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 from collections.abc import Sequence
 
 logger = logging.getLogger("coordinator.proxy")
@@ -33,6 +34,10 @@ MAX_REQUEST_LINE = 16 * 1024
 CHUNK = 64 * 1024
 UPSTREAM_WAIT = 15.0  # seconds a connection waits for a server that is starting (not accepting yet)
 UPSTREAM_RETRY = 0.05
+# After the server's answer, what the client still sends is read and dropped for up to this long
+# (a lingering close, as nginx and Apache do): closing a socket with unread data makes the kernel
+# reset the connection, and a reset can destroy the answer before the client has read it.
+LINGER_SECONDS = 2.0
 
 
 def _bad_gateway(message: str) -> bytes:
@@ -59,7 +64,7 @@ class Router:
         return self.asgi_socket if target.startswith(self.asgi_prefixes) else self.wsgi_socket
 
     async def handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        upstream_writer: asyncio.StreamWriter | None = None
+        upstream: socket.socket | None = None
         try:
             try:
                 request_line = await asyncio.wait_for(client_reader.readuntil(b"\n"), timeout=60)
@@ -71,48 +76,80 @@ class Router:
                     client_writer.write(_bad_gateway("The application server is not ready yet; retry in a moment."))
                     await client_writer.drain()
                 return
-            upstream_reader, upstream_writer = upstream
-            upstream_writer.write(request_line)
-            to_upstream = asyncio.ensure_future(self._pipe(client_reader, upstream_writer, half_close=True))
-            to_client = asyncio.ensure_future(self._pipe(upstream_reader, client_writer, half_close=False))
+            # The server side is a plain socket, not a stream transport: a transport that fails to
+            # write (the server closed without reading the whole body, as for a 401 before a large
+            # upload) closes itself for reading too, and the answer waiting in the socket was lost.
+            to_upstream = asyncio.ensure_future(self._to_upstream(request_line, client_reader, upstream))
+            to_client = asyncio.ensure_future(self._to_client(upstream, client_writer))
             # The response side decides: once the server has finished (closed), the exchange is over.
             await to_client
             to_upstream.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await to_upstream
+            # The client may still be sending the body the server did not read: end our side, and
+            # drain the rest, so that closing does not reset the connection under the answer.
+            await self._linger(client_reader, client_writer)
         finally:
-            for writer in (upstream_writer, client_writer):
-                if writer is not None:
-                    with contextlib.suppress(Exception):
-                        writer.close()
+            if upstream is not None:
+                upstream.close()
+            with contextlib.suppress(Exception):
+                client_writer.close()
 
-    async def _connect(self, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _connect(self, path: str) -> socket.socket | None:
         """A connection to the server on `path`, waiting while it does not accept yet (None: gave up)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + UPSTREAM_WAIT
         while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
             try:
-                return await asyncio.open_unix_connection(path, limit=CHUNK)
+                await loop.sock_connect(sock, path)
+                return sock
             except (ConnectionRefusedError, FileNotFoundError):  # starting: not listening, or no socket yet
+                sock.close()
                 if loop.time() >= deadline or self.stopping.is_set():
                     return None
                 await asyncio.sleep(UPSTREAM_RETRY)
             except OSError:
+                sock.close()
                 return None
 
     @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, half_close: bool) -> None:
+    async def _to_upstream(request_line: bytes, reader: asyncio.StreamReader, upstream: socket.socket) -> None:
+        """The request, as the client sends it, then EOF once the client has sent everything."""
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                data = await reader.read(CHUNK)
-                if not data:
-                    break
+            await loop.sock_sendall(upstream, request_line)
+            while data := await reader.read(CHUNK):
+                await loop.sock_sendall(upstream, data)
+            upstream.shutdown(socket.SHUT_WR)
+        except (ConnectionError, OSError):
+            return  # the server stopped reading; its answer, if any, still comes
+
+    @staticmethod
+    async def _to_client(upstream: socket.socket, writer: asyncio.StreamWriter) -> None:
+        """The server's answer, until the server closes."""
+        loop = asyncio.get_running_loop()
+        try:
+            while data := await loop.sock_recv(upstream, CHUNK):
                 writer.write(data)
                 await writer.drain()
-            if half_close and writer.can_write_eof() and not writer.is_closing():
-                writer.write_eof()
         except (ConnectionError, OSError, RuntimeError):
-            # The other side went away (RuntimeError: the transport closed under write_eof).
+            return  # one side went away
+
+    @staticmethod
+    async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Send EOF to the client, then read and drop what it still sends, until it closes too or
+        LINGER_SECONDS pass, so that closing does not reset a connection with unread data."""
+        try:
+            if writer.is_closing() or not writer.can_write_eof():
+                return
+            await writer.drain()
+            writer.write_eof()
+            async with asyncio.timeout(LINGER_SECONDS):
+                while await reader.read(CHUNK):
+                    pass
+        except (TimeoutError, ConnectionError, OSError, RuntimeError):
             return
 
 

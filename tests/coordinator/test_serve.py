@@ -177,3 +177,62 @@ def test_front_door_waits_for_a_server_that_does_not_accept_yet() -> None:
         shutil.rmtree(socket_dir, ignore_errors=True)
     assert waited.startswith(b"HTTP/1.1 200 OK") and waited.endswith(b"ready")
     assert refused.startswith(b"HTTP/1.1 502 Bad Gateway")
+
+
+def test_front_door_delivers_an_early_answer_to_a_client_still_sending_its_body() -> None:
+    """A server may answer before reading the body (a 401 to an anonymous upload) and close. The
+    front door then ends its side and drains the rest of the upload instead of closing at once:
+    closing with unread data resets the connection, and the reset could destroy the answer."""
+    import asyncio
+    import shutil
+    import socket
+    import tempfile
+    import threading
+
+    from coordinator.serving.proxy import Router
+
+    socket_dir = Path(tempfile.mkdtemp(prefix="door", dir="/tmp"))
+    wsgi_path = socket_dir / "wsgi.sock"
+    body = b"x" * (8 * 1024 * 1024)
+    answers: list[bytes] = []
+
+    async def answer_early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the headers only: the body is never read
+        writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\nConnection: close\r\n\r\ndenied")
+        await writer.drain()
+        writer.close()
+
+    def upload(port: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as client:
+            client.sendall(f"POST /pool/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+            try:
+                client.sendall(body)
+            except OSError:
+                pass  # the door stops reading after its linger: the answer is what matters
+            received = b""
+            try:
+                while chunk := client.recv(65536):
+                    received += chunk
+            except OSError as exc:
+                received += f"<{exc!r}>".encode()
+            answers.append(received)
+
+    async def scenario() -> None:
+        router = Router(str(wsgi_path), str(socket_dir / "asgi.sock"), ["/ws/"])
+        upstream = await asyncio.start_unix_server(answer_early, path=str(wsgi_path))
+        door = await asyncio.start_server(router.handle, "127.0.0.1", 0)
+        port = door.sockets[0].getsockname()[1]
+        for _ in range(5):
+            client = threading.Thread(target=upload, args=(port,))
+            client.start()
+            while client.is_alive():
+                await asyncio.sleep(0.01)
+        door.close()
+        upstream.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+    assert len(answers) == 5
+    assert all(a.startswith(b"HTTP/1.1 401 Unauthorized") and a.endswith(b"denied") for a in answers), answers
