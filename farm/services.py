@@ -17,7 +17,7 @@ from coordinator.db import prepared_cursor
 from coordinator.models import User
 from farm import throttle
 from farm.conf import lease_seconds
-from farm.errors import LeaseLostError, RunNotFoundError, TaskNotFoundError, WorkerExistsError
+from farm.errors import LeaseLostError, RunNotFoundError, TaskNotFoundError, WorkerExistsError, WorkerNotFoundError
 from farm.models import Run, Task, Worker
 from farm.selectors import RunCounts, run_counts, worker_and_run_get
 from progress.services import progress_publish
@@ -394,17 +394,29 @@ def tasks_claim_by_uuid(*, user: User, run_uuid: str, worker_uuid: str, limit: i
     if claim.taken > 0 and len(tasks) < limit:
         # Numbers materialised out of order were skipped (or the counter ran out): take more the
         # usual way (rare: the full objects are read only here).
-        run, worker = Run.objects.get(pk=claim.run_id), Worker.objects.get(pk=claim.worker_id)
+        run, worker = _run_and_worker_still_there(claim.run_id, claim.worker_id)
         tasks += tasks_claim(run=run, worker=worker, limit=limit - len(tasks))
         tasks.sort(key=lambda t: t.task)
         return tasks
     tasks.sort(key=lambda t: t.task)
     if tasks and throttle.msg_due(claim.run_id, False, f"took task {', '.join(str(t.task) for t in tasks[:10])}"):
-        run, worker = Run.objects.get(pk=claim.run_id), Worker.objects.get(pk=claim.worker_id)
+        run, worker = _run_and_worker_still_there(claim.run_id, claim.worker_id)
         numbers = ", ".join(str(t.task) for t in tasks[:10])
         with transaction.atomic():
             _publish_counts(run, f"{worker.hostname}:{worker.pid} took task {numbers}", due=True)
     return tasks
+
+
+def _run_and_worker_still_there(run_id: int, worker_id: int) -> tuple[Run, Worker]:
+    """The run and worker of a claim that just committed, read again: either may have been deleted
+    since (a run deleted while its workers claim), which is then the 404 of a missing one."""
+    run = Run.objects.filter(pk=run_id).first()
+    if run is None:
+        raise RunNotFoundError()
+    worker = Worker.objects.filter(pk=worker_id).first()
+    if worker is None:
+        raise WorkerNotFoundError()
+    return run, worker
 
 
 def tasks_claim_for(*, user: User, run_uuid: str, worker_uuid: str, limit: int) -> list[ClaimedTask]:

@@ -451,3 +451,23 @@ def test_lease_sweep_is_scheduled_for_the_cluster(db: None) -> None:
     schedule = Schedule.objects.get(name=LEASE_SWEEP)
     assert (schedule.schedule_type, schedule.minutes, schedule.repeats) == (Schedule.MINUTES, 1, -1)
     assert import_string(schedule.func) is leases_expire
+
+
+def test_a_run_deleted_right_after_a_claim_is_a_404_not_a_500(api: APIClient, monkeypatch: Any) -> None:
+    """The claim committed, then its run went (deleted while its workers claim) before the claim's
+    progress event read it back: the worker hears that the run is gone."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the one-statement claim that reads its run back afterwards is PostgreSQL's")
+    from farm import throttle
+
+    run = new_run(api, 5)
+    new_worker(api, "w")
+
+    def due_once_the_run_is_gone(run_id: int, force: bool, text: str) -> bool:
+        Run.objects.filter(pk=run_id).delete()
+        return True
+
+    monkeypatch.setattr(throttle, "msg_due", due_once_the_run_is_gone)
+    response = claim(api, run, "w")
+    assert response.status_code == 404 and response.json()["code"] == "run_not_found"
+    assert not Task.objects.exists()

@@ -149,7 +149,7 @@ def test_deleting_a_run_while_real_workers_claim_leaves_no_task_rows(transaction
     # no task left; nothing else.
     stops = [err.splitlines()[-1] if err.strip() else "" for _, err in outputs]
     assert all("HTTP 404" in stop or (proc.returncode == 0 and not stop) for proc, stop in zip(procs, stops,
-                                                                                          strict=True)), stops
+                                                                                          strict=True)), "\n".join(stops)
     assert sum(len(out.split()) for out, _ in outputs) >= 60
     assert not Run.objects.exists()
     assert not Task.objects.exists()
