@@ -97,14 +97,8 @@ def worker_uuid_for_token(token_id: str, *, cached: bool = True) -> str | None:
     may register with it at any moment, in any process)."""
     uuid = _token_workers.get(token_id) if cached else None
     if uuid is None:
-        found = list(Worker.objects.filter(token_id=token_id).values_list("uuid", flat=True)[:2])
-        uuid = found[0] if len(found) == 1 else None
-        if uuid is None:
-            _token_workers.pop(token_id, None)
-        else:
-            if len(_token_workers) >= TOKEN_WORKERS_MAX:
-                _token_workers.clear()
-            _token_workers[token_id] = uuid
+        found = workers_for_token(token_id)  # also keeps (or forgets) the answer for this process
+        uuid = next(iter(found)) if len(found) == 1 else None
     return uuid
 
 

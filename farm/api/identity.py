@@ -26,11 +26,15 @@ from farm import selectors
 from farm.authentication import FarmToken
 
 
+def token_id_of(token: object) -> str | None:
+    """The id of a verified farm token (DRF's `request.auth`, or the fast path's), else None."""
+    return token.token_id if isinstance(token, FarmToken) else None
+
+
 def token_worker(token: object) -> str | None:
     """The uuid of the one worker registered with this farm token, if exactly one is (cached)."""
-    if isinstance(token, FarmToken) and token.token_id is not None:
-        return selectors.worker_uuid_for_token(token.token_id)
-    return None
+    token_id = token_id_of(token)
+    return selectors.worker_uuid_for_token(token_id) if token_id is not None else None
 
 
 def sending_worker(*, header: str | None, cookie: str | None, token: object) -> str | None:
@@ -46,9 +50,8 @@ def possible_senders(*, header: str | None, cookie: str | None, token: object) -
     named = header or cookie
     if named:
         return frozenset((named,))
-    if isinstance(token, FarmToken) and token.token_id is not None:
-        return selectors.workers_for_token(token.token_id)
-    return frozenset()
+    token_id = token_id_of(token)
+    return selectors.workers_for_token(token_id) if token_id is not None else frozenset()
 
 
 def cookie_needed(worker_uuid: str, *, cookie: str | None, token: object) -> bool:

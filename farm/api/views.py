@@ -31,7 +31,7 @@ from farm.api.fields import (
     TaskNumberListField,
     WorkerUuidField,
 )
-from farm.authentication import FarmBasicAuthentication, FarmToken, farm_token_for
+from farm.authentication import FarmBasicAuthentication, farm_token_for
 from farm.conf import WORKER_COOKIE, batch_max
 from farm.errors import EmptyUpdateError, UnknownInfoError
 from farm.models import Run, Task
@@ -370,9 +370,8 @@ class WorkerCreateApi(FarmApi):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        token = request.auth
         worker = services.worker_register(owner=_user(request), **data.validated_data,
-                                          token_id=token.token_id if isinstance(token, FarmToken) else None)
+                                          token_id=identity.token_id_of(request.auth))
         response = Response({"uuid": worker.uuid, "id": worker.pk}, status=status.HTTP_201_CREATED)
         return _remember_worker(response, worker.uuid, request)
 
