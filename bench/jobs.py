@@ -6,7 +6,7 @@ Creates its own database (`bench_jobs_<pid>`, next to `BENCH_DATABASE_URL` / `DA
 default `postgres://postgres@127.0.0.1:5432/coordinator`) and drops it at the end. In one run:
 
 1. enqueue-to-`started` latency (p50/p95/p99) of `noop` jobs arriving at 10/s, with the
-   LISTEN/NOTIFY broker and with django-q2's stock polling ORM broker (`Q_BROKER_CLASS=""`);
+   LISTEN/NOTIFY broker and with django-q2's stock polling ORM broker (`bench/stock_broker_settings.py`);
 2. enqueue rate and no-op drain rate with one and with two clusters, both brokers;
 3. exactly-once: N jobs (10,000; 500 with --quick) across two clusters, each appending its id to
    a file: duplicates = lines - distinct ids, lost = N - distinct ids;
@@ -244,10 +244,10 @@ def main(argv: list[str]) -> None:
         call_command("migrate", verbosity=0)
         user = User.objects.create_user("bench@example.com", "bench-password", role=Role.ADMIN)
         results: dict[str, dict[str, Any]] = {}
-        brokers = {"LISTEN/NOTIFY broker": _env(**common), "stock django-q2 ORM broker": _env(**common, Q_BROKER_CLASS="")}
+        brokers = {"LISTEN/NOTIFY broker": _env(**common),
+                   "stock django-q2 ORM broker": _env(**{**common, "DJANGO_SETTINGS_MODULE": "bench.stock_broker_settings"})}
         for label, env in brokers.items():
-            os.environ["Q_BROKER_CLASS"] = env.get("Q_BROKER_CLASS", "jobs.broker.ListenNotifyBroker")
-            _reset_broker_conf()
+            _use_broker(LISTEN_NOTIFY_BROKER if env["DJANGO_SETTINGS_MODULE"] == "coordinator.settings" else None)
             row: dict[str, Any] = {}
             if not drain_only:
                 with cluster(env):
@@ -268,8 +268,7 @@ def main(argv: list[str]) -> None:
                   f"({notify['drain_1'] / stock['drain_1']:.1f}x), 2 clusters {notify['drain_2']:.0f} vs "
                   f"{stock['drain_2']:.0f} ({notify['drain_2'] / stock['drain_2']:.1f}x)", flush=True)
             return
-        os.environ["Q_BROKER_CLASS"] = "jobs.broker.ListenNotifyBroker"
-        _reset_broker_conf()
+        _use_broker(LISTEN_NOTIFY_BROKER)
         raw = raw_enqueue(200 if quick else 1000)
         print("raw async_task/s", raw, flush=True)
         once = exactly_once(user, n_once, _env(**common), workdir)
@@ -332,11 +331,14 @@ def _poll() -> float:
     return float(settings.Q_CLUSTER.get("poll", 0.2))
 
 
-def _reset_broker_conf() -> None:
+LISTEN_NOTIFY_BROKER = "jobs.broker.ListenNotifyBroker"
+
+
+def _use_broker(broker_class: str | None) -> None:
     # The bench process enqueues with the broker under test (Conf is read once at import).
     from django_q.conf import Conf
 
-    Conf.BROKER_CLASS = os.environ.get("Q_BROKER_CLASS") or None
+    Conf.BROKER_CLASS = broker_class
 
 
 if __name__ == "__main__":

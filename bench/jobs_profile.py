@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
     name = name.replace("bench_jobs_", "bench_jobs_profile_")
     url = url.rsplit("/", 1)[0] + "/" + name
     os.environ.update({"DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "coordinator.settings", "REDIS_URL": "",
-                       "LOG_LEVEL": "WARNING", "Q_BROKER_CLASS": "jobs.broker.ListenNotifyBroker"})
+                       "LOG_LEVEL": "WARNING"})
     with _admin_conn(base) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> None:
         call_command("migrate", verbosity=0)
         user = User.objects.create_user("profile@example.com", "profile-password", role=Role.ADMIN)
         broker = get_broker()
-        broker._next_sweep = float("inf")  # the sweep runs every JOBS_SWEEP_SECONDS, not per job
+        broker._next_sweep = float("inf")  # the sweep runs every few seconds, not per job
         real_commit = connection.commit
         steps = ["enqueue", "dequeue", "run", "ack"]
         totals = {s: [0, 0] for s in steps}

@@ -7,6 +7,7 @@ Every variable is listed with a comment in `.env.example`. The defaults give the
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from datetime import timedelta
@@ -20,12 +21,20 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
+# The only place that reads the environment. Each helper names the variable and what it accepts
+# when a value is wrong, so a bad deployment fails at start-up instead of at the first request.
+def env_str(name: str, default: str) -> str:
+    """A text variable; unset or blank gives the default."""
+    raw = os.environ.get(name, "").strip()
+    return raw or default
+
+
 def env_bool(name: str, default: bool) -> bool:
-    """Read a boolean environment variable ("1/true/yes/on" vs "0/false/no/off")."""
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
+    """A boolean variable ("1/true/yes/on" vs "0/false/no/off")."""
+    raw = env_str(name, "")
+    if not raw:
         return default
-    value = raw.strip().lower()
+    value = raw.lower()
     if value in {"1", "true", "yes", "on"}:
         return True
     if value in {"0", "false", "no", "off"}:
@@ -33,32 +42,66 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off).")
 
 
-def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    """A whole number, optionally at least `minimum`."""
+    raw = env_str(name, "")
+    if not raw:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError as exc:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer.") from exc
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a whole number.") from exc
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={raw!r} must be at least {minimum}.")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    """A number of seconds or similar, optionally at least `minimum`."""
+    raw = env_str(name, "")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number.") from exc
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
+        raise ImproperlyConfigured(f"{name}={raw!r} must be a finite number of at least {minimum}.")
+    return value
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
+    """A comma-separated list."""
+    raw = env_str(name, "")
+    if not raw:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One word out of `choices`, matched without regard to case."""
+    raw = env_str(name, default)
+    for choice in choices:
+        if raw.lower() == choice.lower():
+            return choice
+    raise ImproperlyConfigured(f"{name}={raw!r} is not one of {', '.join(choices)}.")
+
+
+def env_path(name: str, default: Path | None) -> Path | None:
+    """A file-system path (`~` expanded); unset gives the default."""
+    raw = env_str(name, "")
+    return Path(raw).expanduser().resolve() if raw else default
+
+
 # Runtime state (SQLite file, generated dev key, sockets, exports) lives here.
-VAR_DIR = Path(os.environ.get("COORDINATOR_VAR_DIR", BASE_DIR / "var")).resolve()
+VAR_DIR = env_path("COORDINATOR_VAR_DIR", None) or (BASE_DIR / "var").resolve()
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("DJANGO_DEBUG", True)
 
 
 def _secret_key() -> str:
-    configured = os.environ.get("DJANGO_SECRET_KEY", "").strip()
+    configured = env_str("DJANGO_SECRET_KEY", "")
     if configured:
         return configured
     if not DEBUG:
@@ -136,9 +179,10 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 DEFAULT_SQLITE_PATH = VAR_DIR / "coordinator.sqlite3"
-DATABASE_URL = os.environ.get("DATABASE_URL", "").strip() or f"sqlite:///{DEFAULT_SQLITE_PATH}"
-# Test databases are per test run, so that several runs on one machine never share one.
-TEST_DB_SUFFIX = os.environ.get("COORDINATOR_TEST_DB_SUFFIX", str(os.getpid()))
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{DEFAULT_SQLITE_PATH}")
+# Test databases are per test run (the pytest process's id), so that several runs on one machine
+# never share one; the servers a test starts are handed the test database's URL itself.
+TEST_DB_SUFFIX = str(os.getpid())
 # Health checks cost a `SELECT 1` round trip at the start of every request; off by default (a
 # connection broken by a database restart then fails one request per worker and is replaced).
 _database: dict[str, Any] = dict(
@@ -159,7 +203,7 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
 else:
     _database["TEST"] = {"NAME": f"test_{_database['NAME']}_{TEST_DB_SUFFIX}"}
 # Persistent connections: each WSGI worker (granian, one Python thread) keeps its connection between requests.
-_database["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60)
+_database["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
 DATABASES = {"default": _database}
 IS_POSTGRES = _database["ENGINE"] == "django.db.backends.postgresql"
 # Hot statements (farm hand-out and updates) are prepared once per connection on PostgreSQL
@@ -170,7 +214,7 @@ DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis and Channels ---------------------------------------------------------------------
-REDIS_URL = os.environ.get("REDIS_URL", "").strip()
+REDIS_URL = env_str("REDIS_URL", "")
 if REDIS_URL:
     CHANNEL_LAYERS: dict[str, Any] = {
         "default": {
@@ -192,7 +236,7 @@ LOGIN_URL = "admin:login"
 
 def _pem(name: str) -> str:
     """A PEM key given either as the text itself or as a path to a file holding it."""
-    raw = os.environ.get(name, "").strip()
+    raw = env_str(name, "")
     if not raw:
         return ""
     if raw.startswith("-----BEGIN"):
@@ -215,8 +259,8 @@ SIMPLE_JWT = {
     "ALGORITHM": JWT_ALGORITHM,
     "SIGNING_KEY": JWT_SIGNING_KEY,
     "VERIFYING_KEY": JWT_VERIFYING_KEY or None,
-    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env_int("JWT_ACCESS_MINUTES", 60)),
-    "REFRESH_TOKEN_LIFETIME": timedelta(days=env_int("JWT_REFRESH_DAYS", 7)),
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env_int("JWT_ACCESS_MINUTES", 60, minimum=1)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=env_int("JWT_REFRESH_DAYS", 7, minimum=1)),
     "USER_ID_FIELD": "id",
     "USER_ID_CLAIM": "user_id",
     "UPDATE_LAST_LOGIN": False,
@@ -292,20 +336,24 @@ CORS_ALLOW_HEADERS = (*default_headers, "last-event-id")
 Q_CLUSTER: dict[str, Any] = {
     "name": "coordinator",
     "orm": "default",
-    "workers": env_int("Q_WORKERS", 2),
+    "workers": env_int("Q_WORKERS", 2, minimum=1),
     # A task is killed after `timeout` seconds; the broker re-delivers an unacknowledged task
     # after `retry` seconds, which must be longer or a running task would be handed out twice.
-    "timeout": env_int("Q_TIMEOUT", 600),
-    "retry": env_int("Q_RETRY", 660),
+    "timeout": env_int("Q_TIMEOUT", 600, minimum=1),
+    "retry": env_int("Q_RETRY", 660, minimum=2),
     "max_attempts": 1,
     "catch_up": False,
     "save_limit": 1000,
     "poll": 0.5,
     "label": "Django Q2",
-    # jobs: the ORM broker that waits on PostgreSQL LISTEN/NOTIFY (plain ORM polling on SQLite);
-    # Q_BROKER_CLASS="" selects django-q2's stock ORM broker (benchmark baseline).
-    "broker_class": os.environ.get("Q_BROKER_CLASS", "jobs.broker.ListenNotifyBroker") or None,
+    # jobs: the ORM broker that waits on PostgreSQL LISTEN/NOTIFY (plain ORM polling on SQLite).
+    "broker_class": "jobs.broker.ListenNotifyBroker",
 }
+if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:
+    raise ImproperlyConfigured(
+        f"Q_RETRY={Q_CLUSTER['retry']} must be longer than Q_TIMEOUT={Q_CLUSTER['timeout']}: a job still "
+        "running when its re-delivery is due would be handed out twice."
+    )
 
 # --- Internationalisation, time, static -----------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -321,19 +369,54 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
 # Request bodies: large enough for JSONL imports, small enough that a client cannot exhaust memory.
-DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 10 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 10 * 1024 * 1024, minimum=1024)
 
 # --- Serving (`manage.py serve`) ------------------------------------------------------------
-SERVE_WSGI_WORKERS = env_int("WEB_CONCURRENCY", os.cpu_count() or 2)
+SERVE_WSGI_WORKERS = env_int("WEB_CONCURRENCY", os.cpu_count() or 2, minimum=1)
+SERVE_HOST = env_str("COORDINATOR_HOST", "127.0.0.1")
+SERVE_PORT = env_int("COORDINATOR_PORT", 8000, minimum=1)
 RUN_DIR = VAR_DIR / "run"
+
+LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },
 }
+
+# --- Quick start (`./dev up`, `manage.py ensureadmin`, `manage.py createuser`) ------------------
+COORDINATOR_ADMIN_EMAIL = env_str("COORDINATOR_ADMIN_EMAIL", "admin@example.com").lower()
+COORDINATOR_ADMIN_PASSWORD = env_str("COORDINATOR_ADMIN_PASSWORD", "")
+COORDINATOR_PASSWORD = env_str("COORDINATOR_PASSWORD", "")
+
+# --- Device task pool (pool) --------------------------------------------------------------------
+POOL_JOURNAL_DIR = env_path("POOL_JOURNAL_DIR", None)
+POOL_DEVICE_TOKEN_MINUTES = env_int("POOL_DEVICE_TOKEN_MINUTES", 24 * 60, minimum=1)
+POOL_ONLINE_SECONDS = env_int("POOL_ONLINE_SECONDS", 120, minimum=1)
+
+# --- Task farm (farm) ---------------------------------------------------------------------------
+FARM_LEASE_SECONDS = env_int("FARM_LEASE_SECONDS", 3600, minimum=1)
+FARM_BATCH_MAX = env_int("FARM_BATCH_MAX", 1000, minimum=1)
+FARM_MAX_ATTEMPTS = env_int("FARM_MAX_ATTEMPTS", 3, minimum=1)
+
+# --- Background jobs (jobs) ---------------------------------------------------------------------
+EXPORT_ROOT = env_path("EXPORT_ROOT", None) or VAR_DIR / "exports"
+JOBS_DEFAULT_TIMEOUT = env_int("JOBS_DEFAULT_TIMEOUT", 300, minimum=1)
+JOBS_STALE_SECONDS = env_float("JOBS_STALE_SECONDS", 30.0, minimum=1.0)
+JOBS_TOKEN_EXPIRE_SEC = env_int("JOBS_TOKEN_EXPIRE_SEC", 3600, minimum=0)
+JOBS_UPLOAD_MAX_BYTES = env_int("JOBS_UPLOAD_MAX_BYTES", 100 * 1024 * 1024, minimum=1)
+JOBS_EXTRA_MODULES = env_list("JOBS_EXTRA_MODULES", [])
+JOBS_EXAMPLE_PACK = env_bool("JOBS_EXAMPLE_PACK", True)
+
+# --- Live progress (progress) -------------------------------------------------------------------
+PROGRESS_PUBLIC = env_bool("PROGRESS_PUBLIC", False)
+PROGRESS_SOCKET = env_path("PROGRESS_SOCKET", None) or RUN_DIR / "progress.sock"
+PROGRESS_STREAM_SOCKET = env_path("PROGRESS_STREAM_SOCKET", None) or RUN_DIR / "progress-stream.sock"
+PROGRESS_MAX_STREAMS = env_int("PROGRESS_MAX_STREAMS", 1000, minimum=1)
+PROGRESS_RETENTION_SECONDS = env_float("PROGRESS_RETENTION_SECONDS", 3600.0, minimum=1.0)

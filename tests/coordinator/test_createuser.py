@@ -21,15 +21,15 @@ def test_createuser_creates_and_updates() -> None:
 
 
 @pytest.mark.django_db
-def test_createuser_reads_password_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COORDINATOR_PASSWORD", "from-the-environment")
+def test_createuser_reads_password_from_environment(settings) -> None:
+    settings.COORDINATOR_PASSWORD = "from-the-environment"  # read from COORDINATOR_PASSWORD at start-up
     call_command("createuser", "env@example.com", "--role", "user")
     assert User.objects.get(email="env@example.com").check_password("from-the-environment")
 
 
 @pytest.mark.django_db
-def test_createuser_refuses_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("COORDINATOR_PASSWORD", raising=False)
+def test_createuser_refuses_bad_input(settings) -> None:
+    settings.COORDINATOR_PASSWORD = ""
     with pytest.raises(CommandError, match="not a valid email"):
         call_command("createuser", "not-an-email", "--password", "long-enough-pass")
     with pytest.raises(CommandError, match="too weak"):

@@ -1,3 +1,4 @@
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,78 @@ def test_cross_origin_preflight_may_carry_last_event_id(settings: object) -> Non
     )
     assert response["Access-Control-Allow-Origin"] == "http://front.example"
     assert "last-event-id" in response["Access-Control-Allow-Headers"]
+
+
+def _variables_read_by_settings() -> set[str]:
+    """The names passed to the `env_*` helpers in coordinator/settings.py."""
+    tree = ast.parse((ROOT / "coordinator" / "settings.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id.startswith("env_")
+                and node.args and isinstance(node.args[0], ast.Constant)):
+            names.add(node.args[0].value)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_pem":
+            names.add(node.args[0].value)
+    return names
+
+
+def _variables_in_env_example() -> list[str]:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    return [line.split("=", 1)[0] for line in lines if line and not line.startswith("#")]
+
+
+def test_env_example_lists_exactly_what_settings_read() -> None:
+    listed = _variables_in_env_example()
+    assert len(listed) == len(set(listed)), "a variable is listed twice"
+    assert set(listed) == _variables_read_by_settings()
+
+
+def test_each_variable_in_env_example_has_its_comment_line() -> None:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    for index, line in enumerate(lines):
+        if line and not line.startswith("#"):
+            previous = lines[index - 1]
+            assert previous.startswith("# ") or _is_pair(lines, index), f"{line} has no comment"
+
+
+def _is_pair(lines: list[str], index: int) -> bool:
+    # JWT_PRIVATE_KEY / JWT_PUBLIC_KEY share one comment line.
+    return index >= 2 and not lines[index - 1].startswith("#") and lines[index - 2].startswith("# ")
+
+
+def test_only_settings_read_the_environment() -> None:
+    """Apps read django.conf.settings; the one exception is the stand-alone progress client, which
+    runs in other programs (without Django) and finds the socket from their environment."""
+    readers = []
+    for package in ("coordinator", "pool", "farm", "jobs", "progress"):
+        for path in (ROOT / package).rglob("*.py"):
+            relative = path.relative_to(ROOT).as_posix()
+            if relative in {"coordinator/settings.py", "progress/client.py"} or "/migrations/" in relative:
+                continue
+            text = path.read_text()
+            tree = ast.parse(text)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and node.attr in {"environ", "getenv"}:
+                    if isinstance(node.value, ast.Name) and node.value.id == "os":
+                        line = text.splitlines()[node.lineno - 1]
+                        if "DJANGO_SETTINGS_MODULE" not in line:
+                            readers.append(f"{relative}:{node.lineno}")
+    assert readers == []
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("Q_WORKERS", "two", "Q_WORKERS='two' is not a whole number"),
+    ("FARM_LEASE_SECONDS", "0", "FARM_LEASE_SECONDS='0' must be at least 1"),
+    ("JOBS_STALE_SECONDS", "nan", "JOBS_STALE_SECONDS='nan' must be a finite number"),
+    ("LOG_LEVEL", "chatty", "LOG_LEVEL='chatty' is not one of DEBUG"),
+])
+def test_bad_values_stop_start_up_naming_the_variable(tmp_path: Path, variable: str, value: str, message: str) -> None:
+    out = run_settings_probe({"COORDINATOR_VAR_DIR": str(tmp_path), variable: value}, "")
+    assert out.returncode != 0
+    assert message in out.stderr
+
+
+def test_retry_shorter_than_timeout_is_refused(tmp_path: Path) -> None:
+    out = run_settings_probe({"COORDINATOR_VAR_DIR": str(tmp_path), "Q_TIMEOUT": "600", "Q_RETRY": "60"}, "")
+    assert out.returncode != 0
+    assert "Q_RETRY=60 must be longer than Q_TIMEOUT=600" in out.stderr

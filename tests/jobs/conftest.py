@@ -15,13 +15,10 @@ import tests.jobs.sample_jobs  # noqa: F401 - registers the test job functions
 from jobs.models import Job
 from tests.live import BIN, ROOT, server_env
 
-# Fast recovery for processes started by tests: heartbeat every 0.3 s, stale after 2 s.
+# Fast recovery for processes started by tests: stale after 2 s (heartbeat and sweep every 1/3 s).
 CLUSTER_ENV = {
     "JOBS_EXTRA_MODULES": "tests.jobs.sample_jobs",
-    "JOBS_HEARTBEAT_SECONDS": "0.3",
     "JOBS_STALE_SECONDS": "2",
-    "JOBS_SWEEP_SECONDS": "0.5",
-    "JOBS_LISTEN_TIMEOUT": "1",
     "Q_WORKERS": "2",
 }
 

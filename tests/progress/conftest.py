@@ -50,8 +50,8 @@ async def ws_receive_until(communicator: WebsocketCommunicator, predicate: Calla
 
 
 @pytest.fixture(autouse=True)
-def _fast_polling(settings: Any) -> None:
-    settings.PROGRESS_POLL_INTERVAL = 0.02
+def _fast_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("progress.conf.POLL_INTERVAL_SECONDS", 0.02)
 
 
 class SseClient:
@@ -215,7 +215,7 @@ def run_asgi_server(**extra_env: str) -> Any:
     @contextmanager
     def server() -> Any:
         port = free_port()
-        env = server_env(PROGRESS_POLL_INTERVAL="0.05", **extra_env)
+        env = server_env(**extra_env)
         proc = subprocess.Popen([str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "coordinator.asgi:application"],
                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         base = f"http://127.0.0.1:{port}"
@@ -328,7 +328,7 @@ def serve_platform(var_dir: Any, qcluster: bool = False, port: int | None = None
         argv = [sys.executable, "manage.py", "serve", "--port", str(port or free_port()), "--workers", "1"]
         if not qcluster:
             argv.append("--no-qcluster")
-        env = server_env(COORDINATOR_VAR_DIR=str(var_dir), PROGRESS_POLL_INTERVAL="0.05", Q_WORKERS="1", **extra_env)
+        env = server_env(COORDINATOR_VAR_DIR=str(var_dir), Q_WORKERS="1", **extra_env)
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
         base = f"http://127.0.0.1:{argv[4]}"
         try:

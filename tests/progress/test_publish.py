@@ -33,7 +33,7 @@ def test_inside_a_transaction_the_event_commits_or_rolls_back_with_the_callers_w
 
 
 def test_broadcast_only_after_commit(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings.PROGRESS_TRANSPORT = "layer"
+    monkeypatch.setattr("progress.conf.transport", lambda: "layer")
     sent: list[list[Any]] = []
 
     async def broadcast(events: list[Any]) -> None:
@@ -54,7 +54,7 @@ def test_broadcast_only_after_commit(settings: Any, monkeypatch: pytest.MonkeyPa
 
 
 def test_a_failed_broadcast_never_breaks_the_caller(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings.PROGRESS_TRANSPORT = "layer"
+    monkeypatch.setattr("progress.conf.transport", lambda: "layer")
 
     async def broadcast(events: list[Any]) -> None:
         raise ConnectionError("redis is down")

@@ -128,8 +128,8 @@ def test_users_see_their_own_progress_only(user, admin) -> None:
                             ("new", {"0": "socket task"})]
 
 
-def test_keepalive_comments_when_idle(admin, settings) -> None:
-    settings.PROGRESS_KEEPALIVE_SECONDS = 0.5
+def test_keepalive_comments_when_idle(admin, monkeypatch) -> None:
+    monkeypatch.setattr("progress.conf.KEEPALIVE_SECONDS", 0.5)
 
     async def body() -> None:
         sse = SseClient(f"token={access_token_for(admin)}")

@@ -6,6 +6,7 @@ import getpass
 import os
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from coordinator.errors import ApplicationError
@@ -31,7 +32,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         password: str | None = options["password"]
         if password is None and not options["keep_password"]:
-            password = os.environ.get("COORDINATOR_PASSWORD") or None
+            password = settings.COORDINATOR_PASSWORD or None
         if password is None and not options["keep_password"]:
             if not os.isatty(0):
                 raise CommandError("No password: pass --password, set COORDINATOR_PASSWORD, or run interactively.")
