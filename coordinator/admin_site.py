@@ -11,6 +11,7 @@ from typing import Any
 
 from django.apps import apps
 from django.contrib import admin
+from django.contrib.auth import get_permission_codename
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 
@@ -51,3 +52,16 @@ class CoordinatorAdminSite(admin.AdminSite):
             **(extra_context or {}),
         }
         return super().index(request, context)
+
+
+class ServiceActionsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """A model whose rows change only through actions that call services: its page is read-only
+    for everyone, and its actions (and the buttons' views) need the model's *change* permission,
+    declared as `permissions=["operate"]`, so that staff who may only view cannot run them."""
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        opts = self.opts
+        return bool(request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}"))

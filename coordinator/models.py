@@ -62,7 +62,8 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         # The role is the single source of truth for admin rights: an admin is staff and has every
-        # permission; demoting someone from admin takes both away again.
+        # permission, nobody else is a superuser (role changes go through `user_set_role`, which
+        # also takes staff status away from a demoted admin).
         self.email = self.email.lower()
         self.is_superuser = self.role == Role.ADMIN
         if self.is_superuser:

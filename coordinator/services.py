@@ -7,21 +7,70 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
 from django.db import transaction
 
-from coordinator.errors import ValidationFailedError
+from coordinator.errors import PermissionDeniedError, ValidationFailedError
 from coordinator.models import Role, User
+
+
+def _apply_role(user: User, role: str) -> None:
+    """Set the role; staff status follows it: an admin is staff and superuser, and losing the
+    admin role takes staff status away too (an admin may give it back explicitly)."""
+    was_admin = user.pk is not None and user.role == Role.ADMIN
+    user.role = role
+    user.is_superuser = role == Role.ADMIN
+    if role == Role.ADMIN:
+        user.is_staff = True
+    elif was_admin:
+        user.is_staff = False
+
+
+@transaction.atomic
+def user_set_role(*, user: User, role: str, actor: User) -> bool:
+    """Give `user` this role on behalf of `actor`; True when it changed.
+
+    Granting or removing the admin role takes an admin, and the last active admin keeps the role,
+    so that nobody below admin can raise themselves and the platform never locks itself out."""
+    if role is not None and role not in Role.values:
+        raise ValidationFailedError(f"Unknown role {role!r}; use one of {', '.join(Role.values)}.")
+    locked = User.objects.select_for_update().get(pk=user.pk)
+    if locked.role == role:
+        return False
+    if Role.ADMIN in (role, locked.role) and not (actor.is_active and actor.role == Role.ADMIN):
+        raise PermissionDeniedError("Only an admin can grant or remove the admin role.")
+    if locked.role == Role.ADMIN and not (
+        User.objects.filter(role=Role.ADMIN, is_active=True).exclude(pk=locked.pk).exists()
+    ):
+        raise PermissionDeniedError("This is the last active admin: make another admin first.")
+    _apply_role(locked, role)
+    locked.save(update_fields=["role", "is_staff", "is_superuser"])
+    user.role, user.is_staff, user.is_superuser = locked.role, locked.is_staff, locked.is_superuser
+    return True
+
+
+@transaction.atomic
+def user_deactivate(*, user: User, actor: User) -> bool:
+    """Deactivate `user` (no login, no API) on behalf of `actor`; True when it changed.
+
+    Nobody deactivates themselves, and only an admin deactivates an admin."""
+    if user.pk == actor.pk:
+        raise PermissionDeniedError("You cannot deactivate yourself.")
+    if user.role == Role.ADMIN and actor.role != Role.ADMIN:
+        raise PermissionDeniedError("Only an admin can deactivate an admin.")
+    return User.objects.filter(pk=user.pk, is_active=True).update(is_active=False) == 1
 
 
 @transaction.atomic
 def user_create_or_update(
-    *, email: str, role: str, password: str | None, name: str | None = None, check_password: bool = True
+    *, email: str, role: str | None, password: str | None, name: str | None = None, check_password: bool = True
 ) -> tuple[User, bool]:
-    """Create the user with this email, or update its role (and password, when given). Returns (user, created)."""
+    """Create the user with this email, or update it: its role when one is given (an existing
+    user's role is otherwise kept; a new user gets `user`), its password when given. Returns
+    (user, created). For the command line, which is trusted as the host's operator."""
     email = email.strip().lower()
     try:
         validate_email(email)
     except DjangoValidationError as exc:
         raise ValidationFailedError(f"{email!r} is not a valid email address.", extra={"fields": {"email": exc.messages}}) from exc
-    if role not in Role.values:
+    if role is not None and role not in Role.values:
         raise ValidationFailedError(
             f"Unknown role {role!r}; use one of {', '.join(Role.values)}.", extra={"fields": {"role": [role]}}
         )
@@ -29,7 +78,8 @@ def user_create_or_update(
     created = user is None
     if user is None:
         user = User(email=email)
-    user.role = role
+    if role is not None or created:
+        _apply_role(user, role or Role.USER)
     if name is not None:
         user.name = name
     if password is not None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
@@ -13,6 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
+from coordinator.admin_site import ServiceActionsAdmin
 from coordinator.errors import ApplicationError
 from coordinator.models import User
 from jobs.exports import file_path
@@ -46,7 +48,7 @@ def _apply_each(queryset: QuerySet[Job], service: Callable[..., Any]) -> tuple[i
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(ServiceActionsAdmin):
     list_display = ["id", "type", "status", "owner", "worker", "attempts", "live_progress", "created_at",
                     "started_at", "finished_at"]
     list_filter = ["status", "type", "created_at"]
@@ -81,22 +83,23 @@ class JobAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Viewing is allowed to staff with view permission; state changes go through the actions.
-        return False
-
-    @admin.action(description="Retry selected failed jobs", permissions=["view"])
+    @admin.action(description="Retry selected failed jobs", permissions=["operate"])
     def retry_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         done, refused = _apply_each(queryset, job_retry)
         self.message_user(request, f"{done} job(s) queued again; {refused} not in status failure.",
                           messages.SUCCESS if done else messages.WARNING)
 
     @admin.action(description="Cancel selected jobs (fresh: now; started: at the next progress report)",
-                  permissions=["view"])
+                  permissions=["operate"])
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         done, refused = _apply_each(queryset, job_cancel)
         self.message_user(request, f"{done} job(s) cancelled or asked to stop; {refused} already finished.",
                           messages.SUCCESS if done else messages.WARNING)
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        context = {"can_operate": self.has_operate_permission(request), **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, extra_context=context)
 
     def get_urls(self) -> list[URLPattern]:
         custom = [
@@ -107,8 +110,10 @@ class JobAdmin(admin.ModelAdmin):
         return custom + super().get_urls()
 
     def _job_action(self, request: HttpRequest, job_id: int, action: str) -> HttpResponse:
-        if request.method != "POST" or not self.has_view_permission(request):
+        if request.method != "POST":
             raise Http404
+        if not self.has_operate_permission(request):
+            raise PermissionDenied
         job = Job.objects.filter(pk=job_id).first() if job_id < 2**63 else None
         if job is None:
             raise Http404
@@ -126,8 +131,8 @@ class JobAdmin(admin.ModelAdmin):
         return self._job_action(request, job_id, "cancel")
 
     def submit_view(self, request: HttpRequest) -> HttpResponse:
-        if not self.has_view_permission(request):
-            raise Http404
+        if not request.user.has_perm("jobs.add_job"):
+            raise PermissionDenied
         user = request.user if isinstance(request.user, User) else None
         specs = [spec for spec in all_specs() if user_may_run(user, spec)]
         type_name = request.POST.get("type") or request.GET.get("type") or ""

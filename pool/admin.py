@@ -12,6 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from coordinator.admin_site import ServiceActionsAdmin
 from coordinator.models import User
 from pool import selectors, services
 from pool.models import Delivery, DeliveryState, Device, Message, MessageType, Task
@@ -87,22 +88,22 @@ class DeviceAdmin(admin.ModelAdmin):
     def pending(self, obj: Device) -> int:
         return int(getattr(obj, "pending_count", 0))
 
-    @admin.action(description="Validate the selected devices")
+    @admin.action(description="Validate the selected devices", permissions=["change"])
     def validate(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
         count = services.device_set_flags(devices=queryset, validated=True)
         self.message_user(request, f"{count} device(s) validated.")
 
-    @admin.action(description="Disable the selected devices")
+    @admin.action(description="Disable the selected devices", permissions=["change"])
     def disable(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
         count = services.device_set_flags(devices=queryset, enabled=False)
         self.message_user(request, f"{count} device(s) disabled: their tokens stop working now.")
 
-    @admin.action(description="Enable the selected devices")
+    @admin.action(description="Enable the selected devices", permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
         count = services.device_set_flags(devices=queryset, enabled=True)
         self.message_user(request, f"{count} device(s) enabled.")
 
-    @admin.action(description="Issue a new secret (shown once)")
+    @admin.action(description="Issue a new secret (shown once)", permissions=["change"])
     def issue_secret(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
         for device in queryset:
             secret = services.device_issue_secret(device=device)
@@ -215,7 +216,7 @@ class StatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(ServiceActionsAdmin):
     form = TaskComposeForm
     change_form_template = "admin/pool/task/change_form.html"
     list_display = ("msg_id", "ts", "sender", "to", "title", "state_summary", "expires_at", "cancelled_at")
@@ -238,9 +239,6 @@ class TaskAdmin(admin.ModelAdmin):
             return [(None, {"fields": ("target", "devices", "title", "body", "meta_json", "expires_at")})]
         return [(None, {"fields": ("msg_id", "ts", "sender", "to", "title", "body", "meta", "expires_at",
                                    "cancelled_at")})]
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False  # tasks are immutable; the page is a view page with the cancel action
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -271,7 +269,7 @@ class TaskAdmin(admin.ModelAdmin):
         parts = [f"{n} {state}" for state, n in counts.items() if n]
         return ", ".join(parts) or ("broadcast, not fetched yet" if obj.target_all else "-")
 
-    @admin.action(description="Cancel the selected tasks")
+    @admin.action(description="Cancel the selected tasks", permissions=["operate"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         cancelled = sum(1 for task in queryset if services.task_cancel(task=task))
         self.message_user(request, f"{cancelled} task(s) cancelled; they are pending for nobody now.")

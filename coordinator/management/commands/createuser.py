@@ -16,13 +16,14 @@ from coordinator.services import user_create_or_update
 
 class Command(BaseCommand):
     help = (
-        "Create a user, or update an existing one's role and password. Without --password the "
-        "password is read from COORDINATOR_PASSWORD, or prompted for."
+        "Create a user, or update an existing one's role and password (also the way to reset a lost "
+        "admin password). Without --password the password is read from COORDINATOR_PASSWORD, or prompted for."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("email")
-        parser.add_argument("--role", choices=Role.values, default=Role.USER)
+        parser.add_argument("--role", choices=Role.values, default=None,
+                            help="A new user gets `user` without it; an existing user keeps its role.")
         parser.add_argument("--password", default=None)
         parser.add_argument("--name", default=None)
         parser.add_argument(

@@ -1,0 +1,139 @@
+"""Staff with fewer rights than an admin attack the admin, as the security review did: every
+action and button that changes state must refuse them and leave the rows as they were."""
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.core.management import call_command
+from django.test import Client
+
+from coordinator.models import Role, User
+from jobs.models import Job
+from pool import services as pool_services
+from pool.models import Device
+from tests.factories import DEFAULT_PASSWORD, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _staff_with(*codenames: str) -> User:
+    staff = UserFactory(role=Role.USER, is_staff=True)
+    staff.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    return staff
+
+
+def _view_only() -> User:
+    return _staff_with(*Permission.objects.filter(codename__startswith="view_").values_list("codename", flat=True))
+
+
+def _logged_in(user: User) -> Client:
+    client = Client()
+    assert client.login(username=user.email, password=DEFAULT_PASSWORD)
+    return client
+
+
+def _action(client: Client, url: str, action: str, *pks: object) -> None:
+    client.post(url, {"action": action, "_selected_action": [str(pk) for pk in pks]})
+
+
+def test_view_only_staff_cannot_make_itself_admin_or_demote_or_deactivate() -> None:
+    real_admin = UserFactory(role=Role.ADMIN)
+    other = UserFactory(role=Role.MASTER)
+    attacker = _view_only()
+    client = _logged_in(attacker)
+    url = "/admin/coordinator/user/"
+    assert client.get(url).status_code == 200  # it may look
+    _action(client, url, "make_admin", attacker.pk)
+    _action(client, url, "make_user", real_admin.pk)
+    _action(client, url, "deactivate", real_admin.pk, other.pk)
+    attacker.refresh_from_db(), real_admin.refresh_from_db(), other.refresh_from_db()
+    assert (attacker.role, attacker.is_superuser) == (Role.USER, False)
+    assert (real_admin.role, real_admin.is_active) == (Role.ADMIN, True)
+    assert other.is_active
+
+
+def test_staff_who_may_change_users_still_cannot_grant_the_admin_role() -> None:
+    attacker = _staff_with("view_user", "change_user")
+    real_admin = UserFactory(role=Role.ADMIN)
+    client = _logged_in(attacker)
+    _action(client, "/admin/coordinator/user/", "make_admin", attacker.pk)
+    # Through the change form: the access fields are read-only for it, so posting them does nothing.
+    client.post(f"/admin/coordinator/user/{attacker.pk}/change/", {
+        "email": attacker.email, "name": "x", "role": Role.ADMIN, "is_active": "on", "is_staff": "on",
+        "user_permissions": [p.pk for p in Permission.objects.all()],
+        "last_login_0": "", "last_login_1": "", "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00",
+    })
+    # An admin's own page (its password, its email) is out of reach too.
+    page = client.get(f"/admin/coordinator/user/{real_admin.pk}/change/")
+    assert page.status_code == 200 and b'name="_save"' not in page.content  # shown read-only
+    assert client.post(f"/admin/coordinator/user/{real_admin.pk}/password/",
+                       {"password1": "taken-over-pass-1", "password2": "taken-over-pass-1"}).status_code in {302, 403}
+    attacker.refresh_from_db(), real_admin.refresh_from_db()
+    assert attacker.role == Role.USER and not attacker.is_superuser
+    assert attacker.user_permissions.count() == 2
+    assert real_admin.check_password(DEFAULT_PASSWORD)
+    _action(client, "/admin/coordinator/user/", "make_user", real_admin.pk)
+    real_admin.refresh_from_db()
+    assert real_admin.role == Role.ADMIN
+
+
+def test_an_admin_demoted_loses_staff_status_and_the_last_admin_stays() -> None:
+    boss = UserFactory(role=Role.ADMIN)
+    demoted = UserFactory(role=Role.ADMIN)
+    client = _logged_in(boss)
+    _action(client, "/admin/coordinator/user/", "make_master", demoted.pk)
+    demoted.refresh_from_db()
+    assert (demoted.role, demoted.is_staff, demoted.is_superuser) == (Role.MASTER, False, False)
+    _action(client, "/admin/coordinator/user/", "make_user", boss.pk)
+    boss.refresh_from_db()
+    assert boss.role == Role.ADMIN  # the last active admin keeps the role
+    assert _logged_in(demoted).get("/admin/").status_code == 302
+
+
+def test_view_only_staff_cannot_issue_a_device_secret_or_change_devices() -> None:
+    device, secret = pool_services.device_create(name="sensor", validated=True)
+    client = _logged_in(_view_only())
+    for action in ("issue_secret", "disable", "validate"):
+        _action(client, "/admin/pool/device/", action, device.pk)
+    device.refresh_from_db()
+    assert device.enabled
+    assert pool_services.device_token_issue(device_id=device.pk, secret=secret)  # the old secret still works
+
+
+def test_view_only_staff_cannot_retry_or_cancel_jobs() -> None:
+    failed = Job.objects.create(type="test.main.add", data={}, status=Job.Status.FAILURE)
+    fresh = Job.objects.create(type="test.main.add", data={}, status=Job.Status.FRESH)
+    client = _logged_in(_view_only())
+    assert client.post(f"/admin/jobs/job/{failed.pk}/retry/").status_code == 403
+    assert client.post(f"/admin/jobs/job/{fresh.pk}/cancel/").status_code == 403
+    _action(client, "/admin/jobs/job/", "retry_jobs", failed.pk)
+    _action(client, "/admin/jobs/job/", "cancel_jobs", fresh.pk)
+    assert client.get("/admin/jobs/job/submit/").status_code == 403
+    page = client.get(f"/admin/jobs/job/{failed.pk}/change/")
+    assert page.status_code == 200 and b"jobs/job/%d/retry/" % failed.pk not in page.content
+    failed.refresh_from_db(), fresh.refresh_from_db()
+    assert (failed.status, fresh.status, fresh.cancel_requested) == (Job.Status.FAILURE, Job.Status.FRESH, False)
+
+
+def test_staff_with_the_change_permission_may_retry() -> None:
+    failed = Job.objects.create(type="test.main.add", data={"a": 1, "b": 2}, status=Job.Status.FAILURE)
+    client = _logged_in(_staff_with("view_job", "change_job"))
+    client.post(f"/admin/jobs/job/{failed.pk}/retry/")
+    failed.refresh_from_db()
+    assert failed.status == Job.Status.FRESH
+
+
+def test_view_only_staff_cannot_cancel_device_tasks() -> None:
+    device, _ = pool_services.device_create(name="d", validated=True)
+    task = pool_services.task_create(to=f"device:{device.pk}", title="reboot", body="", meta={}, user=None)
+    _action(_logged_in(_view_only()), "/admin/pool/task/", "cancel", task.pk)
+    task.refresh_from_db()
+    assert task.cancelled_at is None
+
+
+def test_createuser_without_role_keeps_the_role() -> None:
+    admin = UserFactory(role=Role.ADMIN)
+    call_command("createuser", admin.email, "--password", "a-new-admin-pass-1")
+    admin.refresh_from_db()
+    assert admin.role == Role.ADMIN and admin.is_staff and admin.check_password("a-new-admin-pass-1")
+    call_command("createuser", "fresh@example.com", "--password", "a-new-user-pass-1")
+    assert User.objects.get(email="fresh@example.com").role == Role.USER
