@@ -9,7 +9,6 @@ from django.test import Client
 from coordinator.models import Role, User
 from jobs.models import Job
 from pool import services as pool_services
-from pool.models import Device
 from tests.factories import DEFAULT_PASSWORD, UserFactory
 
 pytestmark = pytest.mark.django_db
