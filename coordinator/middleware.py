@@ -1,13 +1,14 @@
 """Turn Django's HTML error pages into the JSON envelope on API paths.
 
 DRF views already answer with the envelope; this covers what never reaches a DRF view: unknown
-URLs (404), Django-level method refusals (405), crashes outside DRF (500), and paths with a NUL
-character (404, before any view).
+URLs (404), Django-level method refusals (405), paths with a NUL character (404, before any view),
+and every unexpected exception (500). Those are left to Django's own handling, which logs them on
+`django.request` and sends `got_request_exception` for error trackers; only its answer, an HTML
+page, is replaced here by the envelope.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from http import HTTPStatus
 
@@ -15,8 +16,6 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
 
 from coordinator.api.envelope import error_response
-
-logger = logging.getLogger("coordinator.api")
 
 _CODES = {
     400: "bad_request",
@@ -58,7 +57,9 @@ class ApiErrorEnvelopeMiddleware:
         except ValueError:
             message = "Error."
         extra: dict[str, object] = {}
-        if status == 404:
+        if status == 500:
+            message = "Internal server error. The error has been logged."
+        elif status == 404:
             message = f"No endpoint or object at {request.path}."
         elif status == 405:
             allowed = response.get("Allow", "")
@@ -84,5 +85,4 @@ class ApiErrorEnvelopeMiddleware:
             return error_response(413, "payload_too_large", "The request body is too large.")
         if isinstance(exception, SuspiciousOperation):
             return error_response(400, "bad_request", "The request was refused as malformed.")
-        logger.error("Unhandled error on %s", request.path, exc_info=exception)
-        return error_response(500, "server_error", "Internal server error. The error has been logged.")
+        return None

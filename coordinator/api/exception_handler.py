@@ -1,26 +1,26 @@
 """DRF exception handler: every non-2xx answer of our own endpoints is one envelope.
 
 `{"code": "snake_case", "message": "human sentence", "extra": {...}}`; validation errors are
-`code="validation_error"` with the per-field messages in `extra.fields`. Unhandled errors are
-logged and answered with a 500 envelope instead of an HTML page.
+`code="validation_error"` with the per-field messages in `extra.fields`. An unexpected exception is
+not answered here: DRF re-raises it, so that Django's own path logs it on `django.request`, sends
+`got_request_exception` (what error trackers listen to) and `ApiErrorEnvelopeMiddleware` answers
+the 500 envelope.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from coordinator.api.envelope import error_body
 from coordinator.errors import ApplicationError
 
-logger = logging.getLogger("coordinator.api")
 
 def _first_message(detail: Any) -> str:
     if isinstance(detail, dict):
@@ -79,10 +79,4 @@ def envelope_exception_handler(exc: Exception, context: dict[str, Any]) -> Respo
         set_rollback()
         return Response(_api_exception_body(exc), status=exc.status_code, headers=headers)
 
-    view = context.get("view")
-    logger.exception("Unhandled error in %s", type(view).__name__ if view else "API view", exc_info=exc)
-    set_rollback()
-    return Response(
-        error_body("server_error", "Internal server error. The error has been logged."),
-        status=status.HTTP_500_INTERNAL_SERVER_ERROR,
-    )
+    return None

@@ -28,6 +28,8 @@ import signal
 import socket
 from collections.abc import Sequence
 
+from coordinator.api.envelope import error_body
+
 logger = logging.getLogger("coordinator.proxy")
 
 MAX_REQUEST_LINE = 16 * 1024
@@ -41,7 +43,7 @@ LINGER_SECONDS = 2.0
 
 
 def _bad_gateway(message: str) -> bytes:
-    body = json.dumps({"code": "bad_gateway", "message": message, "extra": {}}).encode()
+    body = json.dumps(error_body("bad_gateway", message)).encode()
     head = (
         "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"

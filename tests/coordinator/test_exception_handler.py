@@ -1,4 +1,8 @@
+import logging
+from collections.abc import Iterator
+
 import pytest
+from django.core.signals import got_request_exception
 from rest_framework.test import APIClient
 
 from coordinator.models import User
@@ -72,21 +76,38 @@ def test_wrong_method_is_405_envelope(anon_client: APIClient) -> None:
     assert_envelope(response.json(), "method_not_allowed")
 
 
+@pytest.fixture
+def request_errors() -> Iterator[tuple[list[logging.LogRecord], list[object]]]:
+    """What Django's error path reports: records on `django.request` and `got_request_exception`."""
+    records: list[logging.LogRecord] = []
+    signalled: list[object] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    def receiver(sender: object, request: object = None, **kwargs: object) -> None:
+        signalled.append(request)
+
+    handler = Keep(level=logging.ERROR)
+    logging.getLogger("django.request").addHandler(handler)
+    got_request_exception.connect(receiver)
+    yield records, signalled
+    got_request_exception.disconnect(receiver)
+    logging.getLogger("django.request").removeHandler(handler)
+
+
 @pytest.mark.urls("tests.coordinator.urls_crash")
-def test_crash_in_api_view_is_500_envelope(anon_client: APIClient, caplog: pytest.LogCaptureFixture) -> None:
-    response = anon_client.get("/api/crash")
+@pytest.mark.parametrize("path", ["/api/crash", "/api/plain-crash"])
+def test_a_crash_is_logged_by_django_and_answered_with_the_envelope(request_errors, path: str) -> None:
+    records, signalled = request_errors
+    response = APIClient(raise_request_exception=False).get(path)
     assert response.status_code == 500
     assert_envelope(response.json(), "server_error")
     assert "boom" not in response.content.decode()
-    assert any("Unhandled error" in record.message for record in caplog.records)
-
-
-@pytest.mark.urls("tests.coordinator.urls_crash")
-def test_crash_outside_drf_is_500_envelope() -> None:
-    client = APIClient(raise_request_exception=False)
-    response = client.get("/api/plain-crash")
-    assert response.status_code == 500
-    assert_envelope(response.json(), "server_error")
+    assert [record.exc_info[1].args for record in records if record.exc_info] == [
+        ("boom",) if path == "/api/crash" else ("plain boom",)]
+    assert len(signalled) == 1
 
 
 @pytest.mark.django_db
