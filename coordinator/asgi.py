@@ -2,16 +2,16 @@
 
 Plain HTTP also works here (Django's ASGI handler), but production and `manage.py serve` route
 only `/ws/` and the stream paths to this application; everything else goes to the WSGI server.
-Apps add WebSocket routes by defining `websocket_urlpatterns` in `<app>/routing.py`.
+Apps add WebSocket routes by a `websocket_urlpatterns()` method on their AppConfig, as they add
+admin dashboard cards and `serve` processes: this module names no app.
 """
 
 from __future__ import annotations
 
 import os
-from importlib import import_module
-from importlib.util import find_spec
 from typing import Any
 
+from django.apps import apps
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coordinator.settings")
@@ -24,9 +24,10 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 def _websocket_urlpatterns() -> list[Any]:
     patterns: list[Any] = []
-    for app in ("pool", "farm", "jobs", "progress"):
-        if find_spec(f"{app}.routing") is not None:
-            patterns.extend(getattr(import_module(f"{app}.routing"), "websocket_urlpatterns", []))
+    for config in apps.get_app_configs():
+        contribute = getattr(config, "websocket_urlpatterns", None)
+        if contribute is not None:
+            patterns.extend(contribute())
     return patterns
 
 

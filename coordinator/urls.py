@@ -1,10 +1,9 @@
-"""Root URL map (see docs/architecture in shared/design/architecture.md).
+"""Root URL map: the project's composition root, which names each app's URLconf by its dotted
+path as `INSTALLED_APPS` names the apps (Django imports them; this module imports no app).
 
-Each app contributes its own `urls.py`; the app decides its paths because the seed dialects fix
-them (`/pool/…`, `/api/…`, `/v1/…`, `/task`, `/progress/…`).
+Each app decides its own paths, because the seed dialects fix them (`/pool/…`, `/api/…`, `/v1/…`,
+`/task`, `/progress/…`).
 """
-
-from importlib.util import find_spec
 
 from django.contrib import admin
 from django.urls import include, path
@@ -15,9 +14,8 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("", include("coordinator.api.urls")),
+    path("", include("pool.urls")),
+    path("", include("farm.urls")),
+    path("", include("jobs.urls")),
+    path("", include("progress.urls")),
 ]
-
-# Feature apps mount their URLs once they have any.
-for app in ("pool", "farm", "jobs", "progress"):
-    if find_spec(f"{app}.urls") is not None:
-        urlpatterns.append(path("", include(f"{app}.urls")))

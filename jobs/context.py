@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,9 @@ class JobContext:
     user_id: int | None
     worker: str
     attempt: int = 1
+    # Stores a report and answers whether a stop was requested: `jobs.services.job_report_progress`,
+    # handed in by the service that runs the job (the context is below the services, not beside them).
+    record_progress: Callable[..., bool] | None = field(default=None, repr=False)
     _last_report: float = field(default=0.0, repr=False)
 
     @property
@@ -41,8 +45,6 @@ class JobContext:
         if not force and now - self._last_report < 0.2 and percent < 100:
             return
         self._last_report = now
-        from jobs.services import job_report_progress
-
-        if job_report_progress(job_id=self.job_id, worker=self.worker, percent=percent, message=message,
-                               extra_state=state):
+        if self.record_progress is not None and self.record_progress(
+                job_id=self.job_id, worker=self.worker, percent=percent, message=message, extra_state=state):
             raise JobCancelled("Cancelled at the caller's request.")

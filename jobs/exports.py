@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import csv
 import html
-import importlib
 import json
 import os
 import secrets
 import string
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -25,52 +25,54 @@ from coordinator.models import User
 from jobs import conf
 from jobs.context import JobContext
 from jobs.models import JobFile
-from jobs.selectors import JOB_EXPORT_COLUMNS, job_export_rows
+from jobs.registry import Choice
 
 RowSource = Callable[..., Iterator[dict[str, Any]]]
 _ALPHABET = string.ascii_letters + string.digits
-DATASET_TITLES = {"jobs": "Background jobs", "pool": "Pool tasks and responses", "farm": "Farm runs and tasks"}
 
 
-class DatasetUnavailableError(RuntimeError):
-    pass
+@dataclass(frozen=True)
+class ExportDataset:
+    """What an app offers to the exports: its rows (`rows(user=..., everything=...)`) and columns."""
+
+    name: str
+    title: str
+    columns: tuple[str, ...]
+    rows: RowSource
+
+
+# Filled by each app's `jobs.py` (imported at start-up by the jobs app), in INSTALLED_APPS order.
+_DATASETS: dict[str, ExportDataset] = {}
+
+
+def dataset_register(*, name: str, title: str, columns: Sequence[str], rows: RowSource) -> None:
+    """Offer a dataset to the CSV, JSON and HTML exports; registering a name again replaces it."""
+    _DATASETS[name] = ExportDataset(name=name, title=title, columns=tuple(columns), rows=rows)
+
+
+def dataset_get(name: str) -> ExportDataset:
+    try:
+        return _DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; use one of {dataset_names()}") from None
+
+
+def dataset_names() -> list[str]:
+    return list(_DATASETS)
+
+
+class DatasetName(Choice):
+    """A job argument naming one of the registered datasets."""
+
+    @classmethod
+    def choices(cls) -> list[str]:
+        return dataset_names()
 
 
 def new_filename(prefix: str, ext: str) -> str:
     """BookLogr's name scheme: `<prefix>_<yymmdd>_<8 random [A-Za-z0-9]>.<ext>`."""
     stamp = datetime.now(UTC).strftime("%y%m%d")
     return f"{prefix}_{stamp}_{''.join(secrets.choice(_ALPHABET) for _ in range(8))}.{ext}"
-
-
-def _import_attr(module: str, name: str) -> Any:
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise DatasetUnavailableError(f"{module}.{name} is not available") from exc
-
-
-def dataset_source(name: str) -> tuple[list[str], RowSource]:
-    """Columns and row function of a dataset; pool and farm are imported lazily (contract 4)."""
-    if name == "jobs":
-        return JOB_EXPORT_COLUMNS, job_export_rows
-    if name == "pool":
-        return list(_import_attr("pool.selectors", "POOL_EXPORT_COLUMNS")), _import_attr(
-            "pool.selectors", "pool_export_rows")
-    if name == "farm":
-        return list(_import_attr("farm.selectors", "FARM_EXPORT_COLUMNS")), _import_attr(
-            "farm.selectors", "farm_export_rows")
-    raise DatasetUnavailableError(f"unknown dataset {name!r}")
-
-
-def available_datasets() -> list[str]:
-    names = []
-    for name in ("pool", "farm", "jobs"):
-        try:
-            dataset_source(name)
-        except DatasetUnavailableError:
-            continue
-        names.append(name)
-    return names
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False, sort_keys=True, default=str).encode
@@ -164,7 +166,7 @@ class _HtmlWriter(_Writer):
                                             when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")))
 
     def dataset(self, name: str, columns: list[str]) -> None:
-        title = html.escape(DATASET_TITLES.get(name, name))
+        title = html.escape(dataset_get(name).title)
         header = "".join(f"<th>{html.escape(col.replace('_', ' '))}</th>" for col in columns)
         self.handle.write(f'<section id="{html.escape(name)}"><h2>{title}</h2>\n<table><thead><tr>{header}'
                           "</tr></thead><tbody>\n")
@@ -189,8 +191,8 @@ def export_run(ctx: JobContext, *, fmt: str, datasets: Sequence[str] | None, eve
     user = ctx.user
     if everything and not (user is not None and user.is_admin):
         raise PermissionError("Only admins may export everything.")
-    names = list(dict.fromkeys(datasets)) if datasets else available_datasets()
-    sources = [(name, *dataset_source(name)) for name in names]
+    names = list(dict.fromkeys(datasets)) if datasets else dataset_names()
+    sources = [(name, list(dataset_get(name).columns), dataset_get(name).rows) for name in names]
     all_columns = list(dict.fromkeys(col for _, columns, _ in sources for col in columns))
     filename = new_filename("export", fmt)
     target = conf.export_root() / filename
@@ -252,23 +254,14 @@ def file_path(row: JobFile) -> Path:
     return path
 
 
-def import_run(ctx: JobContext, *, filename: str) -> dict[str, Any]:
-    """Import one uploaded JSONL file into the pool through `pool.services.pool_import_jsonl`."""
-    user = ctx.user
-    files: QuerySet[JobFile] = JobFile.objects.filter(filename=filename)
-    if user is not None and not user.is_admin:
+def uploaded_file(*, user: User | None, filename: str) -> Path:
+    """The stored upload `filename` the user may read (admins: anyone's), for an import job."""
+    files: QuerySet[JobFile] = JobFile.objects.filter(filename=filename, uploaded=True)
+    if user is None:
+        files = files.none()
+    elif not user.is_admin:
         files = files.filter(owner=user)
     row = files.first()
     if row is None:
         raise FileNotFoundError(f"no uploaded file named {filename!r} for this user")
-    pool_import_jsonl = _import_attr("pool.services", "pool_import_jsonl")
-    ctx.report(0, f"importing {filename}", force=True)
-    size = max(1, row.size)
-
-    def on_progress(partial: Any) -> None:
-        done = min(99.0, 100.0 * partial.lines / max(1, size // 200))  # ~200 bytes a line, an estimate
-        ctx.report(done, f"{partial.created} created, {partial.skipped} skipped, {len(partial.errors)} errors")
-
-    report = pool_import_jsonl(path=file_path(row), on_progress=on_progress)
-    ctx.report(100, f"{report.created} created, {report.skipped} skipped, {len(report.errors)} errors", force=True)
-    return {"filename": filename, "created": report.created, "skipped": report.skipped, "errors": report.errors}
+    return file_path(row)

@@ -1,40 +1,35 @@
-"""The built-in jobs: BookLogr's exports, the pool JSONL import, and pytasks' example pack."""
+"""The built-in jobs: BookLogr's exports (of every dataset the apps register) and pytasks' example pack."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 from jobs import conf
 from jobs.context import JobContext
-from jobs.exports import export_run, import_run
+from jobs.exports import DatasetName, dataset_register, export_run
 from jobs.registry import job
+from jobs.selectors import JOB_EXPORT_COLUMNS, job_export_rows
 
-Dataset = Literal["jobs", "pool", "farm"]
+dataset_register(name="jobs", title="Background jobs", columns=JOB_EXPORT_COLUMNS, rows=job_export_rows)
 
 
 @job(name="csv_export", timeout=3600)
-def csv_export(ctx: JobContext, datasets: list[Dataset] | None = None, everything: bool = False) -> dict[str, Any]:
-    """Export what the user owns (pool tasks, farm runs, jobs) as one CSV file."""
+def csv_export(ctx: JobContext, datasets: list[DatasetName] | None = None, everything: bool = False) -> dict[str, Any]:
+    """Export what the user owns (every registered dataset, or the ones named) as one CSV file."""
     return export_run(ctx, fmt="csv", datasets=datasets, everything=everything)
 
 
 @job(name="json_export", timeout=3600)
-def json_export(ctx: JobContext, datasets: list[Dataset] | None = None, everything: bool = False) -> dict[str, Any]:
+def json_export(ctx: JobContext, datasets: list[DatasetName] | None = None, everything: bool = False) -> dict[str, Any]:
     """Export what the user owns as a JSON array."""
     return export_run(ctx, fmt="json", datasets=datasets, everything=everything)
 
 
 @job(name="html_export", timeout=3600)
-def html_export(ctx: JobContext, datasets: list[Dataset] | None = None, everything: bool = False) -> dict[str, Any]:
+def html_export(ctx: JobContext, datasets: list[DatasetName] | None = None, everything: bool = False) -> dict[str, Any]:
     """Export what the user owns as a readable HTML page."""
     return export_run(ctx, fmt="html", datasets=datasets, everything=everything)
-
-
-@job(name="jsonl_import", protected=True, roles=("master",), timeout=3600)
-def jsonl_import(ctx: JobContext, filename: str) -> dict[str, Any]:
-    """Import an uploaded task-pool JSONL day file into the pool (idempotent)."""
-    return import_run(ctx, filename=filename)
 
 
 @job(name="noop")

@@ -66,6 +66,15 @@ class JobSpec:
 _REGISTRY: dict[str, JobSpec] = {}
 
 
+class Choice(str):
+    """A text argument whose allowed values are known only once every app has registered its
+    own (e.g. the export datasets); subclasses say which in `choices()`."""
+
+    @classmethod
+    def choices(cls) -> list[str]:
+        raise NotImplementedError
+
+
 def job(
     *,
     name: str | None = None,
@@ -211,6 +220,10 @@ def convert(annotation: Any, value: Any, *, strict: bool) -> Any:
             raise TypeError(f"expected an object, got {type(value).__name__}")
         _key_type, value_type = get_args(annotation) or (str, Any)
         return {str(key): convert(value_type, item, strict=strict) for key, item in value.items()}
+    if isinstance(annotation, type) and issubclass(annotation, Choice):
+        if type(value) is str and value in annotation.choices():
+            return value
+        raise ValueError(f"expected one of {annotation.choices()}")
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         for member in annotation:
             if member.value == value and type(member.value) is type(value):

@@ -216,7 +216,7 @@ def job_execute(*, job_id: int) -> str:
             retryable = False
             raise LookupError(f"job type {job.type!r} is not registered in this worker")
         ctx = JobContext(job_id=job_id, job_type=job.type, user_id=job.created_by_id, worker=worker,
-                         attempt=job.attempts)
+                         attempt=job.attempts, record_progress=job_report_progress)
         kwargs = build_kwargs(spec, job.data if isinstance(job.data, dict) else {})
         if spec.context_param:
             kwargs[spec.context_param] = ctx

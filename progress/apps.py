@@ -19,6 +19,12 @@ class ProgressConfig(AppConfig):
         """`manage.py serve` also runs the socket listener (contract 3)."""
         return [("progress", [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "progress_listen"])]
 
+    def websocket_urlpatterns(self) -> list[Any]:
+        """The WebSocket routes `coordinator/asgi.py` serves."""
+        from progress.routing import websocket_urlpatterns
+
+        return list(websocket_urlpatterns)
+
     def admin_dashboard(self, request: HttpRequest) -> list[dict[str, Any]]:
         """A card linking the Live page, with the number of streams running now."""
         from progress.models import ProgressTopic

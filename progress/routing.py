@@ -1,4 +1,4 @@
-"""WebSocket routes, picked up by `coordinator/asgi.py`."""
+"""WebSocket routes, offered to `coordinator/asgi.py` by `ProgressConfig.websocket_urlpatterns()`."""
 
 from django.urls import path
 

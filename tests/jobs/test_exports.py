@@ -154,8 +154,7 @@ def test_failed_export_leaves_no_file(user, export_root: Path, monkeypatch):
         yield {"id": 1}
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(exports, "job_export_rows", broken)
-    monkeypatch.setattr(exports, "dataset_source", lambda name: (["id"], broken))
+    monkeypatch.setitem(exports._DATASETS, "jobs", exports.ExportDataset("jobs", "Jobs", ("id",), broken))
     job = job_create(type="csv_export", data={"datasets": ["jobs"]}, user=user)
     job_execute(job_id=job.pk)
     job.refresh_from_db()
@@ -188,6 +187,9 @@ def test_jsonl_import_is_idempotent_with_a_per_line_report(master, export_root: 
         results.append(job.result)
     assert (results[0]["created"], results[0]["skipped"]) == (2, 0)
     assert [e["line"] for e in results[0]["errors"]] == [2, 4]
+    # The result names the upload as its owner knows it, never a path of the server.
+    assert {e["file"] for e in results[0]["errors"]} == {"upload_260603_abcdefgh.jsonl"}
+    assert str(export_root) not in json.dumps(results)
     assert (results[1]["created"], results[1]["skipped"]) == (0, 2)
     assert Message.objects.count() == 2
 
@@ -205,3 +207,26 @@ def test_jsonl_import_of_someone_elses_upload_fails(master, user, export_root: P
     assert job.status == "failure" and "no uploaded file" in job.error
     job_permissions_sync()
     assert Permission.objects.filter(codename="run_jsonl_import").exists()
+
+
+def test_datasets_are_the_ones_each_app_registers(user):
+    from jobs.exports import dataset_names
+
+    assert dataset_names() == ["pool", "farm", "jobs"]  # INSTALLED_APPS order
+    from jobs.errors import ArgumentError
+
+    # An unknown name is refused when the job is submitted, before anything runs.
+    with pytest.raises(ArgumentError, match="datasets"):
+        job_create(type="csv_export", data={"datasets": ["secrets"]}, user=user)
+    assert not Job.objects.exists()
+
+
+def test_an_import_without_a_user_sees_no_upload(master, export_root: Path):
+    from jobs.context import JobContext
+    from pool.jobs import jsonl_import
+
+    (export_root / "upload_260603_nouserxx.jsonl").write_text("")
+    JobFile.objects.create(filename="upload_260603_nouserxx.jsonl", owner=master, format="jsonl", uploaded=True)
+    with pytest.raises(FileNotFoundError):
+        jsonl_import(JobContext(job_id=0, job_type="jsonl_import", user_id=None, worker="w"),
+                     filename="upload_260603_nouserxx.jsonl")
