@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import jwt
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from coordinator.tokens import TokenError, TokenExpiredError, TokenKind, token_kind_unverified
 from pool.errors import DeviceDisabledError, DeviceNotValidatedError
 from pool.models import Device
-from pool.tokens import DEVICE_TOKEN_TYPE, device_token_decode, token_type_unverified
+from pool.tokens import device_token_decode
 
 
 class DeviceTokenInvalid(exceptions.AuthenticationFailed):
@@ -40,13 +40,13 @@ class DeviceJWTAuthentication(BaseAuthentication):
             token = parts[1].decode("ascii")
         except UnicodeDecodeError as exc:
             raise DeviceTokenInvalid("The token is not valid.") from exc
-        if token_type_unverified(token) != DEVICE_TOKEN_TYPE:
+        if token_kind_unverified(token) != TokenKind.DEVICE:
             return None
         try:
             payload = device_token_decode(token)
-        except jwt.ExpiredSignatureError as exc:
+        except TokenExpiredError as exc:
             raise exceptions.AuthenticationFailed("The device token has expired.", code="token_expired") from exc
-        except jwt.InvalidTokenError as exc:
+        except TokenError as exc:
             raise DeviceTokenInvalid("The device token is not valid.") from exc
         device_id: Any = payload.get("device_id", payload.get("sub"))
         try:

@@ -33,14 +33,3 @@ def broadcast_margin() -> timedelta:
     """`BROADCAST_MARGIN`."""
     return BROADCAST_MARGIN
 
-
-def jwt_algorithm() -> str:
-    return str(settings.JWT_ALGORITHM)
-
-
-def jwt_signing_key() -> str:
-    return str(settings.JWT_SIGNING_KEY)
-
-
-def jwt_verifying_key() -> str:
-    return str(settings.JWT_VERIFYING_KEY or settings.JWT_SIGNING_KEY)

@@ -10,10 +10,20 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
+from rest_framework_simplejwt import serializers as jwt_serializers
 from rest_framework_simplejwt import views as jwt_views
+from rest_framework_simplejwt.authentication import JWTAuthentication
 
 from coordinator.api.envelope import error_body
+from coordinator.models import User
 from coordinator.selectors import database_is_up
+from coordinator.tokens import (
+    PlatformAccessToken,
+    PlatformRefreshToken,
+    SimpleJwtTokenError,
+    TokenKind,
+    token_kind_unverified,
+)
 
 
 class ErrorEnvelopeSerializer(serializers.Serializer):
@@ -60,16 +70,51 @@ class MeApi(APIView):
 _TOKEN_ERRORS = {400: ErrorEnvelopeSerializer, 401: ErrorEnvelopeSerializer}
 
 
+def _user_of(token: PlatformAccessToken | PlatformRefreshToken) -> User:
+    """The active user a user token was issued to, with the password it was issued for (simplejwt's
+    own lookup, as for every authenticated request)."""
+    return JWTAuthentication().get_user(token)  # type: ignore[return-value]
+
+
+class TokenObtainInput(jwt_serializers.TokenObtainPairSerializer):
+    token_class = PlatformRefreshToken
+
+
+class TokenRefreshInput(jwt_serializers.TokenRefreshSerializer):
+    token_class = PlatformRefreshToken
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
+        _user_of(self.token_class(attrs["refresh"]))
+        return super().validate(attrs)
+
+
+class TokenVerifyInput(jwt_serializers.TokenVerifySerializer):
+    def validate(self, attrs: dict[str, None]) -> dict[str, Any]:
+        raw = str(attrs["token"])
+        kinds = {TokenKind.ACCESS: PlatformAccessToken, TokenKind.REFRESH: PlatformRefreshToken}
+        token_class = kinds.get(token_kind_unverified(raw) or "")  # type: ignore[call-overload]
+        if token_class is None:
+            raise SimpleJwtTokenError("Token has wrong type")
+        _user_of(token_class(raw))
+        return {}
+
+
 @extend_schema(tags=["auth"], responses={200: jwt_views.TokenObtainPairView.serializer_class, **_TOKEN_ERRORS})
 class TokenObtainApi(jwt_views.TokenObtainPairView):
     """Exchange email and password for an access and a refresh token."""
 
+    serializer_class = TokenObtainInput  # type: ignore[assignment]
+
 
 @extend_schema(tags=["auth"], responses={200: jwt_views.TokenRefreshView.serializer_class, **_TOKEN_ERRORS})
 class TokenRefreshApi(jwt_views.TokenRefreshView):
-    """Exchange a refresh token for a new access token."""
+    """Exchange a refresh token of an active user for a new access token."""
+
+    serializer_class = TokenRefreshInput  # type: ignore[assignment]
 
 
 @extend_schema(tags=["auth"], responses={200: OpenApiResponse(description="The token is valid."), **_TOKEN_ERRORS})
 class TokenVerifyApi(jwt_views.TokenVerifyView):
-    """Check that a token is valid (signature, expiry, type)."""
+    """Check that a user token from `/auth/token/` is valid (signature, expiry, kind) and its user active."""
+
+    serializer_class = TokenVerifyInput  # type: ignore[assignment]

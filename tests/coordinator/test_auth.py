@@ -67,14 +67,14 @@ def test_hs256_uses_the_secret_key() -> None:
 RS256_PROBE = """
 import json, django
 django.setup()
-from django.test import Client
 from django.conf import settings
-from rest_framework_simplejwt.tokens import AccessToken
-token = AccessToken()
+from coordinator.tokens import PlatformAccessToken, TokenKind, token_issue, token_verify
+token = PlatformAccessToken()
 token["user_id"] = 1
-client = Client()
-ok = client.post("/auth/token/verify/", {"token": str(token)}, content_type="application/json").status_code
-print(json.dumps({"alg": settings.SIMPLE_JWT["ALGORITHM"], "token": str(token), "verify": ok}))
+PlatformAccessToken(str(token))  # verified with the public key
+device = token_issue(TokenKind.DEVICE, {"sub": "d1"})
+print(json.dumps({"alg": settings.SIMPLE_JWT["ALGORITHM"], "token": str(token), "device": device,
+                  "device_sub": token_verify(device, TokenKind.DEVICE)["sub"]}))
 """
 
 
@@ -96,7 +96,8 @@ def test_rs256_when_keys_are_configured(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", RS256_PROBE], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["alg"] == "RS256"
-    assert result["verify"] == 200
+    assert result["device_sub"] == "d1"
+    assert jwt.decode(result["device"], public_pem, algorithms=["RS256"])["token_type"] == "device"
     assert jwt.get_unverified_header(result["token"])["alg"] == "RS256"
     # The token really is signed by that private key: the public key verifies it.
     claims = jwt.decode(result["token"], public_pem, algorithms=["RS256"])
