@@ -264,6 +264,10 @@ SIMPLE_JWT = {
     "USER_ID_FIELD": "id",
     "USER_ID_CLAIM": "user_id",
     "UPDATE_LAST_LOGIN": False,
+    # Only our access tokens, checked for their kind before anything else (coordinator/tokens.py).
+    "AUTH_TOKEN_CLASSES": ("coordinator.tokens.PlatformAccessToken",),
+    # A password change revokes the user's tokens (a digest of the password hash in each token).
+    "CHECK_REVOKE_TOKEN": True,
 }
 
 REST_FRAMEWORK: dict[str, Any] = {
@@ -383,10 +387,16 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {
+        # The farm's lease sweep runs every minute: its routine lines are DEBUG, its failures ERROR.
+        "routine_schedules": {"()": "coordinator.log_filters.RoutineScheduleFilter",
+                              "markers": ["farm.services.leases_expire", "farm: return expired leases"]},
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        "django-q": {"filters": ["routine_schedules"]},
     },
 }
 
@@ -403,7 +413,6 @@ POOL_ONLINE_SECONDS = env_int("POOL_ONLINE_SECONDS", 120, minimum=1)
 # --- Task farm (farm) ---------------------------------------------------------------------------
 FARM_LEASE_SECONDS = env_int("FARM_LEASE_SECONDS", 3600, minimum=1)
 FARM_BATCH_MAX = env_int("FARM_BATCH_MAX", 1000, minimum=1)
-FARM_MAX_ATTEMPTS = env_int("FARM_MAX_ATTEMPTS", 3, minimum=1)
 
 # --- Background jobs (jobs) ---------------------------------------------------------------------
 EXPORT_ROOT = env_path("EXPORT_ROOT", None) or VAR_DIR / "exports"

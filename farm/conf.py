@@ -1,4 +1,4 @@
-"""Task farm settings, read lazily from Django settings or the environment.
+"""Task farm settings, read lazily from Django settings (coordinator/settings.py reads the environment).
 
 Each is read once per process and remembered (several are read on every worker request, and a
 setting that is missing from Django's settings costs an AttributeError inside `getattr` each time);
@@ -6,7 +6,6 @@ a change of Django settings (`override_settings`, pytest's `settings`) forgets t
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from django.conf import settings
@@ -26,7 +25,7 @@ def _raw(name: str, default: Any) -> Any:
     try:
         return _read[name]
     except KeyError:
-        value = _read[name] = getattr(settings, name, os.environ.get(name, default))
+        value = _read[name] = getattr(settings, name, default)
         return value
 
 # A computing task whose worker has sent nothing (no PUT) for this long goes back to the pool.
@@ -57,7 +56,7 @@ def batch_max() -> int:
 
 
 def auth_cache_seconds() -> float:
-    """`FARM_AUTH_CACHE_SECONDS`: how long a process trusts a verified farm token without re-reading its user
+    """`settings.FARM_AUTH_CACHE_SECONDS` (tests only; no environment variable): how long a process trusts a verified farm token without re-reading its user
     (0 turns the cache off); another process sees a password change or deactivation within this delay."""
     value = _raw("FARM_AUTH_CACHE_SECONDS", 5.0)
     try:
@@ -67,7 +66,7 @@ def auth_cache_seconds() -> float:
 
 
 def progress_interval() -> float:
-    """`FARM_PROGRESS_INTERVAL`: least seconds between two `msg` events of one run from one server process."""
+    """`settings.FARM_PROGRESS_INTERVAL` (tests only; no environment variable): least seconds between two `msg` events of one run from one server process."""
     value = _raw("FARM_PROGRESS_INTERVAL", 0.5)
     try:
         return max(0.0, float(value))
@@ -76,13 +75,13 @@ def progress_interval() -> float:
 
 
 def progress_trailing() -> bool:
-    """`FARM_PROGRESS_TRAILING`: send a run's last change inside a throttled window when it closes."""
+    """`settings.FARM_PROGRESS_TRAILING` (tests only; no environment variable): send a run's last change inside a throttled window when it closes."""
     value = _raw("FARM_PROGRESS_TRAILING", "1")
     return str(value).strip().lower() not in ("0", "false", "no", "off", "")
 
 
 def fast_path_enabled() -> bool:
-    """`FARM_FAST_PATH`: answer the worker's per-task requests in front of Django (`farm.api.fastpath`)."""
+    """`settings.FARM_FAST_PATH` (tests only; no environment variable): answer the worker's per-task requests in front of Django (`farm.api.fastpath`)."""
     value = _raw("FARM_FAST_PATH", "1")
     return str(value).strip().lower() not in ("0", "false", "no", "off", "")
 

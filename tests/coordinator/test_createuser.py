@@ -1,3 +1,5 @@
+from typing import Any
+
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -40,9 +42,9 @@ def test_createuser_refuses_bad_input(settings) -> None:
 
 
 @pytest.mark.django_db
-def test_ensureadmin_creates_once(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("COORDINATOR_ADMIN_PASSWORD", raising=False)
-    monkeypatch.setenv("COORDINATOR_ADMIN_EMAIL", "boss@example.com")
+def test_ensureadmin_creates_once(capsys: pytest.CaptureFixture[str], settings: Any) -> None:
+    settings.COORDINATOR_ADMIN_PASSWORD = ""
+    settings.COORDINATOR_ADMIN_EMAIL = "boss@example.com"
     call_command("ensureadmin")
     out = capsys.readouterr().out
     assert "Generated password" in out

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.django_db(trans
 
 @pytest.fixture
 def platform(transactional_db, socket_dir):
-    with serve_platform(socket_dir, FARM_PROGRESS_INTERVAL="0.5") as base:
+    with serve_platform(socket_dir) as base:
         yield base, socket_dir / "run" / "progress.sock"
 
 
@@ -116,7 +116,7 @@ def test_event_source_page_on_another_origin_receives_new_msg_end(transactional_
 
 
 # A worker paced like real work: farm publishes at most one `msg` per run every
-# FARM_PROGRESS_INTERVAL (0.5 s) per server process, so reports closer together are coalesced.
+# farm.conf.progress_interval() (0.5 s) per server process, so reports closer together are coalesced.
 FARM_WORKER = """
 import sys, time
 from taskfarm_worker import TaskFarmWorker

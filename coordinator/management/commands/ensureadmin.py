@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from coordinator.models import Role, User
@@ -19,8 +19,8 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        email = os.environ.get("COORDINATOR_ADMIN_EMAIL", "admin@example.com").strip().lower()
-        password = os.environ.get("COORDINATOR_ADMIN_PASSWORD", "")
+        email = settings.COORDINATOR_ADMIN_EMAIL.strip()
+        password = settings.COORDINATOR_ADMIN_PASSWORD
         if User.objects.filter(role=Role.ADMIN, is_active=True).exists():
             if password and User.objects.filter(email=email).exists():
                 user_create_or_update(email=email, role=Role.ADMIN, password=password, check_password=False)
