@@ -5,7 +5,8 @@ through its main process (the sentinel), which then stops its workers in order; 
 gets SIGTERM at the same moment the sentinel waits for them forever and the cluster has to be
 killed. This wrapper is the group honcho signals: it runs the command in a session of its own,
 forwards SIGINT/SIGTERM to the command's main process only, and kills the command's group if it
-has not stopped within the grace period.
+has not stopped within the grace period. `serve` gives a grace shorter than honcho's kill wait:
+honcho's SIGKILL reaches only this wrapper's group, so the cluster must be gone before it comes.
 
     python -m coordinator.serving.leader_only [--grace SECONDS] -- COMMAND [ARGS...]
 """
@@ -33,7 +34,7 @@ def _die_with_parent() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    grace = 15.0
+    grace = 4.0
     if args[:1] == ["--grace"]:
         grace, args = float(args[1]), args[2:]
     if args[:1] == ["--"]:

@@ -2,8 +2,11 @@
 
 `manage.py serve` runs granian (fast, multi-process, plain HTTP over WSGI) and daphne (WebSocket
 and Server-Sent Events) side by side on UNIX sockets, and this proxy on the public address. It
-reads the request line of each new connection and splices the connection, unchanged, to daphne
-when the path starts with one of `settings.ASGI_PATH_PREFIXES` and to granian otherwise.
+reads the request head of each new connection and splices the connection to daphne when the path
+starts with one of `settings.ASGI_PATH_PREFIXES` and to granian otherwise. The head is passed on
+with one change: `X-Forwarded-For`/`-Port`/`-Proto` name the real client (a server on a UNIX
+socket sees no peer address; daphne runs with `--proxy-headers` and logs it), and any such header
+the client sent is dropped, so that whatever runs behind may trust them.
 
 Routing per connection is exact only because granian runs here with HTTP/1.1 keep-alive off
 (`--no-http1-keep-alive`): it closes every connection after one response, so a client's next
@@ -15,6 +18,10 @@ docs/serving.md) does this job instead, per request.
 granian refuses connections until one of its workers has loaded the application (seconds, while
 Django starts; gunicorn queued them instead), so a connection that finds its server not
 accepting yet waits for it here, up to UPSTREAM_WAIT seconds, before being answered 502.
+
+On SIGTERM the front door drains: it stops accepting, ends the long-lived streams at once (their
+clients reconnect), lets the plain requests in flight finish for up to DRAIN_SECONDS, then exits.
+The servers behind it get SIGTERM at the same moment and finish their in-flight requests too.
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ import socket
 from collections.abc import Sequence
 
 from coordinator.api.envelope import error_body
+from coordinator.serving.group import STOP_GRACE_SECONDS
 
 logger = logging.getLogger("coordinator.proxy")
 
-MAX_REQUEST_LINE = 16 * 1024
+MAX_HEAD = 64 * 1024  # request line and headers
+HEAD_SECONDS = 60.0  # for the whole request head
 CHUNK = 64 * 1024
 UPSTREAM_WAIT = 15.0  # seconds a connection waits for a server that is starting (not accepting yet)
 UPSTREAM_RETRY = 0.05
@@ -40,15 +49,28 @@ UPSTREAM_RETRY = 0.05
 # (a lingering close, as nginx and Apache do): closing a socket with unread data makes the kernel
 # reset the connection, and a reset can destroy the answer before the client has read it.
 LINGER_SECONDS = 2.0
+DRAIN_SECONDS = STOP_GRACE_SECONDS  # on stop, for the plain requests in flight (granian's grace is the same)
+FORWARDED = (b"x-forwarded-for", b"x-forwarded-port", b"x-forwarded-proto")
 
 
-def _bad_gateway(message: str) -> bytes:
-    body = json.dumps(error_body("bad_gateway", message)).encode()
+def _answer(status: str, code: str, message: str) -> bytes:
+    body = json.dumps(error_body(code, message)).encode()
     head = (
-        "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\n"
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + body
+
+
+def forwarded_head(head: bytes, peer: object) -> bytes:
+    """The request head with the client's X-Forwarded-* headers replaced by ours, naming `peer`."""
+    request_line, _, rest = head.partition(b"\r\n")
+    kept = [line for line in rest.split(b"\r\n")
+            if line and line.split(b":", 1)[0].strip().lower() not in FORWARDED]
+    if isinstance(peer, tuple) and len(peer) >= 2:  # TCP (IPv4 or IPv6)
+        kept += [f"X-Forwarded-For: {peer[0]}".encode(), f"X-Forwarded-Port: {peer[1]}".encode()]
+    kept.append(b"X-Forwarded-Proto: http")
+    return b"\r\n".join([request_line, *kept, b"", b""])
 
 
 class Router:
@@ -57,6 +79,8 @@ class Router:
         self.asgi_socket = asgi_socket
         self.asgi_prefixes = tuple(prefix.encode() for prefix in asgi_prefixes)
         self.stopping = asyncio.Event()
+        # Each connection's task, and whether it was routed to daphne (a stream, ended at once on stop).
+        self.connections: dict[asyncio.Task[None], bool] = {}
 
     def upstream_for(self, request_line: bytes) -> str:
         parts = request_line.split(b" ", 2)
@@ -66,23 +90,34 @@ class Router:
         return self.asgi_socket if target.startswith(self.asgi_prefixes) else self.wsgi_socket
 
     async def handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.connections[task] = False
         upstream: socket.socket | None = None
+        pumps: list[asyncio.Future[None]] = []
         try:
             try:
-                request_line = await asyncio.wait_for(client_reader.readuntil(b"\n"), timeout=60)
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+                head = await asyncio.wait_for(client_reader.readuntil(b"\r\n\r\n"), timeout=HEAD_SECONDS)
+            except asyncio.LimitOverrunError:
+                await self._refuse(client_writer, "431 Request Header Fields Too Large", "headers_too_large",
+                                   f"The request head is larger than {MAX_HEAD} bytes.")
                 return
-            upstream = await self._connect(self.upstream_for(request_line))
+            except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                return
+            path = self.upstream_for(head.split(b"\r\n", 1)[0])
+            self.connections[task] = path == self.asgi_socket
+            upstream = await self._connect(path)
             if upstream is None:
-                with contextlib.suppress(ConnectionError):  # the client may have given up meanwhile
-                    client_writer.write(_bad_gateway("The application server is not ready yet; retry in a moment."))
-                    await client_writer.drain()
+                await self._refuse(client_writer, "502 Bad Gateway", "bad_gateway",
+                                   "The application server is not ready yet; retry in a moment.")
                 return
+            request_head = forwarded_head(head, client_writer.get_extra_info("peername"))
             # The server side is a plain socket, not a stream transport: a transport that fails to
             # write (the server closed without reading the whole body, as for a 401 before a large
             # upload) closes itself for reading too, and the answer waiting in the socket was lost.
-            to_upstream = asyncio.ensure_future(self._to_upstream(request_line, client_reader, upstream))
+            to_upstream = asyncio.ensure_future(self._to_upstream(request_head, client_reader, upstream))
             to_client = asyncio.ensure_future(self._to_client(upstream, client_writer))
+            pumps += [to_upstream, to_client]
             # The response side decides: once the server has finished (closed), the exchange is over.
             await to_client
             to_upstream.cancel()
@@ -92,10 +127,31 @@ class Router:
             # drain the rest, so that closing does not reset the connection under the answer.
             await self._linger(client_reader, client_writer)
         finally:
+            self.connections.pop(task, None)
+            for pump in pumps:  # cancelled midway (a stream ended on stop): no task left pending
+                pump.cancel()
             if upstream is not None:
                 upstream.close()
             with contextlib.suppress(Exception):
                 client_writer.close()
+
+    @staticmethod
+    async def _refuse(writer: asyncio.StreamWriter, status: str, code: str, message: str) -> None:
+        with contextlib.suppress(ConnectionError):  # the client may have given up meanwhile
+            writer.write(_answer(status, code, message))
+            await writer.drain()
+
+    async def drain(self) -> None:
+        """On stop: end the streams now and give the plain requests in flight DRAIN_SECONDS to finish."""
+        for task, is_stream in list(self.connections.items()):
+            if is_stream:
+                task.cancel()
+        pending = list(self.connections)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=DRAIN_SECONDS)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
     async def _connect(self, path: str) -> socket.socket | None:
         """A connection to the server on `path`, waiting while it does not accept yet (None: gave up)."""
@@ -117,11 +173,11 @@ class Router:
                 return None
 
     @staticmethod
-    async def _to_upstream(request_line: bytes, reader: asyncio.StreamReader, upstream: socket.socket) -> None:
+    async def _to_upstream(head: bytes, reader: asyncio.StreamReader, upstream: socket.socket) -> None:
         """The request, as the client sends it, then EOF once the client has sent everything."""
         loop = asyncio.get_running_loop()
         try:
-            await loop.sock_sendall(upstream, request_line)
+            await loop.sock_sendall(upstream, head)
             while data := await reader.read(CHUNK):
                 await loop.sock_sendall(upstream, data)
             upstream.shutdown(socket.SHUT_WR)
@@ -156,15 +212,18 @@ class Router:
 
 
 async def serve(host: str, port: int, router: Router) -> None:
-    server = await asyncio.start_server(router.handle, host, port, limit=MAX_REQUEST_LINE, backlog=1024)
+    server = await asyncio.start_server(router.handle, host, port, limit=MAX_HEAD, backlog=1024)
     stop = router.stopping  # also ends the waits for a server that is not accepting yet
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     addresses = ", ".join(str(sock.getsockname()) for sock in server.sockets)
     print(f"front door listening on {addresses}", flush=True)
-    async with server:
-        await stop.wait()
+    await stop.wait()
+    server.close()  # stop accepting; the connections already accepted go on
+    in_flight = len(router.connections)
+    print(f"front door draining {in_flight} connection{'s' if in_flight != 1 else ''}", flush=True)
+    await router.drain()
     print("front door stopped", flush=True)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +44,19 @@ def stop_and_read(proc: subprocess.Popen[bytes], tmp_path: Path, sig: int | None
     return (tmp_path / "serve.log").read_text(errors="replace")
 
 
+def websocket_open_and_close(port: int, path: str = "/ws/progress/") -> bytes:
+    """A WebSocket handshake through the front door, then the client closes: what the server answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        key = base64.b64encode(os.urandom(16)).decode()
+        conn.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                      f"Origin: http://127.0.0.1:{port}\r\n\r\n").encode())
+        answer = conn.recv(4096)
+        conn.sendall(bytes([0x88, 0x82]) + os.urandom(4) + b"\x03\xe8")  # a masked close frame, code 1000
+        time.sleep(0.3)
+    return answer
+
+
 def descendants(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
     return psutil.Process(proc.pid).children(recursive=True)
 
@@ -72,11 +88,30 @@ def test_serve_answers_on_one_address_and_stops_cleanly(tmp_path: Path) -> None:
         with requests.Session() as session:
             assert session.get(f"{base}/healthz", timeout=5).headers.get("Server") == "granian"
             assert "granian" not in session.get(f"{base}/ws/nothing-here/", timeout=5).headers.get("Server", "")
+        # `/` is the landing page, not a 404.
+        assert "What runs here" in requests.get(f"{base}/", timeout=5).text
+        # A WebSocket that opens and closes normally leaves no error behind (checked in the log below).
+        assert websocket_open_and_close(port).startswith(b"HTTP/1.1 101")
+        # A second `serve` of the same checkout finds this one answering and refuses, leaving it alone.
+        second = subprocess.run([sys.executable, "manage.py", "serve", "--port", str(free_port()), "--workers", "1"],
+                                cwd=ROOT, env=server_env(COORDINATOR_VAR_DIR=str(tmp_path)), capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode != 0 and "already running" in second.stderr, second.stderr[-2000:]
+        assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
         children = descendants(proc)
         names = " ".join(" ".join(child.cmdline()) for child in children if child.is_running())
         assert "granian" in names and "daphne" in names and "qcluster" in names
     finally:
         output = stop_and_read(proc, tmp_path)
+    # What the operator needs on start: where the admin, the docs and the Live page are, and the
+    # absolute path scripts report progress to.
+    for pattern in (rf"admin: +{base}/admin/\n", rf"API docs: +{base}/docs/\n",
+                    rf"live progress: +{base}/admin/progress/\S+/live/\n",
+                    rf"progress socket: +{re.escape(str((tmp_path / 'run' / 'progress.sock').resolve()))}\n"):
+        assert re.search(pattern, output), (pattern, output[:3000])
+    assert "Task was destroyed" not in output, output[-3000:]
+    assert "None:None" not in output and "] None " not in output, output[-3000:]  # the client is named
+    assert "WSCONNECT" in output or "WSDISCONNECT" in output or "/ws/progress/" in output, output[-3000:]
     assert proc.returncode == 0, output[-3000:]
     assert "SIGKILL" not in output, output[-3000:]  # every process stopped by itself, cleanly
     for line_start in ("web", "asgi", "front", "jobs"):

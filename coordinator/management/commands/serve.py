@@ -7,12 +7,14 @@ docs/serving.md). The front door routes a connection by its first request, so gr
 HTTP/1.1 keep-alive off there and closes every connection after one response. With
 --behind-proxy, granian listens on HOST:PORT (keep-alive on) and daphne on HOST:ASGI_PORT, for a
 real reverse proxy (nginx) in front. A django-q2 cluster runs beside them, plus every process an
-installed app declares with `AppConfig.serve_processes()`.
+installed app declares with `AppConfig.serve_processes()`. When one of them dies, or on SIGTERM,
+the whole group stops within honcho's bound (coordinator/serving/group.py).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,10 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.urls import NoReverseMatch, reverse
 
-from coordinator.serving.group import ProcessSpec, run_group
-
-# Seconds a granian worker may take to finish its in-flight request once told to stop; then it is killed.
-GRACEFUL_SECONDS = 10
+from coordinator.serving.group import STOP_GRACE_SECONDS, ProcessSpec, run_group
+from coordinator.serving.preflight import database_problem
 
 
 def _bin(name: str) -> str:
@@ -50,7 +51,7 @@ def granian_argv(
     argv = [
         _bin("granian"), "--interface", "wsgi", "coordinator.wsgi:application", *bind,
         "--http", "1", "--no-ws", "--workers", str(workers), "--blocking-threads", str(threads),
-        "--workers-kill-timeout", str(GRACEFUL_SECONDS), "--respawn-failed-workers", "--log-level", log_level,
+        "--workers-kill-timeout", str(STOP_GRACE_SECONDS), "--respawn-failed-workers", "--log-level", log_level,
     ]
     if not keep_alive:
         argv.append("--no-http1-keep-alive")
@@ -83,7 +84,7 @@ def build_process_specs(
         specs.append(ProcessSpec("front", proxy))
     if qcluster:
         # Signalled through its main process only (see coordinator/serving/leader_only.py).
-        leader_only = [sys.executable, "-m", "coordinator.serving.leader_only", "--"]
+        leader_only = [sys.executable, "-m", "coordinator.serving.leader_only", "--grace", str(STOP_GRACE_SECONDS), "--"]
         specs.append(ProcessSpec("jobs", [*leader_only, *manage, "qcluster"]))
     for config in apps.get_app_configs():
         declare = getattr(config, "serve_processes", None)
@@ -92,12 +93,47 @@ def build_process_specs(
     return specs
 
 
+def live_sockets() -> list[Path]:
+    """The sockets under RUN_DIR that a running instance answers on (another `serve` of this checkout)."""
+    run_dir = Path(settings.RUN_DIR)
+    candidates = sorted(run_dir.glob("*.sock")) if run_dir.is_dir() else []
+    live = []
+    for path in candidates:
+        for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET):
+            with socket.socket(socket.AF_UNIX, kind) as probe:
+                probe.settimeout(2)
+                try:
+                    probe.connect(str(path))
+                except ConnectionRefusedError:
+                    break  # nobody listens: a leftover of an instance that was killed
+                except OSError:
+                    continue  # EPROTOTYPE: a socket of the other kind; try it
+                live.append(path)
+                break
+    return live
+
+
+def banner(host: str, port: int, behind_proxy: bool) -> str:
+    """What `serve` prints on start: where to go, and where scripts report progress."""
+    where = f"http://{host}:{port}"
+    lines = [f"Coordinator starting at {where}/" + ("  (granian; daphne on the ASGI port)" if behind_proxy else "")]
+    for title, name in (("admin", "admin:index"), ("API docs", "docs"), ("live progress", "admin:progress_live")):
+        try:
+            lines.append(f"  {title + ':':17}{where}{reverse(name)}")
+        except NoReverseMatch:
+            continue
+    progress_socket = getattr(settings, "PROGRESS_SOCKET", None)
+    if progress_socket is not None:
+        lines.append(f"  {'progress socket:':17}{Path(progress_socket).resolve()}")
+    return "\n".join(lines)
+
+
 class Command(BaseCommand):
     help = "Start the whole platform (WSGI + ASGI servers, job cluster, app listeners) as one group."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default=os.environ.get("COORDINATOR_HOST", "127.0.0.1"))
-        parser.add_argument("--port", type=int, default=int(os.environ.get("COORDINATOR_PORT", "8000")))
+        parser.add_argument("--host", default=settings.SERVE_HOST, help="COORDINATOR_HOST")
+        parser.add_argument("--port", type=int, default=settings.SERVE_PORT, help="COORDINATOR_PORT")
         parser.add_argument("--workers", type=int, default=settings.SERVE_WSGI_WORKERS,
                             help="granian worker processes (WEB_CONCURRENCY; default: one per core)")
         parser.add_argument("--behind-proxy", action="store_true",
@@ -109,20 +145,31 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["workers"] < 1:
             raise CommandError("--workers must be at least 1.")
+        live = live_sockets()
+        if live:
+            raise CommandError(
+                f"Coordinator is already running from this checkout: {', '.join(map(str, live))} "
+                f"answers. Stop that `serve` first, or give this one a directory of its own "
+                f"(COORDINATOR_VAR_DIR)."
+            )
+        problem = database_problem()
+        if problem:
+            raise CommandError(problem)
         Path(settings.RUN_DIR).mkdir(parents=True, exist_ok=True)
         specs = build_process_specs(
             host=options["host"], port=options["port"], workers=options["workers"],
             behind_proxy=options["behind_proxy"], asgi_port=options["asgi_port"] or options["port"] + 1,
             qcluster=not options["no_qcluster"], access_log=options["access_log"],
         )
-        for sock in ("wsgi.sock", "asgi.sock"):  # stale sockets of a previous run would block binding
-            (Path(settings.RUN_DIR) / sock).unlink(missing_ok=True)
+        for stale in ("wsgi.sock", "asgi.sock"):  # left by a killed instance: would block binding
+            (Path(settings.RUN_DIR) / stale).unlink(missing_ok=True)
         env = dict(os.environ)
         env.setdefault("DJANGO_SETTINGS_MODULE", "coordinator.settings")
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.BASE_DIR), env.get("PYTHONPATH")]))
-        where = f"http://{options['host']}:{options['port']}/"
-        self.stdout.write(self.style.SUCCESS(f"Coordinator starting at {where}  (admin: {where}admin/, API docs: {where}docs/)"))
+        self.stdout.write(self.style.SUCCESS(banner(options["host"], options["port"], options["behind_proxy"])))
+        self.stdout.flush()
         status = run_group(specs, env)
         if status:
+            self.stderr.write("Coordinator stopped: a process kept dying (see above).")
             raise SystemExit(status)
