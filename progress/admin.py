@@ -13,7 +13,8 @@ from django.utils.html import format_html
 
 from progress import conf
 from progress.models import ProgressTopic
-from progress.selectors import Viewer, topic_list
+from progress.auth import viewer_for
+from progress.selectors import topic_list
 
 LIVE_PAGE_ROWS = 500
 
@@ -34,6 +35,9 @@ class ProgressTopicAdmin(admin.ModelAdmin):
         value = (obj.state or {}).get("percent")
         return "" if value is None else format_html("{}%", value)
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ProgressTopic]:
+        return topic_list(viewer=viewer_for(request.user))  # type: ignore[arg-type]
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -49,8 +53,8 @@ class ProgressTopicAdmin(admin.ModelAdmin):
 
     def live_view(self, request: HttpRequest) -> HttpResponse:
         """Like the seed's front-end: live streams first, newest first; ended ones at the bottom."""
-        viewer = Viewer(sees_all=True)
-        topics: QuerySet[ProgressTopic] = topic_list(viewer=viewer)
+        # The same visibility rule as the API's streams: staff who are not admins see their own.
+        topics: QuerySet[ProgressTopic] = topic_list(viewer=viewer_for(request.user))  # type: ignore[arg-type]
         only = request.GET.get("only", "")
         if only == "streams":
             topics = topics.filter(topic__startswith="stream:")

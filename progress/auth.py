@@ -24,7 +24,8 @@ class Access:
     message: str = ""
 
 
-def _viewer_for(user: User) -> Viewer:
+def viewer_for(user: User) -> Viewer:
+    """What this user may read: everything for admins (or when progress is public), else their own."""
     return Viewer(sees_all=bool(user.is_admin) or conf.public(), user_id=int(user.pk))
 
 
@@ -38,7 +39,7 @@ def _from_token(raw: str) -> Access:
         return Access(None, 403, str(exc.detail))
     if not isinstance(user, User) or not user.is_active:
         return Access(None, 403, "This account may not read progress.")
-    return Access(_viewer_for(user))
+    return Access(viewer_for(user))
 
 
 async def access_for(*, session_user: Any, token: str | None) -> Access:
@@ -48,7 +49,7 @@ async def access_for(*, session_user: Any, token: str | None) -> Access:
     if isinstance(session_user, User) and session_user.is_authenticated:
         if not session_user.is_active:
             return Access(None, 403, "This account may not read progress.")
-        return Access(_viewer_for(session_user))
+        return Access(viewer_for(session_user))
     if conf.public():
         return Access(Viewer(sees_all=True))
     return Access(None, 401, "Log in, or pass a user JWT as ?token= or Authorization: Bearer.")

@@ -136,3 +136,19 @@ def test_createuser_without_role_keeps_the_role() -> None:
     assert admin.role == Role.ADMIN and admin.is_staff and admin.check_password("a-new-admin-pass-1")
     call_command("createuser", "fresh@example.com", "--password", "a-new-user-pass-1")
     assert User.objects.get(email="fresh@example.com").role == Role.USER
+
+
+def test_staff_see_only_their_own_progress_on_the_live_page_and_the_list() -> None:
+    from tests.progress.conftest import publish
+
+    staff = _staff_with("view_progresstopic")
+    stranger = UserFactory(role=Role.USER)
+    publish("run:mine", "new", "my own run", owner_id=staff.pk)
+    publish("run:theirs", "new", "a stranger's secret run", owner_id=stranger.pk)
+    client = _logged_in(staff)
+    for url in ("/admin/progress/progresstopic/live/", "/admin/progress/progresstopic/"):
+        page = client.get(url).content.decode()
+        assert "my own run" in page, url
+        assert "secret run" not in page, url
+    admin_page = _logged_in(UserFactory(role=Role.ADMIN)).get("/admin/progress/progresstopic/live/").content.decode()
+    assert "my own run" in admin_page and "secret run" in admin_page
