@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import factory
+from django.contrib.auth.hashers import make_password
+from django.utils import timezone
 
 from coordinator.models import Role, User
 
@@ -23,3 +26,107 @@ class UserFactory(factory.django.DjangoModelFactory):
         obj.set_password(extracted or DEFAULT_PASSWORD)
         if create:
             obj.save()
+
+
+# --- one factory for every model: rows as the services would leave them --------------------------
+# Tests that exercise behaviour create rows through the services; these are for tests that need
+# rows to exist (admin pages, selectors, exports, permissions).
+
+
+class DeviceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "pool.Device"
+
+    name = factory.Sequence(lambda n: f"device-{n}")
+    kind = "sensor"
+    validated = True
+    secret_hash = factory.LazyFunction(lambda: make_password("device-secret"))
+
+
+class PoolMessageFactory(factory.django.DjangoModelFactory):
+    """A message of the day log; `type` says which (task by default, to every device)."""
+
+    class Meta:
+        model = "pool.Message"
+
+    sender = "admin@example.com"
+    to = "all"
+    type = "task"
+    title = factory.Sequence(lambda n: f"task {n}")
+    target_all = True
+
+
+class PoolTaskFactory(PoolMessageFactory):
+    class Meta:
+        model = "pool.Task"
+
+
+class DeliveryFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "pool.Delivery"
+
+    task = factory.SubFactory(PoolTaskFactory, target_all=False)
+    device = factory.SubFactory(DeviceFactory)
+
+
+class RunFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "farm.Run"
+
+    owner = factory.SubFactory(UserFactory)
+    num_tasks = 10
+
+
+class WorkerFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "farm.Worker"
+
+    uuid = factory.LazyFunction(lambda: uuid.uuid4().hex)
+    owner = factory.SubFactory(UserFactory)
+    hostname = "node-1"
+    pid = factory.Sequence(lambda n: 1000 + n)
+
+
+class FarmTaskFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "farm.Task"
+
+    run = factory.SubFactory(RunFactory)
+    task = factory.Sequence(lambda n: n % 10)
+
+
+class JobFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "jobs.Job"
+
+    type = "test.main.add"
+    data = factory.LazyFunction(lambda: {"x": 1, "y": 2})
+    created_by = factory.SubFactory(UserFactory)
+
+
+class JobFileFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "jobs.JobFile"
+
+    filename = factory.Sequence(lambda n: f"export-{n}.csv")
+    owner = factory.SubFactory(UserFactory)
+    format = "csv"
+
+
+class ProgressEventFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "progress.ProgressEvent"
+
+    topic = factory.Sequence(lambda n: f"run:{n}")
+    kind = "new"
+    created_at = factory.LazyFunction(timezone.now)
+
+
+class ProgressTopicFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "progress.ProgressTopic"
+
+    topic = factory.Sequence(lambda n: f"run:{n}")
+    name = factory.Sequence(lambda n: f"run {n}")
+    started_at = factory.LazyFunction(timezone.now)
+    updated_at = factory.LazyFunction(timezone.now)
