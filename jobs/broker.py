@@ -5,7 +5,7 @@ Stock `django_q.brokers.orm.ORM` polls `OrmQ` every `poll` seconds and calls
 broker keeps its connection, claims queue rows with one `UPDATE … FOR UPDATE SKIP LOCKED …
 RETURNING` on PostgreSQL, and when the queue is empty waits on a dedicated autocommit connection
 that LISTENs to `task_created` (jobs) and `django_q` (any other `async_task`), with a slow poll
-(`JOBS_LISTEN_TIMEOUT`) as the fallback so nothing is missed. On SQLite it is the stock ORM broker.
+(`jobs.conf.LISTEN_TIMEOUT_SECONDS`) as the fallback so nothing is missed. On SQLite it is the stock ORM broker.
 The broker loop also runs the jobs sweep (lost-worker recovery, backlog) every `JOBS_SWEEP_SECONDS`.
 """
 

@@ -11,8 +11,11 @@ from django.conf import settings
 # enough that the heartbeats stay a small share of the database's writes.
 BEATS_PER_STALE_PERIOD = 6
 # Longest LISTEN wait before the broker polls the queue anyway (a NOTIFY lost with a dropped
-# connection is then noticed within this delay).
-LISTEN_TIMEOUT_SECONDS = 5.0
+# connection is then noticed within this delay). django-q2's pusher sees the cluster's stop only
+# between two waits, so this also bounds how long a stopping cluster lingers: it must stay well
+# under `serve`'s grace period (coordinator.serving.group.STOP_GRACE_SECONDS) or the cluster is
+# killed mid-stop.
+LISTEN_TIMEOUT_SECONDS = 1.0
 
 
 def export_root() -> Path:
