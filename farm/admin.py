@@ -165,7 +165,7 @@ class WorkerAdmin(admin.ModelAdmin):
         # How a late update from this worker is told from another's (`farm.api.identity`).
         if worker.token_id and selectors.worker_uuid_for_token(worker.token_id, cached=False) == worker.uuid:
             return "its farm token (no other worker registered with that token)"
-        return "its cookie (a token shared with other workers, an older token, or a password login)"
+        return "its cookie (a token shared with other workers, or a password login)"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

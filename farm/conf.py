@@ -55,16 +55,6 @@ def batch_max() -> int:
     return max(1, _int("FARM_BATCH_MAX", DEFAULT_BATCH_MAX))
 
 
-def auth_cache_seconds() -> float:
-    """`settings.FARM_AUTH_CACHE_SECONDS` (tests only; no environment variable): how long a process trusts a verified farm token without re-reading its user
-    (0 turns the cache off); another process sees a password change or deactivation within this delay."""
-    value = _raw("FARM_AUTH_CACHE_SECONDS", 5.0)
-    try:
-        return max(0.0, float(value))
-    except (TypeError, ValueError):
-        return 5.0
-
-
 def progress_interval() -> float:
     """`settings.FARM_PROGRESS_INTERVAL` (tests only; no environment variable): least seconds between two `msg` events of one run from one server process."""
     value = _raw("FARM_PROGRESS_INTERVAL", 0.5)
@@ -77,12 +67,6 @@ def progress_interval() -> float:
 def progress_trailing() -> bool:
     """`settings.FARM_PROGRESS_TRAILING` (tests only; no environment variable): send a run's last change inside a throttled window when it closes."""
     value = _raw("FARM_PROGRESS_TRAILING", "1")
-    return str(value).strip().lower() not in ("0", "false", "no", "off", "")
-
-
-def fast_path_enabled() -> bool:
-    """`settings.FARM_FAST_PATH` (tests only; no environment variable): answer the worker's per-task requests in front of Django (`farm.api.fastpath`)."""
-    value = _raw("FARM_FAST_PATH", "1")
     return str(value).strip().lower() not in ("0", "false", "no", "off", "")
 
 

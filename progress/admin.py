@@ -12,8 +12,8 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from progress import conf
-from progress.models import ProgressTopic
 from progress.auth import viewer_for
+from progress.models import ProgressTopic
 from progress.selectors import topic_list
 
 LIVE_PAGE_ROWS = 500

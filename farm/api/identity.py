@@ -1,4 +1,4 @@
-"""Which worker sent a request: the rule the views and the WSGI fast path share.
+"""Which worker sent a request: the rule every farm view applies.
 
 The seed's protocol names the worker only in the claim's body; its PUTs carry no worker id. To
 refuse a late PUT from a worker that lost its lease (409), the server must still tell workers apart.
@@ -14,7 +14,7 @@ In order, a request is from:
 
 A worker's token names it for everyone holding that token: a script that fixes tasks up should use
 a token of its own, or the password. The cookie is set only where the token does not name the
-worker: workers sharing a token, tokens issued without an id, password logins. Each
+worker: workers sharing a token, password logins. Each
 `taskfarm-worker` therefore never holds a cookie, which
 spares its `requests` session the cookie jar's work on each of the four requests of every task
 (measured at 0.15 to 0.25 ms of client CPU per request; docs/farm.md, "Leases").
@@ -27,7 +27,7 @@ from farm.authentication import FarmToken
 
 
 def token_id_of(token: object) -> str | None:
-    """The id of a verified farm token (DRF's `request.auth`, or the fast path's), else None."""
+    """The id of a verified farm token (DRF's `request.auth`), else None."""
     return token.token_id if isinstance(token, FarmToken) else None
 
 

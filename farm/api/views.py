@@ -431,14 +431,14 @@ class TaskBatchClaimApi(FarmApi):
 
 
 def batch_claim_data(*, user: User, run_uuid: str, worker_uuid: str, count: int) -> dict[str, Any]:
-    """A batch claim's answer (also the WSGI fast path's)."""
+    """A batch claim's answer."""
     tasks = services.tasks_claim_for(user=user, run_uuid=run_uuid, worker_uuid=worker_uuid,
                                      limit=min(count, batch_max()))
     return {"tasks": [task_data(task) for task in tasks]}
 
 
 def batch_done_data(*, user: User, run_uuid: str, worker_uuid: str, listed: list[int]) -> dict[str, Any]:
-    """A batch completion's answer (also the WSGI fast path's). PostgreSQL: one round trip; a missing
+    """A batch completion's answer. PostgreSQL: one round trip; a missing
     run or worker and other databases take the lookup that says which one is missing, then the writes."""
     numbers = sorted(set(listed))
     done = services.tasks_complete_by_uuid(user=user, run_uuid=run_uuid, worker_uuid=worker_uuid, numbers=numbers)

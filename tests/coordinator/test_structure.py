@@ -40,14 +40,10 @@ def _graph() -> dict[str, set[str]]:
             for name, path in modules.items()}
 
 
-# Removed with the farm's front-door layer (issue 14); until then the WSGI entry point wraps it.
-KNOWN_COORDINATOR_TO_APP = {("coordinator.wsgi", "farm.api.fastpath")}
-
-
 def test_coordinator_imports_no_app() -> None:
     offending = {(name, target) for name, targets in _graph().items() if name.split(".")[0] == "coordinator"
                  for target in targets if target.split(".")[0] in APPS}
-    assert offending <= KNOWN_COORDINATOR_TO_APP
+    assert not offending
 
 
 # The one string import: the operator's own job modules, named in JOBS_EXTRA_MODULES.

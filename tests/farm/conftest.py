@@ -55,11 +55,10 @@ def api(farm_user: User, token_client_for: Callable[[User], APIClient]) -> APICl
 
 @pytest.fixture(autouse=True)
 def _fresh_process_caches() -> None:
-    """The farm's per-process caches (token users, token workers, last `msg` and `last_seen` writes) are
+    """The farm's per-process caches (token workers, last `msg` and `last_seen` writes) are
     keyed by ids, and ids come back after a test's rollback: start every test with them empty."""
-    from farm import authentication, selectors, services
+    from farm import selectors, services
 
-    authentication._token_users.clear()
     selectors._token_workers.clear()
     throttle.reset()
     services._last_seen_sent.clear()

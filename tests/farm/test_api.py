@@ -195,24 +195,42 @@ def test_the_worker_header_comes_before_the_token(api: APIClient) -> None:
     assert api.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 5}, format="json").status_code == 204
 
 
-def test_tokens_are_distinct_and_one_without_an_id_still_works(farm_user: User) -> None:
-    """Tokens issued before they carried an id go on working; their workers get the cookie."""
-    import jwt
+def test_tokens_are_distinct_and_foreign_or_old_ones_are_refused(farm_user: User) -> None:
+    """Every token has its own id; a token of another kind, or one signed the way the farm once
+    signed its own (a key derived from the secret, no token_type), is a 401."""
+    import hashlib
 
-    from farm.authentication import _password_stamp, _signing_key, farm_token_for
+    import jwt
+    from django.conf import settings
+
+    from coordinator.tokens import TokenKind, credential_stamp, token_issue
+    from farm.authentication import farm_token_for
 
     assert farm_token_for(farm_user) != farm_token_for(farm_user)
-    old = jwt.encode({"typ": "farm", "uid": farm_user.pk, "pwd": _password_stamp(farm_user)}, _signing_key(),
-                     algorithm="HS256")
+    old_key = hashlib.sha256(b"coordinator.farm.token:" + settings.SECRET_KEY.encode()).digest()
+    old = jwt.encode({"typ": "farm", "uid": farm_user.pk, "jti": "0" * 16}, old_key, algorithm="HS256")
+    device = token_issue(TokenKind.DEVICE, {"uid": farm_user.pk, "stamp": credential_stamp(farm_user), "jti": "0" * 16})
+    for token in (old, device):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=basic(token, ""))
+        answer = client.get("/api/runs")
+        assert answer.status_code == 401, token
+        assert answer["WWW-Authenticate"] == 'Basic realm="Authentication Required"'
+
+
+def test_a_farm_token_stops_working_when_its_user_changes(farm_user: User) -> None:
+    from farm.authentication import farm_token_for
+
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=basic(old, ""))
-    run = new_run(client, 1)
-    new_worker(client, "old")
-    assert client.cookies["farm_worker"].value == "old"
-    assert Worker.objects.get(uuid="old").token_id is None
-    assert claim(client, run, "old").status_code == 201
-    assert client.put(f"/api/runs/{run}/tasks/0", {"status": "done"}, format="json").status_code == 204
-    assert Worker.objects.get(uuid="old").tasks_done == 1
+    client.credentials(HTTP_AUTHORIZATION=basic(farm_token_for(farm_user), ""))
+    assert client.get("/api/runs").status_code == 200
+    farm_user.set_password("another-password-42")
+    farm_user.save()
+    assert client.get("/api/runs").status_code == 401
+    client.credentials(HTTP_AUTHORIZATION=basic(farm_token_for(farm_user), ""))
+    assert client.get("/api/runs").status_code == 200
+    User.objects.filter(pk=farm_user.pk).update(is_active=False)
+    assert client.get("/api/runs").status_code == 401
 
 
 def test_update_renews_lease_and_worker_last_seen(api: APIClient, settings: Any) -> None:

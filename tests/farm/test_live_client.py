@@ -1,4 +1,4 @@
-"""End to end with the published `taskfarm-worker==0.4.0` client against a live granian (production WSGI server; the WSGI fast path answers the per-task requests)."""
+"""End to end with the published `taskfarm-worker==0.4.0` client against a live granian (the production WSGI server)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ def test_tasks_done_counts_every_way_a_task_finishes_and_only_once(farm_user: Us
     assert services.tasks_claim(run=run, worker=other, limit=1)[0].task == 6
     done = services.TaskChange(status=Task.Status.DONE)
 
-    # The holder's PUT (the fast path's statement).
+    # The holder's PUT.
     assert services.task_update_held(user=farm_user, run_uuid=run.uuid, number=0, change=done, worker_uuid="counted")
     assert _done(worker) == 1
     # A PUT through the full path (here: without a worker), credited to the task's holder.
