@@ -67,8 +67,9 @@ def device_token(env: dict[str, str], base: str) -> str | None:
     if not device_id or not secret:
         print(f"[fuzz] could not read createdevice output, skipping the device identity:\n{out}")
         return None
-    response = requests.post(f"{base}/pool/token", json={"device_id": int(device_id.group(1)), "secret": secret.group(1)},
-                             timeout=10)
+    response = requests.post(
+        f"{base}/pool/token", json={"device_id": int(device_id.group(1)), "secret": secret.group(1)}, timeout=10
+    )
     if response.status_code != 200:
         print(f"[fuzz] device token refused ({response.status_code}): {response.text[:300]}")
         return None
@@ -78,21 +79,24 @@ def device_token(env: dict[str, str], base: str) -> str | None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--max-examples", type=int, default=int(os.environ.get("FUZZ_MAX_EXAMPLES", "12")))
-    parser.add_argument("--max-time", type=int, default=int(os.environ.get("FUZZ_MAX_TIME", "40")),
-                        help="seconds per identity")
+    parser.add_argument(
+        "--max-time", type=int, default=int(os.environ.get("FUZZ_MAX_TIME", "40")), help="seconds per identity"
+    )
     parser.add_argument("--include-path-regex", default=None)
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="coordinator-fuzz-"))
     env = dict(os.environ)
-    env.update({
-        "COORDINATOR_VAR_DIR": str(workdir),
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-        "PYTHONUNBUFFERED": "1",
-        "Q_WORKERS": "1",
-        "POOL_JOURNAL_DIR": str(workdir / "journal"),
-    })
+    env.update(
+        {
+            "COORDINATOR_VAR_DIR": str(workdir),
+            "DJANGO_DEBUG": "0",
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+            "PYTHONUNBUFFERED": "1",
+            "Q_WORKERS": "1",
+            "POOL_JOURNAL_DIR": str(workdir / "journal"),
+        }
+    )
     if "DATABASE_URL" not in os.environ:
         env["DATABASE_URL"] = f"sqlite:///{workdir / 'fuzz.sqlite3'}"
     manage(env, "migrate", "-v0")
@@ -102,15 +106,22 @@ def main() -> int:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = open(workdir / "serve.log", "wb")
-    server = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(port), "--workers", "2"],
-                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     failures: list[str] = []
     try:
         wait_healthy(base, server)
         identities: list[tuple[str, list[str]]] = [("anonymous", [])]
         for role in ("admin", "master", "user"):
-            token = requests.post(f"{base}/auth/token/", json={"email": f"{role}@fuzz.example", "password": PASSWORD},
-                                  timeout=10).json()["access"]
+            token = requests.post(
+                f"{base}/auth/token/", json={"email": f"{role}@fuzz.example", "password": PASSWORD}, timeout=10
+            ).json()["access"]
             identities.append((role, ["-H", f"Authorization: Bearer {token}"]))
         token = device_token(env, base)
         if token:
@@ -120,14 +131,35 @@ def main() -> int:
 
         for name, auth in identities:
             command = [
-                str(BIN / "schemathesis"), "run", f"{base}/schema/", "--url", base,
-                "--checks", CHECKS, "--max-examples", str(args.max_examples), "--max-time", str(args.max_time),
+                str(BIN / "schemathesis"),
+                "run",
+                f"{base}/schema/",
+                "--url",
+                base,
+                "--checks",
+                CHECKS,
+                "--max-examples",
+                str(args.max_examples),
+                "--max-time",
+                str(args.max_time),
                 # One worker: with two, hypothesis (inside schemathesis) parses lambda sources from two
                 # threads at once, which CPython 3.11.7 can fail with "SystemError: AST constructor
                 # recursion depth mismatch" (a tool crash seen in CI, not a server failure).
-                "--phases", "examples,coverage,fuzzing", "--workers", "1", "--seed", "20261123",
-                "--suppress-health-check", "all", "--request-timeout", "20", "--warnings", "off",
-                "--output-truncate", "true", *auth,
+                "--phases",
+                "examples,coverage,fuzzing",
+                "--workers",
+                "1",
+                "--seed",
+                "20261123",
+                "--suppress-health-check",
+                "all",
+                "--request-timeout",
+                "20",
+                "--warnings",
+                "off",
+                "--output-truncate",
+                "true",
+                *auth,
             ]
             if args.include_path_regex and "--include-path-regex" not in auth:
                 command += ["--include-path-regex", args.include_path_regex]
@@ -148,7 +180,7 @@ def main() -> int:
     tracebacks = server_log.count("Traceback (most recent call last)")
     if tracebacks:
         print(f"[fuzz] the server logged {tracebacks} traceback(s); the last one:")
-        print(server_log[server_log.rfind("Traceback (most recent call last)") - 2000:][:6000])
+        print(server_log[server_log.rfind("Traceback (most recent call last)") - 2000 :][:6000])
     if failures:
         print(f"[fuzz] FAILED for: {', '.join(failures)} (server log: {workdir / 'serve.log'})")
         return 1

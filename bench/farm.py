@@ -95,6 +95,7 @@ class Result:
 
 # --- databases ------------------------------------------------------------------------------
 
+
 def pg_admin(sql: str) -> None:
     import psycopg
 
@@ -160,6 +161,7 @@ def database_cpu(url: str) -> dict[int, float]:
 
 # --- servers --------------------------------------------------------------------------------
 
+
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -174,19 +176,30 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> N
 
 
 def gunicorn_argv(argv: list[str], port: int) -> list[str]:
-    return [*argv, "--bind", f"127.0.0.1:{port}", "--workers", str(SERVER_WORKERS), "--log-level", "warning",
-            "--timeout", "120"]
+    return [
+        *argv,
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(SERVER_WORKERS),
+        "--log-level",
+        "warning",
+        "--timeout",
+        "120",
+    ]
 
 
 @contextmanager
-def serve_http(argv: Callable[[int], list[str]], env: dict[str, str], cwd: Path, log: Path, probe: str,
-               database: str | None = None) -> Iterator[str]:
+def serve_http(
+    argv: Callable[[int], list[str]], env: dict[str, str], cwd: Path, log: Path, probe: str, database: str | None = None
+) -> Iterator[str]:
     """Start a WSGI server (`argv(port)`) on a free port; yields its base URL."""
     port = free_port()
     with log.open("ab") as out:
         # A session of its own: the server's workers are stopped with it, whatever happens here.
-        proc = subprocess.Popen(argv(port), cwd=cwd, env=env, stdout=out, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv(port), cwd=cwd, env=env, stdout=out, stderr=subprocess.DEVNULL, start_new_session=True
+        )
     base = f"http://127.0.0.1:{port}"
     SERVER_PIDS[base] = proc.pid
     if database:
@@ -209,8 +222,15 @@ def serve_http(argv: Callable[[int], list[str]], env: dict[str, str], cwd: Path,
 
 def ours_env(database_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update({"DATABASE_URL": database_url, "DJANGO_SECRET_KEY": SECRET, "DJANGO_DEBUG": "0",
-                "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "coordinator.settings"})
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "DJANGO_SECRET_KEY": SECRET,
+            "DJANGO_DEBUG": "0",
+            "PYTHONPATH": str(ROOT),
+            "DJANGO_SETTINGS_MODULE": "coordinator.settings",
+        }
+    )
     return env
 
 
@@ -218,15 +238,23 @@ def ours_env(database_url: str) -> dict[str, str]:
 def our_server(database_url: str, log: Path) -> Iterator[str]:
     env = ours_env(database_url)
     subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    subprocess.run([PY, "manage.py", "createuser", USER, "--password", PASSWORD], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [PY, "manage.py", "createuser", USER, "--password", PASSWORD],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     if OURS_SERVER == "granian":
+
         def argv(port: int) -> list[str]:
             # As `manage.py serve --behind-proxy` runs it (no access log: the clients count errors).
             return granian_argv(port=port, workers=OURS_WORKERS)
     else:
+
         def argv(port: int) -> list[str]:
             return gunicorn_argv([str(BIN / "gunicorn"), "coordinator.wsgi:application"], port)
+
     with serve_http(argv, env, ROOT, log, "/healthz", pg_name(database_url)) as base:
         yield base + "/api/"
 
@@ -237,8 +265,9 @@ def ensure_ref_venv() -> Path:
     if not py.exists() or not stamp.exists() or stamp.read_text() != REF_REQUIREMENTS.read_text():
         shutil.rmtree(REF_VENV, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(REF_VENV)], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q",
-                        "-r", str(REF_REQUIREMENTS)], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "-r", str(REF_REQUIREMENTS)], check=True
+        )
         shutil.copy(REF_REQUIREMENTS, stamp)
     return py
 
@@ -260,15 +289,22 @@ def reference_server(database_url: str, log: Path) -> Iterator[str]:
     py = ensure_ref_venv()
     sa_url = database_url.replace("postgres://", "postgresql://", 1)
     env = {"PATH": os.environ.get("PATH", ""), "DATABASE_URL": sa_url, "SECRET_KEY": SECRET}
-    subprocess.run([str(py), "-c", REF_INIT.format(user=REF_USER, password=PASSWORD)], env=env, check=True,
-                   cwd=tempfile.gettempdir())
+    subprocess.run(
+        [str(py), "-c", REF_INIT.format(user=REF_USER, password=PASSWORD)],
+        env=env,
+        check=True,
+        cwd=tempfile.gettempdir(),
+    )
+
     def argv(port: int) -> list[str]:
         return gunicorn_argv([str(py.parent / "gunicorn"), "taskfarm:app"], port)
+
     with serve_http(argv, env, Path(tempfile.gettempdir()), log, "/", pg_name(database_url)) as base:
         yield base + "/api/"
 
 
 # --- clients --------------------------------------------------------------------------------
+
 
 @dataclass
 class Driven:
@@ -288,14 +324,21 @@ def client_env() -> dict[str, str]:
     return {**keep, "PYTHONPATH": str(ROOT)}
 
 
-def drive(mode: str, url: str, user: str, targets: list[str], extra: list[str], timeout: float,
-          workdir: Path) -> Driven:
+def drive(
+    mode: str, url: str, user: str, targets: list[str], extra: list[str], timeout: float, workdir: Path
+) -> Driven:
     """Start the client processes, release them together, collect their JSON results and the CPU the
     server and its database spent meanwhile."""
     go = workdir / f"go-{mode}-{time.monotonic_ns()}"
     procs = [
-        subprocess.Popen([PY, "-m", "bench.farm_client", mode, url, user, PASSWORD, target, str(go), *extra],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client_env())
+        subprocess.Popen(
+            [PY, "-m", "bench.farm_client", mode, url, user, PASSWORD, target, str(go), *extra],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=client_env(),
+        )
         for target in targets
     ]
     note = ""
@@ -343,8 +386,9 @@ def done_count(url: str, user: str, run: str) -> int | None:
     try:
         session = requests.Session()
         tok = session.get(url + "token", auth=(user, PASSWORD), timeout=30).json()["token"]
-        return int(session.get(f"{url}runs/{run}", params={"info": "numDone"}, auth=(tok, ""), timeout=30)
-                   .json()["numDone"])
+        return int(
+            session.get(f"{url}runs/{run}", params={"info": "numDone"}, auth=(tok, ""), timeout=30).json()["numDone"]
+        )
     except Exception:  # the server may be wedged; the table says so
         return None
 
@@ -359,22 +403,37 @@ def summarise(name: str, n: int, driven: Driven, done: int | None) -> Result:
     results, note = driven.results, driven.note
     claims = Counter(t for r in results for t in r["tasks"])
     errors4, errors5 = http_errors(results)
-    result = Result(name=name, tasks=n, seconds=driven.seconds, claimed=sum(r["count"] for r in results),
-                    duplicates=sum(c - 1 for c in claims.values()),
-                    client_errors=[e for r in results for e in r["errors"]], http_errors=errors4,
-                    server_5xx=errors5, done=done, note=note, cpu_client=sum(r.get("cpu", 0.0) for r in results),
-                    cpu_server=driven.cpu_server, cpu_database=driven.cpu_database)
+    result = Result(
+        name=name,
+        tasks=n,
+        seconds=driven.seconds,
+        claimed=sum(r["count"] for r in results),
+        duplicates=sum(c - 1 for c in claims.values()),
+        client_errors=[e for r in results for e in r["errors"]],
+        http_errors=errors4,
+        server_5xx=errors5,
+        done=done,
+        note=note,
+        cpu_client=sum(r.get("cpu", 0.0) for r in results),
+        cpu_server=driven.cpu_server,
+        cpu_database=driven.cpu_database,
+    )
     if len(results) < driven.clients:
-        result.note = (result.note + f"; {driven.clients - len(results)} of {driven.clients} clients reported "
-                       "nothing").strip("; ")
+        result.note = (
+            result.note + f"; {driven.clients - len(results)} of {driven.clients} clients reported nothing"
+        ).strip("; ")
     lost = sum(r["http"]["lost"] for r in results)
     if lost:
         result.note = (result.note + f"; {lost} attempts got no answer (retried by the client)").strip("; ")
-    cpu = "/".join(f"{result.cpu_ms_per_task(x):.2f}" for x in (result.cpu_client, result.cpu_server,
-                                                                   result.cpu_database))
-    print(f"{name:28s} {result.rate:9.1f} tasks/s  claimed={result.claimed} dup={result.duplicates} "
-          f"http>=400={errors4} 5xx={errors5} client_errors={len(result.client_errors)} done={done} "
-          f"cpu ms/task client/server/db={cpu} {note}", flush=True)
+    cpu = "/".join(
+        f"{result.cpu_ms_per_task(x):.2f}" for x in (result.cpu_client, result.cpu_server, result.cpu_database)
+    )
+    print(
+        f"{name:28s} {result.rate:9.1f} tasks/s  claimed={result.claimed} dup={result.duplicates} "
+        f"http>=400={errors4} 5xx={errors5} client_errors={len(result.client_errors)} done={done} "
+        f"cpu ms/task client/server/db={cpu} {note}",
+        flush=True,
+    )
     return result
 
 
@@ -413,12 +472,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (medians are reported)")
     parser.add_argument("--batch-tasks", type=int, default=None)
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
-    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)} "
-                        "(implies --no-write)")
-    parser.add_argument("--ours-server", choices=("granian", "gunicorn"), default="granian",
-                        help="the WSGI server in front of ours (the reference always runs under gunicorn)")
-    parser.add_argument("--ours-workers", type=int, default=None,
-                        help=f"worker processes of our server (default: one per core, as `serve`: {OURS_WORKERS})")
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)} (implies --no-write)"
+    )
+    parser.add_argument(
+        "--ours-server",
+        choices=("granian", "gunicorn"),
+        default="granian",
+        help="the WSGI server in front of ours (the reference always runs under gunicorn)",
+    )
+    parser.add_argument(
+        "--ours-workers",
+        type=int,
+        default=None,
+        help=f"worker processes of our server (default: one per core, as `serve`: {OURS_WORKERS})",
+    )
     args = parser.parse_args()
     OURS_SERVER = args.ours_server
     OURS_WORKERS = args.ours_workers or OURS_WORKERS
@@ -445,8 +513,10 @@ def main() -> None:
                 servers["ours-pg"] = (stack.enter_context(our_server(db_url, workdir / "ours-pg.log")), USER)
             if "ours-sqlite" in only:
                 sqlite_url = f"sqlite:///{workdir / 'ours.sqlite3'}"
-                servers["ours-sqlite"] = (stack.enter_context(our_server(sqlite_url, workdir / "ours-sqlite.log")),
-                                          USER)
+                servers["ours-sqlite"] = (
+                    stack.enter_context(our_server(sqlite_url, workdir / "ours-sqlite.log")),
+                    USER,
+                )
             if "ref-pg" in only:
                 db_url = stack.enter_context(pg_database(f"bench_farm_ref_{tag}"))
                 servers["ref-pg"] = (stack.enter_context(reference_server(db_url, workdir / "ref-pg.log")), REF_USER)
@@ -454,7 +524,7 @@ def main() -> None:
             # on this shared machine falls on all of them alike; each row reports the median round.
             order = [key for key in ("ours-pg", "ref-pg", "floor", "ours-sqlite") if key in only]
             for r in range(rounds if order else 0):
-                for key in order[r % len(order):] + order[: r % len(order)]:
+                for key in order[r % len(order) :] + order[: r % len(order)]:
                     url, user = servers["ours-pg" if key == "floor" else key]
                     if key == "floor":
                         floor = drive("floor", url, user, [str(per_round // WORKERS)] * WORKERS, [], timeout, workdir)
@@ -475,8 +545,10 @@ def main() -> None:
         return
     results = [merge(SCENARIOS[key], parts[key]) for key in SCENARIOS]
     markdown = report(results, n, rounds, n_batch, args.quick)
-    markdown += (f"\n* 1-minute load average of the machine (shared with other test runs): {load_before:.1f} at the "
-                 f"start, {os.getloadavg()[0]:.1f} at the end.")
+    markdown += (
+        f"\n* 1-minute load average of the machine (shared with other test runs): {load_before:.1f} at the "
+        f"start, {os.getloadavg()[0]:.1f} at the end."
+    )
     print(markdown)
     if not args.no_write:
         write_section("farm", markdown)
@@ -492,8 +564,10 @@ def report(results: list[Result], n: int, rounds: int, n_batch: int, quick: bool
     ]
     for r in results:
         errors = "; ".join(sorted(set(r.client_errors)))[:200]
-        rows.append(f"| {r.name} | {r.rate:.1f} | {', '.join(map(str, r.rounds))} | {r.claimed} | {r.duplicates} | {r.http_errors} ({r.server_5xx}) | "
-                    f"{len(r.client_errors)} | {'' if r.done is None else r.done} | {r.note}{' ' + errors if errors else ''} |")
+        rows.append(
+            f"| {r.name} | {r.rate:.1f} | {', '.join(map(str, r.rounds))} | {r.claimed} | {r.duplicates} | {r.http_errors} ({r.server_5xx}) | "
+            f"{len(r.client_errors)} | {'' if r.done is None else r.done} | {r.note}{' ' + errors if errors else ''} |"
+        )
     ours, ref, floor = by[SCENARIOS["ours-pg"]], by[SCENARIOS["ref-pg"]], by[SCENARIOS["floor"]]
     by_round = ", ".join(f"{a / b:.2f}" for a, b in zip(ours.rounds, ref.rounds, strict=False))
     lines = [
@@ -515,7 +589,8 @@ def report(results: list[Result], n: int, rounds: int, n_batch: int, quick: bool
         "",
         f"* ours / reference on PostgreSQL: **{ours.rate / ref.rate:.2f} times** (target ≥ 3); round by round "
         f"(each pair measured side by side): {by_round}"
-        if ref.rate == ref.rate and ref.rate > 0 else "* reference on PostgreSQL: no rate",
+        if ref.rate == ref.rate and ref.rate > 0
+        else "* reference on PostgreSQL: no rate",
         f"* ours on PostgreSQL / floor: **{100 * ours.rate / floor.rate:.0f}%** (target ≥ 65%); "
         f"ours on SQLite / floor: **{100 * ours_sqlite.rate / floor.rate:.0f}%**",
         f"* batch path: **{batch.rate:.0f} tasks/s** (target ≥ 10,000)",
@@ -540,17 +615,22 @@ def cpu_table(results: list[Result], ref: Result, floor: Result) -> list[str]:
     for r in results:
         parts = [r.cpu_ms_per_task(x) for x in (r.cpu_client, r.cpu_server, r.cpu_database)]
         total = sum(parts)
-        rows.append(f"| {r.name} | {parts[0]:.2f} | {parts[1]:.2f} | {parts[2]:.2f} | {total:.2f} | "
-                    f"{cores * 1000 / total if total else float('nan'):.0f} |")
+        rows.append(
+            f"| {r.name} | {parts[0]:.2f} | {parts[1]:.2f} | {parts[2]:.2f} | {total:.2f} | "
+            f"{cores * 1000 / total if total else float('nan'):.0f} |"
+        )
     if ref.rate == ref.rate and ref.rate > 0:
         budget = cores * 1000 / (3 * ref.rate)
         ours = next(r for r in results if r.name == SCENARIOS["ours-pg"])
         spent = [ours.cpu_ms_per_task(x) for x in (ours.cpu_client, ours.cpu_server, ours.cpu_database)]
         ref_total = sum(ref.cpu_ms_per_task(x) for x in (ref.cpu_client, ref.cpu_server, ref.cpu_database))
-        rows += ["", f"* 3 times the reference is {3 * ref.rate:.0f} tasks/s: at most {budget:.2f} ms of CPU per task for "
-                 f"clients, server and database together on {cores} cores; ours on PostgreSQL spent {sum(spent):.2f} ms "
-                 f"({spent[0]:.2f} in the clients, {spent[1]:.2f} in the server, {spent[2]:.2f} in the database), the "
-                 f"reference {ref_total:.2f} ms."]
+        rows += [
+            "",
+            f"* 3 times the reference is {3 * ref.rate:.0f} tasks/s: at most {budget:.2f} ms of CPU per task for "
+            f"clients, server and database together on {cores} cores; ours on PostgreSQL spent {sum(spent):.2f} ms "
+            f"({spent[0]:.2f} in the clients, {spent[1]:.2f} in the server, {spent[2]:.2f} in the database), the "
+            f"reference {ref_total:.2f} ms.",
+        ]
     return rows
 
 

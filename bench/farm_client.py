@@ -69,8 +69,15 @@ _increment = Retry.increment
 _build_response = HTTPAdapter.build_response
 
 
-def _counting_increment(self: Retry, method: Any = None, url: Any = None, response: Any = None, error: Any = None,
-                        _pool: Any = None, _stacktrace: Any = None) -> Retry:
+def _counting_increment(
+    self: Retry,
+    method: Any = None,
+    url: Any = None,
+    response: Any = None,
+    error: Any = None,
+    _pool: Any = None,
+    _stacktrace: Any = None,
+) -> Retry:
     _count(response.status if response is not None else None)
     return _increment(self, method, url, response, error, _pool, _stacktrace)
 
@@ -132,8 +139,9 @@ def run_batch(url: str, user: str, password: str, run: str, go: str, k: int) -> 
     session = session_like_client(url)
     auth = HTTPBasicAuth(token(session, url, user, password), "")
     worker = uuid.uuid1().hex
-    response = session.post(url + "worker", json={"uuid": worker, "hostname": socket.gethostname(),
-                                                   "pid": os.getpid()}, auth=auth)
+    response = session.post(
+        url + "worker", json={"uuid": worker, "hostname": socket.gethostname(), "pid": os.getpid()}, auth=auth
+    )
     response.raise_for_status()
     start = wait_for(go)
     seen: list[int] = []

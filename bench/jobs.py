@@ -37,8 +37,11 @@ PY = str(Path(sys.executable))
 
 
 def _db_urls() -> tuple[str, str, str]:
-    base = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL") or \
-        "postgres://postgres@127.0.0.1:5432/coordinator"
+    base = (
+        os.environ.get("BENCH_DATABASE_URL")
+        or os.environ.get("DATABASE_URL")
+        or "postgres://postgres@127.0.0.1:5432/coordinator"
+    )
     parts = urlsplit(base)
     if not parts.scheme.startswith("postgres"):
         raise SystemExit("bench.jobs needs PostgreSQL (BENCH_DATABASE_URL or DATABASE_URL=postgres://...)")
@@ -78,8 +81,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 @contextmanager
 def cluster(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([PY, "manage.py", "qcluster"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [PY, "manage.py", "qcluster"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         yield proc
     finally:
@@ -183,8 +192,14 @@ def exactly_once(user: Any, n: int, env: dict[str, str], workdir: Path) -> dict[
         seconds = time.perf_counter() - start
     lines = path.read_text().split()
     distinct = set(lines) & {str(i) for i in ids}
-    return {"jobs": n, "executions": len([x for x in lines if x in distinct]), "distinct": len(distinct),
-            "duplicates": len(lines) - len(set(lines)), "lost": n - len(distinct), "seconds": seconds}
+    return {
+        "jobs": n,
+        "executions": len([x for x in lines if x in distinct]),
+        "distinct": len(distinct),
+        "duplicates": len(lines) - len(set(lines)),
+        "lost": n - len(distinct),
+        "seconds": seconds,
+    }
 
 
 def big_export(user: Any, rows: int) -> dict[str, float]:
@@ -212,8 +227,12 @@ def big_export(user: Any, rows: int) -> dict[str, float]:
     job.refresh_from_db()
     if job.status != "success":
         raise RuntimeError(f"export failed: {job.error}")
-    return {"rows": job.result["rows"]["jobs"], "seconds": seconds, "peak_growth_mb": (sampler.peak - before) / 2**20,
-            "size_mb": job.result["size"] / 2**20}
+    return {
+        "rows": job.result["rows"]["jobs"],
+        "seconds": seconds,
+        "peak_growth_mb": (sampler.peak - before) / 2**20,
+        "size_mb": job.result["size"] / 2**20,
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -226,9 +245,16 @@ def main(argv: list[str]) -> None:
     n_once, n_rows = (500, 50_000) if quick else (10_000, 1_000_000)
     base, url, name = _db_urls()
     workdir = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
-    common = {"DATABASE_URL": url, "COORDINATOR_VAR_DIR": str(workdir), "EXPORT_ROOT": str(workdir / "exports"),
-              "JOBS_EXTRA_MODULES": "bench.jobs_tasks", "DJANGO_SETTINGS_MODULE": "coordinator.settings",
-              "Q_WORKERS": os.environ.get("BENCH_Q_WORKERS", "2"), "LOG_LEVEL": "WARNING", "REDIS_URL": ""}
+    common = {
+        "DATABASE_URL": url,
+        "COORDINATOR_VAR_DIR": str(workdir),
+        "EXPORT_ROOT": str(workdir / "exports"),
+        "JOBS_EXTRA_MODULES": "bench.jobs_tasks",
+        "DJANGO_SETTINGS_MODULE": "coordinator.settings",
+        "Q_WORKERS": os.environ.get("BENCH_Q_WORKERS", "2"),
+        "LOG_LEVEL": "WARNING",
+        "REDIS_URL": "",
+    }
     os.environ.update(common)
     with _admin_conn(base) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -244,8 +270,10 @@ def main(argv: list[str]) -> None:
         call_command("migrate", verbosity=0)
         user = User.objects.create_user("bench@example.com", "bench-password", role=Role.ADMIN)
         results: dict[str, dict[str, Any]] = {}
-        brokers = {"LISTEN/NOTIFY broker": _env(**common),
-                   "stock django-q2 ORM broker": _env(**{**common, "DJANGO_SETTINGS_MODULE": "bench.stock_broker_settings"})}
+        brokers = {
+            "LISTEN/NOTIFY broker": _env(**common),
+            "stock django-q2 ORM broker": _env(**{**common, "DJANGO_SETTINGS_MODULE": "bench.stock_broker_settings"}),
+        }
         for label, env in brokers.items():
             _use_broker(LISTEN_NOTIFY_BROKER if env["DJANGO_SETTINGS_MODULE"] == "coordinator.settings" else None)
             row: dict[str, Any] = {}
@@ -264,9 +292,12 @@ def main(argv: list[str]) -> None:
             print(label, {k: round(v, 1) for k, v in row.items()}, flush=True)
         if drain_only:
             notify, stock = results["LISTEN/NOTIFY broker"], results["stock django-q2 ORM broker"]
-            print(f"drain/s ours vs stock: 1 cluster {notify['drain_1']:.0f} vs {stock['drain_1']:.0f} "
-                  f"({notify['drain_1'] / stock['drain_1']:.1f}x), 2 clusters {notify['drain_2']:.0f} vs "
-                  f"{stock['drain_2']:.0f} ({notify['drain_2'] / stock['drain_2']:.1f}x)", flush=True)
+            print(
+                f"drain/s ours vs stock: 1 cluster {notify['drain_1']:.0f} vs {stock['drain_1']:.0f} "
+                f"({notify['drain_1'] / stock['drain_1']:.1f}x), 2 clusters {notify['drain_2']:.0f} vs "
+                f"{stock['drain_2']:.0f} ({notify['drain_2'] / stock['drain_2']:.1f}x)",
+                flush=True,
+            )
             return
         _use_broker(LISTEN_NOTIFY_BROKER)
         raw = raw_enqueue(200 if quick else 1000)
@@ -291,9 +322,11 @@ def main(argv: list[str]) -> None:
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for label, row in results.items():
-            lines.append(f"| {label} | {row['p50']:.1f} | {row['p95']:.1f} | {row['p99']:.1f} | "
-                         f"{median([row['enqueue_1'], row['enqueue_2']]):.0f} | {row['drain_1']:.0f} | "
-                         f"{row['drain_2']:.0f} |")
+            lines.append(
+                f"| {label} | {row['p50']:.1f} | {row['p95']:.1f} | {row['p99']:.1f} | "
+                f"{median([row['enqueue_1'], row['enqueue_2']]):.0f} | {row['drain_1']:.0f} | "
+                f"{row['drain_2']:.0f} |"
+            )
         lines += [
             "",
             f"NOTIFY vs stock: p50 {stock['p50'] / notify['p50']:.1f}x lower, drain with two clusters "

@@ -42,8 +42,9 @@ def main(argv: list[str]) -> None:
     base, url, name = _db_urls()
     name = name.replace("bench_jobs_", "bench_jobs_profile_")
     url = url.rsplit("/", 1)[0] + "/" + name
-    os.environ.update({"DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "coordinator.settings", "REDIS_URL": "",
-                       "LOG_LEVEL": "WARNING"})
+    os.environ.update(
+        {"DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "coordinator.settings", "REDIS_URL": "", "LOG_LEVEL": "WARNING"}
+    )
     with _admin_conn(base) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -103,13 +104,18 @@ def main(argv: list[str]) -> None:
                     sql.update(counters[step].sql)
         print(f"per no-op job, mean of {n} (statements / commits / ms):")
         for step in steps:
-            print(f"  {step:8} {totals[step][0] / n:5.1f} / {totals[step][1] / n:4.1f} / "
-                  f"{seconds[step] * 1000 / n:6.2f}")
-        print(f"  {'total':8} {sum(t[0] for t in totals.values()) / n:5.1f} / "
-              f"{sum(t[1] for t in totals.values()) / n:4.1f} / {sum(seconds.values()) * 1000 / n:6.2f}")
+            print(
+                f"  {step:8} {totals[step][0] / n:5.1f} / {totals[step][1] / n:4.1f} / {seconds[step] * 1000 / n:6.2f}"
+            )
+        print(
+            f"  {'total':8} {sum(t[0] for t in totals.values()) / n:5.1f} / "
+            f"{sum(t[1] for t in totals.values()) / n:4.1f} / {sum(seconds.values()) * 1000 / n:6.2f}"
+        )
         worker = sum(seconds[s] for s in ("dequeue", "run", "ack")) * 1000 / n
-        print(f"  cluster side (dequeue + run + ack): {worker:.2f} ms -> {1000 / worker:.0f} jobs/s for one "
-              f"process doing it all in sequence")
+        print(
+            f"  cluster side (dequeue + run + ack): {worker:.2f} ms -> {1000 / worker:.0f} jobs/s for one "
+            f"process doing it all in sequence"
+        )
         for text, count in sql.most_common():
             print(f"  {count / n:4.1f}  {text}")
     finally:

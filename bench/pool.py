@@ -35,14 +35,16 @@ WORKDIR = Path(tempfile.mkdtemp(prefix="bench-pool-"))
 (WORKDIR / "static").mkdir()
 
 # The server and this process share settings: same database, key and var dir.
-os.environ.update({
-    "DATABASE_URL": ADMIN_URL.rsplit("/", 1)[0] + "/" + DB_NAME,
-    "COORDINATOR_VAR_DIR": str(WORKDIR),
-    "DJANGO_SECRET_KEY": os.environ.get("BENCH_SECRET_KEY", secrets.token_urlsafe(50)),
-    "DJANGO_DEBUG": "0",
-    "DJANGO_SETTINGS_MODULE": "coordinator.settings",
-    "LOG_LEVEL": "WARNING",
-})
+os.environ.update(
+    {
+        "DATABASE_URL": ADMIN_URL.rsplit("/", 1)[0] + "/" + DB_NAME,
+        "COORDINATOR_VAR_DIR": str(WORKDIR),
+        "DJANGO_SECRET_KEY": os.environ.get("BENCH_SECRET_KEY", secrets.token_urlsafe(50)),
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SETTINGS_MODULE": "coordinator.settings",
+        "LOG_LEVEL": "WARNING",
+    }
+)
 os.environ.pop("POOL_JOURNAL_DIR", None)
 
 from bench.pool_seed import Seeder, now_utc, stderr  # noqa: E402
@@ -109,22 +111,30 @@ def wrk(base: str, script: str, *, seconds: int, connections: int) -> dict[str, 
     path.write_text(script + LUA_DONE)
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "-s", str(path), base],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     match = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)", out)
     if not match:
         raise SystemExit(f"wrk printed no result:\n{out}")
     requests, errors, p50, p95, duration = match.groups()
-    return {"requests": int(requests), "errors": int(errors), "p50_ms": float(p50), "p95_ms": float(p95),
-            "rps": int(requests) / float(duration)}
+    return {
+        "requests": int(requests),
+        "errors": int(errors),
+        "p50_ms": float(p50),
+        "p95_ms": float(p95),
+        "rps": int(requests) / float(duration),
+    }
 
 
 def lua_tokens(tokens: list[str]) -> str:
     return ",".join(f'"{t}"' for t in tokens)
 
 
-def measure_pending(base: str, device_tokens: list[str], admin_token: str, *, rounds: int, seconds: int,
-                    conns: int) -> dict[str, Any]:
+def measure_pending(
+    base: str, device_tokens: list[str], admin_token: str, *, rounds: int, seconds: int, conns: int
+) -> dict[str, Any]:
     """Interleaved rounds of floor and pending; medians of each round's p50/p95."""
     floor_script = PENDING_LUA % (lua_tokens([admin_token]), "/pool/log?date=2001-01-01")
     pending_script = PENDING_LUA % (lua_tokens(device_tokens), "/pool/pending")
@@ -175,11 +185,23 @@ def main() -> None:
         secret_hash = make_password("bench-secret")
         now = now_utc()
         Device.objects.bulk_create(
-            [Device(name=f"bench-{i}", kind="bench", validated=True, secret_hash=secret_hash,
-                    broadcasts_seen_until=timezone.now() - timedelta_minutes(1)) for i in range(1, devices + 1)],
+            [
+                Device(
+                    name=f"bench-{i}",
+                    kind="bench",
+                    validated=True,
+                    secret_hash=secret_hash,
+                    broadcasts_seen_until=timezone.now() - timedelta_minutes(1),
+                )
+                for i in range(1, devices + 1)
+            ],
             batch_size=5000,
         )
-        raw = connection.connection if connection.connection else (connection.ensure_connection() or connection.connection)
+        raw = (
+            connection.connection
+            if connection.connection
+            else (connection.ensure_connection() or connection.connection)
+        )
         seeder = Seeder(raw, devices=devices, sender_id=master.pk, sender_email=master.email, rng=rng)
         started = time.monotonic()
         with transaction.atomic():
@@ -192,18 +214,25 @@ def main() -> None:
         admin_token = str(RefreshToken.for_user(admin).access_token)
         sample = rng.sample(range(1, devices + 1), min(devices, 2000))
         tokens = [device_token_encode(device_id=pk)[0] for pk in sample]
-        pending_sizes = sorted(Delivery.objects.filter(device_id__in=sample, state="pending")
-                               .values("device_id").annotate(n=django_count()).values_list("n", flat=True))
+        pending_sizes = sorted(
+            Delivery.objects.filter(device_id__in=sample, state="pending")
+            .values("device_id")
+            .annotate(n=django_count())
+            .values_list("n", flat=True)
+        )
         connection.close()
 
         server = start_server(workers=4)
         stderr("measuring the small database…")
-        small_result = measure_pending(server.base, tokens, admin_token, rounds=rounds, seconds=seconds,
-                                       conns=conns)
+        small_result = measure_pending(server.base, tokens, admin_token, rounds=rounds, seconds=seconds, conns=conns)
 
         stderr(f"growing the history to {large:,} messages…")
         started = time.monotonic()
-        raw = connection.connection if connection.connection else (connection.ensure_connection() or connection.connection)
+        raw = (
+            connection.connection
+            if connection.connection
+            else (connection.ensure_connection() or connection.connection)
+        )
         seeder.conn = raw
         with transaction.atomic():
             seeder.history(now, large, progress=stderr)
@@ -212,16 +241,19 @@ def main() -> None:
         stderr(f"seeded up to {seeder.messages:,} messages in {seed_large:.1f}s more")
         connection.close()
         stderr("measuring the large database…")
-        large_result = measure_pending(server.base, tokens, admin_token, rounds=rounds, seconds=seconds,
-                                       conns=conns)
+        large_result = measure_pending(server.base, tokens, admin_token, rounds=rounds, seconds=seconds, conns=conns)
 
         stderr("measuring POST /pool/response…")
         jobs = list(
-            Delivery.objects.filter(state="pending", task__target_all=False).order_by("?")
+            Delivery.objects.filter(state="pending", task__target_all=False)
+            .order_by("?")
             .values_list("device_id", "task__msg_id")[:40000]
         )
-        jobs += list(Delivery.objects.filter(state="pending", task__target_all=True).order_by("?")
-                     .values_list("device_id", "task__msg_id")[:30000])
+        jobs += list(
+            Delivery.objects.filter(state="pending", task__target_all=True)
+            .order_by("?")
+            .values_list("device_id", "task__msg_id")[:30000]
+        )
         token_of: dict[int, str] = {}
         job_rows = []
         for device_id, msg_id in jobs:
@@ -229,8 +261,7 @@ def main() -> None:
                 token_of[device_id] = device_token_encode(device_id=device_id)[0]
             job_rows.append(f'{{"{token_of[device_id]}","{msg_id}"}}')
         connection.close()
-        response_result = wrk(server.base, RESPONSE_LUA % (",".join(job_rows), 2), seconds=seconds * 2,
-                              connections=16)
+        response_result = wrk(server.base, RESPONSE_LUA % (",".join(job_rows), 2), seconds=seconds * 2, connections=16)
         total_messages = seeder.messages
     finally:
         if server is not None:
@@ -253,33 +284,35 @@ def main() -> None:
         return f"| {label} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['rps']:.0f} | {r['errors']} |"
 
     pend_median = pending_sizes[len(pending_sizes) // 2] if pending_sizes else 0
-    markdown = "\n".join([
-        "### Device task pool (`pool`)",
-        "",
-        f"`python -m bench.pool{' --quick' if quick else ''}`: PostgreSQL, granian (4 workers x 1 thread, "
-        f"keep-alive, DJANGO_DEBUG=0), wrk on loopback with {conns} connections, {devices:,} devices, "
-        f"{rounds} interleaved rounds of {seconds}s (medians). Random devices from a sample of {len(tokens):,}; "
-        f"pending tasks per sampled device: median {pend_median}, max {max(pending_sizes or [0])}.",
-        "",
-        f"Seeding (COPY): {small:,} messages in {seed_small:.1f}s; grown to {total_messages:,} in "
-        f"{seed_large:.1f}s more.",
-        "",
-        "| endpoint | p50 ms | p95 ms | req/s | errors |",
-        "|---|---|---|---|---|",
-        row(f"floor `GET /pool/log` (empty day, `[]`), {small:,} msgs", small_result["floor"]),
-        row(f"`GET /pool/pending`, {small:,} msgs", small_result["pending"]),
-        row(f"floor `GET /pool/log` (empty day, `[]`), {total_messages:,} msgs", large_result["floor"]),
-        row(f"`GET /pool/pending`, {total_messages:,} msgs", large_result["pending"]),
-        "",
-        f"- pending p95 / floor p95 on the large database: **{ratio_floor:.2f}x** (target <= 3x)",
-        f"- pending p95 large / small: **{ratio_scale:.2f}** (target 0.8-1.2; floor large/small for "
-        f"reference: {floor_scale:.2f})",
-        f"- load average at the end of the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared "
-        "machine: absolute times include other work; ratios come from interleaved rounds)",
-        f"- `POST /pool/response` with 16 concurrent device clients: **{response_result['rps']:.0f} responses/s**, "
-        f"p50 {response_result['p50_ms']:.1f} ms, p95 {response_result['p95_ms']:.1f} ms, "
-        f"{response_result['errors']} non-2xx of {response_result['requests']:,}",
-    ])
+    markdown = "\n".join(
+        [
+            "### Device task pool (`pool`)",
+            "",
+            f"`python -m bench.pool{' --quick' if quick else ''}`: PostgreSQL, granian (4 workers x 1 thread, "
+            f"keep-alive, DJANGO_DEBUG=0), wrk on loopback with {conns} connections, {devices:,} devices, "
+            f"{rounds} interleaved rounds of {seconds}s (medians). Random devices from a sample of {len(tokens):,}; "
+            f"pending tasks per sampled device: median {pend_median}, max {max(pending_sizes or [0])}.",
+            "",
+            f"Seeding (COPY): {small:,} messages in {seed_small:.1f}s; grown to {total_messages:,} in "
+            f"{seed_large:.1f}s more.",
+            "",
+            "| endpoint | p50 ms | p95 ms | req/s | errors |",
+            "|---|---|---|---|---|",
+            row(f"floor `GET /pool/log` (empty day, `[]`), {small:,} msgs", small_result["floor"]),
+            row(f"`GET /pool/pending`, {small:,} msgs", small_result["pending"]),
+            row(f"floor `GET /pool/log` (empty day, `[]`), {total_messages:,} msgs", large_result["floor"]),
+            row(f"`GET /pool/pending`, {total_messages:,} msgs", large_result["pending"]),
+            "",
+            f"- pending p95 / floor p95 on the large database: **{ratio_floor:.2f}x** (target <= 3x)",
+            f"- pending p95 large / small: **{ratio_scale:.2f}** (target 0.8-1.2; floor large/small for "
+            f"reference: {floor_scale:.2f})",
+            f"- load average at the end of the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a shared "
+            "machine: absolute times include other work; ratios come from interleaved rounds)",
+            f"- `POST /pool/response` with 16 concurrent device clients: **{response_result['rps']:.0f} responses/s**, "
+            f"p50 {response_result['p50_ms']:.1f} ms, p95 {response_result['p95_ms']:.1f} ms, "
+            f"{response_result['errors']} non-2xx of {response_result['requests']:,}",
+        ]
+    )
     print(markdown)
     if not quick:
         write_section("pool", markdown)

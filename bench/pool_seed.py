@@ -11,8 +11,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 ISO = "%Y-%m-%d %H:%M:%S.%f+00"
-MSG_COLUMNS = ("seq", "msg_id", "ts", "sender", "to", "type", "title", "body", "parent_id", "meta", "target_all",
-               "expires_at", "cancelled_at", "sent_by_id", "device_id")
+MSG_COLUMNS = (
+    "seq",
+    "msg_id",
+    "ts",
+    "sender",
+    "to",
+    "type",
+    "title",
+    "body",
+    "parent_id",
+    "meta",
+    "target_all",
+    "expires_at",
+    "cancelled_at",
+    "sent_by_id",
+    "device_id",
+)
 DELIVERY_COLUMNS = ("task_id", "device_id", "state", "progress", "created_at", "updated_at")
 
 
@@ -37,15 +52,42 @@ class Seeder:
         self._del_rows: list[tuple[Any, ...]] = []
 
     # rows ------------------------------------------------------------------------------------
-    def message(self, ts: datetime, sender: str, to: str, type_: str, *, title: str = "", body: str = "",
-                parent: str | None = None, meta: dict[str, Any] | None = None, target_all: bool = False,
-                expires_at: datetime | None = None, device_id: int | None = None) -> tuple[int, str]:
+    def message(
+        self,
+        ts: datetime,
+        sender: str,
+        to: str,
+        type_: str,
+        *,
+        title: str = "",
+        body: str = "",
+        parent: str | None = None,
+        meta: dict[str, Any] | None = None,
+        target_all: bool = False,
+        expires_at: datetime | None = None,
+        device_id: int | None = None,
+    ) -> tuple[int, str]:
         self.seq += 1
         msg_id = mid()
-        self._msg_rows.append((
-            self.seq, msg_id, ts, sender, to, type_, title, body, parent, json.dumps(meta or {}), target_all,
-            expires_at, None, self.sender_id if sender == self.sender else None, device_id,
-        ))
+        self._msg_rows.append(
+            (
+                self.seq,
+                msg_id,
+                ts,
+                sender,
+                to,
+                type_,
+                title,
+                body,
+                parent,
+                json.dumps(meta or {}),
+                target_all,
+                expires_at,
+                None,
+                self.sender_id if sender == self.sender else None,
+                device_id,
+            )
+        )
         self.messages += 1
         return self.seq, msg_id
 
@@ -55,7 +97,9 @@ class Seeder:
     def flush(self) -> None:
         with self.conn.cursor() as cur:
             if self._msg_rows:
-                with cur.copy(f"COPY pool_message ({', '.join(chr(34) + c + chr(34) for c in MSG_COLUMNS)}) FROM STDIN") as copy:
+                with cur.copy(
+                    f"COPY pool_message ({', '.join(chr(34) + c + chr(34) for c in MSG_COLUMNS)}) FROM STDIN"
+                ) as copy:
                     for row in self._msg_rows:
                         copy.write_row(row)
             if self._del_rows:
@@ -91,8 +135,9 @@ class Seeder:
         for i in range(lists):
             targets = sorted({self.device() for _ in range(self.rng.randint(5, 20))})
             ts = now - timedelta(minutes=self.rng.randint(1, 600))
-            seq, _ = self.message(ts, self.sender, "device:" + json.dumps(targets, separators=(",", ":")), "task",
-                                  title=f"list {i}")
+            seq, _ = self.message(
+                ts, self.sender, "device:" + json.dumps(targets, separators=(",", ":")), "task", title=f"list {i}"
+            )
             for device in targets:
                 self.delivery(seq, device, "pending", ts)
         self.flush()
@@ -109,25 +154,61 @@ class Seeder:
                 seq, msg_id = self.message(ts, self.sender, f"device:{device}", "task", title="job")
                 final = "done" if self.rng.random() < 0.9 else "failed"
                 if self.rng.random() < 0.3:
-                    self.message(ts + timedelta(seconds=5), f"device:{device}", self.sender, "response",
-                                 parent=msg_id, meta={"status": "progress", "progress": 50}, device_id=device)
-                self.message(ts + timedelta(seconds=9), f"device:{device}", self.sender, "response",
-                             parent=msg_id, meta={"status": final}, device_id=device)
+                    self.message(
+                        ts + timedelta(seconds=5),
+                        f"device:{device}",
+                        self.sender,
+                        "response",
+                        parent=msg_id,
+                        meta={"status": "progress", "progress": 50},
+                        device_id=device,
+                    )
+                self.message(
+                    ts + timedelta(seconds=9),
+                    f"device:{device}",
+                    self.sender,
+                    "response",
+                    parent=msg_id,
+                    meta={"status": final},
+                    device_id=device,
+                )
                 self.delivery(seq, device, final, ts)
             elif pick < 0.75:  # list task, every target answers
                 targets = sorted({self.device() for _ in range(self.rng.randint(3, 12))})
-                seq, msg_id = self.message(ts, self.sender, "device:" + json.dumps(targets, separators=(",", ":")),
-                                           "task", title="batch")
+                seq, msg_id = self.message(
+                    ts, self.sender, "device:" + json.dumps(targets, separators=(",", ":")), "task", title="batch"
+                )
                 for device in targets:
-                    self.message(ts + timedelta(seconds=7), f"device:{device}", self.sender, "response",
-                                 parent=msg_id, meta={"status": "done"}, device_id=device)
+                    self.message(
+                        ts + timedelta(seconds=7),
+                        f"device:{device}",
+                        self.sender,
+                        "response",
+                        parent=msg_id,
+                        meta={"status": "done"},
+                        device_id=device,
+                    )
                     self.delivery(seq, device, "done", ts)
             elif pick < 0.7501:  # expired broadcast, answered by a share of the fleet
-                seq, msg_id = self.message(ts, self.sender, "device:*", "task", title="fleet", target_all=True,
-                                           expires_at=ts + timedelta(hours=6))
+                seq, msg_id = self.message(
+                    ts,
+                    self.sender,
+                    "device:*",
+                    "task",
+                    title="fleet",
+                    target_all=True,
+                    expires_at=ts + timedelta(hours=6),
+                )
                 for device in self.rng.sample(range(1, self.devices + 1), min(self.devices, 1500)):
-                    self.message(ts + timedelta(seconds=30), f"device:{device}", self.sender, "response",
-                                 parent=msg_id, meta={"status": "done"}, device_id=device)
+                    self.message(
+                        ts + timedelta(seconds=30),
+                        f"device:{device}",
+                        self.sender,
+                        "response",
+                        parent=msg_id,
+                        meta={"status": "done"},
+                        device_id=device,
+                    )
                     self.delivery(seq, device, "done", ts)
             else:  # heartbeats
                 for _ in range(5):

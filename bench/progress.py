@@ -76,15 +76,29 @@ def pg_database() -> Iterator[str]:
 def platform(var: Path, database_url: str, redis_url: str | None) -> Iterator[tuple[str, Path]]:
     """Migrate, then run daphne and the socket listener; yields (SSE URL, socket path)."""
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update({"DATABASE_URL": database_url, "COORDINATOR_VAR_DIR": str(var), "DJANGO_SECRET_KEY": SECRET,
-                "DJANGO_DEBUG": "0", "PROGRESS_PUBLIC": "true", "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING"})
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "COORDINATOR_VAR_DIR": str(var),
+            "DJANGO_SECRET_KEY": SECRET,
+            "DJANGO_DEBUG": "0",
+            "PROGRESS_PUBLIC": "true",
+            "PYTHONPATH": str(ROOT),
+            "LOG_LEVEL": "WARNING",
+        }
+    )
     if redis_url:
         env["REDIS_URL"] = redis_url
     subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
     port = free_port()
     log = open(var / "servers.log", "ab")
-    daphne = subprocess.Popen([str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "coordinator.asgi:application"],
-                              cwd=ROOT, env=env, stdout=log, stderr=log)
+    daphne = subprocess.Popen(
+        [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "coordinator.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
     listener = subprocess.Popen([PY, "manage.py", "progress_listen"], cwd=ROOT, env=env, stdout=log, stderr=log)
     sock = var / "run" / "progress.sock"
     try:
@@ -115,11 +129,20 @@ def platform(var: Path, database_url: str, redis_url: str | None) -> Iterator[tu
 
 def measure(transport: str, url: str, sock: Path, rate: int, streams: int, clients: int, seconds: float) -> Row:
     run = uuid.uuid4().hex[:8]
-    readers = subprocess.Popen([PY, "-m", "bench.progress_agents", "read", url, str(clients), str(seconds + 6), run, "1"],
-                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    readers = subprocess.Popen(
+        [PY, "-m", "bench.progress_agents", "read", url, str(clients), str(seconds + 6), run, "1"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.0)  # readers connected and past their snapshot
-    producer = subprocess.run([PY, "-m", "bench.progress_agents", "produce", str(sock), str(streams), str(rate),
-                               str(seconds), run], cwd=ROOT, capture_output=True, text=True, check=True)
+    producer = subprocess.run(
+        [PY, "-m", "bench.progress_agents", "produce", str(sock), str(streams), str(rate), str(seconds), run],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     sent = json.loads(producer.stdout)["sent"]
     out, _ = readers.communicate(timeout=seconds + 60)
     results: list[dict[str, Any]] = json.loads(out)
@@ -127,10 +150,22 @@ def measure(transport: str, url: str, sock: Path, rate: int, streams: int, clien
     latencies = [lat for r in steady for lat in r["latencies"]]
     lost = sum(sent - len(r["seqs"]) for r in steady)
     lost_reconnect = sum(sent - len(r["seqs"]) for r in results if r["reconnects"])
-    row = Row(transport, rate, sent, clients, 1000 * median(latencies) if latencies else float("nan"),
-              1000 * percentile(latencies, 95), 1000 * max(latencies, default=float("nan")), lost, lost_reconnect)
-    print(f"  {transport:9} {rate:5}/s sent={sent:6} p50={row.p50_ms:7.1f} ms p95={row.p95_ms:7.1f} ms "
-          f"max={row.max_ms:7.1f} ms lost={lost} lost_after_reconnect={lost_reconnect}", flush=True)
+    row = Row(
+        transport,
+        rate,
+        sent,
+        clients,
+        1000 * median(latencies) if latencies else float("nan"),
+        1000 * percentile(latencies, 95),
+        1000 * max(latencies, default=float("nan")),
+        lost,
+        lost_reconnect,
+    )
+    print(
+        f"  {transport:9} {rate:5}/s sent={sent:6} p50={row.p50_ms:7.1f} ms p95={row.p95_ms:7.1f} ms "
+        f"max={row.max_ms:7.1f} ms lost={lost} lost_after_reconnect={lost_reconnect}",
+        flush=True,
+    )
     return row
 
 
@@ -186,25 +221,33 @@ def report(rows: list[Row], notes: list[str], streams: int, clients: int, second
     ]
     names = {"redis": "channels-redis + PostgreSQL", "embedded": "embedded (SQLite, table polling)"}
     for r in rows:
-        lines.append(f"| {names[r.transport]} | {r.rate} | {r.sent} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.max_ms:.1f} "
-                     f"| {r.lost} | {r.lost_reconnect} |")
+        lines.append(
+            f"| {names[r.transport]} | {r.rate} | {r.sent} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.max_ms:.1f} "
+            f"| {r.lost} | {r.lost_reconnect} |"
+        )
     lines.append("")
     for transport in ("redis", "embedded"):
         mine = [r for r in rows if r.transport == transport]
         if not mine:
             continue
         best = max((r.rate for r in mine if r.sustained), default=None)
-        lines.append(f"- {names[transport]}: highest rate sustained without loss: "
-                     f"{f'{best} events/s' if best else 'none of the rates tried'} (of {', '.join(str(r.rate) for r in mine)}).")
+        lines.append(
+            f"- {names[transport]}: highest rate sustained without loss: "
+            f"{f'{best} events/s' if best else 'none of the rates tried'} (of {', '.join(str(r.rate) for r in mine)})."
+        )
     redis_1000 = [r for r in rows if r.transport == "redis" and r.rate == 1000]
     embedded = [r for r in rows if r.transport == "embedded"]
     if redis_1000:
-        lines.append(f"- Target p95 < 100 ms at 1,000 events/s to {clients} clients with Redis: "
-                     f"{'met' if redis_1000[0].p95_ms < 100 else 'NOT met'} ({redis_1000[0].p95_ms:.0f} ms).")
+        lines.append(
+            f"- Target p95 < 100 ms at 1,000 events/s to {clients} clients with Redis: "
+            f"{'met' if redis_1000[0].p95_ms < 100 else 'NOT met'} ({redis_1000[0].p95_ms:.0f} ms)."
+        )
     embedded_1000 = [r for r in embedded if r.rate == 1000]
     if embedded_1000:
-        lines.append(f"- Target p95 < 500 ms on the embedded default (1,000 events/s to {clients} clients): "
-                     f"{'met' if embedded_1000[0].p95_ms < 500 else 'NOT met'} ({embedded_1000[0].p95_ms:.0f} ms).")
+        lines.append(
+            f"- Target p95 < 500 ms on the embedded default (1,000 events/s to {clients} clients): "
+            f"{'met' if embedded_1000[0].p95_ms < 500 else 'NOT met'} ({embedded_1000[0].p95_ms:.0f} ms)."
+        )
     for transport, limit in (("redis", 100), ("embedded", 500)):
         within = [r.rate for r in rows if r.transport == transport and r.sustained and r.p95_ms < limit]
         if within:

@@ -55,8 +55,9 @@ class Reader:
 
     async def session(self, until: float) -> None:
         reader, writer = await asyncio.open_connection(self.url.hostname, self.url.port)
-        headers = (f"GET {self.url.path}?{self.url.query} HTTP/1.0\r\nHost: {self.url.netloc}\r\n"
-                   "Accept: text/event-stream\r\n")
+        headers = (
+            f"GET {self.url.path}?{self.url.query} HTTP/1.0\r\nHost: {self.url.netloc}\r\nAccept: text/event-stream\r\n"
+        )
         if self.last_id:
             headers += f"Last-Event-ID: {self.last_id}\r\n"
         writer.write((headers + "\r\n").encode())
@@ -116,8 +117,7 @@ async def read(url: str, clients: int, seconds: float, run: str, reconnect: bool
         await reader.session(end)
 
     await asyncio.gather(*(follow(i, r) for i, r in enumerate(readers)))
-    print(json.dumps([{"seqs": sorted(r.seqs), "latencies": r.latencies, "reconnects": r.reconnects}
-                      for r in readers]))
+    print(json.dumps([{"seqs": sorted(r.seqs), "latencies": r.latencies, "reconnects": r.reconnects} for r in readers]))
 
 
 def main() -> None:

@@ -61,9 +61,22 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def wrk(url: str, token: str, seconds: int, connections: int) -> tuple[float, float]:
     """(requests/s, p99 latency ms) of one wrk run; non-2xx answers make the run fail."""
     out = subprocess.run(
-        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency",
-         "-H", f"Authorization: Bearer {token}", url],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t",
+            "2",
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--latency",
+            "-H",
+            f"Authorization: Bearer {token}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     if "Non-2xx" in out:
         raise SystemExit(f"{url} answered errors under load:\n{out}")
@@ -93,20 +106,47 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="coordinator-bench-serving-"))
     workers = os.cpu_count() or 2
     env = dict(os.environ)
-    env.update({"COORDINATOR_VAR_DIR": str(workdir), "DJANGO_DEBUG": "0",
-                "DJANGO_SECRET_KEY": secrets.token_urlsafe(50), "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "COORDINATOR_VAR_DIR": str(workdir),
+            "DJANGO_DEBUG": "0",
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.setdefault("DATABASE_URL", f"sqlite:///{workdir / 'bench.sqlite3'}")
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    subprocess.run([*manage, "createuser", "bench@example.com", "--role", "user", "--password", "bench-pass-1234"],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [*manage, "createuser", "bench@example.com", "--role", "user", "--password", "bench-pass-1234"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
     ports = {"granian": free_port(), "gunicorn": free_port(), "asgi": free_port(), "embedded": free_port()}
     commands = {
         "granian": granian_argv(port=ports["granian"], workers=workers, log_level="warning"),
-        "gunicorn": [str(BIN / "gunicorn"), "coordinator.wsgi:application", "--bind", f"127.0.0.1:{ports['gunicorn']}",
-                     "--workers", str(workers), "--no-control-socket", "--log-level", "warning"],
-        "asgi": [str(BIN / "daphne"), "--bind", "127.0.0.1", "--port", str(ports["asgi"]), "coordinator.asgi:application"],
+        "gunicorn": [
+            str(BIN / "gunicorn"),
+            "coordinator.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{ports['gunicorn']}",
+            "--workers",
+            str(workers),
+            "--no-control-socket",
+            "--log-level",
+            "warning",
+        ],
+        "asgi": [
+            str(BIN / "daphne"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(ports["asgi"]),
+            "coordinator.asgi:application",
+        ],
         "embedded": [*manage, "serve", "--port", str(ports["embedded"]), "--workers", str(workers), "--no-qcluster"],
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -117,13 +157,20 @@ def main() -> None:
         token = None
         for round_no in range(args.rounds):
             for name, command in commands.items():
-                procs[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL, start_new_session=True)
+                procs[name] = subprocess.Popen(
+                    command,
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
                 base = f"http://127.0.0.1:{ports[name]}"
                 wait_ok(f"{base}/healthz")
                 if token is None:
-                    token = requests.post(f"{base}/auth/token/", json={"email": "bench@example.com",
-                                                                        "password": "bench-pass-1234"}).json()["access"]
+                    token = requests.post(
+                        f"{base}/auth/token/", json={"email": "bench@example.com", "password": "bench-pass-1234"}
+                    ).json()["access"]
                 assert requests.get(f"{base}/auth/me/", headers={"Authorization": f"Bearer {token}"}).status_code == 200
                 wrk(f"{base}/auth/me/", token, 1, args.connections)  # warm-up
                 rps, p99 = wrk(f"{base}/auth/me/", token, args.seconds, args.connections)
@@ -148,18 +195,20 @@ def main() -> None:
         p99 = median([p for _, p in results[name]])
         rows.append(f"| {labels[name]} | {rps:,.0f} | {p99:.1f} | {rps / baseline_rps:.2f} |")
     db = "SQLite" if env["DATABASE_URL"].startswith("sqlite") else "PostgreSQL"
-    markdown = "\n".join([
-        "## Serving shapes (issue 2)",
-        "",
-        f"`GET /auth/me/` with a user JWT, wrk {args.connections} connections, {args.seconds} s per run, "
-        f"{args.rounds} interleaved round(s), medians; database {db}. Command: `./dev bench serving`.",
-        "",
-        "| shape | requests/s | p99 ms | vs gunicorn |",
-        "|---|---:|---:|---:|",
-        *rows,
-        "",
-        "Plain HTTP therefore goes to granian; daphne serves only `/ws/` and `/progress/events`.",
-    ])
+    markdown = "\n".join(
+        [
+            "## Serving shapes (issue 2)",
+            "",
+            f"`GET /auth/me/` with a user JWT, wrk {args.connections} connections, {args.seconds} s per run, "
+            f"{args.rounds} interleaved round(s), medians; database {db}. Command: `./dev bench serving`.",
+            "",
+            "| shape | requests/s | p99 ms | vs gunicorn |",
+            "|---|---:|---:|---:|",
+            *rows,
+            "",
+            "Plain HTTP therefore goes to granian; daphne serves only `/ws/` and `/progress/events`.",
+        ]
+    )
     print(markdown)
     write_section("serving", markdown)
 

@@ -18,8 +18,9 @@ def _prepared_cursor_class() -> type[Any]:
         """Server-side binding, and every statement prepared on first use (psycopg keeps the 100
         most recent per connection): PostgreSQL plans each statement once per connection."""
 
-        def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
-                    binary: bool | None = None) -> Any:
+        def execute(
+            self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool | None = None
+        ) -> Any:
             return super().execute(query, params, prepare=True, binary=binary)  # type: ignore[misc]
 
     return PreparedCursor

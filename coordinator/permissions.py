@@ -50,5 +50,8 @@ class IsMasterOrAdmin(_RolePermission):
 
 def has_role(*roles: str) -> type[BasePermission]:
     """A permission class for an arbitrary set of roles: `permission_classes = [has_role("master")]`."""
-    return type(f"HasRole_{'_'.join(roles)}", (_RolePermission,), {"roles": frozenset(roles),
-                "message": f"This endpoint requires one of the roles: {', '.join(roles)}."})
+    return type(
+        f"HasRole_{'_'.join(roles)}",
+        (_RolePermission,),
+        {"roles": frozenset(roles), "message": f"This endpoint requires one of the roles: {', '.join(roles)}."},
+    )

@@ -69,7 +69,9 @@ def user_create_or_update(
     try:
         validate_email(email)
     except DjangoValidationError as exc:
-        raise ValidationFailedError(f"{email!r} is not a valid email address.", extra={"fields": {"email": exc.messages}}) from exc
+        raise ValidationFailedError(
+            f"{email!r} is not a valid email address.", extra={"fields": {"email": exc.messages}}
+        ) from exc
     if role is not None and role not in Role.values:
         raise ValidationFailedError(
             f"Unknown role {role!r}; use one of {', '.join(Role.values)}.", extra={"fields": {"role": [role]}}

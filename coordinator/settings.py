@@ -389,8 +389,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "filters": {
         # The farm's lease sweep runs every minute: its routine lines are DEBUG, its failures ERROR.
-        "routine_schedules": {"()": "coordinator.log_filters.RoutineScheduleFilter",
-                              "markers": ["farm.services.leases_expire", "farm: return expired leases"]},
+        "routine_schedules": {
+            "()": "coordinator.log_filters.RoutineScheduleFilter",
+            "markers": ["farm.services.leases_expire", "farm: return expired leases"],
+        },
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

@@ -68,8 +68,9 @@ def credential_stamp(user: User) -> str:
     return salted_hmac("coordinator.tokens.stamp", f"{user.password}|{user.role}").hexdigest()[:16]
 
 
-def token_issue(kind: TokenKind, claims: dict[str, Any], lifetime: timedelta | None = None,
-                *, issued_at: datetime | None = None) -> str:
+def token_issue(
+    kind: TokenKind, claims: dict[str, Any], lifetime: timedelta | None = None, *, issued_at: datetime | None = None
+) -> str:
     """Sign `claims` as a token of `kind`; with a lifetime it gets `iat` and a numeric `exp`."""
     payload = {**claims, "token_type": str(kind)}
     if lifetime is not None:
@@ -97,8 +98,12 @@ def token_verify(token: str, kind: TokenKind) -> dict[str, Any]:
     """The verified claims of a token of `kind`; raises a `TokenError` for anything else."""
     # pytasks writes `exp` as a string, which PyJWT refuses to compare: checked below instead.
     try:
-        payload = jwt.decode(token, verifying_key(), algorithms=[algorithm()],
-                             options={"verify_exp": kind != TokenKind.PYTASKS, "verify_aud": False})
+        payload = jwt.decode(
+            token,
+            verifying_key(),
+            algorithms=[algorithm()],
+            options={"verify_exp": kind != TokenKind.PYTASKS, "verify_aud": False},
+        )
     except jwt.ExpiredSignatureError as exc:
         raise TokenExpiredError("The token has expired.") from exc
     except jwt.InvalidSignatureError as exc:

@@ -30,8 +30,12 @@ def progress_widget(run: Run, counts: RunCounts) -> SafeString:
         '<span data-progress-field="numComputing">{computing}</span> computing · '
         '<span data-progress-field="numWaiting">{waiting}</span> waiting · '
         '<span data-progress-field="numNotStarted">{not_started}</span> not started</small></div>',
-        uuid=run.uuid, pct=f"{state['percentDone']:.2f}", done=counts.num_done, computing=counts.num_computing,
-        waiting=counts.num_waiting, not_started=counts.num_not_started,
+        uuid=run.uuid,
+        pct=f"{state['percentDone']:.2f}",
+        done=counts.num_done,
+        computing=counts.num_computing,
+        waiting=counts.num_waiting,
+        not_started=counts.num_not_started,
     )
 
 
@@ -109,8 +113,9 @@ class RunAdmin(admin.ModelAdmin):
     def restart_all(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
         self._restart(request, queryset, everything=True)
 
-    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
-                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         run = Run.objects.filter(pk=object_id).first() if object_id.isdigit() else None
         context = dict(extra_context or {})
         if run is not None:
@@ -119,13 +124,15 @@ class RunAdmin(admin.ModelAdmin):
             if status in Task.Status.values:
                 tasks = tasks.filter(status=status)
             page = Paginator(tasks, TASKS_PER_PAGE).get_page(request.GET.get("task_page"))
-            context.update({
-                "farm_run": run,
-                "farm_tasks_page": page,
-                "farm_task_status": status,
-                "farm_statuses": Task.Status.values,
-                "farm_all_tasks_url": reverse("admin:farm_task_changelist") + f"?run__id__exact={run.pk}",
-            })
+            context.update(
+                {
+                    "farm_run": run,
+                    "farm_tasks_page": page,
+                    "farm_task_status": status,
+                    "farm_statuses": Task.Status.values,
+                    "farm_all_tasks_url": reverse("admin:farm_task_changelist") + f"?run__id__exact={run.pk}",
+                }
+            )
         return super().change_view(request, object_id, form_url, context)
 
 

@@ -17,8 +17,12 @@ def _schedule_lease_sweep(using: str = "default", **kwargs: Any) -> None:
 
     Schedule.objects.using(using).get_or_create(
         name=LEASE_SWEEP,
-        defaults={"func": "farm.services.leases_expire", "schedule_type": Schedule.MINUTES, "minutes": 1,
-                  "repeats": -1},
+        defaults={
+            "func": "farm.services.leases_expire",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": 1,
+            "repeats": -1,
+        },
     )
 
 
@@ -51,9 +55,16 @@ class FarmConfig(AppConfig):
         from farm.models import Run, Task
 
         return [
-            {"title": "Farm runs", "value": Run.objects.count(), "url": reverse("admin:farm_run_changelist"),
-             "note": "task farm runs of all users"},
-            {"title": "Farm tasks computing", "value": Task.objects.filter(status=Task.Status.COMPUTING).count(),
-             "url": reverse("admin:farm_task_changelist") + "?status__exact=computing",
-             "note": "handed out, not finished"},
+            {
+                "title": "Farm runs",
+                "value": Run.objects.count(),
+                "url": reverse("admin:farm_run_changelist"),
+                "note": "task farm runs of all users",
+            },
+            {
+                "title": "Farm tasks computing",
+                "value": Task.objects.filter(status=Task.Status.COMPUTING).count(),
+                "url": reverse("admin:farm_task_changelist") + "?status__exact=computing",
+                "note": "handed out, not finished",
+            },
         ]

@@ -28,6 +28,7 @@ def _raw(name: str, default: Any) -> Any:
         value = _read[name] = getattr(settings, name, default)
         return value
 
+
 # A computing task whose worker has sent nothing (no PUT) for this long goes back to the pool.
 # The taskfarm-worker client has no heartbeat: its only sign of life is `update()`, so the
 # default is generous (one hour) to avoid handing out a long task that is still running twice;

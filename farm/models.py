@@ -77,15 +77,21 @@ class Task(models.Model):
     # hand-out a fifth of its throughput (docs/farm.md, "Storage"). Rows are written only by
     # `farm.services`, which locks the run row before inserting (a deleted run gets no new rows);
     # deleting a run or a worker still cascades / sets NULL through Django.
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tasks", db_index=False,
-                            db_constraint=False)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tasks", db_index=False, db_constraint=False)
     task = models.BigIntegerField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING)
     percent_completed = models.FloatField(default=0.0)
     # No index: nothing looks tasks up by worker on a hot path (the counts the admin shows come from
     # `Worker.tasks_done` and the partial index of computing rows).
-    worker = models.ForeignKey(Worker, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks",
-                               db_index=False, db_constraint=False)
+    worker = models.ForeignKey(
+        Worker,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tasks",
+        db_index=False,
+        db_constraint=False,
+    )
     started = models.DateTimeField(null=True, blank=True)
     updated = models.DateTimeField(null=True, blank=True)
 
@@ -103,8 +109,9 @@ class Task(models.Model):
             models.Index(fields=["run", "task"], condition=Q(status="waiting"), name="farm_task_waiting"),
             # Lease expiry: computing tasks of a run whose worker was silent the longest; the worker
             # column lets the admin count a worker's computing tasks from this small index alone.
-            models.Index(fields=["run", "updated", "worker"], condition=Q(status="computing"),
-                         name="farm_task_computing"),
+            models.Index(
+                fields=["run", "updated", "worker"], condition=Q(status="computing"), name="farm_task_computing"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -73,8 +73,13 @@ def with_computing_counts(workers: QuerySet[Worker]) -> QuerySet[Worker]:
     """`workers`, each with `n_computing`, its tasks computing now. Tasks done is a column
     (`Worker.tasks_done`); computing tasks are counted per worker from the partial index of
     computing rows, which holds only the tasks out with workers now (an index-only scan)."""
-    computing = Task.objects.filter(worker=OuterRef("pk"), status=Task.Status.COMPUTING).order_by() \
-        .values("worker").annotate(n=Count("*")).values("n")
+    computing = (
+        Task.objects.filter(worker=OuterRef("pk"), status=Task.Status.COMPUTING)
+        .order_by()
+        .values("worker")
+        .annotate(n=Count("*"))
+        .values("n")
+    )
     return workers.annotate(n_computing=Coalesce(Subquery(computing), 0))
 
 
@@ -129,9 +134,11 @@ def worker_and_run_get(*, user: User, worker_uuid: str, run_uuid: str) -> tuple[
     on every claim, and building the ORM query cost more than running it); a missing one is the
     same 404 as `worker_get` then `run_get` give (the worker is checked first)."""
     owned = "" if user.is_admin else " AND r.owner_id = %s AND w.owner_id = %s"
-    sql = (f"SELECT r.id, r.owner_id, r.num_tasks, r.next_task, r.created_at, "
-           f"w.id, w.owner_id, w.hostname, w.pid, w.start, w.last_seen "
-           f"FROM {Run._meta.db_table} r, {Worker._meta.db_table} w WHERE r.uuid = %s AND w.uuid = %s{owned}")
+    sql = (
+        f"SELECT r.id, r.owner_id, r.num_tasks, r.next_task, r.created_at, "
+        f"w.id, w.owner_id, w.hostname, w.pid, w.start, w.last_seen "
+        f"FROM {Run._meta.db_table} r, {Worker._meta.db_table} w WHERE r.uuid = %s AND w.uuid = %s{owned}"
+    )
     params: list[Any] = [run_uuid, worker_uuid, *([] if user.is_admin else [user.pk, user.pk])]
     with prepared_cursor() as cursor:
         cursor.execute(sql, params)
@@ -140,10 +147,16 @@ def worker_and_run_get(*, user: User, worker_uuid: str, run_uuid: str) -> tuple[
         worker_get(user=user, uuid=worker_uuid)  # raises WorkerNotFoundError first, as before
         run_get(user=user, uuid=run_uuid)
         raise RunNotFoundError()  # not reached unless one was deleted in between
-    run = Run(id=row[0], uuid=run_uuid, owner_id=row[1], num_tasks=row[2], next_task=row[3],
-              created_at=_aware(row[4]))
-    worker = Worker(id=row[5], uuid=worker_uuid, owner_id=row[6], hostname=row[7], pid=row[8],
-                    start=_aware(row[9]), last_seen=_aware(row[10]))
+    run = Run(id=row[0], uuid=run_uuid, owner_id=row[1], num_tasks=row[2], next_task=row[3], created_at=_aware(row[4]))
+    worker = Worker(
+        id=row[5],
+        uuid=worker_uuid,
+        owner_id=row[6],
+        hostname=row[7],
+        pid=row[8],
+        start=_aware(row[9]),
+        last_seen=_aware(row[10]),
+    )
     return worker, run
 
 
@@ -151,8 +164,10 @@ def task_read(*, user: User, run_uuid: str, number: int) -> dict[str, Any] | Non
     """Task `number` of a visible run as `id, task, percent_completed, status`, in one query joined on
     the run's uuid; None when the run is not visible or the task row does not exist yet."""
     owned = "" if user.is_admin else " AND r.owner_id = %s"
-    sql = (f"SELECT t.id, t.task, t.percent_completed, t.status FROM {Task._meta.db_table} t "
-           f"JOIN {Run._meta.db_table} r ON r.id = t.run_id WHERE r.uuid = %s AND t.task = %s{owned}")
+    sql = (
+        f"SELECT t.id, t.task, t.percent_completed, t.status FROM {Task._meta.db_table} t "
+        f"JOIN {Run._meta.db_table} r ON r.id = t.run_id WHERE r.uuid = %s AND t.task = %s{owned}"
+    )
     params: list[Any] = [run_uuid, number, *([] if user.is_admin else [user.pk])]
     with prepared_cursor() as cursor:
         cursor.execute(sql, params)
@@ -170,8 +185,12 @@ def run_counts(*, run: Run) -> RunCounts:
 def runs_counts(*, runs: list[Run]) -> dict[int, RunCounts]:
     """`run_counts` of several runs (an admin page of them) in one grouped query, by run id."""
     found: dict[int, dict[str, Any]] = {run.pk: {"pct": 0.0} for run in runs}
-    rows = Task.objects.filter(run_id__in=list(found)).order_by().values("run_id", "status") \
+    rows = (
+        Task.objects.filter(run_id__in=list(found))
+        .order_by()
+        .values("run_id", "status")
         .annotate(n=Count("id"), pct=Sum("percent_completed"))
+    )
     for row in rows:
         counts = found[row["run_id"]]
         counts[row["status"]] = int(row["n"])
@@ -212,11 +231,33 @@ def farm_export_rows(*, user: User, everything: bool) -> Iterator[dict[str, Any]
     """One JSON-serialisable row per run and materialised task, streamed (contract 4)."""
     tasks = Task.objects.all() if everything else Task.objects.filter(run__owner=user)
     rows = tasks.order_by("run_id", "task").values_list(
-        "run__uuid", "run__owner__email", "run__num_tasks", "run__created_at", "task", "status",
-        "percent_completed", "started", "updated", "worker__uuid", "worker__hostname", "worker__pid",
+        "run__uuid",
+        "run__owner__email",
+        "run__num_tasks",
+        "run__created_at",
+        "task",
+        "status",
+        "percent_completed",
+        "started",
+        "updated",
+        "worker__uuid",
+        "worker__hostname",
+        "worker__pid",
     )
-    for (run_uuid, owner, num_tasks, created, task, status, pct, started, updated,
-         w_uuid, w_host, w_pid) in rows.iterator(chunk_size=2000):
+    for (
+        run_uuid,
+        owner,
+        num_tasks,
+        created,
+        task,
+        status,
+        pct,
+        started,
+        updated,
+        w_uuid,
+        w_host,
+        w_pid,
+    ) in rows.iterator(chunk_size=2000):
         yield {
             "run_uuid": run_uuid,
             "run_owner": owner,

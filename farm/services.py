@@ -36,8 +36,9 @@ def _publish_trailing(run_id: int, text: str) -> None:
     if run is None:
         return
     with transaction.atomic():
-        progress_publish(topic=run_topic(run), kind="msg", text=text, state=_timed_counts(run).as_state(),
-                         owner_id=run.owner_id)
+        progress_publish(
+            topic=run_topic(run), kind="msg", text=text, state=_timed_counts(run).as_state(), owner_id=run.owner_id
+        )
 
 
 def _timed_counts(run: Run) -> RunCounts:
@@ -67,7 +68,8 @@ def _touch_worker(worker_id: int, now: datetime, last_seen: datetime | None = No
         _last_seen_sent.clear()
     _last_seen_sent[worker_id] = tick
     Worker.objects.filter(pk=worker_id, last_seen__lt=now - timedelta(seconds=LAST_SEEN_RESOLUTION)).update(
-        last_seen=now)
+        last_seen=now
+    )
 
 
 def _counter_exhausted(run: Run) -> bool:
@@ -96,8 +98,9 @@ def _nothing_left(run: Run) -> bool:
     return bool(row and row[0])
 
 
-def _publish_counts(run: Run, text: str, *, maybe_ended: bool = False, force: bool = False,
-                    due: bool | None = None) -> None:
+def _publish_counts(
+    run: Run, text: str, *, maybe_ended: bool = False, force: bool = False, due: bool | None = None
+) -> None:
     """Publish the run's counts (computed once) as `msg` (at most every FARM_PROGRESS_INTERVAL per
     process), and `end` with the final counts when a task just finished and none is left."""
     if due is None:
@@ -161,8 +164,11 @@ def run_create(*, owner: User, num_tasks: int) -> Run:
     """Create a run of `num_tasks` tasks in constant time (no task rows up front)."""
     run = Run.objects.create(owner=owner, num_tasks=num_tasks)
     progress_publish(
-        topic=run_topic(run), kind="new", text=f"run {run.uuid} ({num_tasks} tasks)",
-        state=RunCounts(num_tasks, 0, 0, 0, 0.0).as_state(), owner_id=owner.pk,
+        topic=run_topic(run),
+        kind="new",
+        text=f"run {run.uuid} ({num_tasks} tasks)",
+        state=RunCounts(num_tasks, 0, 0, 0, 0.0).as_state(),
+        owner_id=owner.pk,
     )
     return run
 
@@ -185,9 +191,7 @@ def run_restart(*, run: Run, everything: bool) -> int:
     if everything:
         changed = tasks.update(status=Task.Status.WAITING, percent_completed=0.0, worker=None, updated=now)
     else:
-        changed = tasks.filter(percent_completed__lt=100).update(
-            status=Task.Status.WAITING, worker=None, updated=now
-        )
+        changed = tasks.filter(percent_completed__lt=100).update(status=Task.Status.WAITING, worker=None, updated=now)
     _publish_counts(run, f"restarted {changed} tasks", force=True)
     return changed
 
@@ -215,6 +219,8 @@ def _credit_worker(worker_id: int | None, finished: int) -> None:
     do this inside their own statement)."""
     if worker_id is not None and finished:
         Worker.objects.filter(pk=worker_id).update(tasks_done=F("tasks_done") + finished)
+
+
 # Statuses written into SQL as literals where a partial index's condition must be seen in the
 # statement itself (a parameter would hide it from a prepared plan). Constants, never input.
 WAITING, COMPUTING = (f"'{status.value}'" for status in (Task.Status.WAITING, Task.Status.COMPUTING))
@@ -246,17 +252,18 @@ def _claim_existing(run: Run, worker: Worker, limit: int, now: datetime) -> list
     cutoff = _dt(now - timedelta(seconds=lease_seconds()))
     claimable = f"(status = {WAITING} OR (status = {COMPUTING} AND updated < %s))"
     # Each part by its own partial index (`farm_task_waiting`, `farm_task_computing`).
-    candidates = (f"SELECT id FROM (SELECT id, task FROM (SELECT id, task FROM {TASK} WHERE run_id = %s "
-                  f"AND status = {WAITING} ORDER BY task LIMIT %s) UNION ALL SELECT id, task FROM (SELECT id, task "
-                  f"FROM {TASK} WHERE run_id = %s AND status = {COMPUTING} AND updated < %s ORDER BY task LIMIT %s)) "
-                  f"ORDER BY task LIMIT %s")
+    candidates = (
+        f"SELECT id FROM (SELECT id, task FROM (SELECT id, task FROM {TASK} WHERE run_id = %s "
+        f"AND status = {WAITING} ORDER BY task LIMIT %s) UNION ALL SELECT id, task FROM (SELECT id, task "
+        f"FROM {TASK} WHERE run_id = %s AND status = {COMPUTING} AND updated < %s ORDER BY task LIMIT %s)) "
+        f"ORDER BY task LIMIT %s"
+    )
     sql = (
         f"UPDATE {TASK} SET status = %s, worker_id = %s, started = %s, updated = %s "
         f"WHERE id IN ({candidates}) AND {claimable} RETURNING id, task, percent_completed, status"
     )
     stamp = _dt(now)
-    params = [Task.Status.COMPUTING.value, worker.pk, stamp, stamp, run.pk, limit, run.pk, cutoff, limit, limit,
-              cutoff]
+    params = [Task.Status.COMPUTING.value, worker.pk, stamp, stamp, run.pk, limit, run.pk, cutoff, limit, limit, cutoff]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return [ClaimedTask(*row) for row in cursor.fetchall()]
@@ -366,10 +373,16 @@ def _claim_pg(*, run_uuid: str, worker_uuid: str, owner_id: int | None, limit: i
         f"UNION ALL SELECT 1, hi - lo, NULL, NULL, NULL FROM taken "
         f"UNION ALL SELECT 2, run_.id, wk.id, NULL, NULL FROM run_, wk"
     )
-    params = {"computing": Task.Status.COMPUTING.value,
-              "cutoff": _dt(now - timedelta(seconds=lease_seconds())), "now": _dt(now),
-              "stale": _dt(now - timedelta(seconds=LAST_SEEN_RESOLUTION)), "run_uuid": run_uuid,
-              "worker_uuid": worker_uuid, "owner": owner_id, "limit": limit}
+    params = {
+        "computing": Task.Status.COMPUTING.value,
+        "cutoff": _dt(now - timedelta(seconds=lease_seconds())),
+        "now": _dt(now),
+        "stale": _dt(now - timedelta(seconds=LAST_SEEN_RESOLUTION)),
+        "run_uuid": run_uuid,
+        "worker_uuid": worker_uuid,
+        "owner": owner_id,
+        "limit": limit,
+    }
     with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -386,8 +399,9 @@ def tasks_claim_by_uuid(*, user: User, run_uuid: str, worker_uuid: str, limit: i
     if connection.vendor != "postgresql":
         return None
     now = timezone.now()
-    claim = _claim_pg(run_uuid=run_uuid, worker_uuid=worker_uuid, owner_id=None if user.is_admin else user.pk,
-                      limit=limit, now=now)
+    claim = _claim_pg(
+        run_uuid=run_uuid, worker_uuid=worker_uuid, owner_id=None if user.is_admin else user.pk, limit=limit, now=now
+    )
     if claim.run_id is None or claim.worker_id is None:
         return None
     tasks = claim.tasks
@@ -522,13 +536,15 @@ def task_update_held(*, user: User, run_uuid: str, number: int, change: TaskChan
         params.append(change.status)
     owner = "" if user.is_admin else " AND owner_id = %s"
     finishing = change.status == Task.Status.DONE
-    update = (f"UPDATE {TASK} SET {', '.join(sets)} "
-              # The row by the unique (run, task) index: the status check uses IS NOT DISTINCT FROM,
-              # which no partial index answers (see `tasks_complete`).
-              f"WHERE run_id = (SELECT id FROM {RUN} WHERE uuid = %s{owner}) AND task = %s "
-              f"AND status IS NOT DISTINCT FROM %s "
-              f"AND worker_id = (SELECT id FROM {WORKER} WHERE uuid = %s) "
-              f"RETURNING run_id, worker_id, status, percent_completed, {_numbers_left(finishing)}")
+    update = (
+        f"UPDATE {TASK} SET {', '.join(sets)} "
+        # The row by the unique (run, task) index: the status check uses IS NOT DISTINCT FROM,
+        # which no partial index answers (see `tasks_complete`).
+        f"WHERE run_id = (SELECT id FROM {RUN} WHERE uuid = %s{owner}) AND task = %s "
+        f"AND status IS NOT DISTINCT FROM %s "
+        f"AND worker_id = (SELECT id FROM {WORKER} WHERE uuid = %s) "
+        f"RETURNING run_id, worker_id, status, percent_completed, {_numbers_left(finishing)}"
+    )
     params += [run_uuid, *([] if user.is_admin else [user.pk]), number, Task.Status.COMPUTING.value, worker_uuid]
     if not finishing:
         with prepared_cursor() as cursor:
@@ -538,8 +554,11 @@ def task_update_held(*, user: User, run_uuid: str, number: int, change: TaskChan
         # The worker is credited in the same statement (a data-modifying CTE, run after the rest:
         # its row is locked last, as hand-out locks it last).
         with prepared_cursor() as cursor:
-            cursor.execute(f"WITH t AS ({update}), credit AS (UPDATE {WORKER} SET tasks_done = tasks_done + 1 "
-                           f"WHERE id = (SELECT worker_id FROM t)) SELECT * FROM t", params)
+            cursor.execute(
+                f"WITH t AS ({update}), credit AS (UPDATE {WORKER} SET tasks_done = tasks_done + 1 "
+                f"WHERE id = (SELECT worker_id FROM t)) SELECT * FROM t",
+                params,
+            )
             row = cursor.fetchone()
     else:  # SQLite has no data-modifying CTE: two statements under its write lock
         with transaction.atomic(), prepared_cursor() as cursor:
@@ -567,8 +586,7 @@ def task_update(*, run: Run, number: int, change: TaskChange, senders: frozenset
         _materialise(run, number)
         task = locked.get()
     now = timezone.now()
-    if senders and task.status == Task.Status.COMPUTING and task.worker is not None \
-            and task.worker.uuid not in senders:
+    if senders and task.status == Task.Status.COMPUTING and task.worker is not None and task.worker.uuid not in senders:
         raise LeaseLostError(extra={"task": number})
     was_done = task.status == Task.Status.DONE
     fields = ["updated"]
@@ -587,8 +605,11 @@ def task_update(*, run: Run, number: int, change: TaskChange, senders: frozenset
     holder = task.worker
     if finished and holder is not None:
         _credit_worker(holder.pk, 1)
-    if holder is not None and holder.uuid in senders \
-            and holder.last_seen < now - timedelta(seconds=LAST_SEEN_RESOLUTION):
+    if (
+        holder is not None
+        and holder.uuid in senders
+        and holder.last_seen < now - timedelta(seconds=LAST_SEEN_RESOLUTION)
+    ):
         Worker.objects.filter(pk=holder.pk).update(last_seen=now)
     return task
 
@@ -599,8 +620,9 @@ class PgCompletion:
     found: tuple[int, int, str, int, Any] | None  # run id, worker id, hostname, pid, last_seen; None: missing
 
 
-def _complete_pg(*, run_uuid: str, worker_uuid: str, owner_id: int | None, numbers: list[int],
-                 now: datetime) -> PgCompletion:
+def _complete_pg(
+    *, run_uuid: str, worker_uuid: str, owner_id: int | None, numbers: list[int], now: datetime
+) -> PgCompletion:
     """Batch completion in one PostgreSQL statement, with the run and the worker looked up by uuid
     (and owner, unless None), as `_claim_pg` does for hand-out.
 
@@ -630,9 +652,15 @@ def _complete_pg(*, run_uuid: str, worker_uuid: str, owner_id: int | None, numbe
         f"FROM done LEFT JOIN left_ ON true "
         f"UNION ALL SELECT 1, run_.id, NULL, wk.id, wk.hostname, wk.pid, wk.last_seen FROM run_, wk"
     )
-    params = {"run_uuid": run_uuid, "worker_uuid": worker_uuid, "owner": owner_id,
-              "done": Task.Status.DONE.value, "computing": Task.Status.COMPUTING.value, "now": _dt(now),
-              "numbers": numbers}
+    params = {
+        "run_uuid": run_uuid,
+        "worker_uuid": worker_uuid,
+        "owner": owner_id,
+        "done": Task.Status.DONE.value,
+        "computing": Task.Status.COMPUTING.value,
+        "now": _dt(now),
+        "numbers": numbers,
+    }
     with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -644,15 +672,26 @@ def _complete_pg(*, run_uuid: str, worker_uuid: str, owner_id: int | None, numbe
     return PgCompletion([(int(row[1]), row[2]) for row in rows if row[0] == 0], found)
 
 
-def _completed(finished: list[tuple[int, bool | None]], *, run_id: int, worker_id: int, worker_label: str,
-               now: datetime, last_seen: datetime | None) -> list[int]:
+def _completed(
+    finished: list[tuple[int, bool | None]],
+    *,
+    run_id: int,
+    worker_id: int,
+    worker_label: str,
+    now: datetime,
+    last_seen: datetime | None,
+) -> list[int]:
     """After a batch completion: the worker's sign of life and the run's event; the numbers done."""
     done = sorted(number for number, _ in finished)
     _touch_worker(worker_id, now, last_seen)
     if done:
         lefts = [left for _, left in finished]
-        _publish_finished(run_id, f"{worker_label} completed {len(done)} tasks", finished=True,
-                          left=None if None in lefts else all(lefts))
+        _publish_finished(
+            run_id,
+            f"{worker_label} completed {len(done)} tasks",
+            finished=True,
+            left=None if None in lefts else all(lefts),
+        )
     return done
 
 
@@ -664,19 +703,27 @@ def tasks_complete(*, run: Run, worker: Worker, numbers: list[int]) -> list[int]
     numbers = sorted(set(numbers))
     now = timezone.now()
     if connection.vendor == "postgresql":
-        finished = _complete_pg(run_uuid=run.uuid, worker_uuid=worker.uuid, owner_id=None, numbers=numbers,
-                                now=now).finished
+        finished = _complete_pg(
+            run_uuid=run.uuid, worker_uuid=worker.uuid, owner_id=None, numbers=numbers, now=now
+        ).finished
     else:  # one parameter whatever the count (SQLite limits the number of parameters)
-        sql = (f"UPDATE {TASK} SET status = %s, percent_completed = 100.0, updated = %s WHERE run_id = %s "
-               f"AND worker_id = %s AND status = %s AND task IN (SELECT value FROM json_each(%s)) RETURNING task, NULL")
-        params = [Task.Status.DONE.value, _dt(now), run.pk, worker.pk, Task.Status.COMPUTING.value,
-                  json.dumps(numbers)]
+        sql = (
+            f"UPDATE {TASK} SET status = %s, percent_completed = 100.0, updated = %s WHERE run_id = %s "
+            f"AND worker_id = %s AND status = %s AND task IN (SELECT value FROM json_each(%s)) RETURNING task, NULL"
+        )
+        params = [Task.Status.DONE.value, _dt(now), run.pk, worker.pk, Task.Status.COMPUTING.value, json.dumps(numbers)]
         with transaction.atomic(), prepared_cursor() as cursor:
             cursor.execute(sql, params)
             finished = [(int(row[0]), row[1]) for row in cursor.fetchall()]
             _credit_worker(worker.pk, len(finished))
-    return _completed(finished, run_id=run.pk, worker_id=worker.pk, worker_label=f"{worker.hostname}:{worker.pid}",
-                      now=now, last_seen=worker.last_seen)
+    return _completed(
+        finished,
+        run_id=run.pk,
+        worker_id=worker.pk,
+        worker_label=f"{worker.hostname}:{worker.pid}",
+        now=now,
+        last_seen=worker.last_seen,
+    )
 
 
 def tasks_complete_by_uuid(*, user: User, run_uuid: str, worker_uuid: str, numbers: list[int]) -> list[int] | None:
@@ -687,13 +734,24 @@ def tasks_complete_by_uuid(*, user: User, run_uuid: str, worker_uuid: str, numbe
     if connection.vendor != "postgresql":
         return None
     now = timezone.now()
-    completion = _complete_pg(run_uuid=run_uuid, worker_uuid=worker_uuid, owner_id=None if user.is_admin else user.pk,
-                              numbers=sorted(set(numbers)), now=now)
+    completion = _complete_pg(
+        run_uuid=run_uuid,
+        worker_uuid=worker_uuid,
+        owner_id=None if user.is_admin else user.pk,
+        numbers=sorted(set(numbers)),
+        now=now,
+    )
     if completion.found is None:
         return None
     run_id, worker_id, hostname, pid, last_seen = completion.found
-    return _completed(completion.finished, run_id=run_id, worker_id=worker_id, worker_label=f"{hostname}:{pid}",
-                      now=now, last_seen=last_seen)
+    return _completed(
+        completion.finished,
+        run_id=run_id,
+        worker_id=worker_id,
+        worker_label=f"{hostname}:{pid}",
+        now=now,
+        last_seen=last_seen,
+    )
 
 
 @transaction.atomic

@@ -31,7 +31,10 @@ def progress_widget(job: Job) -> str:
         '<progress max="100" value="{}" data-progress-field="percent"></progress> '
         '<span data-progress-field="status">{}</span> '
         '<small data-progress-field="message">{}</small></div>',
-        job.pk, job.progress, job.status, job.progress_message,
+        job.pk,
+        job.progress,
+        job.status,
+        job.progress_message,
     )
 
 
@@ -49,8 +52,18 @@ def _apply_each(queryset: QuerySet[Job], service: Callable[..., Any]) -> tuple[i
 
 @admin.register(Job)
 class JobAdmin(ServiceActionsAdmin):
-    list_display = ["id", "type", "status", "owner", "worker", "attempts", "live_progress", "created_at",
-                    "started_at", "finished_at"]
+    list_display = [
+        "id",
+        "type",
+        "status",
+        "owner",
+        "worker",
+        "attempts",
+        "live_progress",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ]
     list_filter = ["status", "type", "created_at"]
     search_fields = ["=id", "type", "worker", "created_by__email", "error"]
     list_select_related = ["created_by"]
@@ -58,9 +71,30 @@ class JobAdmin(ServiceActionsAdmin):
     actions = ["retry_jobs", "cancel_jobs"]
     change_form_template = "admin/jobs/job/change_form.html"
     change_list_template = "admin/jobs/job/change_list.html"
-    readonly_fields = ["id", "uuid", "type", "data", "status", "live_progress", "worker", "created_by", "attempts",
-                       "max_attempts", "result", "error", "traceback", "created_at", "updated_on", "started_at",
-                       "finished_at", "heartbeat_at", "queued_at", "run_after", "cancel_requested", "files_list"]
+    readonly_fields = [
+        "id",
+        "uuid",
+        "type",
+        "data",
+        "status",
+        "live_progress",
+        "worker",
+        "created_by",
+        "attempts",
+        "max_attempts",
+        "result",
+        "error",
+        "traceback",
+        "created_at",
+        "updated_on",
+        "started_at",
+        "finished_at",
+        "heartbeat_at",
+        "queued_at",
+        "run_after",
+        "cancel_requested",
+        "files_list",
+    ]
     fields = tuple(readonly_fields)
 
     class Media:
@@ -76,8 +110,10 @@ class JobAdmin(ServiceActionsAdmin):
 
     @admin.display(description="files")
     def files_list(self, job: Job) -> str:
-        links = [format_html('<a href="{}">{}</a>', reverse("admin:jobs_jobfile_download", args=[f.pk]), f.filename)
-                 for f in job.files.all()]
+        links = [
+            format_html('<a href="{}">{}</a>', reverse("admin:jobs_jobfile_download", args=[f.pk]), f.filename)
+            for f in job.files.all()
+        ]
         return format_html(", ".join(["{}"] * len(links)), *links) if links else "-"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -86,18 +122,26 @@ class JobAdmin(ServiceActionsAdmin):
     @admin.action(description="Retry selected failed jobs", permissions=["operate"])
     def retry_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         done, refused = _apply_each(queryset, job_retry)
-        self.message_user(request, f"{done} job(s) queued again; {refused} not in status failure.",
-                          messages.SUCCESS if done else messages.WARNING)
+        self.message_user(
+            request,
+            f"{done} job(s) queued again; {refused} not in status failure.",
+            messages.SUCCESS if done else messages.WARNING,
+        )
 
-    @admin.action(description="Cancel selected jobs (fresh: now; started: at the next progress report)",
-                  permissions=["operate"])
+    @admin.action(
+        description="Cancel selected jobs (fresh: now; started: at the next progress report)", permissions=["operate"]
+    )
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         done, refused = _apply_each(queryset, job_cancel)
-        self.message_user(request, f"{done} job(s) cancelled or asked to stop; {refused} already finished.",
-                          messages.SUCCESS if done else messages.WARNING)
+        self.message_user(
+            request,
+            f"{done} job(s) cancelled or asked to stop; {refused} already finished.",
+            messages.SUCCESS if done else messages.WARNING,
+        )
 
-    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
-                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         context = {"can_operate": self.has_operate_permission(request), **(extra_context or {})}
         return super().change_view(request, object_id, form_url, extra_context=context)
 
@@ -162,8 +206,17 @@ class JobAdmin(ServiceActionsAdmin):
 
 @admin.register(JobFile)
 class JobFileAdmin(admin.ModelAdmin):
-    list_display = ["filename", "owner", "format", "human_size", "rows", "job_link", "uploaded", "created_at",
-                    "download"]
+    list_display = [
+        "filename",
+        "owner",
+        "format",
+        "human_size",
+        "rows",
+        "job_link",
+        "uploaded",
+        "created_at",
+        "download",
+    ]
     list_filter = ["format", "uploaded", "created_at"]
     search_fields = ["filename", "owner__email"]
     list_select_related = ["owner", "job"]
@@ -192,8 +245,9 @@ class JobFileAdmin(admin.ModelAdmin):
 
     def get_urls(self) -> list[URLPattern]:
         return [
-            path("<int:file_id>/download/", self.admin_site.admin_view(self.download_view),
-                 name="jobs_jobfile_download"),
+            path(
+                "<int:file_id>/download/", self.admin_site.admin_view(self.download_view), name="jobs_jobfile_download"
+            ),
             *super().get_urls(),
         ]
 

@@ -32,10 +32,18 @@ class JobsConfig(AppConfig):
         counts = job_counts()
         url = reverse("admin:jobs_job_changelist")
         return [
-            {"title": "Jobs running", "value": counts.get("started", 0), "url": f"{url}?status__exact=started",
-             "note": f"{counts.get('fresh', 0)} waiting"},
-            {"title": "Jobs failed", "value": counts.get("failure", 0), "url": f"{url}?status__exact=failure",
-             "note": f"{counts.get('success', 0)} succeeded"},
+            {
+                "title": "Jobs running",
+                "value": counts.get("started", 0),
+                "url": f"{url}?status__exact=started",
+                "note": f"{counts.get('fresh', 0)} waiting",
+            },
+            {
+                "title": "Jobs failed",
+                "value": counts.get("failure", 0),
+                "url": f"{url}?status__exact=failure",
+                "note": f"{counts.get('success', 0)} succeeded",
+            },
         ]
 
 

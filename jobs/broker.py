@@ -86,8 +86,10 @@ class ListenNotifyBroker(ORM):
 
             settings = self._db.settings_dict
             params = {
-                "dbname": settings["NAME"], "user": settings.get("USER") or None,
-                "password": settings.get("PASSWORD") or None, "host": settings.get("HOST") or None,
+                "dbname": settings["NAME"],
+                "user": settings.get("USER") or None,
+                "password": settings.get("PASSWORD") or None,
+                "host": settings.get("HOST") or None,
                 "port": settings.get("PORT") or None,
             }
             self._listen_conn = psycopg.connect(**{k: v for k, v in params.items() if v}, autocommit=True)
@@ -142,7 +144,7 @@ class ListenNotifyBroker(ORM):
 
 def super_dequeue_without_sleep(broker: ORM) -> list[tuple[Any, Any]]:
     """The stock ORM claim (select, then a guarded update per row), without its idle sleep."""
-    tasks = broker.get_connection().filter(key=broker.list_key, lock__lt=timezone.now())[0:Conf.BULK]
+    tasks = broker.get_connection().filter(key=broker.list_key, lock__lt=timezone.now())[0 : Conf.BULK]
     taken = []
     for task in tasks:
         if broker.get_connection().filter(id=task.id, lock=task.lock).update(lock=broker.timeout(task)):

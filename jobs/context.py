@@ -46,5 +46,6 @@ class JobContext:
             return
         self._last_report = now
         if self.record_progress is not None and self.record_progress(
-                job_id=self.job_id, worker=self.worker, percent=percent, message=message, extra_state=state):
+            job_id=self.job_id, worker=self.worker, percent=percent, message=message, extra_state=state
+        ):
             raise JobCancelled("Cancelled at the caller's request.")

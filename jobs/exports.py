@@ -132,8 +132,9 @@ class _JsonWriter(_Writer):
     def row(self, name: str, columns: list[str], row: dict[str, Any]) -> None:
         self.handle.write("\n" if self.first else ",\n")
         self.first = False
-        self.handle.write(json.dumps({"dataset": name, **{col: row.get(col) for col in columns}},
-                                     ensure_ascii=False, default=str))
+        self.handle.write(
+            json.dumps({"dataset": name, **{col: row.get(col) for col in columns}}, ensure_ascii=False, default=str)
+        )
 
     def finish(self) -> None:
         self.handle.write("\n]\n")
@@ -162,14 +163,20 @@ class _HtmlWriter(_Writer):
         self.owner = owner
 
     def begin(self) -> None:
-        self.handle.write(_HTML_HEAD.format(title="Coordinator export", owner=html.escape(self.owner),
-                                            when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")))
+        self.handle.write(
+            _HTML_HEAD.format(
+                title="Coordinator export",
+                owner=html.escape(self.owner),
+                when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            )
+        )
 
     def dataset(self, name: str, columns: list[str]) -> None:
         title = html.escape(dataset_get(name).title)
         header = "".join(f"<th>{html.escape(col.replace('_', ' '))}</th>" for col in columns)
-        self.handle.write(f'<section id="{html.escape(name)}"><h2>{title}</h2>\n<table><thead><tr>{header}'
-                          "</tr></thead><tbody>\n")
+        self.handle.write(
+            f'<section id="{html.escape(name)}"><h2>{title}</h2>\n<table><thead><tr>{header}</tr></thead><tbody>\n'
+        )
 
     def row(self, name: str, columns: list[str], row: dict[str, Any]) -> None:
         cells = []
@@ -220,15 +227,15 @@ def export_run(ctx: JobContext, *, fmt: str, datasets: Sequence[str] | None, eve
                 writer.end_dataset(name, count)
                 counts[name] = count
                 total += count
-                ctx.report(100 * (index + 1) / len(sources), f"{name}: {count} rows written", force=True,
-                           rows=total)
+                ctx.report(100 * (index + 1) / len(sources), f"{name}: {count} rows written", force=True, rows=total)
             writer.finish()
         os.replace(partial, target)
     finally:
         if partial.exists():
             partial.unlink()
-    record = JobFile.objects.create(filename=filename, owner=user, format=fmt, size=target.stat().st_size,
-                                    rows=total, job_id=ctx.job_id)
+    record = JobFile.objects.create(
+        filename=filename, owner=user, format=fmt, size=target.stat().st_size, rows=total, job_id=ctx.job_id
+    )
     return {"filename": record.filename, "format": fmt, "rows": counts, "size": record.size}
 
 
@@ -241,8 +248,7 @@ def upload_store(*, user: User, chunks: Iterator[bytes], suffix: str = "jsonl") 
         for chunk in chunks:
             handle.write(chunk)
             size += len(chunk)
-    return JobFile.objects.create(filename=filename, owner=user, format=JobFile.Format.JSONL, size=size,
-                                  uploaded=True)
+    return JobFile.objects.create(filename=filename, owner=user, format=JobFile.Format.JSONL, size=size, uploaded=True)
 
 
 def file_path(row: JobFile) -> Path:

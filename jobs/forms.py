@@ -30,21 +30,30 @@ def field_for(param: Param) -> forms.Field:
     if annotation is bool:
         return forms.BooleanField(required=False, initial=initial, help_text=help_text)
     if annotation is int:
-        return forms.IntegerField(required=required, initial=initial, help_text=help_text,
-                                  min_value=-_INT_LIMIT, max_value=_INT_LIMIT - 1)
+        return forms.IntegerField(
+            required=required, initial=initial, help_text=help_text, min_value=-_INT_LIMIT, max_value=_INT_LIMIT - 1
+        )
     if annotation is float:
         return forms.FloatField(required=required, initial=initial, help_text=help_text)
     if annotation is str:
         return forms.CharField(required=required, initial=initial, help_text=help_text)
     if get_origin(annotation) is Literal:
         choices = [(str(choice), str(choice)) for choice in get_args(annotation)]
-        return forms.ChoiceField(choices=([("", "---")] if not required else []) + choices, required=required,
-                                 initial=initial, help_text=help_text)
+        return forms.ChoiceField(
+            choices=([("", "---")] if not required else []) + choices,
+            required=required,
+            initial=initial,
+            help_text=help_text,
+        )
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         choices = [(str(member.value), member.name) for member in annotation]
         initial_value = initial.value if isinstance(initial, enum.Enum) else initial
-        return forms.ChoiceField(choices=([("", "---")] if not required else []) + choices, required=required,
-                                 initial=initial_value, help_text=help_text)
+        return forms.ChoiceField(
+            choices=([("", "---")] if not required else []) + choices,
+            required=required,
+            initial=initial_value,
+            help_text=help_text,
+        )
     return forms.JSONField(required=required, initial=initial, help_text=f"JSON; {help_text}")
 
 

@@ -88,8 +88,13 @@ def job(
 
     def decorate(func: F) -> F:
         register(
-            func, name=name, protected=protected, roles=tuple(roles), timeout=timeout,
-            max_attempts=max_attempts, backoff=backoff,
+            func,
+            name=name,
+            protected=protected,
+            roles=tuple(roles),
+            timeout=timeout,
+            max_attempts=max_attempts,
+            backoff=backoff,
         )
         return func
 
@@ -122,8 +127,15 @@ def register(
             raise TypeError(f"job {job_name}: *args/**kwargs cannot be validated")
         params.append(Param(parameter.name, annotation, parameter.default))
     spec = JobSpec(
-        name=job_name, func=func, params=params, context_param=context_param, protected=protected,
-        roles=roles, timeout=timeout, max_attempts=max(1, max_attempts), backoff=backoff,
+        name=job_name,
+        func=func,
+        params=params,
+        context_param=context_param,
+        protected=protected,
+        roles=roles,
+        timeout=timeout,
+        max_attempts=max(1, max_attempts),
+        backoff=backoff,
         description=(inspect.getdoc(func) or "").split("\n")[0],
     )
     _REGISTRY[job_name] = spec

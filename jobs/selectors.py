@@ -18,8 +18,18 @@ from jobs.registry import all_specs
 _FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 
 JOB_EXPORT_COLUMNS = [
-    "id", "type", "status", "data", "result", "error", "attempts", "worker", "created_by",
-    "created_at", "started_at", "finished_at",
+    "id",
+    "type",
+    "status",
+    "data",
+    "result",
+    "error",
+    "attempts",
+    "worker",
+    "created_by",
+    "created_at",
+    "started_at",
+    "finished_at",
 ]
 
 
@@ -76,14 +86,36 @@ def job_export_rows(*, user: User | None, everything: bool) -> Iterator[dict[str
     qs = Job.objects.order_by("pk")
     if not everything:
         qs = qs.filter(created_by=user)
-    rows = qs.values_list("pk", "type", "status", "data", "result", "error", "attempts", "worker",
-                          "created_by__email", "created_at", "started_at", "finished_at")
-    for (pk, type_, status, data, result, error, attempts, worker, email, created, started,
-         finished) in rows.iterator(chunk_size=5000):
+    rows = qs.values_list(
+        "pk",
+        "type",
+        "status",
+        "data",
+        "result",
+        "error",
+        "attempts",
+        "worker",
+        "created_by__email",
+        "created_at",
+        "started_at",
+        "finished_at",
+    )
+    for pk, type_, status, data, result, error, attempts, worker, email, created, started, finished in rows.iterator(
+        chunk_size=5000
+    ):
         yield {
-            "id": pk, "type": type_, "status": status, "data": data, "result": result, "error": error,
-            "attempts": attempts, "worker": worker, "created_by": email, "created_at": _iso(created),
-            "started_at": _iso(started), "finished_at": _iso(finished),
+            "id": pk,
+            "type": type_,
+            "status": status,
+            "data": data,
+            "result": result,
+            "error": error,
+            "attempts": attempts,
+            "worker": worker,
+            "created_by": email,
+            "created_at": _iso(created),
+            "started_at": _iso(started),
+            "finished_at": _iso(finished),
         }
 
 

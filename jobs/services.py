@@ -52,9 +52,13 @@ def user_may_run(user: User | None, spec: JobSpec) -> bool:
 
 
 def _publish_status(job: Job, text: str = "") -> None:
-    progress_publish(topic=job.topic, kind="msg", text=text or job.status,
-                     state={"status": job.status, "percent": job.progress, "message": job.progress_message},
-                     owner_id=job.created_by_id)
+    progress_publish(
+        topic=job.topic,
+        kind="msg",
+        text=text or job.status,
+        state={"status": job.status, "percent": job.progress, "message": job.progress_message},
+        owner_id=job.created_by_id,
+    )
 
 
 @transaction.atomic
@@ -111,8 +115,14 @@ def job_enqueue(*, job_id: int, job_type: str | None = None) -> bool:
             ):
                 return False
             # save=False: the job row keeps the outcome; django-q2 need not store successes again.
-            async_task("jobs.tasks.job_run", job_id, timeout=timeout, broker=broker, save=False,
-                       task_name=f"job {job_id} {job_type}"[:100])
+            async_task(
+                "jobs.tasks.job_run",
+                job_id,
+                timeout=timeout,
+                broker=broker,
+                save=False,
+                task_name=f"job {job_id} {job_type}"[:100],
+            )
             if connection.vendor == "postgresql":
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(job_id)])
@@ -127,9 +137,20 @@ def job_claim(*, job_id: int, worker: str) -> bool:
     now = timezone.now()
     claimed = Job.objects.filter(
         Q(run_after__isnull=True) | Q(run_after__lte=now), pk=job_id, status=Job.Status.FRESH
-    ).update(status=Job.Status.STARTED, worker=worker, updated_on=now, started_at=now, heartbeat_at=now,
-             finished_at=None, progress=0, progress_message="", cancel_requested=False, error="",
-             traceback="", attempts=F("attempts") + 1)
+    ).update(
+        status=Job.Status.STARTED,
+        worker=worker,
+        updated_on=now,
+        started_at=now,
+        heartbeat_at=now,
+        finished_at=None,
+        progress=0,
+        progress_message="",
+        cancel_requested=False,
+        error="",
+        traceback="",
+        attempts=F("attempts") + 1,
+    )
     return claimed == 1
 
 
@@ -186,8 +207,7 @@ def job_report_progress(
         if row is None:
             return True
         state = {"percent": percent, "status": Job.Status.STARTED, "message": message, **(extra_state or {})}
-        progress_publish(topic=f"job:{job_id}", kind="msg", text=message, state=state,
-                         owner_id=row["created_by_id"])
+        progress_publish(topic=f"job:{job_id}", kind="msg", text=message, state=state, owner_id=row["created_by_id"])
     return bool(row["cancel_requested"])
 
 
@@ -204,9 +224,13 @@ def job_execute(*, job_id: int) -> str:
         if not job_claim(job_id=job_id, worker=worker):
             return "skipped"
         job = Job.objects.get(pk=job_id)
-        progress_publish(topic=job.topic, kind="new", text=job.type,
-                         state={"status": job.status, "percent": 0, "message": "", "worker": worker},
-                         owner_id=job.created_by_id)
+        progress_publish(
+            topic=job.topic,
+            kind="new",
+            text=job.type,
+            state={"status": job.status, "percent": 0, "message": "", "worker": worker},
+            owner_id=job.created_by_id,
+        )
     spec = get_spec(job.type)
     heartbeat = _Heartbeat.get()
     heartbeat.current = (job_id, worker)
@@ -215,8 +239,14 @@ def job_execute(*, job_id: int) -> str:
         if spec is None:
             retryable = False
             raise LookupError(f"job type {job.type!r} is not registered in this worker")
-        ctx = JobContext(job_id=job_id, job_type=job.type, user_id=job.created_by_id, worker=worker,
-                         attempt=job.attempts, record_progress=job_report_progress)
+        ctx = JobContext(
+            job_id=job_id,
+            job_type=job.type,
+            user_id=job.created_by_id,
+            worker=worker,
+            attempt=job.attempts,
+            record_progress=job_report_progress,
+        )
         kwargs = build_kwargs(spec, job.data if isinstance(job.data, dict) else {})
         if spec.context_param:
             kwargs[spec.context_param] = ctx
@@ -233,8 +263,15 @@ def job_execute(*, job_id: int) -> str:
             raise
         else:
             error = f"{type(exc).__name__}: {exc}"
-        return job_finish(job_id=job_id, worker=worker, ok=False, error=error,
-                          tb=traceback_module.format_exc(), retryable=retryable, job=job)
+        return job_finish(
+            job_id=job_id,
+            worker=worker,
+            ok=False,
+            error=error,
+            tb=traceback_module.format_exc(),
+            retryable=retryable,
+            job=job,
+        )
     heartbeat.current = None
     return job_finish(job_id=job_id, worker=worker, ok=True, result=result, job=job)
 
@@ -262,9 +299,13 @@ def job_finish(
                 status=Job.Status.SUCCESS, result=result, progress=100, updated_on=now, finished_at=now
             ):
                 return "lost"
-            progress_publish(topic=f"job:{job_id}", kind="end", text="",
-                             state={"status": Job.Status.SUCCESS, "percent": 100, "message": ""},
-                             owner_id=job.created_by_id if job else None)
+            progress_publish(
+                topic=f"job:{job_id}",
+                kind="end",
+                text="",
+                state={"status": Job.Status.SUCCESS, "percent": 100, "message": ""},
+                owner_id=job.created_by_id if job else None,
+            )
         return Job.Status.SUCCESS
     if job is None or job.status != Job.Status.STARTED or job.worker != worker:
         return "lost"
@@ -281,9 +322,16 @@ def _fail_or_retry(job: Job, *, worker: str | None, error: str, tb: str = "", re
         delay = spec.backoff_for(job.attempts) if spec else 0.0
         # The outcome and its event are one transaction; the job is queued again after it.
         with transaction.atomic():
-            updated = guard.update(status=Job.Status.FRESH, worker=None, error=error, traceback=tb,
-                                   updated_on=now, queued_at=None, run_after=now + timedelta(seconds=delay),
-                                   heartbeat_at=None)
+            updated = guard.update(
+                status=Job.Status.FRESH,
+                worker=None,
+                error=error,
+                traceback=tb,
+                updated_on=now,
+                queued_at=None,
+                run_after=now + timedelta(seconds=delay),
+                heartbeat_at=None,
+            )
             if not updated:
                 return "lost"
             job.refresh_from_db()
@@ -292,12 +340,15 @@ def _fail_or_retry(job: Job, *, worker: str | None, error: str, tb: str = "", re
             job_enqueue(job_id=job.pk, job_type=job.type)
         return Job.Status.FRESH
     with transaction.atomic():
-        if not guard.update(status=Job.Status.FAILURE, error=error, traceback=tb, updated_on=now,
-                            finished_at=now):
+        if not guard.update(status=Job.Status.FAILURE, error=error, traceback=tb, updated_on=now, finished_at=now):
             return "lost"
-        progress_publish(topic=job.topic, kind="end", text=error,
-                         state={"status": Job.Status.FAILURE, "percent": job.progress, "message": error},
-                         owner_id=job.created_by_id)
+        progress_publish(
+            topic=job.topic,
+            kind="end",
+            text=error,
+            state={"status": Job.Status.FAILURE, "percent": job.progress, "message": error},
+            owner_id=job.created_by_id,
+        )
     return Job.Status.FAILURE
 
 
@@ -305,8 +356,17 @@ def _fail_or_retry(job: Job, *, worker: str | None, error: str, tb: str = "", re
 def job_retry(*, job: Job) -> Job:
     """Put a `failure` back to `fresh` with a fresh attempt budget and queue it after commit."""
     updated = Job.objects.filter(pk=job.pk, status=Job.Status.FAILURE).update(
-        status=Job.Status.FRESH, worker=None, queued_at=None, run_after=None, attempts=0, result=None,
-        progress=0, progress_message="", cancel_requested=False, heartbeat_at=None, finished_at=None,
+        status=Job.Status.FRESH,
+        worker=None,
+        queued_at=None,
+        run_after=None,
+        attempts=0,
+        result=None,
+        progress=0,
+        progress_message="",
+        cancel_requested=False,
+        heartbeat_at=None,
+        finished_at=None,
         updated_on=timezone.now(),
     )
     if not updated:
@@ -322,13 +382,17 @@ def job_cancel(*, job: Job) -> Job:
     """Cancel a fresh job now, or ask a started one to stop at its next progress report."""
     now = timezone.now()
     if Job.objects.filter(pk=job.pk, status=Job.Status.FRESH).update(
-        status=Job.Status.FAILURE, error="Cancelled before it started.", updated_on=now, finished_at=now,
+        status=Job.Status.FAILURE,
+        error="Cancelled before it started.",
+        updated_on=now,
+        finished_at=now,
         cancel_requested=True,
     ):
         job.refresh_from_db()
         _publish_status(job, job.error)
-        progress_publish(topic=job.topic, kind="end", text=job.error, state={"status": job.status},
-                         owner_id=job.created_by_id)
+        progress_publish(
+            topic=job.topic, kind="end", text=job.error, state={"status": job.status}, owner_id=job.created_by_id
+        )
         return job
     if Job.objects.filter(pk=job.pk, status=Job.Status.STARTED).update(cancel_requested=True):
         job.refresh_from_db()
@@ -345,7 +409,8 @@ def jobs_recover_stale(*, stale_seconds: float | None = None) -> list[int]:
     for job in Job.objects.filter(status=Job.Status.STARTED, heartbeat_at__lt=cutoff):
         # The worker guard makes a late heartbeat or a second sweeper lose the race harmlessly.
         status = _fail_or_retry(
-            job, worker=job.worker,
+            job,
+            worker=job.worker,
             error=f"Worker {job.worker} stopped responding (no heartbeat for more than {bound:g} s).",
         )
         recovered.append(job.pk)
@@ -357,7 +422,9 @@ def jobs_queue_backlog(*, grace_seconds: float = 10.0) -> list[int]:
     """Queue `fresh` jobs that were never handed to django-q2 (or whose backoff has passed)."""
     now = timezone.now()
     due = Job.objects.filter(
-        Q(run_after__isnull=True) | Q(run_after__lte=now), status=Job.Status.FRESH, queued_at__isnull=True,
+        Q(run_after__isnull=True) | Q(run_after__lte=now),
+        status=Job.Status.FRESH,
+        queued_at__isnull=True,
         created_at__lte=now - timedelta(seconds=grace_seconds),
     ).values_list("pk", flat=True)
     return [job_id for job_id in list(due) if job_enqueue(job_id=job_id)]

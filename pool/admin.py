@@ -30,12 +30,28 @@ class DeviceAddForm(forms.ModelForm):
 
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
-    list_display = ("id", "name", "kind", "validated", "enabled", "online_badge", "last_activity_at",
-                    "last_activity_type", "pending")
+    list_display = (
+        "id",
+        "name",
+        "kind",
+        "validated",
+        "enabled",
+        "online_badge",
+        "last_activity_at",
+        "last_activity_type",
+        "pending",
+    )
     list_filter = ("validated", "enabled", "kind")
     search_fields = ("name", "kind", "=id")
-    readonly_fields = ("validated", "enabled", "created_at", "last_activity_at", "last_activity_type",
-                       "last_heartbeat_at", "broadcasts_seen_until")
+    readonly_fields = (
+        "validated",
+        "enabled",
+        "created_at",
+        "last_activity_at",
+        "last_activity_type",
+        "last_heartbeat_at",
+        "broadcasts_seen_until",
+    )
     actions = ["validate", "disable", "enable", "issue_secret"]
 
     class Media:
@@ -67,8 +83,9 @@ class DeviceAdmin(admin.ModelAdmin):
         obj.secret_hash = device.secret_hash
         obj.created_at = device.created_at
         obj._state.adding = False
-        self.message_user(request, f"Device {device.pk} created. Its secret, shown only now: {secret}",
-                          messages.WARNING)
+        self.message_user(
+            request, f"Device {device.pk} created. Its secret, shown only now: {secret}", messages.WARNING
+        )
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -81,7 +98,10 @@ class DeviceAdmin(admin.ModelAdmin):
         return format_html(
             '<span class="pool-badge" data-progress-topic="pooldevice:{}" data-online="{}">'
             '<span data-progress-field="badge">{}</span> <small data-progress-field="last_seen">{}</small></span>',
-            obj.pk, "1" if online else "0", "online" if online else "offline", seen,
+            obj.pk,
+            "1" if online else "0",
+            "online" if online else "offline",
+            seen,
         )
 
     @admin.display(description="Pending", ordering="pending_count")
@@ -107,8 +127,11 @@ class DeviceAdmin(admin.ModelAdmin):
     def issue_secret(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
         for device in queryset:
             secret = services.device_issue_secret(device=device)
-            self.message_user(request, f"New secret for device {device.pk} ({device.name}), shown only now: {secret}",
-                              messages.WARNING)
+            self.message_user(
+                request,
+                f"New secret for device {device.pk} ({device.name}), shown only now: {secret}",
+                messages.WARNING,
+            )
 
 
 class TaskComposeForm(forms.ModelForm):
@@ -117,7 +140,8 @@ class TaskComposeForm(forms.ModelForm):
     TARGETS = (("one", "One device"), ("several", "Several devices"), ("all", "All devices (device:*)"))
     target = forms.ChoiceField(choices=TARGETS, widget=forms.RadioSelect, initial="one")
     devices = forms.ModelMultipleChoiceField(
-        queryset=Device.objects.order_by("id"), required=False,
+        queryset=Device.objects.order_by("id"),
+        required=False,
         help_text="For one or several devices. Unvalidated devices receive the task once validated.",
     )
     meta_json = forms.CharField(label="Meta (JSON object)", required=False, widget=forms.Textarea(attrs={"rows": 3}))
@@ -197,8 +221,14 @@ class StatusFilter(admin.SimpleListFilter):
     parameter_name = "status"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("open", "Open (someone still pending)"), ("progress", "Has progress"), ("done", "Has done"),
-                ("failed", "Has failures"), ("expired", "Expired"), ("cancelled", "Cancelled")]
+        return [
+            ("open", "Open (someone still pending)"),
+            ("progress", "Has progress"),
+            ("done", "Has done"),
+            ("failed", "Has failures"),
+            ("expired", "Expired"),
+            ("cancelled", "Cancelled"),
+        ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         now = timezone.now()
@@ -231,14 +261,17 @@ class TaskAdmin(ServiceActionsAdmin):
         css = {"all": ["pool/admin.css"]}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        counts = {f"n_{state}": Count("deliveries", filter=Q(deliveries__state=state)) for state in DeliveryState.values}
+        counts = {
+            f"n_{state}": Count("deliveries", filter=Q(deliveries__state=state)) for state in DeliveryState.values
+        }
         return Task.objects.filter(type=MessageType.TASK).annotate(**counts).order_by("-ts", "-seq")
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
             return [(None, {"fields": ("target", "devices", "title", "body", "meta_json", "expires_at")})]
-        return [(None, {"fields": ("msg_id", "ts", "sender", "to", "title", "body", "meta", "expires_at",
-                                   "cancelled_at")})]
+        return [
+            (None, {"fields": ("msg_id", "ts", "sender", "to", "title", "body", "meta", "expires_at", "cancelled_at")})
+        ]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -246,15 +279,20 @@ class TaskAdmin(ServiceActionsAdmin):
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         user = request.user if isinstance(request.user, User) else None
         task = services.task_create(
-            user=user, to=form.target_string(), title=form.cleaned_data["title"], body=form.cleaned_data["body"],
-            meta=form.cleaned_data["meta_json"], expires_at=form.cleaned_data["expires_at"],
+            user=user,
+            to=form.target_string(),
+            title=form.cleaned_data["title"],
+            body=form.cleaned_data["body"],
+            meta=form.cleaned_data["meta_json"],
+            expires_at=form.cleaned_data["expires_at"],
         )
         for field in task._meta.concrete_fields:
             setattr(obj, field.attname, getattr(task, field.attname))
         obj._state.adding = False
 
-    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
-                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         task = self.get_object(request, object_id)
         context = dict(extra_context or {})
         if task is not None:

@@ -19,8 +19,16 @@ class PoolConfig(AppConfig):
         waiting = Device.objects.filter(validated=False, enabled=True).count()
         open_rows = Delivery.objects.filter(state__in=["pending", "progress"]).count()
         return [
-            {"title": "Devices to validate", "value": waiting,
-             "url": reverse("admin:pool_device_changelist") + "?validated__exact=0", "note": "self-enrolled"},
-            {"title": "Open deliveries", "value": open_rows,
-             "url": reverse("admin:pool_task_changelist") + "?status=open", "note": "task x device still pending"},
+            {
+                "title": "Devices to validate",
+                "value": waiting,
+                "url": reverse("admin:pool_device_changelist") + "?validated__exact=0",
+                "note": "self-enrolled",
+            },
+            {
+                "title": "Open deliveries",
+                "value": open_rows,
+                "url": reverse("admin:pool_task_changelist") + "?status=open",
+                "note": "task x device still pending",
+            },
         ]

@@ -32,4 +32,3 @@ def online_threshold() -> timedelta:
 def broadcast_margin() -> timedelta:
     """`BROADCAST_MARGIN`."""
     return BROADCAST_MARGIN
-

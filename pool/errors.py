@@ -8,9 +8,7 @@ from coordinator.errors import ApplicationError, ConflictError, NotFoundError, P
 class InvalidTargetError(ApplicationError):
     code = "invalid_target"
     status_code = 400
-    default_message = (
-        "`to` must be one of: device:<id>, device:*, device:[<id>,...] or user:<email>."
-    )
+    default_message = "`to` must be one of: device:<id>, device:*, device:[<id>,...] or user:<email>."
 
 
 class UnknownDevicesError(ApplicationError):

@@ -140,14 +140,21 @@ def pool_export_rows(*, user: User, everything: bool) -> Iterator[dict[str, Any]
 def _export_chunk(tasks: list[Message]) -> Iterator[dict[str, Any]]:
     by_pk = {t.pk: t for t in tasks}
     deliveries: dict[int, list[Delivery]] = {}
-    for delivery in Delivery.objects.filter(task_id__in=by_pk).select_related("device").order_by("task_id", "device_id"):
+    for delivery in (
+        Delivery.objects.filter(task_id__in=by_pk).select_related("device").order_by("task_id", "device_id")
+    ):
         deliveries.setdefault(delivery.task_id, []).append(delivery)
     responses: dict[tuple[str, int | None], list[dict[str, Any]]] = {}
     answers = Message.objects.filter(type=MessageType.RESPONSE, parent_id__in=[t.msg_id for t in tasks])
     for response in answers.order_by("ts", "seq"):
         responses.setdefault((response.parent_id or "", response.device_id), []).append(
-            {"id": response.msg_id, "ts": format_ts(response.ts), "status": response.meta.get("status"),
-             "title": response.title, "body": response.body}
+            {
+                "id": response.msg_id,
+                "ts": format_ts(response.ts),
+                "status": response.meta.get("status"),
+                "title": response.title,
+                "body": response.body,
+            }
         )
     for task in tasks:
         base = {
@@ -163,8 +170,16 @@ def _export_chunk(tasks: list[Message]) -> Iterator[dict[str, Any]]:
         }
         rows = deliveries.get(task.pk, [])
         if not rows:
-            yield {**base, "device_id": None, "device_name": None, "state": None, "progress": None,
-                   "updated_at": None, "response_count": 0, "responses": "[]"}
+            yield {
+                **base,
+                "device_id": None,
+                "device_name": None,
+                "state": None,
+                "progress": None,
+                "updated_at": None,
+                "response_count": 0,
+                "responses": "[]",
+            }
             continue
         for delivery in rows:
             answered = responses.get((task.msg_id, delivery.device_id), [])

@@ -316,8 +316,13 @@ def response_create(
         "progress": changes.get("progress"),
         "counts": task_state_counts(task=task),
     }
-    progress_publish(topic=topic, kind="msg", text=f"{device.address}: {status} {title or body}".strip(),
-                     state=state, owner_id=_owner(task))
+    progress_publish(
+        topic=topic,
+        kind="msg",
+        text=f"{device.address}: {status} {title or body}".strip(),
+        state=state,
+        owner_id=_owner(task),
+    )
     if status != "progress" and _task_finished(task):
         progress_publish(topic=topic, kind="end", text="", state=state, owner_id=_owner(task))
     return response
@@ -329,14 +334,23 @@ def heartbeat_record(*, device: Device, title: str = "", body: str = "", meta: d
     now = timezone.now()
     message = _record(
         Message(
-            ts=now, sender=device.address, to="backend", type=MessageType.HEARTBEAT,
-            title=title, body=body, meta=meta or {}, device=device,
+            ts=now,
+            sender=device.address,
+            to="backend",
+            type=MessageType.HEARTBEAT,
+            title=title,
+            body=body,
+            meta=meta or {},
+            device=device,
         )
     )
     _touch(device, MessageType.HEARTBEAT, now, heartbeat=True)
     progress_publish(
-        topic=f"pooldevice:{device.pk}", kind="msg", text=f"{device.address} heartbeat",
-        state={"online": True, "last_seen": now.isoformat(), "badge": "online"}, owner_id=None,
+        topic=f"pooldevice:{device.pk}",
+        kind="msg",
+        text=f"{device.address} heartbeat",
+        state={"online": True, "last_seen": now.isoformat(), "badge": "online"},
+        owner_id=None,
     )
     return message
 
@@ -396,8 +410,15 @@ def _parse_line(raw: str) -> tuple[Message, str | None]:
     if not isinstance(meta, dict):
         raise ValueError("`meta` must be an object")
     message = Message(
-        msg_id=msg_id, ts=ts, sender=data["from"], to=data["to"], type=data["type"],
-        title=data.get("title") or "", body=data.get("body") or "", parent_id=parent_id, meta=meta,
+        msg_id=msg_id,
+        ts=ts,
+        sender=data["from"],
+        to=data["to"],
+        type=data["type"],
+        title=data.get("title") or "",
+        body=data.get("body") or "",
+        parent_id=parent_id,
+        meta=meta,
     )
     if message.type == MessageType.TASK:
         target = parse_target(message.to)  # InvalidTargetError is a ValueError-like bad line
@@ -525,8 +546,6 @@ def pool_import_jsonl(
     flush()
     seqs: list[int] = []
     for start in range(0, len(response_ids), 1000):
-        seqs.extend(
-            Message.objects.filter(msg_id__in=response_ids[start : start + 1000]).values_list("pk", flat=True)
-        )
+        seqs.extend(Message.objects.filter(msg_id__in=response_ids[start : start + 1000]).values_list("pk", flat=True))
     _apply_imported_responses(sorted(seqs))
     return report

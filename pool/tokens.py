@@ -17,8 +17,12 @@ def device_token_encode(*, device_id: int, now: datetime | None = None) -> tuple
     """A signed device token and its expiry."""
     issued = now or timezone.now()
     lifetime = conf.device_token_lifetime()
-    token = token_issue(TokenKind.DEVICE, {"sub": str(device_id), "device_id": device_id, "jti": uuid.uuid4().hex},
-                        lifetime, issued_at=issued)
+    token = token_issue(
+        TokenKind.DEVICE,
+        {"sub": str(device_id), "device_id": device_id, "jti": uuid.uuid4().hex},
+        lifetime,
+        issued_at=issued,
+    )
     return token, (issued + lifetime).replace(microsecond=0)
 
 

@@ -99,9 +99,7 @@ def parse_target(raw: str) -> Target:
         except ValueError:
             items = None
         if not isinstance(items, list) or not items:
-            raise InvalidTargetError(
-                "A device list is written device:[<id>,<id>,...] with at least one integer id."
-            )
+            raise InvalidTargetError("A device list is written device:[<id>,<id>,...] with at least one integer id.")
         ids = sorted({_device_id(item) for item in items})
         return Target(device_ids=tuple(ids))
     if match := _USER.fullmatch(text):

@@ -33,5 +33,11 @@ class ProgressConfig(AppConfig):
             return []
         live = ProgressTopic.objects.filter(ended_at__isnull=True)
         sockets = live.filter(topic__startswith="stream:").count()
-        return [{"title": "Live progress", "value": live.count(), "url": reverse("admin:progress_live"),
-                 "note": f"{sockets} socket stream{'s' if sockets != 1 else ''} running"}]
+        return [
+            {
+                "title": "Live progress",
+                "value": live.count(),
+                "url": reverse("admin:progress_live"),
+                "note": f"{sockets} socket stream{'s' if sockets != 1 else ''} running",
+            }
+        ]

@@ -80,8 +80,9 @@ class Stream:
     def __enter__(self) -> Stream:
         return self.open()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc is not None:
             self._packet(f"failed: {exc_type.__name__ if exc_type else 'error'}: {exc}"[:MAX_MESSAGE])
         self.close()

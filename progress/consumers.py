@@ -88,8 +88,11 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
             await self._error("bad_request", 'Send {"type": "subscribe"|"unsubscribe", "topics": [...]}.')
             return
         topics = content.get("topics")
-        if (not isinstance(topics, list) or len(topics) > MAX_TOPICS
-                or not all(isinstance(t, str) and 0 < len(t) <= MAX_TOPIC_LENGTH for t in topics)):
+        if (
+            not isinstance(topics, list)
+            or len(topics) > MAX_TOPICS
+            or not all(isinstance(t, str) and 0 < len(t) <= MAX_TOPIC_LENGTH for t in topics)
+        ):
             await self._error("bad_request", f"`topics` must be a list of at most {MAX_TOPICS} non-empty strings.")
             return
         if content["type"] == "unsubscribe":

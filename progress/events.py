@@ -21,7 +21,7 @@ STREAM_PREFIX = "stream:"
 
 def sse_key(topic: str) -> str:
     """The key of the seed's `{"<uid>": "<text>"}` data: the uid for socket streams, else the topic."""
-    return topic[len(STREAM_PREFIX):] if topic.startswith(STREAM_PREFIX) else topic
+    return topic[len(STREAM_PREFIX) :] if topic.startswith(STREAM_PREFIX) else topic
 
 
 def sse_frame(kind: str, topic: str, text: str, event_id: int | None = None) -> str:

@@ -101,8 +101,9 @@ class Listener:
 
     # --- events -------------------------------------------------------------------------------
     async def publish(self, uid: int, kind: str, text: str, state: dict[str, Any] | None = None) -> None:
-        self.pending.append({"topic": f"stream:{uid}", "kind": kind, "text": text, "state": state or {},
-                             "owner_id": None})
+        self.pending.append(
+            {"topic": f"stream:{uid}", "kind": kind, "text": text, "state": state or {}, "owner_id": None}
+        )
         self.has_pending.set()
         self.drained.clear()
         while len(self.pending) > HIGH_WATER and not self.stopping.is_set():
@@ -161,8 +162,10 @@ class Listener:
         seq = self._bind(self.seqpacket_path, socket.SOCK_SEQPACKET)
         stream = self._bind(self.stream_path, socket.SOCK_STREAM)
         flusher = loop.create_task(self.flusher())
-        acceptors = [loop.create_task(self._accept(seq, self._seqpacket)),
-                     loop.create_task(self._accept(stream, self._stream))]
+        acceptors = [
+            loop.create_task(self._accept(seq, self._seqpacket)),
+            loop.create_task(self._accept(stream, self._stream)),
+        ]
         logger.info("Progress sockets: %s (SEQPACKET), %s (STREAM)", self.seqpacket_path, self.stream_path)
         self.ready.set()
         try:
@@ -223,8 +226,9 @@ class Listener:
         finally:
             conn.close()
             if started:
-                self.pending.append({"topic": f"stream:{uid}", "kind": "end", "text": error, "state": {},
-                                     "owner_id": None})
+                self.pending.append(
+                    {"topic": f"stream:{uid}", "kind": "end", "text": error, "state": {}, "owner_id": None}
+                )
                 self.has_pending.set()
             self.uids.release(uid)
 

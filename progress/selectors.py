@@ -40,8 +40,15 @@ def _topic_filter(topics: Iterable[str] | None) -> Q:
 
 
 def event_from_row(row: ProgressEvent) -> Event:
-    return Event(id=int(row.pk), topic=row.topic, kind=row.kind, text=row.text, state=row.state or {},
-                 owner_id=row.owner_id, at=row.created_at.timestamp())
+    return Event(
+        id=int(row.pk),
+        topic=row.topic,
+        kind=row.kind,
+        text=row.text,
+        state=row.state or {},
+        owner_id=row.owner_id,
+        at=row.created_at.timestamp(),
+    )
 
 
 def event_latest_id() -> int:
@@ -55,15 +62,17 @@ def event_replay_possible(after_id: int) -> bool:
     return oldest is None or oldest <= after_id + 1 or after_id >= event_latest_id()
 
 
-def event_list_after(*, viewer: Viewer, after_id: int, topics: Iterable[str] | None = None,
-                     limit: int = REPLAY_LIMIT) -> list[Event]:
+def event_list_after(
+    *, viewer: Viewer, after_id: int, topics: Iterable[str] | None = None, limit: int = REPLAY_LIMIT
+) -> list[Event]:
     """Events after `after_id` that the viewer may see, oldest first."""
-    rows = (ProgressEvent.objects.filter(viewer.visible(), _topic_filter(topics), id__gt=after_id)
-            .order_by("id")[:limit])
+    rows = ProgressEvent.objects.filter(viewer.visible(), _topic_filter(topics), id__gt=after_id).order_by("id")[:limit]
     return [event_from_row(row) for row in rows]
 
 
-def topic_list(*, viewer: Viewer, topics: Iterable[str] | None = None, live_only: bool = False) -> QuerySet[ProgressTopic]:
+def topic_list(
+    *, viewer: Viewer, topics: Iterable[str] | None = None, live_only: bool = False
+) -> QuerySet[ProgressTopic]:
     """Topics the viewer may see; live ones first, the most recently updated first."""
     qs = ProgressTopic.objects.filter(viewer.visible(), _topic_filter(topics))
     if live_only:
@@ -75,8 +84,13 @@ def topic_snapshot_events(*, viewer: Viewer, topics: Iterable[str] | None = None
     """For every live topic: one `new` (its name) and, if it has one, its latest `msg`."""
     events: list[Event] = []
     for topic in topic_list(viewer=viewer, topics=topics, live_only=True).order_by("started_at", "id"):
-        base = {"id": topic.last_event_id, "topic": topic.topic, "owner_id": topic.owner_id,
-                "state": topic.state or {}, "at": topic.updated_at.timestamp()}
+        base = {
+            "id": topic.last_event_id,
+            "topic": topic.topic,
+            "owner_id": topic.owner_id,
+            "state": topic.state or {},
+            "at": topic.updated_at.timestamp(),
+        }
         events.append(Event(kind="new", text=topic.name, **base))  # type: ignore[typeddict-item]
         if topic.last_kind == "msg" or topic.text:
             events.append(Event(kind="msg", text=topic.text, **base))  # type: ignore[typeddict-item]
@@ -86,8 +100,14 @@ def topic_snapshot_events(*, viewer: Viewer, topics: Iterable[str] | None = None
 def topic_state_events(*, viewer: Viewer, topics: Iterable[str]) -> list[Event]:
     """The current state of each named topic (live or ended) as one event of its last kind."""
     return [
-        Event(id=t.last_event_id, topic=t.topic, kind=t.last_kind,
-              text=t.name if t.last_kind == "new" else (t.error if t.last_kind == "end" else t.text),
-              state=t.state or {}, owner_id=t.owner_id, at=t.updated_at.timestamp())
+        Event(
+            id=t.last_event_id,
+            topic=t.topic,
+            kind=t.last_kind,
+            text=t.name if t.last_kind == "new" else (t.error if t.last_kind == "end" else t.text),
+            state=t.state or {},
+            owner_id=t.owner_id,
+            at=t.updated_at.timestamp(),
+        )
         for t in topic_list(viewer=viewer, topics=topics)[:STATE_LIMIT]
     ]

@@ -35,8 +35,18 @@ from progress.models import ProgressEvent, ProgressTopic
 logger = logging.getLogger(__name__)
 
 EventKind = Literal["new", "msg", "end"]
-_TOPIC_FIELDS = ["name", "text", "error", "state", "owner_id", "last_kind", "last_event_id",
-                 "started_at", "updated_at", "ended_at"]
+_TOPIC_FIELDS = [
+    "name",
+    "text",
+    "error",
+    "state",
+    "owner_id",
+    "last_kind",
+    "last_event_id",
+    "started_at",
+    "updated_at",
+    "ended_at",
+]
 _prune_lock = threading.Lock()
 _last_prune = 0.0
 
@@ -78,8 +88,13 @@ def progress_publish(
     """
     if kind not in ("new", "msg", "end"):
         raise ValueError(f"unknown progress event kind {kind!r}")
-    pending = {"topic": str(topic)[:200], "kind": kind, "text": str(text), "state": dict(state or {}),
-               "owner_id": owner_id}
+    pending = {
+        "topic": str(topic)[:200],
+        "kind": kind,
+        "text": str(text),
+        "state": dict(state or {}),
+        "owner_id": owner_id,
+    }
     events = _store_one(pending)
     if conf.transport() == "layer":
 
@@ -111,8 +126,17 @@ def events_store(pending: list[dict[str, Any]]) -> list[Event]:
     now = timezone.now()
     with transaction.atomic(savepoint=False):
         rows = ProgressEvent.objects.bulk_create(
-            [ProgressEvent(topic=p["topic"], kind=p["kind"], text=p["text"], state=p["state"],
-                           owner_id=p["owner_id"], created_at=now) for p in pending]
+            [
+                ProgressEvent(
+                    topic=p["topic"],
+                    kind=p["kind"],
+                    text=p["text"],
+                    state=p["state"],
+                    owner_id=p["owner_id"],
+                    created_at=now,
+                )
+                for p in pending
+            ]
         )
         topics = {t.topic: t for t in ProgressTopic.objects.filter(topic__in={r.topic for r in rows})}
         for row in rows:
@@ -122,8 +146,10 @@ def events_store(pending: list[dict[str, Any]]) -> list[Event]:
         )
     _prune_soon()
     at = now.timestamp()
-    return [Event(id=int(r.pk), topic=r.topic, kind=r.kind, text=r.text, state=r.state, owner_id=r.owner_id, at=at)
-            for r in rows]
+    return [
+        Event(id=int(r.pk), topic=r.topic, kind=r.kind, text=r.text, state=r.state, owner_id=r.owner_id, at=at)
+        for r in rows
+    ]
 
 
 def _store_one(p: dict[str, Any]) -> list[Event]:
@@ -144,8 +170,12 @@ def _store_one(p: dict[str, Any]) -> list[Event]:
     assignments = [f"{c} = EXCLUDED.{c}" for c in sets]
     if kind != "new":
         assignments.append(f"state = {merged}")
-    assignments += ["owner_id = COALESCE(EXCLUDED.owner_id, t.owner_id)", "last_kind = EXCLUDED.last_kind",
-                    "last_event_id = EXCLUDED.last_event_id", "updated_at = EXCLUDED.updated_at"]
+    assignments += [
+        "owner_id = COALESCE(EXCLUDED.owner_id, t.owner_id)",
+        "last_kind = EXCLUDED.last_kind",
+        "last_event_id = EXCLUDED.last_event_id",
+        "updated_at = EXCLUDED.updated_at",
+    ]
     sql = (
         f"WITH e AS (INSERT INTO {qn(ProgressEvent._meta.db_table)} "
         f"(topic, kind, text, state, owner_id, created_at) VALUES (%s, %s, %s, %s::jsonb, %s, %s) RETURNING id) "
@@ -155,23 +185,46 @@ def _store_one(p: dict[str, Any]) -> list[Event]:
         f"ON CONFLICT (topic) DO UPDATE SET {', '.join(assignments)} RETURNING t.last_event_id"
     )
     params = [
-        topic, kind, text, state, p["owner_id"], now,
-        topic, (text if kind == "new" else topic)[:200], text if kind == "msg" else "",
-        text if kind == "end" else "", state, p["owner_id"], kind, now, now, now if kind == "end" else None,
+        topic,
+        kind,
+        text,
+        state,
+        p["owner_id"],
+        now,
+        topic,
+        (text if kind == "new" else topic)[:200],
+        text if kind == "msg" else "",
+        text if kind == "end" else "",
+        state,
+        p["owner_id"],
+        kind,
+        now,
+        now,
+        now if kind == "end" else None,
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         [event_id] = cursor.fetchone()
     _prune_soon()
-    return [Event(id=int(event_id), topic=topic, kind=kind, text=text, state=p["state"], owner_id=p["owner_id"],
-                  at=now.timestamp())]
+    return [
+        Event(
+            id=int(event_id),
+            topic=topic,
+            kind=kind,
+            text=text,
+            state=p["state"],
+            owner_id=p["owner_id"],
+            at=now.timestamp(),
+        )
+    ]
 
 
 def _fold(topics: dict[str, ProgressTopic], row: ProgressEvent) -> None:
     topic = topics.get(row.topic)
     if topic is None:
-        topic = topics[row.topic] = ProgressTopic(topic=row.topic, name=row.topic[:200], state={},
-                                                  started_at=row.created_at)
+        topic = topics[row.topic] = ProgressTopic(
+            topic=row.topic, name=row.topic[:200], state={}, started_at=row.created_at
+        )
     if row.kind == "new":
         topic.name, topic.text, topic.error = row.text[:200], "", ""
         topic.state, topic.started_at, topic.ended_at = dict(row.state), row.created_at, None
@@ -220,6 +273,7 @@ def _prune_now_and_then() -> None:
 
 def streams_end_orphans(reason: str) -> list[Event]:
     """End socket streams left live by a listener that died (their connections are gone)."""
-    orphans = list(ProgressTopic.objects.filter(topic__startswith="stream:", ended_at__isnull=True)
-                   .values_list("topic", flat=True))
+    orphans = list(
+        ProgressTopic.objects.filter(topic__startswith="stream:", ended_at__isnull=True).values_list("topic", flat=True)
+    )
     return events_store([{"topic": t, "kind": "end", "text": reason, "state": {}, "owner_id": None} for t in orphans])

@@ -110,8 +110,11 @@ async def _live(viewer: Viewer, topics: set[str], after: int | None) -> AsyncIte
             batch = [event]
             while len(batch) < 2000 and not subscriber.queue.empty():
                 batch.append(subscriber.queue.get_nowait())
-            frames = [sse_frame(e["kind"], e["topic"], e["text"], e["id"]) for e in batch
-                      if e["id"] > covered and e["id"] not in replayed]
+            frames = [
+                sse_frame(e["kind"], e["topic"], e["text"], e["id"])
+                for e in batch
+                if e["id"] > covered and e["id"] not in replayed
+            ]
             if frames:
                 yield "".join(frames)
     finally:
@@ -169,13 +172,28 @@ class ProgressEventsSchema(APIView):
             "progress, admins everything; anonymous readers only when PROGRESS_PUBLIC is on."
         ),
         parameters=[
-            OpenApiParameter("topic", OpenApiTypes.STR, many=True, description="Only these topics (repeat or comma-separate)."),
-            OpenApiParameter("once", OpenApiTypes.STR, enum=["0", "1"], description="1: send the beginning, then close."),
-            OpenApiParameter("token", OpenApiTypes.STR, description="A user access JWT (EventSource cannot send headers)."),
-            OpenApiParameter("lastEventId", OpenApiTypes.STR, pattern=r"^[0-9]{1,18}$",
-                             description="Same as the Last-Event-ID header."),
-            OpenApiParameter("Last-Event-ID", OpenApiTypes.STR, location=OpenApiParameter.HEADER, pattern=r"^[0-9]{1,18}$",
-                             description="Replay the events after this id (sent by EventSource on reconnect)."),
+            OpenApiParameter(
+                "topic", OpenApiTypes.STR, many=True, description="Only these topics (repeat or comma-separate)."
+            ),
+            OpenApiParameter(
+                "once", OpenApiTypes.STR, enum=["0", "1"], description="1: send the beginning, then close."
+            ),
+            OpenApiParameter(
+                "token", OpenApiTypes.STR, description="A user access JWT (EventSource cannot send headers)."
+            ),
+            OpenApiParameter(
+                "lastEventId",
+                OpenApiTypes.STR,
+                pattern=r"^[0-9]{1,18}$",
+                description="Same as the Last-Event-ID header.",
+            ),
+            OpenApiParameter(
+                "Last-Event-ID",
+                OpenApiTypes.STR,
+                location=OpenApiParameter.HEADER,
+                pattern=r"^[0-9]{1,18}$",
+                description="Replay the events after this id (sent by EventSource on reconnect).",
+            ),
         ],
         responses={
             # Event-stream schemas describe one event (schemathesis and OpenAPI 3.2 read them so).

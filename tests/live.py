@@ -86,7 +86,8 @@ def run_wsgi_server(workers: int = 2, threads: int = 1, **extra_env: str) -> Ite
     port = free_port()
     proc = subprocess.Popen(
         granian_argv(port=port, workers=workers, threads=threads, log_level="warning"),
-        cwd=ROOT, env=server_env(**extra_env),
+        cwd=ROOT,
+        env=server_env(**extra_env),
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -12,9 +12,13 @@ OUR_APPS = ("coordinator", "pool", "farm", "jobs", "progress")
 
 
 def all_factories() -> list[type[factory.django.DjangoModelFactory]]:
-    return [value for value in vars(factories).values()
-            if isinstance(value, type) and issubclass(value, factory.django.DjangoModelFactory)
-            and value is not factory.django.DjangoModelFactory]
+    return [
+        value
+        for value in vars(factories).values()
+        if isinstance(value, type)
+        and issubclass(value, factory.django.DjangoModelFactory)
+        and value is not factory.django.DjangoModelFactory
+    ]
 
 
 def test_every_model_has_a_factory() -> None:

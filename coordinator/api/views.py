@@ -61,8 +61,9 @@ class MeApi(APIView):
         name = serializers.CharField()
         role = serializers.CharField()
 
-    @extend_schema(responses={200: OutputSerializer, 401: ErrorEnvelopeSerializer, 403: ErrorEnvelopeSerializer},
-                   tags=["auth"])
+    @extend_schema(
+        responses={200: OutputSerializer, 401: ErrorEnvelopeSerializer, 403: ErrorEnvelopeSerializer}, tags=["auth"]
+    )
     def get(self, request: Request) -> Response:
         return Response(self.OutputSerializer(request.user).data)
 

@@ -1,6 +1,6 @@
 """Checks run before the platform starts, so that a set-up mistake is a sentence, not a traceback.
 
-    python -m coordinator.serving.preflight     (run by `./dev up` before migrating; exit 1 on a problem)
+python -m coordinator.serving.preflight     (run by `./dev up` before migrating; exit 1 on a problem)
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ def _postgres_database_missing(db: dict[str, object]) -> bool:
     import psycopg
     from psycopg.conninfo import make_conninfo
 
-    params: dict[str, Any] = {"host": db.get("HOST"), "port": db.get("PORT"), "user": db.get("USER"),
-                              "password": db.get("PASSWORD")}
+    params: dict[str, Any] = {
+        "host": db.get("HOST"),
+        "port": db.get("PORT"),
+        "user": db.get("USER"),
+        "password": db.get("PASSWORD"),
+    }
     conninfo = make_conninfo(dbname="postgres", connect_timeout=5, **{k: v for k, v in params.items() if v})
     try:
         with psycopg.connect(conninfo) as maintenance:
@@ -35,11 +39,16 @@ def database_problem() -> str | None:
     except OperationalError as exc:
         db = connection.settings_dict
         if connection.vendor == "postgresql" and _postgres_database_missing(db):
-            options = [f"-h {db['HOST']}" if db.get("HOST") else "", f"-p {db['PORT']}" if db.get("PORT") else "",
-                       f"-U {db['USER']}" if db.get("USER") else ""]
+            options = [
+                f"-h {db['HOST']}" if db.get("HOST") else "",
+                f"-p {db['PORT']}" if db.get("PORT") else "",
+                f"-U {db['USER']}" if db.get("USER") else "",
+            ]
             createdb = " ".join(["createdb", *filter(None, options), str(db["NAME"])])
-            return (f"The PostgreSQL database {db['NAME']!r} named by DATABASE_URL does not exist.\n"
-                    f"Create it, then run this again:\n\n    {createdb}\n")
+            return (
+                f"The PostgreSQL database {db['NAME']!r} named by DATABASE_URL does not exist.\n"
+                f"Create it, then run this again:\n\n    {createdb}\n"
+            )
         return f"Cannot connect to the database named by DATABASE_URL: {exc}"
     finally:
         connection.close()

@@ -65,8 +65,7 @@ def _answer(status: str, code: str, message: str) -> bytes:
 def forwarded_head(head: bytes, peer: object) -> bytes:
     """The request head with the client's X-Forwarded-* headers replaced by ours, naming `peer`."""
     request_line, _, rest = head.partition(b"\r\n")
-    kept = [line for line in rest.split(b"\r\n")
-            if line and line.split(b":", 1)[0].strip().lower() not in FORWARDED]
+    kept = [line for line in rest.split(b"\r\n") if line and line.split(b":", 1)[0].strip().lower() not in FORWARDED]
     if isinstance(peer, tuple) and len(peer) >= 2:  # TCP (IPv4 or IPv6)
         kept += [f"X-Forwarded-For: {peer[0]}".encode(), f"X-Forwarded-Port: {peer[1]}".encode()]
     kept.append(b"X-Forwarded-Proto: http")
@@ -99,8 +98,12 @@ class Router:
             try:
                 head = await asyncio.wait_for(client_reader.readuntil(b"\r\n\r\n"), timeout=HEAD_SECONDS)
             except asyncio.LimitOverrunError:
-                await self._refuse(client_writer, "431 Request Header Fields Too Large", "headers_too_large",
-                                   f"The request head is larger than {MAX_HEAD} bytes.")
+                await self._refuse(
+                    client_writer,
+                    "431 Request Header Fields Too Large",
+                    "headers_too_large",
+                    f"The request head is larger than {MAX_HEAD} bytes.",
+                )
                 return
             except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                 return
@@ -108,8 +111,12 @@ class Router:
             self.connections[task] = path == self.asgi_socket
             upstream = await self._connect(path)
             if upstream is None:
-                await self._refuse(client_writer, "502 Bad Gateway", "bad_gateway",
-                                   "The application server is not ready yet; retry in a moment.")
+                await self._refuse(
+                    client_writer,
+                    "502 Bad Gateway",
+                    "bad_gateway",
+                    "The application server is not ready yet; retry in a moment.",
+                )
                 return
             request_head = forwarded_head(head, client_writer.get_extra_info("peername"))
             # The server side is a plain socket, not a stream transport: a transport that fails to

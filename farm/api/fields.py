@@ -55,8 +55,11 @@ class TaskNumberListField(serializers.ListField):
         super().__init__(child=StrictIntegerField(min_value=0, max_value=max_value), **kwargs)
 
     def to_internal_value(self, data: Any) -> list[Any]:
-        if isinstance(data, list) and (self.max_length is None or len(data) <= self.max_length) and (
-            data or self.allow_empty
-        ) and all(type(item) is int and 0 <= item <= self.max_number for item in data):
+        if (
+            isinstance(data, list)
+            and (self.max_length is None or len(data) <= self.max_length)
+            and (data or self.allow_empty)
+            and all(type(item) is int and 0 <= item <= self.max_number for item in data)
+        ):
             return list(data)
         return list(super().to_internal_value(data))

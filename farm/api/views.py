@@ -57,7 +57,6 @@ PUT_SCHEMA: dict[str, Any] = {
 }
 
 
-
 def _user(request: Request) -> User:
     user = request.user
     assert isinstance(user, User)  # guaranteed by IsPlatformUser
@@ -80,13 +79,15 @@ def _cookie(request: Request) -> str | None:
 
 
 def _worker_uuid_from(request: Request) -> str | None:
-    return identity.sending_worker(header=request.headers.get("X-Farm-Worker") or None, cookie=_cookie(request),
-                                   token=request.auth)
+    return identity.sending_worker(
+        header=request.headers.get("X-Farm-Worker") or None, cookie=_cookie(request), token=request.auth
+    )
 
 
 def _possible_senders(request: Request) -> frozenset[str]:
-    return identity.possible_senders(header=request.headers.get("X-Farm-Worker") or None, cookie=_cookie(request),
-                                     token=request.auth)
+    return identity.possible_senders(
+        header=request.headers.get("X-Farm-Worker") or None, cookie=_cookie(request), token=request.auth
+    )
 
 
 def _remember_worker(response: Response, worker_uuid: str, request: Request) -> Response:
@@ -150,8 +151,9 @@ class RunCreateApi(FarmApi):
     class InputSerializer(serializers.Serializer):
         numTasks = StrictIntegerField(min_value=0, max_value=MAX_TASKS)
 
-    @extend_schema(request=InputSerializer, responses={201: RunSummarySerializer, **BODY_ERRORS, **AUTH_ERRORS},
-                   tags=["farm"])
+    @extend_schema(
+        request=InputSerializer, responses={201: RunSummarySerializer, **BODY_ERRORS, **AUTH_ERRORS}, tags=["farm"]
+    )
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -187,9 +189,14 @@ class RunDetailApi(FarmApi):
         numNotStarted = serializers.IntegerField(required=False)
 
     @extend_schema(
-        parameters=[OpenApiParameter("info", str, enum=["", *RUN_INFO_KEYS], required=False,
-                                     description="Return only this key.")],
-        responses={200: OutputSerializer, 404: E, **AUTH_ERRORS}, tags=["farm"], operation_id="farm_run_retrieve",
+        parameters=[
+            OpenApiParameter(
+                "info", str, enum=["", *RUN_INFO_KEYS], required=False, description="Return only this key."
+            )
+        ],
+        responses={200: OutputSerializer, 404: E, **AUTH_ERRORS},
+        tags=["farm"],
+        operation_id="farm_run_retrieve",
     )
     def get(self, request: Request, uuid: str) -> Response:
         run = selectors.run_get(user=_user(request), uuid=uuid)
@@ -209,7 +216,8 @@ class RunRestartApi(FarmApi):
     @extend_schema(
         request=None,
         parameters=[OpenApiParameter("all", str, enum=["True", "False"], required=False)],
-        responses={204: NO_CONTENT, 404: E, **AUTH_ERRORS}, tags=["farm"],
+        responses={204: NO_CONTENT, 404: E, **AUTH_ERRORS},
+        tags=["farm"],
     )
     def post(self, request: Request, uuid: str) -> Response:
         run = selectors.run_get(user=_user(request), uuid=uuid)
@@ -244,16 +252,17 @@ def _worker_uuid_of(body: Any) -> str:
 class RunTaskClaimApi(FarmApi):
     """Hand the next task to a worker: 201 with the task, 204 (empty) when none is left."""
 
-    @extend_schema(request=WorkerInputSerializer,
-                   responses={201: TaskOutputSerializer, 204: NO_CONTENT, 404: E, **BODY_ERRORS, **AUTH_ERRORS},
-                   tags=["farm"])
+    @extend_schema(
+        request=WorkerInputSerializer,
+        responses={201: TaskOutputSerializer, 204: NO_CONTENT, 404: E, **BODY_ERRORS, **AUTH_ERRORS},
+        tags=["farm"],
+    )
     def post(self, request: Request, uuid: str) -> Response:
         worker_uuid = _worker_uuid_of(request.data)
         tasks = _claim(request, uuid, worker_uuid, 1)
         if not tasks:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return _remember_worker(Response(task_data(tasks[0]), status=status.HTTP_201_CREATED), worker_uuid,
-                                request)
+        return _remember_worker(Response(task_data(tasks[0]), status=status.HTTP_201_CREATED), worker_uuid, request)
 
 
 class RequiredBodySchema(AutoSchema):
@@ -276,8 +285,9 @@ def plain_change(body: Any) -> services.TaskChange | None:
     if not isinstance(body, dict) or not body or not body.keys() <= _PUT_KEYS:
         return None
     percent, state = body.get("percentCompleted"), body.get("status")
-    if "percentCompleted" in body and not (isinstance(percent, int | float) and type(percent) is not bool
-                                           and 0 <= percent <= 100):
+    if "percentCompleted" in body and not (
+        isinstance(percent, int | float) and type(percent) is not bool and 0 <= percent <= 100
+    ):
         return None
     if "status" in body and not (type(state) is str and state in _STATUSES):
         return None
@@ -295,9 +305,13 @@ class TaskDetailApi(FarmApi):
         status = serializers.ChoiceField(choices=Task.Status.choices, required=False)
 
     @extend_schema(
-        parameters=[OpenApiParameter("info", str, enum=["", *TASK_INFO_KEYS], required=False,
-                                     description="Return only this key.")],
-        responses={200: TaskOutputSerializer, 404: E, **AUTH_ERRORS}, tags=["farm"],
+        parameters=[
+            OpenApiParameter(
+                "info", str, enum=["", *TASK_INFO_KEYS], required=False, description="Return only this key."
+            )
+        ],
+        responses={200: TaskOutputSerializer, 404: E, **AUTH_ERRORS},
+        tags=["farm"],
     )
     def get(self, request: Request, uuid: str, n: int) -> Response:
         info = _info(request, TASK_INFO_KEYS)
@@ -306,8 +320,12 @@ class TaskDetailApi(FarmApi):
         # not exist yet (or a run that is not visible) takes the path that creates it or says 404.
         row = selectors.task_read(user=user, run_uuid=uuid, number=n) if 0 <= n < MAX_TASKS else None
         if row is not None:
-            data = {"id": row["id"], "task": row["task"], "percentCompleted": row["percent_completed"],
-                    "status": row["status"]}
+            data = {
+                "id": row["id"],
+                "task": row["task"],
+                "percentCompleted": row["percent_completed"],
+                "status": row["status"],
+            }
             return Response(_pick(data, info))
         run = selectors.run_get(user=user, uuid=uuid)
         task = services.task_get_or_materialise(run=run, number=n)
@@ -315,7 +333,8 @@ class TaskDetailApi(FarmApi):
 
     @extend_schema(
         request={"application/json": PUT_SCHEMA},
-        responses={204: NO_CONTENT, 404: E, 409: E, **BODY_ERRORS, **AUTH_ERRORS}, tags=["farm"],
+        responses={204: NO_CONTENT, 404: E, 409: E, **BODY_ERRORS, **AUTH_ERRORS},
+        tags=["farm"],
         description="Only `percentCompleted` and/or `status`; any other key is a 400. A PUT from a worker "
         "whose task was re-handed out after its lease expired is refused with 409.",
     )
@@ -328,8 +347,11 @@ class TaskDetailApi(FarmApi):
         worker_uuid = _worker_uuid_from(request)
         # The worker holding the task updates it: one guarded UPDATE. Anything else (lazy creation,
         # 404, 409 for a lease lost, a PUT without a worker cookie) takes the full path.
-        held = worker_uuid is not None and 0 <= n < MAX_TASKS and services.task_update_held(
-            user=user, run_uuid=uuid, number=n, change=change, worker_uuid=worker_uuid)
+        held = (
+            worker_uuid is not None
+            and 0 <= n < MAX_TASKS
+            and services.task_update_held(user=user, run_uuid=uuid, number=n, change=change, worker_uuid=worker_uuid)
+        )
         if held:
             return Response(status=status.HTTP_204_NO_CONTENT)
         run = selectors.run_get(user=user, uuid=uuid)
@@ -342,8 +364,11 @@ class TaskDetailApi(FarmApi):
             raise EmptyUpdateError()
         unknown = sorted(set(body) - _PUT_KEYS)
         if unknown:
-            raise EmptyUpdateError(f"Unknown keys: {', '.join(unknown)}.", code="unknown_key",
-                                   extra={"fields": {key: ["Unknown key."] for key in unknown}})
+            raise EmptyUpdateError(
+                f"Unknown keys: {', '.join(unknown)}.",
+                code="unknown_key",
+                extra={"fields": {key: ["Unknown key."] for key in unknown}},
+            )
         data = self.InputSerializer(data=body)
         data.is_valid(raise_exception=True)
         return services.TaskChange(
@@ -365,13 +390,15 @@ class WorkerCreateApi(FarmApi):
         uuid = serializers.CharField()
         id = serializers.IntegerField()
 
-    @extend_schema(request=InputSerializer, responses={201: OutputSerializer, 409: E, **BODY_ERRORS, **AUTH_ERRORS},
-                   tags=["farm"])
+    @extend_schema(
+        request=InputSerializer, responses={201: OutputSerializer, 409: E, **BODY_ERRORS, **AUTH_ERRORS}, tags=["farm"]
+    )
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        worker = services.worker_register(owner=_user(request), **data.validated_data,
-                                          token_id=identity.token_id_of(request.auth))
+        worker = services.worker_register(
+            owner=_user(request), **data.validated_data, token_id=identity.token_id_of(request.auth)
+        )
         response = Response({"uuid": worker.uuid, "id": worker.pk}, status=status.HTTP_201_CREATED)
         return _remember_worker(response, worker.uuid, request)
 
@@ -390,8 +417,11 @@ def count_ok(value: Any) -> bool:
 
 
 def numbers_ok(value: Any) -> bool:
-    return type(value) is list and len(value) <= BATCH_BODY_MAX and all(type(n) is int and 0 <= n <= MAX_TASKS
-                                                                 for n in value)
+    return (
+        type(value) is list
+        and len(value) <= BATCH_BODY_MAX
+        and all(type(n) is int and 0 <= n <= MAX_TASKS for n in value)
+    )
 
 
 def batch_shortcut(body: Any, key: str, value_ok: Callable[[Any], bool]) -> tuple[str, Any] | None:
@@ -404,8 +434,9 @@ def batch_shortcut(body: Any, key: str, value_ok: Callable[[Any], bool]) -> tupl
     return None
 
 
-def _batch_input(body: Any, key: str, value_ok: Callable[[Any], bool],
-                 serializer_class: type[serializers.Serializer]) -> tuple[str, Any]:
+def _batch_input(
+    body: Any, key: str, value_ok: Callable[[Any], bool], serializer_class: type[serializers.Serializer]
+) -> tuple[str, Any]:
     """`batch_shortcut`, or the serializer's answer: its values, or its error details (400)."""
     given = batch_shortcut(body, key, value_ok)
     if given is not None:
@@ -422,8 +453,11 @@ class TaskBatchClaimApi(FarmApi):
     class InputSerializer(WorkerInputSerializer):
         count = StrictIntegerField(min_value=1, max_value=BATCH_BODY_MAX)
 
-    @extend_schema(request=InputSerializer,
-                   responses={200: TaskListOutputSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS}, tags=["farm"])
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: TaskListOutputSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS},
+        tags=["farm"],
+    )
     def post(self, request: Request, uuid: str) -> Response:
         worker_uuid, count = _batch_input(request.data, "count", count_ok, self.InputSerializer)
         data = batch_claim_data(user=_user(request), run_uuid=uuid, worker_uuid=worker_uuid, count=count)
@@ -432,8 +466,9 @@ class TaskBatchClaimApi(FarmApi):
 
 def batch_claim_data(*, user: User, run_uuid: str, worker_uuid: str, count: int) -> dict[str, Any]:
     """A batch claim's answer."""
-    tasks = services.tasks_claim_for(user=user, run_uuid=run_uuid, worker_uuid=worker_uuid,
-                                     limit=min(count, batch_max()))
+    tasks = services.tasks_claim_for(
+        user=user, run_uuid=run_uuid, worker_uuid=worker_uuid, limit=min(count, batch_max())
+    )
     return {"tasks": [task_data(task) for task in tasks]}
 
 
@@ -459,11 +494,13 @@ class TaskBatchDoneApi(FarmApi):
     @extend_schema_serializer(component_name="FarmTaskBatchDoneOutput")
     class OutputSerializer(serializers.Serializer):
         done = serializers.ListField(child=serializers.IntegerField())
-        refused = serializers.ListField(child=serializers.IntegerField(),
-                                        help_text="Numbers not computing for this worker (left unchanged).")
+        refused = serializers.ListField(
+            child=serializers.IntegerField(), help_text="Numbers not computing for this worker (left unchanged)."
+        )
 
-    @extend_schema(request=InputSerializer, responses={200: OutputSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS},
-                   tags=["farm"])
+    @extend_schema(
+        request=InputSerializer, responses={200: OutputSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS}, tags=["farm"]
+    )
     def post(self, request: Request, uuid: str) -> Response:
         worker_uuid, listed = _batch_input(request.data, "tasks", numbers_ok, self.InputSerializer)
         return Response(batch_done_data(user=_user(request), run_uuid=uuid, worker_uuid=worker_uuid, listed=listed))

@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,68 +15,111 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Run',
+            name="Run",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('uuid', models.CharField(default=farm.models.new_run_uuid, editable=False, max_length=32, unique=True)),
-                ('num_tasks', models.BigIntegerField()),
-                ('next_task', models.BigIntegerField(default=0)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='farm_runs', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "uuid",
+                    models.CharField(default=farm.models.new_run_uuid, editable=False, max_length=32, unique=True),
+                ),
+                ("num_tasks", models.BigIntegerField()),
+                ("next_task", models.BigIntegerField(default=0)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="farm_runs",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='Worker',
+            name="Worker",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('uuid', models.CharField(max_length=64, unique=True)),
-                ('hostname', models.CharField(max_length=255)),
-                ('pid', models.BigIntegerField()),
-                ('start', models.DateTimeField(auto_now_add=True)),
-                ('last_seen', models.DateTimeField(auto_now_add=True)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='farm_workers', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("uuid", models.CharField(max_length=64, unique=True)),
+                ("hostname", models.CharField(max_length=255)),
+                ("pid", models.BigIntegerField()),
+                ("start", models.DateTimeField(auto_now_add=True)),
+                ("last_seen", models.DateTimeField(auto_now_add=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="farm_workers",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-last_seen'],
+                "ordering": ["-last_seen"],
             },
         ),
         migrations.CreateModel(
-            name='Task',
+            name="Task",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('task', models.BigIntegerField()),
-                ('status', models.CharField(choices=[('waiting', 'waiting'), ('computing', 'computing'), ('done', 'done')], default='waiting', max_length=16)),
-                ('percent_completed', models.FloatField(default=0.0)),
-                ('started', models.DateTimeField(blank=True, null=True)),
-                ('updated', models.DateTimeField(blank=True, null=True)),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tasks', to='farm.run')),
-                ('worker', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='tasks', to='farm.worker')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("task", models.BigIntegerField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("waiting", "waiting"), ("computing", "computing"), ("done", "done")],
+                        default="waiting",
+                        max_length=16,
+                    ),
+                ),
+                ("percent_completed", models.FloatField(default=0.0)),
+                ("started", models.DateTimeField(blank=True, null=True)),
+                ("updated", models.DateTimeField(blank=True, null=True)),
+                (
+                    "run",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="tasks", to="farm.run"),
+                ),
+                (
+                    "worker",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="tasks",
+                        to="farm.worker",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['run', 'task'],
+                "ordering": ["run", "task"],
             },
         ),
         migrations.AddConstraint(
-            model_name='run',
-            constraint=models.CheckConstraint(condition=models.Q(('num_tasks__gte', 0)), name='farm_run_num_tasks_gte_0'),
+            model_name="run",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("num_tasks__gte", 0)), name="farm_run_num_tasks_gte_0"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='run',
-            constraint=models.CheckConstraint(condition=models.Q(('next_task__gte', 0), ('next_task__lte', models.F('num_tasks'))), name='farm_run_next_task_in_range'),
+            model_name="run",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("next_task__gte", 0), ("next_task__lte", models.F("num_tasks"))),
+                name="farm_run_next_task_in_range",
+            ),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(fields=['run', 'status', 'task'], include=('percent_completed',), name='farm_task_run_status'),
+            model_name="task",
+            index=models.Index(
+                fields=["run", "status", "task"], include=("percent_completed",), name="farm_task_run_status"
+            ),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(fields=['run', 'status', 'updated'], name='farm_task_run_status_updated'),
+            model_name="task",
+            index=models.Index(fields=["run", "status", "updated"], name="farm_task_run_status_updated"),
         ),
         migrations.AddConstraint(
-            model_name='task',
-            constraint=models.UniqueConstraint(fields=('run', 'task'), name='farm_task_unique_number'),
+            model_name="task",
+            constraint=models.UniqueConstraint(fields=("run", "task"), name="farm_task_unique_number"),
         ),
     ]

@@ -4,18 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('farm', '0001_initial'),
+        ("farm", "0001_initial"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='task',
-            name='farm_task_run_status',
+            model_name="task",
+            name="farm_task_run_status",
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(fields=['run', 'status', 'task'], name='farm_task_run_status'),
+            model_name="task",
+            index=models.Index(fields=["run", "status", "task"], name="farm_task_run_status"),
         ),
     ]

@@ -5,31 +5,36 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('farm', '0002_index_without_include'),
+        ("farm", "0002_index_without_include"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='task',
-            name='farm_task_run_status_updated',
+            model_name="task",
+            name="farm_task_run_status_updated",
         ),
         migrations.RemoveIndex(
-            model_name='task',
-            name='farm_task_run_status',
+            model_name="task",
+            name="farm_task_run_status",
         ),
         migrations.AlterField(
-            model_name='task',
-            name='run',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='tasks', to='farm.run'),
+            model_name="task",
+            name="run",
+            field=models.ForeignKey(
+                db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name="tasks", to="farm.run"
+            ),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(condition=models.Q(('status', 'waiting')), fields=['run', 'task'], name='farm_task_waiting'),
+            model_name="task",
+            index=models.Index(
+                condition=models.Q(("status", "waiting")), fields=["run", "task"], name="farm_task_waiting"
+            ),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(condition=models.Q(('status', 'computing')), fields=['run', 'updated'], name='farm_task_computing'),
+            model_name="task",
+            index=models.Index(
+                condition=models.Q(("status", "computing")), fields=["run", "updated"], name="farm_task_computing"
+            ),
         ),
     ]

@@ -17,34 +17,51 @@ def count_done_tasks(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('farm', '0003_task_partial_indexes'),
+        ("farm", "0003_task_partial_indexes"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='task',
-            name='farm_task_computing',
+            model_name="task",
+            name="farm_task_computing",
         ),
         migrations.AddField(
-            model_name='worker',
-            name='tasks_done',
+            model_name="worker",
+            name="tasks_done",
             field=models.BigIntegerField(default=0),
         ),
         migrations.RunPython(count_done_tasks, migrations.RunPython.noop),
         migrations.AlterField(
-            model_name='task',
-            name='run',
-            field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='tasks', to='farm.run'),
+            model_name="task",
+            name="run",
+            field=models.ForeignKey(
+                db_constraint=False,
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="tasks",
+                to="farm.run",
+            ),
         ),
         migrations.AlterField(
-            model_name='task',
-            name='worker',
-            field=models.ForeignKey(blank=True, db_constraint=False, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='tasks', to='farm.worker'),
+            model_name="task",
+            name="worker",
+            field=models.ForeignKey(
+                blank=True,
+                db_constraint=False,
+                db_index=False,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="tasks",
+                to="farm.worker",
+            ),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(condition=models.Q(('status', 'computing')), fields=['run', 'updated', 'worker'], name='farm_task_computing'),
+            model_name="task",
+            index=models.Index(
+                condition=models.Q(("status", "computing")),
+                fields=["run", "updated", "worker"],
+                name="farm_task_computing",
+            ),
         ),
     ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('farm', '0004_task_without_foreign_keys'),
+        ("farm", "0004_task_without_foreign_keys"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='worker',
-            name='token_id',
+            model_name="worker",
+            name="token_id",
             field=models.CharField(blank=True, db_index=True, editable=False, max_length=32, null=True),
         ),
     ]

@@ -25,9 +25,17 @@ from jobs.registry import all_specs, get_spec
 from jobs.selectors import file_get_for_owner, file_list, job_get_for_user
 from jobs.services import job_create, job_retry, user_may_run
 
-_ERROR_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
-                 405: "Method not allowed", 409: "Conflict", 413: "Payload too large", 415: "Unsupported media type",
-                 422: "Invalid type"}
+_ERROR_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Invalid type",
+}
 
 
 def booklogr_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -39,11 +47,13 @@ def booklogr_exception_handler(exc: Exception, context: dict[str, Any]) -> Respo
         detail = exc.detail.get("detail", exc.detail) if isinstance(exc.detail, dict) else exc.detail
         return Response({"msg": str(detail)}, status=401, headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, ApplicationError):
-        return Response({"error": _ERROR_TITLES.get(exc.status_code, "Error"), "message": exc.message},
-                        status=exc.status_code)
+        return Response(
+            {"error": _ERROR_TITLES.get(exc.status_code, "Error"), "message": exc.message}, status=exc.status_code
+        )
     if isinstance(exc, exceptions.APIException):
-        return Response({"error": _ERROR_TITLES.get(exc.status_code, "Error"), "message": str(exc.detail)},
-                        status=exc.status_code)
+        return Response(
+            {"error": _ERROR_TITLES.get(exc.status_code, "Error"), "message": str(exc.detail)}, status=exc.status_code
+        )
     return None  # unexpected: let the middleware log it and answer 500
 
 
@@ -72,7 +82,8 @@ class TaskCreateApi(BookLogrView):
 
         type = serializers.CharField()
         data = serializers.JSONField(  # type: ignore[assignment]
-            help_text="The job's arguments (an object; `{}` for the exports' defaults).")
+            help_text="The job's arguments (an object; `{}` for the exports' defaults)."
+        )
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
@@ -87,11 +98,15 @@ class TaskCreateApi(BookLogrView):
         responses={
             202: OutputSerializer,
             400: OpenApiResponse(
-                response=inline_serializer(name="BookLogrMissing", fields={
-                    "status": serializers.CharField(required=False), "message": serializers.CharField(),
-                    "missing": serializers.ListField(child=serializers.CharField(), required=False),
-                    "error": serializers.CharField(required=False),
-                }),
+                response=inline_serializer(
+                    name="BookLogrMissing",
+                    fields={
+                        "status": serializers.CharField(required=False),
+                        "message": serializers.CharField(),
+                        "missing": serializers.ListField(child=serializers.CharField(), required=False),
+                        "error": serializers.CharField(required=False),
+                    },
+                ),
                 description="Missing `type`/`data` (with the `missing` list), or arguments not matching the job.",
             ),
             401: JWT_401,
@@ -109,12 +124,19 @@ class TaskCreateApi(BookLogrView):
             body = {}
         missing = [key for key in ("type", "data") if key not in body]
         if missing:
-            return Response({"status": "error", "message": "Request JSON is missing some required params",
-                             "missing": missing}, status=400)
+            return Response(
+                {"status": "error", "message": "Request JSON is missing some required params", "missing": missing},
+                status=400,
+            )
         job_type = body["type"]
         if not isinstance(job_type, str) or get_spec(job_type) is None:
-            return Response({"error": "Invalid type", "message": "The supplied task type is invalid. It can be "
-                             f"either {_type_list()}."}, status=422)
+            return Response(
+                {
+                    "error": "Invalid type",
+                    "message": f"The supplied task type is invalid. It can be either {_type_list()}.",
+                },
+                status=422,
+            )
         user = platform_user(request)
         try:
             job = job_create(type=job_type, data=body["data"], user=user, strict=False)
@@ -135,9 +157,25 @@ class TaskOutputSerializer(serializers.ModelSerializer):
     class Meta:
         ref_name = "BookLogrTask"
         model = Job
-        fields = ["id", "type", "data", "status", "worker", "created_on", "created_at", "updated_on", "created_by",
-                  "attempts", "max_attempts", "result", "error", "progress", "progress_message", "started_at",
-                  "finished_at"]
+        fields = [
+            "id",
+            "type",
+            "data",
+            "status",
+            "worker",
+            "created_on",
+            "created_at",
+            "updated_on",
+            "created_by",
+            "attempts",
+            "max_attempts",
+            "result",
+            "error",
+            "progress",
+            "progress_message",
+            "started_at",
+            "finished_at",
+        ]
 
 
 class TaskDetailApi(BookLogrView):
@@ -159,7 +197,8 @@ class TaskRetryApi(BookLogrView):
         request=None,
         responses={
             200: inline_serializer(name="BookLogrRetried", fields={"message": serializers.CharField()}),
-            401: JWT_401, 404: NOT_FOUND,
+            401: JWT_401,
+            404: NOT_FOUND,
             409: booklogr_error("BookLogrRetryConflict", "Only a task in status `failure` can be retried."),
         },
         summary="Retry a failed task (queued again, never run inside the request)",
@@ -196,8 +235,11 @@ class FileListApi(BookLogrView):
 
     @extend_schema(
         operation_id="v1_files_list",
-        responses={200: FileOutputSerializer(many=True), 401: JWT_401,
-                   404: booklogr_error("BookLogrNoFiles", "The caller has no files (BookLogr answers 404).")},
+        responses={
+            200: FileOutputSerializer(many=True),
+            401: JWT_401,
+            404: booklogr_error("BookLogrNoFiles", "The caller has no files (BookLogr answers 404)."),
+        },
         summary="The caller's files, newest first",
     )
     def get(self, request: Request) -> Response:
@@ -212,9 +254,14 @@ class FileListApi(BookLogrView):
         operation_id="v1_files_upload",
         request={"multipart/form-data": UploadSerializer},
         responses={
-            202: inline_serializer(name="BookLogrUploadCreated", fields={
-                "message": serializers.CharField(), "task_id": serializers.IntegerField(),
-                "filename": serializers.CharField()}),
+            202: inline_serializer(
+                name="BookLogrUploadCreated",
+                fields={
+                    "message": serializers.CharField(),
+                    "task_id": serializers.IntegerField(),
+                    "filename": serializers.CharField(),
+                },
+            ),
             400: booklogr_error("BookLogrUploadBad", "Unknown import type or unreadable request."),
             401: JWT_401,
             403: booklogr_error("BookLogrUploadForbidden", "The caller may not run `jsonl_import`."),
@@ -240,8 +287,9 @@ class FileListApi(BookLogrView):
             return Response({"error": "Payload too large", "message": "The file is too large."}, status=413)
         row = upload_store(user=user, chunks=upload.chunks())
         job = job_create(type="jsonl_import", data={"filename": row.filename}, user=user)
-        return Response({"message": "Task created.", "task_id": job.pk, "filename": row.filename},
-                        status=status.HTTP_202_ACCEPTED)
+        return Response(
+            {"message": "Task created.", "task_id": job.pk, "filename": row.filename}, status=status.HTTP_202_ACCEPTED
+        )
 
 
 DOWNLOAD_TYPES = {"csv": "text/csv", "json": "application/json", "html": "text/html", "jsonl": "application/x-ndjson"}
@@ -251,9 +299,12 @@ class FileDownloadApi(BookLogrView):
     @extend_schema(
         operation_id="v1_files_download",
         responses={
-            **{(200, media): OpenApiResponse(OpenApiTypes.BINARY, description="The file, as an attachment.")
-               for media in DOWNLOAD_TYPES.values()},
-            401: JWT_401, 404: booklogr_error("BookLogrFileNotFound", "No such file of the caller's."),
+            **{
+                (200, media): OpenApiResponse(OpenApiTypes.BINARY, description="The file, as an attachment.")
+                for media in DOWNLOAD_TYPES.values()
+            },
+            401: JWT_401,
+            404: booklogr_error("BookLogrFileNotFound", "No such file of the caller's."),
         },
         summary="Download one of the caller's files as an attachment",
     )

@@ -37,12 +37,13 @@ def booklogr_error(name: str, description: str) -> OpenApiResponse:
     envelope `{"code", "message", "extra"}` instead, so both shapes fit this schema."""
     return OpenApiResponse(
         response=inline_serializer(
-            name=name, fields={
+            name=name,
+            fields={
                 "message": serializers.CharField(),
                 "error": serializers.CharField(required=False),
                 "code": serializers.CharField(required=False),
                 "extra": serializers.DictField(required=False),
-            }
+            },
         ),
         description=description,
     )

@@ -64,14 +64,20 @@ def _payload_validation_failed(errors: dict[str, str]) -> Response:
 
 
 VALIDATION_400 = OpenApiResponse(
-    response=inline_serializer(name="PytasksValidation", fields={
-        "errors": serializers.DictField(child=serializers.CharField()), "message": serializers.CharField()}),
+    response=inline_serializer(
+        name="PytasksValidation",
+        fields={"errors": serializers.DictField(child=serializers.CharField()), "message": serializers.CharField()},
+    ),
     description="A required key is missing or the body is not a JSON object (flask-restx reqparse).",
 )
 AUTH_401 = message_response("PytasksUnauthorized", "Missing, invalid or insufficient JWT.")
 
-STATUS_NAMES = {Job.Status.FRESH: "PENDING", Job.Status.STARTED: "STARTED", Job.Status.SUCCESS: "SUCCESS",
-                Job.Status.FAILURE: "FAILURE"}
+STATUS_NAMES = {
+    Job.Status.FRESH: "PENDING",
+    Job.Status.STARTED: "STARTED",
+    Job.Status.SUCCESS: "SUCCESS",
+    Job.Status.FAILURE: "FAILURE",
+}
 
 
 def pytasks_status(job: Job) -> str:
@@ -103,9 +109,14 @@ class PytasksTaskCreateApi(PytasksView):
         operation_id="pytasks_task_create",
         request=InputSerializer,
         responses={
-            200: OutputSerializer, 400: VALIDATION_400, 401: AUTH_401,
-            404: message_response("PytasksNotFound", "Unknown type, or an argument is missing, of the wrong "
-                                  "type or not expected (pytasks answers all of these 404)."),
+            200: OutputSerializer,
+            400: VALIDATION_400,
+            401: AUTH_401,
+            404: message_response(
+                "PytasksNotFound",
+                "Unknown type, or an argument is missing, of the wrong "
+                "type or not expected (pytasks answers all of these 404).",
+            ),
         },
         summary="Submit a job (pytasks)",
     )
@@ -113,7 +124,9 @@ class PytasksTaskCreateApi(PytasksView):
         try:
             body = json_body(request)
         except BodyError:
-            return _payload_validation_failed({"type": "You need to inform type", "args": "You need to inform args dict"})
+            return _payload_validation_failed(
+                {"type": "You need to inform type", "args": "You need to inform args dict"}
+            )
         if not isinstance(body, dict):
             body = {}
         errors = {}
@@ -175,18 +188,24 @@ class PytasksTaskDetailApi(PytasksView):
 class PytasksTaskListApi(PytasksView):
     @extend_schema(
         operation_id="pytasks_task_types",
-        responses={200: OpenApiResponse(
-            response=OpenApiTypes.OBJECT,
-            description='`{"<name>": {"require_authorization": bool, "args": {"<arg>": "<class \'int\'>"}}}`',
-        )},
+        responses={
+            200: OpenApiResponse(
+                response=OpenApiTypes.OBJECT,
+                description='`{"<name>": {"require_authorization": bool, "args": {"<arg>": "<class \'int\'>"}}}`',
+            )
+        },
         summary="Every registered job type with its argument types",
     )
     def get(self, request: Request) -> Response:
-        return Response({
-            spec.name: {"require_authorization": spec.protected,
-                        "args": {param.name: type_label(param.annotation) for param in spec.params}}
-            for spec in all_specs()
-        })
+        return Response(
+            {
+                spec.name: {
+                    "require_authorization": spec.protected,
+                    "args": {param.name: type_label(param.annotation) for param in spec.params},
+                }
+                for spec in all_specs()
+            }
+        )
 
 
 class PytasksPingApi(PytasksView):
@@ -216,8 +235,11 @@ class PytasksTokenApi(PytasksView):
 
     schema_kwargs: dict[str, Any] = dict(
         request=InputSerializer,
-        responses={200: OutputSerializer, 400: VALIDATION_400,
-                   401: message_response("PytasksBadCredentials", "Unknown user or wrong password.")},
+        responses={
+            200: OutputSerializer,
+            400: VALIDATION_400,
+            401: message_response("PytasksBadCredentials", "Unknown user or wrong password."),
+        },
         summary="A pytasks token whose `allowed_tasks` are the caller's protected job types",
         description="pytasks reads the JSON body of a GET; POST is accepted too.",
     )
@@ -229,7 +251,9 @@ class PytasksTokenApi(PytasksView):
             body = None
         if not isinstance(body, dict):
             body = {}
-        errors = {key: f"You need to inform {key}" for key in ("user", "password") if not isinstance(body.get(key), str)}
+        errors = {
+            key: f"You need to inform {key}" for key in ("user", "password") if not isinstance(body.get(key), str)
+        }
         if errors:
             return _payload_validation_failed(errors)
         email = body["user"].strip().lower()

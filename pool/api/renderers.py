@@ -16,4 +16,3 @@ class NDJSONRenderer(BaseRenderer):
     def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
         items = data if isinstance(data, list) else [data]  # an error envelope is one line
         return "".join(json.dumps(i, ensure_ascii=False, separators=(",", ":")) + "\n" for i in items).encode()
-

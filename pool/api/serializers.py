@@ -35,7 +35,9 @@ class JsonObjectField(serializers.DictField):
         return dict(value)
 
 
-@extend_schema_field({"type": "string", "pattern": "^(done|failed|progress)$", "description": "done | failed | progress"})
+@extend_schema_field(
+    {"type": "string", "pattern": "^(done|failed|progress)$", "description": "done | failed | progress"}
+)
 class ResponseStatusField(serializers.ChoiceField):
     """done | failed | progress; a pattern, not an enum component: `status` enums of other apps clash."""
 
@@ -44,8 +46,9 @@ class ResponseStatusField(serializers.ChoiceField):
 
 
 def text_field(**kwargs: Any) -> serializers.CharField:
-    return serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False,
-                                 max_length=100_000, **kwargs)
+    return serializers.CharField(
+        required=False, allow_blank=True, default="", trim_whitespace=False, max_length=100_000, **kwargs
+    )
 
 
 # `from` is a Python keyword, so the wire serializer is built with type().

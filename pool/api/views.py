@@ -87,8 +87,9 @@ class DeviceTokenApi(APIView):
         token = serializers.CharField()
         exp = serializers.CharField(help_text="Expiry, UTC, e.g. 2026-06-03T12:34:56Z")
 
-    @extend_schema(request=InputSerializer, responses={200: OutputSerializer, 400: E, 401: E, 403: E}, tags=TAGS,
-                   auth=[])
+    @extend_schema(
+        request=InputSerializer, responses={200: OutputSerializer, 400: E, 401: E, 403: E}, tags=TAGS, auth=[]
+    )
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -128,8 +129,9 @@ class ResponseApi(DeviceApi):
             attrs["status"] = status or in_meta
             return attrs
 
-    @extend_schema(request=InputSerializer, responses={201: MessageSerializer, 400: E, 401: E, 403: E, 404: E,
-                                                       409: E}, tags=TAGS)
+    @extend_schema(
+        request=InputSerializer, responses={201: MessageSerializer, 400: E, 401: E, 403: E, 404: E, 409: E}, tags=TAGS
+    )
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -189,10 +191,13 @@ class LogApi(APIView):
     @extend_schema(
         parameters=[OpenApiParameter("date", str, description="YYYY-MM-DD (UTC); default today")],
         responses={
-            (200, "application/x-ndjson"): OpenApiResponse(MessageSerializer(many=True),
-                                                           description="One message per line."),
+            (200, "application/x-ndjson"): OpenApiResponse(
+                MessageSerializer(many=True), description="One message per line."
+            ),
             (200, "application/json"): MessageSerializer(many=True),
-            400: E, 401: E, 403: E,
+            400: E,
+            401: E,
+            403: E,
         },
         tags=TAGS,
     )

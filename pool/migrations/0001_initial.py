@@ -8,7 +8,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -17,88 +16,158 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Device',
+            name="Device",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('kind', models.CharField(blank=True, default='', max_length=100)),
-                ('validated', models.BooleanField(default=False, help_text="The seed's `validado`: staff accepted this device.")),
-                ('enabled', models.BooleanField(default=True)),
-                ('secret_hash', models.CharField(editable=False, max_length=256)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('last_activity_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('last_activity_type', models.CharField(blank=True, default='', editable=False, max_length=16)),
-                ('last_heartbeat_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('broadcasts_seen_until', models.DateTimeField(blank=True, editable=False, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=200)),
+                ("kind", models.CharField(blank=True, default="", max_length=100)),
+                (
+                    "validated",
+                    models.BooleanField(default=False, help_text="The seed's `validado`: staff accepted this device."),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("secret_hash", models.CharField(editable=False, max_length=256)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                ("last_activity_at", models.DateTimeField(blank=True, editable=False, null=True)),
+                ("last_activity_type", models.CharField(blank=True, default="", editable=False, max_length=16)),
+                ("last_heartbeat_at", models.DateTimeField(blank=True, editable=False, null=True)),
+                ("broadcasts_seen_until", models.DateTimeField(blank=True, editable=False, null=True)),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='Message',
+            name="Message",
             fields=[
-                ('seq', models.BigAutoField(primary_key=True, serialize=False)),
-                ('msg_id', models.CharField(default=pool.models.new_message_id, editable=False, max_length=40, unique=True, verbose_name='id')),
-                ('ts', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('sender', models.CharField(max_length=320, verbose_name='from')),
-                ('to', models.CharField(max_length=4000)),
-                ('type', models.CharField(choices=[('task', 'Task'), ('response', 'Response'), ('info', 'Info'), ('heartbeat', 'Heartbeat'), ('error', 'Error')], max_length=16)),
-                ('title', models.TextField(blank=True, default='')),
-                ('body', models.TextField(blank=True, default='')),
-                ('parent_id', models.CharField(blank=True, db_index=True, max_length=40, null=True)),
-                ('meta', models.JSONField(blank=True, default=dict)),
-                ('target_all', models.BooleanField(default=False)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('cancelled_at', models.DateTimeField(blank=True, null=True)),
-                ('device', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='messages', to='pool.device')),
-                ('sent_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("seq", models.BigAutoField(primary_key=True, serialize=False)),
+                (
+                    "msg_id",
+                    models.CharField(
+                        default=pool.models.new_message_id,
+                        editable=False,
+                        max_length=40,
+                        unique=True,
+                        verbose_name="id",
+                    ),
+                ),
+                ("ts", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                ("sender", models.CharField(max_length=320, verbose_name="from")),
+                ("to", models.CharField(max_length=4000)),
+                (
+                    "type",
+                    models.CharField(
+                        choices=[
+                            ("task", "Task"),
+                            ("response", "Response"),
+                            ("info", "Info"),
+                            ("heartbeat", "Heartbeat"),
+                            ("error", "Error"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("title", models.TextField(blank=True, default="")),
+                ("body", models.TextField(blank=True, default="")),
+                ("parent_id", models.CharField(blank=True, db_index=True, max_length=40, null=True)),
+                ("meta", models.JSONField(blank=True, default=dict)),
+                ("target_all", models.BooleanField(default=False)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                ("cancelled_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "device",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="messages",
+                        to="pool.device",
+                    ),
+                ),
+                (
+                    "sent_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['ts', 'seq'],
+                "ordering": ["ts", "seq"],
             },
         ),
         migrations.CreateModel(
-            name='Delivery',
+            name="Delivery",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('state', models.CharField(choices=[('pending', 'Pending'), ('progress', 'In progress'), ('done', 'Done'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='pending', max_length=16)),
-                ('progress', models.JSONField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('device', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deliveries', to='pool.device')),
-                ('task', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='deliveries', to='pool.message')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("progress", "In progress"),
+                            ("done", "Done"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("progress", models.JSONField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "device",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="deliveries", to="pool.device"
+                    ),
+                ),
+                (
+                    "task",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="deliveries", to="pool.message"
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'deliveries',
+                "verbose_name_plural": "deliveries",
             },
         ),
         migrations.CreateModel(
-            name='Task',
-            fields=[
-            ],
+            name="Task",
+            fields=[],
             options={
-                'verbose_name': 'task',
-                'proxy': True,
-                'indexes': [],
-                'constraints': [],
+                "verbose_name": "task",
+                "proxy": True,
+                "indexes": [],
+                "constraints": [],
             },
-            bases=('pool.message',),
+            bases=("pool.message",),
         ),
         migrations.AddIndex(
-            model_name='message',
-            index=models.Index(condition=models.Q(('target_all', True), ('type', 'task')), fields=['ts'], name='pool_msg_broadcast_ts'),
+            model_name="message",
+            index=models.Index(
+                condition=models.Q(("target_all", True), ("type", "task")), fields=["ts"], name="pool_msg_broadcast_ts"
+            ),
         ),
         migrations.AddIndex(
-            model_name='message',
-            index=models.Index(fields=['type', 'ts'], name='pool_msg_type_ts'),
+            model_name="message",
+            index=models.Index(fields=["type", "ts"], name="pool_msg_type_ts"),
         ),
         migrations.AddIndex(
-            model_name='delivery',
-            index=models.Index(condition=models.Q(('state__in', ['pending', 'progress'])), fields=['device', 'task'], name='pool_delivery_open'),
+            model_name="delivery",
+            index=models.Index(
+                condition=models.Q(("state__in", ["pending", "progress"])),
+                fields=["device", "task"],
+                name="pool_delivery_open",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='delivery',
-            constraint=models.UniqueConstraint(fields=('task', 'device'), name='pool_delivery_unique'),
+            model_name="delivery",
+            constraint=models.UniqueConstraint(fields=("task", "device"), name="pool_delivery_unique"),
         ),
     ]

@@ -4,49 +4,52 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ProgressTopic',
+            name="ProgressTopic",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('topic', models.CharField(max_length=200, unique=True)),
-                ('name', models.CharField(blank=True, default='', max_length=200)),
-                ('text', models.TextField(blank=True, default='')),
-                ('error', models.TextField(blank=True, default='')),
-                ('state', models.JSONField(blank=True, default=dict)),
-                ('owner_id', models.BigIntegerField(blank=True, null=True)),
-                ('last_kind', models.CharField(choices=[('new', 'new'), ('msg', 'msg'), ('end', 'end')], default='new', max_length=3)),
-                ('last_event_id', models.BigIntegerField(default=0)),
-                ('started_at', models.DateTimeField()),
-                ('updated_at', models.DateTimeField(db_index=True)),
-                ('ended_at', models.DateTimeField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("topic", models.CharField(max_length=200, unique=True)),
+                ("name", models.CharField(blank=True, default="", max_length=200)),
+                ("text", models.TextField(blank=True, default="")),
+                ("error", models.TextField(blank=True, default="")),
+                ("state", models.JSONField(blank=True, default=dict)),
+                ("owner_id", models.BigIntegerField(blank=True, null=True)),
+                (
+                    "last_kind",
+                    models.CharField(
+                        choices=[("new", "new"), ("msg", "msg"), ("end", "end")], default="new", max_length=3
+                    ),
+                ),
+                ("last_event_id", models.BigIntegerField(default=0)),
+                ("started_at", models.DateTimeField()),
+                ("updated_at", models.DateTimeField(db_index=True)),
+                ("ended_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'verbose_name': 'live stream',
-                'verbose_name_plural': 'live streams',
-                'ordering': ['ended_at', '-updated_at'],
+                "verbose_name": "live stream",
+                "verbose_name_plural": "live streams",
+                "ordering": ["ended_at", "-updated_at"],
             },
         ),
         migrations.CreateModel(
-            name='ProgressEvent',
+            name="ProgressEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('topic', models.CharField(max_length=200)),
-                ('kind', models.CharField(choices=[('new', 'new'), ('msg', 'msg'), ('end', 'end')], max_length=3)),
-                ('text', models.TextField(blank=True, default='')),
-                ('state', models.JSONField(blank=True, default=dict)),
-                ('owner_id', models.BigIntegerField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(db_index=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("topic", models.CharField(max_length=200)),
+                ("kind", models.CharField(choices=[("new", "new"), ("msg", "msg"), ("end", "end")], max_length=3)),
+                ("text", models.TextField(blank=True, default="")),
+                ("state", models.JSONField(blank=True, default=dict)),
+                ("owner_id", models.BigIntegerField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(db_index=True)),
             ],
             options={
-                'ordering': ['id'],
-                'indexes': [models.Index(fields=['topic', 'id'], name='progress_event_topic_id')],
+                "ordering": ["id"],
+                "indexes": [models.Index(fields=["topic", "id"], name="progress_event_topic_id")],
             },
         ),
     ]

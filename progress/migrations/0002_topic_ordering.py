@@ -4,14 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('progress', '0001_events_and_topics'),
+        ("progress", "0001_events_and_topics"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='progresstopic',
-            options={'ordering': [models.OrderBy(models.F('ended_at'), nulls_first=True), '-updated_at'], 'verbose_name': 'live stream', 'verbose_name_plural': 'live streams'},
+            name="progresstopic",
+            options={
+                "ordering": [models.OrderBy(models.F("ended_at"), nulls_first=True), "-updated_at"],
+                "verbose_name": "live stream",
+                "verbose_name_plural": "live streams",
+            },
         ),
     ]

@@ -51,10 +51,16 @@ def test_role_action_promotes(client: Client) -> None:
 def test_admin_can_add_user_with_role(client: Client) -> None:
     admin = UserFactory(role=Role.ADMIN)
     client.login(username=admin.email, password=DEFAULT_PASSWORD)
-    response = client.post("/admin/coordinator/user/add/", {
-        "email": "new@example.com", "name": "New", "role": "master",
-        "password1": "a-long-password-1", "password2": "a-long-password-1",
-    })
+    response = client.post(
+        "/admin/coordinator/user/add/",
+        {
+            "email": "new@example.com",
+            "name": "New",
+            "role": "master",
+            "password1": "a-long-password-1",
+            "password2": "a-long-password-1",
+        },
+    )
     assert response.status_code == 302, response.content[:2000]
     assert User.objects.get(email="new@example.com").role == Role.MASTER
 

@@ -56,16 +56,28 @@ def test_staff_who_may_change_users_still_cannot_grant_the_admin_role() -> None:
     client = _logged_in(attacker)
     _action(client, "/admin/coordinator/user/", "make_admin", attacker.pk)
     # Through the change form: the access fields are read-only for it, so posting them does nothing.
-    client.post(f"/admin/coordinator/user/{attacker.pk}/change/", {
-        "email": attacker.email, "name": "x", "role": Role.ADMIN, "is_active": "on", "is_staff": "on",
-        "user_permissions": [p.pk for p in Permission.objects.all()],
-        "last_login_0": "", "last_login_1": "", "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00",
-    })
+    client.post(
+        f"/admin/coordinator/user/{attacker.pk}/change/",
+        {
+            "email": attacker.email,
+            "name": "x",
+            "role": Role.ADMIN,
+            "is_active": "on",
+            "is_staff": "on",
+            "user_permissions": [p.pk for p in Permission.objects.all()],
+            "last_login_0": "",
+            "last_login_1": "",
+            "date_joined_0": "2026-01-01",
+            "date_joined_1": "00:00:00",
+        },
+    )
     # An admin's own page (its password, its email) is out of reach too.
     page = client.get(f"/admin/coordinator/user/{real_admin.pk}/change/")
     assert page.status_code == 200 and b'name="_save"' not in page.content  # shown read-only
-    assert client.post(f"/admin/coordinator/user/{real_admin.pk}/password/",
-                       {"password1": "taken-over-pass-1", "password2": "taken-over-pass-1"}).status_code in {302, 403}
+    assert client.post(
+        f"/admin/coordinator/user/{real_admin.pk}/password/",
+        {"password1": "taken-over-pass-1", "password2": "taken-over-pass-1"},
+    ).status_code in {302, 403}
     attacker.refresh_from_db(), real_admin.refresh_from_db()
     assert attacker.role == Role.USER and not attacker.is_superuser
     assert attacker.user_permissions.count() == 2

@@ -83,7 +83,9 @@ def test_rs256_when_keys_are_configured(tmp_path: Path) -> None:
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     (tmp_path / "private.pem").write_bytes(private_pem)
     # One key given as a file path, the other as PEM text: both forms are accepted.
     env = {
@@ -93,7 +95,9 @@ def test_rs256_when_keys_are_configured(tmp_path: Path) -> None:
         "COORDINATOR_VAR_DIR": str(settings.VAR_DIR),
         "PATH": "/usr/bin:/bin",
     }
-    out = subprocess.run([sys.executable, "-c", RS256_PROBE], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", RS256_PROBE], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["alg"] == "RS256"
     assert result["device_sub"] == "d1"
@@ -105,9 +109,14 @@ def test_rs256_when_keys_are_configured(tmp_path: Path) -> None:
 
 
 def test_only_one_rs256_key_refuses_to_start() -> None:
-    env = {"DJANGO_SETTINGS_MODULE": "coordinator.settings", "JWT_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----x",
-           "COORDINATOR_VAR_DIR": str(settings.VAR_DIR), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", "import django; django.setup()"], env=env, cwd=ROOT,
-                         capture_output=True, text=True)
+    env = {
+        "DJANGO_SETTINGS_MODULE": "coordinator.settings",
+        "JWT_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----x",
+        "COORDINATOR_VAR_DIR": str(settings.VAR_DIR),
+        "PATH": "/usr/bin:/bin",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"], env=env, cwd=ROOT, capture_output=True, text=True
+    )
     assert out.returncode != 0
     assert "JWT_PUBLIC_KEY" in out.stderr

@@ -40,8 +40,9 @@ def test_query_log_shows_the_statement_with_its_values(user: User) -> None:
 
 def test_database_errors_arrive_as_django_errors(user: User, admin: User) -> None:
     with pytest.raises(IntegrityError), prepared_cursor() as cursor:
-        cursor.execute("UPDATE coordinator_user SET email = %(taken)s WHERE id = %(id)s",
-                       {"taken": admin.email, "id": user.pk})
+        cursor.execute(
+            "UPDATE coordinator_user SET email = %(taken)s WHERE id = %(id)s", {"taken": admin.email, "id": user.pk}
+        )
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
@@ -73,6 +74,7 @@ def test_a_failed_statement_does_not_break_the_next_ones(user: User, admin: User
     from django.db import transaction
 
     with pytest.raises(IntegrityError), transaction.atomic(), prepared_cursor() as cursor:
-        cursor.execute("UPDATE coordinator_user SET email = %(taken)s WHERE id = %(id)s",
-                       {"taken": admin.email, "id": user.pk})
+        cursor.execute(
+            "UPDATE coordinator_user SET email = %(taken)s WHERE id = %(id)s", {"taken": admin.email, "id": user.pk}
+        )
     assert run_query(user.email) == (user.email,)

@@ -106,14 +106,16 @@ def test_a_crash_is_logged_by_django_and_answered_with_the_envelope(request_erro
     assert_envelope(response.json(), "server_error")
     assert "boom" not in response.content.decode()
     assert [record.exc_info[1].args for record in records if record.exc_info] == [
-        ("boom",) if path == "/api/crash" else ("plain boom",)]
+        ("boom",) if path == "/api/crash" else ("plain boom",)
+    ]
     assert len(signalled) == 1
 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("path", ["/api/runs/ab%00cd", "/api/runs/ab%00cd/tasks/1", "/v1/files/a%00b", "/task/x%00y"])
-def test_a_nul_in_the_path_is_a_404_envelope_not_a_database_error(anon_client: APIClient, user: User,
-                                                                 path: str) -> None:
+def test_a_nul_in_the_path_is_a_404_envelope_not_a_database_error(
+    anon_client: APIClient, user: User, path: str
+) -> None:
     anon_client.force_authenticate(user)
     response = anon_client.get(path)
     assert response.status_code == 404

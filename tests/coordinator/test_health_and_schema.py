@@ -22,7 +22,9 @@ def test_healthz_503_when_database_is_down(anon_client: APIClient) -> None:
     assert response.json()["code"] == "database_unavailable"
 
 
-def test_schema_generates_without_warnings(tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]) -> None:
+def test_schema_generates_without_warnings(
+    tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "schema.yaml"  # type: ignore[operator]
     call_command("spectacular", "--file", str(out), "--validate", "--fail-on-warn")
     schema = yaml.safe_load(out.read_text())

@@ -25,9 +25,11 @@ def django_q_logger_at_info() -> Iterator[logging.Logger]:
 
 def test_routine_schedule_lines_become_debug(django_q_logger_at_info: logging.Logger) -> None:
     routine = RoutineScheduleFilter(markers=["farm.services.leases_expire", "farm: return expired leases"])
-    for message in ("Process-1 created task lima-nine from schedule [farm: return expired leases to waiting]",
-                    "Process-2 processing lima-nine 'farm.services.leases_expire' [farm: return expired leases]",
-                    "Processed 'farm.services.leases_expire' (lima-nine)"):
+    for message in (
+        "Process-1 created task lima-nine from schedule [farm: return expired leases to waiting]",
+        "Process-2 processing lima-nine 'farm.services.leases_expire' [farm: return expired leases]",
+        "Processed 'farm.services.leases_expire' (lima-nine)",
+    ):
         line = record(logging.INFO, message)
         assert routine.filter(line) is False
         assert line.levelname == "DEBUG"

@@ -26,7 +26,11 @@ def start_serve(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - the child keeps writing to it
     return subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", "1"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -48,9 +52,13 @@ def websocket_open_and_close(port: int, path: str = "/ws/progress/") -> bytes:
     """A WebSocket handshake through the front door, then the client closes: what the server answered."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         key = base64.b64encode(os.urandom(16)).decode()
-        conn.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                      f"Origin: http://127.0.0.1:{port}\r\n\r\n").encode())
+        conn.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Origin: http://127.0.0.1:{port}\r\n\r\n"
+            ).encode()
+        )
         answer = conn.recv(4096)
         conn.sendall(bytes([0x88, 0x82]) + os.urandom(4) + b"\x03\xe8")  # a masked close frame, code 1000
         time.sleep(0.3)
@@ -93,9 +101,14 @@ def test_serve_answers_on_one_address_and_stops_cleanly(tmp_path: Path) -> None:
         # A WebSocket that opens and closes normally leaves no error behind (checked in the log below).
         assert websocket_open_and_close(port).startswith(b"HTTP/1.1 101")
         # A second `serve` of the same checkout finds this one answering and refuses, leaving it alone.
-        second = subprocess.run([sys.executable, "manage.py", "serve", "--port", str(free_port()), "--workers", "1"],
-                                cwd=ROOT, env=server_env(COORDINATOR_VAR_DIR=str(tmp_path)), capture_output=True,
-                                text=True, timeout=60)
+        second = subprocess.run(
+            [sys.executable, "manage.py", "serve", "--port", str(free_port()), "--workers", "1"],
+            cwd=ROOT,
+            env=server_env(COORDINATOR_VAR_DIR=str(tmp_path)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode != 0 and "already running" in second.stderr, second.stderr[-2000:]
         assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
         children = descendants(proc)
@@ -105,9 +118,12 @@ def test_serve_answers_on_one_address_and_stops_cleanly(tmp_path: Path) -> None:
         output = stop_and_read(proc, tmp_path)
     # What the operator needs on start: where the admin, the docs and the Live page are, and the
     # absolute path scripts report progress to.
-    for pattern in (rf"admin: +{base}/admin/\n", rf"API docs: +{base}/docs/\n",
-                    rf"live progress: +{base}/admin/progress/\S+/live/\n",
-                    rf"progress socket: +{re.escape(str((tmp_path / 'run' / 'progress.sock').resolve()))}\n"):
+    for pattern in (
+        rf"admin: +{base}/admin/\n",
+        rf"API docs: +{base}/docs/\n",
+        rf"live progress: +{base}/admin/progress/\S+/live/\n",
+        rf"progress socket: +{re.escape(str((tmp_path / 'run' / 'progress.sock').resolve()))}\n",
+    ):
         assert re.search(pattern, output), (pattern, output[:3000])
     assert "Task was destroyed" not in output, output[-3000:]
     assert "None:None" not in output and "] None " not in output, output[-3000:]  # the client is named
@@ -127,8 +143,11 @@ def test_serve_stops_everything_when_one_process_dies(tmp_path: Path) -> None:
         wait_for_output(tmp_path, "running.")
         # granian's main process: its workers share its command line, so it is the one whose parent is not granian.
         granian_main = next(
-            child for child in descendants(proc)
-            if "granian" in " ".join(child.cmdline()) and child.parent() and "granian" not in " ".join(child.parent().cmdline())
+            child
+            for child in descendants(proc)
+            if "granian" in " ".join(child.cmdline())
+            and child.parent()
+            and "granian" not in " ".join(child.parent().cmdline())
         )
         assert granian_main.children(), "granian's workers are separate processes"
         children = descendants(proc)
@@ -149,8 +168,15 @@ def test_web_keeps_connections_alive_only_behind_a_real_proxy() -> None:
     from coordinator.management.commands.serve import build_process_specs
 
     def web_argv(behind_proxy: bool) -> list[str]:
-        specs = build_process_specs(host="127.0.0.1", port=8000, workers=3, behind_proxy=behind_proxy, asgi_port=8001,
-                                    qcluster=False, access_log=True)
+        specs = build_process_specs(
+            host="127.0.0.1",
+            port=8000,
+            workers=3,
+            behind_proxy=behind_proxy,
+            asgi_port=8001,
+            qcluster=False,
+            access_log=True,
+        )
         return next(spec.argv for spec in specs if spec.name == "web")
 
     embedded, behind = web_argv(False), web_argv(True)

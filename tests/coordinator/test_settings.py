@@ -12,8 +12,13 @@ from tests.live import ROOT
 
 def run_settings_probe(env: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
     base = {"DJANGO_SETTINGS_MODULE": "coordinator.settings", "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-c", "import django; django.setup()\n" + code],
-                          env={**base, **env}, cwd=ROOT, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()\n" + code],
+        env={**base, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.mark.django_db
@@ -43,8 +48,11 @@ def test_sqlite_is_set_up_for_concurrent_writers(tmp_path: Path) -> None:
 
 def test_postgres_url_is_understood(tmp_path: Path) -> None:
     out = run_settings_probe(
-        {"COORDINATOR_VAR_DIR": str(tmp_path), "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/somedb",
-         "REDIS_URL": "redis://127.0.0.1:6379/3"},
+        {
+            "COORDINATOR_VAR_DIR": str(tmp_path),
+            "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/somedb",
+            "REDIS_URL": "redis://127.0.0.1:6379/3",
+        },
         "from django.conf import settings as s\n"
         "print(s.DATABASES['default']['ENGINE'], s.DATABASES['default']['NAME'], s.CHANNEL_LAYERS['default']['BACKEND'])",
     )
@@ -53,8 +61,10 @@ def test_postgres_url_is_understood(tmp_path: Path) -> None:
 
 
 def test_without_redis_the_channel_layer_is_in_process(tmp_path: Path) -> None:
-    out = run_settings_probe({"COORDINATOR_VAR_DIR": str(tmp_path)},
-                             "from django.conf import settings as s; print(s.CHANNEL_LAYERS['default']['BACKEND'])")
+    out = run_settings_probe(
+        {"COORDINATOR_VAR_DIR": str(tmp_path)},
+        "from django.conf import settings as s; print(s.CHANNEL_LAYERS['default']['BACKEND'])",
+    )
     assert out.stdout.strip() == "channels.layers.InMemoryChannelLayer"
 
 
@@ -100,8 +110,13 @@ def _variables_read_by_settings() -> set[str]:
     tree = ast.parse((ROOT / "coordinator" / "settings.py").read_text())
     names = set()
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id.startswith("env_")
-                and node.args and isinstance(node.args[0], ast.Constant)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id.startswith("env_")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
             names.add(node.args[0].value)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_pem":
             names.add(node.args[0].value)
@@ -144,9 +159,14 @@ def test_only_settings_read_the_environment() -> None:
                 continue
             text = path.read_text()
             tree = ast.parse(text)
-            handed_on = {id(call.args[0]) for call in ast.walk(tree)
-                         if isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
-                         and call.func.id == "dict" and len(call.args) == 1}
+            handed_on = {
+                id(call.args[0])
+                for call in ast.walk(tree)
+                if isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Name)
+                and call.func.id == "dict"
+                and len(call.args) == 1
+            }
             for node in ast.walk(tree):
                 if id(node) in handed_on:
                     continue
@@ -158,12 +178,15 @@ def test_only_settings_read_the_environment() -> None:
     assert readers == []
 
 
-@pytest.mark.parametrize(("variable", "value", "message"), [
-    ("Q_WORKERS", "two", "Q_WORKERS='two' is not a whole number"),
-    ("FARM_LEASE_SECONDS", "0", "FARM_LEASE_SECONDS='0' must be at least 1"),
-    ("JOBS_STALE_SECONDS", "nan", "JOBS_STALE_SECONDS='nan' must be a finite number"),
-    ("LOG_LEVEL", "chatty", "LOG_LEVEL='chatty' is not one of DEBUG"),
-])
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("Q_WORKERS", "two", "Q_WORKERS='two' is not a whole number"),
+        ("FARM_LEASE_SECONDS", "0", "FARM_LEASE_SECONDS='0' must be at least 1"),
+        ("JOBS_STALE_SECONDS", "nan", "JOBS_STALE_SECONDS='nan' must be a finite number"),
+        ("LOG_LEVEL", "chatty", "LOG_LEVEL='chatty' is not one of DEBUG"),
+    ],
+)
 def test_bad_values_stop_start_up_naming_the_variable(tmp_path: Path, variable: str, value: str, message: str) -> None:
     out = run_settings_probe({"COORDINATOR_VAR_DIR": str(tmp_path), variable: value}, "")
     assert out.returncode != 0

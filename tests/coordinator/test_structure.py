@@ -36,13 +36,20 @@ def _imports(path: Path) -> set[str]:
 
 def _graph() -> dict[str, set[str]]:
     modules = _modules()
-    return {name: {target for target in _imports(path) if target in modules and target != name}
-            for name, path in modules.items()}
+    return {
+        name: {target for target in _imports(path) if target in modules and target != name}
+        for name, path in modules.items()
+    }
 
 
 def test_coordinator_imports_no_app() -> None:
-    offending = {(name, target) for name, targets in _graph().items() if name.split(".")[0] == "coordinator"
-                 for target in targets if target.split(".")[0] in APPS}
+    offending = {
+        (name, target)
+        for name, targets in _graph().items()
+        if name.split(".")[0] == "coordinator"
+        for target in targets
+        if target.split(".")[0] in APPS
+    }
     assert not offending
 
 
@@ -55,7 +62,11 @@ def test_no_module_imports_another_by_a_string() -> None:
     for name, path in _modules().items():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in {
-                    "import_module", "import_string", "find_spec", "__import__"}:
+                "import_module",
+                "import_string",
+                "find_spec",
+                "__import__",
+            }:
                 calls.append(name)
     assert set(calls) <= KNOWN_STRING_IMPORTS
 
@@ -69,7 +80,7 @@ def test_the_import_graph_has_no_cycle() -> None:
         state[name] = 1
         for target in sorted(graph[name]):
             if state.get(target) == 1:
-                cycles.append([*path[path.index(target):], target])
+                cycles.append([*path[path.index(target) :], target])
             elif target not in state:
                 visit(target, [*path, target])
         state[name] = 2

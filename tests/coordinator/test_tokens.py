@@ -59,6 +59,7 @@ def user_tokens(user: User) -> tuple[str, str]:
 
 # --- the module itself -------------------------------------------------------------------------
 
+
 def test_each_kind_verifies_only_as_itself() -> None:
     for kind in (TokenKind.DEVICE, TokenKind.FARM, TokenKind.PYTASKS):
         token = token_issue(kind, {"sub": "x"}, timedelta(minutes=5))
@@ -82,8 +83,9 @@ def test_expired_and_forged_tokens_are_refused() -> None:
 
 
 def test_seed_pytasks_tokens_without_a_kind_still_verify_and_their_string_expiry_holds() -> None:
-    seed = jwt.encode({"allowed_tasks": {"a": True}, "exp": str(int(time.time()) + 60)},
-                      _signing_key(), algorithm="HS256")
+    seed = jwt.encode(
+        {"allowed_tasks": {"a": True}, "exp": str(int(time.time()) + 60)}, _signing_key(), algorithm="HS256"
+    )
     assert token_verify(seed, TokenKind.PYTASKS)["allowed_tasks"] == {"a": True}
     lapsed = jwt.encode({"allowed_tasks": {}, "exp": str(int(time.time()) - 1)}, _signing_key(), algorithm="HS256")
     with pytest.raises(TokenExpiredError):
@@ -94,6 +96,7 @@ def test_seed_pytasks_tokens_without_a_kind_still_verify_and_their_string_expiry
 
 
 # --- other kinds where a user token is expected ------------------------------------------------
+
 
 def test_a_pytasks_token_is_no_user_token(anon_client: APIClient, user: User) -> None:
     token, _ = pytasks_token_issue(user)
@@ -139,12 +142,16 @@ def test_pytasks_protected_refuses_other_kinds(anon_client: APIClient, user: Use
 
 # --- former users and changed credentials ------------------------------------------------------
 
+
 def test_a_deactivated_or_deleted_users_tokens_stop_working(anon_client: APIClient) -> None:
     leaver = UserFactory(role=Role.USER)
     access, refresh_token = user_tokens(leaver)
     pytasks, _ = pytasks_token_issue(leaver)
     assert (verify(anon_client, access), refresh(anon_client, refresh_token), protected(anon_client, pytasks)) == (
-        200, 200, 200)
+        200,
+        200,
+        200,
+    )
     leaver.is_active = False
     leaver.save()
     assert verify(anon_client, access) == 401
@@ -176,15 +183,18 @@ def test_a_role_change_revokes_pytasks_grants(anon_client: APIClient, admin: Use
 
 
 def test_the_pytasks_token_endpoint_issues_tokens_that_name_their_kind(anon_client: APIClient, user: User) -> None:
-    response = anon_client.generic("GET", "/token", json.dumps({"user": user.email, "password": DEFAULT_PASSWORD}),
-                                   content_type="application/json")
+    response = anon_client.generic(
+        "GET", "/token", json.dumps({"user": user.email, "password": DEFAULT_PASSWORD}), content_type="application/json"
+    )
     assert response.status_code == 200
     token = response.json()["token"]
     assert jwt.decode(token, options={"verify_signature": False})["token_type"] == "pytasks"
     assert protected(anon_client, token) == 200
 
 
-def test_simplejwt_tokens_signed_elsewhere_with_our_key_still_need_their_kind(anon_client: APIClient, user: User) -> None:
+def test_simplejwt_tokens_signed_elsewhere_with_our_key_still_need_their_kind(
+    anon_client: APIClient, user: User
+) -> None:
     """A token made by simplejwt's own class (as an older release issued them) is an access token like ours."""
     access = str(RefreshToken.for_user(user).access_token)
     assert me(anon_client, access) == 200

@@ -54,7 +54,7 @@ def test_run_list_counts_each_run_on_the_page_apart(staff: Client, busy_run: Run
 
     def progress_of(run: Run) -> str:
         start = page.index(f'id="farm-run-progress-{run.uuid}"')
-        return page[start:page.index("</small>", start)]
+        return page[start : page.index("</small>", start)]
 
     assert "width:25.00%" in progress_of(busy_run) and '"numComputing">2<' in progress_of(busy_run)
     assert "width:0.00%" in progress_of(quiet) and '"numNotStarted">2<' in progress_of(quiet)

@@ -61,8 +61,9 @@ def test_platform_jwt_is_accepted(farm_user: User, client_for: Callable[[User], 
     assert client_for(farm_user).get("/api/runs").status_code == 200
 
 
-def test_runs_belong_to_their_owner(farm_user: User, api: APIClient,
-                                    token_client_for: Callable[[User], APIClient]) -> None:
+def test_runs_belong_to_their_owner(
+    farm_user: User, api: APIClient, token_client_for: Callable[[User], APIClient]
+) -> None:
     run = new_run(api)
     other = token_client_for(UserFactory(role=Role.USER))
     assert other.get("/api/runs").json() == {"data": []}
@@ -81,12 +82,16 @@ def test_worker_of_another_user_cannot_claim(api: APIClient, token_client_for: C
     assert claim(api, run, "foreign").status_code == 404
 
 
-def test_claim_says_which_of_worker_and_run_is_missing(api: APIClient,
-                                                       token_client_for: Callable[[User], APIClient]) -> None:
+def test_claim_says_which_of_worker_and_run_is_missing(
+    api: APIClient, token_client_for: Callable[[User], APIClient]
+) -> None:
     run = new_run(api, 2)
     new_worker(api, "mine")
-    for path, body in ((f"/api/runs/{run}/task", {}), (f"/api/runs/{run}/tasks/claim", {"count": 2}),
-                       (f"/api/runs/{run}/tasks/done", {"tasks": [0]})):
+    for path, body in (
+        (f"/api/runs/{run}/task", {}),
+        (f"/api/runs/{run}/tasks/claim", {"count": 2}),
+        (f"/api/runs/{run}/tasks/done", {"tasks": [0]}),
+    ):
         missing_worker = api.post(path, {"worker_uuid": "nobody", **body}, format="json")
         assert (missing_worker.status_code, missing_worker.json()["code"]) == (404, "worker_not_found")
         missing_run = api.post(path.replace(run, "f" * 32), {"worker_uuid": "mine", **body}, format="json")
@@ -189,8 +194,9 @@ def test_the_worker_header_comes_before_the_token(api: APIClient) -> None:
     run = new_run(api, 1)
     new_worker(api, "a")
     claim(api, run, "a")
-    other = api.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 5}, format="json",
-                    headers={"X-Farm-Worker": "someone-else"})
+    other = api.put(
+        f"/api/runs/{run}/tasks/0", {"percentCompleted": 5}, format="json", headers={"X-Farm-Worker": "someone-else"}
+    )
     assert other.status_code == 409 and other.json()["code"] == "lease_lost"
     assert api.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 5}, format="json").status_code == 204
 
@@ -260,8 +266,9 @@ def test_batch_claim_and_done(api: APIClient) -> None:
     assert done.status_code == 200
     assert done.json() == {"done": numbers, "refused": [200]}
     rest = []
-    while batch := api.post(f"/api/runs/{run}/tasks/claim", {"worker_uuid": "w", "count": 100},
-                            format="json").json()["tasks"]:
+    while batch := api.post(f"/api/runs/{run}/tasks/claim", {"worker_uuid": "w", "count": 100}, format="json").json()[
+        "tasks"
+    ]:
         rest += [t["task"] for t in batch]
     assert rest == list(range(100, 250))
     body = api.get(f"/api/runs/{run}").json()
@@ -325,8 +332,14 @@ def test_progress_events(api: APIClient, farm_user: User, monkeypatch: Any, sett
     assert {e["topic"] for e in events} == {f"run:{run}"}
     assert {e["owner_id"] for e in events} == {farm_user.pk}
     last_msg = [e for e in events if e["kind"] == "msg"][-1]
-    assert last_msg["state"] == {"percentDone": 100.0, "numWaiting": 0, "numComputing": 0, "numDone": 2,
-                                 "numNotStarted": 0, "numTasks": 2}
+    assert last_msg["state"] == {
+        "percentDone": 100.0,
+        "numWaiting": 0,
+        "numComputing": 0,
+        "numDone": 2,
+        "numNotStarted": 0,
+        "numTasks": 2,
+    }
 
 
 def test_progress_messages_are_throttled_but_the_end_is_not(api: APIClient, monkeypatch: Any, settings: Any) -> None:
@@ -352,8 +365,11 @@ def test_claim_cost_does_not_grow_with_run_size_or_finished_tasks(api: APIClient
     new_worker(api, "w")
     small, big = new_run(api, 10), new_run(api, 10_000_000)
     claimed = api.post(f"/api/runs/{big}/tasks/claim", {"worker_uuid": "w", "count": 1000}, format="json")
-    api.post(f"/api/runs/{big}/tasks/done", {"worker_uuid": "w", "tasks": [t["task"] for t in
-                                                                              claimed.json()["tasks"]]}, format="json")
+    api.post(
+        f"/api/runs/{big}/tasks/done",
+        {"worker_uuid": "w", "tasks": [t["task"] for t in claimed.json()["tasks"]]},
+        format="json",
+    )
     claim(api, small, "w")
     counts = []
     for run in (small, big):
@@ -374,8 +390,10 @@ def test_claim_reads_no_finished_rows(api: APIClient, settings: Any) -> None:
 
     def rows_read() -> int:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
-                           "FROM pg_stat_xact_user_tables WHERE relname = 'farm_task'")
+            cursor.execute(
+                "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
+                "FROM pg_stat_xact_user_tables WHERE relname = 'farm_task'"
+            )
             return int(cursor.fetchone()[0])
 
     def read_by_one_claim() -> int:
@@ -385,8 +403,12 @@ def test_claim_reads_no_finished_rows(api: APIClient, settings: Any) -> None:
 
     first = read_by_one_claim()
     for _ in range(10):
-        numbers = [t["task"] for t in api.post(f"/api/runs/{run}/tasks/claim", {"worker_uuid": "w", "count": 1000},
-                                               format="json").json()["tasks"]]
+        numbers = [
+            t["task"]
+            for t in api.post(
+                f"/api/runs/{run}/tasks/claim", {"worker_uuid": "w", "count": 1000}, format="json"
+            ).json()["tasks"]
+        ]
         api.post(f"/api/runs/{run}/tasks/done", {"worker_uuid": "w", "tasks": numbers}, format="json")
     assert Task.objects.filter(status=Task.Status.DONE).count() == 10_000
     assert max(first, read_by_one_claim()) < 10  # the old single condition read all 10,001
@@ -443,8 +465,9 @@ def test_run_ends_once_when_workers_finish_the_last_tasks_together(
             first, second = held[i]
             client = clients[i]
             statuses.append(client.put(f"/api/runs/{run}/tasks/{first}", {"status": "done"}, format="json").status_code)
-            done = client.post(f"/api/runs/{run}/tasks/done", {"worker_uuid": f"w{i}", "tasks": [second]},
-                               format="json")
+            done = client.post(
+                f"/api/runs/{run}/tasks/done", {"worker_uuid": f"w{i}", "tasks": [second]}, format="json"
+            )
             statuses.append(done.status_code)
         finally:
             connection.close()

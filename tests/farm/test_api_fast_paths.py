@@ -24,22 +24,35 @@ from farm.api.views import (
 )
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**20), max_value=10**20),
-    st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(["waiting", "computing", "done", "Done", ""]),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["waiting", "computing", "done", "Done", ""]),
     st.text(max_size=70),
 )
-json_values = st.one_of(json_scalars, st.lists(json_scalars, max_size=2), st.dictionaries(st.text(max_size=3),
-                                                                                          json_scalars, max_size=2))
+json_values = st.one_of(
+    json_scalars, st.lists(json_scalars, max_size=2), st.dictionaries(st.text(max_size=3), json_scalars, max_size=2)
+)
 put_bodies = st.one_of(
     st.dictionaries(st.sampled_from(["percentCompleted", "status", "other"]), json_values, max_size=3),
-    st.fixed_dictionaries({}, optional={"percentCompleted": st.floats(0, 100) | st.integers(0, 100),
-                                        "status": st.sampled_from(["waiting", "computing", "done"])}),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "percentCompleted": st.floats(0, 100) | st.integers(0, 100),
+            "status": st.sampled_from(["waiting", "computing", "done"]),
+        },
+    ),
     json_values,
 )
 worker_bodies = st.one_of(
-    st.fixed_dictionaries({"worker_uuid": st.one_of(st.text(max_size=70), st.from_regex(r"[A-Za-z0-9._~:@+\-]{1,64}",
-                                                                                           fullmatch=True),
-                                                    json_scalars)}),
+    st.fixed_dictionaries(
+        {
+            "worker_uuid": st.one_of(
+                st.text(max_size=70), st.from_regex(r"[A-Za-z0-9._~:@+\-]{1,64}", fullmatch=True), json_scalars
+            )
+        }
+    ),
     json_values,
 )
 
@@ -78,12 +91,16 @@ def test_the_shortcuts_take_the_bodies_the_client_sends() -> None:
     assert plain_change({}) is None
 
 
-numbers = st.lists(st.one_of(st.integers(min_value=-5, max_value=2**63), st.booleans(), st.floats(0, 10), st.none()),
-                   max_size=5)
+numbers = st.lists(
+    st.one_of(st.integers(min_value=-5, max_value=2**63), st.booleans(), st.floats(0, 10), st.none()), max_size=5
+)
 batch_claim_bodies = st.one_of(
-    st.fixed_dictionaries({"worker_uuid": worker_bodies.map(lambda body: body.get("worker_uuid")
-                                                            if isinstance(body, dict) else body),
-                           "count": st.one_of(st.integers(min_value=-3, max_value=100_003), json_scalars)}),
+    st.fixed_dictionaries(
+        {
+            "worker_uuid": worker_bodies.map(lambda body: body.get("worker_uuid") if isinstance(body, dict) else body),
+            "count": st.one_of(st.integers(min_value=-3, max_value=100_003), json_scalars),
+        }
+    ),
     json_values,
 )
 batch_done_bodies = st.one_of(
@@ -92,14 +109,19 @@ batch_done_bodies = st.one_of(
 )
 
 
-@pytest.mark.parametrize(("key", "value_ok", "serializer_class", "bodies"), [
-    ("count", count_ok, TaskBatchClaimApi.InputSerializer, batch_claim_bodies),
-    ("tasks", numbers_ok, TaskBatchDoneApi.InputSerializer, batch_done_bodies),
-], ids=["claim", "done"])
+@pytest.mark.parametrize(
+    ("key", "value_ok", "serializer_class", "bodies"),
+    [
+        ("count", count_ok, TaskBatchClaimApi.InputSerializer, batch_claim_bodies),
+        ("tasks", numbers_ok, TaskBatchDoneApi.InputSerializer, batch_done_bodies),
+    ],
+    ids=["claim", "done"],
+)
 @settings(max_examples=400, deadline=None)
 @given(data=st.data())
-def test_batch_shortcuts_agree_with_the_serializers(key: str, value_ok: Any, serializer_class: Any, bodies: Any,
-                                                    data: Any) -> None:
+def test_batch_shortcuts_agree_with_the_serializers(
+    key: str, value_ok: Any, serializer_class: Any, bodies: Any, data: Any
+) -> None:
     body = data.draw(bodies)
     given_ = batch_shortcut(body, key, value_ok)
     if given_ is not None:

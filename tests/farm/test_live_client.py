@@ -101,7 +101,11 @@ def test_eight_real_workers_race(transactional_db: None, farm_owner: User) -> No
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "tests.farm.race_worker", base, farm_owner.email, DEFAULT_PASSWORD, tf.uuid],
-                cwd=ROOT, env=server_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                cwd=ROOT,
+                env=server_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             for _ in range(8)
         ]
@@ -122,8 +126,7 @@ def test_eight_real_workers_race(transactional_db: None, farm_owner: User) -> No
     assert set(Worker.objects.values_list("tasks_done", flat=True)) == printed
 
 
-def test_deleting_a_run_while_real_workers_claim_leaves_no_task_rows(transactional_db: None,
-                                                                      farm_owner: User) -> None:
+def test_deleting_a_run_while_real_workers_claim_leaves_no_task_rows(transactional_db: None, farm_owner: User) -> None:
     """Task rows have no database-level foreign key: the run's lock must keep claims from adding rows
     while (and after) the run is deleted."""
     with run_wsgi_server(workers=4) as live:
@@ -132,7 +135,11 @@ def test_deleting_a_run_while_real_workers_claim_leaves_no_task_rows(transaction
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "tests.farm.race_worker", base, farm_owner.email, DEFAULT_PASSWORD, tf.uuid],
-                cwd=ROOT, env=server_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                cwd=ROOT,
+                env=server_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             for _ in range(6)
         ]
@@ -148,8 +155,9 @@ def test_deleting_a_run_while_real_workers_claim_leaves_no_task_rows(transaction
     # Every worker stopped on the run's disappearance: a 404, or (a claim that ran into the delete)
     # no task left; nothing else.
     stops = [err.splitlines()[-1] if err.strip() else "" for _, err in outputs]
-    assert all("HTTP 404" in stop or (proc.returncode == 0 and not stop) for proc, stop in zip(procs, stops,
-                                                                                          strict=True)), "\n".join(stops)
+    assert all(
+        "HTTP 404" in stop or (proc.returncode == 0 and not stop) for proc, stop in zip(procs, stops, strict=True)
+    ), "\n".join(stops)
     assert sum(len(out.split()) for out, _ in outputs) >= 60
     assert not Run.objects.exists()
     assert not Task.objects.exists()

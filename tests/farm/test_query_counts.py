@@ -69,8 +69,7 @@ def test_queries_per_batch_request(api: APIClient, settings: Any) -> None:
         return holder["r"]
 
     def done() -> Any:
-        return api.post(f"/api/runs/{run}/tasks/done", {"worker_uuid": "qb", "tasks": holder["numbers"]},
-                        format="json")
+        return api.post(f"/api/runs/{run}/tasks/done", {"worker_uuid": "qb", "tasks": holder["numbers"]}, format="json")
 
     for _ in range(5):
         claimed = _count(claim, 200)

@@ -43,8 +43,10 @@ def test_tasks_done_counts_every_way_a_task_finishes_and_only_once(farm_user: Us
     # Batch completion counts what it finished, not what it refused (6 is the other worker's, 1 is done).
     assert services.tasks_complete(run=run, worker=worker, numbers=[2, 3, 6, 1]) == [2, 3]
     assert _done(worker) == 4
-    assert services.tasks_complete_by_uuid(user=farm_user, run_uuid=run.uuid, worker_uuid="counted",
-                                           numbers=[4]) in ([4], None)
+    assert services.tasks_complete_by_uuid(user=farm_user, run_uuid=run.uuid, worker_uuid="counted", numbers=[4]) in (
+        [4],
+        None,
+    )
     if Task.objects.get(run=run, task=4).status != Task.Status.DONE:  # SQLite: the caller's fallback
         services.tasks_complete(run=run, worker=worker, numbers=[4])
     assert _done(worker) == 5 and _done(other) == 0
@@ -110,8 +112,11 @@ def test_a_run_delete_waits_for_a_claim_holding_the_run_and_takes_its_rows_too(f
         deleting.start()
         time.sleep(0.5)
         assert deleting.is_alive()  # waiting for the run row
-        claim.execute("INSERT INTO farm_task (run_id, task, status, percent_completed, worker_id, started, updated) "
-                      "VALUES (%s, 0, 'computing', 0, %s, now(), now())", [run.pk, worker.pk])
+        claim.execute(
+            "INSERT INTO farm_task (run_id, task, status, percent_completed, worker_id, started, updated) "
+            "VALUES (%s, 0, 'computing', 0, %s, now(), now())",
+            [run.pk, worker.pk],
+        )
         claim.commit()
         deleting.join(30)
         assert not deleting.is_alive() and errors == []
@@ -135,8 +140,9 @@ def test_finishing_a_task_of_a_run_that_goes_on_counts_nothing(farm_user: User, 
     done = services.TaskChange(percent_completed=100.0, status=Task.Status.DONE)
     for number in (0, 1):
         with CaptureQueriesContext(connection) as queries:
-            assert services.task_update_held(user=farm_user, run_uuid=run.uuid, number=number, change=done,
-                                             worker_uuid="tail")
+            assert services.task_update_held(
+                user=farm_user, run_uuid=run.uuid, number=number, change=done, worker_uuid="tail"
+            )
         assert not [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
     assert not ProgressEvent.objects.filter(topic=f"run:{run.uuid}", kind="end").exists()
     assert services.task_update_held(user=farm_user, run_uuid=run.uuid, number=2, change=done, worker_uuid="tail")
@@ -150,8 +156,7 @@ def test_a_token_id_names_the_one_worker_registered_with_it(farm_user: User) -> 
     services.worker_register(owner=farm_user, uuid="first", hostname="h", pid=1, token_id="t1")
     assert selectors.worker_uuid_for_token("t1") == "first"
     services.worker_register(owner=farm_user, uuid="second", hostname="h", pid=2, token_id="t1")
-    assert list(Worker.objects.order_by("uuid").values_list("uuid", "token_id")) == [("first", "t1"),
-                                                                                      ("second", "t1")]
+    assert list(Worker.objects.order_by("uuid").values_list("uuid", "token_id")) == [("first", "t1"), ("second", "t1")]
     assert selectors.worker_uuid_for_token("t1", cached=False) is None  # shared: it names neither
 
 

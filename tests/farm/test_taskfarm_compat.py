@@ -245,8 +245,11 @@ def _half_done_run(api: APIClient) -> str:
             update(api, uuid, n, {"status": "done", "percentCompleted": 100})
         else:
             update(api, uuid, n, {"status": "computing", "percentCompleted": 50})
-    assert (run_info(api, uuid, "numWaiting"), run_info(api, uuid, "numComputing"),
-            run_info(api, uuid, "numDone")) == (0, 5, 5)
+    assert (run_info(api, uuid, "numWaiting"), run_info(api, uuid, "numComputing"), run_info(api, uuid, "numDone")) == (
+        0,
+        5,
+        5,
+    )
     return uuid
 
 

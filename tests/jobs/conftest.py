@@ -51,8 +51,14 @@ def run_cluster(export_root: Path, **extra: str) -> Iterator[subprocess.Popen[by
     env = server_env(**CLUSTER_ENV, EXPORT_ROOT=str(export_root), **extra)
     # Logs go to a file next to the exports: a pipe nobody reads would fill up and block the cluster.
     log = open(export_root.parent / "qcluster.log", "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([str(BIN / "python"), "manage.py", "qcluster"], cwd=ROOT, env=env,
-                            start_new_session=True, stdout=log, stderr=log)
+    proc = subprocess.Popen(
+        [str(BIN / "python"), "manage.py", "qcluster"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=log,
+        stderr=log,
+    )
     try:
         yield proc
     finally:

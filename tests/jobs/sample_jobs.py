@@ -43,9 +43,20 @@ def kinds(
     options: Options,
     nickname: str | None = None,
 ) -> dict:
-    return {"n": n, "ratio": ratio, "colour": colour.value, "point": [point.x, point.y], "options": options,
-            "maybe": maybe, "mode": mode, "nickname": nickname, "sum": sum(items), "flag": flag,
-            "mapping": mapping, "label": label}
+    return {
+        "n": n,
+        "ratio": ratio,
+        "colour": colour.value,
+        "point": [point.x, point.y],
+        "options": options,
+        "maybe": maybe,
+        "mode": mode,
+        "nickname": nickname,
+        "sum": sum(items),
+        "flag": flag,
+        "mapping": mapping,
+        "label": label,
+    }
 
 
 @job(name="tests.record", max_attempts=1)

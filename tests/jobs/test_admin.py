@@ -44,13 +44,15 @@ def test_retry_and_cancel_actions(staff: Client, user, django_capture_on_commit_
     running = job_create(type="tests.sleep", data={"seconds": 1.0}, user=user)
     job_claim(job_id=running.pk, worker="w:1")
     with django_capture_on_commit_callbacks(execute=True):
-        response = staff.post("/admin/jobs/job/", {"action": "retry_jobs", "_selected_action": [failed.pk, fresh.pk]},
-                              follow=True)
+        response = staff.post(
+            "/admin/jobs/job/", {"action": "retry_jobs", "_selected_action": [failed.pk, fresh.pk]}, follow=True
+        )
     assert "1 job(s) queued again; 1 not in status failure." in response.content.decode()
     failed.refresh_from_db()
     assert failed.status == "fresh"
-    response = staff.post("/admin/jobs/job/", {"action": "cancel_jobs", "_selected_action": [fresh.pk, running.pk]},
-                          follow=True)
+    response = staff.post(
+        "/admin/jobs/job/", {"action": "cancel_jobs", "_selected_action": [fresh.pk, running.pk]}, follow=True
+    )
     assert "2 job(s) cancelled or asked to stop" in response.content.decode()
     fresh.refresh_from_db()
     running.refresh_from_db()
@@ -69,16 +71,37 @@ def test_submit_form_is_generated_from_the_signature(staff: Client, admin) -> No
     for name in ("n", "ratio", "label", "flag", "items", "mapping", "maybe", "mode", "colour", "point", "options"):
         assert f'name="{name}"' in form
     assert '<option value="fast">' in form and '<option value="red">' in form
-    data = {"type": "tests.kinds", "n": "3", "ratio": "0.5", "label": "x", "flag": "on", "items": "[1, 2]",
-            "mapping": '{"a": 1.5}', "maybe": "", "mode": "slow", "colour": "blue", "point": '{"x": 1}',
-            "options": '{"name": "n", "size": 1}'}
+    data = {
+        "type": "tests.kinds",
+        "n": "3",
+        "ratio": "0.5",
+        "label": "x",
+        "flag": "on",
+        "items": "[1, 2]",
+        "mapping": '{"a": 1.5}',
+        "maybe": "",
+        "mode": "slow",
+        "colour": "blue",
+        "point": '{"x": 1}',
+        "options": '{"name": "n", "size": 1}',
+    }
     response = staff.post("/admin/jobs/job/submit/?type=tests.kinds", data)
     assert response.status_code == 302
     job = Job.objects.get(type="tests.kinds")
     assert job.created_by == admin
-    assert job.data == {"n": 3, "ratio": 0.5, "label": "x", "flag": True, "items": [1, 2], "mapping": {"a": 1.5},
-                        "maybe": None, "mode": "slow", "colour": "blue", "point": {"x": 1},
-                        "options": {"name": "n", "size": 1}}
+    assert job.data == {
+        "n": 3,
+        "ratio": 0.5,
+        "label": "x",
+        "flag": True,
+        "items": [1, 2],
+        "mapping": {"a": 1.5},
+        "maybe": None,
+        "mode": "slow",
+        "colour": "blue",
+        "point": {"x": 1},
+        "options": {"name": "n", "size": 1},
+    }
     job_execute(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == "success" and job.result["colour"] == "blue"

@@ -24,13 +24,18 @@ def test_create_returns_202_with_the_id_and_queues_after_commit(user, client_for
     assert OrmQ.objects.count() == 1  # queued, not run inside the request
 
 
-@pytest.mark.parametrize(("payload", "missing"), [({}, ["type", "data"]), ({"type": "csv_export"}, ["data"]),
-                                                  ({"data": {}}, ["type"]), ([1, 2], ["type", "data"])])
+@pytest.mark.parametrize(
+    ("payload", "missing"),
+    [({}, ["type", "data"]), ({"type": "csv_export"}, ["data"]), ({"data": {}}, ["type"]), ([1, 2], ["type", "data"])],
+)
 def test_create_missing_keys_is_400_with_the_missing_list(user, client_for, payload, missing):
     response = client_for(user).post("/v1/tasks", payload, format="json")
     assert response.status_code == 400
-    assert response.json() == {"status": "error", "message": "Request JSON is missing some required params",
-                               "missing": missing}
+    assert response.json() == {
+        "status": "error",
+        "message": "Request JSON is missing some required params",
+        "missing": missing,
+    }
 
 
 def test_create_unknown_type_is_422(user, client_for):
@@ -58,11 +63,13 @@ def test_create_with_bad_arguments_or_malformed_json_is_400(user, client_for):
 
 
 def test_protected_type_refused_for_plain_users(user, admin, client_for):
-    response = client_for(user).post("/v1/tasks", {"type": "test.main.myProtectedTask", "data": {"x": 1, "y": 2}},
-                                     format="json")
+    response = client_for(user).post(
+        "/v1/tasks", {"type": "test.main.myProtectedTask", "data": {"x": 1, "y": 2}}, format="json"
+    )
     assert response.status_code == 403 and response.json()["error"] == "Forbidden"
-    response = client_for(admin).post("/v1/tasks", {"type": "test.main.myProtectedTask", "data": {"x": 1, "y": 2}},
-                                      format="json")
+    response = client_for(admin).post(
+        "/v1/tasks", {"type": "test.main.myProtectedTask", "data": {"x": 1, "y": 2}}, format="json"
+    )
     assert response.status_code == 202
 
 
@@ -80,11 +87,29 @@ def test_get_task_is_the_whole_record_for_its_owner_only(user, master, admin, cl
     response = client_for(user).get(f"/v1/tasks/{job.pk}")
     assert response.status_code == 200
     body = response.json()
-    for key in ("id", "type", "data", "status", "worker", "created_on", "updated_on", "created_by", "attempts",
-                "result", "error", "progress", "started_at", "finished_at"):
+    for key in (
+        "id",
+        "type",
+        "data",
+        "status",
+        "worker",
+        "created_on",
+        "updated_on",
+        "created_by",
+        "attempts",
+        "result",
+        "error",
+        "progress",
+        "started_at",
+        "finished_at",
+    ):
         assert key in body
-    assert (body["status"], body["result"], body["data"], body["created_by"]) == ("success", 3, {"x": 1, "y": 2},
-                                                                                user.pk)
+    assert (body["status"], body["result"], body["data"], body["created_by"]) == (
+        "success",
+        3,
+        {"x": 1, "y": 2},
+        user.pk,
+    )
     assert body["worker"]
     other = client_for(master).get(f"/v1/tasks/{job.pk}")
     assert other.status_code == 404 and other.json() == {"error": "Not found", "message": "No task found"}

@@ -25,8 +25,9 @@ def post_task(client: APIClient, body, token: str | None = None):
 
 def get_token(client: APIClient, email: str, password: str = DEFAULT_PASSWORD, method: str = "get"):
     # pytasks' clients send the credentials as the JSON body of a GET
-    return client.generic(method.upper(), "/token", json.dumps({"user": email, "password": password}),
-                          content_type="application/json")
+    return client.generic(
+        method.upper(), "/token", json.dumps({"user": email, "password": password}), content_type="application/json"
+    )
 
 
 def test_submit_and_follow_a_task_anonymously(anon_client):
@@ -68,12 +69,18 @@ def test_unknown_type_and_argument_errors_are_404(anon_client):
     cases = [
         ({"type": "nope.main.x", "args": {}}, "task type nope.main.x doesnt exist"),
         ({"type": "test.main.add", "args": {"x": 1}}, "the required param y was not passed. "),
-        ({"type": "test.main.add", "args": {"x": 1, "y": "2"}},
-         "the passed param y doesnt match the required type: <class 'int'>."),
-        ({"type": "test.main.hypot", "args": {"x": 1, "y": 2.0}},
-         "the passed param x doesnt match the required type: <class 'float'>."),
-        ({"type": "test.main.add", "args": {"x": True, "y": 2}},
-         "the passed param x doesnt match the required type: <class 'int'>."),
+        (
+            {"type": "test.main.add", "args": {"x": 1, "y": "2"}},
+            "the passed param y doesnt match the required type: <class 'int'>.",
+        ),
+        (
+            {"type": "test.main.hypot", "args": {"x": 1, "y": 2.0}},
+            "the passed param x doesnt match the required type: <class 'float'>.",
+        ),
+        (
+            {"type": "test.main.add", "args": {"x": True, "y": 2}},
+            "the passed param x doesnt match the required type: <class 'int'>.",
+        ),
         ({"type": "test.main.add", "args": {"x": 1, "y": 2, "z": 3}}, "the passed param z is not required."),
     ]
     for body, message in cases:
@@ -84,7 +91,10 @@ def test_unknown_type_and_argument_errors_are_404(anon_client):
 
 def test_tasks_lists_types_with_authorization_and_argument_types(anon_client):
     body = anon_client.get("/tasks").json()
-    assert body["test.main.add"] == {"require_authorization": False, "args": {"x": "<class 'int'>", "y": "<class 'int'>"}}
+    assert body["test.main.add"] == {
+        "require_authorization": False,
+        "args": {"x": "<class 'int'>", "y": "<class 'int'>"},
+    }
     assert body["test.main.hypot"]["args"] == {"x": "<class 'float'>", "y": "<class 'float'>"}
     assert body["test.main.myProtectedTask"]["require_authorization"] is True
     assert anon_client.get("/ping").json() == {"status": "online"}
@@ -95,13 +105,17 @@ def test_token_from_a_get_with_a_json_body_grants_the_users_protected_types(anon
     assert response.status_code == 200
     body = response.json()
     assert int(body["exp"]) > time.time()
-    payload = jwt.decode(body["token"], settings.JWT_VERIFYING_KEY or settings.JWT_SIGNING_KEY,
-                         algorithms=[settings.JWT_ALGORITHM])
+    payload = jwt.decode(
+        body["token"], settings.JWT_VERIFYING_KEY or settings.JWT_SIGNING_KEY, algorithms=[settings.JWT_ALGORITHM]
+    )
     assert payload["allowed_tasks"]["test.main.myProtectedTask"] is True
     assert isinstance(payload["exp"], str)  # pytasks writes exp as a string
     # POST is accepted too; a plain user is granted no protected type
-    plain = jwt.decode(get_token(anon_client, user.email, method="post").json()["token"],
-                       settings.JWT_VERIFYING_KEY or settings.JWT_SIGNING_KEY, algorithms=[settings.JWT_ALGORITHM])
+    plain = jwt.decode(
+        get_token(anon_client, user.email, method="post").json()["token"],
+        settings.JWT_VERIFYING_KEY or settings.JWT_SIGNING_KEY,
+        algorithms=[settings.JWT_ALGORITHM],
+    )
     assert plain["allowed_tasks"] == {}
 
 
@@ -117,7 +131,9 @@ def test_protected_task_with_and_without_authorization(anon_client, user, admin,
     body = {"type": "test.main.myProtectedTask", "args": {"x": 6, "y": 7}}
     response = post_task(anon_client, body)
     assert (response.status_code, response.json()) == (
-        401, {"message": "This endpoint requires the 'Authentication: Bearer JWT_token' header."})
+        401,
+        {"message": "This endpoint requires the 'Authentication: Bearer JWT_token' header."},
+    )
 
     admin_token = get_token(anon_client, admin.email).json()["token"]
     response = post_task(anon_client, body, admin_token)
@@ -134,14 +150,20 @@ def test_protected_task_with_and_without_authorization(anon_client, user, admin,
     key, alg = settings.JWT_SIGNING_KEY, settings.JWT_ALGORITHM
     denied = jwt.encode({"allowed_tasks": {"test.main.myProtectedTask": False}}, key, algorithm=alg)
     assert post_task(anon_client, body, denied).json() == {"message": "You don't have permission to use this tasktype."}
-    expired = jwt.encode({"allowed_tasks": {"test.main.myProtectedTask": True}, "exp": str(int(time.time()) - 10)},
-                         key, algorithm=alg)
+    expired = jwt.encode(
+        {"allowed_tasks": {"test.main.myProtectedTask": True}, "exp": str(int(time.time()) - 10)}, key, algorithm=alg
+    )
     assert post_task(anon_client, body, expired).json() == {"message": "This token signature has expired."}
-    forged = jwt.encode({"allowed_tasks": {"test.main.myProtectedTask": True}}, "another-key-that-is-long-enough-for-hs256",
-                        algorithm="HS256")
+    forged = jwt.encode(
+        {"allowed_tasks": {"test.main.myProtectedTask": True}},
+        "another-key-that-is-long-enough-for-hs256",
+        algorithm="HS256",
+    )
     response = post_task(anon_client, body, forged)
     assert response.status_code == 401 and response.json()["message"] in {
-        "This token has invalid signature.", "This token is invalid"}
+        "This token has invalid signature.",
+        "This token is invalid",
+    }
     assert post_task(anon_client, body, "garbage").json() == {"message": "This token is invalid"}
 
 
@@ -149,7 +171,10 @@ def test_platform_access_tokens_work_through_the_users_permissions(anon_client, 
     body = {"type": "test.main.myProtectedTask", "args": {"x": 1, "y": 1}}
     assert post_task(anon_client, body, access_token_for(admin)).status_code == 200
     response = post_task(anon_client, body, access_token_for(user))
-    assert (response.status_code, response.json()) == (401, {"message": "You don't have permission to use this tasktype."})
+    assert (response.status_code, response.json()) == (
+        401,
+        {"message": "You don't have permission to use this tasktype."},
+    )
 
 
 def test_protected_returns_the_decoded_payload(anon_client, admin):
@@ -166,8 +191,9 @@ def test_token_without_expiry(anon_client, admin, settings):
     settings.JOBS_TOKEN_EXPIRE_SEC = 0
     body = get_token(anon_client, admin.email).json()
     assert body["exp"] == "infinity"
-    payload = jwt.decode(body["token"], settings.JWT_VERIFYING_KEY or settings.JWT_SIGNING_KEY,
-                         algorithms=[settings.JWT_ALGORITHM])
+    payload = jwt.decode(
+        body["token"], settings.JWT_VERIFYING_KEY or settings.JWT_SIGNING_KEY, algorithms=[settings.JWT_ALGORITHM]
+    )
     assert "exp" not in payload
 
 

@@ -163,10 +163,21 @@ def test_failed_export_leaves_no_file(user, export_root: Path, monkeypatch):
 
 
 def _day_file(path: Path, device_id: int) -> Path:
-    good = {"id": "msg_" + "c" * 32, "ts": "2026-06-03T12:34:56Z", "from": "user:boss@example.com",
-            "to": f"device:{device_id}", "type": "task", "title": "t", "body": "", "parent_id": None, "meta": {}}
+    good = {
+        "id": "msg_" + "c" * 32,
+        "ts": "2026-06-03T12:34:56Z",
+        "from": "user:boss@example.com",
+        "to": f"device:{device_id}",
+        "type": "task",
+        "title": "t",
+        "body": "",
+        "parent_id": None,
+        "meta": {},
+    }
     other = {**good, "id": "msg_" + "d" * 32, "title": "u"}
-    path.write_text(json.dumps(good) + "\n{broken\n" + json.dumps(other) + "\n" + json.dumps({**good, "to": "x"}) + "\n")
+    path.write_text(
+        json.dumps(good) + "\n{broken\n" + json.dumps(other) + "\n" + json.dumps({**good, "to": "x"}) + "\n"
+    )
     return path
 
 
@@ -176,8 +187,13 @@ def test_jsonl_import_is_idempotent_with_a_per_line_report(master, export_root: 
 
     device, _ = device_create(name="a", kind="sensor", validated=True)
     _day_file(export_root / "upload_260603_abcdefgh.jsonl", device.pk)
-    JobFile.objects.create(filename="upload_260603_abcdefgh.jsonl", owner=master, format="jsonl", uploaded=True,
-                           size=(export_root / "upload_260603_abcdefgh.jsonl").stat().st_size)
+    JobFile.objects.create(
+        filename="upload_260603_abcdefgh.jsonl",
+        owner=master,
+        format="jsonl",
+        uploaded=True,
+        size=(export_root / "upload_260603_abcdefgh.jsonl").stat().st_size,
+    )
     results = []
     for _ in range(2):
         job = job_create(type="jsonl_import", data={"filename": "upload_260603_abcdefgh.jsonl"}, user=master)
@@ -228,5 +244,7 @@ def test_an_import_without_a_user_sees_no_upload(master, export_root: Path):
     (export_root / "upload_260603_nouserxx.jsonl").write_text("")
     JobFile.objects.create(filename="upload_260603_nouserxx.jsonl", owner=master, format="jsonl", uploaded=True)
     with pytest.raises(FileNotFoundError):
-        jsonl_import(JobContext(job_id=0, job_type="jsonl_import", user_id=None, worker="w"),
-                     filename="upload_260603_nouserxx.jsonl")
+        jsonl_import(
+            JobContext(job_id=0, job_type="jsonl_import", user_id=None, worker="w"),
+            filename="upload_260603_nouserxx.jsonl",
+        )

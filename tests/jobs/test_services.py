@@ -162,8 +162,9 @@ def test_cancel_fresh_now_and_started_at_next_report(user: User) -> None:
     running = job_create(type="tests.sleep", data={"seconds": 0.0, "steps": 3}, user=user)
     assert job_claim(job_id=running.pk, worker="w:1")
     job_cancel(job=running)
-    ctx = JobContext(job_id=running.pk, job_type="tests.sleep", user_id=user.pk, worker="w:1",
-                     record_progress=job_report_progress)
+    ctx = JobContext(
+        job_id=running.pk, job_type="tests.sleep", user_id=user.pk, worker="w:1", record_progress=job_report_progress
+    )
     from jobs.context import JobCancelled
 
     with pytest.raises(JobCancelled):

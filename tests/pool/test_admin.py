@@ -31,14 +31,19 @@ def test_device_list_shows_badge_pending_and_live_topic(staff, make_device, mast
 
 
 def test_device_add_shows_secret_once_and_actions_work(staff, make_device):
-    response = staff.post(reverse("admin:pool_device_add"), {"name": "bench-pc", "kind": "pc", "validated": "on"},
-                          follow=True)
+    response = staff.post(
+        reverse("admin:pool_device_add"), {"name": "bench-pc", "kind": "pc", "validated": "on"}, follow=True
+    )
     device = Device.objects.get(name="bench-pc")
     assert device.validated
     text = response.content.decode()
     secret = re.search(r"(?:shown only now|shown only now): (\S+?)<", text).group(1)
-    assert Client().post("/pool/token", {"device_id": device.pk, "secret": secret},
-                         content_type="application/json").status_code == 200
+    assert (
+        Client()
+        .post("/pool/token", {"device_id": device.pk, "secret": secret}, content_type="application/json")
+        .status_code
+        == 200
+    )
 
     other = make_device("new", validated=False)
     url = reverse("admin:pool_device_changelist")
@@ -53,10 +58,18 @@ def test_device_add_shows_secret_once_and_actions_work(staff, make_device):
     device.refresh_from_db()
     assert device.secret_hash != old_hash
     new_secret = re.search(r"(?:shown only now|shown only now): (\S+?)<", response.content.decode()).group(1)
-    assert Client().post("/pool/token", {"device_id": device.pk, "secret": secret},
-                         content_type="application/json").status_code == 401
-    assert Client().post("/pool/token", {"device_id": device.pk, "secret": new_secret},
-                         content_type="application/json").status_code == 200
+    assert (
+        Client()
+        .post("/pool/token", {"device_id": device.pk, "secret": secret}, content_type="application/json")
+        .status_code
+        == 401
+    )
+    assert (
+        Client()
+        .post("/pool/token", {"device_id": device.pk, "secret": new_secret}, content_type="application/json")
+        .status_code
+        == 200
+    )
 
 
 def test_compose_task_with_target_picker(staff, make_device, admin):
@@ -64,8 +77,17 @@ def test_compose_task_with_target_picker(staff, make_device, admin):
     url = reverse("admin:pool_task_add")
     assert staff.get(url).status_code == 200
     staff.post(url, {"target": "one", "devices": [d1.pk], "title": "one", "body": "", "meta_json": ""})
-    staff.post(url, {"target": "several", "devices": [d1.pk, d2.pk], "title": "two", "body": "",
-                     "meta_json": '{"k": 1}', "expires_at": "2999-01-01 00:00:00"})
+    staff.post(
+        url,
+        {
+            "target": "several",
+            "devices": [d1.pk, d2.pk],
+            "title": "two",
+            "body": "",
+            "meta_json": '{"k": 1}',
+            "expires_at": "2999-01-01 00:00:00",
+        },
+    )
     staff.post(url, {"target": "all", "title": "all", "body": "", "meta_json": ""})
     tasks = {t.title: t for t in Message.objects.filter(type="task")}
     assert tasks["one"].to == f"device:{d1.pk}"
@@ -125,7 +147,10 @@ def test_task_list_filters_and_search(staff, make_device, master):
     assert titles("?q=zip") == {"collect logs"}
     day = timezone.now()
     assert titles(f"?ts__year={day.year}&ts__month={day.month}&ts__day={day.day}") == {
-        "reboot router", "inventory", "collect logs"}
+        "reboot router",
+        "inventory",
+        "collect logs",
+    }
     assert direct.title in titles("?q=reboot")
 
 

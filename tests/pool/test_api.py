@@ -45,22 +45,51 @@ def callers(make_device, user, master, admin, client_for):
 
 
 # Expected status per caller; the device's response to an unknown task is a 404.
-DEVICE_EXPECTED = {"anonymous": 401, "disabled_device": 403, "unvalidated_device": 403,
-                   "user": 403, "master": 403, "admin": 403}
+DEVICE_EXPECTED = {
+    "anonymous": 401,
+    "disabled_device": 403,
+    "unvalidated_device": 403,
+    "user": 403,
+    "master": 403,
+    "admin": 403,
+}
 USER_EXPECTED = {
-    "/pool/task": {"anonymous": 401, "device": 401, "disabled_device": 401, "unvalidated_device": 401,
-                   "user": 403, "master": 201, "admin": 201},
-    "/pool/log": {"anonymous": 401, "device": 401, "disabled_device": 401, "unvalidated_device": 401,
-                  "user": 403, "master": 403, "admin": 200},
-    "/pool/devices": {"anonymous": 401, "device": 401, "disabled_device": 401, "unvalidated_device": 401,
-                      "user": 403, "master": 403, "admin": 200},
+    "/pool/task": {
+        "anonymous": 401,
+        "device": 401,
+        "disabled_device": 401,
+        "unvalidated_device": 401,
+        "user": 403,
+        "master": 201,
+        "admin": 201,
+    },
+    "/pool/log": {
+        "anonymous": 401,
+        "device": 401,
+        "disabled_device": 401,
+        "unvalidated_device": 401,
+        "user": 403,
+        "master": 403,
+        "admin": 200,
+    },
+    "/pool/devices": {
+        "anonymous": 401,
+        "device": 401,
+        "disabled_device": 401,
+        "unvalidated_device": 401,
+        "user": 403,
+        "master": 403,
+        "admin": 200,
+    },
 }
 
 
 def test_every_endpoint_for_every_caller(callers):
     for method, path, body in DEVICE_ENDPOINTS:
-        expected = {**DEVICE_EXPECTED, "device": {"get": 200, "/pool/heartbeat": 201}.get(
-            method if method == "get" else path, 404)}
+        expected = {
+            **DEVICE_EXPECTED,
+            "device": {"get": 200, "/pool/heartbeat": 201}.get(method if method == "get" else path, 404),
+        }
         for who, client in callers.items():
             response = call(client, method, path, body)
             assert response.status_code == expected[who], (who, path, response.content)
@@ -134,8 +163,14 @@ def _bearer(token: str) -> APIClient:
 
 def test_forged_expired_and_wrong_kind_tokens(device, user, client_for):
     now = timezone.now()
-    claims = {"token_type": "device", "sub": str(device.pk), "device_id": device.pk,
-              "iat": int(now.timestamp()), "exp": int((now + timedelta(hours=1)).timestamp()), "jti": "x"}
+    claims = {
+        "token_type": "device",
+        "sub": str(device.pk),
+        "device_id": device.pk,
+        "iat": int(now.timestamp()),
+        "exp": int((now + timedelta(hours=1)).timestamp()),
+        "jti": "x",
+    }
     forged = jwt.encode(claims, "not-the-key-" * 4, algorithm="HS256")
     response = _bearer(forged).get("/pool/pending")
     assert response.status_code == 401 and response.json()["code"] == "invalid_token"
@@ -189,7 +224,8 @@ def test_task_create_validates_target(client_for, master, make_device):
 def test_task_create_returns_the_seed_message(client_for, master, make_device):
     d1, d2 = make_device("a"), make_device("b")
     response = client_for(master).post(
-        "/pool/task", {"to": f"device:[{d2.pk}, \"{d1.pk}\", {d2.pk}]", "title": "t", "body": "b", "meta": {"k": 1}},
+        "/pool/task",
+        {"to": f'device:[{d2.pk}, "{d1.pk}", {d2.pk}]', "title": "t", "body": "b", "meta": {"k": 1}},
         format="json",
     )
     assert response.status_code == 201
@@ -212,8 +248,9 @@ def test_response_flow_and_conflicts(make_device, master):
     other = c2.post("/pool/response", {"parent_id": task.msg_id, "status": "done"}, format="json")
     assert other.status_code == 404 and other.json()["code"] == "task_not_found"
 
-    progress = c1.post("/pool/response", {"parent_id": task.msg_id, "meta": {"status": "progress", "progress": 40}},
-                       format="json")
+    progress = c1.post(
+        "/pool/response", {"parent_id": task.msg_id, "meta": {"status": "progress", "progress": 40}}, format="json"
+    )
     assert progress.status_code == 201
     assert progress.json()["meta"] == {"status": "progress", "progress": 40}
     assert progress.json()["from"] == f"device:{d1.pk}" and progress.json()["to"] == f"user:{master.email}"
@@ -248,8 +285,9 @@ def test_response_rejects_bad_input(device, body):
 def test_response_to_a_non_task_is_404(device, master):
     beat = device_client(device).post("/pool/heartbeat", {"body": "alive"}, format="json")
     assert beat.status_code == 201 and beat.json()["type"] == "heartbeat"
-    response = device_client(device).post("/pool/response", {"parent_id": beat.json()["id"], "status": "done"},
-                                          format="json")
+    response = device_client(device).post(
+        "/pool/response", {"parent_id": beat.json()["id"], "status": "done"}, format="json"
+    )
     assert response.status_code == 404
 
 
@@ -268,8 +306,19 @@ def test_devices_list_shape_and_pending_counts(make_device, master, admin, clien
     assert rows[d1.pk]["pending_count"] == 2
     assert rows[d2.pk]["pending_count"] == 1  # broadcasts reach validated devices only
     assert rows[d1.pk]["online"] is False
-    assert set(rows[d1.pk]) == {"id", "name", "kind", "validated", "enabled", "created_at", "last_activity_at",
-                                "last_activity_type", "last_heartbeat_at", "online", "pending_count"}
+    assert set(rows[d1.pk]) == {
+        "id",
+        "name",
+        "kind",
+        "validated",
+        "enabled",
+        "created_at",
+        "last_activity_at",
+        "last_activity_type",
+        "last_heartbeat_at",
+        "online",
+        "pending_count",
+    }
 
 
 def test_log_jsonl_and_json(device, master, admin, client_for):
@@ -283,8 +332,17 @@ def test_log_jsonl_and_json(device, master, admin, client_for):
     import json
 
     first = json.loads(lines[0])
-    assert first["id"] == task.msg_id and list(first) == ["id", "ts", "from", "to", "type", "title", "body",
-                                                           "parent_id", "meta"]
+    assert first["id"] == task.msg_id and list(first) == [
+        "id",
+        "ts",
+        "from",
+        "to",
+        "type",
+        "title",
+        "body",
+        "parent_id",
+        "meta",
+    ]
     as_json = client.get("/pool/log", HTTP_ACCEPT="application/json")
     assert as_json["Content-Type"].startswith("application/json")
     assert [m["id"] for m in as_json.json()] == [json.loads(line)["id"] for line in lines]
@@ -298,7 +356,6 @@ def test_log_jsonl_and_json(device, master, admin, client_for):
         assert response.status_code == 400 and response.json()["code"] == "invalid_date", bad
 
 
-
 def test_rs256_device_tokens_when_configured(settings, device, anon_client):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -306,9 +363,13 @@ def test_rs256_device_tokens_when_configured(settings, device, anon_client):
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     settings.JWT_ALGORITHM = "RS256"
     settings.JWT_SIGNING_KEY = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    settings.JWT_VERIFYING_KEY = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    settings.JWT_VERIFYING_KEY = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     response = anon_client.post("/pool/token", {"device_id": device.pk, "secret": device.secret}, format="json")
     assert response.status_code == 200
     token = response.json()["token"]

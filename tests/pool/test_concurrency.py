@@ -31,15 +31,21 @@ def test_concurrent_responses_from_many_device_processes_lose_nothing(transactio
     per_process: list[list[list[str]]] = [[] for _ in range(6)]
     for i, d in enumerate(devices):
         token = tokens[d.pk]
-        jobs = [[token, broadcast.msg_id, "progress"], [token, broadcast.msg_id, "done"],
-                [token, listed.msg_id, "progress"], [token, listed.msg_id, "failed"]]
+        jobs = [
+            [token, broadcast.msg_id, "progress"],
+            [token, broadcast.msg_id, "done"],
+            [token, listed.msg_id, "progress"],
+            [token, listed.msg_id, "failed"],
+        ]
         per_process[i % 6].extend(jobs)
         per_process[i % 6].append([token, direct[d.pk].msg_id, "done"])
         per_process[(i + 3) % 6].append([token, direct[d.pk].msg_id, "done"])
 
     with run_wsgi_server(workers=4) as base:
-        procs = [subprocess.Popen([sys.executable, str(WORKER), base, json.dumps(jobs)], stdout=subprocess.PIPE)
-                 for jobs in per_process]
+        procs = [
+            subprocess.Popen([sys.executable, str(WORKER), base, json.dumps(jobs)], stdout=subprocess.PIPE)
+            for jobs in per_process
+        ]
         results = []
         for proc in procs:
             out, _ = proc.communicate(timeout=240)

@@ -27,13 +27,29 @@ def test_export_rows_one_per_task_and_device(make_device, master, admin):
 def test_import_contract_counts_and_bad_lines(tmp_path: Path, make_device):
     d1 = make_device("a")
     good = {
-        "id": "msg_" + "a" * 32, "ts": "2026-06-03T12:34:56Z", "from": "user:boss@example.com",
-        "to": f"device:{d1.pk}", "type": "task", "title": "t", "body": "", "parent_id": None, "meta": {},
+        "id": "msg_" + "a" * 32,
+        "ts": "2026-06-03T12:34:56Z",
+        "from": "user:boss@example.com",
+        "to": f"device:{d1.pk}",
+        "type": "task",
+        "title": "t",
+        "body": "",
+        "parent_id": None,
+        "meta": {},
     }
-    answer = {**good, "id": "msg_" + "b" * 32, "from": f"device:{d1.pk}", "to": "user:boss@example.com",
-              "type": "response", "parent_id": good["id"], "meta": {"status": "done"}}
+    answer = {
+        **good,
+        "id": "msg_" + "b" * 32,
+        "from": f"device:{d1.pk}",
+        "to": "user:boss@example.com",
+        "type": "response",
+        "parent_id": good["id"],
+        "meta": {"status": "done"},
+    }
     path = tmp_path / "2026-06-03.jsonl"
-    path.write_text(json.dumps(good) + "\n{not json\n" + json.dumps(answer) + "\n" + json.dumps({**good, "to": "nobody"}) + "\n")
+    path.write_text(
+        json.dumps(good) + "\n{not json\n" + json.dumps(answer) + "\n" + json.dumps({**good, "to": "nobody"}) + "\n"
+    )
 
     report = pool_import_jsonl(path=path)
     assert isinstance(report, ImportReport)

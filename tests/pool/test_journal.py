@@ -20,18 +20,23 @@ def journal(tmp_path: Path, settings) -> Path:
     return tmp_path / "journal"
 
 
-def test_log_round_trip_write_cat_import(journal: Path, make_device, master, client_for, django_capture_on_commit_callbacks):
+def test_log_round_trip_write_cat_import(
+    journal: Path, make_device, master, client_for, django_capture_on_commit_callbacks
+):
     d1, d2 = make_device("a"), make_device("b")
     client = client_for(master)
     with django_capture_on_commit_callbacks(execute=True):
-        task = client.post("/pool/task", {"to": f"device:[{d1.pk},{d2.pk}]", "title": "über", "body": "line\nbreak"},
-                           format="json").json()
+        task = client.post(
+            "/pool/task", {"to": f"device:[{d1.pk},{d2.pk}]", "title": "über", "body": "line\nbreak"}, format="json"
+        ).json()
         bc = client.post("/pool/task", {"to": "device:*", "title": "all"}, format="json").json()
         device_client(d1).post("/pool/response", {"parent_id": task["id"], "status": "done"}, format="json")
-        device_client(d2).post("/pool/response", {"parent_id": task["id"], "status": "progress",
-                                                  "meta": {"progress": 50}}, format="json")
-        device_client(d2).post("/pool/response", {"parent_id": bc["id"], "status": "failed", "body": "no"},
-                               format="json")
+        device_client(d2).post(
+            "/pool/response", {"parent_id": task["id"], "status": "progress", "meta": {"progress": 50}}, format="json"
+        )
+        device_client(d2).post(
+            "/pool/response", {"parent_id": bc["id"], "status": "failed", "body": "no"}, format="json"
+        )
         device_client(d1).post("/pool/heartbeat", {}, format="json")
     device_client(d1).get("/pool/pending")
     files = sorted(journal.glob("*.jsonl"))
@@ -48,8 +53,7 @@ def test_log_round_trip_write_cat_import(journal: Path, make_device, master, cli
     Device.objects.update(broadcasts_seen_until=None)
     report = pool_import_jsonl(path=files[0])
     assert (report.created, report.skipped, report.errors) == (len(lines), 0, [])
-    assert [message_to_wire(m) for m in Message.objects.order_by("ts", "seq")] == sorted(
-        lines, key=lambda m: m["ts"])
+    assert [message_to_wire(m) for m in Message.objects.order_by("ts", "seq")] == sorted(lines, key=lambda m: m["ts"])
     device_client(d1).get("/pool/pending")  # materialises the broadcast for d1 again
     device_client(d2).get("/pool/pending")
     assert sorted(Delivery.objects.values_list("task__msg_id", "device_id", "state")) == states_before
@@ -67,8 +71,10 @@ def test_lines_are_written_whole_by_concurrent_processes(journal: Path):
         "ms=[Message(ts=timezone.now(), sender='backend', to='device:*', type='info', body=sys.argv[2]*9000, meta={})"
         " for _ in range(50)]; journal_append(ms)"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(journal), c],
-                              cwd=Path(__file__).resolve().parents[2]) for c in "abcd"]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(journal), c], cwd=Path(__file__).resolve().parents[2])
+        for c in "abcd"
+    ]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     (path,) = journal.glob("*.jsonl")
     lines = path.read_bytes().splitlines()
@@ -80,8 +86,17 @@ def test_lines_are_written_whole_by_concurrent_processes(journal: Path):
 
 def test_import_command_reports_bad_lines_and_summary(tmp_path: Path, make_device, capsys):
     d1 = make_device("a")
-    ok = {"id": "msg_" + "c" * 32, "ts": "2026-01-02T03:04:05Z", "from": "backend", "to": f"device:{d1.pk}",
-          "type": "task", "title": "x", "body": "", "parent_id": None, "meta": {}}
+    ok = {
+        "id": "msg_" + "c" * 32,
+        "ts": "2026-01-02T03:04:05Z",
+        "from": "backend",
+        "to": f"device:{d1.pk}",
+        "type": "task",
+        "title": "x",
+        "body": "",
+        "parent_id": None,
+        "meta": {},
+    }
     bad_type = {**ok, "id": "msg_" + "d" * 32, "type": "order"}
     bad_ts = {**ok, "id": "msg_" + "e" * 32, "ts": "yesterday"}
     path = tmp_path / "2026-01-02.jsonl"

@@ -17,9 +17,11 @@ def pending_ids(device: Device) -> list[str]:
 
 
 def answer(device: Device, task: Message, status: str) -> int:
-    return device_client(device).post(
-        "/pool/response", {"parent_id": task.msg_id, "status": status}, format="json"
-    ).status_code
+    return (
+        device_client(device)
+        .post("/pool/response", {"parent_id": task.msg_id, "status": status}, format="json")
+        .status_code
+    )
 
 
 def test_direct_task_is_pending_only_for_its_device_until_done(make_device, master):

@@ -12,8 +12,9 @@ from coordinator.asgi import application
 from progress.services import events_deliver
 
 
-def publish(topic: str, kind: str, text: str = "", state: dict[str, Any] | None = None,
-            owner_id: int | None = None) -> int:
+def publish(
+    topic: str, kind: str, text: str = "", state: dict[str, Any] | None = None, owner_id: int | None = None
+) -> int:
     """Store one event the way `progress_publish` does after commit; returns its id."""
     [event] = events_deliver([{"topic": topic, "kind": kind, "text": text, "state": state or {}, "owner_id": owner_id}])
     return event["id"]
@@ -26,15 +27,19 @@ def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
     return async_to_sync(coro_fn)()
 
 
-async def ws_connect(path: str = "/ws/progress/", headers: list[tuple[bytes, bytes]] | None = None
-                     ) -> tuple[WebsocketCommunicator, bool, int | None]:
-    communicator = WebsocketCommunicator(application, path, headers=[(b"origin", b"http://127.0.0.1"), *(headers or [])])
+async def ws_connect(
+    path: str = "/ws/progress/", headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[WebsocketCommunicator, bool, int | None]:
+    communicator = WebsocketCommunicator(
+        application, path, headers=[(b"origin", b"http://127.0.0.1"), *(headers or [])]
+    )
     connected, code = await communicator.connect()
     return communicator, connected, code
 
 
-async def ws_receive_until(communicator: WebsocketCommunicator, predicate: Callable[[dict[str, Any]], bool],
-                           timeout: float = 5.0) -> list[dict[str, Any]]:
+async def ws_receive_until(
+    communicator: WebsocketCommunicator, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0
+) -> list[dict[str, Any]]:
     """Messages received until (and including) the first one matching `predicate`."""
     seen: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
@@ -62,10 +67,19 @@ class SseClient:
 
         headers = {"Accept": "text/event-stream", **(headers or {})}
         raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        scope = {"type": "http", "http_version": "1.1", "method": "GET", "path": "/progress/events",
-                 "raw_path": b"/progress/events", "root_path": "", "scheme": "http", "query_string": query.encode(),
-                 "headers": [(b"host", b"127.0.0.1"), *raw_headers], "client": ("127.0.0.1", 5000),
-                 "server": ("127.0.0.1", 80)}
+        scope = {
+            "type": "http",
+            "http_version": "1.1",
+            "method": "GET",
+            "path": "/progress/events",
+            "raw_path": b"/progress/events",
+            "root_path": "",
+            "scheme": "http",
+            "query_string": query.encode(),
+            "headers": [(b"host", b"127.0.0.1"), *raw_headers],
+            "client": ("127.0.0.1", 5000),
+            "server": ("127.0.0.1", 80),
+        }
         self.communicator = ApplicationCommunicator(application, scope)
         self.buffer = ""
         self.status = 0
@@ -216,8 +230,13 @@ def run_asgi_server(**extra_env: str) -> Any:
     def server() -> Any:
         port = free_port()
         env = server_env(**extra_env)
-        proc = subprocess.Popen([str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "coordinator.asgi:application"],
-                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "coordinator.asgi:application"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             wait_for_http(f"{base}/healthz", proc=proc)
@@ -239,8 +258,19 @@ def run_listener_process(socket_dir: Any, **extra_env: str) -> Any:
     @contextmanager
     def listener() -> Any:
         seq = socket_dir / "seq.sock"
-        proc = subprocess.Popen([sys.executable, "manage.py", "progress_listen", "--socket", str(seq),
-                                 "--stream-socket", str(socket_dir / "stream.sock")], cwd=ROOT, env=server_env(**extra_env))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "manage.py",
+                "progress_listen",
+                "--socket",
+                str(seq),
+                "--stream-socket",
+                str(socket_dir / "stream.sock"),
+            ],
+            cwd=ROOT,
+            env=server_env(**extra_env),
+        )
         try:
             wait_for(seq.exists, timeout=30, message="listener socket")
             yield seq
@@ -260,8 +290,12 @@ class SseReader:
 
         parts = urlsplit(url)
         self.sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=30)
-        lines = [f"GET {parts.path}?{parts.query} HTTP/1.0", f"Host: {parts.netloc}", "Accept: text/event-stream",
-                 *(f"{k}: {v}" for k, v in (headers or {}).items())]
+        lines = [
+            f"GET {parts.path}?{parts.query} HTTP/1.0",
+            f"Host: {parts.netloc}",
+            "Accept: text/event-stream",
+            *(f"{k}: {v}" for k, v in (headers or {}).items()),
+        ]
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         self.frames: list[dict[str, str]] = []
         self.head = ""
@@ -309,8 +343,15 @@ class SseReader:
 
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def serve_platform(var_dir: Any, qcluster: bool = False, port: int | None = None, **extra_env: str) -> Any:

@@ -38,16 +38,19 @@ def test_live_page_follows_a_socket_stream(platform, browser, admin) -> None:
             page.locator('tr[data-topic-row="stream:1"]').wait_for()
             first.send("copying", percent=40)
             page.wait_for_function(
-                "document.querySelector('tr[data-topic-row=\"stream:0\"] .msg').textContent === '[40%] copying'")
+                "document.querySelector('tr[data-topic-row=\"stream:0\"] .msg').textContent === '[40%] copying'"
+            )
             assert "width: 40%" in (row.locator("[data-progress-width]").get_attribute("style") or "")
             first.close()  # ends: the first task drops below the running one
             page.wait_for_function(
-                "document.querySelector('tr[data-topic-row=\"stream:0\"]')?.classList.contains('ended')")
+                "document.querySelector('tr[data-topic-row=\"stream:0\"]')?.classList.contains('ended')"
+            )
             topics = page.eval_on_selector_all("tr[data-topic-row]", "rows => rows.map(r => r.dataset.topicRow)")
             assert topics == ["stream:1", "stream:0"]
             second.send("still going")
             page.wait_for_function(
-                "document.querySelector('tr[data-topic-row=\"stream:1\"] .msg').textContent === 'still going'")
+                "document.querySelector('tr[data-topic-row=\"stream:1\"] .msg').textContent === 'still going'"
+            )
 
 
 def test_live_page_reconnects_by_itself_after_a_server_restart(transactional_db, socket_dir, browser, admin) -> None:
@@ -86,8 +89,9 @@ source.onopen = () => { document.body.dataset.open = "1"; };
 </script>"""
 
 
-def test_event_source_page_on_another_origin_receives_new_msg_end(transactional_db, socket_dir, browser, admin,
-                                                                   tmp_path) -> None:
+def test_event_source_page_on_another_origin_receives_new_msg_end(
+    transactional_db, socket_dir, browser, admin, tmp_path
+) -> None:
     page_port = free_port()
     origin = f"http://127.0.0.1:{page_port}"
     with serve_platform(socket_dir, CORS_ALLOWED_ORIGINS=origin) as base:
@@ -157,8 +161,13 @@ def test_farm_run_page_moves_while_a_taskfarm_worker_works(platform, browser, ad
     widget = f"#farm-run-progress-{run.uuid}"
     bar = f"{widget} [data-progress-width=percentDone]"
     assert page.eval_on_selector(bar, "e => e.style.width") in ("0%", "0.00%")
-    worker = subprocess.Popen([sys.executable, "-c", FARM_WORKER, f"{base}/api/", admin.email, DEFAULT_PASSWORD,
-                               run.uuid], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", FARM_WORKER, f"{base}/api/", admin.email, DEFAULT_PASSWORD, run.uuid],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert worker.stdout.readline().split() == ["half", "0"]
         _field(page, f"{widget} [data-progress-field=numComputing]", "1")
@@ -193,12 +202,16 @@ def test_job_page_moves_while_a_django_q2_worker_runs_it(transactional_db, socke
         page.evaluate("window.notReloaded = true")
         widget = f"[data-progress-topic='job:{job.pk}']"
         # the worker reports step by step: the bar and the message move on the open page ...
-        page.wait_for_function("s => Number(document.querySelector(s + ' progress').value) >= 25", arg=widget,
-                               timeout=60000)
+        page.wait_for_function(
+            "s => Number(document.querySelector(s + ' progress').value) >= 25", arg=widget, timeout=60000
+        )
         assert page.inner_text(f"{widget} [data-progress-field=status]") == "started"
         assert page.inner_text(f"{widget} [data-progress-field=message]").startswith("step ")
         # ... up to the end
-        page.wait_for_function("s => document.querySelector(s + ' [data-progress-field=status]').textContent === 'success'",
-                               arg=widget, timeout=60000)
+        page.wait_for_function(
+            "s => document.querySelector(s + ' [data-progress-field=status]').textContent === 'success'",
+            arg=widget,
+            timeout=60000,
+        )
         assert Job.objects.get(pk=job.pk).status == "success"
         assert page.evaluate("window.notReloaded") is True

@@ -99,9 +99,17 @@ def test_session_cookie_authenticates(admin, client) -> None:
     run(body)
 
 
-@pytest.mark.parametrize("message", ["not json", '{"type": "dance"}', '{"type": "subscribe", "topics": "x"}',
-                                     '{"type": "subscribe", "topics": [""]}', '{"type": "subscribe", "topics": ["a"], "since": -1}',
-                                     '{"type": "subscribe", "topics": ["a"], "since": 99999999999999999999999}'])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "not json",
+        '{"type": "dance"}',
+        '{"type": "subscribe", "topics": "x"}',
+        '{"type": "subscribe", "topics": [""]}',
+        '{"type": "subscribe", "topics": ["a"], "since": -1}',
+        '{"type": "subscribe", "topics": ["a"], "since": 99999999999999999999999}',
+    ],
+)
 def test_malformed_messages_get_an_error_and_the_connection_stays(admin, message) -> None:
     token = access_token_for(admin)
 

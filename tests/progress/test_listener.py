@@ -41,8 +41,12 @@ def test_socat_as_the_seed_documents(listener) -> None:
     proc.stdin.close()
     proc.wait(10)
     wait_for(ended("stream:0"))
-    assert events_of("stream:0") == [("new", "nightly backup"), ("msg", "copying /home"), ("msg", "50% done"),
-                                      ("end", "")]
+    assert events_of("stream:0") == [
+        ("new", "nightly backup"),
+        ("msg", "copying /home"),
+        ("msg", "50% done"),
+        ("end", ""),
+    ]
     assert topic_row("stream:0").state == {"percent": 50.0}
 
 
@@ -54,8 +58,15 @@ def test_framing_strips_one_newline_or_nul_and_truncates(listener) -> None:
     wait_for(ended("stream:0"))
     events = events_of("stream:0")
     assert events[0] == ("new", "N" * 100)
-    assert events[1:] == [("msg", "two newlines\n"), ("msg", "nul"), ("msg", "plain"), ("msg", "x" * 1000),
-                          ("msg", "y" * 1000), ("msg", "é" * 600), ("end", "")]
+    assert events[1:] == [
+        ("msg", "two newlines\n"),
+        ("msg", "nul"),
+        ("msg", "plain"),
+        ("msg", "x" * 1000),
+        ("msg", "y" * 1000),
+        ("msg", "é" * 600),
+        ("end", ""),
+    ]
 
 
 def test_uids_are_small_round_robin_and_reused(listener, settings) -> None:
@@ -78,7 +89,7 @@ def test_uids_are_small_round_robin_and_reused(listener, settings) -> None:
     for sock in (b, c, d, refused):
         sock.close()
     wait_for(lambda: not ProgressTopic.objects.filter(ended_at__isnull=True).exists())
-    assert [n for n, in ProgressTopic.objects.order_by("topic").values_list("name")] == ["d", "b", "c"]
+    assert [n for (n,) in ProgressTopic.objects.order_by("topic").values_list("name")] == ["d", "b", "c"]
 
 
 def test_hostile_clients_do_not_disturb_others(listener) -> None:
@@ -94,7 +105,9 @@ def test_hostile_clients_do_not_disturb_others(listener) -> None:
     with seqpacket(listener.seqpacket_path) as good:
         good.send(b"well behaved\n")
         good.send(b"still fine\n")
-    wait_for(lambda: ProgressTopic.objects.filter(name="well behaved", ended_at__isnull=False, text="still fine").exists())
+    wait_for(
+        lambda: ProgressTopic.objects.filter(name="well behaved", ended_at__isnull=False, text="still fine").exists()
+    )
     wait_for(lambda: ProgressTopic.objects.filter(name__startswith="flood", ended_at__isnull=False).count() == 200)
     garbage_row = topic_row("stream:1")
     assert garbage_row.name.startswith("\ufffd") and "\x00" not in garbage_row.text and len(garbage_row.text) <= 1000
@@ -110,8 +123,15 @@ def test_stream_socket_is_newline_framed(listener) -> None:
         time.sleep(0.05)  # a line split across two writes
         sock.sendall(b"ond\n" + b"z" * 200_000 + b"\nafter the long line\nno newline at the end")
     wait_for(ended("stream:0"))
-    assert events_of("stream:0") == [("new", "line tool"), ("msg", "first"), ("msg", "second"), ("msg", "z" * 1000),
-                                      ("msg", "after the long line"), ("msg", "no newline at the end"), ("end", "")]
+    assert events_of("stream:0") == [
+        ("new", "line tool"),
+        ("msg", "first"),
+        ("msg", "second"),
+        ("msg", "z" * 1000),
+        ("msg", "after the long line"),
+        ("msg", "no newline at the end"),
+        ("end", ""),
+    ]
 
 
 def test_python_helper_reports_percent_and_ends_on_exceptions(listener) -> None:

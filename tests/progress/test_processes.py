@@ -32,16 +32,25 @@ def test_events_from_other_processes_reach_readers_on_two_asgi_instances(admin, 
         user_reader = SseReader(f"{second}/progress/events?token={access_token_for(user)}")
         wait_for(lambda: admin_reader.frames and user_reader.frames, message="streams open")
         # a "django-q2 worker": another process publishing inside a transaction
-        subprocess.run([sys.executable, "-c", PUBLISH.format(owner=user.pk)], cwd=ROOT, env=server_env(), check=True,
-                       timeout=60)
+        subprocess.run(
+            [sys.executable, "-c", PUBLISH.format(owner=user.pk)], cwd=ROOT, env=server_env(), check=True, timeout=60
+        )
         # a script on the socket, through the Python helper
         with stream("socket task", seq) as s:
             s.send("working", percent=10)
-        expected_job = [("new", {"job:42": "export from a worker"}), ("msg", {"job:42": "half"}), ("end", {"job:42": ""})]
+        expected_job = [
+            ("new", {"job:42": "export from a worker"}),
+            ("msg", {"job:42": "half"}),
+            ("end", {"job:42": ""}),
+        ]
         wait_for(lambda: len(admin_reader.events()) >= 6, timeout=20, message="admin received everything")
         wait_for(lambda: len(user_reader.events()) >= 3, timeout=20, message="user received the job")
-        assert admin_reader.events() == [*expected_job, ("new", {"0": "socket task"}), ("msg", {"0": "[10%] working"}),
-                                         ("end", {"0": ""})]
+        assert admin_reader.events() == [
+            *expected_job,
+            ("new", {"0": "socket task"}),
+            ("msg", {"0": "[10%] working"}),
+            ("end", {"0": ""}),
+        ]
         assert user_reader.events() == expected_job  # the socket stream is admins-only
         admin_reader.close()
         user_reader.close()

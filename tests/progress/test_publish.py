@@ -92,19 +92,35 @@ def test_one_event_at_a_time_folds_like_the_batch(steps: int) -> None:
     batch path (select, fold in Python, upsert) that the socket listener uses."""
     for event in SEQUENCE[:steps]:
         progress_publish(topic="one", **event)
-    events_store([{"topic": "batch", **event} for event in SEQUENCE[:steps]] + [
-        {"topic": "other", "kind": "new", "text": "pad", "state": {}, "owner_id": None}])
+    events_store(
+        [{"topic": "batch", **event} for event in SEQUENCE[:steps]]
+        + [{"topic": "other", "kind": "new", "text": "pad", "state": {}, "owner_id": None}]
+    )
     assert topic_row("one") == topic_row("batch")
 
 
 def test_folded_topic_after_new_msg_end_and_a_new_start() -> None:
     for event in SEQUENCE[1:4]:
         progress_publish(topic="t", **event)
-    assert topic_row("t") == {"name": "n" * 200, "text": "half", "error": "boom", "owner_id": 7, "last_kind": "end",
-                              "state": {"a": 1, "b": {"y": 2}, "c": None, "d": [1, 2]}, "ended": True}
+    assert topic_row("t") == {
+        "name": "n" * 200,
+        "text": "half",
+        "error": "boom",
+        "owner_id": 7,
+        "last_kind": "end",
+        "state": {"a": 1, "b": {"y": 2}, "c": None, "d": [1, 2]},
+        "ended": True,
+    }
     progress_publish(topic="t", kind="new", text="again", state={"z": 1})
-    assert topic_row("t") == {"name": "again", "text": "", "error": "", "owner_id": 7, "last_kind": "new",
-                              "state": {"z": 1}, "ended": False}
+    assert topic_row("t") == {
+        "name": "again",
+        "text": "",
+        "error": "",
+        "owner_id": 7,
+        "last_kind": "new",
+        "state": {"z": 1},
+        "ended": False,
+    }
 
 
 def test_one_statement_per_event_on_postgresql(django_assert_num_queries: Any) -> None:

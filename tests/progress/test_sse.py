@@ -85,8 +85,9 @@ def test_once_or_a_client_not_asking_for_a_stream_gets_the_snapshot_and_the_end(
     run(body)
 
 
-@pytest.mark.parametrize("query,headers", [("once=2", {}), ("", {"Last-Event-ID": "x1"}),
-                                           ("lastEventId=99999999999999999999999", {})])
+@pytest.mark.parametrize(
+    "query,headers", [("once=2", {}), ("", {"Last-Event-ID": "x1"}), ("lastEventId=99999999999999999999999", {})]
+)
 def test_bad_parameters_are_400_envelopes(admin, query, headers) -> None:
     async def body() -> None:
         sse = SseClient(f"token={access_token_for(admin)}&{query}", headers=headers)
@@ -124,8 +125,11 @@ def test_users_see_their_own_progress_only(user, admin) -> None:
         return run(body)
 
     assert names(user) == [("new", {"job:1": "my export"})]
-    assert names(admin) == [("new", {"job:1": "my export"}), ("new", {"job:2": "admin export"}),
-                            ("new", {"0": "socket task"})]
+    assert names(admin) == [
+        ("new", {"job:1": "my export"}),
+        ("new", {"job:2": "admin export"}),
+        ("new", {"0": "socket task"}),
+    ]
 
 
 def test_keepalive_comments_when_idle(admin, monkeypatch) -> None:
@@ -152,9 +156,11 @@ def test_cors_headers_on_stream_and_preflight(admin, settings, client) -> None:
         return sse.headers
 
     assert run(body)["access-control-allow-origin"] == "http://front.example"
-    preflight = client.options("/progress/events", HTTP_ORIGIN="http://front.example",
-                               HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET",
-                               )
+    preflight = client.options(
+        "/progress/events",
+        HTTP_ORIGIN="http://front.example",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET",
+    )
     assert preflight.status_code == 200
     assert preflight["Access-Control-Allow-Origin"] == "http://front.example"
     other = client.get("/progress/events?once=1", HTTP_ORIGIN="http://evil.example")

@@ -22,13 +22,15 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("email")
-        parser.add_argument("--role", choices=Role.values, default=None,
-                            help="A new user gets `user` without it; an existing user keeps its role.")
+        parser.add_argument(
+            "--role",
+            choices=Role.values,
+            default=None,
+            help="A new user gets `user` without it; an existing user keeps its role.",
+        )
         parser.add_argument("--password", default=None)
         parser.add_argument("--name", default=None)
-        parser.add_argument(
-            "--keep-password", action="store_true", help="Only change the role of an existing user."
-        )
+        parser.add_argument("--keep-password", action="store_true", help="Only change the role of an existing user.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         password: str | None = options["password"]

@@ -35,8 +35,15 @@ def _bin(name: str) -> str:
 
 
 def granian_argv(
-    *, host: str = "127.0.0.1", port: int = 8000, uds: Path | None = None, workers: int, threads: int = 1,
-    keep_alive: bool = True, access_log: bool = False, log_level: str = "info",
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    uds: Path | None = None,
+    workers: int,
+    threads: int = 1,
+    keep_alive: bool = True,
+    access_log: bool = False,
+    log_level: str = "info",
 ) -> list[str]:
     """The command line of the production WSGI server: granian serving `coordinator.wsgi`.
 
@@ -49,9 +56,23 @@ def granian_argv(
     """
     bind = ["--uds", str(uds), "--uds-permissions", "0o600"] if uds else ["--host", host, "--port", str(port)]
     argv = [
-        _bin("granian"), "--interface", "wsgi", "coordinator.wsgi:application", *bind,
-        "--http", "1", "--no-ws", "--workers", str(workers), "--blocking-threads", str(threads),
-        "--workers-kill-timeout", str(STOP_GRACE_SECONDS), "--respawn-failed-workers", "--log-level", log_level,
+        _bin("granian"),
+        "--interface",
+        "wsgi",
+        "coordinator.wsgi:application",
+        *bind,
+        "--http",
+        "1",
+        "--no-ws",
+        "--workers",
+        str(workers),
+        "--blocking-threads",
+        str(threads),
+        "--workers-kill-timeout",
+        str(STOP_GRACE_SECONDS),
+        "--respawn-failed-workers",
+        "--log-level",
+        log_level,
     ]
     if not keep_alive:
         argv.append("--no-http1-keep-alive")
@@ -77,14 +98,32 @@ def build_process_specs(
     daphne += ["coordinator.asgi:application"]
     specs = [ProcessSpec("web", web), ProcessSpec("asgi", daphne)]
     if not behind_proxy:
-        proxy = [sys.executable, "-m", "coordinator.serving.proxy", "--host", host, "--port", str(port),
-                 "--wsgi-socket", str(wsgi_socket), "--asgi-socket", str(asgi_socket)]
+        proxy = [
+            sys.executable,
+            "-m",
+            "coordinator.serving.proxy",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--wsgi-socket",
+            str(wsgi_socket),
+            "--asgi-socket",
+            str(asgi_socket),
+        ]
         for prefix in settings.ASGI_PATH_PREFIXES:
             proxy += ["--asgi-prefix", prefix]
         specs.append(ProcessSpec("front", proxy))
     if qcluster:
         # Signalled through its main process only (see coordinator/serving/leader_only.py).
-        leader_only = [sys.executable, "-m", "coordinator.serving.leader_only", "--grace", str(STOP_GRACE_SECONDS), "--"]
+        leader_only = [
+            sys.executable,
+            "-m",
+            "coordinator.serving.leader_only",
+            "--grace",
+            str(STOP_GRACE_SECONDS),
+            "--",
+        ]
         specs.append(ProcessSpec("jobs", [*leader_only, *manage, "qcluster"]))
     for config in apps.get_app_configs():
         declare = getattr(config, "serve_processes", None)
@@ -134,10 +173,17 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=settings.SERVE_HOST, help="COORDINATOR_HOST")
         parser.add_argument("--port", type=int, default=settings.SERVE_PORT, help="COORDINATOR_PORT")
-        parser.add_argument("--workers", type=int, default=settings.SERVE_WSGI_WORKERS,
-                            help="granian worker processes (WEB_CONCURRENCY; default: one per core)")
-        parser.add_argument("--behind-proxy", action="store_true",
-                            help="no front door: granian on --port (keep-alive on), daphne on --asgi-port, for nginx in front")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=settings.SERVE_WSGI_WORKERS,
+            help="granian worker processes (WEB_CONCURRENCY; default: one per core)",
+        )
+        parser.add_argument(
+            "--behind-proxy",
+            action="store_true",
+            help="no front door: granian on --port (keep-alive on), daphne on --asgi-port, for nginx in front",
+        )
         parser.add_argument("--asgi-port", type=int, default=None, help="with --behind-proxy (default: port + 1)")
         parser.add_argument("--no-qcluster", action="store_true", help="run job clusters elsewhere")
         parser.add_argument("--access-log", action="store_true", help="log every HTTP request (granian's access log)")
@@ -157,9 +203,13 @@ class Command(BaseCommand):
             raise CommandError(problem)
         Path(settings.RUN_DIR).mkdir(parents=True, exist_ok=True)
         specs = build_process_specs(
-            host=options["host"], port=options["port"], workers=options["workers"],
-            behind_proxy=options["behind_proxy"], asgi_port=options["asgi_port"] or options["port"] + 1,
-            qcluster=not options["no_qcluster"], access_log=options["access_log"],
+            host=options["host"],
+            port=options["port"],
+            workers=options["workers"],
+            behind_proxy=options["behind_proxy"],
+            asgi_port=options["asgi_port"] or options["port"] + 1,
+            qcluster=not options["no_qcluster"],
+            access_log=options["access_log"],
         )
         for stale in ("wsgi.sock", "asgi.sock"):  # left by a killed instance: would block binding
             (Path(settings.RUN_DIR) / stale).unlink(missing_ok=True)
