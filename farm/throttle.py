@@ -7,6 +7,10 @@ change of a window is sent at once (the leading edge), and if more changes fall 
 one more `msg` with the counts as they are then goes out when the window closes (the trailing
 edge, from a background thread), so a run page never stays behind a worker that went quiet.
 
+The windows are read from `clock` (monotonic seconds) and the trailing events are sent by
+`publish_due()`, which the background thread calls when the next window closes: tests replace the
+clock and call `publish_due()` themselves (with `trailing_thread` off), so no test waits on time.
+
 Each `msg` carries the run's counts, and counting costs time in proportion to the run's task rows
 (about 0.25 s per million on PostgreSQL here). So a run's window is also at least COUNT_COST_FACTOR
 times what its last count took: counting stays a small share of the work however large the run
@@ -20,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from django.db import close_old_connections, connection
 
@@ -40,6 +45,9 @@ _count_seconds: dict[int, float] = {}
 COUNT_COST_FACTOR = 20
 # Publishes the counts of a run (set by farm.services, which owns what a `msg` says).
 _publisher: Callable[[int, str], None] | None = None
+# The time the windows are measured in, and whether a background thread sends the trailing events.
+clock: Callable[[], float] = time.monotonic
+trailing_thread = True
 
 
 def set_publisher(publish: Callable[[int, str], None]) -> None:
@@ -49,7 +57,7 @@ def set_publisher(publish: Callable[[int, str], None]) -> None:
 
 def msg_due(run_id: int, force: bool, text: str = "") -> bool:
     """Whether a `msg` for the run goes out now; if not, one is scheduled for the end of the window."""
-    now = time.monotonic()
+    now = clock()
     with _lock:
         interval = window(run_id)
         last = _last_msg.get(run_id)
@@ -84,41 +92,68 @@ def _schedule(run_id: int, when: float, text: str) -> None:
     if known is None:
         heapq.heappush(_queue, (when, run_id))
         _wake.notify()
-    if _thread is None or not _thread.is_alive():
+    if trailing_thread and (_thread is None or not _thread.is_alive()):
         _thread = threading.Thread(target=_run, name="farm-progress-trailing", daemon=True)
         _thread.start()
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    run_id: int
+    text: str
+
+
+def _take_due() -> tuple[list[_Due], float | None]:
+    """Under the lock: the trailing events whose window closed, and the seconds until the next one
+    closes (None when nothing is pending)."""
+    due: list[_Due] = []
+    now = clock()
+    while _queue:
+        when, run_id = _queue[0]
+        if when > now:
+            return due, when - now
+        heapq.heappop(_queue)
+        entry = _pending.get(run_id)
+        if entry is None or entry[0] != when:
+            continue  # published meanwhile (leading edge of a later window), or rescheduled
+        del _pending[run_id]
+        _last_msg[run_id] = now
+        due.append(_Due(run_id, entry[1]))
+    return due, None
+
+
+def publish_due() -> int:
+    """Send the trailing events whose window has closed; returns how many went out."""
+    with _lock:
+        due, _ = _take_due()
+    for event in due:
+        _publish(event.run_id, event.text)
+    return len(due)
 
 
 def _run() -> None:
     while True:
         with _lock:
-            while not _queue:
-                _wake.wait()
-            when, run_id = _queue[0]
-            delay = when - time.monotonic()
-            if delay > 0:
+            due, delay = _take_due()
+            if not due:
                 _wake.wait(timeout=delay)
                 continue
-            heapq.heappop(_queue)
-            entry = _pending.get(run_id)
-            if entry is None or entry[0] != when:
-                continue  # published meanwhile (leading edge of a later window), or rescheduled
-            del _pending[run_id]
-            _last_msg[run_id] = time.monotonic()
-        _publish(run_id, entry[1])
+        close_old_connections()
+        try:
+            for event in due:
+                _publish(event.run_id, event.text)
+        finally:
+            # This thread's own connection: never left open between windows (a database being
+            # dropped, a server restarted, or a test's teardown would otherwise wait on it).
+            connection.close()
 
 
 def _publish(run_id: int, text: str) -> None:
     try:
-        close_old_connections()
         if _publisher is not None:
             _publisher(run_id, text)
     except Exception:  # progress is best effort; the next change publishes again
         logger.exception("Trailing progress event for run %s failed", run_id)
-    finally:
-        # This thread's own connection: never left open between windows (a database being dropped,
-        # a server restarted, or a test's teardown would otherwise wait on it).
-        connection.close()
 
 
 def forget(run_id: int) -> None:

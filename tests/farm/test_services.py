@@ -19,6 +19,19 @@ from farm.models import Run, Task, Worker
 pytestmark = pytest.mark.django_db
 
 
+def wait_until_a_session_waits_for_a_lock() -> None:
+    """Return once another session of this database waits for a row lock (an event, not a delay);
+    fails after a bound meant only for a thread that never gets there."""
+    watcher = psycopg.connect(**connection.get_connection_params(), autocommit=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not watcher.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:
+            assert time.monotonic() < deadline, "nobody waits for the lock"
+            time.sleep(0.01)
+    finally:
+        watcher.close()
+
+
 def _done(worker: Worker) -> int:
     return Worker.objects.get(pk=worker.pk).tasks_done
 
@@ -110,8 +123,7 @@ def test_a_run_delete_waits_for_a_claim_holding_the_run_and_takes_its_rows_too(f
 
         deleting = threading.Thread(target=delete)
         deleting.start()
-        time.sleep(0.5)
-        assert deleting.is_alive()  # waiting for the run row
+        wait_until_a_session_waits_for_a_lock()  # the delete, for the run row
         claim.execute(
             "INSERT INTO farm_task (run_id, task, status, percent_completed, worker_id, started, updated) "
             "VALUES (%s, 0, 'computing', 0, %s, now(), now())",
@@ -202,8 +214,7 @@ def test_a_claim_that_waited_for_a_run_delete_says_the_run_is_gone(farm_user: Us
         deleting.execute("DELETE FROM farm_run WHERE id = %s", [run.pk])
         claiming = threading.Thread(target=claim)
         claiming.start()
-        time.sleep(0.5)
-        assert claiming.is_alive()  # waiting for the run row
+        wait_until_a_session_waits_for_a_lock()  # the claim, for the run row
         deleting.commit()
         claiming.join(30)
         assert not claiming.is_alive()
