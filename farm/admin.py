@@ -105,11 +105,11 @@ class RunAdmin(admin.ModelAdmin):
         changed = sum(services.run_restart(run=run, everything=everything) for run in queryset)
         self.message_user(request, f"{changed} tasks put back to waiting.", messages.SUCCESS)
 
-    @admin.action(description="Restart incomplete tasks (below 100%%)")
+    @admin.action(description="Restart incomplete tasks (below 100%%)", permissions=["change"])
     def restart_incomplete(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
         self._restart(request, queryset, everything=False)
 
-    @admin.action(description="Restart all tasks (back to 0%%)")
+    @admin.action(description="Restart all tasks (back to 0%%)", permissions=["change"])
     def restart_all(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
         self._restart(request, queryset, everything=True)
 

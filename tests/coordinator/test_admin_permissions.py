@@ -164,3 +164,21 @@ def test_staff_see_only_their_own_progress_on_the_live_page_and_the_list() -> No
         assert "secret run" not in page, url
     admin_page = _logged_in(UserFactory(role=Role.ADMIN)).get("/admin/progress/progresstopic/live/").content.decode()
     assert "my own run" in admin_page and "secret run" in admin_page
+
+
+def test_view_only_staff_cannot_restart_farm_runs() -> None:
+    from farm import services as farm_services
+    from farm.models import Task
+
+    owner = UserFactory()
+    run = farm_services.run_create(owner=owner, num_tasks=2)
+    worker = farm_services.worker_register(owner=owner, uuid="w", hostname="h", pid=1)
+    farm_services.tasks_claim(run=run, worker=worker, limit=2)
+    Task.objects.filter(run=run).update(status=Task.Status.DONE, percent_completed=100)
+    client = _logged_in(_view_only())
+    for action in ("restart_incomplete", "restart_all"):
+        _action(client, "/admin/farm/run/", action, run.pk)
+    assert set(Task.objects.filter(run=run).values_list("status", flat=True)) == {Task.Status.DONE}
+    allowed = _logged_in(_staff_with("view_run", "change_run"))
+    _action(allowed, "/admin/farm/run/", "restart_all", run.pk)
+    assert set(Task.objects.filter(run=run).values_list("status", flat=True)) == {Task.Status.WAITING}
