@@ -31,23 +31,14 @@ def run_topic(run: Run) -> str:
 
 
 def _publish_trailing(run_id: int, text: str) -> None:
-    """The `msg` sent when a throttled window closes: the run's counts as they are then.
-
-    A run's last event is its `end`, whichever process sends this: the run row is locked first (the
-    write that finishes a run's last task locks it before counting, `_counter_exhausted`; SQLite's
-    IMMEDIATE transactions serialise the two), so either this `msg` commits before the run is
-    counted finished, or it sees the run finished and sends nothing."""
+    """The `msg` sent when a throttled window closes: the run's counts as they are then."""
+    run = Run.objects.filter(pk=run_id).first()
+    if run is None:
+        return
     with transaction.atomic():
-        rows = Run.objects.filter(pk=run_id)
-        if connection.features.has_select_for_update:
-            rows = rows.select_for_update()
-        run = rows.first()
-        if run is None:
-            return
-        counts = _timed_counts(run)
-        if counts.num_tasks and counts.num_done == counts.num_tasks:
-            return  # finished: its `end` carries the final counts
-        progress_publish(topic=run_topic(run), kind="msg", text=text, state=counts.as_state(), owner_id=run.owner_id)
+        progress_publish(
+            topic=run_topic(run), kind="msg", text=text, state=_timed_counts(run).as_state(), owner_id=run.owner_id
+        )
 
 
 def _timed_counts(run: Run) -> RunCounts:

@@ -1,5 +1,5 @@
-"""Run progress events: throttled per server process, the last change of a window still sent, and
-a run's `end` always its last event. The windows run on an injected clock."""
+"""Run progress events: throttled per server process, the last change of a window still sent. The
+windows run on an injected clock."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from farm import services, throttle
+from farm import throttle
 from farm.models import Run
 from progress.models import ProgressEvent
 from tests.farm.test_api import claim, new_run, new_worker
@@ -102,25 +102,6 @@ def test_a_run_that_is_slow_to_count_gets_a_wider_window(api: APIClient, setting
     clock.advance(throttle.COUNT_COST_FACTOR * 1.0)
     claim(api, run, "w")
     assert len(run_messages(run)) == 2
-
-
-def test_a_runs_last_event_is_its_end_whichever_process_sends_a_trailing_msg(
-    api: APIClient, settings: Any, clock: FakeClock
-) -> None:
-    """Another server process whose window for the run closes after the run ended sends nothing
-    (it would have said "task 0: computing 40%" after the `end`)."""
-    settings.FARM_PROGRESS_INTERVAL = 0.5
-    run = new_run(api, 1)
-    new_worker(api, "w")
-    n = claim(api, run, "w").json()["task"]
-    api.put(f"/api/runs/{run}/tasks/{n}", {"percentCompleted": 40}, format="json")
-    api.put(f"/api/runs/{run}/tasks/{n}", {"status": "done"}, format="json")
-    events = ProgressEvent.objects.filter(topic=f"run:{run}").order_by("id")
-    assert events.last().kind == "end"
-    run_id = Run.objects.get(uuid=run).pk
-    services._publish_trailing(run_id, f"task {n}: computing 40%")  # the other process's trailing event
-    assert events.last().kind == "end"
-    assert events.filter(kind="end").get().state["numDone"] == 1
 
 
 @pytest.mark.django_db(transaction=True)
