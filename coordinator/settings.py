@@ -206,10 +206,6 @@ else:
 _database["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
 DATABASES = {"default": _database}
 IS_POSTGRES = _database["ENGINE"] == "django.db.backends.postgresql"
-# Hot statements (farm hand-out and updates) are prepared once per connection on PostgreSQL
-# (`coordinator.db.prepared_cursor`); turn off behind a pooler in transaction mode that does not
-# track prepared statements (PgBouncer before 1.21, or without max_prepared_statements).
-DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -415,6 +411,11 @@ POOL_ONLINE_SECONDS = env_int("POOL_ONLINE_SECONDS", 120, minimum=1)
 # --- Task farm (farm) ---------------------------------------------------------------------------
 FARM_LEASE_SECONDS = env_int("FARM_LEASE_SECONDS", 3600, minimum=1)
 FARM_BATCH_MAX = env_int("FARM_BATCH_MAX", 1000, minimum=1)
+FARM_MAX_ATTEMPTS = env_int("FARM_MAX_ATTEMPTS", 3, minimum=1)
+# Least seconds between two `msg` events of one run from one server process (tests set 0).
+FARM_PROGRESS_INTERVAL = 0.5
+# Send a run's last change inside a throttled window when the window closes.
+FARM_PROGRESS_TRAILING = True
 
 # --- Background jobs (jobs) ---------------------------------------------------------------------
 EXPORT_ROOT = env_path("EXPORT_ROOT", None) or VAR_DIR / "exports"

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from farm import selectors, services
+from farm import services
 from farm.models import Run, Task, Worker
 from farm.selectors import RunCounts, run_counts, runs_counts, with_computing_counts
 
@@ -29,13 +29,15 @@ def progress_widget(run: Run, counts: RunCounts) -> SafeString:
         '<small><span data-progress-field="numDone">{done}</span> done · '
         '<span data-progress-field="numComputing">{computing}</span> computing · '
         '<span data-progress-field="numWaiting">{waiting}</span> waiting · '
-        '<span data-progress-field="numNotStarted">{not_started}</span> not started</small></div>',
+        '<span data-progress-field="numNotStarted">{not_started}</span> not started · '
+        '<span data-progress-field="numFailed">{failed}</span> failed</small></div>',
         uuid=run.uuid,
         pct=f"{state['percentDone']:.2f}",
         done=counts.num_done,
         computing=counts.num_computing,
         waiting=counts.num_waiting,
         not_started=counts.num_not_started,
+        failed=counts.num_failed,
     )
 
 
@@ -47,14 +49,17 @@ def _counts_of(run: Any) -> RunCounts:
 
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
-    list_display = ("uuid", "owner", "created_at", "num_tasks", "progress")
-    list_filter = ("created_at",)
-    search_fields = ("uuid", "owner__email")
+    list_display = ("uuid", "name", "labels_shown", "owner", "created_at", "num_tasks", "controls", "progress")
+    list_filter = ("paused", "created_at")
+    search_fields = ("uuid", "name", "labels", "owner__email")
     list_select_related = ("owner",)
     date_hierarchy = "created_at"
-    actions = ("restart_incomplete", "restart_all")
+    actions = ("restart_incomplete", "restart_failed", "restart_all", "pause", "resume")
     change_form_template = "farm/admin/run_change_form.html"
-    fields = ("owner", "num_tasks")
+    fields = ("owner", "num_tasks", "name", "labels", "max_computing")
+    CREATE_FIELDS = ("owner", "num_tasks", "name", "labels", "max_computing")
+    CONTROL_FIELDS = ("name", "labels", "max_computing")
+    SHOWN_FIELDS = ("uuid", "owner", "num_tasks", "next_task", "paused", "created_at", "progress")
 
     class Media:
         js = ["progress/live.js"]
@@ -73,13 +78,22 @@ class RunAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: Run | None = None) -> Any:
         if obj is None:
-            return ("owner", "num_tasks")
-        return ("uuid", "owner", "num_tasks", "next_task", "created_at", "progress")
+            return self.CREATE_FIELDS
+        return (*self.SHOWN_FIELDS[:3], *self.CONTROL_FIELDS, *self.SHOWN_FIELDS[3:])
 
     def get_readonly_fields(self, request: HttpRequest, obj: Run | None = None) -> Any:
-        if obj is None:
-            return ()
-        return ("uuid", "owner", "num_tasks", "next_task", "created_at", "progress")
+        return () if obj is None else self.SHOWN_FIELDS
+
+    @admin.display(description="labels")
+    def labels_shown(self, run: Run) -> str:
+        return ", ".join(str(label) for label in run.labels or [])
+
+    @admin.display(description="controls")
+    def controls(self, run: Run) -> SafeString:
+        limit = f"at most {run.max_computing} computing" if run.max_computing else "no limit"
+        if run.paused:
+            return format_html('<span style="color:#ba2121;font-weight:bold">paused</span> · {}', limit)
+        return format_html("{}", limit)
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         return {"owner": request.user.pk}
@@ -89,9 +103,22 @@ class RunAdmin(admin.ModelAdmin):
         return progress_widget(run, _counts_of(run))
 
     def save_model(self, request: HttpRequest, obj: Run, form: Any, change: bool) -> None:
-        if change:
-            return  # runs are immutable once created; state changes go through the actions
-        created = services.run_create(owner=obj.owner, num_tasks=obj.num_tasks)
+        if change:  # only the controls change; tasks change through the actions
+            controls = services.RunControls(
+                name=obj.name,
+                labels=obj.labels,
+                max_computing=obj.max_computing,
+                clear_max_computing=obj.max_computing is None,
+            )
+            services.run_control(run=obj, controls=controls)
+            return
+        created = services.run_create(
+            owner=obj.owner,
+            num_tasks=obj.num_tasks,
+            name=obj.name,
+            labels=obj.labels,
+            max_computing=obj.max_computing,
+        )
         obj.pk, obj.uuid, obj.created_at, obj.next_task = created.pk, created.uuid, created.created_at, 0
 
     def delete_model(self, request: HttpRequest, obj: Run) -> None:
@@ -101,17 +128,38 @@ class RunAdmin(admin.ModelAdmin):
         for run in queryset:
             services.run_delete(run=run)
 
-    def _restart(self, request: HttpRequest, queryset: QuerySet[Run], everything: bool) -> None:
-        changed = sum(services.run_restart(run=run, everything=everything) for run in queryset)
+    def _restart(self, request: HttpRequest, queryset: QuerySet[Run], what: str) -> None:
+        changed = sum(services.run_restart(run=run, what=what) for run in queryset)
         self.message_user(request, f"{changed} tasks put back to waiting.", messages.SUCCESS)
 
-    @admin.action(description="Restart incomplete tasks (below 100%%)", permissions=["change"])
+    @admin.action(
+        description="Restart incomplete tasks (started, or with a lapsed lease; live work is spared)",
+        permissions=["change"],
+    )
     def restart_incomplete(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
-        self._restart(request, queryset, everything=False)
+        self._restart(request, queryset, services.Restart.INCOMPLETE)
+
+    @admin.action(description="Restart failed tasks", permissions=["change"])
+    def restart_failed(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        self._restart(request, queryset, services.Restart.FAILED)
 
     @admin.action(description="Restart all tasks (back to 0%%)", permissions=["change"])
     def restart_all(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
-        self._restart(request, queryset, everything=True)
+        self._restart(request, queryset, services.Restart.ALL)
+
+    def _pause(self, request: HttpRequest, queryset: QuerySet[Run], paused: bool) -> None:
+        for run in queryset:
+            services.run_control(run=run, controls=services.RunControls(paused=paused))
+        verb = "paused" if paused else "resumed"
+        self.message_user(request, f"{queryset.count()} runs {verb}.", messages.SUCCESS)
+
+    @admin.action(description="Pause (hand out no task)", permissions=["change"])
+    def pause(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        self._pause(request, queryset, True)
+
+    @admin.action(description="Resume", permissions=["change"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        self._pause(request, queryset, False)
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
@@ -138,11 +186,21 @@ class RunAdmin(admin.ModelAdmin):
 
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
-    list_display = ("task", "run", "status", "percent_completed", "worker", "started", "updated")
+    list_display = ("task", "run", "status", "percent_completed", "attempts", "worker", "started", "updated")
     list_filter = ("status", "started", "updated")
-    search_fields = ("run__uuid", "worker__hostname", "worker__uuid")
+    search_fields = ("run__uuid", "run__name", "worker__hostname", "worker__uuid")
     list_select_related = ("run", "worker")
-    readonly_fields = ("run", "task", "status", "percent_completed", "worker", "started", "updated")
+    readonly_fields = (
+        "run",
+        "task",
+        "status",
+        "percent_completed",
+        "attempts",
+        "failure",
+        "worker",
+        "started",
+        "updated",
+    )
     show_full_result_count = False  # runs can hold millions of rows
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -158,7 +216,7 @@ class WorkerAdmin(admin.ModelAdmin):
     list_filter = ("last_seen", "start")
     search_fields = ("hostname", "uuid", "owner__email")
     list_select_related = ("owner",)
-    readonly_fields = ("uuid", "owner", "hostname", "pid", "start", "last_seen", "tasks_done", "named_by")
+    readonly_fields = ("uuid", "owner", "hostname", "pid", "start", "last_seen", "tasks_done")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
         return with_computing_counts(super().get_queryset(request))
@@ -166,13 +224,6 @@ class WorkerAdmin(admin.ModelAdmin):
     @admin.display(description="computing", ordering="n_computing")
     def tasks_computing(self, worker: Any) -> int:
         return int(worker.n_computing)
-
-    @admin.display(description="its updates are known by")
-    def named_by(self, worker: Worker) -> str:
-        # How a late update from this worker is told from another's (`farm.api.identity`).
-        if worker.token_id and selectors.worker_uuid_for_token(worker.token_id, cached=False) == worker.uuid:
-            return "its farm token (no other worker registered with that token)"
-        return "its cookie (a token shared with other workers, or a password login)"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate, pre_delete
+from django.db.models.signals import post_migrate
 
 LEASE_SWEEP = "farm: return expired leases to waiting"
 
@@ -26,16 +26,6 @@ def _schedule_lease_sweep(using: str = "default", **kwargs: Any) -> None:
     )
 
 
-def _lock_run_before_delete(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
-    """Any ORM delete of a run (an owner's account deleted, say) locks the run row before Django
-    deletes its tasks, as `farm.services.run_delete` does: task rows have no database-level
-    foreign key, and a hand-out inserts them under this lock, so none is added behind the delete.
-    Django sends this inside the delete's transaction, before the tasks' fast delete."""
-    from farm.models import Run
-
-    Run.objects.using(using).select_for_update().filter(pk=instance.pk).values_list("id", flat=True).first()
-
-
 class FarmConfig(AppConfig):
     verbose_name = "Task farm"
     name = "farm"
@@ -46,7 +36,6 @@ class FarmConfig(AppConfig):
         from farm import authentication  # noqa: F401
 
         post_migrate.connect(_schedule_lease_sweep, sender=self, dispatch_uid="farm.lease_sweep")
-        pre_delete.connect(_lock_run_before_delete, sender=self.get_model("Run"), dispatch_uid="farm.lock_run")
 
     def admin_dashboard(self, request: Any) -> list[dict[str, Any]]:
         """Cards on the admin index: runs and the tasks being computed right now."""

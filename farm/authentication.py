@@ -7,9 +7,7 @@ not expire (as the seed's); it carries its user's credential stamp, so it stops 
 is deactivated or deleted, or their password or role changes. Email + password runs the normal
 password check (PBKDF2) and is meant for fetching the token.
 
-Each token also carries a random id (`jti`). `taskfarm-worker` fetches a token of its own for every
-worker it starts, so `POST /api/worker` binds that id to the worker it registers, and the token
-alone tells that worker's later PUTs apart (`farm.api.identity`).
+Each token also carries a random id (`jti`), so two tokens of one user are never the same string.
 """
 
 from __future__ import annotations

@@ -18,10 +18,16 @@ class Run(models.Model):
 
     uuid = models.CharField(max_length=32, unique=True, default=new_run_uuid, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="farm_runs")
+    name = models.CharField(max_length=200, blank=True, default="")
+    labels = models.JSONField(default=list, blank=True, help_text='A list of short strings, e.g. ["nightly"].')
     num_tasks = models.BigIntegerField()
     # The lowest task number never handed out by the counter (rows may exist above it when
     # clients touched numbers out of order; hand-out skips those).
     next_task = models.BigIntegerField(default=0)
+    max_computing = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many tasks computing at once (empty: no limit)."
+    )
+    paused = models.BooleanField(default=False, help_text="A paused run hands out no task.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -35,7 +41,7 @@ class Run(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"run {self.uuid} ({self.num_tasks} tasks)"
+        return self.name or f"run {self.uuid}"
 
 
 class Worker(models.Model):
@@ -47,14 +53,8 @@ class Worker(models.Model):
     pid = models.BigIntegerField()
     start = models.DateTimeField(auto_now_add=True)
     last_seen = models.DateTimeField(auto_now_add=True)
-    # Tasks this worker finished (a restart does not take them back), counted by the writes that
-    # finish them: reading it costs nothing, where counting rows would need an index on
-    # `Task.worker` that every hand-out and every completion pays for.
+    # Tasks this worker finished; a restart does not take them back, so this is not a row count.
     tasks_done = models.BigIntegerField(default=0)
-    # The id (`jti`) of the farm token this worker registered with (NULL: a password login, an older
-    # token). A token that exactly one worker registered with names that worker (`farm.api.identity`);
-    # workers sharing a token are known by a cookie instead.
-    token_id = models.CharField(max_length=32, null=True, blank=True, db_index=True, editable=False)
 
     class Meta:
         ordering = ["-last_seen"]
@@ -70,28 +70,17 @@ class Task(models.Model):
         WAITING = "waiting", "waiting"
         COMPUTING = "computing", "computing"
         DONE = "done", "done"
+        FAILED = "failed", "failed"
 
-    # No index of its own: the unique (run, task) serves every lookup by run. No database-level
-    # foreign keys either (`db_constraint=False`), here and on `worker`: PostgreSQL checks one per
-    # inserted or re-assigned row (two lookups, each locking the parent row), which cost the batch
-    # hand-out a fifth of its throughput (docs/farm.md, "Storage"). Rows are written only by
-    # `farm.services`, which locks the run row before inserting (a deleted run gets no new rows);
-    # deleting a run or a worker still cascades / sets NULL through Django.
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tasks", db_index=False, db_constraint=False)
+    # No index of its own: the unique (run, task) serves every lookup by run.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tasks", db_index=False)
     task = models.BigIntegerField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING)
     percent_completed = models.FloatField(default=0.0)
-    # No index: nothing looks tasks up by worker on a hot path (the counts the admin shows come from
-    # `Worker.tasks_done` and the partial index of computing rows).
-    worker = models.ForeignKey(
-        Worker,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="tasks",
-        db_index=False,
-        db_constraint=False,
-    )
+    worker = models.ForeignKey(Worker, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks")
+    # Hand-outs so far; a task whose lease lapsed FARM_MAX_ATTEMPTS times fails.
+    attempts = models.PositiveIntegerField(default=0)
+    failure = models.CharField(max_length=500, blank=True, default="", help_text="Why the task failed.")
     started = models.DateTimeField(null=True, blank=True)
     updated = models.DateTimeField(null=True, blank=True)
 
@@ -100,18 +89,11 @@ class Task(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["run", "task"], name="farm_task_unique_number"),
         ]
-        # Partial indexes: each holds only the rows hand-out looks for, so the many rows that are
-        # created computing and then finish (most of them, in most runs) are never entered in them,
-        # and a finished task costs fewer index writes. Queries using them name the status as a
-        # literal, so that prepared (generic) plans can use them too.
+        # Partial indexes hold only the rows hand-out looks for, so finished rows (most of a run)
+        # never make hand-out slower as the run progresses.
         indexes = [
-            # Hand-out takes the lowest waiting number of a run.
             models.Index(fields=["run", "task"], condition=Q(status="waiting"), name="farm_task_waiting"),
-            # Lease expiry: computing tasks of a run whose worker was silent the longest; the worker
-            # column lets the admin count a worker's computing tasks from this small index alone.
-            models.Index(
-                fields=["run", "updated", "worker"], condition=Q(status="computing"), name="farm_task_computing"
-            ),
+            models.Index(fields=["run", "updated"], condition=Q(status="computing"), name="farm_task_computing"),
         ]
 
     def __str__(self) -> str:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
-from django.utils.dateparse import parse_datetime
 
-from coordinator.db import prepared_cursor
 from coordinator.models import User
 from farm.errors import RunNotFoundError, WorkerNotFoundError
 from farm.models import Run, Task, Worker
@@ -25,11 +22,12 @@ class RunCounts:
     num_waiting: int
     num_computing: int
     num_done: int
+    num_failed: int
     percent_done: float
 
     @property
     def num_not_started(self) -> int:
-        return self.num_tasks - self.num_waiting - self.num_computing - self.num_done
+        return self.num_tasks - self.num_waiting - self.num_computing - self.num_done - self.num_failed
 
     def as_state(self) -> dict[str, Any]:
         return {
@@ -38,6 +36,7 @@ class RunCounts:
             "numComputing": self.num_computing,
             "numDone": self.num_done,
             "numNotStarted": self.num_not_started,
+            "numFailed": self.num_failed,
             "numTasks": self.num_tasks,
         }
 
@@ -70,9 +69,7 @@ def worker_get(*, user: User, uuid: str) -> Worker:
 
 
 def with_computing_counts(workers: QuerySet[Worker]) -> QuerySet[Worker]:
-    """`workers`, each with `n_computing`, its tasks computing now. Tasks done is a column
-    (`Worker.tasks_done`); computing tasks are counted per worker from the partial index of
-    computing rows, which holds only the tasks out with workers now (an index-only scan)."""
+    """`workers`, each with `n_computing`, its tasks computing now (tasks done is a column)."""
     computing = (
         Task.objects.filter(worker=OuterRef("pk"), status=Task.Status.COMPUTING)
         .order_by()
@@ -87,94 +84,9 @@ def _workers_visible_to(user: User) -> QuerySet[Worker]:
     return Worker.objects.all() if user.is_admin else Worker.objects.filter(owner=user)
 
 
-# token id -> uuid of the one worker registered with it. A process keeps what it read (bounded): a
-# token's worker changes only when another worker registers with the same token (the token then
-# names none) or the worker is deleted, and before refusing an update the full path reads every
-# worker of the token afresh (`workers_for_token`), so a stale entry costs a query there and never
-# a wrong 409.
-_token_workers: dict[str, str] = {}
-TOKEN_WORKERS_MAX = 10_000
-
-
-def worker_uuid_for_token(token_id: str, *, cached: bool = True) -> str | None:
-    """The uuid of the worker that registered with the farm token `token_id`, when exactly one did
-    (read once per process unless `cached` is False; otherwise looked up each time, since a worker
-    may register with it at any moment, in any process)."""
-    uuid = _token_workers.get(token_id) if cached else None
-    if uuid is None:
-        found = workers_for_token(token_id)  # also keeps (or forgets) the answer for this process
-        uuid = next(iter(found)) if len(found) == 1 else None
-    return uuid
-
-
-def workers_for_token(token_id: str) -> frozenset[str]:
-    """The uuids of every worker registered with the farm token `token_id`, read now (what this
-    process keeps for `worker_uuid_for_token` is mended with it)."""
-    found = frozenset(Worker.objects.filter(token_id=token_id).values_list("uuid", flat=True))
-    if len(found) == 1:
-        if len(_token_workers) >= TOKEN_WORKERS_MAX:
-            _token_workers.clear()
-        _token_workers[token_id] = next(iter(found))
-    else:
-        _token_workers.pop(token_id, None)
-    return found
-
-
-def _aware(value: Any) -> Any:
-    # Raw SQL on SQLite gives a naive datetime (or text) in UTC; PostgreSQL an aware datetime already.
-    if isinstance(value, str):
-        value = parse_datetime(value)
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
-def worker_and_run_get(*, user: User, worker_uuid: str, run_uuid: str) -> tuple[Worker, Run]:
-    """The worker and the run of a hand-out or batch request, read in one query (plain SQL: this runs
-    on every claim, and building the ORM query cost more than running it); a missing one is the
-    same 404 as `worker_get` then `run_get` give (the worker is checked first)."""
-    owned = "" if user.is_admin else " AND r.owner_id = %s AND w.owner_id = %s"
-    sql = (
-        f"SELECT r.id, r.owner_id, r.num_tasks, r.next_task, r.created_at, "
-        f"w.id, w.owner_id, w.hostname, w.pid, w.start, w.last_seen "
-        f"FROM {Run._meta.db_table} r, {Worker._meta.db_table} w WHERE r.uuid = %s AND w.uuid = %s{owned}"
-    )
-    params: list[Any] = [run_uuid, worker_uuid, *([] if user.is_admin else [user.pk, user.pk])]
-    with prepared_cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        worker_get(user=user, uuid=worker_uuid)  # raises WorkerNotFoundError first, as before
-        run_get(user=user, uuid=run_uuid)
-        raise RunNotFoundError()  # not reached unless one was deleted in between
-    run = Run(id=row[0], uuid=run_uuid, owner_id=row[1], num_tasks=row[2], next_task=row[3], created_at=_aware(row[4]))
-    worker = Worker(
-        id=row[5],
-        uuid=worker_uuid,
-        owner_id=row[6],
-        hostname=row[7],
-        pid=row[8],
-        start=_aware(row[9]),
-        last_seen=_aware(row[10]),
-    )
-    return worker, run
-
-
-def task_read(*, user: User, run_uuid: str, number: int) -> dict[str, Any] | None:
-    """Task `number` of a visible run as `id, task, percent_completed, status`, in one query joined on
-    the run's uuid; None when the run is not visible or the task row does not exist yet."""
-    owned = "" if user.is_admin else " AND r.owner_id = %s"
-    sql = (
-        f"SELECT t.id, t.task, t.percent_completed, t.status FROM {Task._meta.db_table} t "
-        f"JOIN {Run._meta.db_table} r ON r.id = t.run_id WHERE r.uuid = %s AND t.task = %s{owned}"
-    )
-    params: list[Any] = [run_uuid, number, *([] if user.is_admin else [user.pk])]
-    with prepared_cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    return {"id": row[0], "task": row[1], "percent_completed": row[2], "status": row[3]}
+def task_read(*, user: User, run_uuid: str, number: int) -> Task | None:
+    """Task `number` of a run the user may see, in one query; None when either is not there (yet)."""
+    return Task.objects.filter(run__in=run_visible_to(user).filter(uuid=run_uuid), task=number).first()
 
 
 def run_counts(*, run: Run) -> RunCounts:
@@ -201,6 +113,7 @@ def runs_counts(*, runs: list[Run]) -> dict[int, RunCounts]:
             num_waiting=found[run.pk].get(Task.Status.WAITING.value, 0),
             num_computing=found[run.pk].get(Task.Status.COMPUTING.value, 0),
             num_done=found[run.pk].get(Task.Status.DONE.value, 0),
+            num_failed=found[run.pk].get(Task.Status.FAILED.value, 0),
             percent_done=found[run.pk]["pct"] / run.num_tasks if run.num_tasks else 0.0,
         )
         for run in runs

@@ -24,6 +24,20 @@ class StrictFloatField(serializers.FloatField):
         return float(super().to_internal_value(data))
 
 
+class StrictBooleanField(serializers.BooleanField):
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+class LabelsField(serializers.ListField):
+    """A run's labels: up to 20 short strings."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(child=serializers.CharField(max_length=50), max_length=20, **kwargs)
+
+
 class HostnameField(serializers.RegexField):
     """A host name: visible ASCII (what `socket.gethostname()` gives; no NUL the database refuses)."""
 
@@ -47,19 +61,7 @@ class WorkerUuidField(serializers.RegexField):
 
 
 class TaskNumberListField(serializers.ListField):
-    """A list of task numbers (JSON integers in range). A batch of a thousand numbers is checked in one
-    pass; only a list with a bad item goes through the per-item fields, for the same error details."""
+    """A list of task numbers (JSON integers in range)."""
 
     def __init__(self, *, max_value: int, **kwargs: Any) -> None:
-        self.max_number = max_value
         super().__init__(child=StrictIntegerField(min_value=0, max_value=max_value), **kwargs)
-
-    def to_internal_value(self, data: Any) -> list[Any]:
-        if (
-            isinstance(data, list)
-            and (self.max_length is None or len(data) <= self.max_length)
-            and (data or self.allow_empty)
-            and all(type(item) is int and 0 <= item <= self.max_number for item in data)
-        ):
-            return list(data)
-        return list(super().to_internal_value(data))

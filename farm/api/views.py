@@ -6,8 +6,6 @@ client and the seed's test suite expect; error bodies are our envelope.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from typing import Any
 
 from drf_spectacular.openapi import AutoSchema
@@ -24,25 +22,27 @@ from coordinator.models import User
 from farm import selectors, services
 from farm.api import identity
 from farm.api.fields import (
-    WORKER_UUID_PATTERN,
     HostnameField,
+    LabelsField,
+    StrictBooleanField,
     StrictFloatField,
     StrictIntegerField,
     TaskNumberListField,
     WorkerUuidField,
 )
 from farm.authentication import FarmBasicAuthentication, farm_token_for
-from farm.conf import WORKER_COOKIE, batch_max
+from farm.conf import batch_max
 from farm.errors import EmptyUpdateError, UnknownInfoError
 from farm.models import Run, Task
 
 MAX_TASKS = 2**62
-# The most numbers one batch body may carry (the serializers' and the shortcuts' limit alike).
+# The most numbers one batch body may carry.
 BATCH_BODY_MAX = 100_000
 E = ErrorEnvelopeSerializer
 AUTH_ERRORS: dict[int, Any] = {401: E, 403: E}
 BODY_ERRORS: dict[int, Any] = {400: E, 415: E}
-RUN_INFO_KEYS = ("percentDone", "numWaiting", "numDone", "numComputing", "numNotStarted")
+RUN_INFO_KEYS = ("percentDone", "numWaiting", "numDone", "numComputing", "numNotStarted", "numFailed")
+SEED_STATUSES = [(value, label) for value, label in Task.Status.choices if value != Task.Status.FAILED]
 TASK_INFO_KEYS = ("status", "percentCompleted")
 NO_CONTENT = OpenApiResponse(description="No content (empty body).")
 # The PUT body as the seed defines it: at least one of the two keys, nothing else.
@@ -74,34 +74,6 @@ def _pick(data: dict[str, Any], info: str) -> dict[str, Any]:
     return {info: data[info]} if info else data
 
 
-def _cookie(request: Request) -> str | None:
-    return request.COOKIES.get(WORKER_COOKIE) or None
-
-
-def _worker_uuid_from(request: Request) -> str | None:
-    return identity.sending_worker(
-        header=request.headers.get("X-Farm-Worker") or None, cookie=_cookie(request), token=request.auth
-    )
-
-
-def _possible_senders(request: Request) -> frozenset[str]:
-    return identity.possible_senders(
-        header=request.headers.get("X-Farm-Worker") or None, cookie=_cookie(request), token=request.auth
-    )
-
-
-def _remember_worker(response: Response, worker_uuid: str, request: Request) -> Response:
-    # The worker's later PUTs must be told apart from those of a worker that took its task over
-    # (`farm.api.identity`): where its token does not name it, a cookie does.
-    if identity.cookie_needed(worker_uuid, cookie=_cookie(request), token=request.auth):
-        response.set_cookie(WORKER_COOKIE, worker_uuid, httponly=True, samesite="Lax")
-    return response
-
-
-def _claim(request: Request, run_uuid: str, worker_uuid: str, limit: int) -> list[services.ClaimedTask]:
-    return services.tasks_claim_for(user=_user(request), run_uuid=run_uuid, worker_uuid=worker_uuid, limit=limit)
-
-
 class FarmApi(APIView):
     """Common base: taskfarm Basic auth first (so a 401 asks for Basic), JSON bodies only."""
 
@@ -128,7 +100,7 @@ class TaskOutputSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Task.Status.choices, required=False)
 
 
-def task_data(task: Task | services.ClaimedTask) -> dict[str, Any]:
+def task_data(task: Task) -> dict[str, Any]:
     return {"id": task.id, "task": task.task, "percentCompleted": task.percent_completed, "status": task.status}
 
 
@@ -145,11 +117,15 @@ class TokenApi(FarmApi):
 
 
 class RunCreateApi(FarmApi):
-    """Create a run of `numTasks` tasks (constant time, whatever the size)."""
+    """Create a run of `numTasks` tasks (constant time, whatever the size), optionally named,
+    labelled and limited to `maxComputing` tasks at once."""
 
     @extend_schema_serializer(component_name="FarmRunCreateInput")
     class InputSerializer(serializers.Serializer):
         numTasks = StrictIntegerField(min_value=0, max_value=MAX_TASKS)
+        name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+        labels = LabelsField(required=False)
+        maxComputing = StrictIntegerField(min_value=1, max_value=2**31 - 1, required=False, allow_null=True)
 
     @extend_schema(
         request=InputSerializer, responses={201: RunSummarySerializer, **BODY_ERRORS, **AUTH_ERRORS}, tags=["farm"]
@@ -157,7 +133,14 @@ class RunCreateApi(FarmApi):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        run = services.run_create(owner=_user(request), num_tasks=data.validated_data["numTasks"])
+        given = data.validated_data
+        run = services.run_create(
+            owner=_user(request),
+            num_tasks=given["numTasks"],
+            name=given.get("name", ""),
+            labels=given.get("labels"),
+            max_computing=given.get("maxComputing"),
+        )
         return Response(_run_summary(run), status=status.HTTP_201_CREATED)
 
 
@@ -187,6 +170,7 @@ class RunDetailApi(FarmApi):
         numDone = serializers.IntegerField(required=False)
         numComputing = serializers.IntegerField(required=False)
         numNotStarted = serializers.IntegerField(required=False)
+        numFailed = serializers.IntegerField(required=False)
 
     @extend_schema(
         parameters=[
@@ -210,21 +194,65 @@ class RunDetailApi(FarmApi):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+@extend_schema_serializer(component_name="FarmRunControls")
+class RunControlsSerializer(serializers.Serializer):
+    uuid = serializers.CharField(read_only=True)
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    labels = LabelsField(required=False)
+    maxComputing = StrictIntegerField(
+        source="max_computing", min_value=1, max_value=2**31 - 1, required=False, allow_null=True
+    )
+    paused = StrictBooleanField(required=False)
+
+
+class RunControlsApi(FarmApi):
+    """A run's controls: name, labels, `maxComputing` (null: no limit) and `paused`. PATCH changes
+    those given; a paused run hands out nothing (a claim gets 204), a resumed one continues."""
+
+    @extend_schema(responses={200: RunControlsSerializer, 404: E, **AUTH_ERRORS}, tags=["farm"])
+    def get(self, request: Request, uuid: str) -> Response:
+        return Response(RunControlsSerializer(selectors.run_get(user=_user(request), uuid=uuid)).data)
+
+    @extend_schema(
+        request=RunControlsSerializer,
+        responses={200: RunControlsSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS},
+        tags=["farm"],
+    )
+    def patch(self, request: Request, uuid: str) -> Response:
+        run = selectors.run_get(user=_user(request), uuid=uuid)
+        data = RunControlsSerializer(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        given = data.validated_data
+        controls = services.RunControls(
+            name=given.get("name"),
+            labels=given.get("labels"),
+            max_computing=given.get("max_computing"),
+            clear_max_computing="max_computing" in given and given["max_computing"] is None,
+            paused=given.get("paused"),
+        )
+        return Response(RunControlsSerializer(services.run_control(run=run, controls=controls)).data)
+
+
 class RunRestartApi(FarmApi):
-    """Put unfinished tasks (`all=False`, default) or every task (`all=True`) back to waiting."""
+    """Put tasks back to waiting: those not finished that no live worker computes (`all=False`, the
+    default), every task at 0% (`all=True`), or the failed ones (`failed=True`)."""
 
     @extend_schema(
         request=None,
-        parameters=[OpenApiParameter("all", str, enum=["True", "False"], required=False)],
+        parameters=[
+            OpenApiParameter("all", str, enum=["True", "False"], required=False),
+            OpenApiParameter("failed", str, enum=["True", "False"], required=False),
+        ],
         responses={204: NO_CONTENT, 404: E, **AUTH_ERRORS},
         tags=["farm"],
     )
     def post(self, request: Request, uuid: str) -> Response:
         run = selectors.run_get(user=_user(request), uuid=uuid)
-        everything = request.query_params.get("all", "False")
-        if everything not in ("True", "False"):
-            raise UnknownInfoError("`all` must be True or False.", code="bad_all")
-        services.run_restart(run=run, everything=everything == "True")
+        everything, failed = request.query_params.get("all", "False"), request.query_params.get("failed", "False")
+        if everything not in ("True", "False") or failed not in ("True", "False"):
+            raise UnknownInfoError("`all` and `failed` must be True or False.", code="bad_all")
+        what = services.Restart.ALL if everything == "True" else services.Restart.INCOMPLETE
+        services.run_restart(run=run, what=services.Restart.FAILED if failed == "True" else what)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -233,24 +261,20 @@ class WorkerInputSerializer(serializers.Serializer):
     worker_uuid = WorkerUuidField()
 
 
-_WORKER_UUID = re.compile(WORKER_UUID_PATTERN)
-
-
-def _worker_uuid_of(body: Any) -> str:
-    """The claim body's worker uuid. A well-formed one is taken as it is: this runs on every hand-out,
-    and building and running a serializer cost more Python than the claim itself. Anything else goes
-    through the serializer, for its error details."""
-    if isinstance(body, dict):
-        value = body.get("worker_uuid")
-        if well_formed_worker_uuid(value):
-            return str(value)
-    data = WorkerInputSerializer(data=body)
-    data.is_valid(raise_exception=True)
-    return str(data.validated_data["worker_uuid"])
+def _claim(request: Request, run_uuid: str, serializer: serializers.Serializer) -> tuple[str, list[Task]]:
+    """Validate a claim body, then hand out: the worker is looked up first (its 404 first)."""
+    serializer.is_valid(raise_exception=True)
+    given = serializer.validated_data
+    user = _user(request)
+    worker = selectors.worker_get(user=user, uuid=given["worker_uuid"])
+    run = selectors.run_get(user=user, uuid=run_uuid)
+    tasks = services.tasks_claim(run=run, worker=worker, limit=min(given.get("count", 1), batch_max()))
+    return worker.uuid, tasks
 
 
 class RunTaskClaimApi(FarmApi):
-    """Hand the next task to a worker: 201 with the task, 204 (empty) when none is left."""
+    """Hand the next task to a worker: 201 with the task, 204 (empty) when none is left, the run is
+    paused or at its `maxComputing`."""
 
     @extend_schema(
         request=WorkerInputSerializer,
@@ -258,11 +282,11 @@ class RunTaskClaimApi(FarmApi):
         tags=["farm"],
     )
     def post(self, request: Request, uuid: str) -> Response:
-        worker_uuid = _worker_uuid_of(request.data)
-        tasks = _claim(request, uuid, worker_uuid, 1)
+        worker_uuid, tasks = _claim(request, uuid, WorkerInputSerializer(data=request.data))
         if not tasks:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return _remember_worker(Response(task_data(tasks[0]), status=status.HTTP_201_CREATED), worker_uuid, request)
+        response = Response(task_data(tasks[0]), status=status.HTTP_201_CREATED)
+        return identity.remember_worker(response, request, worker_uuid)
 
 
 class RequiredBodySchema(AutoSchema):
@@ -276,22 +300,6 @@ class RequiredBodySchema(AutoSchema):
 
 
 _PUT_KEYS = frozenset(("percentCompleted", "status"))
-_STATUSES = frozenset(Task.Status.values)
-
-
-def plain_change(body: Any) -> services.TaskChange | None:
-    """A well-formed PUT body as a change, checked without a serializer (every worker update runs
-    this); None for anything else, which the serializer then explains."""
-    if not isinstance(body, dict) or not body or not body.keys() <= _PUT_KEYS:
-        return None
-    percent, state = body.get("percentCompleted"), body.get("status")
-    if "percentCompleted" in body and not (
-        isinstance(percent, int | float) and type(percent) is not bool and 0 <= percent <= 100
-    ):
-        return None
-    if "status" in body and not (type(state) is str and state in _STATUSES):
-        return None
-    return services.TaskChange(percent_completed=None if percent is None else float(percent), status=state)
 
 
 class TaskDetailApi(FarmApi):
@@ -302,7 +310,19 @@ class TaskDetailApi(FarmApi):
     @extend_schema_serializer(component_name="FarmTaskDetailInput")
     class InputSerializer(serializers.Serializer):
         percentCompleted = StrictFloatField(min_value=0, max_value=100, required=False)
-        status = serializers.ChoiceField(choices=Task.Status.choices, required=False)
+        status = serializers.ChoiceField(choices=SEED_STATUSES, required=False)
+
+        def to_internal_value(self, data: Any) -> Any:
+            if not isinstance(data, dict) or not data:
+                raise EmptyUpdateError()
+            unknown = sorted(set(data) - _PUT_KEYS)
+            if unknown:
+                raise EmptyUpdateError(
+                    f"Unknown keys: {', '.join(unknown)}.",
+                    code="unknown_key",
+                    extra={"fields": {key: ["Unknown key."] for key in unknown}},
+                )
+            return super().to_internal_value(data)
 
     @extend_schema(
         parameters=[
@@ -316,19 +336,9 @@ class TaskDetailApi(FarmApi):
     def get(self, request: Request, uuid: str, n: int) -> Response:
         info = _info(request, TASK_INFO_KEYS)
         user = _user(request)
-        # The common case in one query (run and task joined on the run's uuid); a task row that does
-        # not exist yet (or a run that is not visible) takes the path that creates it or says 404.
-        row = selectors.task_read(user=user, run_uuid=uuid, number=n) if 0 <= n < MAX_TASKS else None
-        if row is not None:
-            data = {
-                "id": row["id"],
-                "task": row["task"],
-                "percentCompleted": row["percent_completed"],
-                "status": row["status"],
-            }
-            return Response(_pick(data, info))
-        run = selectors.run_get(user=user, uuid=uuid)
-        task = services.task_get_or_materialise(run=run, number=n)
+        task = selectors.task_read(user=user, run_uuid=uuid, number=n) if 0 <= n < MAX_TASKS else None
+        if task is None:  # a task row not there yet, or a run not visible: create it, or 404
+            task = services.task_get_or_materialise(run=selectors.run_get(user=user, uuid=uuid), number=n)
         return Response(_pick(task_data(task), info))
 
     @extend_schema(
@@ -339,41 +349,14 @@ class TaskDetailApi(FarmApi):
         "whose task was re-handed out after its lease expired is refused with 409.",
     )
     def put(self, request: Request, uuid: str, n: int) -> Response:
-        body = request.data
-        change = plain_change(body)
-        if change is None:
-            change = self._validated_change(body)
-        user = _user(request)
-        worker_uuid = _worker_uuid_from(request)
-        # The worker holding the task updates it: one guarded UPDATE. Anything else (lazy creation,
-        # 404, 409 for a lease lost, a PUT without a worker cookie) takes the full path.
-        held = (
-            worker_uuid is not None
-            and 0 <= n < MAX_TASKS
-            and services.task_update_held(user=user, run_uuid=uuid, number=n, change=change, worker_uuid=worker_uuid)
-        )
-        if held:
-            return Response(status=status.HTTP_204_NO_CONTENT)
-        run = selectors.run_get(user=user, uuid=uuid)
-        # This path may refuse the update (409): it trusts no cached token binding.
-        services.task_update(run=run, number=n, change=change, senders=_possible_senders(request))
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-    def _validated_change(self, body: Any) -> services.TaskChange:
-        if not isinstance(body, dict) or not body:
-            raise EmptyUpdateError()
-        unknown = sorted(set(body) - _PUT_KEYS)
-        if unknown:
-            raise EmptyUpdateError(
-                f"Unknown keys: {', '.join(unknown)}.",
-                code="unknown_key",
-                extra={"fields": {key: ["Unknown key."] for key in unknown}},
-            )
-        data = self.InputSerializer(data=body)
+        data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        return services.TaskChange(
+        change = services.TaskChange(
             percent_completed=data.validated_data.get("percentCompleted"), status=data.validated_data.get("status")
         )
+        run = selectors.run_get(user=_user(request), uuid=uuid)
+        services.task_update(run=run, number=n, change=change, sender=identity.sending_worker(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class WorkerCreateApi(FarmApi):
@@ -396,54 +379,14 @@ class WorkerCreateApi(FarmApi):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        worker = services.worker_register(
-            owner=_user(request), **data.validated_data, token_id=identity.token_id_of(request.auth)
-        )
+        worker = services.worker_register(owner=_user(request), **data.validated_data)
         response = Response({"uuid": worker.uuid, "id": worker.pk}, status=status.HTTP_201_CREATED)
-        return _remember_worker(response, worker.uuid, request)
+        return identity.remember_worker(response, request, worker.uuid)
 
 
 @extend_schema_serializer(component_name="FarmTaskList")
 class TaskListOutputSerializer(serializers.Serializer):
     tasks = TaskOutputSerializer(many=True)
-
-
-def well_formed_worker_uuid(value: Any) -> bool:
-    return type(value) is str and _WORKER_UUID.fullmatch(value) is not None
-
-
-def count_ok(value: Any) -> bool:
-    return type(value) is int and 1 <= value <= BATCH_BODY_MAX
-
-
-def numbers_ok(value: Any) -> bool:
-    return (
-        type(value) is list
-        and len(value) <= BATCH_BODY_MAX
-        and all(type(n) is int and 0 <= n <= MAX_TASKS for n in value)
-    )
-
-
-def batch_shortcut(body: Any, key: str, value_ok: Callable[[Any], bool]) -> tuple[str, Any] | None:
-    """(worker uuid, body[key]) of a well-formed batch body, checked without a serializer (a batch
-    client sends thousands a second); None for anything else."""
-    if isinstance(body, dict):
-        worker_uuid, value = body.get("worker_uuid"), body.get(key)
-        if well_formed_worker_uuid(worker_uuid) and value_ok(value):
-            return str(worker_uuid), value
-    return None
-
-
-def _batch_input(
-    body: Any, key: str, value_ok: Callable[[Any], bool], serializer_class: type[serializers.Serializer]
-) -> tuple[str, Any]:
-    """`batch_shortcut`, or the serializer's answer: its values, or its error details (400)."""
-    given = batch_shortcut(body, key, value_ok)
-    if given is not None:
-        return given
-    data = serializer_class(data=body)
-    data.is_valid(raise_exception=True)
-    return data.validated_data["worker_uuid"], data.validated_data[key]
 
 
 class TaskBatchClaimApi(FarmApi):
@@ -459,32 +402,34 @@ class TaskBatchClaimApi(FarmApi):
         tags=["farm"],
     )
     def post(self, request: Request, uuid: str) -> Response:
-        worker_uuid, count = _batch_input(request.data, "count", count_ok, self.InputSerializer)
-        data = batch_claim_data(user=_user(request), run_uuid=uuid, worker_uuid=worker_uuid, count=count)
-        return _remember_worker(Response(data), worker_uuid, request)
+        worker_uuid, tasks = _claim(request, uuid, self.InputSerializer(data=request.data))
+        return identity.remember_worker(Response({"tasks": [task_data(t) for t in tasks]}), request, worker_uuid)
 
 
-def batch_claim_data(*, user: User, run_uuid: str, worker_uuid: str, count: int) -> dict[str, Any]:
-    """A batch claim's answer."""
-    tasks = services.tasks_claim_for(
-        user=user, run_uuid=run_uuid, worker_uuid=worker_uuid, limit=min(count, batch_max())
+class _BatchFinishApi(FarmApi):
+    """Shared by batch completion and batch failure: the worker, the run, the numbers it holds."""
+
+    def _held(self, request: Request, uuid: str) -> tuple[Any, Any, list[int], dict[str, Any]]:
+        data = self.InputSerializer(data=request.data)  # type: ignore[attr-defined]
+        data.is_valid(raise_exception=True)
+        user = _user(request)
+        worker = selectors.worker_get(user=user, uuid=data.validated_data["worker_uuid"])
+        run = selectors.run_get(user=user, uuid=uuid)
+        return run, worker, sorted(set(data.validated_data["tasks"])), data.validated_data
+
+
+def _answer(key: str, finished: list[int], numbers: list[int]) -> Response:
+    kept = set(finished)
+    return Response({key: finished, "refused": [n for n in numbers if n not in kept]})
+
+
+class RefusedSerializer(serializers.Serializer):
+    refused = serializers.ListField(
+        child=serializers.IntegerField(), help_text="Numbers not computing for this worker (left unchanged)."
     )
-    return {"tasks": [task_data(task) for task in tasks]}
 
 
-def batch_done_data(*, user: User, run_uuid: str, worker_uuid: str, listed: list[int]) -> dict[str, Any]:
-    """A batch completion's answer. PostgreSQL: one round trip; a missing
-    run or worker and other databases take the lookup that says which one is missing, then the writes."""
-    numbers = sorted(set(listed))
-    done = services.tasks_complete_by_uuid(user=user, run_uuid=run_uuid, worker_uuid=worker_uuid, numbers=numbers)
-    if done is None:
-        worker, run = selectors.worker_and_run_get(user=user, worker_uuid=worker_uuid, run_uuid=run_uuid)
-        done = services.tasks_complete(run=run, worker=worker, numbers=numbers)
-    done_set = set(done)
-    return {"done": done, "refused": [n for n in numbers if n not in done_set]}
-
-
-class TaskBatchDoneApi(FarmApi):
+class TaskBatchDoneApi(_BatchFinishApi):
     """Batch completion: mark several tasks held by the worker done at 100% in one request."""
 
     @extend_schema_serializer(component_name="FarmTaskBatchDoneInput")
@@ -492,15 +437,34 @@ class TaskBatchDoneApi(FarmApi):
         tasks = TaskNumberListField(max_value=MAX_TASKS, max_length=BATCH_BODY_MAX)
 
     @extend_schema_serializer(component_name="FarmTaskBatchDoneOutput")
-    class OutputSerializer(serializers.Serializer):
+    class OutputSerializer(RefusedSerializer):
         done = serializers.ListField(child=serializers.IntegerField())
-        refused = serializers.ListField(
-            child=serializers.IntegerField(), help_text="Numbers not computing for this worker (left unchanged)."
-        )
 
     @extend_schema(
         request=InputSerializer, responses={200: OutputSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS}, tags=["farm"]
     )
     def post(self, request: Request, uuid: str) -> Response:
-        worker_uuid, listed = _batch_input(request.data, "tasks", numbers_ok, self.InputSerializer)
-        return Response(batch_done_data(user=_user(request), run_uuid=uuid, worker_uuid=worker_uuid, listed=listed))
+        run, worker, numbers, _ = self._held(request, uuid)
+        return _answer("done", services.tasks_complete(run=run, worker=worker, numbers=numbers), numbers)
+
+
+class TaskBatchFailApi(_BatchFinishApi):
+    """Batch failure: the worker reports tasks it holds failed; they are not handed out again until
+    an operator restarts the run's failed tasks."""
+
+    @extend_schema_serializer(component_name="FarmTaskBatchFailInput")
+    class InputSerializer(WorkerInputSerializer):
+        tasks = TaskNumberListField(max_value=MAX_TASKS, max_length=BATCH_BODY_MAX)
+        reason = serializers.CharField(max_length=500, required=False, allow_blank=True)
+
+    @extend_schema_serializer(component_name="FarmTaskBatchFailOutput")
+    class OutputSerializer(RefusedSerializer):
+        failed = serializers.ListField(child=serializers.IntegerField())
+
+    @extend_schema(
+        request=InputSerializer, responses={200: OutputSerializer, 404: E, **BODY_ERRORS, **AUTH_ERRORS}, tags=["farm"]
+    )
+    def post(self, request: Request, uuid: str) -> Response:
+        run, worker, numbers, given = self._held(request, uuid)
+        failed = services.tasks_fail(run=run, worker=worker, numbers=numbers, reason=given.get("reason", ""))
+        return _answer("failed", failed, numbers)

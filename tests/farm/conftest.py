@@ -54,11 +54,26 @@ def api(farm_user: User, token_client_for: Callable[[User], APIClient]) -> APICl
 
 
 @pytest.fixture(autouse=True)
-def _fresh_process_caches() -> None:
-    """The farm's per-process caches (token workers, last `msg` and `last_seen` writes) are
-    keyed by ids, and ids come back after a test's rollback: start every test with them empty."""
-    from farm import selectors, services
-
-    selectors._token_workers.clear()
+def _quiet_progress_windows() -> None:
+    """The throttle's windows are keyed by run ids, and ids come back after a test's rollback:
+    every test starts from quiet windows."""
     throttle.reset()
-    services._last_seen_sent.clear()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(throttle, "clock", fake)
+    monkeypatch.setattr(throttle, "trailing_thread", False)  # the test sends the trailing events
+    return fake

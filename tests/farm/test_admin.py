@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from coordinator.models import Role, User
 from farm import services
@@ -85,7 +88,14 @@ def test_create_run_from_admin(staff: Client, farm_user: User) -> None:
 def test_restart_and_delete_actions(staff: Client, busy_run: Run) -> None:
     url = "/admin/farm/run/"
     staff.post(url, {"action": "restart_incomplete", "_selected_action": [busy_run.pk]})
-    assert sorted(Task.objects.values_list("status", flat=True)) == ["done", "waiting", "waiting"]
+    # Live workers compute 1 and 2: spared.
+    assert sorted(Task.objects.values_list("status", flat=True)) == ["computing", "computing", "done"]
+    Task.objects.filter(task=1).update(updated=timezone.now() - timedelta(days=1))  # its lease lapsed
+    Task.objects.filter(task=2).update(status="failed")
+    staff.post(url, {"action": "restart_incomplete", "_selected_action": [busy_run.pk]})
+    assert sorted(Task.objects.values_list("task", "status")) == [(0, "done"), (1, "waiting"), (2, "failed")]
+    staff.post(url, {"action": "restart_failed", "_selected_action": [busy_run.pk]})
+    assert Task.objects.get(task=2).status == "waiting"
     staff.post(url, {"action": "restart_all", "_selected_action": [busy_run.pk]})
     assert set(Task.objects.values_list("status", "percent_completed")) == {("waiting", 0.0)}
     staff.post(url, {"action": "delete_selected", "_selected_action": [busy_run.pk], "post": "yes"})
@@ -99,12 +109,30 @@ def test_worker_and_task_lists(staff: Client, busy_run: Run) -> None:
     assert '<td class="field-tasks_computing">2</td>' in workers
     assert Worker.objects.count() == 1
     worker = Worker.objects.get()
-    assert "its cookie" in staff.get(f"/admin/farm/worker/{worker.pk}/change/").content.decode()
-    Worker.objects.filter(pk=worker.pk).update(token_id="0123456789abcdef")
-    assert "its farm token" in staff.get(f"/admin/farm/worker/{worker.pk}/change/").content.decode()
+    assert "node7" in staff.get(f"/admin/farm/worker/{worker.pk}/change/").content.decode()
     tasks = staff.get("/admin/farm/task/", {"status__exact": "computing"}).content.decode()
     assert "computing" in tasks
     assert staff.get("/admin/farm/task/add/").status_code == 403
+
+
+def test_pause_resume_and_controls_from_the_admin(staff: Client, busy_run: Run) -> None:
+    url = "/admin/farm/run/"
+    staff.post(url, {"action": "pause", "_selected_action": [busy_run.pk]})
+    listing = staff.get(url, {"paused__exact": "1"}).content.decode()
+    assert busy_run.uuid in listing and "paused" in listing
+    worker = Worker.objects.get()
+    assert services.tasks_claim(run=busy_run, worker=worker) == []  # the 4th task stays with the run
+    staff.post(url, {"action": "resume", "_selected_action": [busy_run.pk]})
+    assert [t.task for t in services.tasks_claim(run=busy_run, worker=worker)] == [3]
+    change = staff.post(
+        f"{url}{busy_run.pk}/change/", {"name": "nightly sweep", "labels": '["nightly", "cpu"]', "max_computing": "2"}
+    )
+    assert change.status_code == 302, change.content.decode()
+    run = Run.objects.get()
+    assert (run.name, run.labels, run.max_computing, run.num_tasks) == ("nightly sweep", ["nightly", "cpu"], 2, 4)
+    found = staff.get(url, {"q": "nightly"}).content.decode()
+    assert "nightly sweep" in found and "at most 2 computing" in found
+    assert "nightly sweep" not in staff.get(url, {"q": "absent"}).content.decode()
 
 
 def test_non_staff_cannot_open_the_farm_admin(farm_user: User) -> None:

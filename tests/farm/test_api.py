@@ -129,52 +129,30 @@ def test_out_of_order_tasks_do_not_break_hand_out(api: APIClient) -> None:
     assert handed[0] == 3  # waiting rows first
 
 
-@pytest.mark.parametrize("tokens", ["one each", "one shared"])
 def test_expired_lease_is_handed_out_again_and_late_update_refused(
-    api: APIClient, settings: Any, farm_user: User, token_client_for: Callable[[User], APIClient], tokens: str
+    api: APIClient, settings: Any, farm_user: User, token_client_for: Callable[[User], APIClient]
 ) -> None:
-    """Workers with a token each (as `taskfarm-worker` makes them) are told apart by their tokens; a
-    worker registered with a token another worker registered with first, by the cookie it is given."""
+    """Each worker is named by the cookie it is given on registration (`farm.api.identity`)."""
     settings.FARM_LEASE_SECONDS = 60
     run = new_run(api, 1)
-    if tokens == "one each":
-        first, second = token_client_for(farm_user), token_client_for(farm_user)
-    else:
-        first, second = APIClient(), APIClient()
-        first.credentials(HTTP_AUTHORIZATION=api._credentials["HTTP_AUTHORIZATION"])
-        second.credentials(HTTP_AUTHORIZATION=api._credentials["HTTP_AUTHORIZATION"])
-    new_worker(first, "a")
-    new_worker(second, "b")
-    assert not first.cookies  # the first worker of a token is known by the token
-    assert bool(second.cookies) is (tokens == "one shared")
-    # The one that goes silent: a with its own token; with one shared token, b and its cookie.
-    late, late_id, taker, taker_id = (first, "a", second, "b") if tokens == "one each" else (second, "b", first, "a")
-    assert claim(late, run, late_id).json()["task"] == 0
-    assert claim(taker, run, taker_id).status_code == 204  # still leased
+    late, taker = token_client_for(farm_user), token_client_for(farm_user)
+    new_worker(late, "a")
+    new_worker(taker, "b")
+    assert late.cookies["farm_worker"].value == "a" and taker.cookies["farm_worker"].value == "b"
+    assert claim(late, run, "a").json()["task"] == 0
+    assert claim(taker, run, "b").status_code == 204  # still leased
     Task.objects.update(updated=timezone.now() - timedelta(seconds=61))
-    assert claim(taker, run, taker_id).json()["task"] == 0  # lease expired: handed out again
+    assert claim(taker, run, "b").json()["task"] == 0  # lease expired: handed out again
     refused = late.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 100}, format="json")
     assert refused.status_code == 409
     assert refused.json()["code"] == "lease_lost"
     assert taker.put(f"/api/runs/{run}/tasks/0", {"percentCompleted": 100}, format="json").status_code == 204
     task = Task.objects.get()
-    assert task.worker is not None and task.worker.uuid == taker_id and task.percent_completed == 100
+    assert task.worker is not None and task.worker.uuid == "b" and task.percent_completed == 100
+    assert task.attempts == 2
 
 
-def test_a_token_names_a_worker_only_while_no_other_registered_with_it(api: APIClient) -> None:
-    from farm import selectors
-
-    new_worker(api, "a")
-    token_id = Worker.objects.get(uuid="a").token_id
-    assert token_id and not api.cookies
-    assert selectors.worker_uuid_for_token(token_id) == "a"
-    new_worker(api, "b")  # the same token: from now on it names neither, and b gets a cookie
-    assert Worker.objects.get(uuid="b").token_id == token_id
-    assert api.cookies["farm_worker"].value == "b"
-    assert selectors.worker_uuid_for_token(token_id, cached=False) is None
-
-
-def test_workers_sharing_a_token_without_cookies_update_as_in_the_seed(api: APIClient) -> None:
+def test_requests_that_name_no_worker_update_as_in_the_seed(api: APIClient) -> None:
     """A script running two workers on one token and keeping no cookies: neither is named, so each
     one's updates are applied as the original applies them (no lease check), not refused."""
     run = new_run(api, 2)
@@ -190,7 +168,7 @@ def test_workers_sharing_a_token_without_cookies_update_as_in_the_seed(api: APIC
     assert [t.percent_completed for t in Task.objects.order_by("task")] == [60, 30]
 
 
-def test_the_worker_header_comes_before_the_token(api: APIClient) -> None:
+def test_the_worker_header_comes_before_the_cookie(api: APIClient) -> None:
     run = new_run(api, 1)
     new_worker(api, "a")
     claim(api, run, "a")
@@ -338,6 +316,7 @@ def test_progress_events(api: APIClient, farm_user: User, monkeypatch: Any, sett
         "numComputing": 0,
         "numDone": 2,
         "numNotStarted": 0,
+        "numFailed": 0,
         "numTasks": 2,
     }
 
@@ -494,21 +473,53 @@ def test_lease_sweep_is_scheduled_for_the_cluster(db: None) -> None:
     assert import_string(schedule.func) is leases_expire
 
 
-def test_a_run_deleted_right_after_a_claim_is_a_404_not_a_500(api: APIClient, monkeypatch: Any) -> None:
-    """The claim committed, then its run went (deleted while its workers claim) before the claim's
-    progress event read it back: the worker hears that the run is gone."""
-    if connection.vendor != "postgresql":
-        pytest.skip("the one-statement claim that reads its run back afterwards is PostgreSQL's")
-    from farm import throttle
-
-    run = new_run(api, 5)
+def test_run_controls_through_the_api(api: APIClient, token_client_for: Callable[[User], APIClient]) -> None:
+    created = api.post(
+        "/api/run", {"numTasks": 4, "name": "sweep", "labels": ["gpu", "nightly"], "maxComputing": 1}, format="json"
+    )
+    assert created.status_code == 201 and set(created.json()) == {"id", "uuid", "numTasks"}  # the seed's answer
+    run = created.json()["uuid"]
+    controls = f"/api/runs/{run}/controls"
+    assert api.get(controls).json() == {
+        "uuid": run,
+        "name": "sweep",
+        "labels": ["gpu", "nightly"],
+        "maxComputing": 1,
+        "paused": False,
+    }
     new_worker(api, "w")
+    assert claim(api, run, "w").status_code == 201
+    assert claim(api, run, "w").status_code == 204  # at its maxComputing
+    assert api.patch(controls, {"maxComputing": None, "paused": True}, format="json").json()["paused"] is True
+    assert claim(api, run, "w").status_code == 204  # paused
+    resumed = api.patch(controls, {"paused": False}, format="json").json()
+    assert resumed["paused"] is False and resumed["maxComputing"] is None
+    assert claim(api, run, "w").status_code == 201
+    for bad in ({"paused": "yes"}, {"maxComputing": 0}, {"labels": "gpu"}, {"labels": ["x" * 51]}, {"name": "x" * 201}):
+        refused = api.patch(controls, bad, format="json")
+        assert refused.status_code == 400, bad
+        assert set(refused.json()) == {"code", "message", "extra"}
+    stranger = token_client_for(UserFactory(email="other@example.com"))
+    assert stranger.patch(controls, {"paused": True}, format="json").status_code == 404
+    assert Run.objects.get().paused is False
 
-    def due_once_the_run_is_gone(run_id: int, force: bool, text: str) -> bool:
-        Run.objects.filter(pk=run_id).delete()
-        return True
 
-    monkeypatch.setattr(throttle, "msg_due", due_once_the_run_is_gone)
-    response = claim(api, run, "w")
-    assert response.status_code == 404 and response.json()["code"] == "run_not_found"
-    assert not Task.objects.exists()
+def test_batch_fail_and_restart_failed(api: APIClient) -> None:
+    run = new_run(api, 3)
+    new_worker(api, "w")
+    claimed = api.post(f"/api/runs/{run}/tasks/claim", {"worker_uuid": "w", "count": 2}, format="json").json()
+    assert [t["task"] for t in claimed["tasks"]] == [0, 1]
+    failed = api.post(
+        f"/api/runs/{run}/tasks/fail", {"worker_uuid": "w", "tasks": [1, 2], "reason": "out of memory"}, format="json"
+    )
+    assert failed.status_code == 200 and failed.json() == {"failed": [1], "refused": [2]}
+    assert api.get(f"/api/runs/{run}", {"info": "numFailed"}).json() == {"numFailed": 1}
+    info = api.get(f"/api/runs/{run}").json()
+    assert (info["numFailed"], info["numComputing"], info["numNotStarted"]) == (1, 1, 1)
+    assert api.get(f"/api/runs/{run}/tasks/1").json()["status"] == "failed"
+    assert claim(api, run, "w").json()["task"] == 2  # 1 is never handed out again
+    assert claim(api, run, "w").status_code == 204
+    assert api.post(f"/api/runs/{run}/restart?failed=True").status_code == 204
+    assert claim(api, run, "w").json()["task"] == 1
+    assert api.post(f"/api/runs/{run}/restart?failed=maybe").status_code == 404
+    assert api.post(f"/api/runs/{run}/tasks/fail", {"worker_uuid": "w"}, format="json").status_code == 400

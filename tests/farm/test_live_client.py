@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import taskfarm_worker
+from django.conf import settings
 from taskfarm_worker import TaskFarm, TaskFarmWorker, tfRuns
 
 from coordinator.models import User
 from farm.models import Run, Task, Worker
+from progress.models import ProgressEvent
 from tests.factories import DEFAULT_PASSWORD, UserFactory
 from tests.live import ROOT, run_wsgi_server, server_env
 
@@ -25,6 +27,18 @@ BIN = Path(sys.executable).parent
 @pytest.fixture
 def farm_owner(transactional_db: None) -> User:
     return UserFactory(email="scientist@example.com")
+
+
+def start_worker(module: str, base: str, owner: User, run_uuid: str, *extra: str) -> subprocess.Popen[str]:
+    """A worker process (`tests.farm.<module>`) on the run, its output piped back."""
+    return subprocess.Popen(
+        [sys.executable, "-m", f"tests.farm.{module}", base, owner.email, DEFAULT_PASSWORD, run_uuid, *extra],
+        cwd=ROOT,
+        env=server_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_client_version() -> None:
@@ -98,17 +112,7 @@ def test_eight_real_workers_race(transactional_db: None, farm_owner: User) -> No
     with run_wsgi_server(workers=4) as live:
         base = live + "/api/"
         tf = TaskFarm(farm_owner.email, DEFAULT_PASSWORD, numTasks=num_tasks, url_base=base)
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "tests.farm.race_worker", base, farm_owner.email, DEFAULT_PASSWORD, tf.uuid],
-                cwd=ROOT,
-                env=server_env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(8)
-        ]
+        procs = [start_worker("race_worker", base, farm_owner, tf.uuid) for _ in range(8)]
         outputs = [proc.communicate(timeout=240) for proc in procs]
         for proc, (_, err) in zip(procs, outputs, strict=True):
             assert proc.returncode == 0, err
@@ -117,6 +121,12 @@ def test_eight_real_workers_race(transactional_db: None, farm_owner: User) -> No
         assert sorted(handed) == list(range(num_tasks))
         assert sum(1 for out, _ in outputs if out.strip()) >= 2  # the work really was shared
         assert tf.numDone == num_tasks and tf.percentDone == 100
+        # Four server processes sent the run's events, each throttling its own `msg`: once every
+        # window still open at the end has closed, the `end` is still the run's last event.
+        time.sleep(2 * settings.FARM_PROGRESS_INTERVAL)
+        events = ProgressEvent.objects.filter(topic=f"run:{tf.uuid}").order_by("id")
+        kinds = list(events.values_list("kind", flat=True))
+        assert kinds[0] == "new" and kinds[-1] == "end" and kinds.count("end") == 1
     statuses = Counter(Task.objects.values_list("status", flat=True))
     assert statuses == {"done": num_tasks}
     assert Worker.objects.count() == 8
@@ -126,23 +136,34 @@ def test_eight_real_workers_race(transactional_db: None, farm_owner: User) -> No
     assert set(Worker.objects.values_list("tasks_done", flat=True)) == printed
 
 
+def test_max_computing_holds_with_eight_worker_processes(transactional_db: None, farm_owner: User) -> None:
+    """8 batch workers asking for 3 tasks each on a run limited to 4 computing: no claim ever leaves
+    more than 4 computing, and every task is done once."""
+    limit, num_tasks = 4, 120
+    with run_wsgi_server(workers=4) as live:
+        base = live + "/api/"
+        tf = TaskFarm(farm_owner.email, DEFAULT_PASSWORD, numTasks=num_tasks, url_base=base)
+        Run.objects.filter(uuid=tf.uuid).update(max_computing=limit)
+        procs = [start_worker("limit_worker", base, farm_owner, tf.uuid, f"limited-{n}") for n in range(8)]
+        outputs = [proc.communicate(timeout=240) for proc in procs]
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err
+    lines = [line.split() for out, _ in outputs for line in out.splitlines()]
+    computing_seen = [int(line[-1]) for line in lines]
+    handed = Counter(int(n) for line in lines for n in line[:-1])
+    assert max(computing_seen) <= limit
+    assert max(len(line) - 1 for line in lines) <= 3
+    assert sorted(handed) == list(range(num_tasks)) and set(handed.values()) == {1}
+    assert Counter(Task.objects.values_list("status", flat=True)) == {"done": num_tasks}
+
+
 def test_deleting_a_run_while_real_workers_claim_leaves_no_task_rows(transactional_db: None, farm_owner: User) -> None:
-    """Task rows have no database-level foreign key: the run's lock must keep claims from adding rows
-    while (and after) the run is deleted."""
+    """The run's lock (and the foreign keys) keep claims from adding rows while and after the run is
+    deleted."""
     with run_wsgi_server(workers=4) as live:
         base = live + "/api/"
         tf = TaskFarm(farm_owner.email, DEFAULT_PASSWORD, numTasks=100_000, url_base=base)
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "tests.farm.race_worker", base, farm_owner.email, DEFAULT_PASSWORD, tf.uuid],
-                cwd=ROOT,
-                env=server_env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(6)
-        ]
+        procs = [start_worker("race_worker", base, farm_owner, tf.uuid) for _ in range(6)]
         try:
             deadline = time.monotonic() + 120
             while Task.objects.filter(status="done").count() < 60 and time.monotonic() < deadline:
@@ -185,5 +206,6 @@ def test_lease_expiry_with_real_clients(transactional_db: None, farm_owner: User
         fast.done()
         assert tf.numDone == 1
         assert Task.objects.get().worker.uuid == fast.worker_uuid
-        # Each worker's own token names it: neither session was given a cookie to carry.
-        assert not slow.session.cookies and not fast.session.cookies
+        # Each worker is named by the cookie its session was given.
+        assert slow.session.cookies["farm_worker"] == slow.worker_uuid
+        assert fast.session.cookies["farm_worker"] == fast.worker_uuid

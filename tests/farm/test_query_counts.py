@@ -1,7 +1,7 @@
 """Database round trips per request on the hot paths: they must not grow with the run's size.
 
 The taskfarm client spends 4 requests per task (claim, GET percentCompleted, PUT percent=100,
-PUT status=done); the batch path 2 per 100 tasks. These pin how many queries each costs in the
+PUT status=done); the batch path 2 per 100 tasks. Every query is the ORM's. These pin how many queries each costs in the
 steady state (progress events throttled), so a change that adds a round trip shows up here.
 """
 
@@ -54,7 +54,7 @@ def test_queries_per_client_request(api: APIClient, settings: Any) -> None:
     later = _client_cycle(api, run, "qw")
     print(f"\nqueries per request ({connection.vendor}): {later}")
     assert later == first  # does not grow with finished tasks
-    assert later == QUERIES_PER_CLIENT_REQUEST[connection.vendor]
+    assert later == QUERIES_PER_CLIENT_REQUEST
 
 
 def test_queries_per_batch_request(api: APIClient, settings: Any) -> None:
@@ -79,19 +79,20 @@ def test_queries_per_batch_request(api: APIClient, settings: Any) -> None:
         seen.append({"claim": claimed, "done": completed})
     print(f"\nqueries per batch request ({connection.vendor}): {seen[-1]}")
     assert seen[-1] == seen[1]
-    assert seen[-1] == QUERIES_PER_BATCH_REQUEST[connection.vendor]
+    assert seen[-1] == QUERIES_PER_BATCH_REQUEST
 
 
-# Every request first reads the token's user by primary key (the 1 + below). A hand-out on PostgreSQL is one statement (run and worker by uuid, waiting/expired rows, else the
-# counter and the new rows); SQLite reads the run and the worker, then runs those parts one by one in
-# an IMMEDIATE transaction (2 of its 7 are SAVEPOINT/RELEASE here, BEGIN and COMMIT in production,
-# all in-process). Finishing a task also credits the worker (`Worker.tasks_done`): inside the same
-# statement on PostgreSQL, a second one in a transaction on SQLite (with its SAVEPOINT/RELEASE here).
-QUERIES_PER_CLIENT_REQUEST: dict[str, dict[str, int]] = {
-    "sqlite": {"claim": 1 + 7, "get": 1 + 1, "put_percent": 1 + 1, "put_done": 1 + 5},
-    "postgresql": {"claim": 1 + 1, "get": 1 + 1, "put_percent": 1 + 1, "put_done": 1 + 1},
+# The same on both databases. Every request first reads the token's user (1 +); the two savepoint
+# statements are the service's transaction (BEGIN and COMMIT in production).
+# claim: worker, run, lock the run, waiting rows, lapsed rows, rows above the counter, insert, counter.
+# get: the task joined on its run. put_percent: run, lock the task, update it.
+# put_done: run, lock the run, lock the task, update it, credit the worker.
+# batch done: worker, run, lock the run, the rows held, update them, credit the worker.
+TRANSACTION = 2
+QUERIES_PER_CLIENT_REQUEST: dict[str, int] = {
+    "claim": 1 + 8 + TRANSACTION,
+    "get": 1 + 1,
+    "put_percent": 1 + 3 + TRANSACTION,
+    "put_done": 1 + 5 + TRANSACTION,
 }
-QUERIES_PER_BATCH_REQUEST: dict[str, dict[str, int]] = {
-    "sqlite": {"claim": 1 + 7, "done": 1 + 6},
-    "postgresql": {"claim": 1 + 1, "done": 1 + 1},
-}
+QUERIES_PER_BATCH_REQUEST: dict[str, int] = {"claim": 1 + 8 + TRANSACTION, "done": 1 + 6 + TRANSACTION}

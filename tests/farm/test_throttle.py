@@ -12,28 +12,10 @@ from rest_framework.test import APIClient
 from farm import throttle
 from farm.models import Run
 from progress.models import ProgressEvent
+from tests.farm.conftest import FakeClock
 from tests.farm.test_api import claim, new_run, new_worker
 
 pytestmark = pytest.mark.django_db
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(throttle, "clock", fake)
-    monkeypatch.setattr(throttle, "trailing_thread", False)  # the test sends the trailing events
-    return fake
 
 
 def run_messages(run: str) -> list[ProgressEvent]:
