@@ -11,6 +11,7 @@ work again (`_publish_trailing` and `_publish_update` check).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -55,8 +56,16 @@ def _run_finished(run: Run) -> bool:
     )
 
 
+def _counts(run: Run) -> RunCounts:
+    """The run's counts; how long they took widens the run's event window (`throttle.count_took`)."""
+    started = time.perf_counter()
+    counts = run_counts(run=run)
+    throttle.count_took(run.pk, time.perf_counter() - started)
+    return counts
+
+
 def _publish_msg(run: Run, text: str, counts: RunCounts | None = None) -> None:
-    counts = counts or run_counts(run=run)
+    counts = counts or _counts(run)
     progress_publish(topic=run_topic(run), kind="msg", text=text, state=counts.as_state(), owner_id=run.owner_id)
 
 
@@ -65,7 +74,7 @@ def _publish_after_finishing(run: Run, text: str) -> None:
     the `end` when nothing is left, else a throttled `msg`."""
     if _run_finished(run):
         throttle.forget(run.pk)
-        counts = run_counts(run=run)
+        counts = _counts(run)
         _publish_msg(run, text, counts)
         failed = counts.num_failed
         progress_publish(

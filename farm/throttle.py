@@ -11,10 +11,9 @@ The windows are read from `clock` (monotonic seconds) and the trailing events ar
 `publish_due()`, which the background thread calls when the next window closes: tests replace the
 clock and call `publish_due()` themselves (with `trailing_thread` off), so no test waits on time.
 
-Each `msg` carries the run's counts, and counting costs time in proportion to the run's task rows
-(about 0.25 s per million on PostgreSQL here). So a run's window is also at least COUNT_COST_FACTOR
-times what its last count took: counting stays a small share of the work however large the run
-(a run of a million touched tasks gets a `msg` every 5 s or so instead of twice a second).
+Each `msg` carries the run's counts, and counting costs time in proportion to the run's task rows.
+So a run's window is also at least COUNT_COST_FACTOR times what its last count took: counting
+stays a small share of the work however large the run.
 """
 
 from __future__ import annotations

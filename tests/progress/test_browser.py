@@ -119,20 +119,19 @@ def test_event_source_page_on_another_origin_receives_new_msg_end(
             server.shutdown()
 
 
-# A worker paced like real work: farm publishes at most one `msg` per run every
-# farm.conf.progress_interval() (0.5 s) per server process, so reports closer together are coalesced.
+# A worker the test steps through its tasks. Farm coalesces a run's `msg` events into one per
+# throttle window and server process, and sends the last change of a window when it closes, so
+# the page reaches each state the test waits for without the worker pacing itself.
 FARM_WORKER = """
-import sys, time
+import sys
 from taskfarm_worker import TaskFarmWorker
 base, email, password, uuid = sys.argv[1:5]
 worker = TaskFarmWorker(email, password, uuid, url_base=base)
 for task in worker.tasks:
-    time.sleep(0.7)
     worker.update(50)
     print("half", task, flush=True)
     sys.stdin.readline()
     worker.update(100)
-    time.sleep(0.7)
     worker.done()
     print("done", task, flush=True)
 """
