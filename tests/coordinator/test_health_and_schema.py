@@ -42,6 +42,30 @@ def test_schema_and_docs_are_served(anon_client: APIClient) -> None:
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/docs/", "/redoc/"])
+def test_api_docs_load_nothing_from_elsewhere_and_run_no_inline_script(anon_client: APIClient, path: str) -> None:
+    """Swagger UI and Redoc come from the project (drf-spectacular-sidecar), under a CSP that allows
+    scripts only from this origin (an offline machine shows them; nothing unpinned runs here)."""
+    import re
+
+    page = anon_client.get(path)
+    assert page.status_code == 200
+    html = page.content.decode()
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert sources and all(source.startswith("/") for source in sources), sources
+    assert not re.search(r"<script>(?!\s*</script>)", html)  # no inline script body
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert anon_client.get(sources[0]).status_code in (200, 302)
+
+
+@pytest.mark.django_db
+def test_admin_pages_carry_the_content_security_policy(anon_client: APIClient) -> None:
+    policy = anon_client.get("/admin/login/").headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "object-src 'none'" in policy
+
+
+@pytest.mark.django_db
 def test_schema_is_readable_with_any_credentials(anon_client: APIClient) -> None:
     anon_client.credentials(HTTP_AUTHORIZATION="Bearer something-that-is-not-a-user-token")
     assert anon_client.get("/schema/").status_code == 200

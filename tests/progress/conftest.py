@@ -408,6 +408,18 @@ def browser(monkeypatch: Any) -> Any:
             connections.close_all()
 
 
+def wait_until(page: Any, predicate: str, arg: Any = None, timeout: float = 30000) -> None:
+    """Wait until the JavaScript `predicate` (a function of `arg`) is true on the page. Polled from
+    here through `page.evaluate`: Playwright's own `wait_for_function` polls by evaluating strings
+    inside the page, which the platform's Content-Security-Policy (no 'unsafe-eval') forbids."""
+    import time
+
+    deadline = time.monotonic() + timeout / 1000  # a bound for a page that never gets there
+    while not page.evaluate(predicate, arg):
+        assert time.monotonic() < deadline, f"never true: {predicate}"
+        page.wait_for_timeout(50)
+
+
 def admin_login(page: Any, base: str, user: Any) -> None:
     from tests.factories import DEFAULT_PASSWORD
 

@@ -11,7 +11,7 @@ import pytest
 from progress.client import stream
 from tests.conftest import access_token_for
 from tests.live import free_port
-from tests.progress.conftest import admin_login, serve_platform
+from tests.progress.conftest import admin_login, serve_platform, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -37,19 +37,21 @@ def test_live_page_follows_a_socket_stream(platform, browser, admin) -> None:
         with stream("second task", sock) as second:
             page.locator('tr[data-topic-row="stream:1"]').wait_for()
             first.send("copying", percent=40)
-            page.wait_for_function(
-                "document.querySelector('tr[data-topic-row=\"stream:0\"] .msg').textContent === '[40%] copying'"
+            wait_until(
+                page,
+                "() => document.querySelector('tr[data-topic-row=\"stream:0\"] .msg').textContent === '[40%] copying'",
             )
             assert "width: 40%" in (row.locator("[data-progress-width]").get_attribute("style") or "")
             first.close()  # ends: the first task drops below the running one
-            page.wait_for_function(
-                "document.querySelector('tr[data-topic-row=\"stream:0\"]')?.classList.contains('ended')"
+            wait_until(
+                page, "() => document.querySelector('tr[data-topic-row=\"stream:0\"]')?.classList.contains('ended')"
             )
             topics = page.eval_on_selector_all("tr[data-topic-row]", "rows => rows.map(r => r.dataset.topicRow)")
             assert topics == ["stream:1", "stream:0"]
             second.send("still going")
-            page.wait_for_function(
-                "document.querySelector('tr[data-topic-row=\"stream:1\"] .msg').textContent === 'still going'"
+            wait_until(
+                page,
+                "() => document.querySelector('tr[data-topic-row=\"stream:1\"] .msg').textContent === 'still going'",
             )
 
 
@@ -138,7 +140,7 @@ for task in worker.tasks:
 
 
 def _field(page, selector: str, text: str) -> None:
-    page.wait_for_function("([s, t]) => document.querySelector(s)?.textContent.trim() === t", arg=[selector, text])
+    wait_until(page, "([s, t]) => document.querySelector(s)?.textContent.trim() === t", [selector, text])
 
 
 def test_farm_run_page_moves_while_a_taskfarm_worker_works(platform, browser, admin) -> None:
@@ -170,7 +172,7 @@ def test_farm_run_page_moves_while_a_taskfarm_worker_works(platform, browser, ad
     try:
         assert worker.stdout.readline().split() == ["half", "0"]
         _field(page, f"{widget} [data-progress-field=numComputing]", "1")
-        page.wait_for_function("s => document.querySelector(s).style.width === '25%'", arg=bar)
+        wait_until(page, "s => document.querySelector(s).style.width === '25%'", bar)
         worker.stdin.write("\n")
         worker.stdin.flush()
         assert worker.stdout.readline().split() == ["done", "0"]
@@ -180,7 +182,7 @@ def test_farm_run_page_moves_while_a_taskfarm_worker_works(platform, browser, ad
         worker.stdin.flush()
         assert worker.stdout.readline().split() == ["done", "1"]
         _field(page, f"{widget} [data-progress-field=numDone]", "2")
-        page.wait_for_function("s => document.querySelector(s).style.width === '100%'", arg=bar)
+        wait_until(page, "s => document.querySelector(s).style.width === '100%'", bar)
         assert page.evaluate("window.notReloaded") is True
     finally:
         worker.kill()
@@ -201,16 +203,41 @@ def test_job_page_moves_while_a_django_q2_worker_runs_it(transactional_db, socke
         page.evaluate("window.notReloaded = true")
         widget = f"[data-progress-topic='job:{job.pk}']"
         # the worker reports step by step: the bar and the message move on the open page ...
-        page.wait_for_function(
-            "s => Number(document.querySelector(s + ' progress').value) >= 25", arg=widget, timeout=60000
-        )
+        wait_until(page, "s => Number(document.querySelector(s + ' progress').value) >= 25", widget, timeout=60000)
         assert page.inner_text(f"{widget} [data-progress-field=status]") == "started"
         assert page.inner_text(f"{widget} [data-progress-field=message]").startswith("step ")
         # ... up to the end
-        page.wait_for_function(
+        wait_until(
+            page,
             "s => document.querySelector(s + ' [data-progress-field=status]').textContent === 'success'",
-            arg=widget,
+            widget,
             timeout=60000,
         )
         assert Job.objects.get(pk=job.pk).status == "success"
         assert page.evaluate("window.notReloaded") is True
+
+
+def test_api_docs_render_offline_under_the_content_security_policy(platform, browser) -> None:
+    """Swagger UI and Redoc render from the project's own files; no script breaks the CSP, and the
+    browser fetches nothing from elsewhere."""
+    base, _ = platform
+    page = browser.new_page()
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None,
+    )
+    outside: list[str] = []
+    page.on(
+        "request",
+        lambda request: None if request.url.startswith((base, f"blob:{base}")) else outside.append(request.url),
+    )
+    page.goto(f"{base}/docs/")
+    page.wait_for_selector(".swagger-ui .info .title")
+    page.wait_for_selector("#operations-tag-farm")  # the schema loaded and rendered
+    page.goto(f"{base}/redoc/")
+    page.wait_for_selector("text=Coordinator API")
+    # Redoc's footer links its maker's logo from a CDN: the policy blocks that image, nothing else.
+    assert all("img-src" in violation and "redoc" in violation for violation in violations), violations
+    # Apart from that blocked logo, every request stays on this origin.
+    assert [url for url in outside if "redoc" not in url] == []
