@@ -95,6 +95,9 @@ def main() -> int:
             "PYTHONUNBUFFERED": "1",
             "Q_WORKERS": "1",
             "POOL_JOURNAL_DIR": str(workdir / "journal"),
+            # The fuzzer's identities sign in far more often than a client would: inputs are its subject.
+            "CREDENTIAL_RATE_PER_ADDRESS": "100000/min",
+            "CREDENTIAL_RATE_PER_ACCOUNT": "100000/min",
         }
     )
     if "DATABASE_URL" not in os.environ:

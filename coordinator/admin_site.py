@@ -12,8 +12,10 @@ from typing import Any
 from django.apps import apps
 from django.contrib import admin
 from django.contrib.auth import get_permission_codename
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import NoReverseMatch, reverse
+
+from coordinator.throttling import first_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,24 @@ class CoordinatorAdminSite(admin.AdminSite):
             except NoReverseMatch:
                 continue
         return links
+
+    @staticmethod
+    def credential_account(request: HttpRequest) -> object:
+        return request.POST.get("username")
+
+    def login(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        """The admin's sign-in, under the same credential limits as the API's token endpoints."""
+        if request.method == "POST":
+            wait = first_refusal(request, self)
+            if wait is not None:
+                response = HttpResponse(
+                    f"Too many sign-in attempts. Try again in {int(wait) + 1} seconds.",
+                    status=429,
+                    content_type="text/plain; charset=utf-8",
+                )
+                response["Retry-After"] = str(int(wait) + 1)
+                return response
+        return super().login(request, extra_context)
 
     def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         context = {

@@ -78,6 +78,15 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_rate(name: str, default: str) -> str:
+    """A rate such as `30/min` (a count per s, min, hour or day), as DRF's throttles read it."""
+    raw = env_str(name, default)
+    count, _, period = raw.partition("/")
+    if not count.isdigit() or period not in ("s", "sec", "second", "m", "min", "minute", "h", "hour", "d", "day"):
+        raise ImproperlyConfigured(f"{name}={raw!r}: expected a count per period, such as 30/min or 1000/hour.")
+    return raw
+
+
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     """One word out of `choices`, matched without regard to case."""
     raw = env_str(name, default)
@@ -233,6 +242,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis and Channels ---------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "")
+# One cache for every process (rate-limit counters must be shared): Redis in production, a
+# database table on the embedded default (created by `migrate`, coordinator migration 0002).
+if REDIS_URL:
+    CACHES: dict[str, Any] = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "coordinator_cache"}}
 if REDIS_URL:
     CHANNEL_LAYERS: dict[str, Any] = {
         "default": {
@@ -432,6 +449,18 @@ COORDINATOR_PASSWORD = env_str("COORDINATOR_PASSWORD", "")
 POOL_JOURNAL_DIR = env_path("POOL_JOURNAL_DIR", None)
 POOL_DEVICE_TOKEN_MINUTES = env_int("POOL_DEVICE_TOKEN_MINUTES", 24 * 60, minimum=1)
 POOL_ONLINE_SECONDS = env_int("POOL_ONLINE_SECONDS", 120, minimum=1)
+
+# --- Credential rate limits (coordinator/throttling.py) ---------------------------------------
+# Token endpoints, farm Basic passwords, device tokens and enrolment, and the admin's sign-in.
+# Proxies in front of the web processes that append the client's address to X-Forwarded-For: the
+# embedded front door, or nginx with `--behind-proxy`. The limits count the address the nearest
+# proxy saw; entries a client wrote itself further left are ignored.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1, minimum=0)
+REST_FRAMEWORK["NUM_PROXIES"] = TRUSTED_PROXY_COUNT
+CREDENTIAL_RATES = {
+    "credentials_per_address": env_rate("CREDENTIAL_RATE_PER_ADDRESS", "30/min"),
+    "credentials_per_account": env_rate("CREDENTIAL_RATE_PER_ACCOUNT", "10/min"),
+}
 
 # --- Task farm (farm) ---------------------------------------------------------------------------
 FARM_LEASE_SECONDS = env_int("FARM_LEASE_SECONDS", 3600, minimum=1)

@@ -25,6 +25,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.request import Request
 
 from coordinator.models import User
+from coordinator.throttling import first_refusal
 from coordinator.tokens import TokenError, TokenKind, credential_stamp, token_issue, token_verify
 
 REALM = 'Basic realm="Authentication Required"'
@@ -73,14 +74,26 @@ class FarmBasicAuthentication(BaseAuthentication):
         except (binascii.Error, UnicodeDecodeError) as exc:
             raise exceptions.AuthenticationFailed("Invalid basic header.") from exc
         username, _, password = decoded.partition(":")
-        if username.count(".") == 2:
-            by_token = user_for_farm_token(username)
-            if by_token is not None:
-                return by_token
+        if "@" not in username:  # not an email: a token, or nothing (refused before any password hash)
+            by_token = user_for_farm_token(username) if username.count(".") == 2 else None
+            if by_token is None:
+                raise exceptions.AuthenticationFailed("Unauthorized Access")
+            return by_token
+        wait = first_refusal(request, self)
+        if wait is not None:
+            raise exceptions.Throttled(wait)
         found = authenticate(request=request._request, username=username, password=password)
         if isinstance(found, User) and found.is_active:
             return found, None
         raise exceptions.AuthenticationFailed("Unauthorized Access")
+
+    @staticmethod
+    def credential_account(request: Request) -> object:
+        auth = get_authorization_header(request).split()
+        try:
+            return base64.b64decode(auth[1], validate=True).decode("utf-8").partition(":")[0]
+        except (IndexError, binascii.Error, UnicodeDecodeError):
+            return None
 
     def authenticate_header(self, request: Request) -> str:
         return REALM

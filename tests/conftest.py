@@ -19,6 +19,15 @@ def _no_trailing_farm_events(settings: Any) -> None:
     settings.FARM_PROGRESS_TRAILING = False
 
 
+# The suite signs in far more often than any one client would; the tests of the limits set their own.
+UNLIMITED_CREDENTIALS = {"credentials_per_address": "100000/min", "credentials_per_account": "100000/min"}
+
+
+@pytest.fixture(autouse=True)
+def _credential_limits_out_of_the_way(settings: Any) -> None:
+    settings.CREDENTIAL_RATES = UNLIMITED_CREDENTIALS
+
+
 @pytest.fixture
 def user(db: None) -> User:
     return UserFactory(role=Role.USER)

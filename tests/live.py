@@ -56,6 +56,9 @@ def server_env(**extra: str) -> dict[str, str]:
             "DJANGO_DEBUG": "0",
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",
+            # Live servers of the suite: see tests/conftest.py (UNLIMITED_CREDENTIALS).
+            "CREDENTIAL_RATE_PER_ADDRESS": "100000/min",
+            "CREDENTIAL_RATE_PER_ACCOUNT": "100000/min",
         }
     )
     env.update(extra)

@@ -17,6 +17,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from coordinator.api.envelope import error_body
 from coordinator.models import User
 from coordinator.selectors import database_is_up
+from coordinator.throttling import CREDENTIAL_THROTTLES, body_field
 from coordinator.tokens import (
     PlatformAccessToken,
     PlatformRefreshToken,
@@ -100,11 +101,16 @@ class TokenVerifyInput(jwt_serializers.TokenVerifySerializer):
         return {}
 
 
-@extend_schema(tags=["auth"], responses={200: jwt_views.TokenObtainPairView.serializer_class, **_TOKEN_ERRORS})
+@extend_schema(
+    tags=["auth"],
+    responses={200: jwt_views.TokenObtainPairView.serializer_class, **_TOKEN_ERRORS, 429: ErrorEnvelopeSerializer},
+)
 class TokenObtainApi(jwt_views.TokenObtainPairView):
     """Exchange email and password for an access and a refresh token."""
 
     serializer_class = TokenObtainInput  # type: ignore[assignment]
+    throttle_classes = CREDENTIAL_THROTTLES
+    credential_account = staticmethod(body_field("email"))
 
 
 @extend_schema(tags=["auth"], responses={200: jwt_views.TokenRefreshView.serializer_class, **_TOKEN_ERRORS})

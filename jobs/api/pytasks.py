@@ -21,6 +21,7 @@ from rest_framework.views import APIView, set_rollback
 
 from coordinator.errors import ApplicationError
 from coordinator.models import User
+from coordinator.throttling import CREDENTIAL_THROTTLES, body_field
 from jobs.api.common import BodyError, json_body, message_response
 from jobs.api.pytasks_auth import (
     PytasksAuthError,
@@ -44,6 +45,9 @@ def pytasks_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
         return Response({"message": exc.message}, status=exc.status_code)
     if isinstance(exc, ApplicationError):
         return Response({"message": exc.message}, status=exc.status_code)
+    if isinstance(exc, exceptions.Throttled):
+        wait = int(getattr(exc, "wait", None) or 1) + 1
+        return Response({"message": str(exc.detail)}, status=exc.status_code, headers={"Retry-After": str(wait)})
     if isinstance(exc, exceptions.APIException):
         return Response({"message": str(exc.detail)}, status=exc.status_code)
     return None
@@ -219,6 +223,9 @@ class PytasksPingApi(PytasksView):
 
 
 class PytasksTokenApi(PytasksView):
+    throttle_classes = CREDENTIAL_THROTTLES
+    credential_account = staticmethod(body_field("user"))
+
     class InputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "PytasksTokenInput"
@@ -239,6 +246,7 @@ class PytasksTokenApi(PytasksView):
             200: OutputSerializer,
             400: VALIDATION_400,
             401: message_response("PytasksBadCredentials", "Unknown user or wrong password."),
+            429: message_response("PytasksThrottled", "Too many attempts; see Retry-After."),
         },
         summary="A pytasks token whose `allowed_tasks` are the caller's protected job types",
         description="pytasks reads the JSON body of a GET; POST is accepted too.",

@@ -18,6 +18,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 
 from coordinator.api.views import ErrorEnvelopeSerializer
 from coordinator.permissions import IsAdmin, IsMasterOrAdmin, platform_user
+from coordinator.throttling import CREDENTIAL_THROTTLES, CredentialAddressThrottle, body_field
 from pool import selectors, services
 from pool.api.renderers import NDJSONRenderer
 from pool.api.serializers import JsonObjectField, MessageSerializer, ResponseStatusField, text_field
@@ -51,6 +52,7 @@ class DeviceRegisterApi(APIView):
 
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
+    throttle_classes = [CredentialAddressThrottle]  # anyone may enrol: limited per address
 
     @extend_schema_serializer(component_name="PoolRegisterInput")
     class InputSerializer(serializers.Serializer):
@@ -63,7 +65,7 @@ class DeviceRegisterApi(APIView):
         secret = serializers.CharField(help_text="Shown once; exchange it at POST /pool/token.")
         validated = serializers.BooleanField()
 
-    @extend_schema(request=InputSerializer, responses={201: OutputSerializer, 400: E}, tags=TAGS, auth=[])
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer, 400: E, 429: E}, tags=TAGS, auth=[])
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -76,6 +78,8 @@ class DeviceTokenApi(APIView):
 
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
+    throttle_classes = CREDENTIAL_THROTTLES
+    credential_account = staticmethod(body_field("device_id"))
 
     @extend_schema_serializer(component_name="PoolTokenInput")
     class InputSerializer(serializers.Serializer):
@@ -88,7 +92,7 @@ class DeviceTokenApi(APIView):
         exp = serializers.CharField(help_text="Expiry, UTC, e.g. 2026-06-03T12:34:56Z")
 
     @extend_schema(
-        request=InputSerializer, responses={200: OutputSerializer, 400: E, 401: E, 403: E}, tags=TAGS, auth=[]
+        request=InputSerializer, responses={200: OutputSerializer, 400: E, 401: E, 403: E, 429: E}, tags=TAGS, auth=[]
     )
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)

@@ -1,0 +1,71 @@
+"""Rate limits for the endpoints that check credentials: DRF's throttles, counted in Django's cache.
+
+The cache is shared by every web process (Redis when `REDIS_URL` is set, the database cache on the
+embedded default), so the limits hold however many processes serve. Two limits apply together: per
+client address, and per account named in the request (an attacker spreading over many addresses
+still meets the second). Rates come from `settings.CREDENTIAL_RATES`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from rest_framework.throttling import SimpleRateThrottle
+
+AccountOf = Callable[[Any], object]
+
+
+class CredentialAddressThrottle(SimpleRateThrottle):
+    """Credential attempts per client address."""
+
+    scope = "credentials_per_address"
+
+    def get_rate(self) -> str:
+        return str(settings.CREDENTIAL_RATES[self.scope])
+
+    def get_cache_key(self, request: Any, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class CredentialAccountThrottle(SimpleRateThrottle):
+    """Credential attempts per account the request names (`view.credential_account(request)`)."""
+
+    scope = "credentials_per_account"
+
+    def get_rate(self) -> str:
+        return str(settings.CREDENTIAL_RATES[self.scope])
+
+    def get_cache_key(self, request: Any, view: Any) -> str | None:
+        account_of: AccountOf | None = getattr(view, "credential_account", None)
+        account = account_of(request) if account_of is not None else None
+        if not isinstance(account, str | int) or isinstance(account, bool) or not str(account).strip():
+            return None
+        digest = hashlib.sha256(str(account).strip().lower().encode()).hexdigest()[:32]
+        return self.cache_format % {"scope": self.scope, "ident": digest}
+
+
+CREDENTIAL_THROTTLES = [CredentialAddressThrottle, CredentialAccountThrottle]
+
+
+def body_field(name: str) -> AccountOf:
+    """`credential_account` for a view whose JSON body names the account in `name`."""
+
+    def account(request: Any) -> object:
+        # A body that does not parse raises here, as the view itself would (its dialect's 400).
+        data = request.data
+        return data.get(name) if isinstance(data, dict) else None
+
+    return account
+
+
+def first_refusal(request: Any, view: Any) -> float | None:
+    """For credential checks outside DRF's view flow (the admin login, farm Basic passwords): count
+    this attempt against both limits; the seconds to wait when one refuses it, else None."""
+    for throttle_class in CREDENTIAL_THROTTLES:
+        throttle = throttle_class()
+        if not throttle.allow_request(request, view):
+            return throttle.wait() or 1.0
+    return None
