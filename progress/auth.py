@@ -35,8 +35,8 @@ def _from_token(raw: str) -> Access:
         user = auth.get_user(auth.get_validated_token(raw.encode()))
     except (InvalidToken, TokenError):
         return Access(None, 401, "The token is invalid or expired.")
-    except AuthenticationFailed as exc:
-        return Access(None, 403, str(exc.detail))
+    except AuthenticationFailed:  # the token's user is gone or inactive (simplejwt's detail is a dict)
+        return Access(None, 403, "This account may not read progress.")
     if not isinstance(user, User) or not user.is_active:
         return Access(None, 403, "This account may not read progress.")
     return Access(viewer_for(user))

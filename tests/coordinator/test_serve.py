@@ -112,6 +112,11 @@ def test_serve_answers_on_one_address_and_stops_cleanly(tmp_path: Path) -> None:
         )
         assert second.returncode != 0 and "already running" in second.stderr, second.stderr[-2000:]
         assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
+        # Sockets and files the platform creates are the service user's alone (no group or other bits).
+        created = [path for path in tmp_path.rglob("*") if not path.is_symlink() and path.name != "serve.log"]
+        assert (tmp_path / "run" / "asgi.sock") in created
+        exposed = [f"{path} {path.stat().st_mode & 0o777:o}" for path in created if path.stat().st_mode & 0o077]
+        assert exposed == [], exposed
         children = descendants(proc)
         names = " ".join(" ".join(child.cmdline()) for child in children if child.is_running())
         assert "granian" in names and "daphne" in names and "qcluster" in names

@@ -111,6 +111,22 @@ def test_anonymous_gets_401_unless_public(db, settings) -> None:
     assert run(body) == 200
 
 
+def test_a_token_of_a_deleted_user_is_refused_without_server_internals(user) -> None:
+    token = access_token_for(user)
+    user.delete()
+
+    async def body() -> tuple[int, str]:
+        sse = SseClient(f"once=1&token={token}")
+        await sse.open()
+        return sse.status, await sse.read_all()
+
+    status, text = run(body)
+    answer = json.loads(text)
+    assert status == 403 and set(answer) == {"code", "message", "extra"}
+    assert answer["message"] == "This account may not read progress."
+    assert "{" not in answer["message"] and "ErrorDetail" not in text
+
+
 def test_users_see_their_own_progress_only(user, admin) -> None:
     publish("job:1", "new", "my export", owner_id=user.pk)
     publish("job:2", "new", "admin export", owner_id=admin.pk)

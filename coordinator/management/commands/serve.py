@@ -94,7 +94,10 @@ def build_process_specs(
         # The front door routes each connection by its first request: one request per connection.
         web = granian_argv(uds=wsgi_socket, workers=workers, keep_alive=False, access_log=access_log)
     daphne = [_bin("daphne"), "--proxy-headers"]
-    daphne += ["--bind", host, "--port", str(asgi_port)] if behind_proxy else ["-u", str(asgi_socket)]
+    # Twisted's UNIX endpoint chmods its socket to 0666 unless told otherwise: the front door alone
+    # (the same user) connects to it.
+    private = ["--endpoint", f"unix:{asgi_socket}:mode=600"]
+    daphne += ["--bind", host, "--port", str(asgi_port)] if behind_proxy else private
     daphne += ["coordinator.asgi:application"]
     specs = [ProcessSpec("web", web), ProcessSpec("asgi", daphne)]
     if not behind_proxy:
@@ -201,6 +204,9 @@ class Command(BaseCommand):
         problem = database_problem()
         if problem:
             raise CommandError(problem)
+        # Everything the platform's processes create from here on (sockets, the SQLite file, exports,
+        # the journal, logs) is readable by the service user only, whatever the shell's umask.
+        os.umask(0o077)
         Path(settings.RUN_DIR).mkdir(parents=True, exist_ok=True)
         specs = build_process_specs(
             host=options["host"],
