@@ -451,12 +451,12 @@ POOL_DEVICE_TOKEN_MINUTES = env_int("POOL_DEVICE_TOKEN_MINUTES", 24 * 60, minimu
 POOL_ONLINE_SECONDS = env_int("POOL_ONLINE_SECONDS", 120, minimum=1)
 
 # --- Credential rate limits (coordinator/throttling.py) ---------------------------------------
-# Token endpoints, farm Basic passwords, device tokens and enrolment, and the admin's sign-in.
 # Proxies in front of the web processes that append the client's address to X-Forwarded-For: the
 # embedded front door, or nginx with `--behind-proxy`. The limits count the address the nearest
 # proxy saw; entries a client wrote itself further left are ignored.
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1, minimum=0)
 REST_FRAMEWORK["NUM_PROXIES"] = TRUSTED_PROXY_COUNT
+# Token endpoints, farm Basic passwords, device tokens and enrolment, and the admin's sign-in.
 CREDENTIAL_RATES = {
     "credentials_per_address": env_rate("CREDENTIAL_RATE_PER_ADDRESS", "30/min"),
     "credentials_per_account": env_rate("CREDENTIAL_RATE_PER_ACCOUNT", "10/min"),

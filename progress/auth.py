@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
 
 from coordinator.models import User
+from coordinator.tokens import credential_stamp
 from progress import conf
 from progress.db import db_call
 from progress.selectors import Viewer
@@ -17,11 +19,34 @@ from progress.selectors import Viewer
 
 @dataclass(frozen=True)
 class Access:
-    """The outcome of authenticating a reader: a viewer, or a refusal (401 / 403)."""
+    """The outcome of authenticating a reader: a viewer, or a refusal (401 / 403). An open stream
+    asks `still_allowed` from time to time, and ends once its reader may no longer read."""
 
     viewer: Viewer | None
     status: int = 200
     message: str = ""
+    user_id: int | None = None  # the signed-in reader (None: anonymous, progress being public)
+    stamp: str = ""  # the user's credential stamp when the stream opened
+    expires_at: float | None = None  # the token's expiry (Unix seconds); None: a session
+
+
+def _allowed_now(access: Access) -> bool:
+    if access.expires_at is not None and time.time() >= access.expires_at:
+        return False
+    if access.user_id is None:
+        return True
+    user = User.objects.filter(pk=access.user_id, is_active=True).first()
+    return user is not None and credential_stamp(user) == access.stamp
+
+
+async def still_allowed(access: Access) -> bool:
+    """Whether the reader may still read: the token has not expired, and the user is still active
+    with the same password and role as when the stream opened."""
+    return await db_call(_allowed_now)(access)
+
+
+def _granted(user: User, expires_at: float | None = None) -> Access:
+    return Access(viewer_for(user), user_id=int(user.pk), stamp=credential_stamp(user), expires_at=expires_at)
 
 
 def viewer_for(user: User) -> Viewer:
@@ -32,14 +57,16 @@ def viewer_for(user: User) -> Viewer:
 def _from_token(raw: str) -> Access:
     auth = JWTAuthentication()
     try:
-        user = auth.get_user(auth.get_validated_token(raw.encode()))
+        validated = auth.get_validated_token(raw.encode())
+        user = auth.get_user(validated)
     except (InvalidToken, TokenError):
         return Access(None, 401, "The token is invalid or expired.")
     except AuthenticationFailed:  # the token's user is gone or inactive (simplejwt's detail is a dict)
         return Access(None, 403, "This account may not read progress.")
     if not isinstance(user, User) or not user.is_active:
         return Access(None, 403, "This account may not read progress.")
-    return Access(viewer_for(user))
+    expires = validated.get("exp")
+    return _granted(user, float(expires) if isinstance(expires, int | float) else None)
 
 
 async def access_for(*, session_user: Any, token: str | None) -> Access:
@@ -49,7 +76,7 @@ async def access_for(*, session_user: Any, token: str | None) -> Access:
     if isinstance(session_user, User) and session_user.is_authenticated:
         if not session_user.is_active:
             return Access(None, 403, "This account may not read progress.")
-        return Access(viewer_for(session_user))
+        return await db_call(_granted)(session_user)
     if conf.public():
         return Access(Viewer(sees_all=True))
     return Access(None, 401, "Log in, or pass a user JWT as ?token= or Authorization: Bearer.")

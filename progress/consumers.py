@@ -18,7 +18,8 @@ from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from progress.auth import access_for
+from progress import conf
+from progress.auth import Access, access_for, still_allowed
 from progress.db import db_call
 from progress.events import Event, ws_payload
 from progress.hub import Subscriber, hub
@@ -33,6 +34,7 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
     topics: set[str]
     subscriber: Subscriber | None = None
     pump: asyncio.Task[None] | None = None
+    watch: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         self.topics = set()
@@ -47,6 +49,16 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
         self.subscriber = Subscriber(self._accepts)
         await hub().subscribe(self.subscriber)
         self.pump = asyncio.get_running_loop().create_task(self._forward(self.subscriber))
+        self.watch = asyncio.get_running_loop().create_task(self._watch(access))
+
+    async def _watch(self, access: Access) -> None:
+        """Close the socket once its reader may no longer read (deactivated, password or role
+        changed, token expired): 4401, as for a refused handshake."""
+        while True:
+            await asyncio.sleep(conf.keepalive_seconds())
+            if not await still_allowed(access):
+                await self.close(code=4401)
+                return
 
     def _accepts(self, event: Event) -> bool:
         viewer = self.viewer
@@ -69,10 +81,11 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.subscriber is not None:
             hub().unsubscribe(self.subscriber)
-        if self.pump is not None:
-            self.pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.pump
+        for task in (self.pump, self.watch):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     @classmethod
     async def decode_json(cls, text_data: str) -> Any:

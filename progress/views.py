@@ -13,6 +13,7 @@ nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,7 +31,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from coordinator.api.envelope import error_response
 from coordinator.api.views import ErrorEnvelopeSerializer
 from progress import conf
-from progress.auth import access_for
+from progress.auth import Access, access_for, still_allowed
 from progress.db import db_call
 from progress.events import Event, sse_frame
 from progress.hub import Subscriber, hub
@@ -87,7 +88,10 @@ def _beginning(viewer: Viewer, topics: set[str], after: int | None) -> tuple[lis
     return frames, set(), covered
 
 
-async def _live(viewer: Viewer, topics: set[str], after: int | None) -> AsyncIterator[str]:
+async def _live(access: Access, topics: set[str], after: int | None) -> AsyncIterator[str]:
+    viewer = access.viewer
+    assert viewer is not None
+
     def accepts(event: Event) -> bool:
         return viewer.can_see(event) and (not topics or event["topic"] in topics)
 
@@ -98,7 +102,14 @@ async def _live(viewer: Viewer, topics: set[str], after: int | None) -> AsyncIte
         for frame in frames:
             yield frame
         keepalive = conf.keepalive_seconds()
+        checked = time.monotonic()
         while not subscriber.overflowed.is_set():  # a reader this slow reconnects and replays
+            if time.monotonic() - checked >= keepalive:
+                # The stream ends once its reader may no longer read (deactivated, password or role
+                # changed, token expired); the browser reconnects and is refused.
+                if not await still_allowed(access):
+                    return
+                checked = time.monotonic()
             try:
                 event = await asyncio.wait_for(subscriber.queue.get(), timeout=keepalive)
             except TimeoutError:
@@ -145,7 +156,7 @@ async def progress_events(request: HttpRequest) -> HttpResponseBase:
     if once:
         frames, _, _ = await db_call(_beginning)(access.viewer, topics, after)
         return _stream_headers(HttpResponse("".join(frames), content_type="text/event-stream"))
-    return _stream_headers(StreamingHttpResponse(_live(access.viewer, topics, after), content_type="text/event-stream"))
+    return _stream_headers(StreamingHttpResponse(_live(access, topics, after), content_type="text/event-stream"))
 
 
 def _bearer(request: HttpRequest) -> str | None:

@@ -139,3 +139,22 @@ def test_since_replays_missed_events(admin) -> None:
         await communicator.disconnect()
 
     run(body)
+
+
+def test_an_open_socket_closes_once_its_user_is_deactivated(user, monkeypatch) -> None:
+    monkeypatch.setattr("progress.conf.KEEPALIVE_SECONDS", 0.05)
+    token = access_token_for(user)
+
+    def deactivate() -> None:
+        user.is_active = False
+        user.save()
+
+    async def body() -> None:
+        communicator, connected, _ = await ws_connect(f"/ws/progress/?token={token}")
+        assert connected
+        await sync_to_async(deactivate)()
+        while (message := await communicator.receive_output(timeout=20))["type"] != "websocket.close":
+            pass
+        assert message["code"] == 4401
+
+    run(body)

@@ -195,3 +195,39 @@ def test_wsgi_request_returns_the_beginning_without_hanging(client, admin) -> No
     response = client.get("/progress/events")
     assert response.status_code == 200
     assert named_events(response.content.decode()) == [("new", {"5": "served by gunicorn"})]
+
+
+@pytest.mark.parametrize("change", ["deactivated", "password changed"])
+def test_an_open_stream_ends_once_its_reader_may_no_longer_read(user, monkeypatch, change) -> None:
+    import asyncio
+
+    monkeypatch.setattr("progress.conf.KEEPALIVE_SECONDS", 0.05)
+    token = access_token_for(user)
+
+    def revoke() -> None:
+        if change == "deactivated":
+            user.is_active = False
+        else:
+            user.set_password("a-new-long-password-2")
+        user.save()
+
+    async def body() -> str:
+        sse = SseClient(f"token={token}")
+        await sse.open()
+        await sse.read_until(": keep-alive\n\n")
+        await sync_to_async(revoke)()
+        return await asyncio.wait_for(sse.read_all(), timeout=20)  # a bound for a stream that never ends
+
+    assert run(body).endswith(": keep-alive\n\n")  # it ended by itself after its last keep-alive
+
+
+def test_an_expired_token_no_longer_allows_reading(user) -> None:
+    import time
+
+    from coordinator.tokens import credential_stamp
+    from progress.auth import Access, _allowed_now
+    from progress.selectors import Viewer
+
+    granted = Access(Viewer(sees_all=False, user_id=user.pk), user_id=user.pk, stamp=credential_stamp(user))
+    assert _allowed_now(granted)
+    assert not _allowed_now(Access(granted.viewer, user_id=user.pk, stamp=granted.stamp, expires_at=time.time() - 1))
