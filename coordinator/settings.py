@@ -461,6 +461,8 @@ CREDENTIAL_RATES = {
     "credentials_per_address": env_rate("CREDENTIAL_RATE_PER_ADDRESS", "30/min"),
     "credentials_per_account": env_rate("CREDENTIAL_RATE_PER_ACCOUNT", "10/min"),
 }
+# Job submissions without credentials (pytasks' anonymous jobs), per client address.
+ANONYMOUS_JOB_RATE = env_rate("ANONYMOUS_JOB_RATE", "60/min")
 
 # --- Task farm (farm) ---------------------------------------------------------------------------
 FARM_LEASE_SECONDS = env_int("FARM_LEASE_SECONDS", 3600, minimum=1)

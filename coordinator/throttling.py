@@ -50,6 +50,21 @@ class CredentialAccountThrottle(SimpleRateThrottle):
 CREDENTIAL_THROTTLES = [CredentialAddressThrottle, CredentialAccountThrottle]
 
 
+class AnonymousJobThrottle(SimpleRateThrottle):
+    """Job submissions that carry no credentials, per client address (`settings.ANONYMOUS_JOB_RATE`):
+    pytasks lets anyone run its computational jobs, not flood the queue."""
+
+    scope = "anonymous_jobs"
+
+    def get_rate(self) -> str:
+        return str(settings.ANONYMOUS_JOB_RATE)
+
+    def get_cache_key(self, request: Any, view: Any) -> str | None:
+        if request.headers.get("Authorization"):
+            return None  # a token's holder: its rights are checked by the job's own rules
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
 def body_field(name: str) -> AccountOf:
     """`credential_account` for a view whose JSON body names the account in `name`."""
 

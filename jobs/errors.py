@@ -21,6 +21,12 @@ class JobNotAllowedError(PermissionDeniedError):
     default_message = "You don't have permission to use this tasktype."
 
 
+class JobNeedsUserError(PermissionDeniedError):
+    code = "sign_in_required"
+    status_code = 401
+    default_message = "Sign in to run this job type: it works on the caller's own data."
+
+
 class JobStateError(ConflictError):
     code = "job_state_conflict"
 

@@ -47,6 +47,8 @@ class JobSpec:
     params: list[Param]
     context_param: str | None
     protected: bool = False
+    # Only for a signed-in user: jobs that read or write the caller's data (exports, imports).
+    signed_in: bool = False
     roles: tuple[str, ...] = ()
     timeout: int | None = None
     max_attempts: int = 1
@@ -79,6 +81,7 @@ def job(
     *,
     name: str | None = None,
     protected: bool = False,
+    signed_in: bool = False,
     roles: tuple[str, ...] | list[str] = (),
     timeout: int | None = None,
     max_attempts: int = 1,
@@ -91,6 +94,7 @@ def job(
             func,
             name=name,
             protected=protected,
+            signed_in=signed_in,
             roles=tuple(roles),
             timeout=timeout,
             max_attempts=max_attempts,
@@ -106,6 +110,7 @@ def register(
     *,
     name: str | None = None,
     protected: bool = False,
+    signed_in: bool = False,
     roles: tuple[str, ...] = (),
     timeout: int | None = None,
     max_attempts: int = 1,
@@ -132,6 +137,7 @@ def register(
         params=params,
         context_param=context_param,
         protected=protected,
+        signed_in=signed_in or protected,
         roles=roles,
         timeout=timeout,
         max_attempts=max(1, max_attempts),

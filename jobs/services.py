@@ -20,7 +20,7 @@ from django.utils import timezone
 from coordinator.models import User
 from jobs import conf
 from jobs.context import JobCancelled, JobContext
-from jobs.errors import JobNotAllowedError, JobStateError, UnknownJobTypeError
+from jobs.errors import JobNeedsUserError, JobNotAllowedError, JobStateError, UnknownJobTypeError
 from jobs.models import Job
 from jobs.registry import JobSpec, build_kwargs, get_spec, validate_args
 from progress.services import progress_publish
@@ -78,6 +78,8 @@ def job_create(
     spec = get_spec(type)
     if spec is None:
         raise UnknownJobTypeError(extra={"type": type})
+    if spec.signed_in and (user is None or not user.is_active):
+        raise JobNeedsUserError(extra={"type": type})
     if spec.protected:
         allowed = bool(allowed_tasks.get(spec.name)) if allowed_tasks is not None else user_may_run(user, spec)
         if not allowed:

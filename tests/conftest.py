@@ -26,6 +26,7 @@ UNLIMITED_CREDENTIALS = {"credentials_per_address": "100000/min", "credentials_p
 @pytest.fixture(autouse=True)
 def _credential_limits_out_of_the_way(settings: Any) -> None:
     settings.CREDENTIAL_RATES = UNLIMITED_CREDENTIALS
+    settings.ANONYMOUS_JOB_RATE = "100000/min"
 
 
 @pytest.fixture

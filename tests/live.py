@@ -59,6 +59,7 @@ def server_env(**extra: str) -> dict[str, str]:
             # Live servers of the suite: see tests/conftest.py (UNLIMITED_CREDENTIALS).
             "CREDENTIAL_RATE_PER_ADDRESS": "100000/min",
             "CREDENTIAL_RATE_PER_ACCOUNT": "100000/min",
+            "ANONYMOUS_JOB_RATE": "100000/min",
         }
     )
     env.update(extra)

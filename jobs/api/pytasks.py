@@ -21,7 +21,7 @@ from rest_framework.views import APIView, set_rollback
 
 from coordinator.errors import ApplicationError
 from coordinator.models import User
-from coordinator.throttling import CREDENTIAL_THROTTLES, body_field
+from coordinator.throttling import CREDENTIAL_THROTTLES, AnonymousJobThrottle, body_field
 from jobs.api.common import BodyError, json_body, message_response
 from jobs.api.pytasks_auth import (
     PytasksAuthError,
@@ -94,6 +94,7 @@ def pytasks_status(job: Job) -> str:
 
 
 class PytasksTaskCreateApi(PytasksView):
+    throttle_classes = [AnonymousJobThrottle]
     class InputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "PytasksTaskCreateInput"
@@ -121,6 +122,7 @@ class PytasksTaskCreateApi(PytasksView):
                 "Unknown type, or an argument is missing, of the wrong "
                 "type or not expected (pytasks answers all of these 404).",
             ),
+            429: message_response("PytasksSubmissionsThrottled", "Too many anonymous submissions; see Retry-After."),
         },
         summary="Submit a job (pytasks)",
     )

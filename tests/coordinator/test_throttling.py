@@ -161,3 +161,23 @@ def test_a_client_cannot_dodge_the_address_limit_with_its_own_forwarded_for(sett
         for _ in range(6)
     ]
     assert codes == [401] * 5 + [429]
+
+
+def test_anonymous_job_submissions_are_throttled_per_address(settings: Any) -> None:
+    from jobs.models import Job
+
+    settings.ANONYMOUS_JOB_RATE = "3/min"
+    client, address = APIClient(), an_address()
+    body = {"type": "test.main.add", "args": {"x": 1, "y": 2}}
+    codes = [client.post("/task", body, format="json", REMOTE_ADDR=address).status_code for _ in range(5)]
+    assert codes[3:] == [429, 429] and 429 not in codes[:3]
+    assert Job.objects.count() == codes.count(200) + codes.count(201)
+
+
+def test_exports_need_a_signed_in_user(settings: Any) -> None:
+    """Anonymous exports would each hold every anonymous job, in files nobody can download."""
+    from jobs.models import Job
+
+    answer = APIClient().post("/task", {"type": "csv_export", "args": {}}, format="json")
+    assert answer.status_code == 401 and set(answer.json()) == {"message"}
+    assert not Job.objects.exists()
