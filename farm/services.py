@@ -1,12 +1,12 @@
 """Writes: runs and their controls, workers, task hand-out with leases and attempts, updates, restarts.
 
-Lock order, the same in every write: the run row, then task rows, then the worker row, then the
-run's progress topic (`progress_publish`). A write that may end a run (a task finishing or failing,
-a status change, a restart, a lapsed lease) and every hand-out lock the run row first; a progress
-update (`percentCompleted` only) locks just its task row. Hand-out locks task rows with SKIP LOCKED,
-so it never waits behind a task being updated. A run's `end` is therefore sent by whoever finished
-its last task, under the run's lock, and after it nothing sends a `msg` for the run until it has
-work again (`_publish_trailing` and `_publish_update` check).
+Lock order. Hand-out, controls, materialisation and the lease sweep lock the run row first and then
+never wait for a task row (they take task rows with SKIP LOCKED). Every other write locks its task
+rows first, and the run row last and only when it may have ended the run (`_settle`: the counter
+has handed out every number). The run's progress topic (`progress_publish`) is always locked last.
+So a run's `end` is sent by whoever finished its last task, under the run's lock, and no `msg`
+follows it: a trailing window locks the run row and sends nothing for a finished run, and a
+progress update publishes only while its task is open.
 """
 
 from __future__ import annotations
@@ -69,9 +69,23 @@ def _publish_msg(run: Run, text: str, counts: RunCounts | None = None) -> None:
     progress_publish(topic=run_topic(run), kind="msg", text=text, state=counts.as_state(), owner_id=run.owner_id)
 
 
+def _settle(run: Run, text: str) -> None:
+    """After a write that finished, failed or reset tasks of `run` (its task rows locked, not the
+    run row): the `end` when nothing is left, else a throttled `msg`. The counter is read fresh; while
+    it has numbers left the run cannot have ended, and whoever finishes those settles again."""
+    counter = Run.objects.filter(pk=run.pk).values_list("next_task", "num_tasks").first()
+    if counter is None:
+        return  # deleted meanwhile
+    if counter[0] < counter[1]:
+        if throttle.msg_due(run.pk, False, text):
+            _publish_msg(run, text)
+        return
+    _publish_after_finishing(_locked_run(run.pk), text)
+
+
 def _publish_after_finishing(run: Run, text: str) -> None:
-    """After a write that finished, failed or reset tasks of the locked `run`: the final `msg` and
-    the `end` when nothing is left, else a throttled `msg`."""
+    """Under the run's lock, after tasks finished, failed or went back: the final `msg` and the
+    `end` when nothing is left, else a throttled `msg`."""
     if _run_finished(run):
         throttle.forget(run.pk)
         counts = _counts(run)
@@ -171,11 +185,12 @@ def run_control(*, run: Run, controls: RunControls) -> Run:
 
 @transaction.atomic
 def run_delete(*, run: Run) -> None:
-    """Delete a run and its tasks (the run row first, so no hand-out adds a row meanwhile)."""
-    locked = _locked_run(run.pk)
+    """Delete a run and its tasks. A hand-out holding the run row makes the delete wait; the rows
+    it inserted go too (the database's ON DELETE CASCADE, migration 0006)."""
     throttle.forget(run.pk)
-    progress_publish(topic=run_topic(locked), kind="end", text="run deleted", owner_id=locked.owner_id)
-    locked.delete()
+    topic, owner_id = run_topic(run), run.owner_id
+    Run.objects.filter(pk=run.pk).delete()
+    progress_publish(topic=topic, kind="end", text="run deleted", owner_id=owner_id)
 
 
 class Restart:
@@ -189,9 +204,8 @@ class Restart:
 @transaction.atomic
 def run_restart(*, run: Run, what: str) -> int:
     """Put tasks back to waiting; tasks live workers are computing now are spared, except by ALL."""
-    locked = _locked_run(run.pk)
     now = timezone.now()
-    tasks = Task.objects.filter(run=locked)
+    tasks = Task.objects.filter(run=run)
     back: dict[str, Any] = {"status": Task.Status.WAITING, "worker": None, "updated": now}
     if what == Restart.ALL:
         changed = tasks.update(**back, percent_completed=0.0, attempts=0, failure="")
@@ -205,7 +219,7 @@ def run_restart(*, run: Run, what: str) -> int:
         changed = (lapsed | below.exclude(spared)).update(**back)
     else:
         raise ValueError(f"unknown restart {what!r}")
-    _publish_msg(locked, f"restarted {changed} tasks")
+    _publish_msg(_locked_run(run.pk), f"restarted {changed} tasks")
     return changed
 
 
@@ -278,18 +292,20 @@ def _claim(run: Run, worker: Worker, limit: int, now: datetime) -> list[Task]:
     return sorted(taken, key=lambda task: task.task)
 
 
-@transaction.atomic
 def tasks_claim(*, run: Run, worker: Worker, limit: int = 1) -> list[Task]:
     """Hand up to `limit` tasks to `worker`, each to no other worker (empty: none left, the run is
     paused or at its `max_computing`)."""
-    locked = _locked_run(run.pk)
     now = timezone.now()
-    tasks = _claim(locked, worker, limit, now)
+    with transaction.atomic():
+        locked = _locked_run(run.pk)
+        tasks = _claim(locked, worker, limit, now)
+        if tasks:
+            text = f"{worker.hostname}:{worker.pid} took task {', '.join(str(t.task) for t in tasks[:10])}"
+            if throttle.msg_due(locked.pk, False, text):
+                _publish_msg(locked, text)
+    # After the commit: holding the run row while waiting for the worker's row could deadlock with
+    # that worker's own completion, which holds its worker row and then wants the run row.
     _touch_worker(worker, now)
-    if tasks:
-        text = f"{worker.hostname}:{worker.pid} took task {', '.join(str(t.task) for t in tasks[:10])}"
-        if throttle.msg_due(locked.pk, False, text):
-            _publish_msg(locked, text)
     return tasks
 
 
@@ -326,8 +342,6 @@ def task_update(*, run: Run, number: int, change: TaskChange, sender: str | None
     worker is refused (its lease lapsed and it was handed out again: 409)."""
     if number < 0 or number >= run.num_tasks:
         raise TaskNotFoundError()
-    if change.status is not None:
-        run = _locked_run(run.pk)  # a status change may end (or reopen) the run
     rows = Task.objects.select_for_update(of=("self",)).select_related("worker").filter(run=run, task=number)
     task = rows.first()
     if task is None:
@@ -353,7 +367,7 @@ def task_update(*, run: Run, number: int, change: TaskChange, sender: str | None
         _touch_worker(holder, now)
     text = f"task {number}: {task.status} {task.percent_completed:g}%"
     if change.status is not None:
-        _publish_after_finishing(run, text)
+        _settle(run, text)
     elif task.status in OPEN and throttle.msg_due(run.pk, False, text):
         # The task is open under this row's lock, so the run cannot have ended before this commits.
         _publish_msg(run, text)
@@ -361,7 +375,7 @@ def task_update(*, run: Run, number: int, change: TaskChange, sender: str | None
 
 
 def _finish_held(run: Run, worker: Worker, numbers: list[int], status: str, failure: str = "") -> list[int]:
-    """Under the run's lock: tasks among `numbers` computing for `worker` become `status`."""
+    """Tasks among `numbers` computing for `worker` become `status`."""
     held = Task.objects.filter(run=run, worker=worker, status=Task.Status.COMPUTING, task__in=sorted(set(numbers)))
     ids, finished = [], []
     for pk, number in held.select_for_update(of=("self",)).values_list("pk", "task"):
@@ -379,21 +393,21 @@ def _finish_held(run: Run, worker: Worker, numbers: list[int], status: str, fail
     _touch_worker(worker, now)
     if finished:
         verb = "completed" if status == Task.Status.DONE else "failed"
-        _publish_after_finishing(run, f"{worker.hostname}:{worker.pid} {verb} {len(finished)} tasks")
+        _settle(run, f"{worker.hostname}:{worker.pid} {verb} {len(finished)} tasks")
     return sorted(finished)
 
 
 @transaction.atomic
 def tasks_complete(*, run: Run, worker: Worker, numbers: list[int]) -> list[int]:
     """Mark the tasks among `numbers` that `worker` holds done at 100%; returns those numbers."""
-    return _finish_held(_locked_run(run.pk), worker, numbers, Task.Status.DONE)
+    return _finish_held(run, worker, numbers, Task.Status.DONE)
 
 
 @transaction.atomic
 def tasks_fail(*, run: Run, worker: Worker, numbers: list[int], reason: str = "") -> list[int]:
     """Mark the tasks among `numbers` that `worker` holds failed (never handed out again unless an
     operator restarts the run's failed tasks); returns those numbers."""
-    return _finish_held(_locked_run(run.pk), worker, numbers, Task.Status.FAILED, reason or "reported failed")
+    return _finish_held(run, worker, numbers, Task.Status.FAILED, reason or "reported failed")
 
 
 def leases_expire() -> int:
