@@ -41,6 +41,9 @@ os.environ.update(
         "COORDINATOR_VAR_DIR": str(WORKDIR),
         "DJANGO_SECRET_KEY": os.environ.get("BENCH_SECRET_KEY", secrets.token_urlsafe(50)),
         "DJANGO_DEBUG": "0",
+        # All clients sign in from this one host (docs/security.md): no credential limit here.
+        "CREDENTIAL_RATE_PER_ADDRESS": "1000000/min",
+        "CREDENTIAL_RATE_PER_ACCOUNT": "1000000/min",
         "DJANGO_SETTINGS_MODULE": "coordinator.settings",
         "LOG_LEVEL": "WARNING",
     }

@@ -82,6 +82,9 @@ def platform(var: Path, database_url: str, redis_url: str | None) -> Iterator[tu
             "COORDINATOR_VAR_DIR": str(var),
             "DJANGO_SECRET_KEY": SECRET,
             "DJANGO_DEBUG": "0",
+            # All clients sign in from this one host (docs/security.md): no credential limit here.
+            "CREDENTIAL_RATE_PER_ADDRESS": "1000000/min",
+            "CREDENTIAL_RATE_PER_ACCOUNT": "1000000/min",
             "PROGRESS_PUBLIC": "true",
             "PYTHONPATH": str(ROOT),
             "LOG_LEVEL": "WARNING",

@@ -110,6 +110,9 @@ def main() -> None:
         {
             "COORDINATOR_VAR_DIR": str(workdir),
             "DJANGO_DEBUG": "0",
+            # All clients sign in from this one host (docs/security.md): no credential limit here.
+            "CREDENTIAL_RATE_PER_ADDRESS": "1000000/min",
+            "CREDENTIAL_RATE_PER_ACCOUNT": "1000000/min",
             "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
             "PYTHONUNBUFFERED": "1",
         }
