@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
@@ -223,6 +224,32 @@ class FileOutputSerializer(serializers.Serializer):
     job_id = serializers.IntegerField(allow_null=True)
 
 
+# Room for the multipart boundaries and part headers around the file itself.
+MULTIPART_ALLOWANCE = 64 * 1024
+
+
+class CappedUploadHandler(FileUploadHandler):
+    """Stops reading an upload once it passes `limit` bytes (Django's upload-handler interface), so
+    no more than the limit is ever written to disk; the view then answers 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit, self.received = limit, 0
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+        self.received += len(raw_data)
+        if self.received > self.limit:
+            raise StopUpload(connection_reset=True)
+        return raw_data
+
+    def file_complete(self, file_size: int) -> None:
+        return None
+
+    @property
+    def cut_off(self) -> bool:
+        return self.received > self.limit
+
+
 class FileListApi(BookLogrView):
     parser_classes = [MultiPartParser, FormParser]
 
@@ -274,17 +301,28 @@ class FileListApi(BookLogrView):
     def post(self, request: Request) -> Response:
         user = platform_user(request)
         assert user is not None
+        # Permission and declared size first: nothing of the body is read (or written to a
+        # temporary file) for a caller who may not import, or for a body over the limit.
+        spec = get_spec("jsonl_import")
+        if spec is None or not user_may_run(user, spec):
+            raise JobNotAllowedError("You don't have permission to import into the task pool.")
+        too_large = Response({"error": "Payload too large", "message": "The file is too large."}, status=413)
+        declared = str(request.META.get("CONTENT_LENGTH") or "")
+        if declared.isdigit() and int(declared) > conf.upload_max_bytes() + MULTIPART_ALLOWANCE:
+            return too_large
+        # A body that declares no length (or lies) is cut off while it streams in.
+        cap = CappedUploadHandler(conf.upload_max_bytes())
+        request.upload_handlers.insert(0, cap)
         upload = request.FILES.get("file")
+        if cap.cut_off:
+            return too_large
         if upload is None:
             return Response({"error": "Missing file", "message": "The request is missing the file."}, status=422)
         import_type = request.POST.get("type") or "jsonl"
         if import_type != "jsonl":
             return Response({"error": "Bad type", "message": "The import type can only be jsonl."}, status=400)
-        spec = get_spec("jsonl_import")
-        if spec is None or not user_may_run(user, spec):
-            raise JobNotAllowedError("You don't have permission to import into the task pool.")
         if upload.size and upload.size > conf.upload_max_bytes():
-            return Response({"error": "Payload too large", "message": "The file is too large."}, status=413)
+            return too_large
         row = upload_store(user=user, chunks=upload.chunks())
         job = job_create(type="jsonl_import", data={"filename": row.filename}, user=user)
         return Response(

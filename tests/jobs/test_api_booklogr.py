@@ -203,3 +203,33 @@ def test_ids_beyond_64_bits_are_404_not_500(user, client_for):
     huge = 2**70
     assert client_for(user).get(f"/v1/tasks/{huge}").status_code == 404
     assert client_for(user).post(f"/v1/tasks/{huge}/retry").status_code == 404
+
+
+def test_an_upload_is_refused_before_it_is_read_or_stored(
+    master, user, client_for, export_root: Path, settings, monkeypatch
+):
+    """A caller who may not import, or a file over the limit, never gets its body written to disk:
+    the permission and the declared size come first, and a body that streams past the limit is cut
+    off at the limit."""
+    from django.core.files import uploadhandler
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    written: list[int] = []
+    real_receive = uploadhandler.TemporaryFileUploadHandler.receive_data_chunk
+
+    def counting(self, raw_data, start):
+        written.append(len(raw_data))
+        return real_receive(self, raw_data, start)
+
+    monkeypatch.setattr(uploadhandler.TemporaryFileUploadHandler, "receive_data_chunk", counting)
+    monkeypatch.setattr(uploadhandler.MemoryFileUploadHandler, "receive_data_chunk", counting)
+    big = b'{"id": "x"}\n' * 20_000  # 240 KB
+    response = client_for(user).post("/v1/files", {"file": SimpleUploadedFile("a.jsonl", big)}, format="multipart")
+    assert response.status_code == 403 and written == []
+    settings.JOBS_UPLOAD_MAX_BYTES = 1000
+    response = client_for(master).post("/v1/files", {"file": SimpleUploadedFile("a.jsonl", big)}, format="multipart")
+    assert response.status_code == 413 and written == []  # refused on its declared length
+    settings.JOBS_UPLOAD_MAX_BYTES = 200_000  # the declared length passes; the stream is cut at the limit
+    response = client_for(master).post("/v1/files", {"file": SimpleUploadedFile("a.jsonl", big)}, format="multipart")
+    assert response.status_code == 413 and 0 < sum(written) <= 200_000
+    assert not JobFile.objects.exists() and not list(export_root.iterdir())
