@@ -95,6 +95,7 @@ def pytasks_status(job: Job) -> str:
 
 class PytasksTaskCreateApi(PytasksView):
     throttle_classes = [AnonymousJobThrottle]
+
     class InputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "PytasksTaskCreateInput"
