@@ -3,7 +3,9 @@
 Starts `manage.py serve` on a fresh embedded database (or on DATABASE_URL when set), creates one
 user per role (and a validated device when the pool app provides `createdevice`), then runs
 schemathesis once anonymously and once per identity. Fails on any 5xx and on any response whose
-status, content type or body the schema does not describe.
+status, content type or body the schema does not describe. Then sends the fixed corpus of hostile
+payloads (`.ci/hostile.py`) to every operation as every identity, and fails on any 5xx there and on
+any traceback in the server's log.
 """
 
 from __future__ import annotations
@@ -173,6 +175,27 @@ def main() -> int:
             print(f"[fuzz] {name}: exit {result.returncode} in {time.monotonic() - started:.0f}s", flush=True)
             if result.returncode != 0:
                 failures.append(name)
+
+        # The fixed corpus of hostile payloads (.ci/hostile.py), as every identity.
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from hostile import hostile_pass
+
+        print("\n[fuzz] === hostile-input corpus ===", flush=True)
+        started = time.monotonic()
+        hostile_identities: list[tuple[str, dict[str, str], tuple[str, str] | None]] = []
+        for name, auth in identities:
+            if name == "farm-basic":
+                hostile_identities.append((name, {}, ("master@fuzz.example", PASSWORD)))
+            else:
+                header = auth[1] if auth else ""
+                key, _, value = header.partition(": ")
+                hostile_identities.append((name, {key: value} if header else {}, None))
+        hostile = hostile_pass(base, hostile_identities)
+        print(f"[fuzz] hostile-input corpus: {len(hostile)} failure(s) in {time.monotonic() - started:.0f}s")
+        for line in hostile[:50]:
+            print(f"[fuzz]   {line}")
+        if hostile:
+            failures.append("hostile-input corpus")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -185,6 +208,7 @@ def main() -> int:
     if tracebacks:
         print(f"[fuzz] the server logged {tracebacks} traceback(s); the last one:")
         print(server_log[server_log.rfind("Traceback (most recent call last)") - 2000 :][:6000])
+        failures.append("tracebacks in the server log")
     if failures:
         print(f"[fuzz] FAILED for: {', '.join(failures)} (server log: {workdir / 'serve.log'})")
         return 1

@@ -522,7 +522,7 @@ def pool_import_jsonl(
     try:
         handle = open(path, "rb")
     except OSError as exc:
-        report.errors.append({"file": path.name, "line": 0, "error": f"cannot open: {exc.strerror or exc}"})
+        report.errors.append({"file": str(path), "line": 0, "error": f"cannot open: {exc.strerror or exc}"})
         return report
     with handle:
         for line_no, raw_bytes in enumerate(handle, start=1):
@@ -532,11 +532,11 @@ def pool_import_jsonl(
             try:
                 message, status = _parse_line(raw_bytes.decode("utf-8"))
             except UnicodeDecodeError as exc:
-                report.errors.append({"file": path.name, "line": line_no, "error": f"not UTF-8: {exc.reason}"})
+                report.errors.append({"file": str(path), "line": line_no, "error": f"not UTF-8: {exc.reason}"})
                 continue
             except (ValueError, InvalidTargetError) as exc:
                 error = exc.message if isinstance(exc, InvalidTargetError) else str(exc)
-                report.errors.append({"file": path.name, "line": line_no, "error": error})
+                report.errors.append({"file": str(path), "line": line_no, "error": error})
                 continue
             if status is not None:
                 response_ids.append(message.msg_id)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from coordinator.api.parsers import loads_strict
 from progress import conf
 from progress.auth import Access, access_for, still_allowed
 from progress.db import db_call
@@ -90,7 +90,7 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
     @classmethod
     async def decode_json(cls, text_data: str) -> Any:
         try:
-            return json.loads(text_data)
+            return loads_strict(text_data)
         except ValueError:
             return None  # answered with an error message below, never a crash
 

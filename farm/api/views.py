@@ -11,12 +11,12 @@ from typing import Any
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.authentication import JWTAuthentication
 
+from coordinator.api.parsers import JSONParser
 from coordinator.api.views import ErrorEnvelopeSerializer
 from coordinator.models import User
 from farm import selectors, services

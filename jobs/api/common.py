@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
+
+from coordinator.api.parsers import loads_strict
 
 
 class BodyError(Exception):
@@ -20,8 +21,8 @@ def json_body(request: Request) -> Any:
     if not raw or not raw.strip():
         return None
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+        return loads_strict(raw)
+    except ValueError as exc:
         raise BodyError("The request body is not valid JSON.") from exc
 
 

@@ -13,12 +13,12 @@ from typing import Any
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, set_rollback
 
+from coordinator.api.parsers import JSONParser
 from coordinator.errors import ApplicationError
 from coordinator.models import User
 from coordinator.throttling import CREDENTIAL_THROTTLES, AnonymousJobThrottle, body_field
