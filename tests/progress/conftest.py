@@ -31,7 +31,7 @@ async def ws_connect(
     path: str = "/ws/progress/", headers: list[tuple[bytes, bytes]] | None = None
 ) -> tuple[WebsocketCommunicator, bool, int | None]:
     communicator = WebsocketCommunicator(
-        application, path, headers=[(b"origin", b"http://127.0.0.1"), *(headers or [])]
+        application, path, headers=[(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), *(headers or [])]
     )
     connected, code = await communicator.connect()
     return communicator, connected, code

@@ -158,3 +158,40 @@ def test_an_open_socket_closes_once_its_user_is_deactivated(user, monkeypatch) -
         assert message["code"] == 4401
 
     run(body)
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed"),
+    [
+        (b"http://127.0.0.1:8000", b"127.0.0.1:8000", True),
+        (b"http://127.0.0.1:9999", b"127.0.0.1:8000", False),  # another application on this host
+        (b"http://127.0.0.1", b"127.0.0.1:8000", False),
+        (b"http://evil.example:8000", b"127.0.0.1:8000", False),
+    ],
+)
+def test_a_websocket_from_a_page_on_another_port_is_refused(admin, origin, host, allowed) -> None:
+    token = access_token_for(admin)
+
+    async def body() -> bool:
+        communicator, connected, _ = await ws_connect(
+            f"/ws/progress/?token={token}", headers=[(b"origin", origin), (b"host", host)]
+        )
+        await communicator.disconnect()
+        return connected
+
+    assert run(body) is allowed
+
+
+def test_a_trusted_origin_may_open_a_websocket_behind_a_proxy_that_rewrites_host(admin, settings) -> None:
+    settings.CSRF_TRUSTED_ORIGINS = ["https://localhost:8443"]  # the address browsers use; nginx forwards to :8001
+    token = access_token_for(admin)
+
+    async def body() -> bool:
+        communicator, connected, _ = await ws_connect(
+            f"/ws/progress/?token={token}",
+            headers=[(b"origin", b"https://localhost:8443"), (b"host", b"127.0.0.1:8001")],
+        )
+        await communicator.disconnect()
+        return connected
+
+    assert run(body) is True
