@@ -52,6 +52,11 @@ def max_streams() -> int:
     return int(settings.PROGRESS_MAX_STREAMS)
 
 
+def streams_per_user() -> int:
+    """`PROGRESS_STREAMS_PER_USER`: open streams (SSE and WebSocket) of one user in this process."""
+    return int(settings.PROGRESS_STREAMS_PER_USER)
+
+
 def transport() -> str:
     """`layer` (channels-redis) when Redis carries the channel layer, else `db` (event-table polling)."""
     backend = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")

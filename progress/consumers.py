@@ -5,7 +5,8 @@ Client messages: `{"type": "subscribe", "topics": [...], "since": <event id, opt
 Server messages: `{"type": "subscribed", "topics": [...]}`, `{"type": "event", "id", "topic",
 "kind", "text", "state", "at"}` (a `"snapshot": true` event carries a topic's current state
 right after subscribing) and `{"type": "error", "code", "message"}`.
-Refusals: close code 4401 (no or bad credentials), 4403 (account not allowed).
+Refusals: close code 4401 (no or bad credentials), 4403 (account not allowed), 4429 (the user
+already holds PROGRESS_STREAMS_PER_USER open streams).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from progress import conf
 from progress.auth import Access, access_for, still_allowed
 from progress.db import db_call
 from progress.events import Event, ws_payload
-from progress.hub import Subscriber, hub
+from progress.hub import Subscriber, TooManyStreams, hub
 from progress.selectors import Viewer, event_list_after, topic_state_events
 
 MAX_TOPICS = 1000
@@ -46,8 +47,13 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4401 if access.status == 401 else 4403)
             return
         self.viewer = access.viewer
-        self.subscriber = Subscriber(self._accepts)
-        await hub().subscribe(self.subscriber)
+        subscriber = Subscriber(self._accepts, reader=access.user_id)
+        try:
+            await hub().subscribe(subscriber)
+        except TooManyStreams:
+            await self.close(code=4429)  # this user holds as many open streams as one may
+            return
+        self.subscriber = subscriber
         self.pump = asyncio.get_running_loop().create_task(self._forward(self.subscriber))
         self.watch = asyncio.get_running_loop().create_task(self._watch(access))
 

@@ -34,7 +34,7 @@ from progress import conf
 from progress.auth import Access, access_for, still_allowed
 from progress.db import db_call
 from progress.events import Event, sse_frame
-from progress.hub import Subscriber, hub
+from progress.hub import Subscriber, TooManyStreams, hub
 from progress.selectors import (
     REPLAY_LIMIT,
     Viewer,
@@ -95,8 +95,11 @@ async def _live(access: Access, topics: set[str], after: int | None) -> AsyncIte
     def accepts(event: Event) -> bool:
         return viewer.can_see(event) and (not topics or event["topic"] in topics)
 
-    subscriber = Subscriber(accepts)
-    await hub().subscribe(subscriber)  # before reading the beginning: nothing falls in between
+    subscriber = Subscriber(accepts, reader=access.user_id)
+    try:
+        await hub().subscribe(subscriber)  # before reading the beginning: nothing falls in between
+    except TooManyStreams:
+        return  # opened alongside another at the same moment, past the limit the view checked
     try:
         frames, replayed, covered = await db_call(_beginning)(viewer, topics, after)
         for frame in frames:
@@ -156,6 +159,12 @@ async def progress_events(request: HttpRequest) -> HttpResponseBase:
     if once:
         frames, _, _ = await db_call(_beginning)(access.viewer, topics, after)
         return _stream_headers(HttpResponse("".join(frames), content_type="text/event-stream"))
+    if access.user_id is not None and hub().streams_of(access.user_id) >= conf.streams_per_user():
+        response = error_response(
+            429, "too_many_streams", f"At most {conf.streams_per_user()} open progress streams per user."
+        )
+        response["Retry-After"] = str(max(1, int(conf.keepalive_seconds())))
+        return response
     return _stream_headers(StreamingHttpResponse(_live(access, topics, after), content_type="text/event-stream"))
 
 

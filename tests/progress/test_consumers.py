@@ -195,3 +195,18 @@ def test_a_trusted_origin_may_open_a_websocket_behind_a_proxy_that_rewrites_host
         return connected
 
     assert run(body) is True
+
+
+def test_a_websocket_past_the_users_stream_limit_is_closed_with_4429(user, settings) -> None:
+    settings.PROGRESS_STREAMS_PER_USER = 1
+    token = access_token_for(user)
+
+    async def body() -> int:
+        first, connected, _ = await ws_connect(f"/ws/progress/?token={token}")
+        assert connected
+        second, _, _ = await ws_connect(f"/ws/progress/?token={token}")
+        closed = await second.receive_output(timeout=5)
+        await first.disconnect()
+        return int(closed["code"])
+
+    assert run(body) == 4429

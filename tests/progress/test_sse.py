@@ -231,3 +231,30 @@ def test_an_expired_token_no_longer_allows_reading(user) -> None:
     granted = Access(Viewer(sees_all=False, user_id=user.pk), user_id=user.pk, stamp=credential_stamp(user))
     assert _allowed_now(granted)
     assert not _allowed_now(Access(granted.viewer, user_id=user.pk, stamp=granted.stamp, expires_at=time.time() - 1))
+
+
+def test_one_user_holds_at_most_so_many_open_streams(user, settings) -> None:
+    settings.PROGRESS_STREAMS_PER_USER = 2
+    token = access_token_for(user)
+
+    async def body() -> list[int]:
+        opened = [SseClient(f"token={token}") for _ in range(3)]
+        statuses = []
+        for sse in opened[:2]:
+            await sse.open()
+            await sse.read_until("id: ")
+            statuses.append(sse.status)
+        await opened[2].open()
+        statuses.append(opened[2].status)
+        refused = json.loads(await opened[2].read_all())
+        assert refused["code"] == "too_many_streams"
+        await opened[0].close()
+        again = SseClient(f"token={token}")
+        await again.open()
+        await again.read_until("id: ")
+        statuses.append(again.status)
+        for sse in (opened[1], again):
+            await sse.close()
+        return statuses
+
+    assert run(body) == [200, 200, 429, 200]
