@@ -78,6 +78,12 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def forget_secret_environment() -> None:
+    """Drop SECRET_ENVIRONMENT from this process's environment (settings already hold the values)."""
+    for name in SECRET_ENVIRONMENT:
+        os.environ.pop(name, None)
+
+
 def env_rate(name: str, default: str) -> str:
     """A rate such as `30/min` (a count per s, min, hour or day), as DRF's throttles read it."""
     raw = env_str(name, default)
@@ -282,6 +288,17 @@ def _pem(name: str) -> str:
     return path.read_text()
 
 
+# Variables holding secrets. The WSGI server copies the process environment into every request's
+# environ (request.META, error reports), so coordinator/wsgi.py drops these once settings hold them
+# (`forget_secret_environment`).
+SECRET_ENVIRONMENT = (
+    "DJANGO_SECRET_KEY",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "JWT_PRIVATE_KEY",
+    "COORDINATOR_ADMIN_PASSWORD",
+    "COORDINATOR_PASSWORD",
+)
 JWT_PRIVATE_KEY = _pem("JWT_PRIVATE_KEY")
 JWT_PUBLIC_KEY = _pem("JWT_PUBLIC_KEY")
 if bool(JWT_PRIVATE_KEY) != bool(JWT_PUBLIC_KEY):

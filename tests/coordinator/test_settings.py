@@ -197,3 +197,21 @@ def test_retry_shorter_than_timeout_is_refused(tmp_path: Path) -> None:
     out = run_settings_probe({"COORDINATOR_VAR_DIR": str(tmp_path), "Q_TIMEOUT": "600", "Q_RETRY": "60"}, "")
     assert out.returncode != 0
     assert "Q_RETRY=60 must be longer than Q_TIMEOUT=600" in out.stderr
+
+
+def test_the_wsgi_application_keeps_no_secret_in_the_environment_requests_are_built_from() -> None:
+    """granian copies the process environment into every request's environ (request.META): once
+    settings hold the secrets, the WSGI module drops them from it."""
+    import subprocess
+    import sys
+
+    from tests.live import ROOT, server_env
+
+    env = server_env(COORDINATOR_ADMIN_PASSWORD="an-admin-secret-1", JWT_PRIVATE_KEY="")
+    probe = (
+        "import os, coordinator.wsgi; from django.conf import settings; "
+        "print(sorted(k for k in settings.SECRET_ENVIRONMENT if k in os.environ))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert "DJANGO_SECRET_KEY" in env and "DATABASE_URL" in env  # they were there to start with
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
