@@ -101,6 +101,9 @@ def test_serve_answers_on_one_address_and_stops_cleanly(tmp_path: Path) -> None:
         assert "What runs here" in requests.get(f"{base}/", timeout=5).text
         # A WebSocket that opens and closes normally leaves no error behind (checked in the log below).
         assert websocket_open_and_close(port).startswith(b"HTTP/1.1 101")
+        # A JWT passed as ?token= (EventSource cannot send headers) never reaches the access log.
+        refused = requests.get(f"{base}/progress/events?once=1&token=eyJhbGciOi.not-a-real-token-4711", timeout=10)
+        assert refused.status_code == 401
         # A second `serve` of the same checkout finds this one answering and refuses, leaving it alone.
         second = subprocess.run(
             [sys.executable, "manage.py", "serve", "--port", str(free_port()), "--workers", "1"],
@@ -132,6 +135,7 @@ def test_serve_answers_on_one_address_and_stops_cleanly(tmp_path: Path) -> None:
     ):
         assert re.search(pattern, output), (pattern, output[:3000])
     assert "Task was destroyed" not in output, output[-3000:]
+    assert "not-a-real-token-4711" not in output and "token=[redacted]" in output, output[-3000:]
     assert "None:None" not in output and "] None " not in output, output[-3000:]  # the client is named
     assert "WSCONNECT" in output or "WSDISCONNECT" in output or "/ws/progress/" in output, output[-3000:]
     assert proc.returncode == 0, output[-3000:]

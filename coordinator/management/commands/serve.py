@@ -93,7 +93,8 @@ def build_process_specs(
     else:
         # The front door routes each connection by its first request: one request per connection.
         web = granian_argv(uds=wsgi_socket, workers=workers, keep_alive=False, access_log=access_log)
-    daphne = [_bin("daphne"), "--proxy-headers"]
+    # daphne's own command line, its access log with `?token=` values redacted.
+    daphne = [sys.executable, "-m", "coordinator.serving.daphne_main", "--proxy-headers"]
     # Twisted's UNIX endpoint chmods its socket to 0666 unless told otherwise: the front door alone
     # (the same user) connects to it.
     private = ["--endpoint", f"unix:{asgi_socket}:mode=600"]
