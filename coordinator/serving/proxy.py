@@ -15,6 +15,13 @@ request comes on a new connection, routed afresh. With keep-alive on, a browser 
 long-lived by nature and stay on daphne. In production a real reverse proxy (nginx, see
 docs/serving.md) does this job instead, per request.
 
+A plain request's body is read here in full before granian sees the request (as nginx buffers
+bodies): a client that sends its headers and then stalls, or trickles its body, holds a coroutine
+of this process and never one of granian's workers. Bodies must declare their length (chunked
+ones get 411) and fit `--max-body` (else 413); a client silent for BODY_IDLE_SECONDS while sending
+gets 408. At most MAX_CONNECTIONS connections are open at once, MAX_PER_CLIENT from one address;
+a connection past either gets 503 at once.
+
 granian refuses connections until one of its workers has loaded the application (seconds, while
 Django starts; gunicorn queued them instead), so a connection that finds its server not
 accepting yet waits for it here, up to UPSTREAM_WAIT seconds, before being answered 502.
@@ -33,7 +40,10 @@ import json
 import logging
 import signal
 import socket
+import tempfile
+from collections import Counter
 from collections.abc import Sequence
+from typing import IO
 
 from coordinator.api.envelope import error_body
 from coordinator.serving.group import STOP_GRACE_SECONDS
@@ -41,7 +51,12 @@ from coordinator.serving.group import STOP_GRACE_SECONDS
 logger = logging.getLogger("coordinator.proxy")
 
 MAX_HEAD = 64 * 1024  # request line and headers
-HEAD_SECONDS = 60.0  # for the whole request head
+HEAD_SECONDS = 20.0  # for the whole request head: an idle connection is closed after this
+BODY_IDLE_SECONDS = 20.0  # the longest silence while a client sends its body
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+MAX_CONNECTIONS = 4096  # below the process's file descriptor limit, with room for the upstream side
+MAX_PER_CLIENT = 256
+SPOOL_IN_MEMORY = 1024 * 1024
 CHUNK = 64 * 1024
 UPSTREAM_WAIT = 15.0  # seconds a connection waits for a server that is starting (not accepting yet)
 UPSTREAM_RETRY = 0.05
@@ -62,6 +77,36 @@ def _answer(status: str, code: str, message: str) -> bytes:
     return head.encode() + body
 
 
+class BadFraming(Exception):
+    def __init__(self, status: str, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def body_framing(head: bytes) -> tuple[int, bool]:
+    """The declared body length of a request head, and whether it asks for `100 Continue`."""
+    length: int | None = None
+    expect_continue = False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == b"transfer-encoding":
+            raise BadFraming("411 Length Required", "length_required", "Send the body with a Content-Length.")
+        if name == b"content-length":
+            if not value.isdigit() or len(value) > 15 or (length is not None and int(value) != length):
+                raise BadFraming("400 Bad Request", "bad_content_length", "The Content-Length is not valid.")
+            length = int(value)
+        if name == b"expect" and value.lower() == b"100-continue":
+            expect_continue = True
+    return length or 0, expect_continue
+
+
+def without_expect(head: bytes) -> bytes:
+    """The head without `Expect` (the front door has answered `100 Continue` itself)."""
+    lines = [line for line in head.split(b"\r\n") if line.split(b":", 1)[0].strip().lower() != b"expect"]
+    return b"\r\n".join(lines)
+
+
 def forwarded_head(head: bytes, peer: object) -> bytes:
     """The request head with the client's X-Forwarded-* headers replaced by ours, naming `peer`."""
     request_line, _, rest = head.partition(b"\r\n")
@@ -73,7 +118,11 @@ def forwarded_head(head: bytes, peer: object) -> bytes:
 
 
 class Router:
-    def __init__(self, wsgi_socket: str, asgi_socket: str, asgi_prefixes: Sequence[str]) -> None:
+    def __init__(
+        self, wsgi_socket: str, asgi_socket: str, asgi_prefixes: Sequence[str], max_body: int = DEFAULT_MAX_BODY
+    ) -> None:
+        self.max_body = max_body
+        self.per_client: Counter[str] = Counter()
         self.wsgi_socket = wsgi_socket
         self.asgi_socket = asgi_socket
         self.asgi_prefixes = tuple(prefix.encode() for prefix in asgi_prefixes)
@@ -91,8 +140,20 @@ class Router:
     async def handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        peer = client_writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if len(self.connections) >= MAX_CONNECTIONS or self.per_client[client] >= MAX_PER_CLIENT:
+            await self._refuse(
+                client_writer, "503 Service Unavailable", "too_many_connections", "Too many connections."
+            )
+            await self._linger(client_reader, client_writer)  # what the client sends meanwhile
+            with contextlib.suppress(Exception):
+                client_writer.close()
+            return
         self.connections[task] = False
+        self.per_client[client] += 1
         upstream: socket.socket | None = None
+        body: IO[bytes] | None = None
         pumps: list[asyncio.Future[None]] = []
         try:
             try:
@@ -109,6 +170,15 @@ class Router:
                 return
             path = self.upstream_for(head.split(b"\r\n", 1)[0])
             self.connections[task] = path == self.asgi_socket
+            if path == self.wsgi_socket:
+                try:
+                    head, body = await self._buffered(head, client_reader, client_writer)
+                except BadFraming as refusal:
+                    await self._refuse(client_writer, refusal.status, refusal.code, refusal.message)
+                    await self._linger(client_reader, client_writer)  # the client may still be sending
+                    return
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
             upstream = await self._connect(path)
             if upstream is None:
                 await self._refuse(
@@ -118,11 +188,11 @@ class Router:
                     "The application server is not ready yet; retry in a moment.",
                 )
                 return
-            request_head = forwarded_head(head, client_writer.get_extra_info("peername"))
+            request_head = forwarded_head(head, peer)
             # The server side is a plain socket, not a stream transport: a transport that fails to
             # write (the server closed without reading the whole body, as for a 401 before a large
             # upload) closes itself for reading too, and the answer waiting in the socket was lost.
-            to_upstream = asyncio.ensure_future(self._to_upstream(request_head, client_reader, upstream))
+            to_upstream = asyncio.ensure_future(self._to_upstream(request_head, body, client_reader, upstream))
             to_client = asyncio.ensure_future(self._to_client(upstream, client_writer))
             pumps += [to_upstream, to_client]
             # The response side decides: once the server has finished (closed), the exchange is over.
@@ -135,12 +205,50 @@ class Router:
             await self._linger(client_reader, client_writer)
         finally:
             self.connections.pop(task, None)
+            self.per_client[client] -= 1
+            if self.per_client[client] <= 0:
+                del self.per_client[client]
             for pump in pumps:  # cancelled midway (a stream ended on stop): no task left pending
                 pump.cancel()
             if upstream is not None:
                 upstream.close()
+            if body is not None:
+                body.close()
             with contextlib.suppress(Exception):
                 client_writer.close()
+
+    async def _buffered(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[bytes, IO[bytes]]:
+        """The request's head and its whole body, read before any server sees the request."""
+        length, expect_continue = body_framing(head)
+        if length > self.max_body:
+            raise BadFraming(
+                "413 Content Too Large", "body_too_large", f"The body is larger than {self.max_body} bytes."
+            )
+        if expect_continue:
+            head = without_expect(head)
+            if length:
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await writer.drain()
+        # In memory up to a megabyte, in a private temporary file beyond (the process's umask).
+        body: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+        left = length
+        try:
+            while left:
+                try:
+                    chunk = await asyncio.wait_for(reader.read(min(CHUNK, left)), timeout=BODY_IDLE_SECONDS)
+                except TimeoutError:
+                    raise BadFraming("408 Request Timeout", "body_timeout", "The body stopped arriving.") from None
+                if not chunk:
+                    raise asyncio.IncompleteReadError(b"", length)
+                body.write(chunk)
+                left -= len(chunk)
+        except BaseException:
+            body.close()
+            raise
+        body.seek(0)
+        return head, body
 
     @staticmethod
     async def _refuse(writer: asyncio.StreamWriter, status: str, code: str, message: str) -> None:
@@ -180,11 +288,16 @@ class Router:
                 return None
 
     @staticmethod
-    async def _to_upstream(head: bytes, reader: asyncio.StreamReader, upstream: socket.socket) -> None:
-        """The request, as the client sends it, then EOF once the client has sent everything."""
+    async def _to_upstream(
+        head: bytes, body: IO[bytes] | None, reader: asyncio.StreamReader, upstream: socket.socket
+    ) -> None:
+        """The request (its buffered body, if any), then whatever else the client sends, then EOF
+        once the client has sent everything."""
         loop = asyncio.get_running_loop()
         try:
             await loop.sock_sendall(upstream, head)
+            while body is not None and (data := body.read(CHUNK)):
+                await loop.sock_sendall(upstream, data)
             while data := await reader.read(CHUNK):
                 await loop.sock_sendall(upstream, data)
             upstream.shutdown(socket.SHUT_WR)
@@ -241,8 +354,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--wsgi-socket", required=True)
     parser.add_argument("--asgi-socket", required=True)
     parser.add_argument("--asgi-prefix", action="append", default=[])
+    parser.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, help="largest request body, in bytes")
     args = parser.parse_args(argv)
-    router = Router(args.wsgi_socket, args.asgi_socket, args.asgi_prefix or ["/ws/", "/progress/events"])
+    router = Router(
+        args.wsgi_socket, args.asgi_socket, args.asgi_prefix or ["/ws/", "/progress/events"], max_body=args.max_body
+    )
     try:
         import uvloop
 

@@ -21,7 +21,7 @@ from rest_framework.views import APIView, set_rollback
 from coordinator.api.parsers import JSONParser
 from coordinator.errors import ApplicationError
 from coordinator.models import User
-from coordinator.throttling import CREDENTIAL_THROTTLES, AnonymousJobThrottle, body_field
+from coordinator.throttling import CREDENTIAL_THROTTLES, AnonymousJobThrottle
 from jobs.api.common import BodyError, json_body, message_response
 from jobs.api.pytasks_auth import (
     PytasksAuthError,
@@ -225,9 +225,19 @@ class PytasksPingApi(PytasksView):
         return Response({"status": "online"})
 
 
+def _token_user(request: Request) -> object:
+    """The account a token request names, for the per-account limit (the view reads the raw body
+    itself, as pytasks does; a body that is not JSON names none and gets pytasks' own 400)."""
+    try:
+        body = json_body(request)
+    except BodyError:
+        return None
+    return body.get("user") if isinstance(body, dict) else None
+
+
 class PytasksTokenApi(PytasksView):
     throttle_classes = CREDENTIAL_THROTTLES
-    credential_account = staticmethod(body_field("user"))
+    credential_account = staticmethod(_token_user)
 
     class InputSerializer(serializers.Serializer):
         class Meta:

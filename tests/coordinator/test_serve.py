@@ -324,3 +324,117 @@ def test_front_door_delivers_an_early_answer_to_a_client_still_sending_its_body(
         shutil.rmtree(socket_dir, ignore_errors=True)
     assert len(answers) == 5
     assert all(a.startswith(b"HTTP/1.1 401 Unauthorized") and a.endswith(b"denied") for a in answers), answers
+
+
+def _door_scenario(scenario_body: Any, monkeypatch: pytest.MonkeyPatch, **limits: Any) -> Any:
+    """Runs `scenario_body(port, requests the server saw, router)` against a front door whose WSGI server
+    answers 200 after reading the whole request; returns what the scenario returns."""
+    import asyncio
+    import shutil
+    import tempfile
+
+    from coordinator.serving import proxy
+
+    for name, value in limits.items():
+        monkeypatch.setattr(proxy, name, value)
+    socket_dir = Path(tempfile.mkdtemp(prefix="door", dir="/tmp"))
+    wsgi_path = socket_dir / "wsgi.sock"
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1)) if b"Content-Length" in head else 0
+        seen.append(head + await reader.readexactly(length))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> Any:
+        router = proxy.Router(str(wsgi_path), str(socket_dir / "asgi.sock"), ["/ws/"], max_body=1000)
+        upstream = await asyncio.start_unix_server(answer, path=str(wsgi_path))
+        door = await asyncio.start_server(router.handle, "127.0.0.1", 0)
+        try:
+            return await scenario_body(door.sockets[0].getsockname()[1], seen, router)
+        finally:
+            door.close()
+            upstream.close()
+
+    try:
+        return asyncio.run(scenario())
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+async def _exchange(port: int, request: bytes, *, then_wait: bool = True) -> bytes:
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=10) if then_wait else b""
+    writer.close()
+    return answer
+
+
+def test_front_door_holds_a_stalled_body_itself_and_never_passes_it_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Headers, then a body that stops arriving: 408 from the door, the WSGI server never sees it."""
+
+    async def body(port: int, seen: list[bytes], router: Any) -> tuple[bytes, int]:
+        answer = await _exchange(port, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n\r\n0123456789")
+        return answer, len(seen)
+
+    answer, passed_on = _door_scenario(body, monkeypatch, BODY_IDLE_SECONDS=0.3)
+    assert answer.startswith(b"HTTP/1.1 408") and b"body_timeout" in answer and passed_on == 0
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status"),
+    [
+        (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n", b"413"),  # over max_body
+        (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"411"),
+        (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n", b"400"),
+        (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", b"400"),
+    ],
+)
+def test_front_door_refuses_bodies_it_would_not_buffer(
+    monkeypatch: pytest.MonkeyPatch, request_head: bytes, status: bytes
+) -> None:
+    async def body(port: int, seen: list[bytes], router: Any) -> tuple[bytes, int]:
+        return await _exchange(port, request_head), len(seen)
+
+    answer, passed_on = _door_scenario(body, monkeypatch)
+    assert answer.startswith(b"HTTP/1.1 " + status) and passed_on == 0, answer
+
+
+def test_front_door_buffers_the_body_and_answers_100_continue_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    async def body(port: int, seen: list[bytes], router: Any) -> tuple[bytes, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        await writer.drain()
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        writer.write(b"hello")
+        await writer.drain()
+        final = await asyncio.wait_for(reader.read(), timeout=10)
+        writer.close()
+        return interim, final
+
+    interim, final = _door_scenario(body, monkeypatch)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n" and final.endswith(b"ok")
+
+
+def test_front_door_caps_connections_per_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    async def body(port: int, seen: list[bytes], router: Any) -> bytes:
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        while router.per_client["127.0.0.1"] < 2:  # until the door holds both (they send nothing)
+            await asyncio.sleep(0.01)
+        answer = await _exchange(port, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        for _, writer in idle:
+            writer.close()
+        return answer
+
+    answer = _door_scenario(body, monkeypatch, MAX_PER_CLIENT=2)
+    assert answer.startswith(b"HTTP/1.1 503") and b"too_many_connections" in answer

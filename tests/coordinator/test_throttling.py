@@ -181,3 +181,8 @@ def test_exports_need_a_signed_in_user(settings: Any) -> None:
     answer = APIClient().post("/task", {"type": "csv_export", "args": {}}, format="json")
     assert answer.status_code == 401 and set(answer.json()) == {"message"}
     assert not Job.objects.exists()
+
+
+def test_a_pytasks_token_request_that_is_not_json_keeps_pytasks_own_answer() -> None:
+    answer = APIClient().post("/token", b"{not json", content_type="application/json", REMOTE_ADDR=an_address())
+    assert answer.status_code == 400 and set(answer.json()) == {"errors", "message"}

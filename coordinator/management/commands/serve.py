@@ -114,6 +114,10 @@ def build_process_specs(
             str(wsgi_socket),
             "--asgi-socket",
             str(asgi_socket),
+            # The front door buffers each plain request's body before granian sees it: up to the
+            # largest body any endpoint accepts, with room for multipart framing.
+            "--max-body",
+            str(max(settings.DATA_UPLOAD_MAX_MEMORY_SIZE, settings.JOBS_UPLOAD_MAX_BYTES) + 64 * 1024),
         ]
         for prefix in settings.ASGI_PATH_PREFIXES:
             proxy += ["--asgi-prefix", prefix]
