@@ -13,6 +13,7 @@ class ApplicationError(Exception):
     code: str = "application_error"
     status_code: int = 400
     default_message: str = "The request could not be processed."
+    headers: dict[str, str] = {}
 
     def __init__(
         self,
@@ -53,3 +54,23 @@ class ValidationFailedError(ApplicationError):
     code = "validation_error"
     status_code = 400
     default_message = "Invalid input."
+
+
+class DatabaseUnavailableError(ApplicationError):
+    """The database does not answer (an outage, a restart, a connection it dropped): the request
+    changed nothing and may be sent again."""
+
+    code = "database_unavailable"
+    status_code = 503
+    default_message = "The database is not reachable right now; retry shortly."
+    headers = {"Retry-After": "5"}
+
+
+def as_application_error(exc: Exception) -> Exception:
+    """`exc`, or the ApplicationError a client should see for it: every dialect's exception handler
+    and the error middleware start here, so an outage is a 503 with Retry-After in each shape."""
+    from django.db import InterfaceError, OperationalError
+
+    if isinstance(exc, OperationalError | InterfaceError):
+        return DatabaseUnavailableError()
+    return exc

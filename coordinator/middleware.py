@@ -9,6 +9,7 @@ page, is replaced here by the envelope.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from http import HTTPStatus
 
@@ -16,6 +17,9 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
 
 from coordinator.api.envelope import error_response
+from coordinator.errors import DatabaseUnavailableError, as_application_error
+
+logger = logging.getLogger("coordinator.request")
 
 _CODES = {
     400: "bad_request",
@@ -25,6 +29,7 @@ _CODES = {
     405: "method_not_allowed",
     413: "payload_too_large",
     500: "server_error",
+    503: "service_unavailable",
 }
 
 
@@ -72,7 +77,20 @@ class ApiErrorEnvelopeMiddleware:
         return envelope
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if not is_api_path(request.path) or settings.DEBUG_PROPAGATE_EXCEPTIONS:
+        if settings.DEBUG_PROPAGATE_EXCEPTIONS:
+            return None
+        translated = as_application_error(exception)
+        if isinstance(translated, DatabaseUnavailableError):  # the admin's pages too: a 503, not a 500
+            logger.warning("Database unavailable for %s %s: %s", request.method, request.path, exception)
+            response: HttpResponse
+            if is_api_path(request.path):
+                response = error_response(translated.status_code, translated.code, translated.message)
+            else:
+                response = HttpResponse(translated.message, status=503, content_type="text/plain; charset=utf-8")
+            for name, value in translated.headers.items():
+                response[name] = value
+            return response
+        if not is_api_path(request.path):
             return None
         from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
         from django.http import Http404

@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from coordinator.api.envelope import error_body
-from coordinator.errors import ApplicationError
+from coordinator.errors import ApplicationError, as_application_error
 
 
 def _first_message(detail: Any) -> str:
@@ -56,6 +56,7 @@ def _api_exception_body(exc: exceptions.APIException) -> dict[str, Any]:
 
 def envelope_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     headers: dict[str, str] = {}
+    exc = as_application_error(exc)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -67,7 +68,7 @@ def envelope_exception_handler(exc: Exception, context: dict[str, Any]) -> Respo
 
     if isinstance(exc, ApplicationError):
         set_rollback()
-        return Response(error_body(exc.code, exc.message, exc.extra), status=exc.status_code)
+        return Response(error_body(exc.code, exc.message, exc.extra), status=exc.status_code, headers=exc.headers)
 
     if isinstance(exc, exceptions.APIException):
         auth_header = getattr(exc, "auth_header", None)

@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView, set_rollback
 
 from coordinator.api.parsers import JSONParser
-from coordinator.errors import ApplicationError
+from coordinator.errors import ApplicationError, as_application_error
 from coordinator.permissions import platform_user
 from jobs import conf
 from jobs.api.common import BodyError, booklogr_error, json_body
@@ -36,6 +36,7 @@ _ERROR_TITLES = {
     409: "Conflict",
     413: "Payload too large",
     415: "Unsupported media type",
+    503: "Service unavailable",
     422: "Invalid type",
 }
 
@@ -43,6 +44,7 @@ _ERROR_TITLES = {
 def booklogr_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Errors as BookLogr answered them: `{"error", "message"}`, and flask-jwt-extended's `{"msg"}`."""
     set_rollback()
+    exc = as_application_error(exc)
     if isinstance(exc, exceptions.NotAuthenticated):
         return Response({"msg": "Missing Authorization Header"}, status=401, headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, exceptions.AuthenticationFailed):
@@ -50,7 +52,9 @@ def booklogr_exception_handler(exc: Exception, context: dict[str, Any]) -> Respo
         return Response({"msg": str(detail)}, status=401, headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, ApplicationError):
         return Response(
-            {"error": _ERROR_TITLES.get(exc.status_code, "Error"), "message": exc.message}, status=exc.status_code
+            {"error": _ERROR_TITLES.get(exc.status_code, "Error"), "message": exc.message},
+            status=exc.status_code,
+            headers=exc.headers,
         )
     if isinstance(exc, exceptions.APIException):
         return Response(

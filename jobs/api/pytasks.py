@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView, set_rollback
 
 from coordinator.api.parsers import JSONParser
-from coordinator.errors import ApplicationError
+from coordinator.errors import ApplicationError, as_application_error
 from coordinator.models import User
 from coordinator.throttling import CREDENTIAL_THROTTLES, AnonymousJobThrottle
 from jobs.api.common import BodyError, json_body, message_response
@@ -41,10 +41,11 @@ from jobs.services import job_create
 
 def pytasks_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     set_rollback()
+    exc = as_application_error(exc)
     if isinstance(exc, PytasksAuthError):
         return Response({"message": exc.message}, status=exc.status_code)
     if isinstance(exc, ApplicationError):
-        return Response({"message": exc.message}, status=exc.status_code)
+        return Response({"message": exc.message}, status=exc.status_code, headers=exc.headers)
     if isinstance(exc, exceptions.Throttled):
         wait = int(getattr(exc, "wait", None) or 1) + 1
         return Response({"message": str(exc.detail)}, status=exc.status_code, headers={"Retry-After": str(wait)})

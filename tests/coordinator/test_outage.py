@@ -1,0 +1,96 @@
+"""A database outage under a live server: every dialect answers 503 with Retry-After (never 500),
+and the platform answers normally again once the database is back (issue 16, item 8).
+
+The database is a throwaway PostgreSQL cluster on a port of its own (`pg_createcluster`), never the
+shared one.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.live import ROOT, free_port, run_wsgi_server, server_env
+
+pytestmark = [pytest.mark.slow]
+
+PG_VERSION = (
+    next(iter(sorted(p.name for p in Path("/usr/lib/postgresql").glob("*"))), "")
+    if Path("/usr/lib/postgresql").is_dir()
+    else ""
+)
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[tuple[str, str]]:
+    if not shutil.which("pg_createcluster") or not PG_VERSION:
+        pytest.skip("needs Debian's PostgreSQL cluster tools")
+    name, port = f"outage{secrets.token_hex(3)}", free_port()
+    subprocess.run(
+        ["pg_createcluster", PG_VERSION, name, "-p", str(port), "--start", "--", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield name, f"postgres://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(["pg_dropcluster", "--stop", PG_VERSION, name], capture_output=True)
+
+
+def _ctl(name: str, action: str) -> None:
+    subprocess.run(["pg_ctlcluster", PG_VERSION, name, action, "-m", "fast"], check=True, capture_output=True)
+
+
+def test_a_database_outage_is_a_503_in_every_dialect_and_passes(throwaway_postgres: tuple[str, str]) -> None:
+    name, url = throwaway_postgres
+    env = server_env(DATABASE_URL=url, REDIS_URL="")
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    subprocess.run(
+        [sys.executable, "manage.py", "createuser", "ops@example.com", "--password", "a-long-secret-1"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    basic = "Basic " + base64.b64encode(b"ops@example.com:a-long-secret-1").decode()
+    with run_wsgi_server(workers=1, DATABASE_URL=url, REDIS_URL="") as live:
+        token = requests.post(
+            f"{live}/auth/token/", json={"email": "ops@example.com", "password": "a-long-secret-1"}, timeout=10
+        ).json()["access"]
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert requests.get(f"{live}/api/runs", headers={"Authorization": basic}, timeout=10).status_code == 200
+        _ctl(name, "stop")
+        try:
+            answers = {
+                "envelope": requests.post(
+                    f"{live}/auth/token/", json={"email": "ops@example.com", "password": "x"}, timeout=20
+                ),
+                "farm": requests.get(f"{live}/api/runs", headers={"Authorization": basic}, timeout=20),
+                "pytasks": requests.post(f"{live}/task", json={"type": "noop", "args": {}}, timeout=20),
+                "booklogr": requests.get(f"{live}/v1/tasks", headers=bearer, timeout=20),
+                "health": requests.get(f"{live}/healthz", timeout=20),
+            }
+        finally:
+            _ctl(name, "start")
+        for dialect, answer in answers.items():
+            assert answer.status_code == 503, (dialect, answer.status_code, answer.text[:300])
+        for dialect in ("envelope", "farm", "pytasks", "booklogr"):
+            assert int(answers[dialect].headers["Retry-After"]) >= 1, dialect
+        assert answers["envelope"].json()["code"] == "database_unavailable"
+        assert answers["farm"].json()["code"] == "database_unavailable"
+        assert set(answers["pytasks"].json()) == {"message"}
+        assert set(answers["booklogr"].json()) == {"error", "message"}
+        # Back: the first requests may still meet a connection the outage killed (a 503 again),
+        # then every request is answered as usual.
+        codes = [
+            requests.get(f"{live}/api/runs", headers={"Authorization": basic}, timeout=20).status_code for _ in range(4)
+        ]
+        assert codes[-1] == 200 and set(codes) <= {200, 503}, codes
