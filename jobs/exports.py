@@ -7,12 +7,14 @@ and a half-written export is never offered. The `JobFile` row is written at the 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import json
 import os
 import secrets
 import string
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -249,6 +251,24 @@ def export_run(ctx: JobContext, *, fmt: str, datasets: Sequence[str] | None, eve
         filename=filename, owner=user, format=fmt, size=target.stat().st_size, rows=total, job_id=ctx.job_id
     )
     return {"filename": record.filename, "format": fmt, "rows": counts, "size": record.size}
+
+
+# An export writes its `.part` file row by row: one untouched this long belongs to a job that was
+# killed (a running export is either writing or heart-beating, and is recovered long before this).
+ORPHAN_PART_SECONDS = 15 * 60
+
+
+def orphan_parts_remove(*, older_than: float = ORPHAN_PART_SECONDS) -> list[str]:
+    """Delete the `.part` files killed exports left behind; returns their names."""
+    root = conf.export_root()
+    cutoff = time.time() - older_than
+    removed = []
+    for part in root.glob(".*.part"):
+        with contextlib.suppress(FileNotFoundError):
+            if part.stat().st_mtime < cutoff:
+                part.unlink()
+                removed.append(part.name)
+    return removed
 
 
 def upload_store(*, user: User, chunks: Iterator[bytes], suffix: str = "jsonl") -> JobFile:

@@ -432,12 +432,66 @@ def jobs_queue_backlog(*, grace_seconds: float = 10.0) -> list[int]:
     return [job_id for job_id in list(due) if job_enqueue(job_id=job_id)]
 
 
+# A `fresh` job handed to django-q2 longer ago than this, that no cluster has started, was lost on
+# the way: its queue entry is gone (a worker whose dead database connection failed the claim had
+# already taken it) or is held by a cluster that was killed after fetching it (django-q2 would
+# hand it out again only after Q_RETRY, 11 minutes).
+REQUEUE_AFTER_SECONDS = 60.0
+
+
+def _queued_job_id(entry: Any) -> int | None:
+    """The job id of a django-q2 queue entry queued by `job_enqueue` (its task name)."""
+    name = str(entry.name() or "")
+    parts = name.split(" ")
+    return int(parts[1]) if len(parts) >= 2 and parts[0] == "job" and parts[1].isdigit() else None
+
+
+def jobs_requeue_undelivered(*, after_seconds: float = REQUEUE_AFTER_SECONDS) -> list[int]:
+    """The job table is the outbox: queue again every `fresh` job handed out more than
+    `after_seconds` ago whose queue entry is gone or was fetched and never started. A second
+    delivery is harmless: only one worker's claim succeeds."""
+    from django_q.models import OrmQ
+
+    now = timezone.now()
+    waiting = set(
+        Job.objects.filter(status=Job.Status.FRESH, queued_at__lt=now - timedelta(seconds=after_seconds))
+        .order_by("pk")
+        .values_list("pk", flat=True)[:1000]
+    )
+    if not waiting:
+        return []
+    unfetched: set[int] = set()
+    forgotten: list[int] = []  # queue entries a cluster fetched (locked into the future) long ago
+    for entry in OrmQ.objects.all():
+        job_id = _queued_job_id(entry)
+        if job_id not in waiting:
+            continue
+        if entry.lock is not None and entry.lock > now:
+            forgotten.append(entry.pk)
+        else:
+            unfetched.add(job_id)  # still waiting its turn in the queue
+    lost = sorted(waiting - unfetched)
+    OrmQ.objects.filter(pk__in=forgotten).delete()
+    Job.objects.filter(pk__in=lost, status=Job.Status.FRESH).update(queued_at=None)
+    requeued = [job_id for job_id in lost if job_enqueue(job_id=job_id)]
+    if requeued:
+        logger.warning("queued again %d job(s) that no cluster started: %s", len(requeued), requeued[:20])
+    return requeued
+
+
 def jobs_delete_fresh() -> int:
     """Delete every `fresh` job (BookLogr's `clear`)."""
     deleted, _ = Job.objects.filter(status=Job.Status.FRESH).delete()
     return deleted
 
 
-def jobs_sweep() -> dict[str, list[int]]:
+def jobs_sweep() -> dict[str, list[Any]]:
     """One maintenance pass, run by every cluster's broker and by `manage.py jobs_sweep`."""
-    return {"recovered": jobs_recover_stale(), "queued": jobs_queue_backlog()}
+    from jobs.exports import orphan_parts_remove
+
+    return {
+        "recovered": jobs_recover_stale(),
+        "requeued": jobs_requeue_undelivered(),
+        "queued": jobs_queue_backlog(),
+        "removed_parts": orphan_parts_remove(),
+    }

@@ -264,3 +264,19 @@ def test_csv_cells_that_would_run_as_formulas_arrive_as_text(master, admin, expo
     titles = [row["title"] for row in rows if row["dataset"] == "pool"]
     assert sorted(titles) == sorted("'" + name for name in hostile)
     assert all(not title.startswith(("=", "+", "-", "@", "\t", "\r")) for title in titles)
+
+
+def test_the_sweep_removes_what_killed_exports_left_behind(export_root: Path):
+    import os
+    import time
+
+    from jobs.exports import ORPHAN_PART_SECONDS, orphan_parts_remove
+
+    old, writing, done = export_root / ".export_a.csv.part", export_root / ".export_b.csv.part", export_root / "x.csv"
+    for path in (old, writing, done):
+        path.write_text("rows")
+    long_ago = time.time() - ORPHAN_PART_SECONDS - 60
+    os.utime(old, (long_ago, long_ago))
+    os.utime(done, (long_ago, long_ago))
+    assert orphan_parts_remove() == [old.name]
+    assert not old.exists() and writing.exists() and done.exists()

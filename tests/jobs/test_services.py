@@ -257,3 +257,30 @@ def test_progress_reports_are_published_on_the_job_topic(user: User, events) -> 
     assert all(e["topic"] == f"job:{job.pk}" and e["owner_id"] == user.pk for e in events)
     job.refresh_from_db()
     assert job.progress == 100 and job.progress_message == "step 1"
+
+
+def test_a_job_whose_queue_entry_was_lost_or_forgotten_is_queued_again(
+    user: User, django_capture_on_commit_callbacks
+) -> None:
+    """The job table is the outbox: a fresh job handed out a minute ago that no cluster started is
+    queued again — its entry gone (a worker whose dead connection failed the claim had taken it), or
+    fetched by a cluster that was then killed (locked until Q_RETRY). One still waiting its turn in
+    the queue, and one running, are left alone."""
+    from jobs.services import _queued_job_id, jobs_requeue_undelivered
+
+    jobs = [create(user, "test.main.add", {"x": n, "y": 1}, django_capture_on_commit_callbacks) for n in range(4)]
+    lost, forgotten, waiting, running = jobs
+    long_ago = timezone.now() - timedelta(minutes=5)
+    Job.objects.filter(pk__in=[j.pk for j in jobs]).update(queued_at=long_ago)
+    entries = {_queued_job_id(entry): entry for entry in OrmQ.objects.all()}
+    entries[lost.pk].delete()
+    OrmQ.objects.filter(pk=entries[forgotten.pk].pk).update(lock=timezone.now() + timedelta(minutes=10))
+    assert job_claim(job_id=running.pk, worker="w1")
+
+    assert jobs_requeue_undelivered() == [lost.pk, forgotten.pk]
+    queued = sorted(_queued_job_id(entry) for entry in OrmQ.objects.all())
+    assert queued == sorted([lost.pk, forgotten.pk, waiting.pk, running.pk])  # one entry each, none twice
+    assert Job.objects.get(pk=lost.pk).queued_at > long_ago
+    assert jobs_requeue_undelivered() == []  # just queued again: nothing more to do
+    # The sweep includes it.
+    assert set(services.jobs_sweep()) == {"recovered", "requeued", "queued", "removed_parts"}

@@ -8,8 +8,14 @@ from jobs.services import jobs_sweep
 
 
 class Command(BaseCommand):
-    help = "Recover jobs of lost workers (stale heartbeat) and queue the backlog; clusters also do this."
+    help = (
+        "Recover jobs of lost workers (stale heartbeat), queue again jobs no cluster started, queue the "
+        "backlog and remove what killed exports left; clusters also do this."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         result = jobs_sweep()
-        self.stdout.write(f"Recovered {len(result['recovered'])} job(s), queued {len(result['queued'])} job(s).")
+        self.stdout.write(
+            f"Recovered {len(result['recovered'])} job(s), queued again {len(result['requeued'])}, "
+            f"queued {len(result['queued'])}, removed {len(result['removed_parts'])} unfinished export file(s)."
+        )
