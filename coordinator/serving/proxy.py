@@ -17,8 +17,8 @@ docs/serving.md) does this job instead, per request.
 
 A plain request's body is read here in full before granian sees the request (as nginx buffers
 bodies): a client that sends its headers and then stalls, or trickles its body, holds a coroutine
-of this process and never one of granian's workers. Bodies must declare their length (chunked
-ones get 411) and fit `--max-body` (else 413); a client silent for BODY_IDLE_SECONDS while sending
+of this process and never one of granian's workers. Bodies must fit `--max-body` (else 413; a chunked
+body is de-chunked here and passed on with its length); a client silent for BODY_IDLE_SECONDS while sending
 gets 408. At most MAX_CONNECTIONS connections are open at once, MAX_PER_CLIENT from one address;
 a connection past either gets 503 at once.
 
@@ -43,7 +43,7 @@ import socket
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, Any
 
 from coordinator.api.envelope import error_body
 from coordinator.serving.group import STOP_GRACE_SECONDS
@@ -83,28 +83,36 @@ class BadFraming(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def body_framing(head: bytes) -> tuple[int, bool]:
-    """The declared body length of a request head, and whether it asks for `100 Continue`."""
+def body_framing(head: bytes) -> tuple[int | None, bool]:
+    """The declared body length of a request head (None: chunked), and whether it asks for
+    `100 Continue`."""
     length: int | None = None
+    chunked = False
     expect_continue = False
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         name, value = name.strip().lower(), value.strip()
         if name == b"transfer-encoding":
-            raise BadFraming("411 Length Required", "length_required", "Send the body with a Content-Length.")
+            if value.lower() != b"chunked":
+                raise BadFraming("501 Not Implemented", "transfer_encoding", "Only chunked transfer is understood.")
+            chunked = True
         if name == b"content-length":
             if not value.isdigit() or len(value) > 15 or (length is not None and int(value) != length):
                 raise BadFraming("400 Bad Request", "bad_content_length", "The Content-Length is not valid.")
             length = int(value)
         if name == b"expect" and value.lower() == b"100-continue":
             expect_continue = True
-    return length or 0, expect_continue
+    if chunked and length is not None:
+        raise BadFraming("400 Bad Request", "bad_content_length", "Both Content-Length and chunked transfer.")
+    return (None if chunked else length or 0), expect_continue
 
 
-def without_expect(head: bytes) -> bytes:
-    """The head without `Expect` (the front door has answered `100 Continue` itself)."""
-    lines = [line for line in head.split(b"\r\n") if line.split(b":", 1)[0].strip().lower() != b"expect"]
-    return b"\r\n".join(lines)
+def with_length(head: bytes, length: int) -> bytes:
+    """The head as the server gets it: `Expect` answered here, the body (de-chunked) of `length` bytes."""
+    dropped = (b"expect", b"transfer-encoding", b"content-length")
+    lines = [line for line in head.split(b"\r\n") if line.split(b":", 1)[0].strip().lower() not in dropped]
+    lines = [line for line in lines if line]
+    return b"\r\n".join([*lines, f"Content-Length: {length}".encode(), b"", b""])
 
 
 def forwarded_head(head: bytes, peer: object) -> bytes:
@@ -222,33 +230,62 @@ class Router:
     ) -> tuple[bytes, IO[bytes]]:
         """The request's head and its whole body, read before any server sees the request."""
         length, expect_continue = body_framing(head)
-        if length > self.max_body:
-            raise BadFraming(
-                "413 Content Too Large", "body_too_large", f"The body is larger than {self.max_body} bytes."
-            )
-        if expect_continue:
-            head = without_expect(head)
-            if length:
-                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                await writer.drain()
+        too_large = BadFraming(
+            "413 Content Too Large", "body_too_large", f"The body is larger than {self.max_body} bytes."
+        )
+        if length is not None and length > self.max_body:
+            raise too_large
+        if expect_continue and length != 0:
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
         # In memory up to a megabyte, in a private temporary file beyond (the process's umask).
         body: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
-        left = length
         try:
-            while left:
-                try:
-                    chunk = await asyncio.wait_for(reader.read(min(CHUNK, left)), timeout=BODY_IDLE_SECONDS)
-                except TimeoutError:
-                    raise BadFraming("408 Request Timeout", "body_timeout", "The body stopped arriving.") from None
-                if not chunk:
-                    raise asyncio.IncompleteReadError(b"", length)
-                body.write(chunk)
-                left -= len(chunk)
+            if length is not None:
+                await self._copy(reader, body, length)
+                size = length
+            else:  # chunked: each chunk's size line, its bytes, CRLF; a 0 chunk and trailers end it
+                size = 0
+                while True:
+                    size_line = await self._read(reader.readuntil(b"\r\n"))
+                    digits = size_line.split(b";", 1)[0].strip()
+                    if not digits or len(digits) > 15 or any(c not in b"0123456789abcdefABCDEF" for c in digits):
+                        raise BadFraming("400 Bad Request", "bad_chunk", "A chunk size is not valid.")
+                    chunk_size = int(digits, 16)
+                    if chunk_size == 0:
+                        while await self._read(reader.readuntil(b"\r\n")) != b"\r\n":
+                            pass  # trailers, dropped
+                        break
+                    size += chunk_size
+                    if size > self.max_body:
+                        raise too_large
+                    await self._copy(reader, body, chunk_size)
+                    if await self._read(reader.readexactly(2)) != b"\r\n":
+                        raise BadFraming("400 Bad Request", "bad_chunk", "A chunk does not end with CRLF.")
         except BaseException:
             body.close()
             raise
         body.seek(0)
-        return head, body
+        return with_length(head, size), body
+
+    @staticmethod
+    async def _read(step: Any) -> bytes:
+        """One read of the body, at most BODY_IDLE_SECONDS of silence."""
+        try:
+            return bytes(await asyncio.wait_for(step, timeout=BODY_IDLE_SECONDS))
+        except TimeoutError:
+            raise BadFraming("408 Request Timeout", "body_timeout", "The body stopped arriving.") from None
+        except asyncio.LimitOverrunError:
+            raise BadFraming("400 Bad Request", "bad_chunk", "A chunk size line is too long.") from None
+
+    async def _copy(self, reader: asyncio.StreamReader, body: IO[bytes], length: int) -> None:
+        left = length
+        while left:
+            chunk = await self._read(reader.read(min(CHUNK, left)))
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"", length)
+            body.write(chunk)
+            left -= len(chunk)
 
     @staticmethod
     async def _refuse(writer: asyncio.StreamWriter, status: str, code: str, message: str) -> None:

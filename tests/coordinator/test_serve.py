@@ -391,7 +391,9 @@ def test_front_door_holds_a_stalled_body_itself_and_never_passes_it_on(monkeypat
     ("request_head", "status"),
     [
         (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n", b"413"),  # over max_body
-        (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"411"),
+        (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", b"400"),
+        (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n" + b"x" * 2048, b"413"),
+        (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", b"501"),
         (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n", b"400"),
         (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", b"400"),
     ],
@@ -422,6 +424,17 @@ def test_front_door_buffers_the_body_and_answers_100_continue_itself(monkeypatch
 
     interim, final = _door_scenario(body, monkeypatch)
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n" and final.endswith(b"ok")
+
+
+def test_front_door_passes_a_chunked_body_on_with_its_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(port: int, seen: list[bytes], router: Any) -> tuple[bytes, list[bytes]]:
+        request = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n"
+        return await _exchange(port, request), seen
+
+    answer, seen = _door_scenario(body, monkeypatch)
+    assert answer.endswith(b"ok") and len(seen) == 1
+    assert b"Content-Length: 11\r\n" in seen[0] and seen[0].endswith(b"\r\n\r\nhello world")
+    assert b"chunked" not in seen[0]
 
 
 def test_front_door_caps_connections_per_client(monkeypatch: pytest.MonkeyPatch) -> None:
