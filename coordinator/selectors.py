@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+from pathlib import Path
+
+from django.apps import apps
+from django.conf import settings
 from django.db import DatabaseError, connections
+
+logger = logging.getLogger(__name__)
+
+# Below this much free space a directory the platform writes to counts as full.
+LOW_DISK_BYTES = 50 * 1024 * 1024
 
 
 def database_is_up(alias: str = "default") -> bool:
@@ -14,3 +25,40 @@ def database_is_up(alias: str = "default") -> bool:
     except DatabaseError:
         return False
     return True
+
+
+def redis_is_up() -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+def disk_state(path: Path) -> str:
+    """`ok`, `full` (less than LOW_DISK_BYTES free) or `absent` (no such directory yet)."""
+    try:
+        free = shutil.disk_usage(path).free
+    except FileNotFoundError:
+        return "absent"
+    return "ok" if free >= LOW_DISK_BYTES else "full"
+
+
+def platform_health() -> dict[str, str]:
+    """Each component's state: `ok`, `absent` (not configured or not running here), or a failure
+    (`down`, `full`, `stale`). The database and Redis are the platform's own; every app adds its
+    components through a `health()` method on its AppConfig, as it adds admin dashboard cards."""
+    components = {"database": "ok" if database_is_up() else "down"}
+    if settings.REDIS_URL:
+        components["redis"] = "ok" if redis_is_up() else "down"
+    for config in apps.get_app_configs():
+        contribute = getattr(config, "health", None)
+        if contribute is None:
+            continue
+        try:
+            components.update(contribute())
+        except Exception:  # a check that cannot run (its cache is the database, say) says so
+            logger.exception("Health check of %s failed", config.label)
+            components[config.label] = "down"
+    return components

@@ -24,6 +24,14 @@ class JobsConfig(AppConfig):
             importlib.import_module(module)
         post_migrate.connect(_create_run_permissions, sender=self)
 
+    def health(self) -> dict[str, str]:
+        """For /healthz: the job clusters' liveness and the export directory's free space."""
+        from coordinator.selectors import disk_state
+        from jobs import conf
+        from jobs.services import cluster_state
+
+        return {"job cluster": cluster_state(), "export disk": disk_state(conf.export_root())}
+
     def admin_dashboard(self, request: Any) -> list[dict[str, Any]]:
         from django.urls import reverse
 

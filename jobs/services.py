@@ -485,10 +485,27 @@ def jobs_delete_fresh() -> int:
     return deleted
 
 
+SWEEP_SEEN_KEY = "jobs:last_sweep"
+
+
+def cluster_state() -> str:
+    """The job clusters' liveness from their sweeps: `ok`, `stale` (none swept for three sweep
+    periods: every cluster is gone or frozen), or `absent` (none ever ran against this cache)."""
+    from django.core.cache import cache
+
+    seen = cache.get(SWEEP_SEEN_KEY)
+    if seen is None:
+        return "absent"
+    return "ok" if time.time() - float(seen) < 3 * conf.sweep_seconds() + 5 else "stale"
+
+
 def jobs_sweep() -> dict[str, list[Any]]:
     """One maintenance pass, run by every cluster's broker and by `manage.py jobs_sweep`."""
+    from django.core.cache import cache
+
     from jobs.exports import orphan_parts_remove
 
+    cache.set(SWEEP_SEEN_KEY, time.time(), timeout=None)  # the cluster's sign of life (/healthz)
     return {
         "recovered": jobs_recover_stale(),
         "requeued": jobs_requeue_undelivered(),

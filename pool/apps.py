@@ -12,6 +12,14 @@ class PoolConfig(AppConfig):
     name = "pool"
     default_auto_field = "django.db.models.BigAutoField"
 
+    def health(self) -> dict[str, str]:
+        """For /healthz: free space for the day log, when there is one."""
+        from coordinator.selectors import disk_state
+        from pool.conf import journal_dir
+
+        directory = journal_dir()
+        return {} if directory is None else {"day log disk": disk_state(directory)}
+
     def admin_dashboard(self, request: HttpRequest) -> list[dict[str, Any]]:
         """Cards on the admin index: devices waiting for validation, open deliveries."""
         from pool.models import Delivery, Device

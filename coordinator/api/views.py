@@ -16,7 +16,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 
 from coordinator.api.envelope import error_body
 from coordinator.models import User
-from coordinator.selectors import database_is_up
+from coordinator.selectors import platform_health
 from coordinator.throttling import CREDENTIAL_THROTTLES, body_field
 from coordinator.tokens import (
     PlatformAccessToken,
@@ -35,22 +35,35 @@ class ErrorEnvelopeSerializer(serializers.Serializer):
     extra = serializers.DictField()
 
 
-HealthSerializer = inline_serializer("Health", {"status": serializers.CharField(), "database": serializers.CharField()})
+HealthSerializer = inline_serializer(
+    "Health",
+    {
+        "status": serializers.CharField(help_text="`ok`, or `down` when a component failed."),
+        "components": serializers.DictField(
+            child=serializers.CharField(),
+            help_text="Each component's state: ok, absent (not configured or not running here), down, full, stale.",
+        ),
+    },
+)
+HEALTHY = ("ok", "absent")
 
 
 class HealthApi(APIView):
-    """Liveness and readiness for load balancers: 200 when the database answers, 503 otherwise."""
+    """Each component of the platform (database, Redis when configured, the job cluster, the
+    progress listener, free space for exports and the day log): 200 when none failed, 503 naming
+    those that did."""
 
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 
     @extend_schema(responses={200: HealthSerializer, 503: ErrorEnvelopeSerializer}, tags=["platform"])
     def get(self, request: Request) -> Response:
-        if database_is_up():
-            return Response({"status": "ok", "database": "ok"})
-        return Response(
-            error_body("database_unavailable", "The database does not answer.", {"database": "down"}), status=503
-        )
+        components = platform_health()
+        failed = sorted(name for name, state in components.items() if state not in HEALTHY)
+        if not failed:
+            return Response({"status": "ok", "components": components})
+        message = f"Not working: {', '.join(f'{name} ({components[name]})' for name in failed)}."
+        return Response(error_body("unhealthy", message, {"components": components}), status=503)
 
 
 class MeApi(APIView):

@@ -9,9 +9,18 @@ from rest_framework.test import APIClient
 
 @pytest.mark.django_db
 def test_healthz_ok(anon_client: APIClient) -> None:
+    from django.core.cache import cache
+
+    from jobs.services import SWEEP_SEEN_KEY
+
+    cache.delete(SWEEP_SEEN_KEY)  # a cluster of another test may have swept into the shared cache
     response = anon_client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok"}
+    body = response.json()
+    assert body["status"] == "ok" and body["components"]["database"] == "ok"
+    # No job cluster and no listener run beside the test server: absent, not failed.
+    assert body["components"]["job cluster"] == "absent"
+    assert body["components"]["export disk"] == "ok"
 
 
 @pytest.mark.django_db
@@ -19,7 +28,31 @@ def test_healthz_503_when_database_is_down(anon_client: APIClient) -> None:
     with mock.patch("django.db.backends.utils.CursorWrapper.execute", side_effect=OperationalError("down")):
         response = anon_client.get("/healthz")
     assert response.status_code == 503
-    assert response.json()["code"] == "database_unavailable"
+    body = response.json()
+    assert body["code"] == "unhealthy" and body["extra"]["components"]["database"] == "down"
+    assert "database (down)" in body["message"]
+
+
+@pytest.mark.django_db
+def test_healthz_names_a_stale_job_cluster_and_a_full_disk(anon_client: APIClient, monkeypatch) -> None:
+    import shutil
+    import time
+    from collections import namedtuple
+
+    from django.core.cache import cache
+
+    from jobs.services import SWEEP_SEEN_KEY
+
+    cache.set(SWEEP_SEEN_KEY, time.time(), timeout=None)
+    assert anon_client.get("/healthz").json()["components"]["job cluster"] == "ok"
+    cache.set(SWEEP_SEEN_KEY, time.time() - 3600, timeout=None)  # every cluster gone or frozen for an hour
+    stale = anon_client.get("/healthz")
+    assert stale.status_code == 503 and "job cluster (stale)" in stale.json()["message"]
+    cache.delete(SWEEP_SEEN_KEY)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    full = anon_client.get("/healthz")
+    assert full.status_code == 503 and "export disk (full)" in full.json()["message"]
 
 
 def test_schema_generates_without_warnings(
