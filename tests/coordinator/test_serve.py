@@ -70,6 +70,14 @@ def descendants(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
     return psutil.Process(proc.pid).children(recursive=True)
 
 
+def health_components(base: str) -> dict[str, str]:
+    """/healthz's components, whether it answers 200 or 503: the job cluster may not have swept yet,
+    and a cluster of an earlier run may have left its last sweep in the shared cache, so a test
+    asserts only the components it is about."""
+    body = requests.get(f"{base}/healthz", timeout=5).json()
+    return dict(body.get("components") or body["extra"]["components"])
+
+
 def test_serve_answers_on_one_address_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     proc = start_serve(tmp_path, port)
@@ -81,7 +89,7 @@ def test_serve_answers_on_one_address_and_stops_cleanly(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while requests.get(f"{base}/healthz", timeout=5).status_code == 502 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert requests.get(f"{base}/healthz", timeout=5).json() == {"status": "ok", "database": "ok"}
+        assert health_components(base)["database"] == "ok"
         login = requests.get(f"{base}/admin/login/", timeout=5)
         assert login.status_code == 200 and "Coordinator" in login.text
         # Plain HTTP is served by granian; WebSocket paths by daphne.
@@ -114,11 +122,8 @@ def test_serve_answers_on_one_address_and_stops_cleanly(tmp_path: Path) -> None:
             timeout=60,
         )
         assert second.returncode != 0 and "already running" in second.stderr, second.stderr[-2000:]
-        health = requests.get(f"{base}/healthz", timeout=5).json()
-        # (The job cluster may not have swept yet, and a cluster of an earlier run may have left its
-        # last sweep in the shared cache: only what this check is about is asserted.)
-        components = health.get("components") or health["extra"]["components"]
-        assert components["database"] == "ok" and components["progress listener"] == "ok", health
+        components = health_components(base)
+        assert components["database"] == "ok" and components["progress listener"] == "ok", components
         # Sockets and files the platform creates are the service user's alone (no group or other bits).
         created = [path for path in tmp_path.rglob("*") if not path.is_symlink() and path.name != "serve.log"]
         assert (tmp_path / "run" / "asgi.sock") in created
