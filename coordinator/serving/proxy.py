@@ -146,6 +146,12 @@ class Router:
         return self.asgi_socket if target.startswith(self.asgi_prefixes) else self.wsgi_socket
 
     async def handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        # A connection ended by the drain on stop is cancelled: that is its normal end, not an error
+        # for asyncio's stream callback to log as a traceback.
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._handle(client_reader, client_writer)
+
+    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         peer = client_writer.get_extra_info("peername")
