@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from coordinator.admin_site import ServiceActionsAdmin
+from coordinator.api.parsers import loads_strict
 from coordinator.models import User
 from pool import selectors, services
 from pool.models import Delivery, DeliveryState, Device, Message, MessageType, Task
@@ -156,7 +157,7 @@ class TaskComposeForm(forms.ModelForm):
         if not raw:
             return {}
         try:
-            value = json.loads(raw)
+            value = loads_strict(raw)
         except ValueError as exc:
             raise forms.ValidationError(f"Not JSON: {exc}") from exc
         if not isinstance(value, dict):

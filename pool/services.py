@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import secrets
@@ -18,6 +17,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from coordinator.api.parsers import loads_strict
 from coordinator.models import User
 from pool import conf
 from pool.errors import (
@@ -375,7 +375,7 @@ _DEVICE_FROM = re.compile(r"device:(\d{1,18})")
 def _parse_line(raw: str) -> tuple[Message, str | None]:
     """A validated, unsaved message from one JSONL line (and the response status, if any)."""
     try:
-        data = json.loads(raw)
+        data = loads_strict(raw)
     except ValueError as exc:
         raise ValueError(f"not JSON: {exc}") from exc
     if not isinstance(data, dict):

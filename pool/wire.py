@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from coordinator.api.parsers import loads_strict
 from pool.errors import InvalidTargetError
 from pool.models import Message
 
@@ -95,7 +96,7 @@ def parse_target(raw: str) -> Target:
         return Target(device_ids=(_device_id(match.group(1)),))
     if match := _DEVICE_LIST.fullmatch(text):
         try:
-            items = json.loads(match.group(1))
+            items = loads_strict(match.group(1))
         except ValueError:
             items = None
         if not isinstance(items, list) or not items:

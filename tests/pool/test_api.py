@@ -378,3 +378,12 @@ def test_rs256_device_tokens_when_configured(settings, device, anon_client):
     # An HS256 token signed with the old shared key is no longer accepted.
     forged = jwt.encode(jwt.decode(token, options={"verify_signature": False}), settings.SECRET_KEY, algorithm="HS256")
     assert _bearer(forged).get("/pool/pending").status_code == 401
+
+
+def test_a_device_list_nested_past_the_recursion_limit_is_a_400(client_for, master):
+    from pool.models import Message
+
+    nested = "device:[" + "[" * 1000 + "1" + "]" * 1000 + "]"
+    answer = client_for(master).post("/pool/task", {"to": nested, "title": "x"}, format="json")
+    assert answer.status_code == 400 and answer.json()["code"] == "invalid_target"
+    assert not Message.objects.exists()
