@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 from django.apps import apps
 from django.conf import settings
@@ -43,6 +44,16 @@ def disk_state(path: Path) -> str:
     except FileNotFoundError:
         return "absent"
     return "ok" if free >= LOW_DISK_BYTES else "full"
+
+
+def process_restarts() -> dict[str, dict[str, Any]]:
+    """Under `serve`: each process that died since it started, how often and when last (the
+    supervisor's watchdog keeps the record, coordinator/serving/watchdog.py). Empty elsewhere."""
+    from coordinator.serving.supervision import supervision_state
+
+    state = supervision_state(Path(settings.RUN_DIR)) or {}
+    processes = state.get("processes")
+    return {str(name): dict(record) for name, record in processes.items()} if isinstance(processes, dict) else {}
 
 
 def platform_health() -> dict[str, str]:

@@ -494,6 +494,9 @@ FARM_PROGRESS_TRAILING = True
 EXPORT_ROOT = env_path("EXPORT_ROOT", None) or VAR_DIR / "exports"
 JOBS_DEFAULT_TIMEOUT = env_int("JOBS_DEFAULT_TIMEOUT", 300, minimum=1)
 JOBS_STALE_SECONDS = env_float("JOBS_STALE_SECONDS", 30.0, minimum=1.0)
+# `serve`'s watchdog restarts its job cluster when jobs have been due this long while no worker
+# takes any (a healthy cluster with an idle worker takes one within a second or two).
+JOBS_STALL_SECONDS = env_float("JOBS_STALL_SECONDS", 15.0, minimum=5.0)
 JOBS_TOKEN_EXPIRE_SEC = env_int("JOBS_TOKEN_EXPIRE_SEC", 3600, minimum=0)
 JOBS_UPLOAD_MAX_BYTES = env_int("JOBS_UPLOAD_MAX_BYTES", 100 * 1024 * 1024, minimum=1)
 JOBS_EXTRA_MODULES = env_list("JOBS_EXTRA_MODULES", [])

@@ -28,7 +28,7 @@ class JobsConfig(AppConfig):
         """For /healthz: the job clusters' liveness and the export directory's free space."""
         from coordinator.selectors import disk_state
         from jobs import conf
-        from jobs.services import cluster_state
+        from jobs.selectors import cluster_state
 
         return {"job cluster": cluster_state(), "export disk": disk_state(conf.export_root())}
 

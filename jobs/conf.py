@@ -10,6 +10,8 @@ from django.conf import settings
 # times per `JOBS_STALE_SECONDS`: often enough that a live job is never taken for a lost one, rare
 # enough that the heartbeats stay a small share of the database's writes.
 BEATS_PER_STALE_PERIOD = 6
+# Each cluster's broker writes the time of its last sweep here: the clusters' sign of life.
+SWEEP_SEEN_KEY = "jobs:last_sweep"
 # Longest LISTEN wait before the broker polls the queue anyway (a NOTIFY lost with a dropped
 # connection is then noticed within this delay). django-q2's pusher sees the cluster's stop only
 # between two waits, so this also bounds how long a stopping cluster lingers: it must stay well
@@ -33,6 +35,11 @@ def stale_seconds() -> float:
 def heartbeat_seconds() -> float:
     """How often a running job touches its heartbeat."""
     return stale_seconds() / BEATS_PER_STALE_PERIOD
+
+
+def stall_seconds() -> float:
+    """`JOBS_STALL_SECONDS`: how long due jobs may wait with no worker taking any."""
+    return float(settings.JOBS_STALL_SECONDS)
 
 
 def sweep_seconds() -> float:

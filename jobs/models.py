@@ -27,6 +27,9 @@ class Job(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
     )
     attempts = models.PositiveIntegerField(default=0)
+    # Times a worker was lost under this job (killed, its cluster stopped): not the job's failure,
+    # so it does not use an attempt, up to a limit (jobs.services.MAX_INTERRUPTIONS).
+    interruptions = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=1)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
 
 from coordinator.models import User
+from jobs import conf
 from jobs.errors import FileNotFoundForUserError, JobNotFoundError
 from jobs.models import Job, JobFile
 from jobs.registry import all_specs
@@ -127,3 +131,33 @@ def job_permissions_sync() -> None:
             Permission.objects.get_or_create(
                 content_type=ct, codename=spec.permission_codename, defaults={"name": f"Can run job {spec.name}"[:255]}
             )
+
+
+def cluster_state() -> str:
+    """The job clusters' liveness from their sweeps: `ok`, `stale` (none swept for three sweep
+    periods: every cluster is gone or frozen), or `absent` (none ever ran against this cache)."""
+    from django.core.cache import cache
+
+    seen = cache.get(conf.SWEEP_SEEN_KEY)
+    if seen is None:
+        return "absent"
+    return "ok" if time.time() - float(seen) < 3 * conf.sweep_seconds() + 5 else "stale"
+
+
+def cluster_stall() -> str | None:
+    """Why the job clusters make no progress, or None: no sweep lately (the broker loop is gone or
+    frozen), or jobs due for JOBS_STALL_SECONDS while no job runs and none started in that time
+    (the workers are stuck: a killed worker can leave the queue's read lock held)."""
+    window_seconds = conf.stall_seconds()
+    state = cluster_state()
+    if state != "ok":
+        return f"no cluster swept lately ({state})"
+    since = timezone.now() - timedelta(seconds=window_seconds)
+    waiting = Job.objects.filter(
+        Q(run_after__isnull=True) | Q(run_after__lte=since), status=Job.Status.FRESH, created_at__lt=since
+    )
+    if not waiting.exists():
+        return None
+    if Job.objects.filter(Q(status=Job.Status.STARTED) | Q(started_at__gte=since)).exists():
+        return None
+    return f"jobs have waited more than {window_seconds:g} s and no worker takes any"

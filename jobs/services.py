@@ -15,6 +15,7 @@ from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from coordinator.models import User
@@ -363,6 +364,7 @@ def job_retry(*, job: Job) -> Job:
         queued_at=None,
         run_after=None,
         attempts=0,
+        interruptions=0,
         result=None,
         progress=0,
         progress_message="",
@@ -403,21 +405,48 @@ def job_cancel(*, job: Job) -> Job:
     raise JobStateError("Only a fresh or started task can be cancelled.", extra={"status": job.status})
 
 
+# A job whose worker was lost this many times fails like any error: it may be what kills its workers.
+MAX_INTERRUPTIONS = 3
+
+
 def jobs_recover_stale(*, stale_seconds: float | None = None) -> list[int]:
-    """Retry or fail `started` jobs whose worker stopped heart-beating (killed, lost host)."""
+    """Queue again, or fail, `started` jobs whose worker stopped heart-beating (killed, lost host,
+    cut off by a stop). A lost worker is not the job's failure: the job runs again without using
+    an attempt, up to MAX_INTERRUPTIONS times; after that it is retried or failed as an error."""
     bound = conf.stale_seconds() if stale_seconds is None else stale_seconds
     cutoff = timezone.now() - timedelta(seconds=bound)
     recovered: list[int] = []
     for job in Job.objects.filter(status=Job.Status.STARTED, heartbeat_at__lt=cutoff):
+        error = f"Worker {job.worker} stopped responding (no heartbeat for more than {bound:g} s)."
         # The worker guard makes a late heartbeat or a second sweeper lose the race harmlessly.
-        status = _fail_or_retry(
-            job,
-            worker=job.worker,
-            error=f"Worker {job.worker} stopped responding (no heartbeat for more than {bound:g} s).",
-        )
+        if job.interruptions < MAX_INTERRUPTIONS:
+            status = _requeue_interrupted(job, error=error)
+        else:
+            status = _fail_or_retry(job, worker=job.worker, error=error)
         recovered.append(job.pk)
         logger.warning("recovered job %s from lost worker %s -> %s", job.pk, job.worker, status)
     return recovered
+
+
+def _requeue_interrupted(job: Job, *, error: str) -> str:
+    with transaction.atomic():
+        updated = Job.objects.filter(pk=job.pk, status=Job.Status.STARTED, worker=job.worker).update(
+            status=Job.Status.FRESH,
+            worker=None,
+            error=error,
+            updated_on=timezone.now(),
+            queued_at=None,
+            run_after=None,
+            heartbeat_at=None,
+            attempts=Greatest(F("attempts") - 1, 0),
+            interruptions=F("interruptions") + 1,
+        )
+        if not updated:
+            return "lost"
+        job.refresh_from_db()
+        _publish_status(job, f"running again: {error}")
+    job_enqueue(job_id=job.pk, job_type=job.type)
+    return Job.Status.FRESH
 
 
 def jobs_queue_backlog(*, grace_seconds: float = 10.0) -> list[int]:
@@ -485,27 +514,13 @@ def jobs_delete_fresh() -> int:
     return deleted
 
 
-SWEEP_SEEN_KEY = "jobs:last_sweep"
-
-
-def cluster_state() -> str:
-    """The job clusters' liveness from their sweeps: `ok`, `stale` (none swept for three sweep
-    periods: every cluster is gone or frozen), or `absent` (none ever ran against this cache)."""
-    from django.core.cache import cache
-
-    seen = cache.get(SWEEP_SEEN_KEY)
-    if seen is None:
-        return "absent"
-    return "ok" if time.time() - float(seen) < 3 * conf.sweep_seconds() + 5 else "stale"
-
-
 def jobs_sweep() -> dict[str, list[Any]]:
     """One maintenance pass, run by every cluster's broker and by `manage.py jobs_sweep`."""
     from django.core.cache import cache
 
     from jobs.exports import orphan_parts_remove
 
-    cache.set(SWEEP_SEEN_KEY, time.time(), timeout=None)  # the cluster's sign of life (/healthz)
+    cache.set(conf.SWEEP_SEEN_KEY, time.time(), timeout=None)  # the cluster's sign of life (/healthz)
     return {
         "recovered": jobs_recover_stale(),
         "requeued": jobs_requeue_undelivered(),

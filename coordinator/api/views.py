@@ -16,7 +16,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 
 from coordinator.api.envelope import error_body
 from coordinator.models import User
-from coordinator.selectors import platform_health
+from coordinator.selectors import platform_health, process_restarts
 from coordinator.throttling import CREDENTIAL_THROTTLES, body_field
 from coordinator.tokens import (
     PlatformAccessToken,
@@ -43,6 +43,11 @@ HealthSerializer = inline_serializer(
             child=serializers.CharField(),
             help_text="Each component's state: ok, absent (not configured or not running here), down, full, stale.",
         ),
+        "restarts": serializers.DictField(
+            child=serializers.DictField(),
+            help_text="Under `manage.py serve`: each process started again since `serve` started "
+            "(`restarts`, `last_exit_at` as a UNIX time, `last_exit`).",
+        ),
     },
 )
 HEALTHY = ("ok", "absent")
@@ -58,12 +63,12 @@ class HealthApi(APIView):
 
     @extend_schema(responses={200: HealthSerializer, 503: ErrorEnvelopeSerializer}, tags=["platform"])
     def get(self, request: Request) -> Response:
-        components = platform_health()
+        components, restarts = platform_health(), process_restarts()
         failed = sorted(name for name, state in components.items() if state not in HEALTHY)
         if not failed:
-            return Response({"status": "ok", "components": components})
+            return Response({"status": "ok", "components": components, "restarts": restarts})
         message = f"Not working: {', '.join(f'{name} ({components[name]})' for name in failed)}."
-        return Response(error_body("unhealthy", message, {"components": components}), status=503)
+        return Response(error_body("unhealthy", message, {"components": components, "restarts": restarts}), status=503)
 
 
 class MeApi(APIView):

@@ -28,7 +28,7 @@ accepting yet waits for it here, up to UPSTREAM_WAIT seconds, before being answe
 
 On SIGTERM the front door drains: it stops accepting, ends the long-lived streams at once (their
 clients reconnect), lets the plain requests in flight finish for up to DRAIN_SECONDS, then exits.
-The servers behind it get SIGTERM at the same moment and finish their in-flight requests too.
+`serve` stops the servers behind it only after it has stopped (docs/serving.md, "Stopping").
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from coordinator.api.envelope import error_body
-from coordinator.serving.group import STOP_GRACE_SECONDS
+from coordinator.serving.supervision import STOP_GRACE_SECONDS
 
 logger = logging.getLogger("coordinator.proxy")
 

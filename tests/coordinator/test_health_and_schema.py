@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 def test_healthz_ok(anon_client: APIClient) -> None:
     from django.core.cache import cache
 
-    from jobs.services import SWEEP_SEEN_KEY
+    from jobs.conf import SWEEP_SEEN_KEY
 
     cache.delete(SWEEP_SEEN_KEY)  # a cluster of another test may have swept into the shared cache
     response = anon_client.get("/healthz")
@@ -41,7 +41,7 @@ def test_healthz_names_a_stale_job_cluster_and_a_full_disk(anon_client: APIClien
 
     from django.core.cache import cache
 
-    from jobs.services import SWEEP_SEEN_KEY
+    from jobs.conf import SWEEP_SEEN_KEY
 
     cache.set(SWEEP_SEEN_KEY, time.time(), timeout=None)
     assert anon_client.get("/healthz").json()["components"]["job cluster"] == "ok"

@@ -22,8 +22,8 @@ from tests.live import ROOT, free_port, server_env, wait_for_http
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def start_serve(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
-    env = server_env(COORDINATOR_VAR_DIR=str(tmp_path), Q_WORKERS="1")
+def start_serve(tmp_path: Path, port: int, **extra_env: str) -> subprocess.Popen[bytes]:
+    env = server_env(**{"COORDINATOR_VAR_DIR": str(tmp_path), "Q_WORKERS": "1", **extra_env})
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - the child keeps writing to it
     return subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", "1"],
@@ -149,38 +149,239 @@ def test_serve_answers_on_one_address_and_stops_cleanly(tmp_path: Path) -> None:
     assert "WSCONNECT" in output or "WSDISCONNECT" in output or "/ws/progress/" in output, output[-3000:]
     assert proc.returncode == 0, output[-3000:]
     assert "SIGKILL" not in output, output[-3000:]  # every process stopped by itself, cleanly
-    for line_start in ("web", "asgi", "front", "jobs"):
-        assert any(line.split(" ", 1)[-1].startswith(line_start) for line in output.splitlines()), output[-2000:]
+    for name in ("web", "asgi", "front", "jobs", "progress"):  # each process's output, under its name
+        assert re.search(rf"^{name} *\| ", output, re.MULTILINE), output[-2000:]
     assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
 
 
-def test_serve_stops_everything_when_one_process_dies(tmp_path: Path) -> None:
+def supervised_main(proc: subprocess.Popen[bytes], name: str) -> psutil.Process:
+    """The main process of `name` under `serve`: the one child of its supervised wrapper."""
+    deadline = time.monotonic() + 60
+    while True:
+        for candidate in descendants(proc):
+            try:
+                argv = candidate.cmdline()
+                if "coordinator.serving.supervised" in argv and argv[argv.index("--name") + 1] == name:
+                    children = candidate.children()
+                    if children:
+                        return children[0]
+            except (psutil.NoSuchProcess, ValueError, IndexError):
+                continue
+        assert time.monotonic() < deadline, f"no {name} process under serve"
+        time.sleep(0.2)
+
+
+def wait_for_restart(proc: subprocess.Popen[bytes], name: str, old_pid: int) -> psutil.Process:
+    deadline = time.monotonic() + 60
+    while (new := supervised_main(proc, name)).pid == old_pid:
+        assert proc.poll() is None, "serve stopped"
+        assert time.monotonic() < deadline, f"{name} was not started again"
+        time.sleep(0.2)
+    return new
+
+
+def wait_until(condition: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def wait_for_job(job_id: int, status: str, what: str, timeout: float = 60) -> None:
+    from jobs.models import Job
+
+    wait_until(lambda: Job.objects.get(pk=job_id).status == status, what, timeout)
+
+
+def answers(base: str) -> bool:
+    try:
+        return requests.get(f"{base}/healthz", timeout=5).status_code in (200, 503)
+    except requests.RequestException:
+        return False
+
+
+def test_serve_starts_again_each_process_that_dies_and_shows_it(tmp_path: Path, django_user_model: Any) -> None:
+    import tests.jobs.sample_jobs  # noqa: F401 - registers the job the cluster runs
+    from jobs.services import job_create
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_serve(tmp_path, port, JOBS_EXTRA_MODULES="tests.jobs.sample_jobs", JOBS_STALE_SECONDS="2")
+    user = django_user_model.objects.create_user(email="ops@example.com", password="x" * 12)
+    try:
+        wait_for_http(f"{base}/healthz", timeout=60, proc=proc)
+        wait_for_output(tmp_path, "running.")
+        for name in ("web", "jobs", "front", "asgi", "progress"):
+            victim = supervised_main(proc, name)
+            leftovers = victim.children(recursive=True)  # granian's workers, the cluster's processes
+            os.kill(victim.pid, signal.SIGKILL)
+            wait_for_restart(proc, name, victim.pid)
+            # What the killed process left behind is gone: the new one runs alone.
+            _, alive = psutil.wait_procs(leftovers, timeout=15)
+            assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], name
+            wait_until(lambda: answers(base), f"no answer after {name} was killed")
+            if name == "jobs":
+                # Jobs accepted after the cluster's main process was killed run on the new cluster.
+                marker = tmp_path / "ran"
+                job = job_create(type="tests.record", data={"path": str(marker)}, user=user)
+                wait_for_job(job.pk, "success", "the job never ran after the kill")
+                assert len(marker.read_text().splitlines()) == 1
+        restarts = requests.get(f"{base}/healthz", timeout=5).json()["restarts"]
+        assert {name: record["restarts"] for name, record in restarts.items()} == {
+            "web": 1,
+            "jobs": 1,
+            "front": 1,
+            "asgi": 1,
+            "progress": 1,
+        }
+        # ("while starting": supervisord counts a process as started once it has run START_SECONDS.)
+        assert {record["last_exit"] for record in restarts.values()} <= {"died", "died while starting"}, restarts
+        assert all(record["last_exit_at"] for record in restarts.values()), restarts
+    finally:
+        output = stop_and_read(proc, tmp_path)
+    assert proc.returncode == 0, output[-3000:]
+    assert "exited: web (exit status 137; not expected)" in output, output[-3000:]  # supervisord's log says how
+
+
+def test_serve_runs_jobs_through_worker_kills_and_a_frozen_cluster(tmp_path: Path, django_user_model: Any) -> None:
+    """Killing any single cluster process stops job execution for a bounded time, never for good:
+    not an idle worker (which can leave the task queue's read lock held, freezing the cluster),
+    not a busy one, not the whole cluster frozen (the watchdog outside it restarts it)."""
+    import tests.jobs.sample_jobs  # noqa: F401 - registers the jobs the cluster runs
+    from jobs.models import Job
+    from jobs.services import job_create
+
+    port = free_port()
+    proc = start_serve(
+        tmp_path,
+        port,
+        JOBS_EXTRA_MODULES="tests.jobs.sample_jobs",
+        JOBS_STALE_SECONDS="2",
+        JOBS_STALL_SECONDS="5",
+        Q_WORKERS="2",
+    )
+    user = django_user_model.objects.create_user(email="ops@example.com", password="x" * 12)
+    ran = tmp_path / "ran"
+
+    def job_runs(label: str) -> None:
+        job = job_create(type="tests.record", data={"path": str(ran)}, user=user)
+        wait_for_job(job.pk, "success", f"no job ran after {label}", 120)
+
+    def worker_pids() -> list[int]:
+        log = (tmp_path / "serve.log").read_text(errors="replace")
+        return [int(pid) for pid in re.findall(r"ready for work at (\d+)", log) if psutil.pid_exists(int(pid))]
+
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=60, proc=proc)
+        wait_for_output(tmp_path, "running.")
+        job_runs("the start")
+        for kill, victim in enumerate(["idle", "busy", "main", "idle", "busy", "idle", "busy", "main", "idle", "busy"]):
+            if victim == "busy":  # a worker mid-job: the job runs again and finishes
+                marker = tmp_path / f"slept-{kill}"
+                busy = job_create(type="tests.sleep_retry", data={"seconds": 60.0, "marker": str(marker)}, user=user)
+                wait_for_job(busy.pk, "started", "the job never started")
+                wait_until(marker.exists, "the job never ran")
+                worker = Job.objects.get(pk=busy.pk).worker or ""
+                os.kill(int(worker.split(":", 1)[0].rsplit("-", 1)[1]), signal.SIGKILL)
+                wait_for_job(busy.pk, "success", "the killed job never ended", 120)
+                assert Job.objects.get(pk=busy.pk).interruptions == 1
+            elif victim == "idle":  # can leave the task queue's read lock held: the cluster freezes
+                wait_until(lambda: len(worker_pids()) >= 2, "the cluster's workers never started", 120)
+                os.kill(worker_pids()[0], signal.SIGKILL)
+            else:  # the cluster's main process: its wrapper kills the rest, supervisord starts it again
+                main = supervised_main(proc, "jobs")
+                os.kill(main.pid, signal.SIGKILL)
+                wait_for_restart(proc, "jobs", main.pid)
+            job_runs(f"kill {kill + 1}")
+        # The whole cluster frozen (SIGSTOP): nothing inside it can notice; the watchdog does.
+        cluster = supervised_main(proc, "jobs")
+        for process in [cluster, *cluster.children(recursive=True)]:
+            process.suspend()
+        job_runs("the freeze")
+        restarts = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["restarts"]
+        assert restarts["jobs"]["last_exit"].startswith("was restarted by the watchdog"), restarts
+    finally:
+        output = stop_and_read(proc, tmp_path)
+    assert proc.returncode == 0, output[-3000:]
+    # Every job ran exactly once: one line per `tests.record` job (the start, 10 kills, the freeze).
+    assert len(ran.read_text().splitlines()) == 12
+
+
+def test_serve_gives_up_on_a_process_that_keeps_dying(tmp_path: Path) -> None:
+    from coordinator.serving.supervision import GIVE_UP_DEATHS
+
+    port = free_port()
+    proc = start_serve(tmp_path, port)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=60, proc=proc)
+        for _ in range(GIVE_UP_DEATHS):
+            victim = supervised_main(proc, "front")
+            children = descendants(proc)
+            os.kill(victim.pid, signal.SIGKILL)
+            if _ < GIVE_UP_DEATHS - 1:
+                wait_for_restart(proc, "front", victim.pid)
+        output = stop_and_read(proc, tmp_path, sig=None)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, output[-3000:]
+    assert f"serve: gave up: front died {GIVE_UP_DEATHS} times within 60 s" in output, output[-3000:]
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_serve_stops_within_its_bound_with_a_frozen_cluster(tmp_path: Path) -> None:
+    from coordinator.serving.supervision import STOP_BOUND_SECONDS
+
     port = free_port()
     proc = start_serve(tmp_path, port)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=60, proc=proc)
         wait_for_output(tmp_path, "running.")
-        # granian's main process: its workers share its command line, so it is the one whose parent is not granian.
-        granian_main = next(
-            child
-            for child in descendants(proc)
-            if "granian" in " ".join(child.cmdline())
-            and child.parent()
-            and "granian" not in " ".join(child.parent().cmdline())
-        )
-        assert granian_main.children(), "granian's workers are separate processes"
+        cluster = supervised_main(proc, "jobs")
+        frozen = [cluster, *cluster.children(recursive=True)]
+        for process in frozen:
+            process.suspend()  # SIGSTOP: it cannot even see the stop signal
         children = descendants(proc)
-        os.kill(granian_main.pid, signal.SIGKILL)  # its workers live on (orphans) until the group stops them
-        output = stop_and_read(proc, tmp_path, sig=None)
+        proc.send_signal(signal.SIGTERM)
+        # Bounded: `serve` exits by itself (a frozen cluster used to keep it waiting forever).
+        proc.wait(timeout=STOP_BOUND_SECONDS + 15)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode != 0, output[-3000:]
-    assert "web stopped" in output or ("web (pid" in output and "died" in output), output[-3000:]
-    assert "SIGKILL" not in output, output[-3000:]
-    _, still_running = psutil.wait_procs(children, timeout=10)  # orphans of the killed parent included
-    alive = [c for c in still_running if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-    assert not alive, [c.cmdline() for c in alive]
+    output = (tmp_path / "serve.log").read_text(errors="replace")
+    assert proc.returncode == 0, output[-3000:]
+    assert "still running" in output and "SIGKILL" in output, output[-3000:]  # the cluster was killed
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_serve_finishes_a_request_in_flight_when_stopped(tmp_path: Path) -> None:
+    """Draining: a request whose body is still arriving when SIGTERM comes is answered in full."""
+    port = free_port()
+    proc = start_serve(tmp_path, port)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=60, proc=proc)
+        body = b'{"email": "nobody@example.com", "password": "not-the-password"}'
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(
+                b"POST /auth/token/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:10]
+            )
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            wait_for_output(tmp_path, "front door draining 1 connection")
+            conn.sendall(body[10:])
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    status_line = answer.split(b"\r\n", 1)[0]
+    assert status_line in (b"HTTP/1.1 401 Unauthorized", b"HTTP/1.1 400 Bad Request"), answer[:500]
+    assert b'"code"' in answer
 
 
 def test_web_keeps_connections_alive_only_behind_a_real_proxy() -> None:

@@ -77,8 +77,9 @@ def sleep(ctx: JobContext, seconds: float, steps: int = 10) -> str:
 
 @job(name="tests.sleep_retry", timeout=120, max_attempts=2, backoff=0)
 def sleep_retry(ctx: JobContext, seconds: float, marker: str) -> str:
-    """Sleeps on the first attempt (long enough to be killed), returns at once on the second."""
-    if ctx.attempt == 1:
+    """Sleeps the first time it runs (long enough to be killed or cut off), leaving `marker`;
+    returns at once when it runs again."""
+    if not os.path.exists(marker):
         open(marker, "w").close()
         for step in range(100):
             ctx.report(step, f"step {step}", force=True)

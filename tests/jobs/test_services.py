@@ -190,23 +190,34 @@ def test_cancel_requested_stops_a_running_function(user: User) -> None:
     assert job.error.startswith("Cancelled") and job.attempts == 1
 
 
-def test_recovery_retries_or_fails_stale_jobs(user: User) -> None:
-    retry = job_create(type="tests.sleep_retry", data={"seconds": 1.0, "marker": "/nonexistent"}, user=user)
-    fail = job_create(type="tests.sleep", data={"seconds": 1.0}, user=user)
+def test_recovery_runs_a_job_whose_worker_was_lost_again_without_using_an_attempt(user: User) -> None:
+    lost = job_create(type="tests.sleep", data={"seconds": 1.0}, user=user)  # one attempt allowed
+    worn = job_create(type="tests.sleep_retry", data={"seconds": 1.0, "marker": "/nonexistent"}, user=user)
+    doomed = job_create(type="tests.sleep", data={"seconds": 1.0}, user=user)
     live = job_create(type="tests.sleep", data={"seconds": 1.0}, user=user)
-    for job in (retry, fail, live):
+    Job.objects.filter(pk__in=[worn.pk, doomed.pk]).update(interruptions=services.MAX_INTERRUPTIONS)
+    for job in (lost, worn, doomed, live):
         assert job_claim(job_id=job.pk, worker=f"dead:{job.pk}")
     old = timezone.now() - timedelta(seconds=120)
-    Job.objects.filter(pk__in=[retry.pk, fail.pk]).update(heartbeat_at=old)
-    assert sorted(jobs_recover_stale(stale_seconds=30)) == sorted([retry.pk, fail.pk])
-    retry.refresh_from_db()
-    fail.refresh_from_db()
-    live.refresh_from_db()
-    assert retry.status == "fresh" and "stopped responding" in retry.error
-    assert fail.status == "failure" and "stopped responding" in fail.error
+    Job.objects.filter(pk__in=[lost.pk, worn.pk, doomed.pk]).update(heartbeat_at=old)
+    assert sorted(jobs_recover_stale(stale_seconds=30)) == sorted([lost.pk, worn.pk, doomed.pk])
+    for job in (lost, worn, doomed, live):
+        job.refresh_from_db()
+    # A lost worker is not the job's failure: it runs again, its attempt given back.
+    assert lost.status == "fresh" and lost.attempts == 0 and lost.interruptions == 1
+    assert "stopped responding" in lost.error
+    # A job that has lost its workers MAX_INTERRUPTIONS times is handled as an error: retried
+    # while it has attempts, failed after.
+    assert worn.status == "fresh" and worn.attempts == 1 and "stopped responding" in worn.error
+    assert doomed.status == "failure" and "stopped responding" in doomed.error
     assert live.status == "started"
     # The dead worker's late report of an outcome no longer counts.
-    assert services.job_finish(job_id=fail.pk, worker=f"dead:{fail.pk}", ok=True, result=1) == "lost"
+    assert services.job_finish(job_id=doomed.pk, worker=f"dead:{doomed.pk}", ok=True, result=1) == "lost"
+    assert services.job_finish(job_id=lost.pk, worker=f"dead:{lost.pk}", ok=True, result=1) == "lost"
+    # An operator's retry starts the budgets afresh.
+    services.job_retry(job=doomed)
+    doomed.refresh_from_db()
+    assert doomed.interruptions == 0 and doomed.attempts == 0
 
 
 def test_manager_commands(user: User, capsys) -> None:

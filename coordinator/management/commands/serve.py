@@ -7,8 +7,8 @@ docs/serving.md). The front door routes a connection by its first request, so gr
 HTTP/1.1 keep-alive off there and closes every connection after one response. With
 --behind-proxy, granian listens on HOST:PORT (keep-alive on) and daphne on HOST:ASGI_PORT, for a
 real reverse proxy (nginx) in front. A django-q2 cluster runs beside them, plus every process an
-installed app declares with `AppConfig.serve_processes()`. When one of them dies, or on SIGTERM,
-the whole group stops within honcho's bound (coordinator/serving/group.py).
+installed app declares with `AppConfig.serve_processes()`, all under supervisord: what dies is
+started again, and SIGTERM stops everything within a bound (coordinator/serving/supervision.py).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.urls import NoReverseMatch, reverse
 
-from coordinator.serving.group import STOP_GRACE_SECONDS, ProcessSpec, run_group
 from coordinator.serving.preflight import database_problem
+from coordinator.serving.supervision import STOP_GRACE_SECONDS, ProcessSpec, run_supervised
 
 
 def _bin(name: str) -> str:
@@ -100,7 +100,10 @@ def build_process_specs(
     private = ["--endpoint", f"unix:{asgi_socket}:mode=600"]
     daphne += ["--bind", host, "--port", str(asgi_port)] if behind_proxy else private
     daphne += ["coordinator.asgi:application"]
-    specs = [ProcessSpec("web", web), ProcessSpec("asgi", daphne)]
+    specs = [
+        ProcessSpec("web", web, socket=None if behind_proxy else wsgi_socket),
+        ProcessSpec("asgi", daphne, socket=None if behind_proxy else asgi_socket),
+    ]
     if not behind_proxy:
         proxy = [
             sys.executable,
@@ -123,16 +126,7 @@ def build_process_specs(
             proxy += ["--asgi-prefix", prefix]
         specs.append(ProcessSpec("front", proxy))
     if qcluster:
-        # Signalled through its main process only (see coordinator/serving/leader_only.py).
-        leader_only = [
-            sys.executable,
-            "-m",
-            "coordinator.serving.leader_only",
-            "--grace",
-            str(STOP_GRACE_SECONDS),
-            "--",
-        ]
-        specs.append(ProcessSpec("jobs", [*leader_only, *manage, "qcluster"]))
+        specs.append(ProcessSpec("jobs", [*manage, "qcluster"]))
     for config in apps.get_app_configs():
         declare = getattr(config, "serve_processes", None)
         if declare is not None:
@@ -222,15 +216,12 @@ class Command(BaseCommand):
             qcluster=not options["no_qcluster"],
             access_log=options["access_log"],
         )
-        for stale in ("wsgi.sock", "asgi.sock"):  # left by a killed instance: would block binding
-            (Path(settings.RUN_DIR) / stale).unlink(missing_ok=True)
         env = dict(os.environ)
         env.setdefault("DJANGO_SETTINGS_MODULE", "coordinator.settings")
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.BASE_DIR), env.get("PYTHONPATH")]))
         self.stdout.write(self.style.SUCCESS(banner(options["host"], options["port"], options["behind_proxy"])))
         self.stdout.flush()
-        status = run_group(specs, env)
+        status = run_supervised(specs, env, Path(settings.RUN_DIR))
         if status:
-            self.stderr.write("Coordinator stopped: a process kept dying (see above).")
             raise SystemExit(status)
