@@ -74,3 +74,15 @@ def as_application_error(exc: Exception) -> Exception:
     if isinstance(exc, OperationalError | InterfaceError):
         return DatabaseUnavailableError()
     return exc
+
+
+class IdempotencyKeyReusedError(ApplicationError):
+    code = "idempotency_key_reused"
+    status_code = 422
+    default_message = "This Idempotency-Key was already used with a different request body."
+
+
+class IdempotencyKeyInvalidError(ApplicationError):
+    code = "idempotency_key_invalid"
+    status_code = 400
+    default_message = "An Idempotency-Key is 1 to 255 printable ASCII characters."

@@ -82,3 +82,23 @@ class User(AbstractBaseUser, PermissionsMixin):
     def address(self) -> str:
         """How this user appears in message `from`/`to` fields (`user:<email>`)."""
         return f"user:{self.email}"
+
+
+class IdempotentAnswer(models.Model):
+    """The first answer to a creating request sent with an `Idempotency-Key` header, replayed to
+    its retries for IDEMPOTENCY_KEEP (coordinator/api/idempotency.py). `scope` is a hash of the
+    method, the path and who asked; `fingerprint` a hash of the body."""
+
+    scope = models.CharField(max_length=64)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)
+    status = models.PositiveSmallIntegerField()
+    content = models.BinaryField()
+    content_type = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "key"], name="idempotent_answer_unique_key")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.status})"

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.apps import apps
 from django.conf import settings
 from django.db import DatabaseError, connections
+from django.utils import timezone
+
+from coordinator.models import IdempotentAnswer
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +77,8 @@ def platform_health() -> dict[str, str]:
             logger.exception("Health check of %s failed", config.label)
             components[config.label] = "down"
     return components
+
+
+def idempotent_answer_find(*, scope: str, key: str, keep: timedelta) -> IdempotentAnswer | None:
+    """The stored answer for this key, unless it is older than `keep`."""
+    return IdempotentAnswer.objects.filter(scope=scope, key=key, created_at__gte=timezone.now() - keep).first()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
 from django.db import transaction
+from django.utils import timezone
 
 from coordinator.errors import PermissionDeniedError, ValidationFailedError
-from coordinator.models import Role, User
+from coordinator.models import IdempotentAnswer, Role, User
 
 
 def _apply_role(user: User, role: str) -> None:
@@ -97,3 +100,14 @@ def user_create_or_update(
         raise ValidationFailedError("A new user needs a password.", extra={"fields": {"password": ["required"]}})
     user.save()
     return user, created
+
+
+def idempotent_answer_store(
+    *, scope: str, key: str, fingerprint: str, status: int, content: bytes, content_type: str, keep: timedelta
+) -> None:
+    """Remember an answer for its key's retries. Runs in the request's transaction: a concurrent
+    request with the same key that committed first makes it raise IntegrityError (and roll back)."""
+    IdempotentAnswer.objects.filter(created_at__lt=timezone.now() - keep).delete()
+    IdempotentAnswer.objects.create(
+        scope=scope, key=key, fingerprint=fingerprint, status=status, content=content, content_type=content_type
+    )

@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, set_rollback
 
+from coordinator.api.idempotency import IdempotentCreateMixin
 from coordinator.api.parsers import JSONParser
 from coordinator.errors import ApplicationError, as_application_error
 from coordinator.permissions import platform_user
@@ -79,7 +80,7 @@ def _type_list() -> str:
     return ", ".join(spec.name for spec in all_specs())
 
 
-class TaskCreateApi(BookLogrView):
+class TaskCreateApi(IdempotentCreateMixin, BookLogrView):
     parser_classes = [JSONParser]
 
     class InputSerializer(serializers.Serializer):

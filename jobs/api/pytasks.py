@@ -18,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, set_rollback
 
+from coordinator.api.idempotency import IdempotentCreateMixin
 from coordinator.api.parsers import JSONParser
 from coordinator.errors import ApplicationError, as_application_error
 from coordinator.models import User
@@ -94,7 +95,7 @@ def pytasks_status(job: Job) -> str:
     return STATUS_NAMES.get(Job.Status(job.status), "PENDING")
 
 
-class PytasksTaskCreateApi(PytasksView):
+class PytasksTaskCreateApi(IdempotentCreateMixin, PytasksView):
     throttle_classes = [AnonymousJobThrottle]
 
     class InputSerializer(serializers.Serializer):

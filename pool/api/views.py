@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.authentication import JWTAuthentication
 
+from coordinator.api.idempotency import IdempotentCreateMixin
 from coordinator.api.views import ErrorEnvelopeSerializer
 from coordinator.permissions import IsAdmin, IsMasterOrAdmin, platform_user
 from coordinator.throttling import CREDENTIAL_THROTTLES, CredentialAddressThrottle, body_field
@@ -110,7 +111,7 @@ class PendingApi(DeviceApi):
         return Response([message_to_wire(m) for m in selectors.device_pending(device=self.device)])
 
 
-class ResponseApi(DeviceApi):
+class ResponseApi(IdempotentCreateMixin, DeviceApi):
     """Answer a task addressed to the caller: done and failed are final, progress is not."""
 
     @extend_schema_serializer(component_name="PoolResponseInput")
@@ -143,7 +144,7 @@ class ResponseApi(DeviceApi):
         return Response(message_to_wire(message), status=201)
 
 
-class HeartbeatApi(DeviceApi):
+class HeartbeatApi(IdempotentCreateMixin, DeviceApi):
     """Liveness ping: stores a heartbeat message and updates the device's last activity."""
 
     @extend_schema_serializer(component_name="PoolHeartbeatInput")
@@ -160,7 +161,7 @@ class HeartbeatApi(DeviceApi):
         return Response(message_to_wire(message), status=201)
 
 
-class TaskCreateApi(APIView):
+class TaskCreateApi(IdempotentCreateMixin, APIView):
     """Create a task for one device, several or all (`device:*`)."""
 
     permission_classes = [IsMasterOrAdmin]
