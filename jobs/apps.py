@@ -32,6 +32,24 @@ class JobsConfig(AppConfig):
 
         return {"job cluster": cluster_state(), "export disk": disk_state(conf.export_root())}
 
+    def serve_watches(self) -> list[dict[str, Any]]:
+        """For `serve`'s watchdog (coordinator/serving/watchdog.py): the job cluster it runs is
+        restarted when it makes no progress, and the jobs it had fetched are queued again."""
+        from jobs import conf
+        from jobs.selectors import cluster_stall
+        from jobs.services import jobs_requeue_undelivered
+
+        return [
+            {
+                "process": "jobs",
+                "stall": cluster_stall,
+                # Nobody holds the stopped cluster's fetched jobs now (a cluster elsewhere that
+                # holds one loses the claim harmlessly).
+                "after_stop": lambda: jobs_requeue_undelivered(after_seconds=0),
+                "window_seconds": conf.stall_seconds(),
+            }
+        ]
+
     def admin_dashboard(self, request: Any) -> list[dict[str, Any]]:
         from django.urls import reverse
 

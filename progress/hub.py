@@ -3,7 +3,11 @@ local SSE and WebSocket subscribers whose filter accepts it.
 
 Transports (`PROGRESS_TRANSPORT`, default `auto`):
 - `layer` (chosen when the channel layer is channels-redis): the hub joins one channel-layer
-  group and receives the batches publishers send after storing them.
+  group and receives the batches publishers send after storing them. The event table stays the
+  record: every RECONCILE_SECONDS the hub also reads the ids above the last one it reconciled, so
+  an event whose broadcast was lost (Redis down or restarting while it was published) still
+  reaches its readers, late. Each event is handed out once per hub, by whichever path brings it
+  first (ids handed out are remembered for DELIVERED_MEMORY_SECONDS).
 - `db` (embedded default, no Redis): the hub polls the event table for ids above the last one
   it saw. On SQLite writers are serialised, so ids become visible in order; on PostgreSQL a
   lower id may commit after a higher one, so ids skipped over are re-checked for a few seconds.
@@ -30,6 +34,8 @@ from progress.services import layer_group
 
 logger = logging.getLogger(__name__)
 GAP_GRACE_SECONDS = 5.0
+RECONCILE_SECONDS = 1.0
+DELIVERED_MEMORY_SECONDS = 120.0
 
 
 class Subscriber:
@@ -63,6 +69,11 @@ class Hub:
         self.ready = asyncio.Event()
         self.wake = asyncio.Event()
         self.transport = conf.transport()
+        # Layer transport: the last id reconciled from the table, ids skipped over there (commits
+        # out of order), and the ids handed out lately with when.
+        self.last: int | None = None
+        self.gaps: dict[int, float] = {}
+        self.delivered: dict[int, float] = {}
 
     async def subscribe(self, subscriber: Subscriber) -> None:
         """Register a subscriber; returns once every event stored from now on will reach it. A user
@@ -107,17 +118,54 @@ class Hub:
         # A layer instance of its own: channels-redis ties receiving to one event loop, and tests
         # (unlike daphne) run one loop after another in the same process.
         layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
-        channel = await layer.new_channel("progress.hub.")
-        group = await sync_to_async(layer_group)()
-        await layer.group_add(group, channel)
-        refresher = asyncio.get_running_loop().create_task(self._refresh_group(layer, group, channel))
-        self.ready.set()
+        if self.last is None:
+            self.last = await sync_to_async(event_latest_id)()
+        reconciler = asyncio.get_running_loop().create_task(self._reconcile())
         try:
-            while True:
-                message = await layer.receive(channel)
-                self.dispatch(list(message.get("events", [])))
+            channel = await layer.new_channel("progress.hub.")
+            group = await sync_to_async(layer_group)()
+            await layer.group_add(group, channel)
+            refresher = asyncio.get_running_loop().create_task(self._refresh_group(layer, group, channel))
+            self.ready.set()
+            try:
+                while True:
+                    message = await layer.receive(channel)
+                    self._hand_out(list(message.get("events", [])), from_table=False)
+            finally:
+                refresher.cancel()
         finally:
-            refresher.cancel()
+            reconciler.cancel()
+
+    async def _reconcile(self) -> None:
+        """The event table read by id, for what the layer did not bring (runs while Redis is down too)."""
+        while True:
+            await asyncio.sleep(RECONCILE_SECONDS)
+            if not self.subscribers or self.last is None:
+                continue
+            try:
+                events, self.last = await sync_to_async(_poll)(self.last, self.gaps)
+            except Exception:
+                logger.exception("progress hub could not read the event table; trying again")
+                continue
+            self._hand_out(events, from_table=True)
+
+    def _hand_out(self, events: list[Event], *, from_table: bool) -> None:
+        now = time.monotonic()
+        for event_id, at in list(self.delivered.items()):
+            if now - at <= DELIVERED_MEMORY_SECONDS:
+                break  # insertion order is time order
+            del self.delivered[event_id]
+        fresh = []
+        for event in events:
+            event_id = int(event["id"])
+            if event_id in self.delivered:
+                continue
+            if not from_table and self.last is not None and event_id <= self.last and event_id not in self.gaps:
+                continue  # the table read handed it out already, longer ago than it is remembered
+            self.delivered[event_id] = now
+            fresh.append(event)
+        if fresh:
+            self.dispatch(fresh)
 
     async def _refresh_group(self, layer: Any, group: str, channel: str) -> None:
         while True:  # group membership expires (channels-redis: after a day) unless renewed

@@ -128,13 +128,23 @@ class Listener:
                 self.drained.set()
 
     async def store(self, batch: list[dict[str, Any]]) -> None:
+        """Store the batch (retried by the flusher until it is stored: once), then broadcast it. A
+        failed broadcast is not retried with the write: the events are stored, and every hub reads
+        what its layer missed from the table (progress/hub.py)."""
+
         def write() -> Any:
             close_old_connections()
             return events_store(batch)
 
-        events = await sync_to_async(write)()
-        if self.layer:
+        await self.broadcast(await sync_to_async(write)())
+
+    async def broadcast(self, events: list[Event]) -> None:
+        if not self.layer or not events:
+            return
+        try:
             await events_broadcast(events)
+        except Exception as exc:  # Redis down: the events are stored; the hubs read them from the table
+            logger.warning("Broadcasting %d stored progress events failed: %s", len(events), exc)
 
     # --- sockets ------------------------------------------------------------------------------
     def _bind(self, path: Path, kind: int) -> socket.socket:
@@ -156,9 +166,7 @@ class Listener:
     async def serve(self) -> None:
         """Listen on both sockets until `stop()`; connections are ended and events flushed on the way out."""
         loop = asyncio.get_running_loop()
-        orphans = await sync_to_async(_end_orphans)()
-        if orphans and self.layer:
-            await events_broadcast(orphans)
+        await self.broadcast(await sync_to_async(_end_orphans)())
         seq = self._bind(self.seqpacket_path, socket.SOCK_SEQPACKET)
         stream = self._bind(self.stream_path, socket.SOCK_STREAM)
         flusher = loop.create_task(self.flusher())

@@ -9,11 +9,11 @@ and why), which /healthz and the admin read. A process that died GIVE_UP_DEATHS 
 GIVE_UP_WINDOW_SECONDS, or that supervisord could not start (FATAL), makes it record why and
 shut supervisord down: `serve` then exits non-zero with that message.
 
-Every 5 s (TICK_5) it asks the jobs app whether the clusters make progress
-(`jobs.selectors.cluster_stall`); when the cluster that `serve` runs has been up for
-JOBS_STALL_SECONDS and makes none, it is stopped (its wrapper kills what does not stop), the jobs
-it had fetched are queued again, and it is started again. Jobs its workers were running are
-recovered by the new cluster's sweep.
+Every 5 s (TICK_5) it runs the checks the apps declare (`AppConfig.serve_watches()`): the jobs
+app asks whether the clusters make progress (`jobs.selectors.cluster_stall`); when the cluster
+that `serve` runs has been up for JOBS_STALL_SECONDS and makes none, it is stopped (its wrapper
+kills what does not stop), the jobs it had fetched are queued again, and it is started again.
+Jobs its workers were running are recovered by the new cluster's sweep.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xmlrpc.client import Fault
@@ -33,8 +35,6 @@ from supervisor import childutils
 from coordinator.serving.supervision import GIVE_UP_DEATHS, GIVE_UP_WINDOW_SECONDS, STATE_FILE
 
 logger = logging.getLogger("coordinator.watchdog")
-
-JOB_CLUSTER = "platform:jobs"
 
 
 class Watchdog:
@@ -87,58 +87,76 @@ class Watchdog:
             logger.error("supervisord did not take the shutdown: %s", exc)
 
     def on_tick(self) -> None:
-        reason = self._cluster_stall()
-        if reason is None:
-            return
-        logger.warning("the job cluster makes no progress (%s): restarting it", reason)
-        record = self._record("jobs")
+        for watch in _process_watches():
+            reason = self._stall(watch)
+            if reason is not None:
+                self._restart(watch, reason)
+
+    def _stall(self, watch: ProcessWatch) -> str | None:
+        try:
+            info = self.rpc.supervisor.getProcessInfo(f"platform:{watch.process}")
+        except (Fault, OSError):
+            return None  # not run by this `serve` (`--no-qcluster`: supervised elsewhere)
+        # Up for the whole window (time for its first sign of life), and so restarted at most once
+        # per window: a restart that does not help is not repeated in a tight loop.
+        if info.get("statename") != "RUNNING" or info["now"] - info["start"] < watch.window_seconds:
+            return None
+        from django.db import close_old_connections
+
+        from coordinator.selectors import database_is_up
+
+        close_old_connections()
+        try:
+            if not database_is_up():
+                return None  # everything waits for the database; a restart would not help
+            return watch.stall()
+        except Exception:
+            logger.exception("the check of %s failed", watch.process)
+            return None
+
+    def _restart(self, watch: ProcessWatch, reason: str) -> None:
+        name = f"platform:{watch.process}"
+        logger.warning("%s makes no progress (%s): restarting it", watch.process, reason)
+        record = self._record(watch.process)
         record["restarts"] += 1
         record["last_exit_at"] = time.time()
         record["last_exit"] = f"was restarted by the watchdog: {reason}"
         self.save()
         try:
-            self.rpc.supervisor.stopProcess(JOB_CLUSTER, True)
+            self.rpc.supervisor.stopProcess(name, True)
         except (Fault, OSError) as exc:
-            logger.error("stopping the job cluster failed: %s", exc)
-        self._requeue_fetched()
+            logger.error("stopping %s failed: %s", watch.process, exc)
         try:
-            self.rpc.supervisor.startProcess(JOB_CLUSTER, False)
+            watch.after_stop()
+        except Exception:
+            logger.exception("cleaning up after %s failed", watch.process)
+        try:
+            self.rpc.supervisor.startProcess(name, False)
         except (Fault, OSError) as exc:
-            logger.error("starting the job cluster failed: %s", exc)
+            logger.error("starting %s failed: %s", watch.process, exc)
 
-    def _requeue_fetched(self) -> None:
-        """The stopped cluster's fetched jobs are nobody's now: queue them again at once (a
-        cluster elsewhere that holds one loses the claim harmlessly)."""
-        from jobs.services import jobs_requeue_undelivered
 
-        try:
-            jobs_requeue_undelivered(after_seconds=0)
-        except Exception:
-            logger.exception("queueing the stopped cluster's jobs again failed")
+@dataclass(frozen=True)
+class ProcessWatch:
+    """What an app asks the watchdog to watch (`AppConfig.serve_watches()`): the `serve` process
+    `process`, restarted when `stall()` names a reason after it has run `window_seconds`;
+    `after_stop()` runs between the stop and the start."""
 
-    def _cluster_stall(self) -> str | None:
-        try:
-            info = self.rpc.supervisor.getProcessInfo(JOB_CLUSTER)
-        except (Fault, OSError):
-            return None  # `serve --no-qcluster`: the clusters run elsewhere, under their own supervision
-        from django.db import close_old_connections
+    process: str
+    stall: Callable[[], str | None]
+    after_stop: Callable[[], object]
+    window_seconds: float
 
-        from coordinator.selectors import database_is_up
-        from jobs import conf
-        from jobs.selectors import cluster_stall
 
-        # Up long enough for its first sweep, and so restarted at most once per this period: a
-        # restart that does not help is not repeated in a tight loop.
-        if info.get("statename") != "RUNNING" or info["now"] - info["start"] < conf.stall_seconds():
-            return None
-        close_old_connections()
-        try:
-            if not database_is_up():
-                return None  # every cluster waits for the database; restarting one would not help
-            return cluster_stall()
-        except Exception:
-            logger.exception("the job cluster's check failed")
-            return None
+def _process_watches() -> list[ProcessWatch]:
+    from django.apps import apps
+
+    watches: list[ProcessWatch] = []
+    for config in apps.get_app_configs():
+        declare = getattr(config, "serve_watches", None)
+        if declare is not None:
+            watches.extend(ProcessWatch(**watch) for watch in declare())
+    return watches
 
 
 def main() -> None:
@@ -148,9 +166,9 @@ def main() -> None:
     django.setup()
     from django.conf import settings
 
-    # stdout is supervisord's event protocol; everything said goes to stderr.
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="watchdog | %(levelname)s %(message)s")
-    watchdog = Watchdog(Path(settings.RUN_DIR), childutils.getRPCInterface(os.environ))
+    # stdout is supervisord's event protocol: the log (settings.LOGGING) writes to stderr. The
+    # environment handed to supervisor's client holds the control socket's address and password.
+    watchdog = Watchdog(Path(settings.RUN_DIR), childutils.getRPCInterface(dict(os.environ)))
     while True:
         headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
         event = headers["eventname"]

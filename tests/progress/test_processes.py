@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
 from progress.client import stream
 from tests.conftest import access_token_for
-from tests.live import ROOT, server_env
+from tests.live import ROOT, free_port, server_env
 from tests.progress.conftest import SseReader, run_asgi_server, run_listener_process, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -73,3 +75,58 @@ def test_no_event_lost_across_a_reconnect(admin, socket_dir) -> None:
             wait_for(lambda: ("msg", {"0": "four"}) in again.events())
             assert again.events() == [("msg", {"0": "two"}), ("msg", {"0": "three"}), ("msg", {"0": "four"})]
             again.close()
+
+
+@contextmanager
+def throwaway_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A redis-server of this test's own on `port` (never the shared one)."""
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout == b"PONG\n")
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_a_redis_restart_while_streaming_stores_each_event_once_and_readers_get_them_all(admin, socket_dir) -> None:
+    """Redis goes away mid-stream and comes back: the listener stores every event once (its
+    broadcast failing is not retried with the write), and the reader gets each one exactly once
+    once the layer is back (the hub reads what the layer missed from the event table)."""
+    from progress.models import ProgressEvent
+
+    port = free_port()
+    redis_env = {"REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    token = access_token_for(admin)
+    server = throwaway_redis(port)
+    server.__enter__()
+    try:
+        with run_asgi_server(**redis_env) as base, run_listener_process(socket_dir, **redis_env) as seq:
+            reader = SseReader(f"{base}/progress/events?token={token}")
+            wait_for(lambda: reader.frames, message="stream open")
+            with stream("through an outage", seq) as s:
+                for n in range(20):
+                    s.send(f"before {n}")
+                wait_for(lambda: ("msg", {"0": "before 19"}) in reader.events(), message="live before the outage")
+                server.__exit__(None, None, None)  # Redis stops
+                for n in range(20):
+                    s.send(f"during {n}")
+                wait_for(
+                    lambda: ProgressEvent.objects.filter(text="during 19").exists(), message="stored in the outage"
+                )
+                server = throwaway_redis(port)  # ... and comes back, empty
+                server.__enter__()
+                for n in range(20):
+                    s.send(f"after {n}")
+            wait_for(lambda: ("end", {"0": ""}) in reader.events(), timeout=60, message="the stream's end")
+            texts = [data["0"] for kind, data in reader.events() if kind == "msg"]
+            reader.close()
+    finally:
+        server.__exit__(None, None, None)
+    expected = [f"{phase} {n}" for phase in ("before", "during", "after") for n in range(20)]
+    assert sorted(texts) == sorted(expected)  # every event, once (the table read may reorder a few)
+    stored = list(ProgressEvent.objects.filter(topic="stream:0", kind="msg").values_list("text", flat=True))
+    assert sorted(stored) == sorted(expected)  # stored exactly once
