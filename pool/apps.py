@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 from django.apps import AppConfig
+from django.conf import settings
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils import timezone
+
+# The day log counts as behind when a committed message waited longer than this to be written.
+JOURNAL_BEHIND_SECONDS = 60
 
 
 class PoolConfig(AppConfig):
@@ -12,21 +19,50 @@ class PoolConfig(AppConfig):
     name = "pool"
     default_auto_field = "django.db.models.BigAutoField"
 
-    def health(self) -> dict[str, str]:
-        """For /healthz: free space for the day log, when there is one."""
-        from coordinator.selectors import disk_state
+    def serve_processes(self) -> list[tuple[str, list[str]]]:
+        """`manage.py serve` also runs the day log's writer, when there is a day log."""
         from pool.conf import journal_dir
 
+        if journal_dir() is None:
+            return []
+        return [("daylog", [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "pool_journal"])]
+
+    def health(self) -> dict[str, str]:
+        """For /healthz, when there is a day log: free space for it, and whether it is behind
+        (messages committed more than JOURNAL_BEHIND_SECONDS ago not yet written)."""
+        from coordinator.selectors import disk_state
+        from pool.conf import journal_dir
+        from pool.selectors import journal_lag
+
         directory = journal_dir()
-        return {} if directory is None else {"day log disk": disk_state(directory)}
+        if directory is None:
+            return {}
+        _, oldest = journal_lag()
+        late = oldest is not None and (timezone.now() - oldest).total_seconds() > JOURNAL_BEHIND_SECONDS
+        return {"day log disk": disk_state(directory), "day log": "behind" if late else "ok"}
 
     def admin_dashboard(self, request: HttpRequest) -> list[dict[str, Any]]:
         """Cards on the admin index: devices waiting for validation, open deliveries."""
+        from pool.conf import journal_dir
         from pool.models import Delivery, Device
+        from pool.selectors import journal_lag
 
         waiting = Device.objects.filter(validated=False, enabled=True).count()
         open_rows = Delivery.objects.filter(state__in=["pending", "progress"]).count()
+        behind = []
+        if journal_dir() is not None:
+            pending, oldest = journal_lag()
+            if pending:
+                behind.append(
+                    {
+                        "title": "Day log behind",
+                        "value": pending,
+                        "url": reverse("healthz"),
+                        "note": f"messages not yet written, oldest from {timezone.localtime(oldest):%H:%M:%S}",
+                    }
+                )
         return [
+            *behind,
             {
                 "title": "Devices to validate",
                 "value": waiting,

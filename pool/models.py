@@ -81,10 +81,13 @@ class Message(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     device = models.ForeignKey(Device, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages")
+    # Not yet in the day log: the journal writer appends it from here (pool.services.journal_write_pending).
+    journal_pending = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["ts", "seq"]
         indexes = [
+            models.Index(fields=["seq"], name="pool_msg_journal_pending", condition=Q(journal_pending=True)),
             # Lazy broadcast materialisation reads the live broadcasts newer than a watermark.
             models.Index(fields=["ts"], name="pool_msg_broadcast_ts", condition=Q(type="task", target_all=True)),
             models.Index(fields=["type", "ts"], name="pool_msg_type_ts"),

@@ -208,3 +208,10 @@ def task_unfetched_devices(*, task: Message) -> int:
     if not task.target_all or not task.is_live():
         return 0
     return Device.objects.filter(validated=True, enabled=True).exclude(deliveries__task=task).count()
+
+
+def journal_lag() -> tuple[int, datetime | None]:
+    """How many messages wait for the day log, and the time of the oldest."""
+    pending = Message.objects.filter(journal_pending=True)
+    oldest = pending.order_by("seq").values_list("ts", flat=True).first()
+    return pending.count(), oldest

@@ -49,30 +49,97 @@ def _dummy_hash() -> str:
 # --- The day log -------------------------------------------------------------------------------
 
 
-def journal_append(messages: Iterable[Message]) -> None:
-    """Append messages to `<POOL_JOURNAL_DIR>/<UTC day>.jsonl`, one write() per line.
+# The day log is written from the database, never in the request: a committed write's answer does
+# not depend on the disk, and a line is appended whole or not at all (a write the disk cut short
+# is truncated away and tried again later). One writer per journal directory: `manage.py
+# pool_journal`, which `serve` runs when POOL_JOURNAL_DIR is set.
+JOURNAL_BATCH = 1000
+# When the writer starts, pending messages already in this much of their day file's end were
+# written by a writer that stopped before it could record it: they are not written twice.
+JOURNAL_RECONCILE_BYTES = 4 * 1024 * 1024
 
-    The file is opened with O_APPEND and each line goes out in a single os.write(), so concurrent
-    writers (processes) never interleave inside a line; on a local regular file this holds for
-    lines longer than PIPE_BUF too (PIPE_BUF only bounds atomicity for pipes and FIFOs).
-    """
+
+def journal_write_pending(*, limit: int = JOURNAL_BATCH) -> int:
+    """Append up to `limit` pending messages to `<POOL_JOURNAL_DIR>/<UTC day>.jsonl`, in order, and
+    mark them written; the number written. An OSError (a full disk) leaves the files as they were
+    and the messages pending."""
     directory = conf.journal_dir()
     if directory is None:
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    for message in messages:
-        path = directory / f"{message.ts.strftime('%Y-%m-%d')}.jsonl"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return 0
+    with transaction.atomic():
+        batch = list(
+            Message.objects.select_for_update(skip_locked=True).filter(journal_pending=True).order_by("seq")[:limit]
+        )
+        if not batch:
+            return 0
+        directory.mkdir(parents=True, exist_ok=True)
+        by_day: dict[str, list[Message]] = {}
+        for message in batch:
+            by_day.setdefault(message.ts.strftime("%Y-%m-%d"), []).append(message)
+        written: list[int] = []
+        failure: OSError | None = None
         try:
-            os.write(fd, message_line(message))
-        finally:
-            os.close(fd)
+            for day, messages in by_day.items():
+                _append_whole(directory / f"{day}.jsonl", b"".join(message_line(m) for m in messages))
+                written.extend(m.pk for m in messages)
+        except OSError as exc:
+            failure = exc
+        # What reached a file is recorded even when a later day's file failed.
+        Message.objects.filter(pk__in=written).update(journal_pending=False)
+    if failure is not None:
+        raise failure
+    return len(written)
+
+
+def _append_whole(path: Path, data: bytes) -> None:
+    """Append `data` and flush it to disk, or leave the file as it was and raise OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)  # no partial line left to be glued to the next one
+            raise
+    finally:
+        os.close(fd)
+
+
+def journal_reconcile() -> int:
+    """Mark pending messages that are already at the end of their day file (written by a writer
+    that stopped before marking them); the number marked."""
+    directory = conf.journal_dir()
+    if directory is None:
+        return 0
+    pending = list(Message.objects.filter(journal_pending=True).order_by("seq")[:JOURNAL_BATCH])
+    found: list[int] = []
+    tails: dict[str, bytes] = {}
+    for message in pending:
+        day = message.ts.strftime("%Y-%m-%d")
+        if day not in tails:
+            tails[day] = _tail(directory / f"{day}.jsonl")
+        if f'"id":"{message.msg_id}"'.encode() in tails[day]:
+            found.append(message.pk)
+    Message.objects.filter(pk__in=found).update(journal_pending=False)
+    return len(found)
+
+
+def _tail(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - JOURNAL_RECONCILE_BYTES))
+            return handle.read()
+    except FileNotFoundError:
+        return b""
 
 
 def _record(message: Message) -> Message:
-    """Save a new message and append it to the day log once the transaction commits."""
+    """Save a new message, pending for the day log when there is one."""
+    message.journal_pending = conf.journal_dir() is not None
     message.save(force_insert=True)
-    transaction.on_commit(lambda: journal_append([message]))
     return message
 
 

@@ -1,17 +1,23 @@
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import requests
 from django.core.management import call_command
 
 from pool.models import Delivery, Device, Message
-from pool.services import pool_import_jsonl
+from pool.services import journal_reconcile, journal_write_pending, pool_import_jsonl
+from pool.tokens import device_token_encode
 from pool.wire import message_to_wire
+from tests.live import ROOT, run_wsgi_server, server_env
 from tests.pool.conftest import device_client
+from tests.progress.conftest import wait_for
 
 
 @pytest.fixture
@@ -39,6 +45,9 @@ def test_log_round_trip_write_cat_import(
         )
         device_client(d1).post("/pool/heartbeat", {}, format="json")
     device_client(d1).get("/pool/pending")
+    assert not journal.exists()  # written from the database by the writer, never in the request
+    assert journal_write_pending() == Message.objects.count()
+    assert journal_write_pending() == 0
     files = sorted(journal.glob("*.jsonl"))
     assert len(files) == 1 and files[0].name == Message.objects.first().ts.strftime("%Y-%m-%d") + ".jsonl"
     # A day's history is `cat` as in the seed.
@@ -60,28 +69,92 @@ def test_log_round_trip_write_cat_import(
     assert Delivery.objects.get(task__msg_id=task["id"], device=d2).progress == 50
 
 
+def test_a_write_the_disk_cuts_short_leaves_no_partial_line_and_is_tried_again(journal: Path, make_device, monkeypatch):
+    device = make_device("a")
+    for n in range(3):
+        assert device_client(device).post("/pool/heartbeat", {"body": f"beat {n}"}, format="json").status_code == 201
+    assert journal_write_pending() == 3
+    (day_file,) = journal.glob("*.jsonl")
+    before = day_file.read_bytes()
+    assert device_client(device).post("/pool/heartbeat", {"body": "x" * 5000}, format="json").status_code == 201
+    real_write = os.write
+
+    def disk_fills_up(fd: int, data) -> int:  # half the line reaches the disk, then ENOSPC
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_fills_up)
+    with pytest.raises(OSError):
+        journal_write_pending()
+    assert day_file.read_bytes() == before  # the half line was taken back
+    assert Message.objects.filter(journal_pending=True).count() == 1
+    monkeypatch.setattr(os, "write", real_write)
+    assert journal_write_pending() == 1
+    lines = day_file.read_bytes().splitlines()
+    assert len(lines) == 4 and json.loads(lines[-1])["body"] == "x" * 5000
+
+
+def test_a_writer_that_stopped_before_recording_its_write_does_not_write_twice(journal: Path, make_device):
+    device = make_device("a")
+    device_client(device).post("/pool/heartbeat", {"body": "once"}, format="json")
+    assert journal_write_pending() == 1
+    Message.objects.update(journal_pending=True)  # as if the writer died between write and mark
+    assert journal_reconcile() == 1
+    assert journal_write_pending() == 0
+    (day_file,) = journal.glob("*.jsonl")
+    assert len(day_file.read_bytes().splitlines()) == 1
+
+
+def test_without_a_day_log_nothing_waits_for_one(make_device, settings):
+    settings.POOL_JOURNAL_DIR = None
+    device_client(make_device("a")).post("/pool/heartbeat", {}, format="json")
+    assert not Message.objects.filter(journal_pending=True).exists()
+
+
 @pytest.mark.slow
-def test_lines_are_written_whole_by_concurrent_processes(journal: Path):
-    """Many processes appending long lines (> PIPE_BUF) to one day file never interleave."""
-    script = (
-        "import os, sys; sys.path.insert(0, os.getcwd());"
-        "import django; os.environ['DJANGO_SETTINGS_MODULE']='coordinator.settings'; django.setup();"
-        "from django.conf import settings; settings.POOL_JOURNAL_DIR=sys.argv[1];"
-        "from django.utils import timezone; from pool.models import Message; from pool.services import journal_append;"
-        "ms=[Message(ts=timezone.now(), sender='backend', to='device:*', type='info', body=sys.argv[2]*9000, meta={})"
-        " for _ in range(50)]; journal_append(ms)"
+@pytest.mark.django_db(transaction=True)
+def test_a_full_disk_never_changes_an_answer_and_the_day_log_catches_up_whole(tmp_path: Path, make_device):
+    """A real tmpfs fills up under a live server and the day log's writer: every heartbeat is
+    still answered 201 (devices retry nothing, nothing is duplicated), /healthz names the full
+    disk, and once there is room again the writer catches up: every line whole, each message once."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(journal)], check=True)
+    env = {"POOL_JOURNAL_DIR": str(journal)}
+    device = make_device("a")
+    token, _ = device_token_encode(device_id=device.pk)
+    writer = subprocess.Popen(
+        [sys.executable, "manage.py", "pool_journal"],
+        cwd=ROOT,
+        env=server_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    procs = [
-        subprocess.Popen([sys.executable, "-c", script, str(journal), c], cwd=Path(__file__).resolve().parents[2])
-        for c in "abcd"
-    ]
-    assert all(p.wait(timeout=120) == 0 for p in procs)
-    (path,) = journal.glob("*.jsonl")
-    lines = path.read_bytes().splitlines()
-    assert len(lines) == 200
-    for line in lines:
-        body = json.loads(line)["body"]
-        assert len(body) == 9000 and len(set(body)) == 1
+    try:
+        with run_wsgi_server(**env) as base:
+            headers = {"Authorization": f"Bearer {token}"}
+            statuses = [
+                requests.post(f"{base}/pool/heartbeat", json={"body": f"{n:04d}" * 200}, headers=headers).status_code
+                for n in range(200)  # ~160 kB of lines for a 32 kB disk
+            ]
+            assert set(statuses) == {201}
+            wait_for(lambda: Message.objects.filter(journal_pending=True).exists(), message="the disk never filled")
+            health = requests.get(f"{base}/healthz").json()
+            assert health["extra"]["components"]["day log disk"] == "full"
+            subprocess.run(["mount", "-o", "remount,size=16m", str(journal)], check=True)
+            wait_for(lambda: not Message.objects.filter(journal_pending=True).exists(), timeout=60)
+    finally:
+        writer.terminate()
+        output = writer.communicate(timeout=30)[0]
+        lines = [line for path in sorted(journal.glob("*.jsonl")) for line in path.read_bytes().splitlines()]
+        subprocess.run(["umount", str(journal)], check=False)
+    assert "cannot write" in output and "writing again" in output, output
+    ids = [json.loads(line)["id"] for line in lines]  # every line parses: whole
+    assert len(ids) == len(set(ids)) == Message.objects.count() == 200
+    assert set(ids) == set(Message.objects.values_list("msg_id", flat=True))
 
 
 def test_import_command_reports_bad_lines_and_summary(tmp_path: Path, make_device, capsys):
