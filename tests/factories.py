@@ -33,6 +33,18 @@ class UserFactory(factory.django.DjangoModelFactory):
 # rows to exist (admin pages, selectors, exports, permissions).
 
 
+class IdempotentAnswerFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "coordinator.IdempotentAnswer"
+
+    scope = factory.Sequence(lambda n: f"{n:064x}")
+    key = factory.Sequence(lambda n: f"key-{n}")
+    fingerprint = "0" * 64
+    status = 201
+    content = b'{"id": 1}'
+    content_type = "application/json"
+
+
 class DeviceFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = "pool.Device"
