@@ -94,3 +94,72 @@ def test_a_database_outage_is_a_503_in_every_dialect_and_passes(throwaway_postgr
             requests.get(f"{live}/api/runs", headers={"Authorization": basic}, timeout=20).status_code for _ in range(4)
         ]
         assert codes[-1] == 200 and set(codes) <= {200, 503}, codes
+
+
+def test_jobs_accepted_around_a_database_restart_all_run_exactly_once(
+    throwaway_postgres: tuple[str, str], tmp_path: Path
+) -> None:
+    """PostgreSQL restarts while a real cluster runs jobs (issue 16, item 1): every job the API
+    accepted reaches `SUCCESS`, each exactly once; a worker's dead persistent connection no
+    longer loses the job it fetched first after the restart."""
+    import os
+    import signal
+    import time
+
+    name, url = throwaway_postgres
+    env = {
+        "DATABASE_URL": url,
+        "REDIS_URL": "",
+        "JOBS_EXTRA_MODULES": "tests.jobs.sample_jobs",
+        "JOBS_STALE_SECONDS": "2",
+        "Q_WORKERS": "2",
+    }
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=server_env(**env), check=True)
+    marker = tmp_path / "ran"
+    log = open(tmp_path / "qcluster.log", "wb")  # noqa: SIM115 - closed below
+    cluster = subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"],
+        cwd=ROOT,
+        env=server_env(**env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    accepted: list[str] = []
+    try:
+        with run_wsgi_server(workers=1, **env) as live:
+
+            def submit(count: int) -> None:
+                for _ in range(count):
+                    deadline = time.monotonic() + 60
+                    while True:  # a client retries a 503 (the outage), as Retry-After tells it
+                        answer = requests.post(
+                            f"{live}/task", json={"type": "tests.record", "args": {"path": str(marker)}}, timeout=20
+                        )
+                        if answer.status_code == 200:
+                            accepted.append(answer.json()["id"])
+                            break
+                        assert answer.status_code == 503, answer.text[:300]
+                        assert time.monotonic() < deadline, "the API never accepted again"
+                        time.sleep(0.5)
+
+            def statuses() -> list[str]:
+                return [requests.get(f"{live}/task/{job}", timeout=20).json()["status"] for job in accepted]
+
+            submit(10)
+            _ctl(name, "restart")
+            submit(10)
+            deadline = time.monotonic() + 180
+            while set(current := statuses()) != {"SUCCESS"}:
+                assert time.monotonic() < deadline, current
+                time.sleep(0.5)
+    finally:
+        cluster.send_signal(signal.SIGTERM)
+        try:
+            cluster.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait()
+        log.close()
+    assert len(accepted) == 20
+    assert len(marker.read_text().splitlines()) == 20  # each job ran once
