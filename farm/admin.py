@@ -49,11 +49,13 @@ def _counts_of(run: Any) -> RunCounts:
 
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
-    list_display = ("uuid", "name", "labels_shown", "owner", "created_at", "num_tasks", "controls", "progress")
+    list_display = ("name", "uuid", "labels_shown", "owner", "created_at", "num_tasks", "controls", "progress")
+    list_display_links = ("name", "uuid")
     list_filter = ("paused", "created_at")
     search_fields = ("uuid", "name", "labels", "owner__email")
     list_select_related = ("owner",)
     date_hierarchy = "created_at"
+    ordering = ("-id",)  # newest first
     actions = ("restart_incomplete", "restart_failed", "restart_all", "pause", "resume")
     change_form_template = "farm/admin/run_change_form.html"
     fields = ("owner", "num_tasks", "name", "labels", "max_computing")

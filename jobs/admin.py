@@ -29,17 +29,21 @@ def progress_widget(job: Job) -> str:
     return format_html(
         '<div class="job-progress" data-progress-topic="job:{}">'
         '<progress max="100" value="{}" data-progress-field="percent"></progress> '
-        '<span data-progress-field="status">{}</span> '
+        '<span class="job-status" data-state="{}" data-progress-field="label" data-progress-state="label">{}</span> '
         '<small data-progress-field="message">{}</small></div>',
         job.pk,
         job.progress,
-        job.status,
+        job.status_label,
+        job.status_label,
         job.progress_message,
     )
 
 
-def _apply_each(queryset: QuerySet[Job], service: Callable[..., Any]) -> tuple[int, int]:
-    """Call a job service on each selected job; count those it accepted and those it refused."""
+def _apply_each(
+    request: HttpRequest, admin_: JobAdmin, queryset: QuerySet[Job], service: Callable[..., Any], done_as: str
+) -> tuple[int, int]:
+    """Call a job service on each selected job; count those it accepted and those it refused.
+    Each accepted one is written to the job's admin History."""
     done = refused = 0
     for job in queryset:
         try:
@@ -47,6 +51,8 @@ def _apply_each(queryset: QuerySet[Job], service: Callable[..., Any]) -> tuple[i
             done += 1
         except ApplicationError:
             refused += 1
+        else:
+            admin_.log_change(request, job, done_as)
     return done, refused
 
 
@@ -55,7 +61,7 @@ class JobAdmin(ServiceActionsAdmin):
     list_display = [
         "id",
         "type",
-        "status",
+        "status_badge",
         "owner",
         "worker",
         "attempts",
@@ -71,34 +77,18 @@ class JobAdmin(ServiceActionsAdmin):
     actions = ["retry_jobs", "cancel_jobs"]
     change_form_template = "admin/jobs/job/change_form.html"
     change_list_template = "admin/jobs/job/change_list.html"
-    readonly_fields = [
-        "id",
-        "uuid",
-        "type",
-        "data",
-        "status",
-        "live_progress",
-        "worker",
-        "created_by",
-        "attempts",
-        "max_attempts",
-        "result",
-        "error",
-        "traceback",
-        "created_at",
-        "updated_on",
-        "started_at",
-        "finished_at",
-        "heartbeat_at",
-        "queued_at",
-        "run_after",
-        "cancel_requested",
-        "files_list",
-    ]
+    # What a job keeps from its submission; everything that changes while it runs is in the
+    # page's one live panel (change_form.html), so the page never shows two states at once.
+    readonly_fields = ["id", "uuid", "type", "data", "created_by", "created_at", "max_attempts", "files_list"]
     fields = tuple(readonly_fields)
 
     class Media:
         js = ["progress/live.js"]
+        css = {"all": ["jobs/admin.css"]}
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, job: Job) -> str:
+        return format_html('<span class="job-status" data-state="{}">{}</span>', job.status_label, job.status_label)
 
     @admin.display(description="owner", ordering="created_by__email")
     def owner(self, job: Job) -> str:
@@ -121,7 +111,7 @@ class JobAdmin(ServiceActionsAdmin):
 
     @admin.action(description="Retry selected failed jobs", permissions=["operate"])
     def retry_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        done, refused = _apply_each(queryset, job_retry)
+        done, refused = _apply_each(request, self, queryset, job_retry, "Retried")
         self.message_user(
             request,
             f"{done} job(s) queued again; {refused} not in status failure.",
@@ -132,7 +122,7 @@ class JobAdmin(ServiceActionsAdmin):
         description="Cancel selected jobs (fresh: now; started: at the next progress report)", permissions=["operate"]
     )
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        done, refused = _apply_each(queryset, job_cancel)
+        done, refused = _apply_each(request, self, queryset, job_cancel, "Cancelled")
         self.message_user(
             request,
             f"{done} job(s) cancelled or asked to stop; {refused} already finished.",
@@ -142,7 +132,12 @@ class JobAdmin(ServiceActionsAdmin):
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
-        context = {"can_operate": self.has_operate_permission(request), **(extra_context or {})}
+        job = self.get_object(request, object_id)
+        context = {
+            "can_operate": self.has_operate_permission(request),
+            "attempt_history": list(job.attempt_history.all()) if job else [],
+            **(extra_context or {}),
+        }
         return super().change_view(request, object_id, form_url, extra_context=context)
 
     def get_urls(self) -> list[URLPattern]:
@@ -163,9 +158,11 @@ class JobAdmin(ServiceActionsAdmin):
             raise Http404
         try:
             job_retry(job=job) if action == "retry" else job_cancel(job=job)
-            self.message_user(request, f"Job {job_id}: {action} done.", messages.SUCCESS)
         except ApplicationError as exc:
             self.message_user(request, f"Job {job_id}: {exc.message}", messages.ERROR)
+        else:
+            self.log_change(request, job, "Retried" if action == "retry" else "Cancelled")
+            self.message_user(request, f"Job {job_id}: {action} done.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job_id]))
 
     def retry_view(self, request: HttpRequest, job_id: int) -> HttpResponse:

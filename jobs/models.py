@@ -49,11 +49,46 @@ class Job(models.Model):
         indexes = [models.Index(fields=["status", "heartbeat_at"], name="jobs_status_heartbeat")]
 
     def __str__(self) -> str:
-        return f"{self.type} #{self.pk} ({self.status})"
+        # No status here: the page title would keep the state it was rendered with.
+        return f"{self.type} #{self.pk}"
 
     @property
     def topic(self) -> str:
         return f"job:{self.pk}"
+
+    @property
+    def status_label(self) -> str:
+        return job_status_label(self.status, self.cancel_requested)
+
+
+def job_status_label(status: str, cancel_requested: bool) -> str:
+    """What staff read: a cancelled job is stored (and answered on the seeds' wire) as `failure`."""
+    return "cancelled" if status == Job.Status.FAILURE and cancel_requested else status
+
+
+class JobAttempt(models.Model):
+    """One run of a job by a worker, kept across retries with its error."""
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success", "Success"
+        FAILURE = "failure", "Failure"
+        RETRYING = "retrying", "Failed, retried"
+        CANCELLED = "cancelled", "Cancelled"
+        INTERRUPTED = "interrupted", "Worker lost"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="attempt_history")
+    worker = models.CharField(max_length=200, blank=True, default="")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField()
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    error = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["job", "id"]  # the order they ran in
+
+    def __str__(self) -> str:
+        return f"attempt of job {self.job_id}: {self.outcome}"
 
 
 class JobFile(models.Model):

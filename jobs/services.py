@@ -22,7 +22,7 @@ from coordinator.models import User
 from jobs import conf
 from jobs.context import JobCancelled, JobContext
 from jobs.errors import JobNeedsUserError, JobNotAllowedError, JobStateError, UnknownJobTypeError
-from jobs.models import Job
+from jobs.models import Job, JobAttempt
 from jobs.registry import JobSpec, build_kwargs, get_spec, validate_args
 from progress.services import progress_publish
 
@@ -52,13 +52,33 @@ def user_may_run(user: User | None, spec: JobSpec) -> bool:
     return user.has_perm(f"jobs.{spec.permission_codename}")
 
 
+def job_state(job: Job, **extra: Any) -> dict[str, Any]:
+    """A job's live state as its progress events carry it (`label` is what staff read)."""
+    return {
+        "status": job.status,
+        "label": job.status_label,
+        "percent": job.progress,
+        "message": job.progress_message,
+        **extra,
+    }
+
+
 def _publish_status(job: Job, text: str = "") -> None:
     progress_publish(
-        topic=job.topic,
-        kind="msg",
-        text=text or job.status,
-        state={"status": job.status, "percent": job.progress, "message": job.progress_message},
-        owner_id=job.created_by_id,
+        topic=job.topic, kind="msg", text=text or job.status, state=job_state(job), owner_id=job.created_by_id
+    )
+
+
+def _record_attempt(job: Job, *, worker: str | None, outcome: str, error: str = "", tb: str = "") -> None:
+    """Keep the attempt that just ended; called in the transaction whose guarded update ended it."""
+    JobAttempt.objects.create(
+        job=job,
+        worker=worker or "",
+        started_at=job.started_at,
+        finished_at=timezone.now(),
+        outcome=outcome,
+        error=error,
+        traceback=tb,
     )
 
 
@@ -209,7 +229,13 @@ def job_report_progress(
         row = Job.objects.filter(pk=job_id).values("cancel_requested", "created_by_id").first()
         if row is None:
             return True
-        state = {"percent": percent, "status": Job.Status.STARTED, "message": message, **(extra_state or {})}
+        state = {
+            "percent": percent,
+            "status": Job.Status.STARTED,
+            "label": Job.Status.STARTED,
+            "message": message,
+            **(extra_state or {}),
+        }
         progress_publish(topic=f"job:{job_id}", kind="msg", text=message, state=state, owner_id=row["created_by_id"])
     return bool(row["cancel_requested"])
 
@@ -231,7 +257,7 @@ def job_execute(*, job_id: int) -> str:
             topic=job.topic,
             kind="new",
             text=job.type,
-            state={"status": job.status, "percent": 0, "message": "", "worker": worker},
+            state={**job_state(job, percent=0, message=""), "worker": worker},
             owner_id=job.created_by_id,
         )
     spec = get_spec(job.type)
@@ -302,11 +328,13 @@ def job_finish(
                 status=Job.Status.SUCCESS, result=result, progress=100, updated_on=now, finished_at=now
             ):
                 return "lost"
+            if job is not None:
+                _record_attempt(job, worker=worker, outcome=JobAttempt.Outcome.SUCCESS)
             progress_publish(
                 topic=f"job:{job_id}",
                 kind="end",
                 text="",
-                state={"status": Job.Status.SUCCESS, "percent": 100, "message": ""},
+                state={"status": Job.Status.SUCCESS, "label": Job.Status.SUCCESS, "percent": 100, "message": ""},
                 owner_id=job.created_by_id if job else None,
             )
         return Job.Status.SUCCESS
@@ -337,6 +365,7 @@ def _fail_or_retry(job: Job, *, worker: str | None, error: str, tb: str = "", re
             )
             if not updated:
                 return "lost"
+            _record_attempt(job, worker=worker, outcome=JobAttempt.Outcome.RETRYING, error=error, tb=tb)
             job.refresh_from_db()
             _publish_status(job, f"retrying after: {error}")
         if delay <= 0:
@@ -345,12 +374,12 @@ def _fail_or_retry(job: Job, *, worker: str | None, error: str, tb: str = "", re
     with transaction.atomic():
         if not guard.update(status=Job.Status.FAILURE, error=error, traceback=tb, updated_on=now, finished_at=now):
             return "lost"
+        # The row, not the copy read when the attempt began: its bar stays where the job left it.
+        job.refresh_from_db()
+        outcome = JobAttempt.Outcome.CANCELLED if job.cancel_requested else JobAttempt.Outcome.FAILURE
+        _record_attempt(job, worker=worker, outcome=outcome, error=error, tb=tb)
         progress_publish(
-            topic=job.topic,
-            kind="end",
-            text=error,
-            state={"status": Job.Status.FAILURE, "percent": job.progress, "message": error},
-            owner_id=job.created_by_id,
+            topic=job.topic, kind="end", text=error, state=job_state(job, message=error), owner_id=job.created_by_id
         )
     return Job.Status.FAILURE
 
@@ -394,9 +423,7 @@ def job_cancel(*, job: Job) -> Job:
     ):
         job.refresh_from_db()
         _publish_status(job, job.error)
-        progress_publish(
-            topic=job.topic, kind="end", text=job.error, state={"status": job.status}, owner_id=job.created_by_id
-        )
+        progress_publish(topic=job.topic, kind="end", text=job.error, state=job_state(job), owner_id=job.created_by_id)
         return job
     if Job.objects.filter(pk=job.pk, status=Job.Status.STARTED).update(cancel_requested=True):
         job.refresh_from_db()
@@ -443,6 +470,7 @@ def _requeue_interrupted(job: Job, *, error: str) -> str:
         )
         if not updated:
             return "lost"
+        _record_attempt(job, worker=job.worker, outcome=JobAttempt.Outcome.INTERRUPTED, error=error)
         job.refresh_from_db()
         _publish_status(job, f"running again: {error}")
     job_enqueue(job_id=job.pk, job_type=job.type)

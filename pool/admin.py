@@ -8,16 +8,18 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 from coordinator.admin_site import ServiceActionsAdmin
 from coordinator.api.parsers import loads_strict
 from coordinator.models import User
 from pool import selectors, services
 from pool.models import Delivery, DeliveryState, Device, Message, MessageType, Task
-from pool.selectors import device_is_online
+from pool.selectors import device_is_online, device_online_until
 from pool.wire import format_ts
 
 LIVE_JS = ["progress/live.js"]
@@ -93,16 +95,21 @@ class DeviceAdmin(admin.ModelAdmin):
 
     @admin.display(description="Online")
     def online_badge(self, obj: Device) -> str:
+        until = device_online_until(obj)
         online = device_is_online(obj)
-        seen = obj.last_heartbeat_at.isoformat() if obj.last_heartbeat_at else "never"
-        # Live: a heartbeat event on pooldevice:<id> sets the badge text and the time.
+        # Live: a heartbeat event on pooldevice:<id> sets the text, the time and the moment the
+        # badge turns offline by itself (progress/live.js), so an open page never shows a stale
+        # "online".
         return format_html(
-            '<span class="pool-badge" data-progress-topic="pooldevice:{}" data-online="{}">'
-            '<span data-progress-field="badge">{}</span> <small data-progress-field="last_seen">{}</small></span>',
+            '<span class="pool-badge" data-progress-topic="pooldevice:{}" data-live-until="{}" '
+            'data-live-until-field="online_until"{}>'
+            '<span data-progress-field="badge" data-live-expired-text="offline">{}</span> '
+            '<small data-progress-field="last_seen">{}</small></span>',
             obj.pk,
-            "1" if online else "0",
+            until.timestamp() if until else 0,
+            "" if online else mark_safe(" data-live-expired"),
             "online" if online else "offline",
-            seen,
+            obj.last_heartbeat_at.isoformat() if obj.last_heartbeat_at else "never",
         )
 
     @admin.display(description="Pending", ordering="pending_count")
@@ -256,6 +263,7 @@ class TaskAdmin(ServiceActionsAdmin):
     search_fields = ("title", "body", "=msg_id")
     actions = ["cancel"]
     list_per_page = 50
+    ordering = ("-seq",)  # newest first: the primary key is the log's order
 
     class Media:
         js = LIVE_JS
@@ -265,7 +273,7 @@ class TaskAdmin(ServiceActionsAdmin):
         counts = {
             f"n_{state}": Count("deliveries", filter=Q(deliveries__state=state)) for state in DeliveryState.values
         }
-        return Task.objects.filter(type=MessageType.TASK).annotate(**counts).order_by("-ts", "-seq")
+        return Task.objects.filter(type=MessageType.TASK).annotate(**counts)
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
@@ -276,6 +284,10 @@ class TaskAdmin(ServiceActionsAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def response_post_save_add(self, request: HttpRequest, obj: Any) -> HttpResponseRedirect:
+        # Saving a task lands on it: its deliveries are what the operator wants to see next.
+        return HttpResponseRedirect(reverse("admin:pool_task_change", args=[obj.pk]))
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         user = request.user if isinstance(request.user, User) else None
@@ -323,6 +335,7 @@ class MessageAdmin(admin.ModelAdmin):
     date_hierarchy = "ts"
     search_fields = ("=msg_id", "title", "body", "sender", "=parent_id")
     list_per_page = 100
+    ordering = ("-seq",)  # newest first: the primary key is the log's order
     fields = ("msg_id", "ts", "sender", "to", "type", "title", "body", "parent_id", "meta")
 
     def has_add_permission(self, request: HttpRequest) -> bool:

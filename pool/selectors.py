@@ -41,9 +41,14 @@ def message_log(*, day: date) -> QuerySet[Message]:
     return Message.objects.filter(ts__gte=start, ts__lt=start + timedelta(days=1)).order_by("ts", "seq")
 
 
+def device_online_until(device: Device) -> datetime | None:
+    """The moment a device stops counting as online unless it sends another heartbeat."""
+    return device.last_heartbeat_at + conf.online_threshold() if device.last_heartbeat_at else None
+
+
 def device_is_online(device: Device, now: datetime | None = None) -> bool:
-    now = now or timezone.now()
-    return device.last_heartbeat_at is not None and now - device.last_heartbeat_at < conf.online_threshold()
+    until = device_online_until(device)
+    return until is not None and (now or timezone.now()) < until
 
 
 def devices_with_pending() -> QuerySet[Device]:

@@ -416,7 +416,12 @@ def heartbeat_record(*, device: Device, title: str = "", body: str = "", meta: d
         topic=f"pooldevice:{device.pk}",
         kind="msg",
         text=f"{device.address} heartbeat",
-        state={"online": True, "last_seen": now.isoformat(), "badge": "online"},
+        state={
+            "online": True,
+            "last_seen": now.isoformat(),
+            "badge": "online",
+            "online_until": (now + conf.online_threshold()).timestamp(),
+        },
         owner_id=None,
     )
     return message

@@ -126,3 +126,59 @@ def test_admin_dashboard_cards(staff: Client, user) -> None:
     job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user)
     index = staff.get("/admin/").content.decode()
     assert "Jobs running" in index and "1 waiting" in index
+
+
+def test_attempts_are_kept_across_retries_with_their_errors(
+    staff: Client, user, django_capture_on_commit_callbacks
+) -> None:
+    from django.contrib.admin.models import LogEntry
+
+    job = job_create(type="tests.fail", data={"message": "first boom"}, user=user)
+    job_execute(job_id=job.pk)
+    with django_capture_on_commit_callbacks(execute=False):
+        staff.post(f"/admin/jobs/job/{job.pk}/retry/")
+    Job.objects.filter(pk=job.pk).update(data={"message": "second boom"})
+    job_execute(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == "failure" and job.error == "RuntimeError: second boom"
+    history = list(job.attempt_history.values_list("outcome", "error"))
+    assert history == [("failure", "RuntimeError: first boom"), ("failure", "RuntimeError: second boom")]
+    page = staff.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()
+    rows = page.split('class="job-attempt"')[1:]
+    assert len(rows) == 2 and "first boom" in rows[0] and "second boom" in rows[1]
+    assert '<pre class="job-traceback">Traceback' in page  # monospaced
+    # the admin History page lists the retry
+    assert list(LogEntry.objects.filter(object_id=str(job.pk)).values_list("change_message", flat=True)) == ["Retried"]
+    assert "Retried" in staff.get(f"/admin/jobs/job/{job.pk}/history/").content.decode()
+
+
+def test_a_cancelled_job_says_cancelled_and_shows_one_state(staff: Client, user) -> None:
+    from django.contrib.admin.models import LogEntry
+
+    from jobs.services import job_finish, job_report_progress
+
+    job = job_create(type="tests.sleep", data={"seconds": 1.0}, user=user)
+    job_claim(job_id=job.pk, worker="w:1")
+    job_report_progress(job_id=job.pk, worker="w:1", percent=60, message="more than half")
+    staff.post(f"/admin/jobs/job/{job.pk}/cancel/")
+    assert job_report_progress(job_id=job.pk, worker="w:1", percent=70, message="going on") is True
+    job_finish(job_id=job.pk, worker="w:1", ok=False, error="Cancelled.", retryable=False)
+    job.refresh_from_db()
+    assert job.status == "failure"  # the seeds' wire status
+    page = staff.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()
+    live = page.split('id="job-live"')[1].split("</form>\n    </div>")[0]
+    assert 'data-state="cancelled"' in page and ">cancelled</span>" in page
+    assert "Started" not in page.split("<h2>")[1].split("</h2>")[0]  # the subtitle holds no state
+    assert 'name="cancel" disabled' in live and 'name="retry" disabled' not in live
+    # the bar stays where the job stopped; the end event says so too
+    assert '<progress max="100" value="70.0"' in page
+    from progress.models import ProgressEvent
+
+    end = ProgressEvent.objects.filter(topic=job.topic, kind="end").get()
+    assert end.state["percent"] == 70.0 and end.state["label"] == "cancelled"
+    assert job.attempt_history.get().outcome == "cancelled"
+    assert list(LogEntry.objects.filter(object_id=str(job.pk)).values_list("change_message", flat=True)) == [
+        "Cancelled"
+    ]
+    listing = staff.get("/admin/jobs/job/").content.decode()
+    assert '<span class="job-status" data-state="cancelled">cancelled</span>' in listing

@@ -50,15 +50,20 @@ def test_a_noop_job_costs_two_commits_and_emits_new_then_end(user: User) -> None
     job = job_create(type="noop", data={}, user=user)
     with counting() as seen:
         assert job_execute(job_id=job.pk) == "success"
-    # claim + read + `new` in one transaction; result + `end` in another. PostgreSQL: one statement
-    # per event; SQLite: insert, select the topic, upsert it.
+    # claim + read + `new` in one transaction; result + its attempt row + `end` in another.
+    # PostgreSQL: one statement per event; SQLite: insert, select the topic, upsert it.
     per_event = 1 if connection.vendor == "postgresql" else 3
-    assert seen == {"statements": 3 + 2 * per_event, "commits": 2}
+    assert seen == {"statements": 4 + 2 * per_event, "commits": 2}
     job.refresh_from_db()
     assert job.status == "success" and job.progress == 100 and job.attempts == 1
     events = list(ProgressEvent.objects.filter(topic=job.topic).values_list("kind", "state"))
     assert [kind for kind, _ in events] == ["new", "end"]
-    assert events[0][1]["status"] == "started" and events[1][1] == {"status": "success", "percent": 100, "message": ""}
+    assert events[0][1]["status"] == "started" and events[1][1] == {
+        "status": "success",
+        "label": "success",
+        "percent": 100,
+        "message": "",
+    }
     topic = ProgressTopic.objects.get(topic=job.topic)
     assert (topic.name, topic.last_kind, topic.owner_id, topic.ended_at is not None) == ("noop", "end", user.pk, True)
     assert topic.state["worker"] == job.worker and topic.state["status"] == "success"

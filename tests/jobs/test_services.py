@@ -264,7 +264,7 @@ def test_progress_reports_are_published_on_the_job_topic(user: User, events) -> 
     assert job_execute(job_id=job.pk) == "success"
     msgs = [e for e in events if e["kind"] == "msg"]
     assert [e["text"] for e in msgs] == ["step 0", "step 1"]
-    assert msgs[1]["state"] == {"percent": 50.0, "status": "started", "message": "step 1"}
+    assert msgs[1]["state"] == {"percent": 50.0, "status": "started", "label": "started", "message": "step 1"}
     assert all(e["topic"] == f"job:{job.pk}" and e["owner_id"] == user.pk for e in events)
     job.refresh_from_db()
     assert job.progress == 100 and job.progress_message == "step 1"

@@ -241,3 +241,113 @@ def test_api_docs_render_offline_under_the_content_security_policy(platform, bro
     assert all("img-src" in violation and "redoc" in violation for violation in violations), violations
     # Apart from that blocked logo, every request stays on this origin.
     assert [url for url in outside if "redoc" not in url] == []
+
+
+# --- live state never lies: each case on a page left open ---------------------------------------
+
+
+@pytest.fixture
+def live_admin(transactional_db, socket_dir, browser, admin):
+    """serve (a device is online for 4 s after a heartbeat) and a signed-in admin page."""
+    import tests.jobs.sample_jobs  # noqa: F401 - registers `tests.sleep` in this process
+
+    with serve_platform(socket_dir, POOL_ONLINE_SECONDS="4", JOBS_EXTRA_MODULES="tests.jobs.sample_jobs") as base:
+        page = browser.new_page()
+        admin_login(page, base, admin)
+        yield base, page
+
+
+def _open_live(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("html[data-progress-live=connected]")
+    page.evaluate("window.notReloaded = true")
+
+
+def _replayed(page, event_id: int) -> None:
+    """Wait until the page has received (and judged) the event with this id."""
+    wait_until(page, "id => window.progressLive.lastEventId() >= id", event_id)
+
+
+def test_a_device_goes_offline_on_an_open_page(live_admin, settings) -> None:
+    from pool.services import device_create, heartbeat_record
+
+    base, page = live_admin
+    settings.POOL_ONLINE_SECONDS = 4  # the heartbeat recorded here promises what serve was told
+    device, _ = device_create(name="sensor-7", validated=True)
+    _open_live(page, f"{base}/admin/pool/device/")
+    badge = f"[data-progress-topic='pooldevice:{device.pk}']"
+    assert page.inner_text(f"{badge} [data-progress-field=badge]") == "offline"
+    heartbeat_record(device=device)  # a heartbeat after the page was rendered: it turns online ...
+    _field(page, f"{badge} [data-progress-field=badge]", "online")
+    assert page.eval_on_selector(badge, "e => e.hasAttribute('data-live-expired')") is False
+    # ... and, with no heartbeat after it, offline again by itself once the 4 s have passed
+    _field(page, f"{badge} [data-progress-field=badge]", "offline")
+    assert page.eval_on_selector(badge, "e => e.hasAttribute('data-live-expired')") is True
+    assert page.evaluate("window.notReloaded") is True
+
+
+def test_a_replay_never_overrides_a_newer_server_state(live_admin) -> None:
+    from django.utils import timezone
+
+    from pool.models import Device
+    from pool.services import device_create, heartbeat_record
+    from progress.models import ProgressEvent
+
+    base, page = live_admin
+    device, _ = device_create(name="sensor-8", validated=True)
+    heartbeat_record(device=device)  # its event says "online" (for the next 120 s of this process)
+    beat = ProgressEvent.objects.filter(topic=f"pooldevice:{device.pk}").latest("id")
+    # The server's state moves on without an event: the heartbeat is 20 minutes old now.
+    Device.objects.filter(pk=device.pk).update(last_heartbeat_at=timezone.now() - timezone.timedelta(minutes=20))
+    _open_live(page, f"{base}/admin/pool/device/")
+    _replayed(page, beat.id)  # the topic's last event, replayed on subscribe, has arrived
+    badge = f"[data-progress-topic='pooldevice:{device.pk}']"
+    assert page.inner_text(f"{badge} [data-progress-field=badge]") == "offline"
+
+
+def test_a_failed_jobs_bar_stays_where_it_stopped(live_admin, admin) -> None:
+    from jobs.models import Job
+    from jobs.services import job_claim, job_create, job_finish, job_report_progress
+
+    base, page = live_admin
+    job = job_create(type="tests.sleep", data={"seconds": 1}, user=admin)
+    job_claim(job_id=job.pk, worker="w:1")
+    attempt_began = Job.objects.get(pk=job.pk)  # what the worker read when it started
+    job_report_progress(job_id=job.pk, worker="w:1", percent=60, message="more than half")
+    _open_live(page, f"{base}/admin/jobs/job/")
+    row = f"[data-progress-topic='job:{job.pk}']"
+    assert page.eval_on_selector(f"{row} progress", "e => e.value") == 60
+    job_finish(job_id=job.pk, worker="w:1", ok=False, error="RuntimeError: disk", job=attempt_began)
+    _field(page, f"{row} [data-progress-field=label]", "failure")
+    assert page.eval_on_selector(f"{row} progress", "e => e.value") == 60
+    assert page.eval_on_selector(f"{row} .job-status", "e => e.dataset.state") == "failure"
+    # a fresh page (the failure's event replayed on subscribe) shows the same
+    from progress.models import ProgressEvent
+
+    end = ProgressEvent.objects.filter(topic=job.topic).latest("id")
+    _open_live(page, f"{base}/admin/jobs/job/{job.pk}/change/")
+    _replayed(page, end.id)
+    assert page.eval_on_selector("#job-live progress", "e => e.value") == 60
+    assert page.inner_text("#job-live [data-progress-field=label]") == "failure"
+
+
+def test_a_cancel_is_seen_live_and_the_page_shows_one_state(live_admin, admin) -> None:
+    from jobs.services import job_cancel, job_claim, job_create, job_finish, job_report_progress
+
+    base, page = live_admin
+    job = job_create(type="tests.sleep", data={"seconds": 1}, user=admin)
+    job_claim(job_id=job.pk, worker="w:1")
+    job_report_progress(job_id=job.pk, worker="w:1", percent=30, message="working")
+    _open_live(page, f"{base}/admin/jobs/job/{job.pk}/change/")
+    assert page.inner_text("#job-live [data-progress-field=label]") == "started"
+    assert page.is_enabled("#job-live button[name=cancel]") and not page.is_enabled("#job-live button[name=retry]")
+    job_cancel(job=job)  # another operator, elsewhere
+    assert job_report_progress(job_id=job.pk, worker="w:1", percent=40, message="working") is True
+    job_finish(job_id=job.pk, worker="w:1", ok=False, error="Cancelled.", retryable=False)
+    _field(page, "#job-live [data-progress-field=label]", "cancelled")
+    wait_until(page, "() => document.querySelector('#job-live button[name=cancel]').disabled")
+    assert page.is_enabled("#job-live button[name=retry]")
+    assert "cancelled" in page.inner_text("#job-live")
+    assert "failure" not in page.inner_text("#job-live").lower()
+    assert "started" not in page.inner_text("#content h2").lower()
+    assert page.evaluate("window.notReloaded") is True

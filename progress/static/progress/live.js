@@ -5,10 +5,21 @@
  *  - [data-progress-field="<key>"] (descendants, or the element itself) get textContent =
  *    state[key] (the event text when key is "text"); <progress>/<meter>/<input> get .value;
  *  - [data-progress-width="<key>"] get style.width = state[key] + "%";
+ *  - [data-progress-state="<key>"] get data-state = state[key] (for colour by state in CSS);
  *  - the element gets data-progress-kind = the event kind;
  *  - with data-progress-reload-fragment, the page is fetched again and the element's innerHTML
  *    replaced by that of the element with the same id in the fetched page.
  * Fields inside a nested element with its own data-progress-topic belong to that element.
+ *
+ * A replay never overrides a newer server-rendered state: <meta name="progress-covered"> carries
+ * the id of the newest event stored when the page was rendered (read before its rows), and an
+ * element applies only events with a larger id than that or than the last one it applied
+ * (data-progress-seen). A fetched fragment brings its own page's id along.
+ *
+ * Time-based states are recomputed as time passes: an element with data-live-until="<epoch s>"
+ * gets data-live-expired once that moment is past, and its owned [data-live-expired-text]
+ * elements get that text ("offline", "stale", ...). With data-live-until-field="<key>", an
+ * event's state[key] (epoch seconds) moves the moment and the element is live again.
  * data-progress-topic="*" receives every event the reader may see (admins: all).
  * Reconnects by itself with exponential backoff; <html data-progress-live="connected|closed">
  * tells pages (and tests) the connection state. The WebSocket URL can be overridden with
@@ -18,9 +29,42 @@
   "use strict";
   if (window.progressLive) { return; }
 
-  var MIN_BACKOFF = 500, MAX_BACKOFF = 15000, FRAGMENT_INTERVAL = 300;
+  var MIN_BACKOFF = 500, MAX_BACKOFF = 15000, FRAGMENT_INTERVAL = 300, EXPIRY_TICK = 1000;
   var socket = null, backoff = MIN_BACKOFF, subscribed = {}, lastEventId = 0, rescanTimer = null;
   var fragments = {};  // element id -> {busy: bool, again: bool}
+
+  function coveredId(doc) {
+    var meta = doc.querySelector('meta[name="progress-covered"]');
+    var value = meta ? Number(meta.content) : 0;
+    return isNaN(value) ? 0 : value;
+  }
+
+  var pageCovered = 0;
+
+  function seenId(root) {
+    var own = Number(root.getAttribute("data-progress-seen") || 0);
+    return Math.max(isNaN(own) ? 0 : own, pageCovered);
+  }
+
+  function expire(root, now) {
+    var until = Number(root.getAttribute("data-live-until"));
+    if (isNaN(until)) { return; }
+    if (now >= until) {
+      if (!root.hasAttribute("data-live-expired")) {
+        root.setAttribute("data-live-expired", "");
+        owned(root, "[data-live-expired-text]").forEach(function (node) {
+          node.textContent = node.getAttribute("data-live-expired-text");
+        });
+      }
+    } else if (root.hasAttribute("data-live-expired")) {
+      root.removeAttribute("data-live-expired");
+    }
+  }
+
+  function expireAll() {
+    var now = Date.now() / 1000, all = document.querySelectorAll("[data-live-until]");
+    for (var i = 0; i < all.length; i++) { expire(all[i], now); }
+  }
 
   function socketUrl() {
     var meta = document.querySelector('meta[name="progress-ws-url"]');
@@ -87,8 +131,28 @@
         node.style.width = Number(state[key]) + "%";
       }
     });
+    owned(root, "[data-progress-state]").forEach(function (node) {
+      var key = node.getAttribute("data-progress-state");
+      if (Object.prototype.hasOwnProperty.call(state, key) && state[key] !== null) { node.setAttribute("data-state", String(state[key])); }
+    });
+    var untilKey = root.getAttribute("data-live-until-field");
+    if (untilKey && Object.prototype.hasOwnProperty.call(state, untilKey) && !isNaN(Number(state[untilKey]))) {
+      root.setAttribute("data-live-until", String(Number(state[untilKey])));
+      root.removeAttribute("data-live-expired");
+      expire(root, Date.now() / 1000);
+    }
     root.setAttribute("data-progress-kind", event.kind);
     if (root.hasAttribute("data-progress-reload-fragment")) { reloadFragment(root); }
+  }
+
+  function receive(event) {
+    topicElements(event.topic).forEach(function (root) {
+      if (event.id) {
+        if (event.id <= seenId(root)) { return; }  // the page (or an earlier event) already shows it
+        root.setAttribute("data-progress-seen", String(event.id));
+      }
+      apply(root, event);
+    });
   }
 
   function reloadFragment(root) {
@@ -106,10 +170,16 @@
       .then(function (response) { return response.ok ? response.text() : null; })
       .then(function (html) {
         if (html === null) { return; }
-        var fresh = new DOMParser().parseFromString(html, "text/html").getElementById(id);
-        var current = document.getElementById(id);
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var fresh = doc.getElementById(id), current = document.getElementById(id);
         if (fresh && current) {
+          var covered = String(Math.max(coveredId(doc), seenId(current)));
           current.innerHTML = fresh.innerHTML;
+          current.setAttribute("data-progress-seen", covered);
+          current.querySelectorAll("[data-progress-topic]").forEach(function (node) {
+            node.setAttribute("data-progress-seen", covered);
+          });
+          expireAll();
           scheduleRescan();
         }
       })
@@ -150,7 +220,7 @@
       try { data = JSON.parse(message.data); } catch (e) { return; }
       if (!data || data.type !== "event") { return; }
       if (data.id && data.id > lastEventId) { lastEventId = data.id; }
-      topicElements(data.topic).forEach(function (root) { apply(root, data); });
+      receive(data);
     };
     ws.onclose = function () {
       if (socket !== ws) { return; }
@@ -167,6 +237,9 @@
   }
 
   function start() {
+    pageCovered = coveredId(document);
+    expireAll();
+    setInterval(expireAll, EXPIRY_TICK);
     new MutationObserver(function (mutations) {
       for (var i = 0; i < mutations.length; i++) {
         if (mutations[i].addedNodes.length || mutations[i].type === "attributes") { scheduleRescan(); return; }
