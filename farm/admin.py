@@ -9,12 +9,23 @@ from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from farm import services
+from farm.conf import lease_seconds
 from farm.models import Run, Task, Worker
-from farm.selectors import RunCounts, run_counts, runs_counts, with_computing_counts
+from farm.selectors import (
+    RunCounts,
+    run_counts,
+    runs_counts,
+    tasks_past_lease,
+    tasks_unclaimed,
+    with_computing_counts,
+    workers_alive,
+    workers_lost,
+)
 
 TASKS_PER_PAGE = 50
 
@@ -186,10 +197,55 @@ class RunAdmin(admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, context)
 
 
+class StuckTaskFilter(admin.SimpleListFilter):
+    """Work that is not moving: a lease held by a silent worker, or waiting with nobody to claim it."""
+
+    title = "stuck"
+    parameter_name = "stuck"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("past_lease", "held past its lease"), ("unclaimed", "waiting, no live worker will claim it")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> QuerySet[Task]:
+        if self.value() == "past_lease":
+            return queryset.filter(pk__in=tasks_past_lease().values("pk"))
+        if self.value() == "unclaimed":
+            return queryset.filter(pk__in=tasks_unclaimed().values("pk"))
+        return queryset
+
+
+class WorkerStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("alive", "alive"), ("lost", "lost (stopped reporting)")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Worker]) -> QuerySet[Worker]:
+        if self.value() == "alive":
+            return queryset.filter(pk__in=workers_alive().values("pk"))
+        if self.value() == "lost":
+            return queryset.filter(pk__in=workers_lost().values("pk"))
+        return queryset
+
+
+def live_state(alive_until: float, alive: str, expired: str) -> SafeString:
+    """A state that turns to `expired` by itself on an open page once `alive_until` passes."""
+    is_alive = alive_until > timezone.now().timestamp()
+    return format_html(
+        '<span class="farm-state" data-live-until="{}"{}><span data-state="{}" data-live-expired-text="{}">{}</span></span>',
+        alive_until,
+        "" if is_alive else mark_safe(" data-live-expired"),
+        alive if is_alive else expired,
+        expired,
+        alive if is_alive else expired,
+    )
+
+
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
-    list_display = ("task", "run", "status", "percent_completed", "attempts", "worker", "started", "updated")
-    list_filter = ("status", "started", "updated")
+    list_display = ("task", "run", "status_shown", "percent_completed", "attempts", "worker", "started", "updated")
+    list_filter = ("status", StuckTaskFilter, "started", "updated")
     search_fields = ("run__uuid", "run__name", "worker__hostname", "worker__uuid")
     list_select_related = ("run", "worker")
     readonly_fields = (
@@ -205,6 +261,17 @@ class TaskAdmin(admin.ModelAdmin):
     )
     show_full_result_count = False  # runs can hold millions of rows
 
+    class Media:
+        js = ["progress/live.js"]
+        css = {"all": ["farm/admin.css"]}
+
+    @admin.display(description="status", ordering="status")
+    def status_shown(self, task: Task) -> SafeString:
+        if task.status == Task.Status.COMPUTING and task.updated is not None:
+            until = task.updated.timestamp() + lease_seconds()
+            return live_state(until, "computing", "past lease")
+        return format_html('<span data-state="{}">{}</span>', task.status, task.status)
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -214,14 +281,23 @@ class TaskAdmin(admin.ModelAdmin):
 
 @admin.register(Worker)
 class WorkerAdmin(admin.ModelAdmin):
-    list_display = ("hostname", "pid", "uuid", "owner", "start", "last_seen", "tasks_done", "tasks_computing")
-    list_filter = ("last_seen", "start")
+    list_display = ("hostname", "pid", "uuid", "owner", "state", "start", "last_seen", "tasks_done", "tasks_computing")
+    list_filter = (WorkerStateFilter, "last_seen", "start")
     search_fields = ("hostname", "uuid", "owner__email")
     list_select_related = ("owner",)
     readonly_fields = ("uuid", "owner", "hostname", "pid", "start", "last_seen", "tasks_done")
 
+    class Media:
+        js = ["progress/live.js"]
+        css = {"all": ["farm/admin.css"]}
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
         return with_computing_counts(super().get_queryset(request))
+
+    @admin.display(description="state")
+    def state(self, worker: Worker) -> SafeString:
+        # Alive while it reported within the lease; the open page turns it to lost by itself.
+        return live_state(worker.last_seen.timestamp() + lease_seconds(), "alive", "lost")
 
     @admin.display(description="computing", ordering="n_computing")
     def tasks_computing(self, worker: Any) -> int:

@@ -5,7 +5,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
-LEASE_SWEEP = "farm: return expired leases to waiting"
+from farm.conf import LEASE_SWEEP
 
 
 def _schedule_lease_sweep(using: str = "default", **kwargs: Any) -> None:
@@ -38,11 +38,17 @@ class FarmConfig(AppConfig):
         post_migrate.connect(_schedule_lease_sweep, sender=self, dispatch_uid="farm.lease_sweep")
 
     def admin_dashboard(self, request: Any) -> list[dict[str, Any]]:
-        """Cards on the admin index: runs and the tasks being computed right now."""
+        """Cards on the admin index: runs, the work being computed, and the work that is stuck."""
         from django.urls import reverse
+        from django.utils import timezone
+        from django.utils.timesince import timesince
 
         from farm.models import Run, Task
+        from farm.selectors import lease_sweep_last_run, tasks_past_lease, tasks_unclaimed, workers_alive, workers_lost
 
+        tasks = reverse("admin:farm_task_changelist")
+        workers = reverse("admin:farm_worker_changelist")
+        swept = lease_sweep_last_run()
         return [
             {
                 "title": "Farm runs",
@@ -53,7 +59,31 @@ class FarmConfig(AppConfig):
             {
                 "title": "Farm tasks computing",
                 "value": Task.objects.filter(status=Task.Status.COMPUTING).count(),
-                "url": reverse("admin:farm_task_changelist") + "?status__exact=computing",
+                "url": f"{tasks}?status__exact=computing",
                 "note": "handed out, not finished",
+            },
+            {
+                "title": "Farm workers alive",
+                "value": workers_alive().count(),
+                "url": f"{workers}?state=alive",
+                "note": f"{workers_lost().count()} lost (stopped reporting)",
+            },
+            {
+                "title": "Farm tasks past their lease",
+                "value": tasks_past_lease().count(),
+                "url": f"{tasks}?stuck=past_lease",
+                "note": "held by a worker that went silent",
+            },
+            {
+                "title": "Farm tasks nobody will claim",
+                "value": tasks_unclaimed().count(),
+                "url": f"{tasks}?stuck=unclaimed",
+                "note": "waiting: run paused or no live worker",
+            },
+            {
+                "title": "Lease sweep",
+                "value": f"{timesince(swept, timezone.now())} ago" if swept else "never ran",
+                "url": reverse("admin:django_q_schedule_changelist"),
+                "note": "returns lapsed leases to waiting, every minute",
             },
         ]

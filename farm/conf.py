@@ -31,3 +31,7 @@ def progress_interval() -> float:
 def progress_trailing() -> bool:
     """Whether a run's last change inside a throttled window is sent when the window closes."""
     return bool(settings.FARM_PROGRESS_TRAILING)
+
+
+# The name of the django-q2 schedule that returns lapsed leases to waiting (farm.apps).
+LEASE_SWEEP = "farm: return expired leases to waiting"

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from coordinator.models import User
+from farm.conf import LEASE_SWEEP, lease_seconds
 from farm.errors import RunNotFoundError, WorkerNotFoundError
 from farm.models import Run, Task, Worker
 
@@ -185,3 +188,41 @@ def farm_export_rows(*, user: User, everything: bool) -> Iterator[dict[str, Any]
             "worker_hostname": w_host,
             "worker_pid": w_pid,
         }
+
+
+# --- stuck work, made visible (admin states, filters and index counts) ---------------------------
+
+
+def lease_cutoff(now: datetime | None = None) -> datetime:
+    """A computing task not updated since this moment holds a lapsed lease; a worker not seen
+    since then stopped reporting (it is lost)."""
+    return (now or timezone.now()) - timedelta(seconds=lease_seconds())
+
+
+def workers_alive(now: datetime | None = None) -> QuerySet[Worker]:
+    return Worker.objects.filter(last_seen__gte=lease_cutoff(now))
+
+
+def workers_lost(now: datetime | None = None) -> QuerySet[Worker]:
+    return Worker.objects.filter(last_seen__lt=lease_cutoff(now))
+
+
+def tasks_past_lease(now: datetime | None = None) -> QuerySet[Task]:
+    """Computing tasks whose worker went silent past the lease (the sweep returns them soon)."""
+    return Task.objects.filter(status=Task.Status.COMPUTING, updated__lt=lease_cutoff(now))
+
+
+def tasks_unclaimed(now: datetime | None = None) -> QuerySet[Task]:
+    """Waiting tasks no live worker will claim: their run is paused, or no worker is alive."""
+    return Task.objects.filter(status=Task.Status.WAITING).filter(Q(run__paused=True) | ~Exists(workers_alive(now)))
+
+
+def lease_sweep_last_run() -> datetime | None:
+    """When the lease sweep (a django-q2 schedule) last finished, or None if it never ran."""
+    from django_q.models import Schedule
+    from django_q.models import Task as QueueTask
+
+    last = Schedule.objects.filter(name=LEASE_SWEEP).values_list("task", flat=True).first()
+    if not last:
+        return None
+    return QueueTask.objects.filter(id=last).values_list("stopped", flat=True).first()

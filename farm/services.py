@@ -22,10 +22,10 @@ from django.utils import timezone
 
 from coordinator.models import User
 from farm import throttle
-from farm.conf import lease_seconds, max_attempts
+from farm.conf import max_attempts
 from farm.errors import LeaseLostError, RunNotFoundError, TaskNotFoundError, WorkerExistsError
 from farm.models import Run, Task, Worker
-from farm.selectors import RunCounts, run_counts
+from farm.selectors import RunCounts, lease_cutoff, run_counts
 from progress.services import progress_publish
 
 # Worker.last_seen is refreshed at most this often (seconds): most requests write no worker row.
@@ -212,7 +212,7 @@ def run_restart(*, run: Run, what: str) -> int:
     elif what == Restart.FAILED:
         changed = tasks.filter(status=Task.Status.FAILED).update(**back, attempts=0, failure="")
     elif what == Restart.INCOMPLETE:
-        cutoff = _lease_cutoff(now)
+        cutoff = lease_cutoff(now)
         lapsed = tasks.filter(status=Task.Status.COMPUTING, updated__lt=cutoff)
         below = tasks.filter(percent_completed__lt=100).exclude(status=Task.Status.FAILED)
         spared = Q(status=Task.Status.COMPUTING, updated__gte=cutoff)
@@ -230,10 +230,6 @@ def worker_register(*, owner: User, uuid: str, hostname: str, pid: int) -> Worke
             return Worker.objects.create(owner=owner, uuid=uuid, hostname=hostname, pid=pid)
     except IntegrityError as exc:
         raise WorkerExistsError() from exc
-
-
-def _lease_cutoff(now: datetime) -> datetime:
-    return now - timedelta(seconds=lease_seconds())
 
 
 def _unlocked(tasks: QuerySet[Task], limit: int) -> list[Task]:
@@ -256,7 +252,7 @@ def _fail_exhausted(tasks: list[Task]) -> list[Task]:
 def _claim(run: Run, worker: Worker, limit: int, now: datetime) -> list[Task]:
     """Under the run's lock: waiting rows first, then rows whose lease lapsed, then fresh numbers
     from the run's counter, within the run's `max_computing`."""
-    cutoff = _lease_cutoff(now)
+    cutoff = lease_cutoff(now)
     if run.paused:
         return []
     if run.max_computing is not None:
@@ -413,7 +409,7 @@ def tasks_fail(*, run: Run, worker: Worker, numbers: list[int], reason: str = ""
 def leases_expire() -> int:
     """The sweep: computing tasks whose lease lapsed go back to waiting, or fail after their last
     attempt, so a run's counts show them by themselves (hand-out also takes them over at once)."""
-    cutoff = _lease_cutoff(timezone.now())
+    cutoff = lease_cutoff(timezone.now())
     lapsed = Task.objects.filter(status=Task.Status.COMPUTING, updated__lt=cutoff)
     changed = 0
     for run_id in lapsed.order_by("run_id").values_list("run_id", flat=True).distinct():

@@ -21,6 +21,7 @@ from jobs.exports import file_path
 from jobs.forms import JobSubmitForm
 from jobs.models import Job, JobFile
 from jobs.registry import all_specs, get_spec
+from jobs.selectors import jobs_heartbeat_stale
 from jobs.services import job_cancel, job_create, job_retry, user_may_run
 
 
@@ -56,6 +57,19 @@ def _apply_each(
     return done, refused
 
 
+class StuckJobFilter(admin.SimpleListFilter):
+    title = "stuck"
+    parameter_name = "stuck"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("stale", "heartbeat stale")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Job]) -> QuerySet[Job]:
+        if self.value() == "stale":
+            return queryset.filter(pk__in=jobs_heartbeat_stale().values("pk"))
+        return queryset
+
+
 @admin.register(Job)
 class JobAdmin(ServiceActionsAdmin):
     list_display = [
@@ -70,7 +84,7 @@ class JobAdmin(ServiceActionsAdmin):
         "started_at",
         "finished_at",
     ]
-    list_filter = ["status", "type", "created_at"]
+    list_filter = ["status", StuckJobFilter, "type", "created_at"]
     search_fields = ["=id", "type", "worker", "created_by__email", "error"]
     list_select_related = ["created_by"]
     date_hierarchy = "created_at"

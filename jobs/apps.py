@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.apps import AppConfig
@@ -53,10 +54,11 @@ class JobsConfig(AppConfig):
     def admin_dashboard(self, request: Any) -> list[dict[str, Any]]:
         from django.urls import reverse
 
-        from jobs.selectors import job_counts
+        from jobs.selectors import job_counts, jobs_heartbeat_stale, sweep_last_seen
 
         counts = job_counts()
         url = reverse("admin:jobs_job_changelist")
+        swept = sweep_last_seen()
         return [
             {
                 "title": "Jobs running",
@@ -69,6 +71,18 @@ class JobsConfig(AppConfig):
                 "value": counts.get("failure", 0),
                 "url": f"{url}?status__exact=failure",
                 "note": f"{counts.get('success', 0)} succeeded",
+            },
+            {
+                "title": "Jobs with a stale heartbeat",
+                "value": jobs_heartbeat_stale().count(),
+                "url": f"{url}?stuck=stale",
+                "note": "started, worker silent: the sweep runs them again",
+            },
+            {
+                "title": "Job recovery sweep",
+                "value": f"{max(0, round(time.time() - swept))} s ago" if swept is not None else "never ran",
+                "url": f"{url}?status__exact=started",
+                "note": "each cluster sweeps lost workers' jobs",
             },
         ]
 

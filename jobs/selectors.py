@@ -136,12 +136,24 @@ def job_permissions_sync() -> None:
 def cluster_state() -> str:
     """The job clusters' liveness from their sweeps: `ok`, `stale` (none swept for three sweep
     periods: every cluster is gone or frozen), or `absent` (none ever ran against this cache)."""
+    seen = sweep_last_seen()
+    if seen is None:
+        return "absent"
+    return "ok" if time.time() - seen < 3 * conf.sweep_seconds() + 5 else "stale"
+
+
+def sweep_last_seen() -> float | None:
+    """When a cluster last ran the recovery sweep (epoch seconds), or None."""
     from django.core.cache import cache
 
     seen = cache.get(conf.SWEEP_SEEN_KEY)
-    if seen is None:
-        return "absent"
-    return "ok" if time.time() - float(seen) < 3 * conf.sweep_seconds() + 5 else "stale"
+    return None if seen is None else float(seen)
+
+
+def jobs_heartbeat_stale() -> QuerySet[Job]:
+    """Started jobs whose worker has not reported within JOBS_STALE_SECONDS (the sweep recovers them)."""
+    cutoff = timezone.now() - timedelta(seconds=conf.stale_seconds())
+    return Job.objects.filter(status=Job.Status.STARTED, heartbeat_at__lt=cutoff)
 
 
 def cluster_stall() -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -139,3 +140,35 @@ def test_non_staff_cannot_open_the_farm_admin(farm_user: User) -> None:
     client = Client()
     client.force_login(farm_user)
     assert client.get("/admin/farm/run/").status_code == 302
+
+
+def test_stuck_work_has_a_state_a_filter_and_a_count(staff: Client, farm_user: User, settings) -> None:
+    settings.FARM_LEASE_SECONDS = 60
+    run = services.run_create(owner=farm_user, num_tasks=6)
+    silent = services.worker_register(owner=farm_user, uuid="silent", hostname="node1", pid=1)
+    services.tasks_claim(run=run, worker=silent, limit=2)
+    long_ago = timezone.now() - timedelta(minutes=10)
+    Worker.objects.filter(pk=silent.pk).update(last_seen=long_ago)
+    Task.objects.filter(run=run, task=0).update(updated=long_ago)  # held past its lease
+    paused = services.run_create(owner=farm_user, num_tasks=2)
+    Task.objects.create(run=paused, task=0, status=Task.Status.WAITING)
+    Run.objects.filter(pk=paused.pk).update(paused=True)
+
+    workers = staff.get("/admin/farm/worker/?state=lost").content.decode()
+    assert "node1" in workers and 'data-live-expired-text="lost"' in workers and ">lost</span>" in workers
+    assert "node1" not in staff.get("/admin/farm/worker/?state=alive").content.decode()
+    past = staff.get("/admin/farm/task/?stuck=past_lease").content.decode()
+    held = Task.objects.filter(status=Task.Status.COMPUTING, updated__lt=timezone.now() - timedelta(seconds=60))
+    assert held.count() >= 1 and ">past lease</span>" in past
+    unclaimed = staff.get("/admin/farm/task/?stuck=unclaimed").content.decode()
+    assert f'<a href="/admin/farm/run/{paused.pk}/change/"' in unclaimed or str(paused) in unclaimed
+
+    index = staff.get("/admin/").content.decode()
+    for title in ("Farm workers alive", "Farm tasks past their lease", "Farm tasks nobody will claim", "Lease sweep"):
+        assert title in index
+    assert "never ran" in index  # no cluster ran the lease sweep in this test
+    cards = {
+        title: value for value, title in re.findall(r'<div class="value">([^<]+)</div>\s*<div>([^<]+)</div>', index)
+    }
+    assert cards["Farm workers alive"] == "0" and cards["Farm tasks past their lease"] == str(held.count())
+    assert cards["Farm tasks nobody will claim"] == "1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,31 @@ def test_a_cancelled_job_says_cancelled_and_shows_one_state(staff: Client, user)
     ]
     listing = staff.get("/admin/jobs/job/").content.decode()
     assert '<span class="job-status" data-state="cancelled">cancelled</span>' in listing
+
+
+def test_jobs_with_a_stale_heartbeat_have_a_filter_and_a_count(staff: Client, user, settings) -> None:
+    import re
+    from datetime import timedelta
+
+    from django.core.cache import cache
+    from django.utils import timezone
+
+    from jobs import conf
+
+    settings.JOBS_STALE_SECONDS = 30
+    silent = job_create(type="tests.sleep", data={"seconds": 1}, user=user)
+    beating = job_create(type="tests.sleep", data={"seconds": 1}, user=user)
+    for job in (silent, beating):
+        job_claim(job_id=job.pk, worker="w:1")
+    Job.objects.filter(pk=silent.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    cache.delete(conf.SWEEP_SEEN_KEY)
+    index = staff.get("/admin/").content.decode()
+    cards = {
+        title: value for value, title in re.findall(r'<div class="value">([^<]+)</div>\s*<div>([^<]+)</div>', index)
+    }
+    assert cards["Jobs with a stale heartbeat"] == "1" and cards["Job recovery sweep"] == "never ran"
+    stale = staff.get("/admin/jobs/job/?stuck=stale").content.decode()
+    assert f"job:{silent.pk}" in stale and f"job:{beating.pk}" not in stale
+    cache.set(conf.SWEEP_SEEN_KEY, time.time() - 7)
+    index = staff.get("/admin/").content.decode()
+    assert re.search(r'<div class="value">\d+ s ago</div>\s*<div>Job recovery sweep</div>', index)
