@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -17,6 +16,7 @@ from django.utils.html import format_html
 from coordinator.admin_site import ServiceActionsAdmin
 from coordinator.errors import ApplicationError
 from coordinator.models import User
+from jobs.bulk import bulk_submit
 from jobs.exports import file_path
 from jobs.forms import JobSubmitForm
 from jobs.models import Job, JobFile
@@ -38,23 +38,6 @@ def progress_widget(job: Job) -> str:
         job.status_label,
         job.progress_message,
     )
-
-
-def _apply_each(
-    request: HttpRequest, admin_: JobAdmin, queryset: QuerySet[Job], service: Callable[..., Any], done_as: str
-) -> tuple[int, int]:
-    """Call a job service on each selected job; count those it accepted and those it refused.
-    Each accepted one is written to the job's admin History."""
-    done = refused = 0
-    for job in queryset:
-        try:
-            service(job=job)
-            done += 1
-        except ApplicationError:
-            refused += 1
-        else:
-            admin_.log_change(request, job, done_as)
-    return done, refused
 
 
 class StuckJobFilter(admin.SimpleListFilter):
@@ -123,25 +106,16 @@ class JobAdmin(ServiceActionsAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    # Bulk actions run as a background job (jobs.bulk): the page answers at once.
     @admin.action(description="Retry selected failed jobs", permissions=["operate"])
     def retry_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        done, refused = _apply_each(request, self, queryset, job_retry, "Retried")
-        self.message_user(
-            request,
-            f"{done} job(s) queued again; {refused} not in status failure.",
-            messages.SUCCESS if done else messages.WARNING,
-        )
+        bulk_submit(request, self, queryset, "admin.jobs_retry")
 
     @admin.action(
         description="Cancel selected jobs (fresh: now; started: at the next progress report)", permissions=["operate"]
     )
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        done, refused = _apply_each(request, self, queryset, job_cancel, "Cancelled")
-        self.message_user(
-            request,
-            f"{done} job(s) cancelled or asked to stop; {refused} already finished.",
-            messages.SUCCESS if done else messages.WARNING,
-        )
+        bulk_submit(request, self, queryset, "admin.jobs_cancel")
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None

@@ -6,10 +6,13 @@ import math
 from typing import Any
 
 from jobs import conf
+from jobs.bulk import bulk_action
 from jobs.context import JobContext
 from jobs.exports import DatasetName, dataset_register, export_run
+from jobs.models import Job
 from jobs.registry import job
 from jobs.selectors import JOB_EXPORT_COLUMNS, job_export_rows
+from jobs.services import job_cancel, job_retry
 
 dataset_register(name="jobs", title="Background jobs", columns=JOB_EXPORT_COLUMNS, rows=job_export_rows)
 
@@ -30,6 +33,18 @@ def json_export(ctx: JobContext, datasets: list[DatasetName] | None = None, ever
 def html_export(ctx: JobContext, datasets: list[DatasetName] | None = None, everything: bool = False) -> dict[str, Any]:
     """Export what the user owns as a readable HTML page."""
     return export_run(ctx, fmt="html", datasets=datasets, everything=everything)
+
+
+@bulk_action(name="admin.jobs_retry", model=Job, permission="jobs.change_job", done_as="Retried", verb="queued again")
+def retry_one(job: Job) -> bool:
+    job_retry(job=job)  # refuses (JobStateError) anything not in status failure
+    return True
+
+
+@bulk_action(name="admin.jobs_cancel", model=Job, permission="jobs.change_job", done_as="Cancelled", verb="cancelled")
+def cancel_one(job: Job) -> bool:
+    job_cancel(job=job)  # refuses a finished job
+    return True
 
 
 @job(name="noop")

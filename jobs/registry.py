@@ -55,6 +55,8 @@ class JobSpec:
     backoff: float = 0.0
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # A protected job its holders may also run (`app_label.codename`), e.g. an admin bulk action's.
+    permission: str = ""
 
     @property
     def permission_codename(self) -> str:
@@ -115,6 +117,7 @@ def register(
     timeout: int | None = None,
     max_attempts: int = 1,
     backoff: float = 0.0,
+    permission: str = "",
 ) -> JobSpec:
     """Add `func` to the registry; re-registering the same name replaces it."""
     from jobs.context import JobContext
@@ -143,6 +146,7 @@ def register(
         max_attempts=max(1, max_attempts),
         backoff=backoff,
         description=(inspect.getdoc(func) or "").split("\n")[0],
+        permission=permission,
     )
     _REGISTRY[job_name] = spec
     return spec

@@ -49,6 +49,8 @@ def user_may_run(user: User | None, spec: JobSpec) -> bool:
         return False
     if user.is_admin or user.role in spec.roles:
         return True
+    if spec.permission and user.has_perm(spec.permission):
+        return True
     return user.has_perm(f"jobs.{spec.permission_codename}")
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.widgets import AdminSplitDateTime
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
@@ -17,6 +18,7 @@ from django.utils.safestring import mark_safe
 from coordinator.admin_site import ServiceActionsAdmin
 from coordinator.api.parsers import loads_strict
 from coordinator.models import User
+from jobs.bulk import bulk_submit
 from pool import selectors, services
 from pool.models import Delivery, DeliveryState, Device, Message, MessageType, Task
 from pool.selectors import device_is_online, device_online_until
@@ -142,22 +144,69 @@ class DeviceAdmin(admin.ModelAdmin):
             )
 
 
+class DevicePicker(forms.SelectMultiple):
+    """The device list with each device's kind and online state on its option, for
+    pool/composer.js (search, pick by kind, online only, a live count)."""
+
+    def __init__(self) -> None:
+        super().__init__(attrs={"data-device-picker": "", "size": 14, "class": "pool-picker"})
+
+    def create_option(
+        self,
+        name: str,
+        value: Any,
+        label: int | str,
+        selected: bool,
+        index: int,
+        subindex: int | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        option = super().create_option(name, value, label, selected, index, subindex, attrs)
+        device = getattr(value, "instance", None)
+        if isinstance(device, Device):
+            option["attrs"]["data-kind"] = device.kind
+            option["attrs"]["data-online"] = "1" if device_is_online(device) else "0"
+        return option
+
+
+class DeviceChoiceField(forms.ModelMultipleChoiceField):
+    def label_from_instance(self, device: Device) -> str:
+        state = "● online" if device_is_online(device) else "○ offline"
+        flags = "" if device.validated and device.enabled else (" — not validated" if device.enabled else " — disabled")
+        return f"#{device.pk} {device.name} ({device.kind or 'no kind'}) {state}{flags}"
+
+
 class TaskComposeForm(forms.ModelForm):
-    """Compose a task: a target picker (one device, several, all) and an optional expiry."""
+    """Compose a task: a target picker (one device, several, all, with search and a count), an
+    expiry picked on a calendar, and a confirmation before a task goes to the whole fleet."""
 
     TARGETS = (("one", "One device"), ("several", "Several devices"), ("all", "All devices (device:*)"))
     target = forms.ChoiceField(choices=TARGETS, widget=forms.RadioSelect, initial="one")
-    devices = forms.ModelMultipleChoiceField(
+    devices = DeviceChoiceField(
         queryset=Device.objects.order_by("id"),
         required=False,
+        widget=DevicePicker(),
         help_text="For one or several devices. Unvalidated devices receive the task once validated.",
     )
+    title = forms.CharField(required=False, widget=forms.TextInput(attrs={"class": "vTextField"}))
     meta_json = forms.CharField(label="Meta (JSON object)", required=False, widget=forms.Textarea(attrs={"rows": 3}))
-    expires_at = forms.DateTimeField(required=False, help_text="Optional, UTC (YYYY-MM-DD HH:MM:SS).")
+    expires_at = forms.SplitDateTimeField(
+        required=False, widget=AdminSplitDateTime(), help_text="Optional; after it no device receives the task."
+    )
+    confirm_all = forms.BooleanField(required=False)
 
     class Meta:
         model = Task
         fields = ("title", "body")
+
+    class Media:
+        js = ["pool/composer.js"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fleet_size = selectors.devices_receiving_broadcasts().count()
+        self.fields["confirm_all"].label = f"Yes, send it to all {self.fleet_size} devices"
+        self.fields["confirm_all"].help_text = "Needed for “All devices”: every validated, enabled device gets it."
 
     def clean_meta_json(self) -> dict[str, Any]:
         raw = (self.cleaned_data.get("meta_json") or "").strip()
@@ -184,6 +233,8 @@ class TaskComposeForm(forms.ModelForm):
             self.add_error("devices", "Pick exactly one device.")
         if data.get("target") == "several" and not chosen:
             self.add_error("devices", "Pick at least one device.")
+        if data.get("target") == "all" and not data.get("confirm_all"):
+            self.add_error("confirm_all", f"This goes to all {self.fleet_size} devices: tick the box to confirm.")
         return data
 
     def target_string(self) -> str:
@@ -277,7 +328,9 @@ class TaskAdmin(ServiceActionsAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
-            return [(None, {"fields": ("target", "devices", "title", "body", "meta_json", "expires_at")})]
+            return [
+                (None, {"fields": ("target", "devices", "confirm_all", "title", "body", "meta_json", "expires_at")})
+            ]
         return [
             (None, {"fields": ("msg_id", "ts", "sender", "to", "title", "body", "meta", "expires_at", "cancelled_at")})
         ]
@@ -320,10 +373,9 @@ class TaskAdmin(ServiceActionsAdmin):
         parts = [f"{n} {state}" for state, n in counts.items() if n]
         return ", ".join(parts) or ("broadcast, not fetched yet" if obj.target_all else "-")
 
-    @admin.action(description="Cancel the selected tasks", permissions=["operate"])
+    @admin.action(description="Cancel the selected tasks (in the background)", permissions=["operate"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        cancelled = sum(1 for task in queryset if services.task_cancel(task=task))
-        self.message_user(request, f"{cancelled} task(s) cancelled; they are pending for nobody now.")
+        bulk_submit(request, self, queryset, "admin.pool_tasks_cancel")
 
 
 @admin.register(Message)

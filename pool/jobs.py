@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobs.bulk import bulk_action
 from jobs.context import JobContext
 from jobs.exports import dataset_register, uploaded_file
 from jobs.registry import job
+from pool.models import Task
 from pool.selectors import POOL_EXPORT_COLUMNS, pool_export_rows
-from pool.services import ImportReport, pool_import_jsonl
+from pool.services import ImportReport, pool_import_jsonl, task_cancel
 
 dataset_register(name="pool", title="Pool tasks and responses", columns=POOL_EXPORT_COLUMNS, rows=pool_export_rows)
+
+
+@bulk_action(
+    name="admin.pool_tasks_cancel", model=Task, permission="pool.change_task", done_as="Cancelled", verb="cancelled"
+)
+def cancel_one(task: Task) -> bool:
+    return task_cancel(task=task)  # False: already cancelled
+
 
 # The import reports its progress by lines read against the upload's size: an estimate of about
 # this many bytes a line.

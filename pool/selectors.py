@@ -208,11 +208,16 @@ def task_state_counts(*, task: Message) -> dict[str, int]:
     return counts
 
 
+def devices_receiving_broadcasts() -> QuerySet[Device]:
+    """The devices a `device:*` task reaches: validated and enabled ones."""
+    return Device.objects.filter(validated=True, enabled=True)
+
+
 def task_unfetched_devices(*, task: Message) -> int:
     """For a live broadcast: validated, enabled devices that have no delivery row yet."""
     if not task.target_all or not task.is_live():
         return 0
-    return Device.objects.filter(validated=True, enabled=True).exclude(deliveries__task=task).count()
+    return devices_receiving_broadcasts().exclude(deliveries__task=task).count()
 
 
 def journal_lag() -> tuple[int, datetime | None]:

@@ -116,6 +116,17 @@ class JobFactory(factory.django.DjangoModelFactory):
     created_by = factory.SubFactory(UserFactory)
 
 
+class JobAttemptFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "jobs.JobAttempt"
+
+    job = factory.SubFactory(JobFactory)
+    worker = "host-1:0"
+    finished_at = factory.LazyFunction(timezone.now)
+    outcome = "failure"
+    error = "RuntimeError: boom"
+
+
 class JobFileFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = "jobs.JobFile"

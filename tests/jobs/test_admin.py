@@ -48,13 +48,23 @@ def test_retry_and_cancel_actions(staff: Client, user, django_capture_on_commit_
         response = staff.post(
             "/admin/jobs/job/", {"action": "retry_jobs", "_selected_action": [failed.pk, fresh.pk]}, follow=True
         )
-    assert "1 job(s) queued again; 1 not in status failure." in response.content.decode()
+    bulk = Job.objects.get(type="admin.jobs_retry")
+    text = response.content.decode()
+    assert "2 jobs selected: they are being queued again in the background" in text
+    assert f'href="/admin/jobs/job/{bulk.pk}/change/"' in text
     failed.refresh_from_db()
-    assert failed.status == "fresh"
+    assert failed.status == "failure"  # the page answered before the work was done ...
+    with django_capture_on_commit_callbacks(execute=True):
+        assert job_execute(job_id=bulk.pk) == "success"
+    failed.refresh_from_db()
+    bulk.refresh_from_db()
+    assert failed.status == "fresh"  # ... and the job did it, with a summary and its progress
+    assert bulk.result == {"selected": 2, "queued again": 1, "refused": 1, "gone": 0}
+    assert bulk.progress == 100 and bulk.progress_message == "1 queued again, 1 refused, 0 gone"
     response = staff.post(
         "/admin/jobs/job/", {"action": "cancel_jobs", "_selected_action": [fresh.pk, running.pk]}, follow=True
     )
-    assert "2 job(s) cancelled or asked to stop" in response.content.decode()
+    assert job_execute(job_id=Job.objects.get(type="admin.jobs_cancel").pk) == "success"
     fresh.refresh_from_db()
     running.refresh_from_db()
     assert fresh.status == "failure" and running.status == "started" and running.cancel_requested

@@ -7,6 +7,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from jobs.models import Job
+from jobs.services import job_execute
 from pool.models import Delivery, Device, Message
 from pool.services import heartbeat_record, response_create, task_create
 
@@ -89,10 +91,13 @@ def test_compose_task_with_target_picker(staff, make_device, admin):
             "title": "two",
             "body": "",
             "meta_json": '{"k": 1}',
-            "expires_at": "2999-01-01 00:00:00",
+            "expires_at_0": "2999-01-01",
+            "expires_at_1": "00:00:00",
         },
     )
-    staff.post(url, {"target": "all", "title": "all", "body": "", "meta_json": ""})
+    unconfirmed = staff.post(url, {"target": "all", "title": "all", "body": "", "meta_json": ""})
+    assert "This goes to all 2 devices: tick the box to confirm." in unconfirmed.content.decode()
+    staff.post(url, {"target": "all", "confirm_all": "on", "title": "all", "body": "", "meta_json": ""})
     tasks = {t.title: t for t in Message.objects.filter(type="task")}
     assert tasks["one"].to == f"device:{d1.pk}"
     assert tasks["two"].to == f"device:[{d1.pk},{d2.pk}]" and tasks["two"].meta["k"] == 1
@@ -120,9 +125,15 @@ def test_task_page_threads_responses_live_and_cancel(staff, make_device, master)
     listing = staff.get(reverse("admin:pool_task_changelist")).content.decode()
     assert "1 done, 1 pending" in listing or "1 pending, 1 done" in listing
 
-    staff.post(reverse("admin:pool_task_changelist"), {"action": "cancel", "_selected_action": [task.pk]})
+    answer = staff.post(
+        reverse("admin:pool_task_changelist"), {"action": "cancel", "_selected_action": [task.pk]}, follow=True
+    )
+    assert "being cancelled in the background" in answer.content.decode()
     task.refresh_from_db()
-    assert task.cancelled_at is not None
+    assert task.cancelled_at is None  # the page answered before the work was done ...
+    job_execute(job_id=Job.objects.get(type="admin.pool_tasks_cancel").pk)
+    task.refresh_from_db()
+    assert task.cancelled_at is not None  # ... and the job did it
     assert Delivery.objects.get(task=task, device=d2).state == "cancelled"
 
 
@@ -193,3 +204,21 @@ def test_device_pages_render_and_edit_name(staff, device):
     staff.post(url, {"name": "renamed", "kind": "sensor"})
     device.refresh_from_db()
     assert device.name == "renamed" and device.validated  # flags change only through actions
+
+
+def test_the_composer_searches_counts_and_confirms_a_whole_fleet_send(staff, make_device):
+    online, quiet, off = make_device("lab-pc"), make_device("cellar-sensor"), make_device("gone")
+    Device.objects.filter(pk=quiet.pk).update(kind="sensor")
+    Device.objects.filter(pk=off.pk).update(enabled=False)
+    heartbeat_record(device=online)
+    page = staff.get(reverse("admin:pool_task_add")).content.decode()
+    assert "pool/composer.js" in page and "data-device-picker" in page
+    options = dict(re.findall(r'<option value="(\d+)"[^>]*>([^<]+)</option>', page))
+    assert options[str(online.pk)].endswith("● online") and "○ offline" in options[str(quiet.pk)]
+    assert re.search(rf'<option value="{quiet.pk}" data-kind="sensor" data-online="0"', page)
+    assert "disabled" in options[str(off.pk)]
+    # "All devices" asks for a confirmation that names how many devices get it (enabled ones)
+    assert "Yes, send it to all 2 devices" in page
+    # the expiry is a date and a time picker, the title one line
+    assert 'name="expires_at_0"' in page and 'class="vDateField' in page and 'class="vTimeField' in page
+    assert re.search(r'<input type="text" name="title"', page) and '<textarea name="title"' not in page

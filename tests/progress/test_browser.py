@@ -204,12 +204,12 @@ def test_job_page_moves_while_a_django_q2_worker_runs_it(transactional_db, socke
         widget = f"[data-progress-topic='job:{job.pk}']"
         # the worker reports step by step: the bar and the message move on the open page ...
         wait_until(page, "s => Number(document.querySelector(s + ' progress').value) >= 25", widget, timeout=60000)
-        assert page.inner_text(f"{widget} [data-progress-field=status]") == "started"
+        assert page.inner_text(f"{widget} [data-progress-field=label]") == "started"
         assert page.inner_text(f"{widget} [data-progress-field=message]").startswith("step ")
         # ... up to the end
         wait_until(
             page,
-            "s => document.querySelector(s + ' [data-progress-field=status]').textContent === 'success'",
+            "s => document.querySelector(s + ' [data-progress-field=label]').textContent === 'success'",
             widget,
             timeout=60000,
         )
