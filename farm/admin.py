@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
+from coordinator.admin_display import duration, relative_time, shortened
 from farm import services
 from farm.conf import lease_seconds
 from farm.models import Run, Task, Worker
@@ -60,8 +61,8 @@ def _counts_of(run: Any) -> RunCounts:
 
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
-    list_display = ("name", "uuid", "labels_shown", "owner", "created_at", "num_tasks", "controls", "progress")
-    list_display_links = ("name", "uuid")
+    list_display = ("name", "progress", "num_tasks", "controls", "created", "owner", "labels_shown", "uuid_short")
+    list_display_links = ("name", "uuid_short")
     list_filter = ("paused", "created_at")
     search_fields = ("uuid", "name", "labels", "owner__email")
     list_select_related = ("owner",)
@@ -100,6 +101,14 @@ class RunAdmin(admin.ModelAdmin):
     @admin.display(description="labels")
     def labels_shown(self, run: Run) -> str:
         return ", ".join(str(label) for label in run.labels or [])
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, run: Run) -> SafeString:
+        return relative_time(run.created_at)
+
+    @admin.display(description="uuid", ordering="uuid")
+    def uuid_short(self, run: Run) -> SafeString:
+        return shortened(run.uuid, 8)
 
     @admin.display(description="controls")
     def controls(self, run: Run) -> SafeString:
@@ -244,7 +253,16 @@ def live_state(alive_until: float, alive: str, expired: str) -> SafeString:
 
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
-    list_display = ("task", "run", "status_shown", "percent_completed", "attempts", "worker", "started", "updated")
+    list_display = (
+        "task",
+        "status_shown",
+        "percent_completed",
+        "run",
+        "worker_short",
+        "started_ago",
+        "took",
+        "attempts",
+    )
     list_filter = ("status", StuckTaskFilter, "started", "updated")
     search_fields = ("run__uuid", "run__name", "worker__hostname", "worker__uuid")
     list_select_related = ("run", "worker")
@@ -265,6 +283,20 @@ class TaskAdmin(admin.ModelAdmin):
         js = ["progress/live.js"]
         css = {"all": ["farm/admin.css"]}
 
+    @admin.display(description="started", ordering="started")
+    def started_ago(self, task: Task) -> SafeString:
+        return relative_time(task.started)
+
+    @admin.display(description="duration")
+    def took(self, task: Task) -> SafeString:
+        # Computing: its age, counting up; finished: how long it took.
+        running = task.status == Task.Status.COMPUTING
+        return duration(task.started, None if running else task.updated)
+
+    @admin.display(description="worker", ordering="worker__hostname")
+    def worker_short(self, task: Task) -> SafeString:
+        return shortened(task.worker.hostname if task.worker else None, 16)
+
     @admin.display(description="status", ordering="status")
     def status_shown(self, task: Task) -> SafeString:
         if task.status == Task.Status.COMPUTING and task.updated is not None:
@@ -281,7 +313,7 @@ class TaskAdmin(admin.ModelAdmin):
 
 @admin.register(Worker)
 class WorkerAdmin(admin.ModelAdmin):
-    list_display = ("hostname", "pid", "uuid", "owner", "state", "start", "last_seen", "tasks_done", "tasks_computing")
+    list_display = ("hostname", "state", "seen", "tasks_computing", "tasks_done", "pid", "uuid_short", "owner", "up")
     list_filter = (WorkerStateFilter, "last_seen", "start")
     search_fields = ("hostname", "uuid", "owner__email")
     list_select_related = ("owner",)
@@ -293,6 +325,18 @@ class WorkerAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
         return with_computing_counts(super().get_queryset(request))
+
+    @admin.display(description="last seen", ordering="last_seen")
+    def seen(self, worker: Worker) -> SafeString:
+        return relative_time(worker.last_seen)
+
+    @admin.display(description="started", ordering="start")
+    def up(self, worker: Worker) -> SafeString:
+        return relative_time(worker.start)
+
+    @admin.display(description="uuid", ordering="uuid")
+    def uuid_short(self, worker: Worker) -> SafeString:
+        return shortened(worker.uuid, 8)
 
     @admin.display(description="state")
     def state(self, worker: Worker) -> SafeString:

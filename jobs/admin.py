@@ -13,6 +13,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
+from coordinator.admin_display import duration, relative_time, shortened
 from coordinator.admin_site import ServiceActionsAdmin
 from coordinator.errors import ApplicationError
 from coordinator.models import User
@@ -59,13 +60,12 @@ class JobAdmin(ServiceActionsAdmin):
         "id",
         "type",
         "status_badge",
-        "owner",
-        "worker",
-        "attempts",
         "live_progress",
-        "created_at",
-        "started_at",
-        "finished_at",
+        "created",
+        "took",
+        "attempts",
+        "owner",
+        "worker_short",
     ]
     list_filter = ["status", StuckJobFilter, "type", "created_at"]
     search_fields = ["=id", "type", "worker", "created_by__email", "error"]
@@ -86,6 +86,19 @@ class JobAdmin(ServiceActionsAdmin):
     @admin.display(description="status", ordering="status")
     def status_badge(self, job: Job) -> str:
         return format_html('<span class="job-status" data-state="{}">{}</span>', job.status_label, job.status_label)
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, job: Job) -> str:
+        return relative_time(job.created_at)
+
+    @admin.display(description="duration")
+    def took(self, job: Job) -> str:
+        # Running work counts up on the open page (its age); finished work shows how long it took.
+        return duration(job.started_at, job.finished_at if job.status != Job.Status.STARTED else None)
+
+    @admin.display(description="worker", ordering="worker")
+    def worker_short(self, job: Job) -> str:
+        return shortened(job.worker, 18)
 
     @admin.display(description="owner", ordering="created_by__email")
     def owner(self, job: Job) -> str:
@@ -193,20 +206,24 @@ class JobAdmin(ServiceActionsAdmin):
 class JobFileAdmin(admin.ModelAdmin):
     list_display = [
         "filename",
-        "owner",
-        "format",
+        "download",
         "human_size",
         "rows",
+        "format",
         "job_link",
+        "owner",
         "uploaded",
-        "created_at",
-        "download",
+        "created",
     ]
     list_filter = ["format", "uploaded", "created_at"]
     search_fields = ["filename", "owner__email"]
     list_select_related = ["owner", "job"]
     readonly_fields = ["filename", "owner", "format", "size", "rows", "job", "uploaded", "created_at", "download"]
     fields = tuple(readonly_fields)
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, row: JobFile) -> str:
+        return relative_time(row.created_at)
 
     @admin.display(description="size", ordering="size")
     def human_size(self, row: JobFile) -> str:

@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
+from coordinator.admin_display import relative_time, shortened
 from coordinator.admin_site import ServiceActionsAdmin
 from coordinator.api.parsers import loads_strict
 from coordinator.models import User
@@ -22,7 +23,6 @@ from jobs.bulk import bulk_submit
 from pool import selectors, services
 from pool.models import Delivery, DeliveryState, Device, Message, MessageType, Task
 from pool.selectors import device_is_online, device_online_until
-from pool.wire import format_ts
 
 LIVE_JS = ["progress/live.js"]
 
@@ -33,18 +33,34 @@ class DeviceAddForm(forms.ModelForm):
         fields = ("name", "kind", "validated")
 
 
+class MessageColumns:
+    """List columns the device tasks and the message log share."""
+
+    @admin.display(description="sent", ordering="ts")
+    def sent(self, obj: Message) -> str:
+        return relative_time(obj.ts)
+
+    @admin.display(description="to", ordering="to")
+    def to_short(self, obj: Message) -> str:
+        return shortened(obj.to, 24)
+
+    @admin.display(description="id", ordering="msg_id")
+    def msg_short(self, obj: Message) -> str:
+        return shortened(obj.msg_id, 8)
+
+
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
     list_display = (
         "id",
         "name",
+        "online_badge",
+        "pending",
         "kind",
+        "active",
+        "last_activity_type",
         "validated",
         "enabled",
-        "online_badge",
-        "last_activity_at",
-        "last_activity_type",
-        "pending",
     )
     list_filter = ("validated", "enabled", "kind")
     search_fields = ("name", "kind", "=id")
@@ -105,14 +121,18 @@ class DeviceAdmin(admin.ModelAdmin):
         return format_html(
             '<span class="pool-badge" data-progress-topic="pooldevice:{}" data-live-until="{}" '
             'data-live-until-field="online_until"{}>'
-            '<span data-progress-field="badge" data-live-expired-text="offline">{}</span> '
-            '<small data-progress-field="last_seen">{}</small></span>',
+            '<span data-progress-field="badge" data-live-expired-text="offline" title="last heartbeat: {}">{}</span>'
+            "</span>",
             obj.pk,
             until.timestamp() if until else 0,
             "" if online else mark_safe(" data-live-expired"),
-            "online" if online else "offline",
             obj.last_heartbeat_at.isoformat() if obj.last_heartbeat_at else "never",
+            "online" if online else "offline",
         )
+
+    @admin.display(description="last activity", ordering="last_activity_at")
+    def active(self, obj: Device) -> str:
+        return relative_time(obj.last_activity_at)
 
     @admin.display(description="Pending", ordering="pending_count")
     def pending(self, obj: Device) -> int:
@@ -305,10 +325,11 @@ class StatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(Task)
-class TaskAdmin(ServiceActionsAdmin):
+class TaskAdmin(MessageColumns, ServiceActionsAdmin):
     form = TaskComposeForm
     change_form_template = "admin/pool/task/change_form.html"
-    list_display = ("msg_id", "ts", "sender", "to", "title", "state_summary", "expires_at", "cancelled_at")
+    list_display = ("title_shown", "state_summary", "sent", "to_short", "sender", "expires", "cancelled", "msg_short")
+    list_display_links = ("title_shown", "msg_short")
     list_filter = (TargetKindFilter, StatusFilter, DeviceFilter, "ts")
     date_hierarchy = "ts"
     search_fields = ("title", "body", "=msg_id")
@@ -362,10 +383,27 @@ class TaskAdmin(ServiceActionsAdmin):
         task = self.get_object(request, object_id)
         context = dict(extra_context or {})
         if task is not None:
+            counts = selectors.task_state_counts(task=task)
+            total = sum(counts.values()) + selectors.task_unfetched_devices(task=task)
+            context["state_counts"] = [
+                {"state": state, "count": n, "percent": 100 * n / total if total else 0} for state, n in counts.items()
+            ]
             context["threads"] = selectors.task_threads(task=task)
             context["unfetched"] = selectors.task_unfetched_devices(task=task)
             context["task_topic"] = f"pooltask:{task.msg_id}"
         return super().change_view(request, object_id, form_url, extra_context=context)
+
+    @admin.display(description="title", ordering="title")
+    def title_shown(self, obj: Message) -> str:
+        return obj.title or "(no title)"
+
+    @admin.display(description="expires", ordering="expires_at")
+    def expires(self, obj: Message) -> str:
+        return relative_time(obj.expires_at)
+
+    @admin.display(description="cancelled", ordering="cancelled_at")
+    def cancelled(self, obj: Message) -> str:
+        return relative_time(obj.cancelled_at)
 
     @admin.display(description="Deliveries")
     def state_summary(self, obj: Message) -> str:
@@ -379,10 +417,11 @@ class TaskAdmin(ServiceActionsAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(MessageColumns, admin.ModelAdmin):
     """The full log, read-only."""
 
-    list_display = ("msg_id", "ts_utc", "type", "sender", "to", "title", "parent_id")
+    list_display = ("type", "title", "sent", "sender", "to_short", "parent_short", "msg_short")
+    list_display_links = ("type", "msg_short")
     list_filter = ("type", "ts")
     date_hierarchy = "ts"
     search_fields = ("=msg_id", "title", "body", "sender", "=parent_id")
@@ -399,6 +438,6 @@ class MessageAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    @admin.display(description="ts", ordering="ts")
-    def ts_utc(self, obj: Message) -> str:
-        return format_ts(obj.ts)
+    @admin.display(description="in reply to", ordering="parent_id")
+    def parent_short(self, obj: Message) -> str:
+        return shortened(obj.parent_id, 8)

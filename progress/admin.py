@@ -11,6 +11,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
+from coordinator.admin_display import relative_time
 from progress import conf
 from progress.auth import viewer_for
 from progress.models import ProgressTopic
@@ -21,7 +22,7 @@ LIVE_PAGE_ROWS = 500
 
 @admin.register(ProgressTopic)
 class ProgressTopicAdmin(admin.ModelAdmin):
-    list_display = ["name", "topic", "text", "percent", "started_at", "updated_at", "ended_at"]
+    list_display = ["name", "percent", "text", "topic", "started", "updated", "ended"]
     list_filter = [("ended_at", admin.EmptyFieldListFilter)]
     search_fields = ["topic", "name", "text"]
     readonly_fields = [f.name for f in ProgressTopic._meta.fields]
@@ -29,6 +30,18 @@ class ProgressTopicAdmin(admin.ModelAdmin):
 
     class Media:
         js = ["progress/live.js"]
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, obj: ProgressTopic) -> str:
+        return relative_time(obj.started_at)
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, obj: ProgressTopic) -> str:
+        return relative_time(obj.updated_at)
+
+    @admin.display(description="ended", ordering="ended_at")
+    def ended(self, obj: ProgressTopic) -> str:
+        return relative_time(obj.ended_at)
 
     @admin.display(description="percent")
     def percent(self, obj: ProgressTopic) -> str:

@@ -70,3 +70,53 @@ def live_server_url(transactional_db: None) -> Iterator[str]:
     """A real granian server (tests/live.py) serving this test's database."""
     with run_wsgi_server() as base:
         yield base
+
+
+@pytest.fixture
+def socket_dir() -> Any:
+    """A short directory for UNIX sockets (paths are limited to 108 bytes)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp(prefix="prg", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser(monkeypatch: Any) -> Any:
+    """A headless Debian chromium driven by Playwright (never a downloaded browser)."""
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("COORDINATOR_REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is not installed and COORDINATOR_REQUIRE_BROWSER is set")
+        pytest.skip(f"{CHROMIUM} is not installed")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are still sync.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+            # Playwright's greenlet gives this code its own context: close the connection the test
+            # opened in it, or it would outlive the test database.
+            from django.db import connections
+
+            connections.close_all()

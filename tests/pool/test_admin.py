@@ -222,3 +222,22 @@ def test_the_composer_searches_counts_and_confirms_a_whole_fleet_send(staff, mak
     # the expiry is a date and a time picker, the title one line
     assert 'name="expires_at_0"' in page and 'class="vDateField' in page and 'class="vTimeField' in page
     assert re.search(r'<input type="text" name="title"', page) and '<textarea name="title"' not in page
+
+
+def test_a_task_page_opens_with_counts_by_state_and_a_bar(staff, make_device, master):
+    devices = [make_device(f"d{i}") for i in range(4)]
+    task = task_create(user=master, to="device:[" + ",".join(str(d.pk) for d in devices) + "]", title="t")
+    response_create(device=devices[0], parent_id=task.msg_id, status="done")
+    response_create(device=devices[1], parent_id=task.msg_id, status="failed")
+    page = staff.get(reverse("admin:pool_task_change", args=[task.pk])).content.decode()
+    counts = page.index('class="pool-state-counts"')
+    assert counts < page.index("field-msg_id")  # before the task's own fields
+    assert '<span class="pool-state-pending">2 pending</span>' in page
+    assert (
+        '<span class="pool-state-done">1 done</span>' in page
+        and '<span class="pool-state-failed">1 failed</span>' in page
+    )
+    assert (
+        'class="pool-bar-done" style="width: 25.00%"' in page
+        and 'class="pool-bar-pending" style="width: 50.00%"' in page
+    )

@@ -157,18 +157,6 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, message: str =
 
 
 @pytest.fixture
-def socket_dir() -> Any:
-    """A short directory for UNIX sockets (paths are limited to 108 bytes)."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    path = Path(tempfile.mkdtemp(prefix="prg", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 def listener(transactional_db: None, socket_dir: Any, settings: Any) -> Any:
     """The socket listener running in a thread of this process (its own event loop)."""
     import threading
@@ -342,18 +330,6 @@ class SseReader:
         self.thread.join(5)
 
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
 def serve_platform(var_dir: Any, qcluster: bool = False, port: int | None = None, **extra_env: str) -> Any:
     """`manage.py serve` (granian + daphne + front door + socket listener [+ django-q2]) on the test DB.
 
@@ -380,32 +356,6 @@ def serve_platform(var_dir: Any, qcluster: bool = False, port: int | None = None
             stop_process(proc, 40, group=True)
 
     return platform()
-
-
-@pytest.fixture
-def browser(monkeypatch: Any) -> Any:
-    """A headless Debian chromium driven by Playwright (never a downloaded browser)."""
-    import os
-
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("COORDINATOR_REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} is not installed and COORDINATOR_REQUIRE_BROWSER is set")
-        pytest.skip(f"{CHROMIUM} is not installed")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are still sync.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
-            # Playwright's greenlet gives this code its own context: close the connection the test
-            # opened in it, or it would outlive the test database.
-            from django.db import connections
-
-            connections.close_all()
 
 
 def wait_until(page: Any, predicate: str, arg: Any = None, timeout: float = 30000) -> None:
