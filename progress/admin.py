@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -17,7 +17,15 @@ from progress.auth import viewer_for
 from progress.models import ProgressTopic
 from progress.selectors import topic_list
 
-LIVE_PAGE_ROWS = 500
+LIVE_PAGE_ROWS = 200  # per kind
+# The Live page's groups, by topic prefix (progress knows topics, not the apps behind them).
+LIVE_KINDS = [
+    ("stream", "Socket streams"),
+    ("job", "Jobs"),
+    ("run", "Farm runs"),
+    ("pooltask", "Device tasks"),
+    ("pooldevice", "Device heartbeats"),
+]
 
 
 @admin.register(ProgressTopic)
@@ -65,18 +73,33 @@ class ProgressTopicAdmin(admin.ModelAdmin):
         return [live, *super().get_urls()]
 
     def live_view(self, request: HttpRequest) -> HttpResponse:
-        """Like the seed's front-end: live streams first, newest first; ended ones at the bottom."""
+        """Live streams by kind: running ones first, newest first, ended ones below them; device
+        heartbeats only on request; filtered by kind and by text. Rows change in place."""
         # The same visibility rule as the API's streams: staff who are not admins see their own.
-        topics: QuerySet[ProgressTopic] = topic_list(viewer=viewer_for(request.user))  # type: ignore[arg-type]
-        only = request.GET.get("only", "")
-        if only == "streams":
-            topics = topics.filter(topic__startswith="stream:")
+        visible: QuerySet[ProgressTopic] = topic_list(viewer=viewer_for(request.user))  # type: ignore[arg-type]
+        wanted = request.GET.get("kind", "") or ("stream" if request.GET.get("only") == "streams" else "")
+        heartbeats = request.GET.get("heartbeats") == "1" or wanted == "pooldevice"
+        search = request.GET.get("q", "").strip()[:200]
+        if search:
+            visible = visible.filter(Q(name__icontains=search) | Q(topic__icontains=search) | Q(text__icontains=search))
+        groups = []
+        for kind, label in LIVE_KINDS:
+            if (wanted and kind != wanted) or (kind == "pooldevice" and not heartbeats):
+                continue
+            rows = list(visible.filter(topic__startswith=f"{kind}:")[:LIVE_PAGE_ROWS])
+            groups.append({"kind": kind, "label": label, "topics": rows})
+        shown = " ".join(group["kind"] for group in groups)
         context = {
             **self.admin_site.each_context(request),
             "title": "Live progress",
             "opts": self.model._meta,
-            "topics": list(topics[:LIVE_PAGE_ROWS]),
-            "only": only,
+            "groups": groups,
+            "shown_kinds": shown,
+            "kinds": LIVE_KINDS,
+            "wanted": wanted,
+            "heartbeats": heartbeats,
+            "search": search,
+            "rows_per_kind": LIVE_PAGE_ROWS,
             "retention_minutes": round(conf.retention_seconds() / 60),
             "changelist_url": reverse("admin:progress_progresstopic_changelist"),
             "media": self.media,

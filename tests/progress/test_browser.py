@@ -351,3 +351,41 @@ def test_a_cancel_is_seen_live_and_the_page_shows_one_state(live_admin, admin) -
     assert "failure" not in page.inner_text("#job-live").lower()
     assert "started" not in page.inner_text("#content h2").lower()
     assert page.evaluate("window.notReloaded") is True
+
+
+COUNT_FRAGMENT_FETCHES = """() => {
+  window.fragmentFetches = 0;
+  const real = window.fetch;
+  window.fetch = function (url, options) {
+    if (options && options.headers && options.headers["X-Progress-Fragment"]) { window.fragmentFetches += 1; }
+    return real.apply(this, arguments);
+  };
+}"""
+
+
+def test_the_live_page_changes_rows_in_place_and_keeps_heartbeats_out(platform, browser, admin) -> None:
+    from progress.services import progress_publish
+
+    base, sock = platform
+    page = browser.new_page()
+    admin_login(page, base, admin)
+    page.goto(f"{base}/admin/progress/progresstopic/live/")
+    page.wait_for_selector("html[data-progress-live=connected]")
+    page.evaluate(COUNT_FRAGMENT_FETCHES)
+    with stream("busy task", sock) as busy:
+        row = 'tr[data-topic-row="stream:0"]'
+        page.locator(row).wait_for()  # a stream the page did not show: the list is fetched once
+        fetched = page.evaluate("window.fragmentFetches")
+        assert fetched >= 1
+        for step in range(40):
+            busy.send(f"step {step}", percent=step * 2)
+        # a heartbeat between them: hidden by default, so it neither shows nor fetches anything
+        progress_publish(topic="pooldevice:3", kind="msg", text="3 heartbeat", state={"badge": "online"})
+        busy.send("last step", percent=90)
+        _field(page, f"{row} .msg", "[90%] last step")
+        assert "width: 90%" in (page.locator(f"{row} [data-progress-width]").get_attribute("style") or "")
+        assert page.evaluate("window.fragmentFetches") == fetched  # 41 messages changed the row in place
+        assert page.locator('tr[data-topic-row="pooldevice:3"]').count() == 0
+    # its end moves it below the running ones: one more fetch, and it looks ended
+    wait_until(page, "s => document.querySelector(s)?.classList.contains('ended')", row)
+    assert page.evaluate("window.fragmentFetches") == fetched + 1

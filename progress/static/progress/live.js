@@ -8,7 +8,10 @@
  *  - [data-progress-state="<key>"] get data-state = state[key] (for colour by state in CSS);
  *  - the element gets data-progress-kind = the event kind;
  *  - with data-progress-reload-fragment, the page is fetched again and the element's innerHTML
- *    replaced by that of the element with the same id in the fetched page.
+ *    replaced by that of the element with the same id in the fetched page. With
+ *    data-progress-reload-fragment="new" (a list whose rows are topic elements that change in
+ *    place) it is fetched only for a topic it has no row for yet (once per topic), or when a
+ *    topic it shows ends; data-progress-kinds="stream job ..." limits that to those prefixes.
  * Fields inside a nested element with its own data-progress-topic belong to that element.
  *
  * A replay never overrides a newer server-rendered state: <meta name="progress-covered"> carries
@@ -142,7 +145,25 @@
       expire(root, Date.now() / 1000);
     }
     root.setAttribute("data-progress-kind", event.kind);
-    if (root.hasAttribute("data-progress-reload-fragment")) { reloadFragment(root); }
+    if (root.hasAttribute("data-progress-reload-fragment") && wantsFragment(root, event)) { reloadFragment(root); }
+  }
+
+  var askedFor = {};  // topic -> true: a list was fetched again because of it once already
+
+  function wantsFragment(root, event) {
+    if (root.getAttribute("data-progress-reload-fragment") !== "new") { return true; }
+    var kinds = root.getAttribute("data-progress-kinds");
+    var prefix = String(event.topic).split(":")[0];
+    if (kinds !== null && kinds.split(" ").indexOf(prefix) < 0) { return false; }
+    var shown = false, rows = root.querySelectorAll("[data-progress-topic]");
+    for (var i = 0; i < rows.length; i++) {
+      if (rows[i].getAttribute("data-progress-topic") === event.topic) { shown = true; break; }
+    }
+    if (shown) { return event.kind === "end"; }
+    var key = root.id + "|" + event.topic;
+    if (askedFor[key] && event.kind !== "new") { return false; }
+    askedFor[key] = true;
+    return true;
   }
 
   function receive(event) {
