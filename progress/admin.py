@@ -82,13 +82,13 @@ class ProgressTopicAdmin(admin.ModelAdmin):
         search = request.GET.get("q", "").strip()[:200]
         if search:
             visible = visible.filter(Q(name__icontains=search) | Q(topic__icontains=search) | Q(text__icontains=search))
-        groups = []
+        groups: list[dict[str, Any]] = []
         for kind, label in LIVE_KINDS:
             if (wanted and kind != wanted) or (kind == "pooldevice" and not heartbeats):
                 continue
             rows = list(visible.filter(topic__startswith=f"{kind}:")[:LIVE_PAGE_ROWS])
             groups.append({"kind": kind, "label": label, "topics": rows})
-        shown = " ".join(group["kind"] for group in groups)
+        shown = " ".join(str(group["kind"]) for group in groups)
         context = {
             **self.admin_site.each_context(request),
             "title": "Live progress",
