@@ -372,6 +372,8 @@ def settle_and_measure(load: Load, windows: list[Window]) -> str:
     streamed_twice = sum(1 for count in load.streamed.values() if count > 1)
     return "\n".join(
         [
+            "## Reliability under faults",
+            "",
             machine_line(),
             "",
             "`python -m bench.faults`: `serve` on a throwaway PostgreSQL cluster and redis-server, under a job "

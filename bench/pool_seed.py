@@ -27,6 +27,7 @@ MSG_COLUMNS = (
     "cancelled_at",
     "sent_by_id",
     "device_id",
+    "journal_pending",
 )
 DELIVERY_COLUMNS = ("task_id", "device_id", "state", "progress", "created_at", "updated_at")
 
@@ -86,6 +87,7 @@ class Seeder:
                 None,
                 self.sender_id if sender == self.sender else None,
                 device_id,
+                False,  # history: not waiting for the day log
             )
         )
         self.messages += 1

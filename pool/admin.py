@@ -8,7 +8,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.widgets import AdminSplitDateTime
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
@@ -21,7 +21,7 @@ from coordinator.api.parsers import loads_strict
 from coordinator.models import User
 from jobs.bulk import bulk_submit
 from pool import selectors, services
-from pool.models import Delivery, DeliveryState, Device, Message, MessageType, Task
+from pool.models import Delivery, Device, Message, MessageType, Task
 from pool.selectors import device_is_online, device_online_until
 
 LIVE_JS = ["progress/live.js"]
@@ -47,6 +47,16 @@ class MessageColumns:
     @admin.display(description="id", ordering="msg_id")
     def msg_short(self, obj: Message) -> str:
         return shortened(obj.msg_id, 8)
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> Any:
+        # A message id (what operators paste from a device's log) is found through its unique
+        # index, with the answers to it; only free text reads every row's title and body.
+        term = search_term.strip()
+        if term and not any(char.isspace() for char in term):
+            exact = queryset.filter(Q(msg_id=term) | Q(parent_id=term))
+            if exact.exists():
+                return exact, False
+        return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
 
 
 @admin.register(Device)
@@ -331,7 +341,9 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
     list_display = ("title_shown", "state_summary", "sent", "to_short", "sender", "expires", "cancelled", "msg_short")
     list_display_links = ("title_shown", "msg_short")
     list_filter = (TargetKindFilter, StatusFilter, DeviceFilter, "ts")
-    date_hierarchy = "ts"
+    # No date hierarchy: its year/month links read the distinct dates of every message, and the
+    # `ts` filter (today, past 7 days, this month, this year) answers the same question cheaply.
+    show_full_result_count = False  # the log holds millions of rows
     search_fields = ("title", "body", "=msg_id")
     actions = ["cancel"]
     list_per_page = 50
@@ -342,10 +354,19 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
         css = {"all": ["pool/admin.css"]}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        counts = {
-            f"n_{state}": Count("deliveries", filter=Q(deliveries__state=state)) for state in DeliveryState.values
-        }
-        return Task.objects.filter(type=MessageType.TASK).annotate(**counts)
+        return Task.objects.filter(type=MessageType.TASK)
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        # The delivery counts of the tasks on this page only, in one grouped query: annotating the
+        # queryset made PostgreSQL aggregate every delivery of every task before paginating (2.2 s
+        # with 1,000,000 messages).
+        changelist = super().get_changelist_instance(request)
+        tasks = list(changelist.result_list)
+        counts = selectors.tasks_state_counts(task_ids=[task.pk for task in tasks])
+        for task in tasks:
+            task.delivery_counts = counts[task.pk]
+        changelist.result_list = tasks
+        return changelist
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
@@ -407,7 +428,7 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
 
     @admin.display(description="Deliveries")
     def state_summary(self, obj: Message) -> str:
-        counts = {state: getattr(obj, f"n_{state}", 0) for state in DeliveryState.values}
+        counts = getattr(obj, "delivery_counts", None) or selectors.task_state_counts(task=obj)
         parts = [f"{n} {state}" for state, n in counts.items() if n]
         return ", ".join(parts) or ("broadcast, not fetched yet" if obj.target_all else "-")
 
@@ -423,7 +444,7 @@ class MessageAdmin(MessageColumns, admin.ModelAdmin):
     list_display = ("type", "title", "sent", "sender", "to_short", "parent_short", "msg_short")
     list_display_links = ("type", "msg_short")
     list_filter = ("type", "ts")
-    date_hierarchy = "ts"
+    show_full_result_count = False  # millions of rows; no date hierarchy for the same reason as tasks
     search_fields = ("=msg_id", "title", "body", "sender", "=parent_id")
     list_per_page = 100
     ordering = ("-seq",)  # newest first: the primary key is the log's order

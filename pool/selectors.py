@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from coordinator.models import User
 from pool import conf
-from pool.models import OPEN_STATES, Delivery, Device, Message, MessageType
+from pool.models import OPEN_STATES, Delivery, DeliveryState, Device, Message, MessageType
 from pool.wire import format_ts
 
 
@@ -202,10 +202,16 @@ def _export_chunk(tasks: list[Message]) -> Iterator[dict[str, Any]]:
 
 def task_state_counts(*, task: Message) -> dict[str, int]:
     """How many target devices are in each delivery state."""
-    counts = {state: 0 for state in ("pending", "progress", "done", "failed", "cancelled")}
-    for row in Delivery.objects.filter(task=task).values("state").annotate(n=Count("id")):
-        counts[row["state"]] = row["n"]
-    return counts
+    return tasks_state_counts(task_ids=[task.pk])[task.pk]
+
+
+def tasks_state_counts(*, task_ids: list[int]) -> dict[int, dict[str, int]]:
+    """`task_state_counts` of several tasks (an admin page of them) in one grouped query."""
+    found = {task_id: {state: 0 for state in DeliveryState.values} for task_id in task_ids}
+    rows = Delivery.objects.filter(task_id__in=task_ids).order_by().values("task_id", "state").annotate(n=Count("id"))
+    for row in rows:
+        found[row["task_id"]][row["state"]] = row["n"]
+    return found
 
 
 def devices_receiving_broadcasts() -> QuerySet[Device]:

@@ -241,3 +241,15 @@ def test_a_task_page_opens_with_counts_by_state_and_a_bar(staff, make_device, ma
         'class="pool-bar-done" style="width: 25.00%"' in page
         and 'class="pool-bar-pending" style="width: 50.00%"' in page
     )
+
+
+def test_searching_messages_by_an_id_finds_it_and_its_answers(staff, make_device, master):
+    device = make_device("d")
+    task = task_create(user=master, to=f"device:{device.pk}", title="reboot")
+    answer = response_create(device=device, parent_id=task.msg_id, status="done", body="rebooted")
+    task_create(user=master, to=f"device:{device.pk}", title=f"mentions {task.msg_id} in its title")
+    page = staff.get(reverse("admin:pool_message_changelist"), {"q": task.msg_id}).content.decode()
+    found = set(re.findall(r'href="/admin/pool/message/(\d+)/change/', page))
+    assert found == {str(task.pk), str(answer.pk)}  # the id's own rows, through the unique index
+    words = staff.get(reverse("admin:pool_message_changelist"), {"q": "mentions"}).content.decode()
+    assert "in its title" in words  # free text still searches titles and bodies
