@@ -79,7 +79,8 @@ class ProgressTopicAdmin(admin.ModelAdmin):
         visible: QuerySet[ProgressTopic] = topic_list(viewer=viewer_for(request.user))  # type: ignore[arg-type]
         wanted = request.GET.get("kind", "") or ("stream" if request.GET.get("only") == "streams" else "")
         heartbeats = request.GET.get("heartbeats") == "1" or wanted == "pooldevice"
-        search = request.GET.get("q", "").strip()[:200]
+        # PostgreSQL refuses NUL in any text value: it can match nothing, so it is dropped.
+        search = request.GET.get("q", "").replace("\x00", "").strip()[:200]
         if search:
             visible = visible.filter(Q(name__icontains=search) | Q(topic__icontains=search) | Q(text__icontains=search))
         groups: list[dict[str, Any]] = []
