@@ -94,6 +94,8 @@ class Task(models.Model):
         indexes = [
             models.Index(fields=["run", "task"], condition=Q(status="waiting"), name="farm_task_waiting"),
             models.Index(fields=["run", "updated"], condition=Q(status="computing"), name="farm_task_computing"),
+            # Each worker's tasks computing now (the worker list counts them): the few live rows only.
+            models.Index(fields=["worker"], condition=Q(status="computing"), name="farm_task_worker_computing"),
         ]
 
     def __str__(self) -> str:
