@@ -114,20 +114,25 @@ def main() -> None:
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "-v0"], cwd=checkout, env=env, check=True)
     subprocess.run([*manage, "shell", "-c", SEED], cwd=checkout, env=env, check=True)
-    ids = subprocess.run(
-        [
-            *manage,
-            "shell",
-            "-c",
-            "from pool.models import Message; from jobs.models import Job; "
-            "print(Message.objects.filter(type='task').first().pk, Job.objects.filter(status='failure').first().pk)",
-        ],
-        cwd=checkout,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
+    ids = (
+        subprocess.run(
+            [
+                *manage,
+                "shell",
+                "-c",
+                "from pool.models import Message; from jobs.models import Job; "
+                "print(Message.objects.filter(type='task').first().pk, Job.objects.filter(status='failure').first().pk)",
+            ],
+            cwd=checkout,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+        .split()
+    )
     port = 18000 + secrets.randbelow(2000)
     serve = subprocess.Popen(
         [*manage, "serve", "--port", str(port), "--workers", "1", "--no-qcluster"],

@@ -31,13 +31,21 @@ def progress_widget(job: Job) -> str:
     return format_html(
         '<div class="job-progress" data-progress-topic="job:{}">'
         '<progress max="100" value="{}" data-progress-field="percent"></progress> '
-        '<span class="job-status" data-state="{}" data-progress-field="label" data-progress-state="label">{}</span> '
         '<small data-progress-field="message">{}</small></div>',
         job.pk,
         job.progress,
-        job.status_label,
-        job.status_label,
         job.progress_message,
+    )
+
+
+def status_widget(job: Job) -> str:
+    """The job's status in colour, kept live like its bar."""
+    return format_html(
+        '<span data-progress-topic="job:{}"><span class="job-status" data-state="{}" data-progress-field="label" '
+        'data-progress-state="label">{}</span></span>',
+        job.pk,
+        job.status_label,
+        job.status_label,
     )
 
 
@@ -85,7 +93,7 @@ class JobAdmin(ServiceActionsAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, job: Job) -> str:
-        return format_html('<span class="job-status" data-state="{}">{}</span>', job.status_label, job.status_label)
+        return status_widget(job)
 
     @admin.display(description="created", ordering="created_at")
     def created(self, job: Job) -> str:

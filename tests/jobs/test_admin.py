@@ -192,7 +192,7 @@ def test_a_cancelled_job_says_cancelled_and_shows_one_state(staff: Client, user)
         "Cancelled"
     ]
     listing = staff.get("/admin/jobs/job/").content.decode()
-    assert '<span class="job-status" data-state="cancelled">cancelled</span>' in listing
+    assert 'data-state="cancelled" data-progress-field="label" data-progress-state="label">cancelled</span>' in listing
 
 
 def test_jobs_with_a_stale_heartbeat_have_a_filter_and_a_count(staff: Client, user, settings) -> None:
