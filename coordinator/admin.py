@@ -11,6 +11,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from coordinator.admin_site import SafeSelectionMixin
 from coordinator.errors import ApplicationError
 from coordinator.models import Role, User
 from coordinator.services import user_deactivate, user_set_role
@@ -29,7 +30,7 @@ class UserEditForm(UserChangeForm):
 
 
 @admin.register(User)
-class UserAdmin(DjangoUserAdmin):
+class UserAdmin(SafeSelectionMixin, DjangoUserAdmin):
     form = UserEditForm
     add_form = UserCreateForm
     list_display = ("email", "name", "role_badge", "is_active", "is_staff", "date_joined", "last_login")

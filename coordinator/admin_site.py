@@ -10,8 +10,12 @@ import logging
 from typing import Any
 
 from django.apps import apps
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.auth import get_permission_codename
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import NoReverseMatch, reverse
 
@@ -74,7 +78,30 @@ class CoordinatorAdminSite(admin.AdminSite):
         return super().index(request, context)
 
 
-class ServiceActionsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class SafeSelectionMixin:
+    """Refuses, with a message, an action on a selection that names no valid row: Django's admin
+    filters by the posted ids first, so `abc` or a 40-digit id answered 500 on every list."""
+
+    def response_action(
+        self, request: HttpRequest, queryset: QuerySet[Any], *args: Any, **kwargs: Any
+    ) -> HttpResponse | None:
+        pk = self.model._meta.pk  # type: ignore[attr-defined]
+        try:
+            for raw in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
+                value = pk.to_python(raw)
+                if isinstance(value, int):
+                    low, high = connection.ops.integer_field_range(pk.get_internal_type())
+                    if (low is not None and value < low) or (high is not None and value > high):
+                        raise ValidationError("out of range")
+                elif isinstance(value, str) and "\x00" in value:
+                    raise ValidationError("NUL")
+        except (ValidationError, ValueError, TypeError):
+            self.message_user(request, "The selection names no valid row.", messages.ERROR)  # type: ignore[attr-defined]
+            return None
+        return super().response_action(request, queryset, *args, **kwargs)  # type: ignore[misc]
+
+
+class ServiceActionsAdmin(SafeSelectionMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     """A model whose rows change only through actions that call services: its page is read-only
     for everyone, and its actions (and the buttons' views) need the model's *change* permission,
     declared as `permissions=["operate"]`, so that staff who may only view cannot run them."""

@@ -1,7 +1,8 @@
 """Turn Django's HTML error pages into the JSON envelope on API paths.
 
 DRF views already answer with the envelope; this covers what never reaches a DRF view: unknown
-URLs (404), Django-level method refusals (405), paths with a NUL character (404, before any view),
+URLs (404), Django-level method refusals (405), paths with a NUL character (404, before any view; a
+page whose query holds one answers 400: PostgreSQL refuses NUL in any text value),
 and every unexpected exception (500). Those are left to Django's own handling, which logs them on
 `django.request` and sends `got_request_exception` for error trackers; only its answer, an HTML
 page, is replaced here by the envelope.
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseNotFound
 
 from coordinator.api.envelope import error_response
 from coordinator.errors import DatabaseUnavailableError, as_application_error
@@ -37,6 +38,10 @@ def is_api_path(path: str) -> bool:
     return any(path.startswith(prefix) for prefix in settings.API_PATH_PREFIXES)
 
 
+def _query_has_nul(request: HttpRequest) -> bool:
+    return any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists())
+
+
 class ApiErrorEnvelopeMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -48,6 +53,10 @@ class ApiErrorEnvelopeMiddleware:
             if is_api_path(request.path):
                 return error_response(404, "not_found", "No endpoint or object at this path (it contains a NUL).")
             return HttpResponseNotFound("Not found.")
+        if not is_api_path(request.path) and _query_has_nul(request):
+            # The same for a page's query (an admin list filter, a search): the API's views
+            # refuse it each in their dialect.
+            return HttpResponseBadRequest("Bad request: the query contains a NUL character.")
         response = self.get_response(request)
         if response.status_code < 400 or not is_api_path(request.path):
             return response

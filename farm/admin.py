@@ -14,6 +14,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from coordinator.admin_display import duration, relative_time, shortened
+from coordinator.admin_site import SafeSelectionMixin
 from farm import services
 from farm.conf import lease_seconds
 from farm.models import Run, Task, Worker
@@ -60,7 +61,7 @@ def _counts_of(run: Any) -> RunCounts:
 
 
 @admin.register(Run)
-class RunAdmin(admin.ModelAdmin):
+class RunAdmin(SafeSelectionMixin, admin.ModelAdmin):
     list_display = ("name", "progress", "num_tasks", "controls", "created", "owner", "labels_shown", "uuid_short")
     list_display_links = ("name", "uuid_short")
     list_filter = ("paused", "created_at")
@@ -252,7 +253,7 @@ def live_state(alive_until: float, alive: str, expired: str) -> SafeString:
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(SafeSelectionMixin, admin.ModelAdmin):
     list_display = (
         "task",
         "status_shown",
@@ -312,7 +313,7 @@ class TaskAdmin(admin.ModelAdmin):
 
 
 @admin.register(Worker)
-class WorkerAdmin(admin.ModelAdmin):
+class WorkerAdmin(SafeSelectionMixin, admin.ModelAdmin):
     list_display = ("hostname", "state", "seen", "tasks_computing", "tasks_done", "pid", "uuid_short", "owner", "up")
     list_filter = (WorkerStateFilter, "last_seen", "start")
     search_fields = ("hostname", "uuid", "owner__email")

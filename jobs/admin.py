@@ -14,7 +14,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from coordinator.admin_display import duration, relative_time, shortened
-from coordinator.admin_site import ServiceActionsAdmin
+from coordinator.admin_site import SafeSelectionMixin, ServiceActionsAdmin
 from coordinator.errors import ApplicationError
 from coordinator.models import User
 from jobs.bulk import bulk_submit
@@ -211,7 +211,7 @@ class JobAdmin(ServiceActionsAdmin):
 
 
 @admin.register(JobFile)
-class JobFileAdmin(admin.ModelAdmin):
+class JobFileAdmin(SafeSelectionMixin, admin.ModelAdmin):
     list_display = [
         "filename",
         "download",

@@ -26,6 +26,12 @@ from coordinator.models import User
 from jobs.context import JobContext
 from jobs.registry import register
 
+# One bulk job holds at most this many ids (about 8 bytes each in its data); a larger selection
+# is refused with a message asking to narrow it with the list's filters.
+MAX_ROWS = 20_000
+# Rows are read in chunks of this many ids (SQLite's bound on query parameters is far above).
+CHUNK = 500
+
 
 @dataclass(frozen=True)
 class BulkAction:
@@ -67,8 +73,9 @@ def _run(action: BulkAction, ctx: JobContext, ids: list[int]) -> dict[str, int]:
         raise PermissionError(f"{user or 'nobody'} may not do this (needs {action.permission}).")
     total, done, refused = len(ids), 0, 0
     ctx.report(0, f"0 of {total}", force=True)
-    rows = action.model._default_manager.filter(pk__in=ids).order_by("pk")
-    for position, row in enumerate(rows.iterator(chunk_size=200), start=1):
+    position = 0
+    for row in _rows(action, ids):
+        position += 1
         try:
             changed = action.apply(row)
         except ApplicationError:
@@ -86,13 +93,31 @@ def _run(action: BulkAction, ctx: JobContext, ids: list[int]) -> dict[str, int]:
     return {"selected": total, action.verb: done, "refused": refused, "gone": missing}
 
 
+def _rows(action: BulkAction, ids: list[int]) -> Any:
+    manager = action.model._default_manager
+    for start in range(0, len(ids), CHUNK):
+        yield from manager.filter(pk__in=ids[start : start + CHUNK]).order_by("pk")
+
+
 def bulk_submit(request: HttpRequest, model_admin: ModelAdmin[Any], queryset: QuerySet[Any], name: str) -> None:
     """Submit the selected rows to the bulk job `name` and say where its progress is shown."""
     from jobs.services import job_create
 
     action = _ACTIONS[name]
     user = request.user if isinstance(request.user, User) else None
-    ids = list(queryset.order_by().values_list("pk", flat=True))
+    # (a forged selection, ids that are not ids, is refused before: SafeSelectionMixin)
+    ids = list(queryset.order_by().values_list("pk", flat=True)[: MAX_ROWS + 1])
+    if not ids:
+        model_admin.message_user(request, "Nothing matched the selection: no job was started.", messages.WARNING)
+        return
+    if len(ids) > MAX_ROWS:
+        model_admin.message_user(
+            request,
+            f"More than {MAX_ROWS:,} rows selected: narrow the selection with the filters (one job per "
+            f"{MAX_ROWS:,} rows at most).",
+            messages.ERROR,
+        )
+        return
     job = job_create(type=name, data={"ids": ids}, user=user)
     model_admin.message_user(
         request,

@@ -14,13 +14,15 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
+from rest_framework import serializers
 
 from coordinator.admin_display import relative_time, shortened
-from coordinator.admin_site import ServiceActionsAdmin
+from coordinator.admin_site import SafeSelectionMixin, ServiceActionsAdmin
 from coordinator.api.parsers import loads_strict
 from coordinator.models import User
 from jobs.bulk import bulk_submit
 from pool import selectors, services
+from pool.api.serializers import JsonObjectField
 from pool.models import Delivery, Device, Message, MessageType, Task
 from pool.selectors import device_is_online, device_online_until
 
@@ -60,7 +62,7 @@ class MessageColumns:
 
 
 @admin.register(Device)
-class DeviceAdmin(admin.ModelAdmin):
+class DeviceAdmin(SafeSelectionMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "name",
@@ -200,6 +202,12 @@ class DevicePicker(forms.SelectMultiple):
 
 
 class DeviceChoiceField(forms.ModelMultipleChoiceField):
+    def _check_values(self, value: Any) -> Any:
+        try:
+            return super()._check_values(value)  # type: ignore[misc]  # private in the stubs
+        except OverflowError as exc:  # an id past the database's integers names no device
+            raise forms.ValidationError(self.error_messages["invalid_pk_value"] % {"pk": "…"}) from exc
+
     def label_from_instance(self, device: Device) -> str:
         state = "● online" if device_is_online(device) else "○ offline"
         flags = "" if device.validated and device.enabled else (" — not validated" if device.enabled else " — disabled")
@@ -248,7 +256,10 @@ class TaskComposeForm(forms.ModelForm):
             raise forms.ValidationError(f"Not JSON: {exc}") from exc
         if not isinstance(value, dict):
             raise forms.ValidationError("Meta must be a JSON object.")
-        return value
+        try:  # the API's own check of `meta` (NUL characters, depth), so both refuse the same
+            return dict(JsonObjectField().run_validation(value))
+        except serializers.ValidationError as exc:
+            raise forms.ValidationError(" ".join(str(item) for item in exc.detail)) from exc
 
     def clean_expires_at(self) -> Any:
         value = self.cleaned_data.get("expires_at")
@@ -265,6 +276,10 @@ class TaskComposeForm(forms.ModelForm):
             self.add_error("devices", "Pick at least one device.")
         if data.get("target") == "all" and not data.get("confirm_all"):
             self.add_error("confirm_all", f"This goes to all {self.fleet_size} devices: tick the box to confirm.")
+        limit = Message._meta.get_field("to").max_length or 0
+        listed = "device:" + json.dumps(sorted(d.pk for d in chosen), separators=(",", ":"))
+        if data.get("target") == "several" and len(listed) > limit:
+            self.add_error("devices", f"{len(chosen)} devices are too many for one list (at most {limit} characters).")
         return data
 
     def target_string(self) -> str:
@@ -438,7 +453,7 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(MessageColumns, admin.ModelAdmin):
+class MessageAdmin(SafeSelectionMixin, MessageColumns, admin.ModelAdmin):
     """The full log, read-only."""
 
     list_display = ("type", "title", "sent", "sender", "to_short", "parent_short", "msg_short")

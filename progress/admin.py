@@ -12,6 +12,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from coordinator.admin_display import relative_time
+from coordinator.admin_site import SafeSelectionMixin
 from progress import conf
 from progress.auth import viewer_for
 from progress.models import ProgressTopic
@@ -29,7 +30,7 @@ LIVE_KINDS = [
 
 
 @admin.register(ProgressTopic)
-class ProgressTopicAdmin(admin.ModelAdmin):
+class ProgressTopicAdmin(SafeSelectionMixin, admin.ModelAdmin):
     list_display = ["name", "percent", "text", "topic", "started", "updated", "ended"]
     list_filter = [("ended_at", admin.EmptyFieldListFilter)]
     search_fields = ["topic", "name", "text"]
@@ -79,8 +80,7 @@ class ProgressTopicAdmin(admin.ModelAdmin):
         visible: QuerySet[ProgressTopic] = topic_list(viewer=viewer_for(request.user))  # type: ignore[arg-type]
         wanted = request.GET.get("kind", "") or ("stream" if request.GET.get("only") == "streams" else "")
         heartbeats = request.GET.get("heartbeats") == "1" or wanted == "pooldevice"
-        # PostgreSQL refuses NUL in any text value: it can match nothing, so it is dropped.
-        search = request.GET.get("q", "").replace("\x00", "").strip()[:200]
+        search = request.GET.get("q", "").strip()[:200]  # (a NUL is refused before: coordinator.middleware)
         if search:
             visible = visible.filter(Q(name__icontains=search) | Q(topic__icontains=search) | Q(text__icontains=search))
         groups: list[dict[str, Any]] = []

@@ -1,8 +1,10 @@
 """The newest stored event id, read before an admin page reads its rows (see progress/live.js).
 
-A live page applies only events newer than this id, so the replay of a topic's last event on
-subscribe never overrides the state the page was rendered with. It is read first, before the
-view: an event committed while the rows are read has a larger id and is applied, never dropped.
+A live page applies a replayed event (a topic's last event, sent on subscribe) only if it is
+newer than this id, so a replay never overrides the state the page was rendered with. It is read
+first, before the view reads its rows. Live events are judged by the element's own last id
+instead: on PostgreSQL an event can commit after a larger id was read, and its live broadcast
+must still be applied.
 """
 
 from __future__ import annotations

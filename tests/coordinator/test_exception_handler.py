@@ -125,3 +125,8 @@ def test_a_nul_in_the_path_is_a_404_envelope_not_a_database_error(
 def test_a_nul_in_a_page_path_is_a_plain_404(anon_client: APIClient) -> None:
     response = anon_client.get("/admin/x%00y/")
     assert response.status_code == 404 and not response["Content-Type"].startswith("application/json")
+
+
+def test_a_nul_in_a_page_query_is_a_plain_400(anon_client: APIClient) -> None:
+    response = anon_client.get("/admin/jobs/job/?type=%00")
+    assert response.status_code == 400 and not response["Content-Type"].startswith("application/json")

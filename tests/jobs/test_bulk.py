@@ -72,3 +72,41 @@ def test_a_viewer_cannot_run_the_bulk_action() -> None:
     client.force_login(viewer)
     client.post("/admin/jobs/job/", {"action": "retry_jobs", "_selected_action": [victim.pk]})
     assert not Job.objects.filter(type="admin.jobs_retry").exists()
+
+
+def test_forged_empty_and_oversized_selections_start_no_job(admin, monkeypatch) -> None:
+    from jobs import bulk
+
+    client = Client(raise_request_exception=False)
+    client.force_login(admin)
+    for forged in (["abc"], ["1e5"], ["9" * 40]):
+        answer = client.post("/admin/jobs/job/", {"action": "retry_jobs", "_selected_action": forged}, follow=True)
+        assert answer.status_code == 200 and "The selection names no valid row." in answer.content.decode()
+    answer = client.post(
+        "/admin/jobs/job/?status__exact=success",
+        {"action": "retry_jobs", "select_across": "1", "_selected_action": ["1"]},
+        follow=True,
+    )
+    assert "Nothing matched the selection: no job was started." in answer.content.decode()
+    monkeypatch.setattr(bulk, "MAX_ROWS", 3)
+    failed = JobFactory.create_batch(4, status="failure", error="boom")
+    answer = client.post(
+        "/admin/jobs/job/", {"action": "retry_jobs", "_selected_action": [job.pk for job in failed]}, follow=True
+    )
+    assert "More than 3 rows selected" in answer.content.decode()
+    assert not Job.objects.filter(type__startswith="admin.").exists()
+
+
+def test_a_bulk_job_reads_its_rows_in_chunks(monkeypatch) -> None:
+    from jobs import bulk
+
+    monkeypatch.setattr(bulk, "CHUNK", 7)
+    operator = _operator("view_job", "change_job")
+    failed = JobFactory.create_batch(30, status="failure", error="boom")
+    client = Client()
+    client.force_login(operator)
+    client.post("/admin/jobs/job/", {"action": "retry_jobs", "_selected_action": [job.pk for job in failed]})
+    bulk_job = Job.objects.get(type="admin.jobs_retry")
+    assert job_execute(job_id=bulk_job.pk) == "success"
+    bulk_job.refresh_from_db()
+    assert bulk_job.result == {"selected": 30, "queued again": 30, "refused": 0, "gone": 0}

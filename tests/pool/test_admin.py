@@ -253,3 +253,22 @@ def test_searching_messages_by_an_id_finds_it_and_its_answers(staff, make_device
     assert found == {str(task.pk), str(answer.pk)}  # the id's own rows, through the unique index
     words = staff.get(reverse("admin:pool_message_changelist"), {"q": "mentions"}).content.decode()
     assert "in its title" in words  # free text still searches titles and bodies
+
+
+def test_the_composer_refuses_what_the_database_cannot_store(staff, make_device):
+    device = make_device("d")
+    url = reverse("admin:pool_task_add")
+    huge_id = staff.post(url, {"target": "several", "devices": ["9" * 30], "title": "t", "body": "", "meta_json": ""})
+    assert huge_id.status_code == 200 and 'class="errorlist' in huge_id.content.decode()
+    nul = staff.post(
+        url, {"target": "one", "devices": [device.pk], "title": "t", "body": "", "meta_json": '{"a": "\\u0000"}'}
+    )
+    assert nul.status_code == 200 and "NUL" in nul.content.decode()
+    many = [make_device(f"n{i}").pk for i in range(5)]
+    Message._meta.get_field("to").max_length, limit = 12, Message._meta.get_field("to").max_length
+    try:
+        too_long = staff.post(url, {"target": "several", "devices": many, "title": "t", "body": "", "meta_json": ""})
+    finally:
+        Message._meta.get_field("to").max_length = limit
+    assert "5 devices are too many for one list" in too_long.content.decode()
+    assert not Message.objects.filter(type="task").exists()

@@ -15,9 +15,12 @@
  * Fields inside a nested element with its own data-progress-topic belong to that element.
  *
  * A replay never overrides a newer server-rendered state: <meta name="progress-covered"> carries
- * the id of the newest event stored when the page was rendered (read before its rows), and an
- * element applies only events with a larger id than that or than the last one it applied
- * (data-progress-seen). A fetched fragment brings its own page's id along.
+ * the id of the newest event stored when the page was rendered (read before its rows); a replayed
+ * event (`snapshot`, sent on subscribe) is applied only if its id is larger than that. A live
+ * event is applied if its id is larger than the last one the element applied (data-progress-seen):
+ * it was broadcast after its commit, so it is never older than the page (on PostgreSQL ids are
+ * not committed in id order, so a live event may carry a smaller id than the page's). A fetched
+ * fragment brings its own page's id along.
  *
  * Time-based states are recomputed as time passes: an element with data-live-until="<epoch s>"
  * gets data-live-expired once that moment is past, and its owned [data-live-expired-text]
@@ -44,9 +47,15 @@
 
   var pageCovered = 0;
 
-  function seenId(root) {
+  function ownSeenId(root) {
     var own = Number(root.getAttribute("data-progress-seen") || 0);
-    return Math.max(isNaN(own) ? 0 : own, pageCovered);
+    return isNaN(own) ? 0 : own;
+  }
+
+  function seenId(root) {
+    // for replays: what the element applied, and what its page (or fetched fragment) covered
+    var fragment = Number(root.getAttribute("data-progress-covered") || 0);
+    return Math.max(ownSeenId(root), pageCovered, isNaN(fragment) ? 0 : fragment);
   }
 
   function expire(root, now) {
@@ -169,7 +178,8 @@
   function receive(event) {
     topicElements(event.topic).forEach(function (root) {
       if (event.id) {
-        if (event.id <= seenId(root)) { return; }  // the page (or an earlier event) already shows it
+        // a replay the page already shows, or an event older than one this element applied
+        if (event.id <= (event.snapshot ? seenId(root) : ownSeenId(root))) { return; }
         root.setAttribute("data-progress-seen", String(event.id));
       }
       apply(root, event);
@@ -194,11 +204,11 @@
         var doc = new DOMParser().parseFromString(html, "text/html");
         var fresh = doc.getElementById(id), current = document.getElementById(id);
         if (fresh && current) {
-          var covered = String(Math.max(coveredId(doc), seenId(current)));
+          var covered = String(coveredId(doc));
           current.innerHTML = fresh.innerHTML;
-          current.setAttribute("data-progress-seen", covered);
+          current.setAttribute("data-progress-covered", covered);
           current.querySelectorAll("[data-progress-topic]").forEach(function (node) {
-            node.setAttribute("data-progress-seen", covered);
+            node.setAttribute("data-progress-covered", covered);
           });
           expireAll();
           scheduleRescan();
