@@ -69,6 +69,12 @@ class Load:
     jobs: list[tuple[float, float, str]] = field(default_factory=list)  # first attempt, accepted, job uuid
     beats: list[tuple[float, float, str]] = field(default_factory=list)  # first attempt, accepted, key
     streamed: Counter[int] = field(default_factory=Counter)
+    # answers of 500 and up other than 503 (an outage must answer 503, never 500), by time
+    server_errors: list[float] = field(default_factory=list)
+
+    def note(self, status: int) -> None:
+        if status >= 500 and status != 503:
+            self.server_errors.append(time.time())
 
     def submit_jobs(self) -> None:
         while not self.stop.is_set():
@@ -80,6 +86,7 @@ class Load:
                         json={"type": "bench.mark", "args": {"path": str(self.marker)}},
                         timeout=10,
                     )
+                    self.note(answer.status_code)
                     if answer.status_code == 200:
                         self.jobs.append((first, time.time(), answer.json()["id"]))
                         break
@@ -99,6 +106,7 @@ class Load:
                         headers={"Authorization": f"Bearer {self.token}", "Idempotency-Key": key},
                         timeout=10,
                     )
+                    self.note(answer.status_code)
                     if answer.status_code == 201:
                         self.beats.append((first, time.time(), key))
                         break
@@ -284,7 +292,7 @@ def main() -> None:
             )
         fault(
             "kill -9 idle worker",
-            "a job it held runs again (outbox sweep: after 60 s)",
+            "a job it held runs again within 60 s (outbox sweep)",
             lambda: os.kill(platform.idle_worker(), signal.SIGKILL),
         )
         fault("PostgreSQL restart", "503 meanwhile; nothing lost", lambda: platform.pg("restart"))
@@ -349,8 +357,8 @@ def settle_and_measure(load: Load, windows: list[Window]) -> str:
         .count()
     )
     rows = [
-        "| fault | expected | observed | accepted | lost | duplicated | longest wait |",
-        "|---|---|---|---|---|---|---|",
+        "| fault | expected | observed | accepted | lost | duplicated | 500s | longest wait |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for window in windows:
         in_jobs = [(first, at, job) for first, at, job in load.jobs if window.started <= first < window.ended]
@@ -367,7 +375,9 @@ def settle_and_measure(load: Load, windows: list[Window]) -> str:
         ]
         rows.append(
             f"| {window.fault} | {window.expected} | {'LOST' if lost else window.observed or 'as expected'} | "
-            f"{len(in_jobs)} jobs, {len(in_beats)} heartbeats | {lost} | {duplicated} | {max(waits, default=0):.1f} s |"
+            f"{len(in_jobs)} jobs, {len(in_beats)} heartbeats | {lost} | {duplicated} | "
+            f"{sum(1 for at in load.server_errors if window.started <= at < window.ended)} | "
+            f"{max(waits, default=0):.1f} s |"
         )
     streamed_twice = sum(1 for count in load.streamed.values() if count > 1)
     return "\n".join(
@@ -382,7 +392,8 @@ def settle_and_measure(load: Load, windows: list[Window]) -> str:
             *rows,
             "",
             f"Across the run: {len(load.jobs)} jobs and {len(load.beats)} heartbeats accepted; progress events "
-            f"stored twice: {duplicate_events}; events streamed twice to the reader: {streamed_twice}.",
+            f"stored twice: {duplicate_events}; events streamed twice to the reader: {streamed_twice}; answers of 500 "
+            f"(not 503): {len(load.server_errors)}.",
         ]
     )
 

@@ -494,8 +494,9 @@ def jobs_queue_backlog(*, grace_seconds: float = 10.0) -> list[int]:
 # A `fresh` job handed to django-q2 longer ago than this, that no cluster has started, was lost on
 # the way: its queue entry is gone (a worker whose dead database connection failed the claim had
 # already taken it) or is held by a cluster that was killed after fetching it (django-q2 would
-# hand it out again only after Q_RETRY, 11 minutes).
-REQUEUE_AFTER_SECONDS = 60.0
+# hand it out again only after Q_RETRY, 11 minutes). 45 s plus one sweep period (5 s) keeps a
+# killed worker's job waiting less than the 60 s the platform promises after any single kill.
+REQUEUE_AFTER_SECONDS = 45.0
 
 
 def _queued_job_id(entry: Any) -> int | None:
