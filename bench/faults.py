@@ -351,7 +351,7 @@ def settle_and_measure(load: Load, windows: list[Window]) -> str:
     stored = Counter(Message.objects.filter(type="heartbeat").values_list("body", flat=True))
     duplicate_events = (
         ProgressEvent.objects.filter(topic__startswith="job:")
-        .values("topic", "kind", "text")
+        .values("topic", "kind", "text", "state")  # a job run twice after a kill publishes its `new` again
         .annotate(n=Count("id"))
         .filter(n__gt=1)
         .count()

@@ -66,13 +66,27 @@ class DatabaseUnavailableError(ApplicationError):
     headers = {"Retry-After": "5"}
 
 
+class SharedCacheUnavailableError(ApplicationError):
+    """Redis, the shared cache behind the rate limits, does not answer: the request changed
+    nothing and may be sent again."""
+
+    code = "shared_cache_unavailable"
+    status_code = 503
+    default_message = "The shared cache (Redis) is not reachable right now; retry shortly."
+    headers = {"Retry-After": "5"}
+
+
 def as_application_error(exc: Exception) -> Exception:
     """`exc`, or the ApplicationError a client should see for it: every dialect's exception handler
     and the error middleware start here, so an outage is a 503 with Retry-After in each shape."""
     from django.db import InterfaceError, OperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     if isinstance(exc, OperationalError | InterfaceError):
         return DatabaseUnavailableError()
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return SharedCacheUnavailableError()
     return exc
 
 

@@ -130,3 +130,22 @@ def test_a_nul_in_a_page_path_is_a_plain_404(anon_client: APIClient) -> None:
 def test_a_nul_in_a_page_query_is_a_plain_400(anon_client: APIClient) -> None:
     response = anon_client.get("/admin/jobs/job/?type=%00")
     assert response.status_code == 400 and not response["Content-Type"].startswith("application/json")
+
+
+@pytest.mark.django_db
+def test_a_redis_outage_is_a_503_with_retry_after_not_a_500(anon_client: APIClient, user: User) -> None:
+    from django.test import override_settings
+
+    from tests.live import free_port
+
+    gone = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+        }
+    }
+    with override_settings(CACHES=gone):
+        anon_client.raise_request_exception = False
+        response = anon_client.post("/auth/token/", {"email": user.email, "password": "x" * 12}, format="json")
+    assert response.status_code == 503 and response["Retry-After"] == "5"
+    assert_envelope(response.json(), "shared_cache_unavailable")
