@@ -17,9 +17,6 @@ from coordinator.models import IdempotentAnswer
 
 logger = logging.getLogger(__name__)
 
-# Below this much free space a directory the platform writes to counts as full.
-LOW_DISK_BYTES = 50 * 1024 * 1024
-
 
 def database_is_up(alias: str = "default") -> bool:
     """True when the database answers a trivial query."""
@@ -42,12 +39,28 @@ def redis_is_up() -> bool:
 
 
 def disk_state(path: Path) -> str:
-    """`ok`, `full` (less than LOW_DISK_BYTES free) or `absent` (no such directory yet)."""
+    """`ok`, `full` (less than HEALTH_LOW_DISK_BYTES free) or `absent` (no such directory yet)."""
     try:
         free = shutil.disk_usage(path).free
     except FileNotFoundError:
         return "absent"
-    return "ok" if free >= LOW_DISK_BYTES else "full"
+    return "ok" if free >= settings.HEALTH_LOW_DISK_BYTES else "full"
+
+
+def unix_socket_listening(path: Path) -> bool | None:
+    """Whether a process listens on the UNIX socket at `path`, from the kernel's table of UNIX
+    sockets (Linux), without connecting to it; None where there is no such table."""
+    listening_flag = 0x10000  # __SO_ACCEPTCON: the socket is listening
+    try:
+        table = Path("/proc/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    names = {str(path), str(path.resolve())}
+    for line in table:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7] in names and int(fields[3], 16) & listening_flag:
+            return True
+    return False
 
 
 def process_restarts() -> dict[str, dict[str, Any]]:

@@ -436,6 +436,8 @@ SERVE_WSGI_WORKERS = env_int("WEB_CONCURRENCY", os.cpu_count() or 2, minimum=1)
 SERVE_HOST = env_str("COORDINATOR_HOST", "127.0.0.1")
 SERVE_PORT = env_int("COORDINATOR_PORT", 8000, minimum=1)
 RUN_DIR = VAR_DIR / "run"
+# /healthz names a directory the platform writes to (exports, the day log) `full` below this much free space.
+HEALTH_LOW_DISK_BYTES = env_int("HEALTH_LOW_DISK_BYTES", 50 * 1024 * 1024, minimum=0)
 
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
 
@@ -465,6 +467,8 @@ COORDINATOR_PASSWORD = env_str("COORDINATOR_PASSWORD", "")
 
 # --- Device task pool (pool) --------------------------------------------------------------------
 POOL_JOURNAL_DIR = env_path("POOL_JOURNAL_DIR", None)
+# The day log counts as behind (/healthz, the admin) when a committed message waited longer than this.
+POOL_JOURNAL_BEHIND_SECONDS = env_float("POOL_JOURNAL_BEHIND_SECONDS", 60.0, minimum=1.0)
 POOL_DEVICE_TOKEN_MINUTES = env_int("POOL_DEVICE_TOKEN_MINUTES", 24 * 60, minimum=1)
 POOL_ONLINE_SECONDS = env_int("POOL_ONLINE_SECONDS", 120, minimum=1)
 

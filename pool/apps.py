@@ -10,9 +10,6 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 
-# The day log counts as behind when a committed message waited longer than this to be written.
-JOURNAL_BEHIND_SECONDS = 60
-
 
 class PoolConfig(AppConfig):
     verbose_name = "Device task pool"
@@ -29,7 +26,7 @@ class PoolConfig(AppConfig):
 
     def health(self) -> dict[str, str]:
         """For /healthz, when there is a day log: free space for it, and whether it is behind
-        (messages committed more than JOURNAL_BEHIND_SECONDS ago not yet written)."""
+        (messages committed more than POOL_JOURNAL_BEHIND_SECONDS ago not yet written)."""
         from coordinator.selectors import disk_state
         from pool.conf import journal_dir
         from pool.selectors import journal_lag
@@ -38,7 +35,7 @@ class PoolConfig(AppConfig):
         if directory is None:
             return {}
         _, oldest = journal_lag()
-        late = oldest is not None and (timezone.now() - oldest).total_seconds() > JOURNAL_BEHIND_SECONDS
+        late = oldest is not None and (timezone.now() - oldest).total_seconds() > settings.POOL_JOURNAL_BEHIND_SECONDS
         return {"day log disk": disk_state(directory), "day log": "behind" if late else "ok"}
 
     def admin_dashboard(self, request: HttpRequest) -> list[dict[str, Any]]:

@@ -26,16 +26,21 @@ class ProgressConfig(AppConfig):
         return list(websocket_urlpatterns)
 
     def health(self) -> dict[str, str]:
-        """For /healthz: whether the socket listener's socket is there (`absent` where it does not
-        run). It is not connected to: every connection takes a stream uid, and the seed hands uids
-        out round-robin."""
+        """For /healthz: whether the socket listener listens (`absent` where it does not run). Its
+        socket is not connected to: every connection takes a stream uid, and the seed hands uids
+        out round-robin. The kernel's table of listening sockets tells a live listener from the
+        file a killed one left behind (where there is no such table, the file is taken as live)."""
         import stat
+
+        from coordinator.selectors import unix_socket_listening
 
         path = Path(settings.PROGRESS_SOCKET)
         try:
-            return {"progress listener": "ok" if stat.S_ISSOCK(path.stat().st_mode) else "down"}
+            if not stat.S_ISSOCK(path.stat().st_mode):
+                return {"progress listener": "down"}
         except FileNotFoundError:
             return {"progress listener": "absent"}
+        return {"progress listener": "down" if unix_socket_listening(path) is False else "ok"}
 
     def admin_dashboard(self, request: HttpRequest) -> list[dict[str, Any]]:
         """A card linking the Live page, with the number of streams running now."""

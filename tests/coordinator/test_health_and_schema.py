@@ -55,6 +55,33 @@ def test_healthz_names_a_stale_job_cluster_and_a_full_disk(anon_client: APIClien
     assert full.status_code == 503 and "export disk (full)" in full.json()["message"]
 
 
+@pytest.mark.django_db
+def test_healthz_tells_a_listening_progress_listener_from_a_killed_ones_socket(
+    anon_client: APIClient, settings
+) -> None:
+    """A listener killed with SIGKILL leaves its socket file behind: /healthz must not take the
+    file for a live listener."""
+    import shutil
+    import socket
+    import tempfile
+    from pathlib import Path
+
+    directory = Path(tempfile.mkdtemp(prefix="hz", dir="/tmp"))  # UNIX socket paths are short
+    settings.PROGRESS_SOCKET = directory / "progress.sock"
+    try:
+        assert anon_client.get("/healthz").json()["components"]["progress listener"] == "absent"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listener.bind(str(settings.PROGRESS_SOCKET))
+        listener.listen()
+        assert anon_client.get("/healthz").json()["components"]["progress listener"] == "ok"
+        listener.close()  # as a killed process's: the file stays, nothing listens
+        assert settings.PROGRESS_SOCKET.exists()
+        dead = anon_client.get("/healthz")
+        assert dead.status_code == 503 and "progress listener (down)" in dead.json()["message"]
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_schema_generates_without_warnings(
     tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
