@@ -115,14 +115,16 @@ def test_without_a_day_log_nothing_waits_for_one(make_device, settings):
 @pytest.mark.django_db(transaction=True)
 def test_a_full_disk_never_changes_an_answer_and_the_day_log_catches_up_whole(tmp_path: Path, make_device):
     """A real tmpfs fills up under a live server and the day log's writer: every heartbeat is
-    still answered 201 (devices retry nothing, nothing is duplicated), /healthz names the full
-    disk, and once there is room again the writer catches up: every line whole, each message once."""
+    still answered 201, a retry with the same Idempotency-Key gets the first answer and stores
+    nothing, /healthz names the full disk and the log behind, and once there is room again the
+    writer catches up: every line whole, each message once, /healthz fine again."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     journal = tmp_path / "journal"
     journal.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(journal)], check=True)
-    env = {"POOL_JOURNAL_DIR": str(journal)}
+    # `full` below 4 kB free (not 50 MB: the whole disk is 32 kB), `behind` after a second.
+    env = {"POOL_JOURNAL_DIR": str(journal), "HEALTH_LOW_DISK_BYTES": "4096", "POOL_JOURNAL_BEHIND_SECONDS": "1"}
     device = make_device("a")
     token, _ = device_token_encode(device_id=device.pk)
     writer = subprocess.Popen(
@@ -133,19 +135,33 @@ def test_a_full_disk_never_changes_an_answer_and_the_day_log_catches_up_whole(tm
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+    def day_log_health(base: str) -> tuple[str, str]:
+        body = requests.get(f"{base}/healthz", timeout=10).json()
+        components = body.get("components") or body["extra"]["components"]
+        return components["day log disk"], components["day log"]
+
     try:
         with run_wsgi_server(**env) as base:
-            headers = {"Authorization": f"Bearer {token}"}
-            statuses = [
-                requests.post(f"{base}/pool/heartbeat", json={"body": f"{n:04d}" * 200}, headers=headers).status_code
-                for n in range(200)  # ~160 kB of lines for a 32 kB disk
-            ]
-            assert set(statuses) == {201}
+            assert day_log_health(base) == ("ok", "ok")
+            first_answers, retries = {}, []
+            for n in range(80):  # ~64 kB of lines for a 32 kB disk
+                headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": f"beat-{n}"}
+                answer = requests.post(f"{base}/pool/heartbeat", json={"body": f"{n:04d}" * 200}, headers=headers)
+                assert answer.status_code == 201, answer.text[:300]
+                first_answers[n] = answer.json()["id"]
+                if n % 4 == 0:  # the device lost the answer and sends the same request again
+                    retries.append(
+                        (n, requests.post(f"{base}/pool/heartbeat", json={"body": f"{n:04d}" * 200}, headers=headers))
+                    )
+            for n, retry in retries:
+                assert retry.status_code == 201 and retry.headers.get("Idempotent-Replayed") == "true"
+                assert retry.json()["id"] == first_answers[n]
             wait_for(lambda: Message.objects.filter(journal_pending=True).exists(), message="the disk never filled")
-            health = requests.get(f"{base}/healthz").json()
-            assert health["extra"]["components"]["day log disk"] == "full"
+            wait_for(lambda: day_log_health(base) == ("full", "behind"), timeout=60, message="/healthz shows it")
             subprocess.run(["mount", "-o", "remount,size=16m", str(journal)], check=True)
             wait_for(lambda: not Message.objects.filter(journal_pending=True).exists(), timeout=60)
+            assert day_log_health(base) == ("ok", "ok")
     finally:
         writer.terminate()
         output = writer.communicate(timeout=30)[0]
@@ -153,7 +169,7 @@ def test_a_full_disk_never_changes_an_answer_and_the_day_log_catches_up_whole(tm
         subprocess.run(["umount", str(journal)], check=False)
     assert "cannot write" in output and "writing again" in output, output
     ids = [json.loads(line)["id"] for line in lines]  # every line parses: whole
-    assert len(ids) == len(set(ids)) == Message.objects.count() == 200
+    assert len(ids) == len(set(ids)) == Message.objects.count() == 80
     assert set(ids) == set(Message.objects.values_list("msg_id", flat=True))
 
 
