@@ -29,8 +29,9 @@ PG_VERSION = (
 )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def throwaway_postgres() -> Iterator[tuple[str, str]]:
+    """One cluster for the module (creating one takes seconds); each test leaves it running."""
     if not shutil.which("pg_createcluster") or not PG_VERSION:
         pytest.skip("needs Debian's PostgreSQL cluster tools")
     name, port = f"outage{secrets.token_hex(3)}", free_port()

@@ -356,32 +356,92 @@ def test_serve_stops_within_its_bound_with_a_frozen_cluster(tmp_path: Path) -> N
     assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
-def test_serve_finishes_a_request_in_flight_when_stopped(tmp_path: Path) -> None:
-    """Draining: a request whose body is still arriving when SIGTERM comes is answered in full."""
+def test_sigterm_with_long_jobs_and_a_farm_worker_mid_run(tmp_path: Path) -> None:
+    """SIGTERM while two long jobs run, a real `taskfarm-worker` works through a run and a request's
+    body is still arriving: `serve` stops within its bound (the jobs are cut off), the requests in
+    flight are answered in full (the drain), the worker waits for the next `serve` on the same port
+    instead of crashing, and the next `serve` runs the cut-off jobs to the end: nothing lost, no
+    task handed out twice."""
+    import tests.jobs.sample_jobs  # noqa: F401 - registers the job the cluster runs
+    from coordinator.serving.supervision import STOP_BOUND_SECONDS
+    from farm.models import Task
+    from jobs.models import Job
+    from jobs.services import job_create
+    from tests.factories import DEFAULT_PASSWORD, UserFactory
+
+    num_tasks = 40
+    env = {"JOBS_EXTRA_MODULES": "tests.jobs.sample_jobs", "JOBS_STALE_SECONDS": "2", "Q_WORKERS": "2"}
     port = free_port()
-    proc = start_serve(tmp_path, port)
+    base = f"http://127.0.0.1:{port}"
+    user = UserFactory(email="scientist@example.com")
+    proc = start_serve(tmp_path, port, **env)
+    worker: subprocess.Popen[str] | None = None
+    first = out = ""
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=60, proc=proc)
+        wait_for_http(f"{base}/healthz", timeout=60, proc=proc)
+        wait_for_output(tmp_path, "running.")
+        markers = [tmp_path / f"long-{n}" for n in range(2)]
+        jobs = [
+            job_create(type="tests.sleep_retry", data={"seconds": 120.0, "marker": str(marker)}, user=user)
+            for marker in markers
+        ]
+        for job, marker in zip(jobs, markers, strict=True):
+            wait_for_job(job.pk, "started", "a long job never started")
+            wait_until(marker.exists, "a long job never ran")
+        from taskfarm_worker import TaskFarm
+
+        run = TaskFarm(user.email, DEFAULT_PASSWORD, numTasks=num_tasks, url_base=f"{base}/api/")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tests.farm.race_worker", f"{base}/api/", user.email, DEFAULT_PASSWORD, run.uuid],
+            cwd=ROOT,
+            env=server_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert worker.stdout is not None
+        first = worker.stdout.readline()  # it has its first task: it claims and reports from now on
         body = b'{"email": "nobody@example.com", "password": "not-the-password"}'
         with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
             conn.sendall(
                 b"POST /auth/token/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:10]
             )
-            time.sleep(0.5)
+            time.sleep(0.5)  # the front door has the head and waits for the body
             proc.send_signal(signal.SIGTERM)
-            wait_for_output(tmp_path, "front door draining 1 connection")
+            wait_for_output(tmp_path, "front door draining")
             conn.sendall(body[10:])
             answer = b""
             while chunk := conn.recv(65536):
                 answer += chunk
-        proc.wait(timeout=60)
+        status_line = answer.split(b"\r\n", 1)[0]
+        assert status_line in (b"HTTP/1.1 401 Unauthorized", b"HTTP/1.1 400 Bad Request"), answer[:500]
+        assert b'"code"' in answer
+        proc.wait(timeout=STOP_BOUND_SECONDS + 15)  # a hang bound: `serve` stops by itself within its own
+        first_output = (tmp_path / "serve.log").read_text(errors="replace")
+        assert proc.returncode == 0, first_output[-3000:]
+        done_while_stopped = Task.objects.filter(status="done").count()
+        assert done_while_stopped < num_tasks  # the worker was mid-run when `serve` stopped
+        assert worker.poll() is None, worker.communicate()[1][-2000:]  # waiting, not crashed
+        cut_off = Job.objects.filter(pk__in=[job.pk for job in jobs]).exclude(status="success").count()
+        assert cut_off == 2, first_output[-3000:]
+
+        proc = start_serve(tmp_path, port, **env)  # the next `serve`, where the worker expects it
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err[-2000:]
+        for job in jobs:
+            wait_for_job(job.pk, "success", "a cut-off job never ran again", 120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    status_line = answer.split(b"\r\n", 1)[0]
-    assert status_line in (b"HTTP/1.1 401 Unauthorized", b"HTTP/1.1 400 Bad Request"), answer[:500]
-    assert b'"code"' in answer
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+        output = stop_and_read(proc, tmp_path)
+    assert proc.returncode == 0, output[-3000:]
+    handed = [int(line) for line in (first + out).split()]
+    assert sorted(handed) == list(range(num_tasks)), "each task handed out once"
+    assert Task.objects.filter(status="done").count() == num_tasks
+    for job in Job.objects.filter(pk__in=[job.pk for job in jobs]):
+        # Cut off by the stop, run again by the next cluster: an interruption, not a failed attempt.
+        assert job.interruptions >= 1 and job.result == "attempt 1", (job.interruptions, job.result)
 
 
 def test_web_keeps_connections_alive_only_behind_a_real_proxy() -> None:
