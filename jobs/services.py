@@ -551,7 +551,9 @@ def jobs_sweep() -> dict[str, list[Any]]:
 
     from jobs.exports import orphan_parts_remove
 
-    cache.set(conf.SWEEP_SEEN_KEY, time.time(), timeout=None)  # the cluster's sign of life (/healthz)
+    # The clusters' sign of life (/healthz). No expiry, on purpose: an expired key would read as
+    # `absent` (healthy) once every cluster is gone, where `stale` must show.
+    cache.set(conf.SWEEP_SEEN_KEY, time.time(), timeout=None)
     return {
         "recovered": jobs_recover_stale(),
         "requeued": jobs_requeue_undelivered(),
