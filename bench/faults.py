@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -539,6 +540,7 @@ def main() -> None:
         platform.teardown()
     print(report)
     write_section("Reliability", report)
+    shutil.rmtree(work, ignore_errors=True)  # kept (with serve.log) only when the run failed
 
 
 def settle_and_measure(load: Load, farm: Farm, windows: list[Window], journal: Path | None) -> str:
