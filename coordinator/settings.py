@@ -508,6 +508,6 @@ PROGRESS_PUBLIC = env_bool("PROGRESS_PUBLIC", False)
 PROGRESS_SOCKET = env_path("PROGRESS_SOCKET", None) or RUN_DIR / "progress.sock"
 PROGRESS_STREAM_SOCKET = env_path("PROGRESS_STREAM_SOCKET", None) or RUN_DIR / "progress-stream.sock"
 PROGRESS_MAX_STREAMS = env_int("PROGRESS_MAX_STREAMS", 1000, minimum=1)
-# Open SSE streams and WebSockets one signed-in user may hold at once, per ASGI process.
+# Open SSE streams and WebSockets one signed-in user may hold at once, across all ASGI processes.
 PROGRESS_STREAMS_PER_USER = env_int("PROGRESS_STREAMS_PER_USER", 20, minimum=1)
 PROGRESS_RETENTION_SECONDS = env_float("PROGRESS_RETENTION_SECONDS", 3600.0, minimum=1.0)
