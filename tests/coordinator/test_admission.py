@@ -1,0 +1,114 @@
+"""Authentication and throttles come before a large body is read: the front door asks first
+(coordinator/admission.py), and a refused client gets its answer while its body is still unsent."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import access_token_for
+from tests.coordinator.test_serve import start_serve, stop_and_read
+from tests.live import free_port, wait_for_http
+
+DECLARED = 50 * 1024 * 1024  # far more than the client ever sends
+
+
+def _answer_while_body_unsent(
+    port: int, path: str, headers: str = "", content_type: str = "application/json"
+) -> tuple[int, Any]:
+    """Send a head declaring DECLARED bytes and only 1 KiB of them, then read the answer: it can only
+    come if the server answered without waiting for the body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(
+            (
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {DECLARED}\r\n{headers}\r\n"
+            ).encode()
+            + b"x" * 1024
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return _status_and_body(answer)
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 1 << 30
+
+
+def _status_and_body(answer: bytes) -> tuple[int, Any]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body) if body else None
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_refused_clients_are_answered_before_their_large_body_is_read(tmp_path: Path, user: Any) -> None:
+    import requests
+
+    port = free_port()
+    proc = start_serve(tmp_path, port, ANONYMOUS_JOB_RATE="1/min", CREDENTIAL_RATE_PER_ADDRESS="1/min")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/healthz", timeout=90)
+        # Anonymous, to an endpoint that needs a user: BookLogr's 401, body unread.
+        status, body = _answer_while_body_unsent(port, "/v1/files", content_type="multipart/form-data; boundary=b")
+        assert (status, body) == (401, {"msg": "Missing Authorization Header"})
+        # A wrong token: 401 too (the pytasks dialect's protected endpoint).
+        status, _ = _answer_while_body_unsent(port, "/v1/tasks", headers="Authorization: Bearer not-a-token\r\n")
+        assert status == 401
+        # Throttled anonymous job submissions: the first counts, the large second is refused unread.
+        requests.post(f"{base}/task", json={"type": "add", "args": [1, 2]}, timeout=30)
+        status, _ = _answer_while_body_unsent(port, "/task")
+        assert status == 429
+        # Throttled credential attempts: the same.
+        requests.post(f"{base}/auth/token/", json={"email": "x@example.com", "password": "x"}, timeout=30)
+        status, body = _answer_while_body_unsent(port, "/auth/token/")
+        assert status == 429 and body["code"] == "throttled"
+        # A signed-in user's large body is admitted, read and served as before.
+        token = access_token_for(user)
+        answer = requests.post(
+            f"{base}/v1/tasks",
+            json={"type": "no_such_type", "data": {"pad": "x" * 200_000}},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert answer.status_code == 422  # the view read the body: it names the unknown type
+    finally:
+        log = stop_and_read(proc, tmp_path)
+    assert "Traceback" not in log
+
+
+def test_the_admission_question_runs_the_views_authentication_without_a_body(client: Any, user: Any) -> None:
+    asked = {"HTTP_X_COORDINATOR_ADMISSION": "POST"}
+    refused = client.generic("ADMIT", "/v1/files", **asked)
+    assert refused.status_code == 401 and refused.json() == {"msg": "Missing Authorization Header"}
+    granted = client.generic("ADMIT", "/v1/files", HTTP_AUTHORIZATION=f"Bearer {access_token_for(user)}", **asked)
+    assert granted.status_code == 204 and granted["X-Coordinator-Admission"] == "granted"
+    assert client.generic("ADMIT", "/v1/files", HTTP_X_COORDINATOR_ADMISSION="GET").status_code == 400
+
+
+def test_the_admission_question_looks_at_throttles_without_counting(client: Any, settings: Any, db: None) -> None:
+    settings.CREDENTIAL_RATES = {"credentials_per_address": "1/min", "credentials_per_account": "100/min"}
+    from django.core.cache import cache
+
+    cache.clear()
+    for _ in range(3):  # asked again and again, it never spends the one attempt
+        answer = client.generic("ADMIT", "/auth/token/", HTTP_X_COORDINATOR_ADMISSION="POST")
+        assert answer.status_code == 204
+    assert (
+        client.post("/auth/token/", {"email": "a@example.com", "password": "x"}, "application/json").status_code == 401
+    )
+    refused = client.generic("ADMIT", "/auth/token/", HTTP_X_COORDINATOR_ADMISSION="POST")
+    assert refused.status_code == 429 and refused.json()["code"] == "throttled" and refused["Retry-After"]
