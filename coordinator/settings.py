@@ -110,7 +110,7 @@ def env_path(name: str, default: Path | None) -> Path | None:
 
 # Runtime state (SQLite file, generated dev key, sockets, exports) lives here.
 VAR_DIR = env_path("COORDINATOR_VAR_DIR", None) or (BASE_DIR / "var").resolve()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+VAR_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)  # the database, sockets, exports: private
 
 DEBUG = env_bool("DJANGO_DEBUG", True)
 
