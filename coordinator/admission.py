@@ -8,7 +8,7 @@ answers it: the view's authentication, permission classes and throttles run as t
 request itself (the throttles are only looked at, not counted, as the request itself counts), and a
 refusal (401, 403, 429, in the view's dialect) goes to the client without a byte of the body read;
 otherwise `204` with `ADMISSION_HEADER: granted`, and the front door reads the body and passes the
-request on. A view's own checks that need the body (a job type's permission, a password) still
+request on. Pages other than the API's (the admin) take a large body only from signed-in staff. A view's own checks that need the body (a job type's permission, a password) still
 run on the request itself.
 
 A view never sees `ADMISSION_METHOD` when this middleware is installed; without it, Django's views
@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseNotFound
 from django.urls import Resolver404, resolve
 from rest_framework.views import APIView
 
 from coordinator.api.envelope import error_response
+from coordinator.middleware import is_api_path
 from coordinator.serving.proxy import ADMISSION_HEADER, ADMISSION_METHOD
 from coordinator.throttling import throttle_wait
 
@@ -41,10 +42,17 @@ def admission_answer(request: HttpRequest) -> HttpResponse:
     try:
         match = resolve(request.path_info)
     except Resolver404:
-        return _granted()  # the request itself gets its 404, from a small body or none
+        if is_api_path(request.path):
+            return error_response(404, "not_found", f"No endpoint or object at {request.path}.")
+        return HttpResponseNotFound("Not found.")
     view_class = getattr(match.func, "cls", None)
     if not (isinstance(view_class, type) and issubclass(view_class, APIView)):
-        return _granted()  # not an API view (the admin's forms): its body is read as before
+        # The pages (the admin's forms) are for signed-in staff; no page takes a large body from
+        # anyone else (Django's CSRF check would read it before the admin asks for a sign-in).
+        user = getattr(request, "user", None)
+        if user is not None and user.is_active and user.is_staff:
+            return _granted()
+        return HttpResponseForbidden("Sign in to the admin to send a body this large.")
     view = view_class(**getattr(match.func, "initkwargs", {}))
     view.args, view.kwargs = match.args, match.kwargs
     view.headers = view.default_response_headers

@@ -49,7 +49,10 @@ def _length(answer: bytes) -> int:
 
 def _status_and_body(answer: bytes) -> tuple[int, Any]:
     head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), json.loads(body) if body else None
+    try:
+        return int(head.split(b" ")[1]), json.loads(body)
+    except ValueError:
+        return int(head.split(b" ")[1]), body.decode()
 
 
 @pytest.mark.slow
@@ -76,8 +79,25 @@ def test_refused_clients_are_answered_before_their_large_body_is_read(tmp_path: 
         requests.post(f"{base}/auth/token/", json={"email": "x@example.com", "password": "x"}, timeout=30)
         status, body = _answer_while_body_unsent(port, "/auth/token/")
         assert status == 429 and body["code"] == "throttled"
-        # A signed-in user's large body is admitted, read and served as before.
+        # A page (the admin) takes no large body from anyone but signed-in staff: Django's CSRF check
+        # would read it before the admin asks for a sign-in.
+        status, _ = _answer_while_body_unsent(
+            port, "/admin/pool/device/", content_type="application/x-www-form-urlencoded"
+        )
+        assert status == 403
+        # A signed-in user who may not import: the upload's 403 comes before any of it is read.
         token = access_token_for(user)
+        status, body = _answer_while_body_unsent(
+            port,
+            "/v1/files",
+            headers=f"Authorization: Bearer {token}\r\n",
+            content_type="multipart/form-data; boundary=b",
+        )
+        assert (status, body) == (
+            403,
+            {"error": "Forbidden", "message": "You don't have permission to import into the task pool."},
+        )
+        # A signed-in user's large body is admitted, read and served as before.
         answer = requests.post(
             f"{base}/v1/tasks",
             json={"type": "no_such_type", "data": {"pad": "x" * 200_000}},
@@ -90,13 +110,27 @@ def test_refused_clients_are_answered_before_their_large_body_is_read(tmp_path: 
     assert "Traceback" not in log
 
 
-def test_the_admission_question_runs_the_views_authentication_without_a_body(client: Any, user: Any) -> None:
+def test_the_admission_question_runs_the_views_authentication_without_a_body(
+    client: Any, user: Any, master: Any
+) -> None:
     asked = {"HTTP_X_COORDINATOR_ADMISSION": "POST"}
     refused = client.generic("ADMIT", "/v1/files", **asked)
     assert refused.status_code == 401 and refused.json() == {"msg": "Missing Authorization Header"}
-    granted = client.generic("ADMIT", "/v1/files", HTTP_AUTHORIZATION=f"Bearer {access_token_for(user)}", **asked)
+    not_allowed = client.generic("ADMIT", "/v1/files", HTTP_AUTHORIZATION=f"Bearer {access_token_for(user)}", **asked)
+    assert not_allowed.status_code == 403  # a user may not import: refused before the upload is read
+    granted = client.generic("ADMIT", "/v1/files", HTTP_AUTHORIZATION=f"Bearer {access_token_for(master)}", **asked)
     assert granted.status_code == 204 and granted["X-Coordinator-Admission"] == "granted"
     assert client.generic("ADMIT", "/v1/files", HTTP_X_COORDINATOR_ADMISSION="GET").status_code == 400
+    assert client.generic("ADMIT", "/no/such/path", **asked).status_code == 404
+
+
+def test_the_admission_question_grants_admin_pages_to_signed_in_staff_only(client: Any, admin: Any, user: Any) -> None:
+    asked = {"HTTP_X_COORDINATOR_ADMISSION": "POST"}
+    assert client.generic("ADMIT", "/admin/pool/device/", **asked).status_code == 403
+    client.force_login(user)
+    assert client.generic("ADMIT", "/admin/pool/device/", **asked).status_code == 403
+    client.force_login(admin)
+    assert client.generic("ADMIT", "/admin/pool/device/", **asked).status_code == 204
 
 
 def test_the_admission_question_looks_at_throttles_without_counting(client: Any, settings: Any, db: None) -> None:
