@@ -234,3 +234,34 @@ def test_a_killed_holders_stream_slot_comes_back_when_its_lease_lapses(user) -> 
             assert stream_lease_acquire(user_id=user.pk) is None
             later = timezone.now() + timedelta(seconds=conf.lease_seconds() + 1)
             assert stream_lease_acquire(user_id=user.pk, now=later) is not None  # the lapsed lease is free
+
+
+TAKE_SLOT = """
+import os, time, django; django.setup()
+from progress.services import stream_lease_acquire
+while not os.path.exists({start!r}):
+    time.sleep(0.005)
+print(stream_lease_acquire(user_id={user}))
+"""
+
+
+def test_processes_taking_slots_at_once_never_pass_the_cap(user, tmp_path) -> None:
+    """Five processes take a slot of one user at the same moment, with room for two: two get one,
+    each a different slot (the unique (user, slot) constraint decides), three get none."""
+    from progress.models import StreamLease
+
+    start = tmp_path / "go"
+    takers = [
+        subprocess.Popen(
+            [sys.executable, "-c", TAKE_SLOT.format(start=str(start), user=user.pk)],
+            cwd=ROOT,
+            env=server_env(PROGRESS_STREAMS_PER_USER="2"),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(5)
+    ]
+    start.touch()
+    answers = [taker.communicate(timeout=120)[0].strip() for taker in takers]
+    assert answers.count("None") == 3 and all(a.isdigit() for a in answers if a != "None"), answers
+    assert sorted(StreamLease.objects.filter(user=user).values_list("slot", flat=True)) == [0, 1]
