@@ -146,3 +146,21 @@ def test_the_admission_question_looks_at_throttles_without_counting(client: Any,
     )
     refused = client.generic("ADMIT", "/auth/token/", HTTP_X_COORDINATOR_ADMISSION="POST")
     assert refused.status_code == 429 and refused.json()["code"] == "throttled" and refused["Retry-After"]
+
+
+def test_a_password_checked_by_an_admission_question_counts_against_the_limit(
+    client: Any, settings: Any, user: Any
+) -> None:
+    """Anyone may send the question (behind nginx, too): if it checked farm Basic passwords without
+    counting them, it would be a password oracle outside the credential limits."""
+    import base64
+
+    from django.core.cache import cache
+
+    settings.CREDENTIAL_RATES = {"credentials_per_address": "100/min", "credentials_per_account": "2/min"}
+    cache.clear()
+    guess = "Basic " + base64.b64encode(f"{user.email}:wrong".encode()).decode()
+    asked = {"HTTP_X_COORDINATOR_ADMISSION": "POST", "HTTP_AUTHORIZATION": guess}
+    answers = [client.generic("ADMIT", "/api/run", **asked).status_code for _ in range(3)]
+    assert answers == [401, 401, 429]
+    assert client.post("/api/run", {}, "application/json", HTTP_AUTHORIZATION=guess).status_code == 429
