@@ -110,7 +110,7 @@ def env_path(name: str, default: Path | None) -> Path | None:
 
 # Runtime state (SQLite file, generated dev key, sockets, exports) lives here.
 VAR_DIR = env_path("COORDINATOR_VAR_DIR", None) or (BASE_DIR / "var").resolve()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+VAR_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)  # the database, sockets, exports: private
 
 DEBUG = env_bool("DJANGO_DEBUG", True)
 
@@ -171,6 +171,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # The front door's question before it reads a large body (coordinator/admission.py).
+    "coordinator.admission.AdmissionMiddleware",
     "progress.middleware.LiveCoverageMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -512,6 +514,6 @@ PROGRESS_PUBLIC = env_bool("PROGRESS_PUBLIC", False)
 PROGRESS_SOCKET = env_path("PROGRESS_SOCKET", None) or RUN_DIR / "progress.sock"
 PROGRESS_STREAM_SOCKET = env_path("PROGRESS_STREAM_SOCKET", None) or RUN_DIR / "progress-stream.sock"
 PROGRESS_MAX_STREAMS = env_int("PROGRESS_MAX_STREAMS", 1000, minimum=1)
-# Open SSE streams and WebSockets one signed-in user may hold at once, per ASGI process.
+# Open SSE streams and WebSockets one signed-in user may hold at once, across all ASGI processes.
 PROGRESS_STREAMS_PER_USER = env_int("PROGRESS_STREAMS_PER_USER", 20, minimum=1)
 PROGRESS_RETENTION_SECONDS = env_float("PROGRESS_RETENTION_SECONDS", 3600.0, minimum=1.0)

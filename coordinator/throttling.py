@@ -84,3 +84,23 @@ def first_refusal(request: Any, view: Any) -> float | None:
         if not throttle.allow_request(request, view):
             return throttle.wait() or 1.0
     return None
+
+
+def throttle_wait(view: Any, request: Any) -> float | None:
+    """The seconds `view`'s throttles would make this request wait, looked up without counting it
+    (the front door's admission question: the request itself is counted when it comes); None: none."""
+    waits: list[float] = []
+    for throttle in view.get_throttles():
+        if not isinstance(throttle, SimpleRateThrottle) or throttle.rate is None:
+            continue
+        key = throttle.get_cache_key(request, view)
+        if key is None:
+            continue
+        allowed, duration = throttle.parse_rate(throttle.rate)
+        if allowed is None or duration is None:
+            continue
+        throttle.key, throttle.now = key, throttle.timer()
+        throttle.history = [at for at in throttle.cache.get(key, []) if at > throttle.now - duration]
+        if len(throttle.history) >= allowed:
+            waits.append(throttle.wait() or 1.0)
+    return max(waits) if waits else None

@@ -214,6 +214,14 @@ class DeviceChoiceField(forms.ModelMultipleChoiceField):
         return f"#{device.pk} {device.name} ({device.kind or 'no kind'}) {state}{flags}"
 
 
+class TickBox(forms.CheckboxInput):
+    """A checkbox ticked only by what a browser sends for a ticked box (`on`), or `true`/`1`."""
+
+    def value_from_datadict(self, data: Any, files: Any, name: str) -> bool:
+        value = data.get(name)
+        return isinstance(value, str) and value.strip().lower() in ("on", "true", "1")
+
+
 class TaskComposeForm(forms.ModelForm):
     """Compose a task: a target picker (one device, several, all, with search and a count), an
     expiry picked on a calendar, and a confirmation before a task goes to the whole fleet."""
@@ -231,7 +239,9 @@ class TaskComposeForm(forms.ModelForm):
     expires_at = forms.SplitDateTimeField(
         required=False, widget=AdminSplitDateTime(), help_text="Optional; after it no device receives the task."
     )
-    confirm_all = forms.BooleanField(required=False)
+    # Ticked only by what a browser sends for a ticked box: Django's checkbox reads any other
+    # string (`off`, `0`, `no`) as ticked, and a scripted post must not reach the whole fleet by it.
+    confirm_all = forms.BooleanField(required=False, widget=TickBox())
 
     class Meta:
         model = Task

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,9 @@ from coordinator.tokens import credential_stamp
 from progress import conf
 from progress.db import db_call
 from progress.selectors import Viewer
+from progress.services import stream_lease_acquire, stream_lease_release, stream_lease_renew
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,10 +43,40 @@ def _allowed_now(access: Access) -> bool:
     return user is not None and credential_stamp(user) == access.stamp
 
 
-async def still_allowed(access: Access) -> bool:
-    """Whether the reader may still read: the token has not expired, and the user is still active
-    with the same password and role as when the stream opened."""
-    return await db_call(_allowed_now)(access)
+def _allowed_and_renewed(access: Access, lease: int | None) -> bool:
+    return _allowed_now(access) and (lease is None or stream_lease_renew(lease_id=lease))
+
+
+async def still_allowed(access: Access, lease: int | None = None) -> bool:
+    """Whether the reader may still read: the token has not expired, the user is still active with
+    the same password and role as when the stream opened, and the stream still holds its slot
+    (renewed here: an open stream calls this on each keep-alive)."""
+    return await db_call(_allowed_and_renewed)(access, lease)
+
+
+class TooManyStreams(Exception):
+    """The user already holds PROGRESS_STREAMS_PER_USER open streams, counted across all processes."""
+
+
+async def stream_slot_take(access: Access) -> int | None:
+    """The lease of one of the reader's stream slots (None for anonymous readers, who are not
+    capped); raises TooManyStreams at the cap."""
+    if access.user_id is None:
+        return None
+    lease = await db_call(stream_lease_acquire)(user_id=access.user_id)
+    if lease is None:
+        raise TooManyStreams()
+    return lease
+
+
+async def stream_slot_release(lease: int | None) -> None:
+    """Give the slot back as the stream ends (a failure here only delays it: the lease expires)."""
+    if lease is None:
+        return
+    try:
+        await db_call(stream_lease_release)(lease_id=lease)
+    except Exception:
+        logger.warning("could not release progress stream lease %s; it expires by itself", lease, exc_info=True)
 
 
 def _granted(user: User, expires_at: float | None = None) -> Access:

@@ -53,8 +53,14 @@ def max_streams() -> int:
 
 
 def streams_per_user() -> int:
-    """`PROGRESS_STREAMS_PER_USER`: open streams (SSE and WebSocket) of one user in this process."""
+    """`PROGRESS_STREAMS_PER_USER`: open streams (SSE and WebSocket) of one user, across all processes."""
     return int(settings.PROGRESS_STREAMS_PER_USER)
+
+
+def lease_seconds() -> float:
+    """How long a stream's slot stays taken without a renewal: three keep-alives, so one late
+    renewal does not cost a live stream its slot, and a dead process's slots come back soon."""
+    return 3 * keepalive_seconds()
 
 
 def transport() -> str:

@@ -6,7 +6,8 @@ Server messages: `{"type": "subscribed", "topics": [...]}`, `{"type": "event", "
 "kind", "text", "state", "at"}` (a `"snapshot": true` event carries a topic's current state
 right after subscribing) and `{"type": "error", "code", "message"}`.
 Refusals: close code 4401 (no or bad credentials), 4403 (account not allowed), 4429 (the user
-already holds PROGRESS_STREAMS_PER_USER open streams).
+already holds PROGRESS_STREAMS_PER_USER open streams, counted across all processes). An open socket
+closes with 4401 once its reader may no longer read, or its slot's lease lapsed and was taken.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from coordinator.api.parsers import loads_strict
 from progress import conf
-from progress.auth import Access, access_for, still_allowed
+from progress.auth import Access, TooManyStreams, access_for, still_allowed, stream_slot_release, stream_slot_take
 from progress.db import db_call
 from progress.events import Event, ws_payload
-from progress.hub import Subscriber, TooManyStreams, hub
+from progress.hub import Subscriber, hub
 from progress.selectors import Viewer, event_list_after, topic_state_events
 
 MAX_TOPICS = 1000
@@ -34,6 +35,7 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
     viewer: Viewer | None = None
     topics: set[str]
     subscriber: Subscriber | None = None
+    lease: int | None = None
     pump: asyncio.Task[None] | None = None
     watch: asyncio.Task[None] | None = None
 
@@ -46,23 +48,24 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
         if access.viewer is None:
             await self.close(code=4401 if access.status == 401 else 4403)
             return
-        self.viewer = access.viewer
-        subscriber = Subscriber(self._accepts, reader=access.user_id)
         try:
-            await hub().subscribe(subscriber)
+            self.lease = await stream_slot_take(access)
         except TooManyStreams:
             await self.close(code=4429)  # this user holds as many open streams as one may
             return
+        self.viewer = access.viewer
+        subscriber = Subscriber(self._accepts)
+        await hub().subscribe(subscriber)
         self.subscriber = subscriber
         self.pump = asyncio.get_running_loop().create_task(self._forward(self.subscriber))
         self.watch = asyncio.get_running_loop().create_task(self._watch(access))
 
     async def _watch(self, access: Access) -> None:
         """Close the socket once its reader may no longer read (deactivated, password or role
-        changed, token expired): 4401, as for a refused handshake."""
+        changed, token expired): 4401, as for a refused handshake. Renews the stream's slot."""
         while True:
             await asyncio.sleep(conf.keepalive_seconds())
-            if not await still_allowed(access):
+            if not await still_allowed(access, self.lease):
                 await self.close(code=4401)
                 return
 
@@ -87,6 +90,8 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.subscriber is not None:
             hub().unsubscribe(self.subscriber)
+        lease, self.lease = self.lease, None
+        await stream_slot_release(lease)
         for task in (self.pump, self.watch):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()

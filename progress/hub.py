@@ -41,9 +41,8 @@ DELIVERED_MEMORY_SECONDS = 120.0
 class Subscriber:
     """A local reader: a bounded queue plus a filter; overflow marks it so its owner can drop it."""
 
-    def __init__(self, accepts: Callable[[Event], bool], reader: int | None = None) -> None:
+    def __init__(self, accepts: Callable[[Event], bool]) -> None:
         self.accepts = accepts
-        self.reader = reader  # the signed-in user reading (None: anonymous, progress being public)
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=conf.QUEUE_SIZE)
         self.overflowed = asyncio.Event()
 
@@ -54,10 +53,6 @@ class Subscriber:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
             self.overflowed.set()
-
-
-class TooManyStreams(Exception):
-    """The reader already holds as many open streams as one user may."""
 
 
 class Hub:
@@ -76,10 +71,7 @@ class Hub:
         self.delivered: dict[int, float] = {}
 
     async def subscribe(self, subscriber: Subscriber) -> None:
-        """Register a subscriber; returns once every event stored from now on will reach it. A user
-        who already holds PROGRESS_STREAMS_PER_USER streams here gets TooManyStreams."""
-        if subscriber.reader is not None and self.streams_of(subscriber.reader) >= conf.streams_per_user():
-            raise TooManyStreams()
+        """Register a subscriber; returns once every event stored from now on will reach it."""
         self.subscribers.add(subscriber)
         if self.task is None or self.task.done():
             # A fresh context: the hub outlives the request that started it, so it must not run its
@@ -87,10 +79,6 @@ class Hub:
             self.task = asyncio.get_running_loop().create_task(self._run(), context=contextvars.Context())
         self.wake.set()
         await self.ready.wait()
-
-    def streams_of(self, reader: int) -> int:
-        """How many open streams the user `reader` holds in this process."""
-        return sum(1 for subscriber in self.subscribers if subscriber.reader == reader)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.subscribers.discard(subscriber)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 
@@ -55,3 +56,22 @@ class ProgressTopic(models.Model):
     @property
     def is_live(self) -> bool:
         return self.ended_at is None
+
+
+class StreamLease(models.Model):
+    """One open SSE stream or WebSocket of a user, in whichever ASGI process holds it.
+
+    The per-user cap holds across processes because a stream must own one of the user's numbered
+    slots (unique per user) to stay open; the holder renews the lease on its keep-alive, so a slot
+    of a process that died comes back once its lease expires.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    slot = models.PositiveSmallIntegerField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "slot"], name="progress_stream_lease_user_slot")]
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} slot {self.slot}"

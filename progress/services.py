@@ -19,18 +19,18 @@ import json
 import logging
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from progress import conf
 from progress.events import Event
-from progress.models import ProgressEvent, ProgressTopic
+from progress.models import ProgressEvent, ProgressTopic, StreamLease
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +253,7 @@ def progress_prune() -> tuple[int, int]:
     events, _ = ProgressEvent.objects.filter(created_at__lt=cutoff).delete()
     ended, _ = ProgressTopic.objects.filter(ended_at__lt=cutoff).delete()
     stale, _ = ProgressTopic.objects.filter(ended_at__isnull=True, updated_at__lt=now - timedelta(days=7)).delete()
+    StreamLease.objects.filter(expires_at__lte=now).delete()  # slots of processes that died
     return events, ended + stale
 
 
@@ -277,3 +278,35 @@ def streams_end_orphans(reason: str) -> list[Event]:
         ProgressTopic.objects.filter(topic__startswith="stream:", ended_at__isnull=True).values_list("topic", flat=True)
     )
     return events_store([{"topic": t, "kind": "end", "text": reason, "state": {}, "owner_id": None} for t in orphans])
+
+
+def stream_lease_acquire(*, user_id: int, now: datetime | None = None) -> int | None:
+    """Take a free stream slot of the user (across all processes); its lease id, or None at the cap."""
+    now = now or timezone.now()
+    # A slot whose holder stopped renewing (its process died) is free again; the `expires_at`
+    # filter keeps a lease another process just took or renewed.
+    StreamLease.objects.filter(user_id=user_id, expires_at__lte=now).delete()
+    taken = set(StreamLease.objects.filter(user_id=user_id).values_list("slot", flat=True))
+    expires_at = now + timedelta(seconds=conf.lease_seconds())
+    for slot in range(conf.streams_per_user()):
+        if slot in taken:
+            continue
+        try:
+            # The unique (user, slot) constraint is the guard: of two processes taking the same
+            # free slot at once one insert fails, and that one tries the next slot.
+            with transaction.atomic():
+                return int(StreamLease.objects.create(user_id=user_id, slot=slot, expires_at=expires_at).pk)
+        except IntegrityError:
+            continue
+    return None
+
+
+def stream_lease_renew(*, lease_id: int, now: datetime | None = None) -> bool:
+    """Extend a held lease; False when it is gone (expired and taken over, or the user deleted)."""
+    expires_at = (now or timezone.now()) + timedelta(seconds=conf.lease_seconds())
+    return StreamLease.objects.filter(pk=lease_id).update(expires_at=expires_at) == 1
+
+
+def stream_lease_release(*, lease_id: int) -> None:
+    """Give a slot back when its stream ends."""
+    StreamLease.objects.filter(pk=lease_id).delete()

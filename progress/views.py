@@ -31,10 +31,10 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from coordinator.api.envelope import error_response
 from coordinator.api.views import ErrorEnvelopeSerializer
 from progress import conf
-from progress.auth import Access, access_for, still_allowed
+from progress.auth import Access, TooManyStreams, access_for, still_allowed, stream_slot_release, stream_slot_take
 from progress.db import db_call
 from progress.events import Event, sse_frame
-from progress.hub import Subscriber, TooManyStreams, hub
+from progress.hub import Subscriber, hub
 from progress.selectors import (
     REPLAY_LIMIT,
     Viewer,
@@ -88,19 +88,16 @@ def _beginning(viewer: Viewer, topics: set[str], after: int | None) -> tuple[lis
     return frames, set(), covered
 
 
-async def _live(access: Access, topics: set[str], after: int | None) -> AsyncIterator[str]:
+async def _live(access: Access, lease: int | None, topics: set[str], after: int | None) -> AsyncIterator[str]:
     viewer = access.viewer
     assert viewer is not None
 
     def accepts(event: Event) -> bool:
         return viewer.can_see(event) and (not topics or event["topic"] in topics)
 
-    subscriber = Subscriber(accepts, reader=access.user_id)
+    subscriber = Subscriber(accepts)
     try:
         await hub().subscribe(subscriber)  # before reading the beginning: nothing falls in between
-    except TooManyStreams:
-        return  # opened alongside another at the same moment, past the limit the view checked
-    try:
         frames, replayed, covered = await db_call(_beginning)(viewer, topics, after)
         for frame in frames:
             yield frame
@@ -109,8 +106,8 @@ async def _live(access: Access, topics: set[str], after: int | None) -> AsyncIte
         while not subscriber.overflowed.is_set():  # a reader this slow reconnects and replays
             if time.monotonic() - checked >= keepalive:
                 # The stream ends once its reader may no longer read (deactivated, password or role
-                # changed, token expired); the browser reconnects and is refused.
-                if not await still_allowed(access):
+                # changed, token expired) or lost its slot; the browser reconnects and is refused.
+                if not await still_allowed(access, lease):
                     return
                 checked = time.monotonic()
             try:
@@ -133,6 +130,7 @@ async def _live(access: Access, topics: set[str], after: int | None) -> AsyncIte
                 yield "".join(frames)
     finally:
         hub().unsubscribe(subscriber)
+        await stream_slot_release(lease)
 
 
 def _stream_headers(response: HttpResponseBase) -> HttpResponseBase:
@@ -159,13 +157,15 @@ async def progress_events(request: HttpRequest) -> HttpResponseBase:
     if once:
         frames, _, _ = await db_call(_beginning)(access.viewer, topics, after)
         return _stream_headers(HttpResponse("".join(frames), content_type="text/event-stream"))
-    if access.user_id is not None and hub().streams_of(access.user_id) >= conf.streams_per_user():
+    try:
+        lease = await stream_slot_take(access)
+    except TooManyStreams:
         response = error_response(
             429, "too_many_streams", f"At most {conf.streams_per_user()} open progress streams per user."
         )
         response["Retry-After"] = str(max(1, int(conf.keepalive_seconds())))
         return response
-    return _stream_headers(StreamingHttpResponse(_live(access, topics, after), content_type="text/event-stream"))
+    return _stream_headers(StreamingHttpResponse(_live(access, lease, topics, after), content_type="text/event-stream"))
 
 
 def _bearer(request: HttpRequest) -> str | None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import factory
@@ -153,3 +154,12 @@ class ProgressTopicFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"run {n}")
     started_at = factory.LazyFunction(timezone.now)
     updated_at = factory.LazyFunction(timezone.now)
+
+
+class StreamLeaseFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "progress.StreamLease"
+
+    user = factory.SubFactory(UserFactory)
+    slot = 0
+    expires_at = factory.LazyFunction(lambda: timezone.now() + timedelta(seconds=45))

@@ -55,6 +55,31 @@ def database_problem() -> str | None:
     return None
 
 
+def data_make_private() -> list[str]:
+    """Make the data directory, the SQLite files and the exports the service user's alone, when
+    something created them before `serve` set its umask (`migrate` and `createuser` in `./dev up`
+    run under the shell's, usually 022); returns the paths it changed."""
+    from pathlib import Path
+
+    from django.conf import settings
+
+    paths = [Path(settings.VAR_DIR), Path(settings.EXPORT_ROOT)]
+    if connection.vendor == "sqlite":
+        database = Path(str(connection.settings_dict["NAME"]))
+        # SQLite gives its -wal, -shm and -journal files the mode of the database file.
+        paths += [database.with_name(database.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+    changed = []
+    for path in paths:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue  # not there (yet): created later under the umask
+        if mode & 0o077:
+            path.chmod(0o700 if path.is_dir() else 0o600)
+            changed.append(str(path))
+    return changed
+
+
 def main() -> int:
     problem = database_problem()
     if problem:

@@ -19,7 +19,9 @@ A plain request's body is read here in full before granian sees the request (as 
 bodies): a client that sends its headers and then stalls, or trickles its body, holds a coroutine
 of this process and never one of granian's workers. Bodies must fit `--max-body` (else 413; a chunked
 body is de-chunked here and passed on with its length); a client silent for BODY_IDLE_SECONDS while sending
-gets 408. At most MAX_CONNECTIONS connections are open at once, MAX_PER_CLIENT from one address;
+gets 408. A body larger than ASK_FIRST_ABOVE (or chunked) is not read before the application has
+admitted the request (`coordinator.admission`: authentication, permissions, throttles on the head
+alone); a refused client gets its 401/403/429 while its body is still unsent. At most MAX_CONNECTIONS connections are open at once, MAX_PER_CLIENT from one address;
 a connection past either gets 503 at once.
 
 granian refuses connections until one of its workers has loaded the application (seconds, while
@@ -65,7 +67,16 @@ UPSTREAM_RETRY = 0.05
 # reset the connection, and a reset can destroy the answer before the client has read it.
 LINGER_SECONDS = 2.0
 DRAIN_SECONDS = STOP_GRACE_SECONDS  # on stop, for the plain requests in flight (granian's grace is the same)
-FORWARDED = (b"x-forwarded-for", b"x-forwarded-port", b"x-forwarded-proto")
+# The admission question (coordinator/admission.py answers it): before reading a body larger than
+# ASK_FIRST_ABOVE, or a chunked one, the door sends the head alone with this method, the real one in
+# ADMISSION_HEADER; only an answer carrying `ADMISSION_HEADER: granted` lets the body be read.
+ADMISSION_METHOD = "ADMIT"
+ADMISSION_HEADER = "X-Coordinator-Admission"
+ASK_FIRST_ABOVE = 64 * 1024  # smaller bodies are read at once: the kernel buffers as much anyway
+ADMISSION_SECONDS = 30.0
+MAX_ADMISSION_ANSWER = 1024 * 1024
+# Headers a client may not send on: ours name the real client, or carry the door's question.
+FORWARDED = (b"x-forwarded-for", b"x-forwarded-port", b"x-forwarded-proto", ADMISSION_HEADER.lower().encode())
 
 
 def _answer(status: str, code: str, message: str) -> bytes:
@@ -186,6 +197,17 @@ class Router:
             self.connections[task] = path == self.asgi_socket
             if path == self.wsgi_socket:
                 try:
+                    length, _ = body_framing(head)
+                    if length is None or length > ASK_FIRST_ABOVE:
+                        # Authentication and throttles first: an anonymous or throttled client is
+                        # answered while its body is still unsent, and none of it is read.
+                        refusal = await self._admission(head, peer)
+                        if refusal is not None:
+                            with contextlib.suppress(ConnectionError):
+                                client_writer.write(refusal)
+                                await client_writer.drain()
+                            await self._linger(client_reader, client_writer)
+                            return
                     head, body = await self._buffered(head, client_reader, client_writer)
                 except BadFraming as refusal:
                     await self._refuse(client_writer, refusal.status, refusal.code, refusal.message)
@@ -273,6 +295,42 @@ class Router:
             raise
         body.seek(0)
         return with_length(head, size), body
+
+    async def _admission(self, head: bytes, peer: object) -> bytes | None:
+        """Ask the WSGI server whether this request may send its body: None if so, else the
+        server's answer (its refusal) to pass to the client."""
+        request_line, _, rest = head.partition(b"\r\n")
+        method, _, target = request_line.partition(b" ")
+        dropped = (b"expect", b"transfer-encoding", b"content-length", b"connection")
+        lines = [line for line in rest.split(b"\r\n") if line and line.split(b":", 1)[0].strip().lower() not in dropped]
+        question = forwarded_head(b"\r\n".join([ADMISSION_METHOD.encode() + b" " + target, *lines, b"", b""]), peer)
+        question = question[:-2] + b"%s: %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % (
+            ADMISSION_HEADER.encode(),
+            method,
+        )
+        upstream = await self._connect(self.wsgi_socket)
+        if upstream is None:
+            return _answer(
+                "502 Bad Gateway", "bad_gateway", "The application server is not ready yet; retry in a moment."
+            )
+        loop = asyncio.get_running_loop()
+        answer = b""
+        try:
+            async with asyncio.timeout(ADMISSION_SECONDS):
+                await loop.sock_sendall(upstream, question)
+                while len(answer) < MAX_ADMISSION_ANSWER and (data := await loop.sock_recv(upstream, CHUNK)):
+                    answer += data
+        except (TimeoutError, ConnectionError, OSError):
+            answer = b""
+        finally:
+            upstream.close()
+        answer_head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        granted = f"\r\n{ADMISSION_HEADER.lower()}: granted".encode()
+        if answer_head.startswith((b"http/1.1 204", b"http/1.0 204")) and granted in answer_head:
+            return None
+        if not answer_head.startswith(b"http/"):
+            return _answer("502 Bad Gateway", "bad_gateway", "The application server did not answer.")
+        return answer
 
     @staticmethod
     async def _read(step: Any) -> bytes:

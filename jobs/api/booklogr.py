@@ -11,6 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, set_rollback
@@ -18,10 +19,10 @@ from rest_framework.views import APIView, set_rollback
 from coordinator.api.idempotency import IdempotentCreateMixin
 from coordinator.api.parsers import JSONParser
 from coordinator.errors import ApplicationError, as_application_error
-from coordinator.permissions import platform_user
+from coordinator.permissions import IsPlatformUser, platform_user
 from jobs import conf
 from jobs.api.common import BodyError, booklogr_error, json_body
-from jobs.errors import ArgumentError, JobNotAllowedError, UnknownJobTypeError
+from jobs.errors import ArgumentError, UnknownJobTypeError
 from jobs.exports import file_path, upload_store
 from jobs.models import Job
 from jobs.registry import all_specs, get_spec
@@ -256,8 +257,23 @@ class CappedUploadHandler(FileUploadHandler):
         return self.received > self.limit
 
 
+class MayImport(BasePermission):
+    """An upload (POST) only from a user who may run `jsonl_import`. A permission, not a check in
+    the handler, so that it runs before any of the body is read: in the view, and in the front
+    door's admission question before it buffers the upload (coordinator/admission.py)."""
+
+    message = "You don't have permission to import into the task pool."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if request.method != "POST":
+            return True
+        user, spec = platform_user(request), get_spec("jsonl_import")
+        return user is not None and spec is not None and user_may_run(user, spec)
+
+
 class FileListApi(BookLogrView):
     parser_classes = [MultiPartParser, FormParser]
+    permission_classes = [IsPlatformUser, MayImport]
 
     class UploadSerializer(serializers.Serializer):
         class Meta:
@@ -307,11 +323,8 @@ class FileListApi(BookLogrView):
     def post(self, request: Request) -> Response:
         user = platform_user(request)
         assert user is not None
-        # Permission and declared size first: nothing of the body is read (or written to a
-        # temporary file) for a caller who may not import, or for a body over the limit.
-        spec = get_spec("jsonl_import")
-        if spec is None or not user_may_run(user, spec):
-            raise JobNotAllowedError("You don't have permission to import into the task pool.")
+        # Declared size first (the permission, MayImport, came before the handler): nothing of the
+        # body is read (or written to a temporary file) for a body over the limit.
         too_large = Response({"error": "Payload too large", "message": "The file is too large."}, status=413)
         declared = str(request.META.get("CONTENT_LENGTH") or "")
         if declared.isdigit() and int(declared) > conf.upload_max_bytes() + MULTIPART_ALLOWANCE:

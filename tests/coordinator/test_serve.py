@@ -618,6 +618,11 @@ def _door_scenario(scenario_body: Any, monkeypatch: pytest.MonkeyPatch, **limits
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"ADMIT "):  # the door's question before a large or chunked body: go on
+            writer.write(b"HTTP/1.1 204 No Content\r\nX-Coordinator-Admission: granted\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            writer.close()
+            return
         length = int(re.search(rb"Content-Length: (\d+)", head).group(1)) if b"Content-Length" in head else 0
         seen.append(head + await reader.readexactly(length))
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
@@ -726,3 +731,47 @@ def test_front_door_caps_connections_per_client(monkeypatch: pytest.MonkeyPatch)
 
     answer = _door_scenario(body, monkeypatch, MAX_PER_CLIENT=2)
     assert answer.startswith(b"HTTP/1.1 503") and b"too_many_connections" in answer
+
+
+def test_serve_makes_the_data_that_migrate_created_private(tmp_path: Path) -> None:
+    """`./dev up` runs `migrate` under the shell's umask (022) before `serve`: the SQLite file (with
+    password hashes and sessions) was readable by every local user. `serve` makes it private."""
+    var = tmp_path / "var"
+    env = server_env(COORDINATOR_VAR_DIR=str(var))
+    env.pop("DATABASE_URL")  # the embedded default: a SQLite file in the data directory
+
+    def shell_umask() -> None:
+        os.umask(0o022)
+
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=300,
+        preexec_fn=shell_umask,
+    )
+    database = var / "coordinator.sqlite3"
+    var.chmod(0o755)  # as a directory made by hand, or by an older version, would be
+    assert database.stat().st_mode & 0o044  # what a local user could read until now
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - the child keeps writing to it
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", "1", "--no-qcluster"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=shell_umask,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=90, proc=proc)
+        exposed = [
+            f"{path} {path.stat().st_mode & 0o777:o}"
+            for path in [var, *var.glob("coordinator.sqlite3*")]
+            if path.stat().st_mode & 0o077
+        ]
+        assert exposed == []
+    finally:
+        stop_and_read(proc, tmp_path)

@@ -272,3 +272,14 @@ def test_the_composer_refuses_what_the_database_cannot_store(staff, make_device)
         Message._meta.get_field("to").max_length = limit
     assert "5 devices are too many for one list" in too_long.content.decode()
     assert not Message.objects.filter(type="task").exists()
+
+
+@pytest.mark.parametrize("value", ["off", "0", "no", "false", ""])
+def test_a_scripted_post_that_does_not_tick_the_fleet_box_sends_to_nobody(staff, make_device, value):
+    make_device("a"), make_device("b")
+    refused = staff.post(
+        reverse("admin:pool_task_add"),
+        {"target": "all", "confirm_all": value, "title": "all", "body": "", "meta_json": ""},
+    )
+    assert "This goes to all 2 devices: tick the box to confirm." in refused.content.decode()
+    assert not Message.objects.filter(type="task").exists()

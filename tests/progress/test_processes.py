@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from django.test import override_settings
 
 from progress.client import stream
 from tests.conftest import access_token_for
@@ -130,3 +131,137 @@ def test_a_redis_restart_while_streaming_stores_each_event_once_and_readers_get_
     assert sorted(texts) == sorted(expected)  # every event, once (the table read may reorder a few)
     stored = list(ProgressEvent.objects.filter(topic="stream:0", kind="msg").values_list("text", flat=True))
     assert sorted(stored) == sorted(expected)  # stored exactly once
+
+
+def _ws_close_code(base: str, token: str) -> int:
+    """Open `/ws/progress/` by hand (RFC 6455 handshake) and return the code of the server's close frame."""
+    import base64
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    netloc = urlsplit(base).netloc
+    host, port = netloc.split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(
+            (
+                f"GET /ws/progress/?token={token} HTTP/1.1\r\nHost: {netloc}\r\nOrigin: {base}\r\n"
+                f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            raw += sock.recv(4096)
+        head, frames = raw.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        while len(frames) < 4:
+            chunk = sock.recv(4096)
+            assert chunk, "closed without a close frame"
+            frames += chunk
+        assert frames[0] == 0x88, frames  # a close frame, unfragmented
+        return int.from_bytes(frames[2:4], "big")
+
+
+def _sse_status(base: str, token: str) -> int:
+    import requests
+
+    response = requests.get(
+        f"{base}/progress/events?token={token}", headers={"Accept": "text/event-stream"}, stream=True, timeout=20
+    )
+    response.close()
+    return int(response.status_code)
+
+
+@contextmanager
+def _daphne(**extra_env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    from tests.live import BIN, wait_for_http
+    from tests.progress.conftest import stop_process
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "coordinator.asgi:application"],
+        cwd=ROOT,
+        env=server_env(**extra_env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/healthz", proc=proc)
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            stop_process(proc, 15)
+
+
+def test_the_per_user_stream_cap_holds_across_asgi_processes(user) -> None:
+    """A user at the cap on one daphne is refused on another (SSE 429, WebSocket 4429), and gets
+    the slot there once the stream on the first one closes."""
+    token = access_token_for(user)
+    with _daphne(PROGRESS_STREAMS_PER_USER="1") as (first, _), _daphne(PROGRESS_STREAMS_PER_USER="1") as (second, _):
+        holder = SseReader(f"{first}/progress/events?token={token}")
+        wait_for(lambda: holder.frames, message="the first stream open")
+        assert _sse_status(second, token) == 429
+        assert _ws_close_code(second, token) == 4429
+        assert _ws_close_code(first, token) == 4429
+        holder.close()  # the user closes the tab on the first process ...
+        wait_for(
+            lambda: _sse_status(second, token) == 200, message="the slot free again on the second"
+        )  # ... and may open one here
+
+
+def test_a_killed_holders_stream_slot_comes_back_when_its_lease_lapses(user) -> None:
+    """A daphne killed with streams open cannot give their slots back; they stay taken until the
+    lease (renewed on each keep-alive) lapses, then any process may hand them out again."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from progress import conf
+    from progress.services import stream_lease_acquire
+
+    token = access_token_for(user)
+    with _daphne(PROGRESS_STREAMS_PER_USER="1") as (first, proc), _daphne(PROGRESS_STREAMS_PER_USER="1") as (second, _):
+        holder = SseReader(f"{first}/progress/events?token={token}")
+        wait_for(lambda: holder.frames, message="the stream open")
+        proc.kill()  # SIGKILL: no `finally` runs, the slot is not given back
+        proc.wait()
+        holder.close()
+        assert _sse_status(second, token) == 429  # still taken: nobody can tell a dead holder yet
+        with override_settings(PROGRESS_STREAMS_PER_USER=1):
+            assert stream_lease_acquire(user_id=user.pk) is None
+            later = timezone.now() + timedelta(seconds=conf.lease_seconds() + 1)
+            assert stream_lease_acquire(user_id=user.pk, now=later) is not None  # the lapsed lease is free
+
+
+TAKE_SLOT = """
+import os, time, django; django.setup()
+from progress.services import stream_lease_acquire
+while not os.path.exists({start!r}):
+    time.sleep(0.005)
+print(stream_lease_acquire(user_id={user}))
+"""
+
+
+def test_processes_taking_slots_at_once_never_pass_the_cap(user, tmp_path) -> None:
+    """Five processes take a slot of one user at the same moment, with room for two: two get one,
+    each a different slot (the unique (user, slot) constraint decides), three get none."""
+    from progress.models import StreamLease
+
+    start = tmp_path / "go"
+    takers = [
+        subprocess.Popen(
+            [sys.executable, "-c", TAKE_SLOT.format(start=str(start), user=user.pk)],
+            cwd=ROOT,
+            env=server_env(PROGRESS_STREAMS_PER_USER="2"),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(5)
+    ]
+    start.touch()
+    answers = [taker.communicate(timeout=120)[0].strip() for taker in takers]
+    assert answers.count("None") == 3 and all(a.isdigit() for a in answers if a != "None"), answers
+    assert sorted(StreamLease.objects.filter(user=user).values_list("slot", flat=True)) == [0, 1]

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.urls import NoReverseMatch, reverse
 
-from coordinator.serving.preflight import database_problem
+from coordinator.serving.preflight import data_make_private, database_problem
 from coordinator.serving.supervision import STOP_GRACE_SECONDS, ProcessSpec, run_supervised
 
 
@@ -206,6 +206,8 @@ class Command(BaseCommand):
         # Everything the platform's processes create from here on (sockets, the SQLite file, exports,
         # the journal, logs) is readable by the service user only, whatever the shell's umask.
         os.umask(0o077)
+        for path in data_make_private():  # ... and what the shell created before, as `migrate` does
+            self.stdout.write(f"made private (readable by the service user only): {path}")
         Path(settings.RUN_DIR).mkdir(parents=True, exist_ok=True)
         specs = build_process_specs(
             host=options["host"],
