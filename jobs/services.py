@@ -554,8 +554,10 @@ def jobs_sweep() -> dict[str, list[Any]]:
     from django.core.cache import cache
 
     from jobs.exports import orphan_parts_remove
+    from progress.watchdog import watchdog_sweep_if_due
 
     cache.set(conf.SWEEP_SEEN_KEY, time.time(), timeout=None)  # the cluster's sign of life (/healthz)
+    watchdog_sweep_if_due()  # the silence watchdog's rules, at most every 30 s across clusters
     return {
         "recovered": jobs_recover_stale(),
         "requeued": jobs_requeue_undelivered(),

@@ -20,6 +20,7 @@ from coordinator.errors import PermissionDeniedError, ValidationFailedError
 from coordinator.models import Role, User
 from coordinator.services import audit_record
 from progress.events import Event
+from progress.watchdog import alert_raise, alert_resolve
 from webhooks import net
 from webhooks.models import Delivery, EventType, Subscription
 
@@ -123,6 +124,7 @@ def subscription_update(
     if enabled is not None:
         if enabled and not locked.enabled:
             locked.consecutive_failures, locked.disabled_reason = 0, ""
+            alert_resolve(key=f"webhook:{locked.pk}")
         locked.enabled = enabled
     locked.save()
     after = _shown(locked) | ({"secret": "changed"} if new_secret else {})
@@ -333,3 +335,8 @@ def _failure_record(
     ):
         subscription.refresh_from_db()
         logger.warning("webhook %s disabled: %s", subscription.pk, subscription.disabled_reason)
+        alert_raise(
+            key=f"webhook:{subscription.pk}",
+            message=f"Webhook {subscription.pk} ({subscription.url[:100]}) disabled: {subscription.disabled_reason}",
+            owner_id=subscription.owner_id,
+        )

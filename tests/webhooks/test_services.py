@@ -171,3 +171,44 @@ def test_a_subscription_is_disabled_after_repeated_failures(
     assert len(receiver.received) == 1
     finish_a_job(user)
     assert Delivery.objects.count() == 1
+
+
+def test_alerts_are_sent_when_raised_and_resolved(admin: User, receiver: Receiver, allow_private: None) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from progress.models import WatchRule
+    from progress.watchdog import watchdog_sweep
+    from tests.factories import ProgressTopicFactory
+
+    subscription_create(owner=admin, url=receiver.url, events=["alert.raised", "alert.resolved"])
+    WatchRule.objects.create(name="quiet streams", kind="silent", pattern="stream:*", minutes=5)
+    then = timezone.now() - timedelta(hours=1)
+    ProgressTopicFactory(topic="stream:3", started_at=then, updated_at=then)
+    watchdog_sweep(now=then + timedelta(minutes=6))
+    progress_publish(topic="stream:3", kind="msg", text="back")
+    watchdog_sweep(now=timezone.now() + timedelta(minutes=1))
+    for delivery in Delivery.objects.order_by("id"):
+        deliver(delivery)
+    bodies = [json.loads(r["body"]) for r in receiver.received]
+    assert [b["type"] for b in bodies] == ["alert.raised", "alert.resolved"]
+    assert bodies[0]["data"]["topic"] == "stream:3" and bodies[0]["data"]["rule"] == "quiet streams"
+    assert bodies[1]["data"]["resolved_at"] is not None
+
+
+def test_disabling_raises_a_notice_that_enabling_resolves(user: User, receiver: Receiver, allow_private: None) -> None:
+    from progress.selectors import alert_list_open
+    from webhooks.services import subscription_update
+
+    subscription, _ = subscription_create(owner=user, url=receiver.url, events=["job.finished"])
+    Subscription.objects.filter(pk=subscription.pk).update(consecutive_failures=DISABLE_AFTER_FAILURES - 1)
+    receiver.answers = [500]
+    finish_a_job(user)
+    deliver(Delivery.objects.get())
+    [notice] = alert_list_open()
+    assert notice.key == f"webhook:{subscription.pk}" and "disabled" in notice.message
+    subscription_update(subscription=subscription, enabled=True)
+    assert list(alert_list_open()) == []
+    subscription.refresh_from_db()
+    assert subscription.enabled and subscription.consecutive_failures == 0
