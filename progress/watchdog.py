@@ -207,19 +207,18 @@ def _stalled(rule: WatchRule, now: datetime) -> list[tuple[str, str, int | None]
     busy = {t: (s.get(value_field), o) for t, s, o in rows if isinstance(s, dict) and (s.get(busy_field) or 0) > 0}
     marks = {m.topic: m for m in WatchMark.objects.filter(rule=rule)}
     cutoff = now - timedelta(minutes=rule.minutes)
-    found = []
+    found, moved = [], []
     for topic, (value, owner) in busy.items():
         mark = marks.pop(topic, None)
         if mark is None or mark.value != value:
-            WatchMark.objects.update_or_create(rule=rule, topic=topic, defaults={"value": value, "since": now})
+            moved.append(WatchMark(rule=rule, topic=topic, value=value, since=now))
         elif mark.since < cutoff:
-            found.append(
-                (
-                    topic,
-                    f"{topic}: {value_field} at {value} for {_minutes((now - mark.since).total_seconds() / 60)} while busy",
-                    owner,
-                )
-            )
+            held = _minutes((now - mark.since).total_seconds() / 60)
+            found.append((topic, f"{topic}: {value_field} at {value} for {held} while busy", owner))
+    # One statement for every topic whose value moved (or that began to be watched).
+    WatchMark.objects.bulk_create(
+        moved, update_conflicts=True, unique_fields=["rule", "topic"], update_fields=["value", "since"]
+    )
     if len(rows) < SWEEP_LIMIT:  # marks of topics no longer busy (or gone) are forgotten
         WatchMark.objects.filter(pk__in=[m.pk for m in marks.values()]).delete()
     return found

@@ -17,7 +17,8 @@ def subscription_list(*, user: User) -> QuerySet[Subscription]:
 
 def subscription_get(*, user: User, subscription_id: int) -> Subscription:
     """One webhook the user may see and change, or WebhookNotFoundError (also for another's)."""
-    found = subscription_list(user=user).filter(pk=subscription_id).first()
+    # ids beyond the column's range cannot exist (and the database would refuse the comparison)
+    found = subscription_list(user=user).filter(pk=subscription_id).first() if 0 < subscription_id < 2**63 else None
     if found is None:
         raise WebhookNotFoundError(extra={"id": subscription_id})
     return found

@@ -137,3 +137,18 @@ def test_each_webhook_change_writes_one_audit_entry(
     assert [e.action for e in entries] == ["webhook.create", "webhook.update", "webhook.delete"]
     assert all(e.actor_id == user.pk for e in entries)
     assert "whsec_" not in str([(e.before, e.after, e.details) for e in entries])  # secrets stay out
+
+
+def test_hostile_ids_and_bodies_get_a_4xx(admin: User, client_for: Callable[[User], APIClient]) -> None:
+    api = client_for(admin)
+    huge = "9" * 40
+    for response in (api.get(f"/webhooks/{huge}"), api.patch(f"/webhooks/{huge}", {}, format="json")):
+        assert response.status_code == 404
+    too_big = {"url": "https://example.com/x", "events": ["job.finished"], "event_owner": 10**30}
+    assert api.post("/webhooks/", too_big, format="json").status_code == 400
+    nobody = {"url": "https://example.com/x", "events": ["job.finished"], "event_owner": 2**62}
+    assert api.post("/webhooks/", nobody, format="json").json()["extra"]["fields"] == {"event_owner": ["unknown"]}
+    assert api.post("/webhooks/", "{not json", content_type="application/json").status_code == 400
+    nul = {"url": "https://example.com/\x00", "events": ["job.finished"]}
+    assert api.post("/webhooks/", nul, format="json").status_code == 400
+    assert not Subscription.objects.exists()

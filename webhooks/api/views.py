@@ -62,7 +62,11 @@ class WebhookListApi(APIView):
         events = serializers.ListField(child=serializers.ChoiceField(choices=EventType.choices), min_length=1)
         secret = serializers.CharField(min_length=16, max_length=200, required=False, help_text="Generated if omitted.")
         event_owner = serializers.IntegerField(
-            required=False, allow_null=True, help_text="Admins: only this user's events (default: everyone's)."
+            required=False,
+            allow_null=True,
+            min_value=1,
+            max_value=2**63 - 1,
+            help_text="Admins: only this user's events (default: everyone's).",
         )
 
     @extend_schema(responses={200: WebhookOutput(many=True), **ERRORS}, tags=TAGS)
