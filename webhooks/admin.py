@@ -73,6 +73,10 @@ class SubscriptionAdmin(SafeSelectionMixin, admin.ModelAdmin):  # type: ignore[t
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         return None  # no related rows; the service saved everything
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # Whose webhook it is, and whose events it carries, are decided when it is created.
+        return (*super().get_readonly_fields(request, obj), *(("owner", "event_owner") if obj else ()))
+
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         return {"owner": request.user.pk, **super().get_changeform_initial_data(request)}
 
