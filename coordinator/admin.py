@@ -11,9 +11,9 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from coordinator.admin_site import SafeSelectionMixin
+from coordinator.admin_site import ReadOnlyAdmin, SafeSelectionMixin
 from coordinator.errors import ApplicationError
-from coordinator.models import Role, User
+from coordinator.models import AuditEntry, Role, User
 from coordinator.services import user_deactivate, user_set_role
 
 
@@ -135,3 +135,28 @@ def _actor(request: HttpRequest) -> User:
 def _is_admin(request: HttpRequest) -> bool:
     user = request.user
     return isinstance(user, User) and user.is_active and user.role == Role.ADMIN
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ReadOnlyAdmin):
+    """The audit trail: read and filtered by staff with the view permission, changed by nobody
+    (admins included: the model and, on PostgreSQL, the database refuse it as well)."""
+
+    list_display = ("at", "actor_label", "address", "action", "target_type", "target_label")
+    list_filter = ("action", "target_type", ("at", admin.DateFieldListFilter))
+    search_fields = ("actor_label", "address", "action", "target_label", "=target_id")
+    date_hierarchy = "at"
+    fields = (
+        "at",
+        "actor_label",
+        "actor_id",
+        "address",
+        "action",
+        "target_type",
+        "target_id",
+        "target_label",
+        "before",
+        "after",
+        "details",
+    )
+    readonly_fields = fields

@@ -17,8 +17,10 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 
+from coordinator.services import audit_record
 from coordinator.throttling import first_refusal
 
 logger = logging.getLogger(__name__)
@@ -78,7 +80,66 @@ class CoordinatorAdminSite(admin.AdminSite):
         return super().index(request, context)
 
 
-class SafeSelectionMixin:
+class AuditedAdminMixin:
+    """Every admin page's changes reach the audit trail through here (every ModelAdmin of the
+    platform has it, through SafeSelectionMixin): additions, edits (with the changed fields'
+    values before and after), deletions and actions. Services the admin calls record their own
+    changes; the request's one entry holds them all (coordinator.services.audit_scope)."""
+
+    # Never copied into the trail, even as "before"/"after": hashes and secrets.
+    AUDIT_HIDDEN = frozenset({"password", "secret", "secret_hash", "password1", "password2"})
+
+    def construct_change_message(self, request: HttpRequest, form: Any, formsets: Any, add: bool = False) -> Any:
+        changed = [name for name in getattr(form, "changed_data", []) if name not in self.AUDIT_HIDDEN]
+        request._audit_change = (  # type: ignore[attr-defined]
+            {name: _plain(form.initial.get(name)) for name in changed},
+            {name: _plain(form.cleaned_data.get(name)) for name in changed},
+        )
+        return super().construct_change_message(request, form, formsets, add)  # type: ignore[misc]
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        _, after = getattr(request, "_audit_change", ({}, {}))
+        audit_record(action="admin.add", target=obj, after=after)
+        return super().log_addition(request, obj, message)  # type: ignore[misc]
+
+    def log_change(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        before, after = getattr(request, "_audit_change", ({}, {}))
+        audit_record(action="admin.change", target=obj, before=before, after=after)
+        return super().log_change(request, obj, message)  # type: ignore[misc]
+
+    def log_deletions(self, request: HttpRequest, queryset: Any) -> Any:
+        for obj in queryset:
+            audit_record(action="admin.delete", target=obj, before={"label": str(obj)})
+        return super().log_deletions(request, queryset)  # type: ignore[misc]
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet[Any]) -> HttpResponse | None:
+        response = super().response_action(request, queryset)  # type: ignore[misc]
+        # None: no action ran (none chosen, nothing selected); a page to confirm on
+        # (delete_selected's first step) is not the action yet. What ran redirects back, or
+        # answers with what it made (a file).
+        if response is not None and not isinstance(response, TemplateResponse):
+            name = str(request.POST.get("action", ""))
+            selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)[:1000]
+            opts = self.model._meta  # type: ignore[attr-defined]
+            audit_record(
+                action=f"admin.action.{name}"[:100],
+                target=f"{opts.verbose_name_plural}: {len(selected)} selected",
+                after={"model": opts.label_lower, "selected": selected},
+                lead=True,
+            )
+        return response
+
+
+def _plain(value: Any) -> Any:
+    """A form value as the trail keeps it (rows by their id, many rows as a list of ids)."""
+    if isinstance(value, QuerySet):
+        return [obj.pk for obj in value]
+    if hasattr(value, "pk"):
+        return value.pk
+    return value
+
+
+class SafeSelectionMixin(AuditedAdminMixin):
     """Refuses, with a message, an action on a selection that names no valid row: Django's admin
     filters by the posted ids first, so `abc` or a 40-digit id answered 500 on every list."""
 
@@ -112,3 +173,16 @@ class ServiceActionsAdmin(SafeSelectionMixin, admin.ModelAdmin):  # type: ignore
     def has_operate_permission(self, request: HttpRequest) -> bool:
         opts = self.opts
         return bool(request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}"))
+
+
+class ReadOnlyAdmin(SafeSelectionMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+    """A system table staff read and filter and nobody writes through the admin (logs, trails)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

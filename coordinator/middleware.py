@@ -113,3 +113,21 @@ class ApiErrorEnvelopeMiddleware:
         if isinstance(exception, SuspiciousOperation):
             return error_response(400, "bad_request", "The request was refused as malformed.")
         return None
+
+
+class AuditMiddleware:
+    """Each state-changing request is one operator action: the audit records its services make
+    (coordinator.services.audit_record) become one entry, written when the answer is ready."""
+
+    UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.method not in self.UNSAFE:
+            return self.get_response(request)
+        from coordinator.services import audit_scope
+
+        with audit_scope(request=request):
+            return self.get_response(request)

@@ -102,3 +102,55 @@ class IdempotentAnswer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} ({self.status})"
+
+
+class AuditEntryImmutableError(Exception):
+    """Raised on any attempt to change or remove an audit entry: the trail is append-only."""
+
+
+class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
+    def update(self, **kwargs: Any) -> int:
+        raise AuditEntryImmutableError("Audit entries cannot be changed.")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise AuditEntryImmutableError("Audit entries cannot be deleted.")
+
+
+class AuditEntry(models.Model):
+    """One operator action: who, when, from which address, what, on which target, the values
+    before and after, and (`details`) the further changes the same action made. Append-only: the
+    model, its querysets and (on PostgreSQL) a trigger refuse every update and delete."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    # No database constraint and no cascade: deleting a user keeps the entries (and the email).
+    actor = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    actor_label = models.CharField("who", max_length=254, blank=True, default="")
+    address = models.CharField(max_length=64, blank=True, default="")
+    action = models.CharField(max_length=100, db_index=True)
+    target_type = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    target_id = models.CharField(max_length=64, blank=True, default="")
+    target_label = models.CharField("target", max_length=200, blank=True, default="")
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    details = models.JSONField(default=list, blank=True)
+
+    objects = AuditEntryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = "audit entry"
+        verbose_name_plural = "audit trail"
+        indexes = [models.Index(fields=["target_type", "target_id"], name="audit_entry_target")]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.target_label}".strip()
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise AuditEntryImmutableError("Audit entries cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise AuditEntryImmutableError("Audit entries cannot be deleted.")

@@ -1,9 +1,10 @@
-"""Reads on users and platform health."""
+"""Reads on users, the audit trail and platform health."""
 
 from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from django.conf import settings
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
-from coordinator.models import IdempotentAnswer
+from coordinator.models import AuditEntry, IdempotentAnswer, User
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +96,28 @@ def platform_health() -> dict[str, str]:
 def idempotent_answer_find(*, scope: str, key: str, keep: timedelta) -> IdempotentAnswer | None:
     """The stored answer for this key, unless it is older than `keep`."""
     return IdempotentAnswer.objects.filter(scope=scope, key=key, created_at__gte=timezone.now() - keep).first()
+
+
+AUDIT_EXPORT_COLUMNS = (
+    "id",
+    "at",
+    "actor",
+    "address",
+    "action",
+    "target_type",
+    "target_id",
+    "target",
+    "before",
+    "after",
+    "details",
+)
+
+
+def audit_export_rows(*, user: User | None, everything: bool) -> Iterator[dict[str, Any]]:
+    """The audit trail for an export: every entry for an admin's `everything`, else the user's own actions."""
+    qs = AuditEntry.objects.order_by("pk")
+    if not everything:
+        qs = qs.filter(actor_id=user.pk if user is not None else None)
+    fields = ("pk", "at", "actor_label", "address", "action", "target_type", "target_id", "target_label")
+    for row in qs.values_list(*fields, "before", "after", "details").iterator(chunk_size=5000):
+        yield dict(zip(AUDIT_EXPORT_COLUMNS, (*row[:1], row[1].isoformat(), *row[2:]), strict=True))

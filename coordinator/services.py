@@ -1,17 +1,23 @@
-"""Writes on users."""
+"""Writes on users, and the audit trail every operator action goes through."""
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import models, transaction
+from django.http import HttpRequest
 from django.utils import timezone
 
 from coordinator.errors import PermissionDeniedError, ValidationFailedError
-from coordinator.models import IdempotentAnswer, Role, User
+from coordinator.models import AuditEntry, IdempotentAnswer, Role, User
 
 
 def _apply_role(user: User, role: str) -> None:
@@ -43,8 +49,12 @@ def user_set_role(*, user: User, role: str, actor: User) -> bool:
         User.objects.filter(role=Role.ADMIN, is_active=True).exclude(pk=locked.pk).exists()
     ):
         raise PermissionDeniedError("This is the last active admin: make another admin first.")
+    before = {"role": locked.role, "is_staff": locked.is_staff}
     _apply_role(locked, role)
     locked.save(update_fields=["role", "is_staff", "is_superuser"])
+    audit_record(
+        action="user.role_set", target=locked, before=before, after={"role": role, "is_staff": locked.is_staff}
+    )
     user.role, user.is_staff, user.is_superuser = locked.role, locked.is_staff, locked.is_superuser
     return True
 
@@ -58,7 +68,10 @@ def user_deactivate(*, user: User, actor: User) -> bool:
         raise PermissionDeniedError("You cannot deactivate yourself.")
     if user.role == Role.ADMIN and actor.role != Role.ADMIN:
         raise PermissionDeniedError("Only an admin can deactivate an admin.")
-    return User.objects.filter(pk=user.pk, is_active=True).update(is_active=False) == 1
+    changed = User.objects.filter(pk=user.pk, is_active=True).update(is_active=False) == 1
+    if changed:
+        audit_record(action="user.deactivate", target=user, before={"is_active": True}, after={"is_active": False})
+    return changed
 
 
 @transaction.atomic
@@ -111,3 +124,124 @@ def idempotent_answer_store(
     IdempotentAnswer.objects.create(
         scope=scope, key=key, fingerprint=fingerprint, status=status, content=content, content_type=content_type
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The audit trail. One operator action (one state-changing request, one admin action, one
+# command) writes exactly one entry, however many services it calls: the first record names the
+# action; what else the same action changed goes into the entry's `details`. Services call
+# `audit_record()` in their transaction; a record counts only once that transaction commits.
+# Outside an operator's action (a worker running a job, a sweep) nothing is recorded: the action
+# that asked for the work was.
+
+
+@dataclass
+class AuditScope:
+    """The operator action in progress: who, from where, and the records it made so far."""
+
+    request: HttpRequest | None = None
+    actor: User | None = None
+    address: str = ""
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def who(self) -> User | None:
+        if self.actor is not None:
+            return self.actor
+        user = getattr(self.request, "user", None) if self.request is not None else None
+        return user if isinstance(user, User) and user.is_authenticated else None
+
+
+_scope: contextvars.ContextVar[AuditScope | None] = contextvars.ContextVar("audit_scope", default=None)
+
+
+def _target(target: models.Model | str | None) -> tuple[str, str, str]:
+    if target is None:
+        return "", "", ""
+    if isinstance(target, str):
+        return "", "", target[:200]
+    return target._meta.label_lower, str(target.pk or "")[:64], str(target)[:200]
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    from django.core.serializers.json import DjangoJSONEncoder
+
+    return json.loads(json.dumps(value, cls=DjangoJSONEncoder, default=str))
+
+
+@contextmanager
+def audit_scope(
+    *, request: HttpRequest | None = None, actor: User | None = None, address: str = ""
+) -> Iterator[AuditScope]:
+    """Group the audit records of one operator action into one entry, written when it ends.
+
+    Nested scopes join the outer one. Middleware opens one per state-changing request; commands
+    open one with `actor=None` (the host's operator) to have their records kept."""
+    outer = _scope.get()
+    if outer is not None:
+        yield outer
+        return
+    if request is not None and not address:
+        address = str(request.META.get("REMOTE_ADDR") or "")
+    scope = AuditScope(request=request, actor=actor, address=address)
+    token = _scope.set(scope)
+    try:
+        yield scope
+    finally:
+        _scope.reset(token)
+        if scope.records:
+            _entry_write(scope)
+
+
+def _entry_write(scope: AuditScope) -> AuditEntry:
+    first, rest = scope.records[0], scope.records[1:]
+    who = scope.who()
+    return AuditEntry.objects.create(
+        actor=who,
+        actor_label=who.email if who is not None else "",
+        address=scope.address[:64],
+        details=rest,
+        **first,
+    )
+
+
+def audit_record(
+    *,
+    action: str,
+    target: models.Model | str | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    actor: User | None = None,
+    request: HttpRequest | None = None,
+    lead: bool = False,
+) -> None:
+    """Record one operator action (`"<app>.<what>"`) on `target` once the caller's writes commit.
+
+    Within an operator's action (a request, an admin action, a command's scope) it joins that
+    action's one entry; given `actor` or `request` outside one it writes an entry of its own;
+    otherwise (a worker, a sweep: not an operator's action) nothing is recorded. `lead` makes this
+    record the one that names the entry (the admin action that made the other changes)."""
+    target_type, target_id, target_label = _target(target)
+    record = {
+        "action": action[:100],
+        "target_type": target_type,
+        "target_id": target_id,
+        "target_label": target_label,
+        "before": _jsonable(before or {}),
+        "after": _jsonable(after or {}),
+    }
+    scope = _scope.get()
+    if scope is None:
+        if actor is None and request is None:
+            return
+
+        def write() -> None:
+            with audit_scope(request=request, actor=actor) as own:
+                own.records.append(record)
+
+        transaction.on_commit(write)
+        return
+    if actor is not None and scope.actor is None:
+        scope.actor = actor
+    transaction.on_commit(lambda: scope.records.insert(0, record) if lead else scope.records.append(record))

@@ -160,6 +160,7 @@ INSTALLED_APPS = [
     "farm",
     "jobs",
     "progress",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -173,6 +174,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # The front door's question before it reads a large body (coordinator/admission.py).
     "coordinator.admission.AdmissionMiddleware",
+    "coordinator.middleware.AuditMiddleware",
     "progress.middleware.LiveCoverageMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -381,6 +383,7 @@ API_PATH_PREFIXES = [
     "/protected",
     "/ping",
     "/progress/",
+    "/webhooks/",
     "/healthz",
     "/schema/",
 ]
@@ -517,3 +520,8 @@ PROGRESS_MAX_STREAMS = env_int("PROGRESS_MAX_STREAMS", 1000, minimum=1)
 # Open SSE streams and WebSockets one signed-in user may hold at once, across all ASGI processes.
 PROGRESS_STREAMS_PER_USER = env_int("PROGRESS_STREAMS_PER_USER", 20, minimum=1)
 PROGRESS_RETENTION_SECONDS = env_float("PROGRESS_RETENTION_SECONDS", 3600.0, minimum=1.0)
+
+# --- Webhooks (webhooks) --------------------------------------------------------------------------
+# Allow webhook URLs on loopback, private, link-local and other non-public addresses (1/0). Off:
+# refused at subscription and again at every delivery, after resolving the host name.
+WEBHOOKS_ALLOW_PRIVATE = env_bool("WEBHOOKS_ALLOW_PRIVATE", False)

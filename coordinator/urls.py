@@ -23,4 +23,5 @@ urlpatterns = [
     path("", include("farm.urls")),
     path("", include("jobs.urls")),
     path("", include("progress.urls")),
+    path("", include("webhooks.urls")),
 ]

@@ -21,6 +21,7 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from coordinator.models import User
+from coordinator.services import audit_record
 from farm import throttle
 from farm.conf import max_attempts
 from farm.errors import LeaseLostError, RunNotFoundError, TaskNotFoundError, WorkerExistsError
@@ -178,6 +179,7 @@ def run_control(*, run: Run, controls: RunControls) -> Run:
         fields.append("paused")
     if fields:
         locked.save(update_fields=fields)
+        audit_record(action="run.control", target=locked, after={f: getattr(locked, f) for f in fields})
     if controls.paused is not None:
         _publish_msg(locked, "paused" if locked.paused else "resumed" if resumed else "running")
     return locked
@@ -189,6 +191,7 @@ def run_delete(*, run: Run) -> None:
     it inserted go too (the database's ON DELETE CASCADE, migration 0006)."""
     throttle.forget(run.pk)
     topic, owner_id = run_topic(run), run.owner_id
+    audit_record(action="run.delete", target=run)
     Run.objects.filter(pk=run.pk).delete()
     progress_publish(topic=topic, kind="end", text="run deleted", owner_id=owner_id)
 
@@ -219,6 +222,7 @@ def run_restart(*, run: Run, what: str) -> int:
         changed = (lapsed | below.exclude(spared)).update(**back)
     else:
         raise ValueError(f"unknown restart {what!r}")
+    audit_record(action="run.restart", target=run, after={"what": what, "tasks": changed})
     _publish_msg(_locked_run(run.pk), f"restarted {changed} tasks")
     return changed
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from coordinator.selectors import AUDIT_EXPORT_COLUMNS, audit_export_rows
 from jobs import conf
 from jobs.bulk import bulk_action
 from jobs.context import JobContext
@@ -15,6 +16,7 @@ from jobs.selectors import JOB_EXPORT_COLUMNS, job_export_rows
 from jobs.services import job_cancel, job_retry
 
 dataset_register(name="jobs", title="Background jobs", columns=JOB_EXPORT_COLUMNS, rows=job_export_rows)
+dataset_register(name="audit", title="Audit trail", columns=AUDIT_EXPORT_COLUMNS, rows=audit_export_rows)
 
 
 @job(name="csv_export", signed_in=True, timeout=3600)

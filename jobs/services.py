@@ -19,6 +19,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from coordinator.models import User
+from coordinator.services import audit_record
 from jobs import conf
 from jobs.context import JobCancelled, JobContext
 from jobs.errors import JobNeedsUserError, JobNotAllowedError, JobStateError, UnknownJobTypeError
@@ -407,6 +408,7 @@ def job_retry(*, job: Job) -> Job:
     if not updated:
         raise JobStateError("Only a task in status failure can be retried.", extra={"status": job.status})
     job.refresh_from_db()
+    audit_record(action="job.retry", target=job, before={"status": Job.Status.FAILURE}, after={"status": job.status})
     _publish_status(job)
     transaction.on_commit(lambda: job_enqueue(job_id=job.pk))
     return job
@@ -424,11 +426,13 @@ def job_cancel(*, job: Job) -> Job:
         cancel_requested=True,
     ):
         job.refresh_from_db()
+        audit_record(action="job.cancel", target=job, before={"status": Job.Status.FRESH}, after={"status": job.status})
         _publish_status(job, job.error)
         progress_publish(topic=job.topic, kind="end", text=job.error, state=job_state(job), owner_id=job.created_by_id)
         return job
     if Job.objects.filter(pk=job.pk, status=Job.Status.STARTED).update(cancel_requested=True):
         job.refresh_from_db()
+        audit_record(action="job.cancel", target=job, before={"status": job.status}, after={"cancel_requested": True})
         return job
     job.refresh_from_db()
     raise JobStateError("Only a fresh or started task can be cancelled.", extra={"status": job.status})
@@ -550,10 +554,12 @@ def jobs_sweep() -> dict[str, list[Any]]:
     from django.core.cache import cache
 
     from jobs.exports import orphan_parts_remove
+    from progress.watchdog import watchdog_sweep_if_due
 
     # The clusters' sign of life (/healthz). No expiry, on purpose: an expired key would read as
     # `absent` (healthy) once every cluster is gone, where `stale` must show.
     cache.set(conf.SWEEP_SEEN_KEY, time.time(), timeout=None)
+    watchdog_sweep_if_due()  # the silence watchdog's rules, at most every 30 s across clusters
     return {
         "recovered": jobs_recover_stale(),
         "requeued": jobs_requeue_undelivered(),

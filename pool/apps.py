@@ -24,6 +24,12 @@ class PoolConfig(AppConfig):
             return []
         return [("daylog", [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "pool_journal"])]
 
+    def watch_conditions(self) -> dict[str, Any]:
+        """For the silence watchdog's rules on `pooldevice:*`: devices with open deliveries."""
+        from pool.selectors import devices_with_open_deliveries
+
+        return {"open_deliveries": devices_with_open_deliveries}
+
     def health(self) -> dict[str, str]:
         """For /healthz, when there is a day log: free space for it, and whether it is behind
         (messages committed more than POOL_JOURNAL_BEHIND_SECONDS ago not yet written)."""

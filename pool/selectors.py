@@ -231,3 +231,10 @@ def journal_lag() -> tuple[int, datetime | None]:
     pending = Message.objects.filter(journal_pending=True)
     oldest = pending.order_by("seq").values_list("ts", flat=True).first()
     return pending.count(), oldest
+
+
+def devices_with_open_deliveries(device_ids: list[str]) -> set[str]:
+    """Of these device ids (as text), the ones with a pending or in-progress delivery."""
+    ids = [int(i) for i in device_ids if i.isdigit()]
+    found = Delivery.objects.filter(device_id__in=ids, state__in=OPEN_STATES).values_list("device_id", flat=True)
+    return {str(i) for i in found.distinct()}

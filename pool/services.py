@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from coordinator.api.parsers import loads_strict
 from coordinator.models import User
+from coordinator.services import audit_record
 from pool import conf
 from pool.errors import (
     AlreadyAnsweredError,
@@ -164,6 +165,7 @@ def device_issue_secret(*, device: Device) -> str:
     secret = new_secret()
     Device.objects.filter(pk=device.pk).update(secret_hash=make_password(secret))
     device.refresh_from_db()
+    audit_record(action="device.issue_secret", target=device)
     return secret
 
 
@@ -174,7 +176,9 @@ def device_set_flags(*, devices: Iterable[Device], validated: bool | None = None
         changes["validated"] = validated
     if enabled is not None:
         changes["enabled"] = enabled
-    return Device.objects.filter(pk__in=[d.pk for d in devices]).update(**changes)
+    ids = [d.pk for d in devices]
+    audit_record(action="device.set_flags", target=f"{len(ids)} device(s)", after={"devices": ids, **changes})
+    return Device.objects.filter(pk__in=ids).update(**changes)
 
 
 def device_token_issue(*, device_id: int, secret: str) -> tuple[str, datetime]:
@@ -277,6 +281,7 @@ def task_cancel(*, task: Message) -> bool:
         return False
     Delivery.objects.filter(task=task, state__in=OPEN_STATES).update(state=DeliveryState.CANCELLED, updated_at=now)
     task.cancelled_at = now
+    audit_record(action="device_task.cancel", target=task, after={"cancelled_at": now})
     progress_publish(
         topic=f"pooltask:{task.msg_id}",
         kind="end",

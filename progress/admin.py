@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from coordinator.admin_display import relative_time
-from coordinator.admin_site import SafeSelectionMixin
+from coordinator.admin_site import ReadOnlyAdmin, SafeSelectionMixin
 from progress import conf
 from progress.auth import viewer_for
-from progress.models import ProgressTopic
+from progress.models import Alert, ProgressTopic, WatchRule
 from progress.selectors import topic_list
+from progress.watchdog import alert_resolve, watch_conditions
 
 LIVE_PAGE_ROWS = 200  # per kind
 # The Live page's groups, by topic prefix (progress knows topics, not the apps behind them).
@@ -106,3 +108,99 @@ class ProgressTopicAdmin(SafeSelectionMixin, admin.ModelAdmin):
             "media": self.media,
         }
         return TemplateResponse(request, "admin/progress/live.html", context)
+
+
+class WatchRuleForm(forms.ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = WatchRule
+        fields = ("name", "kind", "pattern", "minutes", "value_field", "busy_field", "only_if", "enabled")
+
+    def clean_pattern(self) -> str:
+        pattern = str(self.cleaned_data["pattern"]).strip()
+        if not pattern or pattern == "*" or "*" in pattern[:-1] or "\x00" in pattern:
+            raise forms.ValidationError("A topic, or a prefix ending in one `*` (`job:*`, `pooldevice:*`).")
+        return pattern
+
+    def clean_minutes(self) -> int:
+        minutes = int(self.cleaned_data["minutes"])
+        if not 1 <= minutes <= 60 * 24 * 30:
+            raise forms.ValidationError("Between 1 minute and 30 days.")
+        return minutes
+
+    def clean_only_if(self) -> str:
+        name = str(self.cleaned_data.get("only_if") or "")
+        known = watch_conditions()
+        if name and name not in known:
+            raise forms.ValidationError(f"Unknown condition; use one of: {', '.join(sorted(known)) or 'none'}.")
+        return name
+
+
+@admin.register(WatchRule)
+class WatchRuleAdmin(SafeSelectionMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+    """Silence rules, edited here; the jobs cluster evaluates them every 30 s."""
+
+    form = WatchRuleForm
+    list_display = ("name", "kind", "pattern", "minutes", "only_if", "enabled", "open_alerts", "swept")
+    list_filter = ("kind", "enabled")
+    search_fields = ("name", "pattern")
+    readonly_fields = ("last_swept_at",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WatchRule]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(open_count=Count("alerts", filter=Q(alerts__resolved_at__isnull=True)))
+        )
+
+    @admin.display(description="open alerts", ordering="open_count")
+    def open_alerts(self, obj: WatchRule) -> Any:
+        url = reverse("admin:progress_alert_changelist") + f"?rule__id__exact={obj.pk}&open=yes"
+        return format_html('<a href="{}">{}</a>', url, getattr(obj, "open_count", 0))
+
+    @admin.display(description="last sweep", ordering="last_swept_at")
+    def swept(self, obj: WatchRule) -> Any:
+        return relative_time(obj.last_swept_at)
+
+
+class OpenFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "open"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Open"), ("no", "Resolved")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Alert]) -> QuerySet[Alert]:
+        if self.value() == "yes":
+            return queryset.filter(resolved_at__isnull=True)
+        if self.value() == "no":
+            return queryset.filter(resolved_at__isnull=False)
+        return queryset
+
+
+@admin.register(Alert)
+class AlertAdmin(ReadOnlyAdmin):
+    """Alerts raised by the watchdog's rules (resolved by themselves) and by apps."""
+
+    list_display = ("message", "rule", "topic", "raised", "resolved")
+    list_filter = (OpenFilter, "rule")
+    search_fields = ("message", "topic", "key")
+    list_select_related = ("rule",)
+    fields = ("message", "rule", "key", "topic", "owner_id", "raised_at", "resolved_at")
+    readonly_fields = fields
+    actions = ["resolve"]
+
+    @admin.display(description="raised", ordering="raised_at")
+    def raised(self, obj: Alert) -> Any:
+        return relative_time(obj.raised_at)
+
+    @admin.display(description="resolved", ordering="resolved_at")
+    def resolved(self, obj: Alert) -> Any:
+        return relative_time(obj.resolved_at)
+
+    def has_resolve_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("progress.change_alert"))
+
+    @admin.action(description="Resolve (a rule raises it again while its condition holds)", permissions=["resolve"])
+    def resolve(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
+        done = sum(alert_resolve(key=alert.key) for alert in queryset.filter(resolved_at__isnull=True)[:500])
+        self.message_user(request, f"{done} alert(s) resolved.")

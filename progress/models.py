@@ -47,6 +47,11 @@ class ProgressTopic(models.Model):
 
     class Meta:
         ordering = [models.F("ended_at").asc(nulls_first=True), "-updated_at"]
+        # The watchdog's reads: live topics by the time of their last event, or of their start.
+        indexes = [
+            models.Index(fields=["ended_at", "updated_at"], name="progress_topic_live_updated"),
+            models.Index(fields=["ended_at", "started_at"], name="progress_topic_live_started"),
+        ]
         verbose_name = "live stream"
         verbose_name_plural = "live streams"
 
@@ -75,3 +80,103 @@ class StreamLease(models.Model):
 
     def __str__(self) -> str:
         return f"user {self.user_id} slot {self.slot}"
+class WatchRule(models.Model):
+    """A silence rule over topics by pattern (`run:*`, `job:*`, `pooldevice:*`, `stream:*`): it
+    raises an alert for each live topic that meets it, resolved when the topic no longer does."""
+
+    class Kind(models.TextChoices):
+        SILENT = "silent", "No event for N minutes"
+        STALLED = "stalled", "Value not moving for N minutes while busy"
+        RUNNING = "running", "Running longer than N minutes"
+        RUNNING_P95 = "running_p95", "Running longer than the usual p95 of its name"
+
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    pattern = models.CharField(
+        max_length=200, help_text="A topic, or a prefix ending in `*`: `job:*`, `run:*`, `pooldevice:*`, `stream:*`."
+    )
+    minutes = models.PositiveIntegerField(
+        default=10, help_text="N minutes (for the p95 rule: the least running time that may raise an alert)."
+    )
+    value_field = models.CharField(
+        max_length=100, blank=True, default="percentDone", help_text="Stalled rule: the state field that must move."
+    )
+    busy_field = models.CharField(
+        max_length=100,
+        blank=True,
+        default="numComputing",
+        help_text="Stalled rule: the state field that must be above 0 (work in progress).",
+    )
+    only_if = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        help_text="Only topics an app's condition holds for, e.g. `open_deliveries` (devices with open deliveries).",
+    )
+    enabled = models.BooleanField(default=True)
+    last_swept_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "watchdog rule"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def prefix(self) -> str:
+        return self.pattern[:-1] if self.pattern.endswith("*") else self.pattern
+
+
+class Alert(models.Model):
+    """Something that needs attention: raised by a watchdog rule (resolved by itself when its
+    condition clears) or by an app (a webhook disabled after failures), shown as `alert:<id>`."""
+
+    rule = models.ForeignKey(WatchRule, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts")
+    # One open alert per key: `rule:<id>:<topic>`, or an app's own (`webhook:<id>`).
+    key = models.CharField(max_length=300)
+    topic = models.CharField(max_length=200, blank=True, default="", help_text="What it is about.")
+    message = models.CharField(max_length=500)
+    owner_id = models.BigIntegerField(null=True, blank=True)
+    raised_at = models.DateTimeField(db_index=True)
+    resolved_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = [models.F("resolved_at").desc(nulls_first=True), "-raised_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["key"], condition=models.Q(resolved_at__isnull=True), name="progress_alert_one_open_per_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def progress_topic(self) -> str:
+        return f"alert:{self.pk}"
+
+
+class WatchMark(models.Model):
+    """A stalled rule's memory: the value a topic had, and since when."""
+
+    rule = models.ForeignKey(WatchRule, on_delete=models.CASCADE, related_name="marks")
+    topic = models.CharField(max_length=200)
+    value = models.JSONField(null=True)
+    since = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["rule", "topic"], name="progress_watchmark_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.topic} at {self.value} since {self.since:%H:%M}"
+
+
+class DurationSample(models.Model):
+    """Recent running times of ended topics by prefix and name (a job type), for p95 rules."""
+
+    key = models.CharField(max_length=300, unique=True)
+    seconds = models.JSONField(default=list)
+
+    def __str__(self) -> str:
+        return self.key

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from django.db.models import F, Max, Min, Q, QuerySet
 
 from progress.events import Event
-from progress.models import ProgressEvent, ProgressTopic
+from progress.models import Alert, ProgressEvent, ProgressTopic
 
 REPLAY_LIMIT = 10000
 STATE_LIMIT = 1000  # topics sent on a subscription to `*`: the most recent live ones first
@@ -111,3 +111,8 @@ def topic_state_events(*, viewer: Viewer, topics: Iterable[str]) -> list[Event]:
         )
         for t in topic_list(viewer=viewer, topics=topics)[:STATE_LIMIT]
     ]
+
+
+def alert_list_open() -> QuerySet[Alert]:
+    """Open alerts, newest first: the dashboard's "needs attention" list."""
+    return Alert.objects.filter(resolved_at__isnull=True).select_related("rule").order_by("-raised_at")

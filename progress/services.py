@@ -19,6 +19,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -35,6 +36,10 @@ from progress.models import ProgressEvent, ProgressTopic, StreamLease
 logger = logging.getLogger(__name__)
 
 EventKind = Literal["new", "msg", "end"]
+# Consumers of published events by topic (the webhooks), each called with every event that
+# `progress_publish` stores, in the publisher's transaction: what they write commits or rolls back
+# with the event. They must be cheap for the events they ignore (most are `msg`).
+_listeners: list[Callable[[Event], None]] = []
 _TOPIC_FIELDS = [
     "name",
     "text",
@@ -96,6 +101,9 @@ def progress_publish(
         "owner_id": owner_id,
     }
     events = _store_one(pending)
+    for listener in _listeners:
+        for event in events:
+            listener(event)
     if conf.transport() == "layer":
 
         def send() -> None:
@@ -105,6 +113,12 @@ def progress_publish(
                 logger.exception("Publishing progress on %s failed", topic)
 
         transaction.on_commit(send)
+
+
+def progress_listen(listener: Callable[[Event], None]) -> None:
+    """Have `listener` called with every event `progress_publish` stores (in its transaction)."""
+    if listener not in _listeners:
+        _listeners.append(listener)
 
 
 def events_deliver(pending: list[dict[str, Any]]) -> list[Event]:

@@ -152,7 +152,7 @@ def test_only_settings_read_the_environment() -> None:
     runs in other programs (without Django) and finds the socket from their environment. Handing
     the whole environment on to child processes (`dict(os.environ)`) reads no setting."""
     readers = []
-    for package in ("coordinator", "pool", "farm", "jobs", "progress"):
+    for package in ("coordinator", "pool", "farm", "jobs", "progress", "webhooks"):
         for path in (ROOT / package).rglob("*.py"):
             relative = path.relative_to(ROOT).as_posix()
             if relative in {"coordinator/settings.py", "progress/client.py"} or "/migrations/" in relative:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.live import ROOT
 
-APPS = ("pool", "farm", "jobs", "progress")
+APPS = ("pool", "farm", "jobs", "progress", "webhooks")
 PACKAGES = ("coordinator", *APPS)
 
 

@@ -67,7 +67,7 @@ def test_csv_export_row_by_row(user, owned, export_root: Path):
     assert pool[1]["responses"] in ("", "[]")
     # farm: the user's run only, one row per materialised task
     assert [(r["run_uuid"], r["task"]) for r in by_set["farm"]] == [(str(owned["run"].uuid), "2")]
-    assert job.result["rows"] == {"pool": 2, "farm": 1, "jobs": 4}
+    assert job.result["rows"] == {"pool": 2, "farm": 1, "jobs": 4, "audit": 0}  # the user took no operator action
     assert re.fullmatch(r"export_\d{6}_[A-Za-z0-9]{8}\.csv", str(name))
     stored = JobFile.objects.get(filename=str(name))
     assert (stored.owner, stored.format, stored.job_id) == (user, "csv", job.pk)
@@ -228,7 +228,7 @@ def test_jsonl_import_of_someone_elses_upload_fails(master, user, export_root: P
 def test_datasets_are_the_ones_each_app_registers(user):
     from jobs.exports import dataset_names
 
-    assert dataset_names() == ["pool", "farm", "jobs"]  # INSTALLED_APPS order
+    assert dataset_names() == ["pool", "farm", "jobs", "audit"]  # INSTALLED_APPS order
     from jobs.errors import ArgumentError
 
     # An unknown name is refused when the job is submitted, before anything runs.

@@ -1,0 +1,66 @@
+"""Webhooks in the admin: the secret is shown once, internal URLs are refused, changes are audited."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from coordinator.models import AuditEntry, User
+from tests.webhooks.conftest import Receiver
+from webhooks.models import Subscription
+
+
+@pytest.fixture
+def staff(admin: User) -> Client:
+    client = Client()
+    client.force_login(admin)
+    return client
+
+
+def test_adding_a_webhook_shows_its_secret_once(
+    staff: Client, admin: User, receiver: Receiver, allow_private: None
+) -> None:
+    form = {"owner": admin.pk, "url": receiver.url, "events": ["job.failed", "alert.raised"], "enabled": "on"}
+    response = staff.post(reverse("admin:webhooks_subscription_add"), form, follow=True)
+    subscription = Subscription.objects.get()
+    secret = re.search(r"shown only now: (\S+?)<", response.content.decode()).group(1)
+    assert secret == subscription.secret
+    assert subscription.events == ["job.failed", "alert.raised"]
+    page = staff.get(reverse("admin:webhooks_subscription_change", args=[subscription.pk])).content.decode()
+    assert secret not in page
+
+
+def test_the_admin_refuses_internal_urls(staff: Client, admin: User, settings: Any) -> None:
+    settings.WEBHOOKS_ALLOW_PRIVATE = False
+    form = {"owner": admin.pk, "url": "http://127.0.0.1:6379/", "events": ["job.failed"], "enabled": "on"}
+    response = staff.post(reverse("admin:webhooks_subscription_add"), form)
+    assert response.status_code == 200
+    assert "not public" in response.content.decode()
+    assert not Subscription.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_admin_change_is_one_audit_entry(
+    staff: Client, admin: User, receiver: Receiver, allow_private: None
+) -> None:
+    form = {"owner": admin.pk, "url": receiver.url, "events": ["job.failed"], "enabled": "on"}
+    staff.post(reverse("admin:webhooks_subscription_add"), form)
+    [entry] = AuditEntry.objects.all()
+    assert sorted([entry.action, *(d["action"] for d in entry.details)]) == ["admin.add", "webhook.create"]
+    assert entry.actor_id == admin.pk
+
+
+def test_editing_a_webhook_in_the_admin(staff: Client, admin: User, receiver: Receiver, allow_private: None) -> None:
+    from webhooks.services import subscription_create
+
+    subscription, _ = subscription_create(owner=admin, url=receiver.url, events=["job.failed"])
+    url = reverse("admin:webhooks_subscription_change", args=[subscription.pk])
+    form = {"url": receiver.url + "&v=2", "events": ["job.failed", "run.finished"]}
+    assert staff.post(url, form).status_code == 302
+    subscription.refresh_from_db()
+    assert (subscription.url.endswith("&v=2"), subscription.events) == (True, ["job.failed", "run.finished"])
+    assert not subscription.enabled  # the box was left unticked

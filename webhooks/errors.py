@@ -1,0 +1,16 @@
+"""Errors of the webhooks app, each with a stable code and HTTP status."""
+
+from __future__ import annotations
+
+from coordinator.errors import NotFoundError, ValidationFailedError
+
+
+class WebhookNotFoundError(NotFoundError):
+    code = "webhook_not_found"
+    default_message = "No such webhook."
+
+
+class WebhookUrlError(ValidationFailedError):
+    """A URL that is not http(s), has no host, or points at an address that is not allowed."""
+
+    code = "validation_error"
