@@ -80,6 +80,8 @@ class StreamLease(models.Model):
 
     def __str__(self) -> str:
         return f"user {self.user_id} slot {self.slot}"
+
+
 class WatchRule(models.Model):
     """A silence rule over topics by pattern (`run:*`, `job:*`, `pooldevice:*`, `stream:*`): it
     raises an alert for each live topic that meets it, resolved when the topic no longer does."""
