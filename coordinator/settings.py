@@ -7,6 +7,7 @@ Every variable is listed with a comment in `.env.example`. The defaults give the
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import secrets
@@ -163,6 +164,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: every answer is counted and timed, the ones the layers below make themselves too.
+    "coordinator.middleware.HttpMetricsMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -299,6 +302,7 @@ SECRET_ENVIRONMENT = (
     "JWT_PRIVATE_KEY",
     "COORDINATOR_ADMIN_PASSWORD",
     "COORDINATOR_PASSWORD",
+    "METRICS_TOKEN",
 )
 JWT_PRIVATE_KEY = _pem("JWT_PRIVATE_KEY")
 JWT_PUBLIC_KEY = _pem("JWT_PUBLIC_KEY")
@@ -511,3 +515,18 @@ PROGRESS_MAX_STREAMS = env_int("PROGRESS_MAX_STREAMS", 1000, minimum=1)
 # Open SSE streams and WebSockets one signed-in user may hold at once, per ASGI process.
 PROGRESS_STREAMS_PER_USER = env_int("PROGRESS_STREAMS_PER_USER", 20, minimum=1)
 PROGRESS_RETENTION_SECONDS = env_float("PROGRESS_RETENTION_SECONDS", 3600.0, minimum=1.0)
+
+# --- Metrics for Prometheus (`GET /metrics`, coordinator/metrics.py) ------------------------------
+# Never public: a scraper sends `Authorization: Bearer <METRICS_TOKEN>`, or scrapes from an address
+# (or network, CIDR) on the list. Neither set: every scrape is refused.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+METRICS_ALLOWED_ADDRESSES = env_list("METRICS_ALLOWED_ADDRESSES", [])
+for _network in METRICS_ALLOWED_ADDRESSES:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"METRICS_ALLOWED_ADDRESSES: {_network!r} is no address or network.") from _exc
+# prometheus-client's multiprocess mode: every process writes its counts into files here and
+# /metrics merges them. `serve` sets it for all its processes (under RUN_DIR, emptied at start);
+# set it yourself when you run the WSGI server and job clusters another way.
+METRICS_MULTIPROC_DIR = env_path("PROMETHEUS_MULTIPROC_DIR", None)

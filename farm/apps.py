@@ -33,7 +33,11 @@ class FarmConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the Basic auth scheme with drf-spectacular.
+        from coordinator.metrics import register_collector
         from farm import authentication  # noqa: F401
+        from farm.metrics import FarmCollector
+
+        register_collector(FarmCollector())
 
         post_migrate.connect(_schedule_lease_sweep, sender=self, dispatch_uid="farm.lease_sweep")
 

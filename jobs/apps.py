@@ -17,13 +17,16 @@ class JobsConfig(AppConfig):
 
         from django.utils.module_loading import autodiscover_modules
 
+        from coordinator.metrics import register_collector
         from jobs import conf
+        from jobs.metrics import JobsCollector
 
         # Every installed app's `jobs.py` declares its job functions with `@job`.
         autodiscover_modules("jobs")
         for module in conf.extra_modules():
             importlib.import_module(module)
         post_migrate.connect(_create_run_permissions, sender=self)
+        register_collector(JobsCollector())
 
     def health(self) -> dict[str, str]:
         """For /healthz: the job clusters' liveness and the export directory's free space."""

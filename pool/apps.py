@@ -19,6 +19,12 @@ class PoolConfig(AppConfig):
     name = "pool"
     default_auto_field = "django.db.models.BigAutoField"
 
+    def ready(self) -> None:
+        from coordinator.metrics import register_collector
+        from pool.metrics import PoolCollector
+
+        register_collector(PoolCollector())
+
     def serve_processes(self) -> list[tuple[str, list[str]]]:
         """`manage.py serve` also runs the day log's writer, when there is a day log."""
         from pool.conf import journal_dir

@@ -15,6 +15,12 @@ class ProgressConfig(AppConfig):
     name = "progress"
     default_auto_field = "django.db.models.BigAutoField"
 
+    def ready(self) -> None:
+        from coordinator.metrics import register_collector
+        from progress.metrics import ProgressCollector
+
+        register_collector(ProgressCollector())
+
     def serve_processes(self) -> list[tuple[str, list[str]]]:
         """`manage.py serve` also runs the socket listener (contract 3)."""
         return [("progress", [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "progress_listen"])]

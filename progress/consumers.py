@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from coordinator.api.parsers import loads_strict
-from progress import conf
+from progress import conf, metrics
 from progress.auth import Access, access_for, still_allowed
 from progress.db import db_call
 from progress.events import Event, ws_payload
@@ -54,6 +54,7 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4429)  # this user holds as many open streams as one may
             return
         self.subscriber = subscriber
+        metrics.clients.labels("websocket").inc()
         self.pump = asyncio.get_running_loop().create_task(self._forward(self.subscriber))
         self.watch = asyncio.get_running_loop().create_task(self._watch(access))
 
@@ -87,6 +88,7 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.subscriber is not None:
             hub().unsubscribe(self.subscriber)
+            metrics.clients.labels("websocket").dec()
         for task in (self.pump, self.watch):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()

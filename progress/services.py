@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from progress import conf
+from progress import conf, metrics
 from progress.events import Event
 from progress.models import ProgressEvent, ProgressTopic
 
@@ -123,6 +123,7 @@ def events_store(pending: list[dict[str, Any]]) -> list[Event]:
         return []
     if len(pending) == 1 and connection.vendor == "postgresql":
         return _store_one(pending[0])
+    metrics.events_stored(pending)
     now = timezone.now()
     with transaction.atomic(savepoint=False):
         rows = ProgressEvent.objects.bulk_create(
@@ -205,6 +206,7 @@ def _store_one(p: dict[str, Any]) -> list[Event]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         [event_id] = cursor.fetchone()
+    metrics.events_stored([p])
     _prune_soon()
     return [
         Event(

@@ -30,7 +30,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 
 from coordinator.api.envelope import error_response
 from coordinator.api.views import ErrorEnvelopeSerializer
-from progress import conf
+from progress import conf, metrics
 from progress.auth import Access, access_for, still_allowed
 from progress.db import db_call
 from progress.events import Event, sse_frame
@@ -100,6 +100,7 @@ async def _live(access: Access, topics: set[str], after: int | None) -> AsyncIte
         await hub().subscribe(subscriber)  # before reading the beginning: nothing falls in between
     except TooManyStreams:
         return  # opened alongside another at the same moment, past the limit the view checked
+    metrics.clients.labels("sse").inc()
     try:
         frames, replayed, covered = await db_call(_beginning)(viewer, topics, after)
         for frame in frames:
@@ -133,6 +134,7 @@ async def _live(access: Access, topics: set[str], after: int | None) -> AsyncIte
                 yield "".join(frames)
     finally:
         hub().unsubscribe(subscriber)
+        metrics.clients.labels("sse").dec()
 
 
 def _stream_headers(response: HttpResponseBase) -> HttpResponseBase:
