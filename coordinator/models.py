@@ -102,3 +102,19 @@ class IdempotentAnswer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} ({self.status})"
+
+
+class MetricMinute(models.Model):
+    """One value of one dashboard series for one minute (the minute's start), recorded every minute
+    by `operations_record` and pruned after OPERATIONS_RETENTION_HOURS: the admin's charts read
+    these rows, never the tables they were counted from."""
+
+    series = models.CharField(max_length=64)
+    minute = models.DateTimeField()
+    value = models.FloatField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["series", "minute"], name="metric_minute_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.series} {self.minute:%Y-%m-%d %H:%M} {self.value:g}"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from django.apps import apps
+from django.apps import AppConfig, apps
 from django.conf import settings
 from django.db import DatabaseError, connections
 from django.utils import timezone
@@ -82,3 +84,29 @@ def platform_health() -> dict[str, str]:
 def idempotent_answer_find(*, scope: str, key: str, keep: timedelta) -> IdempotentAnswer | None:
     """The stored answer for this key, unless it is older than `keep`."""
     return IdempotentAnswer.objects.filter(scope=scope, key=key, created_at__gte=timezone.now() - keep).first()
+
+
+def operations_points(*, series: list[str], since: datetime) -> dict[str, list[tuple[float, float]]]:
+    """The minute values of `series` from `since` on, oldest first, as (epoch seconds, value)."""
+    from coordinator.models import MetricMinute
+
+    points: dict[str, list[tuple[float, float]]] = {name: [] for name in series}
+    rows = (
+        MetricMinute.objects.filter(series__in=series, minute__gte=since)
+        .order_by("series", "minute")
+        .values_list("series", "minute", "value")
+    )
+    for name, minute, value in rows.iterator(chunk_size=5000):
+        points[name].append((minute.timestamp(), value))
+    return points
+
+
+def operations_parts() -> list[tuple[AppConfig, ModuleType]]:
+    """Each app's part of the operations dashboard: the module its AppConfig names in `operations`,
+    holding CHARTS, LIVE_CARDS, `minute(start, end)`, `attention(now)` and optionally `broadcast(state)`."""
+    parts = []
+    for config in apps.get_app_configs():
+        path = getattr(config, "operations", None)
+        if path:
+            parts.append((config, importlib.import_module(path)))
+    return parts

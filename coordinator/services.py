@@ -1,9 +1,14 @@
-"""Writes on users."""
+"""Writes on users, and the operations dashboard's minute values."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
@@ -11,7 +16,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from coordinator.errors import PermissionDeniedError, ValidationFailedError
-from coordinator.models import IdempotentAnswer, Role, User
+from coordinator.models import IdempotentAnswer, MetricMinute, Role, User
+from coordinator.selectors import operations_parts
+
+logger = logging.getLogger(__name__)
 
 
 def _apply_role(user: User, role: str) -> None:
@@ -111,3 +119,48 @@ def idempotent_answer_store(
     IdempotentAnswer.objects.create(
         scope=scope, key=key, fingerprint=fingerprint, status=status, content=content, content_type=content_type
     )
+
+
+def schedule_every_minute(*, name: str, func: str, using: str = "default") -> None:
+    """Have the django-q2 cluster run `func` every minute under `name`, unless that schedule exists
+    (a staff change to its timing in the admin is kept by later migrations)."""
+    from django_q.models import Schedule
+
+    Schedule.objects.using(using).get_or_create(
+        name=name,
+        defaults={"func": func, "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
+    )
+
+
+def operations_record(*, now: datetime | None = None) -> int:
+    """Record every app's dashboard series for the last whole minute, prune minutes past the
+    retention, and hand the values to open dashboards; returns the number of values stored.
+
+    Each app's operations module (coordinator.selectors.operations_parts) gives its values with
+    `minute(start, end)` (indexed reads of that minute); one with `broadcast(state)` (progress)
+    hands them to the open dashboards."""
+    now = now or timezone.now()
+    end = now.replace(second=0, microsecond=0)
+    start = end - timedelta(minutes=1)
+    values: dict[str, float] = {}
+    parts = operations_parts()
+    for config, part in parts:
+        try:
+            values.update({name: float(v) for name, v in part.minute(start, end).items() if v is not None})
+        except Exception:  # one app's failing query must not cost the others their minute
+            logger.exception("Dashboard series of %s failed", config.label)
+    MetricMinute.objects.bulk_create(
+        [MetricMinute(series=name, minute=start, value=v) for name, v in values.items()],
+        update_conflicts=True,
+        unique_fields=["series", "minute"],
+        update_fields=["value"],
+    )
+    cutoff = end - timedelta(hours=settings.OPERATIONS_RETENTION_HOURS)
+    # By series first: the unique (series, minute) index serves the range.
+    MetricMinute.objects.filter(series__in=list(values), minute__lt=cutoff).delete()
+    state = {"minute": start.timestamp(), **values}
+    for _, part in parts:
+        broadcast: Callable[[dict[str, Any]], None] | None = getattr(part, "broadcast", None)
+        if broadcast is not None:
+            transaction.on_commit(partial(broadcast, state))
+    return len(values)

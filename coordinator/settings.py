@@ -448,10 +448,15 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "filters": {
-        # The farm's lease sweep runs every minute: its routine lines are DEBUG, its failures ERROR.
+        # The farm lease sweep and the dashboard minute run every minute: routine lines DEBUG, failures ERROR.
         "routine_schedules": {
             "()": "coordinator.log_filters.RoutineScheduleFilter",
-            "markers": ["farm.services.leases_expire", "farm: return expired leases"],
+            "markers": [
+                "farm.services.leases_expire",
+                "farm: return expired leases",
+                "coordinator.services.operations_record",
+                "coordinator: dashboard minute",
+            ],
         },
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
@@ -530,3 +535,7 @@ for _network in METRICS_ALLOWED_ADDRESSES:
 # /metrics merges them. `serve` sets it for all its processes (under RUN_DIR, emptied at start);
 # set it yourself when you run the WSGI server and job clusters another way.
 METRICS_MULTIPROC_DIR = env_path("PROMETHEUS_MULTIPROC_DIR", None)
+
+# --- Operations dashboard (the admin index) -----------------------------------------------------
+# Hours of per-minute chart values kept (the charts show the last 24 h).
+OPERATIONS_RETENTION_HOURS = env_int("OPERATIONS_RETENTION_HOURS", 48, minimum=25)

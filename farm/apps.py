@@ -13,21 +13,15 @@ def _schedule_lease_sweep(using: str = "default", **kwargs: Any) -> None:
     worker was silent past the lease back to waiting, so a run's counts show them as waiting by
     themselves; hand-out also takes such tasks over at once. Visible and editable in the admin
     under Django Q2 → Scheduled tasks (a staff change to the timing is kept by later migrations)."""
-    from django_q.models import Schedule
+    from coordinator.services import schedule_every_minute
 
-    Schedule.objects.using(using).get_or_create(
-        name=LEASE_SWEEP,
-        defaults={
-            "func": "farm.services.leases_expire",
-            "schedule_type": Schedule.MINUTES,
-            "minutes": 1,
-            "repeats": -1,
-        },
-    )
+    schedule_every_minute(name=LEASE_SWEEP, func="farm.services.leases_expire", using=using)
 
 
 class FarmConfig(AppConfig):
     verbose_name = "Task farm"
+    # Its panel of the operations dashboard (coordinator.selectors.operations_parts).
+    operations = "farm.operations"
     name = "farm"
     default_auto_field = "django.db.models.BigAutoField"
 

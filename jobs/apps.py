@@ -9,6 +9,8 @@ from django.db.models.signals import post_migrate
 
 class JobsConfig(AppConfig):
     verbose_name = "Background jobs"
+    # Its panel of the operations dashboard (coordinator.selectors.operations_parts).
+    operations = "jobs.operations"
     name = "jobs"
     default_auto_field = "django.db.models.BigAutoField"
 

@@ -16,6 +16,8 @@ JOURNAL_BEHIND_SECONDS = 60
 
 class PoolConfig(AppConfig):
     verbose_name = "Device task pool"
+    # Its panel of the operations dashboard (coordinator.selectors.operations_parts).
+    operations = "pool.operations"
     name = "pool"
     default_auto_field = "django.db.models.BigAutoField"
 

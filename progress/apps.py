@@ -12,6 +12,8 @@ from django.urls import reverse
 
 class ProgressConfig(AppConfig):
     verbose_name = "Live progress"
+    # Its panel of the operations dashboard (coordinator.selectors.operations_parts).
+    operations = "progress.operations"
     name = "progress"
     default_auto_field = "django.db.models.BigAutoField"
 
