@@ -2,8 +2,8 @@
 
 One panel per app. Its current counts are the cards the app returns from
 `AppConfig.admin_dashboard(request)` (`{"title", "value", "url", "note"}` dicts, each linking
-the filtered list behind it). Its charts and "needs attention" items come from the operations
-module the AppConfig names in `operations` (coordinator.selectors.operations_parts): charts read
+the filtered list behind it). Its charts and "needs attention" items come from the module its
+`AppConfig.operations()` returns (coordinator.selectors.operations_parts): charts read
 the minute values `coordinator.services.operations_record` stores each minute, never the tables
 they were counted from, and follow new minutes live on the progress channel.
 """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import shutil
 from datetime import datetime, timedelta
@@ -102,11 +101,11 @@ def operations_points(*, series: list[str], since: datetime) -> dict[str, list[t
 
 
 def operations_parts() -> list[tuple[AppConfig, ModuleType]]:
-    """Each app's part of the operations dashboard: the module its AppConfig names in `operations`,
+    """Each app's part of the operations dashboard: the module its `AppConfig.operations()` returns,
     holding CHARTS, LIVE_CARDS, `minute(start, end)`, `attention(now)` and optionally `broadcast(state)`."""
     parts = []
     for config in apps.get_app_configs():
-        path = getattr(config, "operations", None)
-        if path:
-            parts.append((config, importlib.import_module(path)))
+        hook = getattr(config, "operations", None)
+        if hook is not None:
+            parts.append((config, hook()))
     return parts

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 from django.apps import AppConfig
@@ -20,10 +21,14 @@ def _schedule_lease_sweep(using: str = "default", **kwargs: Any) -> None:
 
 class FarmConfig(AppConfig):
     verbose_name = "Task farm"
-    # Its panel of the operations dashboard (coordinator.selectors.operations_parts).
-    operations = "farm.operations"
     name = "farm"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def operations(self) -> ModuleType:
+        """Its panel of the operations dashboard (coordinator.selectors.operations_parts)."""
+        from farm import operations
+
+        return operations
 
     def ready(self) -> None:
         # Registers the Basic auth scheme with drf-spectacular.

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from types import ModuleType
 from typing import Any
 
 from django.apps import AppConfig
@@ -9,10 +10,14 @@ from django.db.models.signals import post_migrate
 
 class JobsConfig(AppConfig):
     verbose_name = "Background jobs"
-    # Its panel of the operations dashboard (coordinator.selectors.operations_parts).
-    operations = "jobs.operations"
     name = "jobs"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def operations(self) -> ModuleType:
+        """Its panel of the operations dashboard (coordinator.selectors.operations_parts)."""
+        from jobs import operations
+
+        return operations
 
     def ready(self) -> None:
         import importlib

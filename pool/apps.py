@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from django.apps import AppConfig
@@ -16,10 +17,14 @@ JOURNAL_BEHIND_SECONDS = 60
 
 class PoolConfig(AppConfig):
     verbose_name = "Device task pool"
-    # Its panel of the operations dashboard (coordinator.selectors.operations_parts).
-    operations = "pool.operations"
     name = "pool"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def operations(self) -> ModuleType:
+        """Its panel of the operations dashboard (coordinator.selectors.operations_parts)."""
+        from pool import operations
+
+        return operations
 
     def ready(self) -> None:
         from coordinator.metrics import register_collector

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from django.apps import AppConfig
@@ -12,10 +13,14 @@ from django.urls import reverse
 
 class ProgressConfig(AppConfig):
     verbose_name = "Live progress"
-    # Its panel of the operations dashboard (coordinator.selectors.operations_parts).
-    operations = "progress.operations"
     name = "progress"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def operations(self) -> ModuleType:
+        """Its panel of the operations dashboard (coordinator.selectors.operations_parts)."""
+        from progress import operations
+
+        return operations
 
     def ready(self) -> None:
         from coordinator.metrics import register_collector

@@ -236,3 +236,20 @@ def test_every_web_process_counts_under_multiprocess_mode(transactional_db: None
     name = "coordinator_http_requests_total"
     assert value(after, name, **labels) - value(before, name, **labels) == 40
     assert len(list(directory.glob("counter_*.db"))) >= 2  # the workers' own files
+
+
+def test_the_grafana_dashboard_asks_only_for_families_the_platform_serves(db: None, scrape: Any) -> None:
+    import json
+    import re
+
+    text = Client().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").content.decode()
+    served = set(re.findall(r"^# HELP (\S+) ", text, re.MULTILINE))
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    asked = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for name in re.findall(r"coordinator_\w+", target["expr"])
+    }
+    assert len(asked) > 15
+    assert {name for name in asked if name not in served and name.removesuffix("_bucket") not in served} == set()
