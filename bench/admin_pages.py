@@ -119,7 +119,7 @@ def seed_minutes(rng: random.Random) -> None:
     end = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=1)
     MetricMinute.objects.bulk_create(
         [
-            MetricMinute(series=name, minute=end - timedelta(minutes=m), value=rng.random() * 100)
+            MetricMinute(series=name, minute=int((end - timedelta(minutes=m)).timestamp()), value=rng.random() * 100)
             for name in names
             for m in range(1, 48 * 60)
         ],

@@ -114,7 +114,7 @@ for name, (level, swing) in shapes.items():
     for minute in range(1, 24 * 60 + 1):
         at = end - timedelta(minutes=minute)
         wave = math.sin(2 * math.pi * (at.hour * 60 + at.minute) / 1440)
-        rows.append(MetricMinute(series=name, minute=at, value=max(0.0, round(level + swing * wave + rng.gauss(0, swing / 4), 2))))
+        rows.append(MetricMinute(series=name, minute=int(at.timestamp()), value=max(0.0, round(level + swing * wave + rng.gauss(0, swing / 4), 2))))
 MetricMinute.objects.bulk_create(rows, batch_size=5000)
 operations_record()
 """

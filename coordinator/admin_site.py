@@ -31,6 +31,10 @@ from coordinator.throttling import first_refusal
 logger = logging.getLogger(__name__)
 
 
+# The 24-hour charts show 5-minute means: 288 points a series instead of 1,440.
+DAY_BUCKET_SECONDS = 300
+
+
 class CoordinatorAdminSite(admin.AdminSite):
     site_header = "Coordinator"
     site_title = "Coordinator admin"
@@ -71,9 +75,16 @@ class CoordinatorAdminSite(admin.AdminSite):
                     "charts": charts,
                 }
             )
-        points = operations_points(series=names, since=now - timedelta(hours=24))
         drawn = {chart["id"]: chart["series"] for panel in panels for chart in panel["charts"]}
-        return panels, {"now": now.timestamp(), "charts": drawn, "series": points}
+        data = {
+            "now": now.timestamp(),
+            "charts": drawn,
+            # The hour minute by minute; the day in buckets of DAY_BUCKET_SECONDS (means).
+            "hour": operations_points(series=names, since=now - timedelta(hours=1)),
+            "day": operations_points(series=names, since=now - timedelta(hours=24), bucket_seconds=DAY_BUCKET_SECONDS),
+            "day_bucket": DAY_BUCKET_SECONDS,
+        }
+        return panels, data
 
     def _cards_of(self, config: AppConfig, request: HttpRequest) -> list[dict[str, Any]]:
         contribute = getattr(config, "admin_dashboard", None)

@@ -12,6 +12,7 @@ from typing import Any
 from django.apps import AppConfig, apps
 from django.conf import settings
 from django.db import DatabaseError, connections
+from django.db.models import Avg, BigIntegerField, Count, ExpressionWrapper, F
 from django.utils import timezone
 
 from coordinator.models import IdempotentAnswer
@@ -85,18 +86,31 @@ def idempotent_answer_find(*, scope: str, key: str, keep: timedelta) -> Idempote
     return IdempotentAnswer.objects.filter(scope=scope, key=key, created_at__gte=timezone.now() - keep).first()
 
 
-def operations_points(*, series: list[str], since: datetime) -> dict[str, list[tuple[float, float]]]:
-    """The minute values of `series` from `since` on, oldest first, as (epoch seconds, value)."""
+def operations_points(
+    *, series: list[str], since: datetime, bucket_seconds: int = 60
+) -> dict[str, list[tuple[int, float, int]]]:
+    """The values of `series` from `since` on, oldest first, as (bucket start in Unix seconds, mean
+    of the bucket's minutes, number of minutes in it); buckets of a minute are the minutes themselves."""
     from coordinator.models import MetricMinute
 
-    points: dict[str, list[tuple[float, float]]] = {name: [] for name in series}
-    rows = (
-        MetricMinute.objects.filter(series__in=series, minute__gte=since)
-        .order_by("series", "minute")
-        .values_list("series", "minute", "value")
+    points: dict[str, list[tuple[int, float, int]]] = {name: [] for name in series}
+    rows = MetricMinute.objects.filter(series__in=series, minute__gte=int(since.timestamp()))
+    if bucket_seconds == 60:
+        found = rows.order_by("series", "minute").values_list("series", "minute", "value")
+        for name, minute, value in found:
+            points[name].append((minute, value, 1))
+        return points
+    # Whole-number division groups alike on SQLite and PostgreSQL.
+    bucket = ExpressionWrapper(F("minute") / bucket_seconds * bucket_seconds, output_field=BigIntegerField())
+    grouped = (
+        rows.annotate(bucket=bucket)
+        .values("series", "bucket")
+        .annotate(mean=Avg("value"), n=Count("id"))
+        .order_by("series", "bucket")
+        .values_list("series", "bucket", "mean", "n")
     )
-    for name, minute, value in rows.iterator(chunk_size=5000):
-        points[name].append((minute.timestamp(), value))
+    for name, start, mean, count in grouped:
+        points[name].append((int(start), round(float(mean), 3), int(count)))
     return points
 
 

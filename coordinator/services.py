@@ -149,16 +149,17 @@ def operations_record(*, now: datetime | None = None) -> int:
             values.update({name: float(v) for name, v in part.minute(start, end).items() if v is not None})
         except Exception:  # one app's failing query must not cost the others their minute
             logger.exception("Dashboard series of %s failed", config.label)
+    at = int(start.timestamp())
     MetricMinute.objects.bulk_create(
-        [MetricMinute(series=name, minute=start, value=v) for name, v in values.items()],
+        [MetricMinute(series=name, minute=at, value=v) for name, v in values.items()],
         update_conflicts=True,
         unique_fields=["series", "minute"],
         update_fields=["value"],
     )
     cutoff = end - timedelta(hours=settings.OPERATIONS_RETENTION_HOURS)
     # By series first: the unique (series, minute) index serves the range.
-    MetricMinute.objects.filter(series__in=list(values), minute__lt=cutoff).delete()
-    state = {"minute": start.timestamp(), **values}
+    MetricMinute.objects.filter(series__in=list(values), minute__lt=int(cutoff.timestamp())).delete()
+    state = {"minute": at, **values}
     for _, part in parts:
         broadcast: Callable[[dict[str, Any]], None] | None = getattr(part, "broadcast", None)
         if broadcast is not None:

@@ -29,7 +29,7 @@ def minute(start: datetime, end: datetime) -> dict[str, float | None]:
     recorded a minute before), tasks computing and past their lease, live workers."""
     total = float(Worker.objects.aggregate(n=Sum("tasks_done"))["n"] or 0)
     before = (
-        MetricMinute.objects.filter(series="farm.done_total", minute=start - timedelta(minutes=1))
+        MetricMinute.objects.filter(series="farm.done_total", minute=int((start - timedelta(minutes=1)).timestamp()))
         .values_list("value", flat=True)
         .first()
     )

@@ -24,11 +24,15 @@ from tests.progress.conftest import admin_login, serve_platform, wait_until
 
 
 def values_at(minute: Any) -> dict[str, float]:
-    return dict(MetricMinute.objects.filter(minute=minute).values_list("series", "value"))
+    return dict(MetricMinute.objects.filter(minute=int(minute.timestamp())).values_list("series", "value"))
 
 
 def floor_minute(moment: Any) -> Any:
     return moment.replace(second=0, microsecond=0)
+
+
+def epoch(moment: Any) -> int:
+    return int(moment.timestamp())
 
 
 def test_each_minute_counts_what_each_app_did(
@@ -67,23 +71,22 @@ def test_each_minute_counts_what_each_app_did(
     # The values went out on the live channel, to admins only.
     broadcast = ProgressEvent.objects.filter(topic="ops:dashboard").latest("id")
     assert broadcast.owner_id is None and broadcast.state["jobs.succeeded"] == 1
-    assert broadcast.state["minute"] == floor_minute(first).timestamp()
+    assert broadcast.state["minute"] == epoch(floor_minute(first))
 
 
 def test_minutes_past_the_retention_are_pruned_and_a_minute_recorded_twice_is_replaced(db: None, settings: Any) -> None:
     settings.OPERATIONS_RETENTION_HOURS = 25
     now = timezone.now()
-    old = floor_minute(now) - timedelta(hours=26)
+    old = epoch(floor_minute(now) - timedelta(hours=26))
+    kept = epoch(floor_minute(now) - timedelta(hours=2))
     MetricMinute.objects.create(series="jobs.succeeded", minute=old, value=3)
-    MetricMinute.objects.create(series="jobs.succeeded", minute=floor_minute(now) - timedelta(hours=2), value=4)
+    MetricMinute.objects.create(series="jobs.succeeded", minute=kept, value=4)
     operations_record(now=now)
     operations_record(now=now)
     assert not MetricMinute.objects.filter(minute=old).exists()
-    assert MetricMinute.objects.filter(series="jobs.succeeded", minute=floor_minute(now) - timedelta(hours=2)).exists()
-    assert (
-        MetricMinute.objects.filter(series="jobs.succeeded", minute=floor_minute(now) - timedelta(minutes=1)).count()
-        == 1
-    )
+    assert MetricMinute.objects.filter(series="jobs.succeeded", minute=kept).exists()
+    last = epoch(floor_minute(now) - timedelta(minutes=1))
+    assert MetricMinute.objects.filter(series="jobs.succeeded", minute=last).count() == 1
 
 
 def test_index_is_the_operations_overview(admin: User, django_assert_max_num_queries: Any) -> None:
@@ -91,8 +94,12 @@ def test_index_is_the_operations_overview(admin: User, django_assert_max_num_que
     Job.objects.filter(pk=stale.pk).update(
         status=Job.Status.STARTED, worker="gone", heartbeat_at=timezone.now() - timedelta(hours=1)
     )
-    minute = floor_minute(timezone.now()) - timedelta(minutes=5)
+    minute = epoch(floor_minute(timezone.now()) - timedelta(minutes=5))
     MetricMinute.objects.create(series="jobs.succeeded", minute=minute, value=7)
+    # Three hours ago, two minutes of one 5-minute bucket: the day's chart shows their mean.
+    bucket = epoch(floor_minute(timezone.now()) - timedelta(hours=3)) // 300 * 300
+    MetricMinute.objects.create(series="jobs.succeeded", minute=bucket, value=2)
+    MetricMinute.objects.create(series="jobs.succeeded", minute=bucket + 60, value=4)
     client = Client()
     client.force_login(admin)
     with django_assert_max_num_queries(60):
@@ -108,7 +115,8 @@ def test_index_is_the_operations_overview(admin: User, django_assert_max_num_que
     # Counts that follow the live channel, and the chart data the page draws.
     assert 'data-progress-topic="ops:dashboard"' in html and 'data-progress-field="jobs.running">1<' in html
     data = json.loads(html.split('<script id="ops-data" type="application/json">')[1].split("</script>")[0])
-    assert data["series"]["jobs.succeeded"] == [[minute.timestamp(), 7.0]]
+    assert data["hour"]["jobs.succeeded"] == [[minute, 7.0, 1]]
+    assert data["day"]["jobs.succeeded"] == [[bucket, 3.0, 2], [minute // 300 * 300, 7.0, 1]]
     assert {"name": "jobs.succeeded", "label": "succeeded"} in data["charts"]["chart-jobs-0"]
     assert "coordinator/vendor/uplot/uPlot.iife.min.js" in html and "progress/live.js" in html
     assert "cdn" not in html.lower()

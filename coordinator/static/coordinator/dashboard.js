@@ -1,23 +1,25 @@
 /* The operations dashboard (the admin index): draws each panel's charts with uPlot (vendored,
- * coordinator/vendor/uplot) from the minute values the page embeds (#ops-data: {now, charts:
- * {chart id: [{name, label}]}, series: {name: [[epoch s, value], ...]}}), and adds each new minute
+ * coordinator/vendor/uplot) from the values the page embeds (#ops-data: {now, charts: {chart id:
+ * [{name, label}]}, hour: {name: [[minute, value, 1], ...]}, day: {name: [[bucket start, mean,
+ * minutes], ...]}, day_bucket: seconds}; times in Unix seconds), and adds each new minute
  * as it arrives on the progress channel (progress/live.js dispatches `progress:event` on
  * #ops-dashboard; its state is {minute, <series>: value, ...}, and live.js itself updates the
  * cards whose value carries data-progress-field). No reload.
  * Each chart element carries data-points (how many values it shows) and data-total (their sum). */
 (function () {
   "use strict";
-  var STEP = 60;
+  var MINUTE = 60;
   var COLORS = ["#2b6cb0", "#c53030", "#2f855a", "#b7791f"];
   var data, range = 3600, charts = [];
 
   function grid(series) {
-    var end = Math.floor(data.now / STEP) * STEP, start = end - range, xs = [];
-    for (var t = start; t <= end; t += STEP) { xs.push(t); }
+    var step = range > 3600 ? data.day_bucket : MINUTE, source = range > 3600 ? data.day : data.hour;
+    var end = Math.floor(data.now / step) * step, start = end - range, xs = [];
+    for (var t = start; t <= end; t += step) { xs.push(t); }
     var columns = [xs], shown = 0, total = 0;
     series.forEach(function (s) {
       var byMinute = {};
-      (data.series[s.name] || []).forEach(function (point) { byMinute[point[0]] = point[1]; });
+      (source[s.name] || []).forEach(function (point) { byMinute[point[0]] = point[1]; });
       columns.push(xs.map(function (t) {
         if (Object.prototype.hasOwnProperty.call(byMinute, t)) { shown++; total += byMinute[t]; return byMinute[t]; }
         return null;
@@ -60,13 +62,22 @@
   function receive(domEvent) {
     var state = (domEvent.detail && domEvent.detail.state) || {};
     if (typeof state.minute !== "number") { return; }
+    var bucket = Math.floor(state.minute / data.day_bucket) * data.day_bucket;
     Object.keys(state).forEach(function (name) {
       if (name === "minute" || typeof state[name] !== "number") { return; }
-      var list = data.series[name] || (data.series[name] = []);
-      var last = list[list.length - 1];
-      if (last && last[0] === state.minute) { last[1] = state[name]; } else { list.push([state.minute, state[name]]); }
+      var value = state[name];
+      var hour = data.hour[name] || (data.hour[name] = []), last = hour[hour.length - 1];
+      if (last && last[0] === state.minute) { last[1] = value; return; }  // a minute recorded again
+      hour.push([state.minute, value, 1]);
+      var day = data.day[name] || (data.day[name] = []), lastBucket = day[day.length - 1];
+      if (lastBucket && lastBucket[0] === bucket) {
+        lastBucket[1] = (lastBucket[1] * lastBucket[2] + value) / (lastBucket[2] + 1);  // the bucket's mean
+        lastBucket[2] += 1;
+      } else {
+        day.push([bucket, value, 1]);
+      }
     });
-    data.now = Math.max(data.now, state.minute + STEP);
+    data.now = Math.max(data.now, state.minute + MINUTE);
     redraw();
   }
 
