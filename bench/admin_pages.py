@@ -64,7 +64,7 @@ def manage(*args: str) -> None:
 
 def pages(ids: dict[str, Any]) -> list[tuple[str, str]]:
     return [
-        ("admin index (cards)", "/admin/"),
+        ("admin index (operations dashboard)", "/admin/"),
         ("pool: devices", "/admin/pool/device/"),
         ("pool: device tasks", "/admin/pool/task/"),
         ("pool: device task page", f"/admin/pool/task/{ids['task']}/change/"),
@@ -105,6 +105,39 @@ def measure(client: Any, url: str, rounds: int) -> tuple[float, int]:
             times.append((time.perf_counter() - began) * 1000)
         queries = len(captured.captured_queries)
     return median(times), queries
+
+
+def seed_minutes(rng: random.Random) -> None:
+    """48 hours (the retention) of minute values for every series the dashboard records."""
+    from django.utils import timezone
+
+    from coordinator.models import MetricMinute
+    from coordinator.services import operations_record
+
+    operations_record()
+    names = list(MetricMinute.objects.values_list("series", flat=True).distinct())
+    end = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=1)
+    MetricMinute.objects.bulk_create(
+        [
+            MetricMinute(series=name, minute=int((end - timedelta(minutes=m)).timestamp()), value=rng.random() * 100)
+            for name in names
+            for m in range(1, 48 * 60)
+        ],
+        batch_size=10_000,
+        ignore_conflicts=True,
+    )
+
+
+def time_operations_record(rounds: int) -> float:
+    """Median milliseconds of one run of the dashboard's minute recorder."""
+    from coordinator.services import operations_record
+
+    times = []
+    for _ in range(rounds):
+        began = time.perf_counter()
+        operations_record()
+        times.append((time.perf_counter() - began) * 1000)
+    return median(times)
 
 
 def seed_jobs(admin: Any, count: int, rng: random.Random) -> None:
@@ -235,6 +268,8 @@ def main() -> None:
         ]
         for i in range(200):
             progress_publish(topic=f"stream:{i}", kind="new", text=f"stream {i}", state={"percent": i % 100})
+        seed_minutes(rng)
+        recorder: dict[str, float] = {}
         results: dict[str, dict[str, tuple[float, int]]] = {}
         for label, volume in (("small", small), ("large", large)):
             stderr(f"seeding to {volume['messages']:,} messages…")
@@ -252,6 +287,8 @@ def main() -> None:
                 "run": Run.objects.get(pk=run.pk).pk,
                 "job": Job.objects.filter(status="failure").values_list("pk", flat=True).first(),
             }
+            recorder[label] = time_operations_record(rounds)
+            stderr(f"  the dashboard's minute recorder: {recorder[label]:.0f} ms")
             client = Client()
             client.force_login(admin)
             stderr(f"measuring {label}…")
@@ -260,9 +297,12 @@ def main() -> None:
                 results[label][name] = measure(client, url, rounds)
                 ms, queries = results[label][name]
                 stderr(f"  {name}: {ms:.0f} ms, {queries} queries")
+        from coordinator.models import MetricMinute
+
         counts = {
             "messages": Message.objects.count(),
             "jobs": Job.objects.count(),
+            "minutes": MetricMinute.objects.count(),
         }
         rows = [
             "| page | small: ms | at volume: ms | ratio | queries | under 300 ms |",
@@ -296,8 +336,16 @@ def main() -> None:
             ]
         )
         print(markdown)
+        minute = (
+            f"One run of the minute recorder (`coordinator.services.operations_record`: every app's values "
+            f"of a minute, the insert, the retention's delete; median of {rounds}): "
+            f"**{recorder['small']:.0f} ms** small, **{recorder['large']:.0f} ms** at volume, with "
+            f"{counts['minutes']:,} minute rows stored (48 h of every series)."
+        )
+        print(minute)
         if not quick:
             write_section("admin_pages", markdown)
+            write_section("operations_minute", minute)
         print(json.dumps({"over_target": over}))
     finally:
         from django.db import connections

@@ -94,12 +94,42 @@ PAGES = [
 ]
 
 
+# `--console`: the operations dashboard (the admin index) with 24 h of minute values. The seeded
+# platform above is minutes old, so its history is drawn from a pattern (daily wave plus noise),
+# not measured; the current minute is recorded from the seeded data itself.
+CONSOLE_SEED = """
+import math, random
+from datetime import timedelta
+from django.utils import timezone
+from coordinator.models import MetricMinute
+from coordinator.services import operations_record
+rng = random.Random(7)
+end = timezone.now().replace(second=0, microsecond=0)
+shapes = {"jobs.succeeded": (12, 8), "jobs.failed": (1, 1), "jobs.run_mean": (4, 2), "jobs.run_p95": (9, 4),
+          "farm.done": (180, 120), "farm.computing": (40, 25), "farm.past_lease": (1, 1),
+          "pool.responses": (60, 40), "pool.heartbeats": (110, 10), "pool.online": (9, 2), "pool.open": (30, 20),
+          "progress.events": (300, 200)}
+rows = []
+for name, (level, swing) in shapes.items():
+    for minute in range(1, 24 * 60 + 1):
+        at = end - timedelta(minutes=minute)
+        wave = math.sin(2 * math.pi * (at.hour * 60 + at.minute) / 1440)
+        rows.append(MetricMinute(series=name, minute=int(at.timestamp()), value=max(0.0, round(level + swing * wave + rng.gauss(0, swing / 4), 2))))
+MetricMinute.objects.bulk_create(rows, batch_size=5000)
+operations_record()
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkout", type=Path, default=ROOT, help="the source tree to run (default: this one)")
     parser.add_argument("--prefix", required=True, help="file name prefix, e.g. before or after")
+    parser.add_argument(
+        "--console", action="store_true", help="only the operations dashboard, whole page, with 24 h of chart values"
+    )
     args = parser.parse_args()
     checkout: Path = args.checkout.resolve()
+    pages = [("dashboard", "/admin/")] if args.console else PAGES
     var = Path(tempfile.mkdtemp(prefix="shots-", dir="/tmp"))
     env = {
         **os.environ,
@@ -114,6 +144,8 @@ def main() -> None:
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "-v0"], cwd=checkout, env=env, check=True)
     subprocess.run([*manage, "shell", "-c", SEED], cwd=checkout, env=env, check=True)
+    if args.console:
+        subprocess.run([*manage, "shell", "-c", CONSOLE_SEED], cwd=checkout, env=env, check=True)
     ids = (
         subprocess.run(
             [
@@ -163,11 +195,11 @@ def main() -> None:
             page.fill("#id_password", PASSWORD)
             page.click("input[type=submit]")
             page.wait_for_url(f"{base}/admin/")
-            for name, url in PAGES:
+            for name, url in pages:
                 page.goto(base + url.format(task=ids[0], job=ids[1]))
                 page.wait_for_timeout(1500)  # the live layer connects and applies what it replays
                 target = IMAGES / f"{args.prefix}-{name}.png"
-                page.screenshot(path=str(target), full_page=False)
+                page.screenshot(path=str(target), full_page=args.console)
                 print(target.relative_to(ROOT))
             browser.close()
     finally:

@@ -1,15 +1,20 @@
-"""The platform's admin site: branding, and an index page with a dashboard.
+"""The platform's admin site: branding, and an index page that is the operations dashboard.
 
-Each app may contribute dashboard cards by defining `admin_dashboard(request)` on its AppConfig,
-returning a list of `{"title", "value", "url", "note"}` dicts.
+One panel per app. Its current counts are the cards the app returns from
+`AppConfig.admin_dashboard(request)` (`{"title", "value", "url", "note"}` dicts, each linking
+the filtered list behind it). Its charts and "needs attention" items come from the module its
+`AppConfig.operations()` returns (coordinator.selectors.operations_parts): charts read
+the minute values `coordinator.services.operations_record` stores each minute, never the tables
+they were counted from, and follow new minutes live on the progress channel.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
-from django.apps import apps
+from django.apps import AppConfig, apps
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth import get_permission_codename
@@ -19,11 +24,17 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
 
+from coordinator.selectors import operations_parts, operations_points
 from coordinator.services import audit_record
 from coordinator.throttling import first_refusal
 
 logger = logging.getLogger(__name__)
+
+
+# The 24-hour charts show 5-minute means: 288 points a series instead of 1,440.
+DAY_BUCKET_SECONDS = 300
 
 
 class CoordinatorAdminSite(admin.AdminSite):
@@ -32,17 +43,60 @@ class CoordinatorAdminSite(admin.AdminSite):
     index_title = "Operations"
     index_template = "admin/coordinator_index.html"
 
-    def dashboard_cards(self, request: HttpRequest) -> list[dict[str, Any]]:
-        cards: list[dict[str, Any]] = []
+    def operations_panels(self, request: HttpRequest) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The dashboard's panels, one per app, and the chart data (the last 24 h of minutes)."""
+        now = timezone.now()
+        parts = dict((config.label, part) for config, part in operations_parts())
+        panels: list[dict[str, Any]] = []
+        names: list[str] = []
         for config in apps.get_app_configs():
-            contribute = getattr(config, "admin_dashboard", None)
-            if contribute is None:
+            cards = self._cards_of(config, request)
+            part = parts.get(config.label)
+            if not cards and part is None:
                 continue
-            try:
-                cards.extend(contribute(request))
-            except Exception:  # a broken card must not take the admin index down with it
-                logger.exception("Dashboard card of %s failed", config.label)
-        return cards
+            live = getattr(part, "LIVE_CARDS", {})
+            for card in cards:
+                card.setdefault("field", live.get(card["title"]))
+            attention: list[dict[str, Any]] = []
+            charts: list[dict[str, Any]] = []
+            if part is not None:
+                try:
+                    attention = [item for item in part.attention(now) if item["count"]]
+                except Exception:  # a broken query must not take the admin index down with it
+                    logger.exception("Attention items of %s failed", config.label)
+                for number, chart in enumerate(getattr(part, "CHARTS", [])):
+                    series = [{"name": name, "label": label} for name, label in chart["series"].items()]
+                    names += chart["series"]
+                    charts.append({"id": f"chart-{config.label}-{number}", "title": chart["title"], "series": series})
+            panels.append(
+                {
+                    "key": config.label,
+                    "title": config.verbose_name,
+                    "cards": cards,
+                    "attention": attention,
+                    "charts": charts,
+                }
+            )
+        drawn = {chart["id"]: chart["series"] for panel in panels for chart in panel["charts"]}
+        data = {
+            "now": now.timestamp(),
+            "charts": drawn,
+            # The hour minute by minute; the day in buckets of DAY_BUCKET_SECONDS (means).
+            "hour": operations_points(series=names, since=now - timedelta(hours=1)),
+            "day": operations_points(series=names, since=now - timedelta(hours=24), bucket_seconds=DAY_BUCKET_SECONDS),
+            "day_bucket": DAY_BUCKET_SECONDS,
+        }
+        return panels, data
+
+    def _cards_of(self, config: AppConfig, request: HttpRequest) -> list[dict[str, Any]]:
+        contribute = getattr(config, "admin_dashboard", None)
+        if contribute is None:
+            return []
+        try:
+            return list(contribute(request))
+        except Exception:  # a broken card must not take the admin index down with it
+            logger.exception("Dashboard card of %s failed", config.label)
+            return []
 
     def platform_links(self) -> list[dict[str, str]]:
         links = []
@@ -72,8 +126,10 @@ class CoordinatorAdminSite(admin.AdminSite):
         return super().login(request, extra_context)
 
     def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        panels, chart_data = self.operations_panels(request)
         context = {
-            "dashboard_cards": self.dashboard_cards(request),
+            "panels": panels,
+            "chart_data": chart_data,
             "platform_links": self.platform_links(),
             **(extra_context or {}),
         }

@@ -5,7 +5,19 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.contrib.admin import apps as admin_apps
+from django.db.models.signals import post_migrate
 from django.utils import timezone
+
+# The django-q2 schedule that records the operations dashboard's minute values.
+OPERATIONS_MINUTE = "coordinator: dashboard minute"
+
+
+def _schedule_operations_minute(using: str = "default", **kwargs: Any) -> None:
+    """Every minute the django-q2 cluster records the dashboard's values of the minute that just
+    ended (coordinator.services.operations_record); editable in the admin like every schedule."""
+    from coordinator.services import schedule_every_minute
+
+    schedule_every_minute(name=OPERATIONS_MINUTE, func="coordinator.services.operations_record", using=using)
 
 
 class CoordinatorConfig(AppConfig):
@@ -13,6 +25,9 @@ class CoordinatorConfig(AppConfig):
     name = "coordinator"
     verbose_name = "Users and platform"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        post_migrate.connect(_schedule_operations_minute, sender=self, dispatch_uid="coordinator.operations_minute")
 
 
 class CoordinatorAdminConfig(admin_apps.AdminConfig):

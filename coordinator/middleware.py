@@ -11,14 +11,18 @@ page, is replaced here by the envelope.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseNotFound
 
 from coordinator.api.envelope import error_response
 from coordinator.errors import DatabaseUnavailableError, as_application_error
+from coordinator.metrics import http_observe
 
 logger = logging.getLogger("coordinator.request")
 
@@ -131,3 +135,32 @@ class AuditMiddleware:
 
         with audit_scope(request=request):
             return self.get_response(request)
+
+
+class HttpMetricsMiddleware:
+    """Counts and times every answer for /metrics, by route name, method and status. Sync and
+    async: the SSE views run on daphne's event loop and must not be moved to a thread for this."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        started = time.perf_counter()
+        response = self.get_response(request)
+        http_observe(request, response.status_code, time.perf_counter() - started)
+        return response
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        get_response: Callable[[HttpRequest], Awaitable[HttpResponse]] = self.get_response
+        response = await get_response(request)
+        http_observe(request, response.status_code, time.perf_counter() - started)
+        return response

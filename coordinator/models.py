@@ -154,3 +154,21 @@ class AuditEntry(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise AuditEntryImmutableError("Audit entries cannot be deleted.")
+
+
+class MetricMinute(models.Model):
+    """One value of one dashboard series for one minute, recorded every minute by
+    `operations_record` and pruned after OPERATIONS_RETENTION_HOURS: the admin's charts read these
+    rows, never the tables they were counted from."""
+
+    series = models.CharField(max_length=64)
+    # The minute's start in Unix seconds: a chart reads thousands of these per page, and whole
+    # numbers group into coarser buckets the same way in SQL on every database (`minute / 300`).
+    minute = models.BigIntegerField()
+    value = models.FloatField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["series", "minute"], name="metric_minute_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.series} @{self.minute} {self.value:g}"

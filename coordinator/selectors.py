@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from django.apps import apps
+from django.apps import AppConfig, apps
 from django.conf import settings
 from django.db import DatabaseError, connections
+from django.db.models import Avg, BigIntegerField, Count, ExpressionWrapper, F
 from django.utils import timezone
 
 from coordinator.models import AuditEntry, IdempotentAnswer, User
@@ -121,3 +123,42 @@ def audit_export_rows(*, user: User | None, everything: bool) -> Iterator[dict[s
     fields = ("pk", "at", "actor_label", "address", "action", "target_type", "target_id", "target_label")
     for row in qs.values_list(*fields, "before", "after", "details").iterator(chunk_size=5000):
         yield dict(zip(AUDIT_EXPORT_COLUMNS, (*row[:1], row[1].isoformat(), *row[2:]), strict=True))
+
+
+def operations_points(
+    *, series: list[str], since: datetime, bucket_seconds: int = 60
+) -> dict[str, list[tuple[int, float, int]]]:
+    """The values of `series` from `since` on, oldest first, as (bucket start in Unix seconds, mean
+    of the bucket's minutes, number of minutes in it); buckets of a minute are the minutes themselves."""
+    from coordinator.models import MetricMinute
+
+    points: dict[str, list[tuple[int, float, int]]] = {name: [] for name in series}
+    rows = MetricMinute.objects.filter(series__in=series, minute__gte=int(since.timestamp()))
+    if bucket_seconds == 60:
+        found = rows.order_by("series", "minute").values_list("series", "minute", "value")
+        for name, minute, value in found:
+            points[name].append((minute, value, 1))
+        return points
+    # Whole-number division groups alike on SQLite and PostgreSQL.
+    bucket = ExpressionWrapper(F("minute") / bucket_seconds * bucket_seconds, output_field=BigIntegerField())
+    grouped = (
+        rows.annotate(bucket=bucket)
+        .values("series", "bucket")
+        .annotate(mean=Avg("value"), n=Count("id"))
+        .order_by("series", "bucket")
+        .values_list("series", "bucket", "mean", "n")
+    )
+    for name, start, mean, count in grouped:
+        points[name].append((int(start), round(float(mean), 3), int(count)))
+    return points
+
+
+def operations_parts() -> list[tuple[AppConfig, ModuleType]]:
+    """Each app's part of the operations dashboard: the module its `AppConfig.operations()` returns,
+    holding CHARTS, LIVE_CARDS, `minute(start, end)`, `attention(now)` and optionally `broadcast(state)`."""
+    parts = []
+    for config in apps.get_app_configs():
+        hook = getattr(config, "operations", None)
+        if hook is not None:
+            parts.append((config, hook()))
+    return parts

@@ -1,14 +1,18 @@
-"""Writes on users, and the audit trail every operator action goes through."""
+"""Writes on users, the audit trail every operator action goes through, and the operations
+dashboard's minute values."""
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
@@ -17,7 +21,10 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from coordinator.errors import PermissionDeniedError, ValidationFailedError
-from coordinator.models import AuditEntry, IdempotentAnswer, Role, User
+from coordinator.models import AuditEntry, IdempotentAnswer, MetricMinute, Role, User
+from coordinator.selectors import operations_parts
+
+logger = logging.getLogger(__name__)
 
 
 def _apply_role(user: User, role: str) -> None:
@@ -245,3 +252,49 @@ def audit_record(
     if actor is not None and scope.actor is None:
         scope.actor = actor
     transaction.on_commit(lambda: scope.records.insert(0, record) if lead else scope.records.append(record))
+
+
+def schedule_every_minute(*, name: str, func: str, using: str = "default") -> None:
+    """Have the django-q2 cluster run `func` every minute under `name`, unless that schedule exists
+    (a staff change to its timing in the admin is kept by later migrations)."""
+    from django_q.models import Schedule
+
+    Schedule.objects.using(using).get_or_create(
+        name=name,
+        defaults={"func": func, "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
+    )
+
+
+def operations_record(*, now: datetime | None = None) -> int:
+    """Record every app's dashboard series for the last whole minute, prune minutes past the
+    retention, and hand the values to open dashboards; returns the number of values stored.
+
+    Each app's operations module (coordinator.selectors.operations_parts) gives its values with
+    `minute(start, end)` (indexed reads of that minute); one with `broadcast(state)` (progress)
+    hands them to the open dashboards."""
+    now = now or timezone.now()
+    end = now.replace(second=0, microsecond=0)
+    start = end - timedelta(minutes=1)
+    values: dict[str, float] = {}
+    parts = operations_parts()
+    for config, part in parts:
+        try:
+            values.update({name: float(v) for name, v in part.minute(start, end).items() if v is not None})
+        except Exception:  # one app's failing query must not cost the others their minute
+            logger.exception("Dashboard series of %s failed", config.label)
+    at = int(start.timestamp())
+    MetricMinute.objects.bulk_create(
+        [MetricMinute(series=name, minute=at, value=v) for name, v in values.items()],
+        update_conflicts=True,
+        unique_fields=["series", "minute"],
+        update_fields=["value"],
+    )
+    cutoff = end - timedelta(hours=settings.OPERATIONS_RETENTION_HOURS)
+    # By series first: the unique (series, minute) index serves the range.
+    MetricMinute.objects.filter(series__in=list(values), minute__lt=int(cutoff.timestamp())).delete()
+    state = {"minute": at, **values}
+    for _, part in parts:
+        broadcast: Callable[[dict[str, Any]], None] | None = getattr(part, "broadcast", None)
+        if broadcast is not None:
+            transaction.on_commit(partial(broadcast, state))
+    return len(values)

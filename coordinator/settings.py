@@ -7,6 +7,7 @@ Every variable is listed with a comment in `.env.example`. The defaults give the
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import secrets
@@ -164,6 +165,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: every answer is counted and timed, the ones the layers below make themselves too.
+    "coordinator.middleware.HttpMetricsMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -303,6 +306,7 @@ SECRET_ENVIRONMENT = (
     "JWT_PRIVATE_KEY",
     "COORDINATOR_ADMIN_PASSWORD",
     "COORDINATOR_PASSWORD",
+    "METRICS_TOKEN",
 )
 JWT_PRIVATE_KEY = _pem("JWT_PRIVATE_KEY")
 JWT_PUBLIC_KEY = _pem("JWT_PUBLIC_KEY")
@@ -451,10 +455,15 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "filters": {
-        # The farm's lease sweep runs every minute: its routine lines are DEBUG, its failures ERROR.
+        # The farm lease sweep and the dashboard minute run every minute: routine lines DEBUG, failures ERROR.
         "routine_schedules": {
             "()": "coordinator.log_filters.RoutineScheduleFilter",
-            "markers": ["farm.services.leases_expire", "farm: return expired leases"],
+            "markers": [
+                "farm.services.leases_expire",
+                "farm: return expired leases",
+                "coordinator.services.operations_record",
+                "coordinator: dashboard minute",
+            ],
         },
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
@@ -525,3 +534,21 @@ PROGRESS_RETENTION_SECONDS = env_float("PROGRESS_RETENTION_SECONDS", 3600.0, min
 # Allow webhook URLs on loopback, private, link-local and other non-public addresses (1/0). Off:
 # refused at subscription and again at every delivery, after resolving the host name.
 WEBHOOKS_ALLOW_PRIVATE = env_bool("WEBHOOKS_ALLOW_PRIVATE", False)
+# --- Metrics for Prometheus (`GET /metrics`, coordinator/metrics.py) ------------------------------
+# Never public: a scraper sends `Authorization: Bearer <METRICS_TOKEN>`, or scrapes from an address
+# (or network, CIDR) on the list. Neither set: every scrape is refused.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+METRICS_ALLOWED_ADDRESSES = env_list("METRICS_ALLOWED_ADDRESSES", [])
+for _network in METRICS_ALLOWED_ADDRESSES:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"METRICS_ALLOWED_ADDRESSES: {_network!r} is no address or network.") from _exc
+# prometheus-client's multiprocess mode: every process writes its counts into files here and
+# /metrics merges them. `serve` sets it for all its processes (under RUN_DIR, emptied at start);
+# set it yourself when you run the WSGI server and job clusters another way.
+METRICS_MULTIPROC_DIR = env_path("PROMETHEUS_MULTIPROC_DIR", None)
+
+# --- Operations dashboard (the admin index) -----------------------------------------------------
+# Hours of per-minute chart values kept (the charts show the last 24 h).
+OPERATIONS_RETENTION_HOURS = env_int("OPERATIONS_RETENTION_HOURS", 48, minimum=25)

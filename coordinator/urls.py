@@ -9,11 +9,12 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
-from coordinator.views import LandingView
+from coordinator.views import LandingView, MetricsView
 
 urlpatterns = [
     path("", LandingView.as_view(), name="landing"),
     path("admin/", admin.site.urls),
+    path("metrics", MetricsView.as_view(), name="metrics"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves Swagger UI's start script as a file of its own, as the CSP requires.
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="docs"),

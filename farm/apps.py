@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 from django.apps import AppConfig
@@ -13,17 +14,9 @@ def _schedule_lease_sweep(using: str = "default", **kwargs: Any) -> None:
     worker was silent past the lease back to waiting, so a run's counts show them as waiting by
     themselves; hand-out also takes such tasks over at once. Visible and editable in the admin
     under Django Q2 → Scheduled tasks (a staff change to the timing is kept by later migrations)."""
-    from django_q.models import Schedule
+    from coordinator.services import schedule_every_minute
 
-    Schedule.objects.using(using).get_or_create(
-        name=LEASE_SWEEP,
-        defaults={
-            "func": "farm.services.leases_expire",
-            "schedule_type": Schedule.MINUTES,
-            "minutes": 1,
-            "repeats": -1,
-        },
-    )
+    schedule_every_minute(name=LEASE_SWEEP, func="farm.services.leases_expire", using=using)
 
 
 class FarmConfig(AppConfig):
@@ -31,9 +24,19 @@ class FarmConfig(AppConfig):
     name = "farm"
     default_auto_field = "django.db.models.BigAutoField"
 
+    def operations(self) -> ModuleType:
+        """Its panel of the operations dashboard (coordinator.selectors.operations_parts)."""
+        from farm import operations
+
+        return operations
+
     def ready(self) -> None:
         # Registers the Basic auth scheme with drf-spectacular.
+        from coordinator.metrics import register_collector
         from farm import authentication  # noqa: F401
+        from farm.metrics import FarmCollector
+
+        register_collector(FarmCollector())
 
         post_migrate.connect(_schedule_lease_sweep, sender=self, dispatch_uid="farm.lease_sweep")
 

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from coordinator.models import User
 from coordinator.services import audit_record
-from farm import throttle
+from farm import metrics, throttle
 from farm.conf import max_attempts
 from farm.errors import LeaseLostError, RunNotFoundError, TaskNotFoundError, WorkerExistsError
 from farm.models import Run, Task, Worker
@@ -268,6 +268,7 @@ def _claim(run: Run, worker: Worker, limit: int, now: datetime) -> list[Task]:
     taken = _unlocked(run_tasks.filter(status=Task.Status.WAITING), limit)
     lapsed = run_tasks.filter(status=Task.Status.COMPUTING, updated__lt=cutoff)
     while len(taken) < limit and (found := _unlocked(lapsed, limit - len(taken))):
+        metrics.leases_lapsed(len(found))
         retried = _fail_exhausted(found)
         taken += retried
         if len(retried) < len(found):
@@ -299,6 +300,7 @@ def tasks_claim(*, run: Run, worker: Worker, limit: int = 1) -> list[Task]:
     with transaction.atomic():
         locked = _locked_run(run.pk)
         tasks = _claim(locked, worker, limit, now)
+        metrics.tasks_claimed(len(tasks))
         if tasks:
             text = f"{worker.hostname}:{worker.pid} took task {', '.join(str(t.task) for t in tasks[:10])}"
             if throttle.msg_due(locked.pk, False, text):
@@ -358,6 +360,8 @@ def task_update(*, run: Run, number: int, change: TaskChange, sender: str | None
         task.percent_completed = change.percent_completed
         fields.append("percent_completed")
     if change.status is not None:
+        if change.status != task.status and change.status in (Task.Status.DONE, Task.Status.FAILED):
+            metrics.tasks_finished(change.status, 1)
         task.status = change.status
         fields.append("status")
     task.save(update_fields=fields)
@@ -388,6 +392,7 @@ def _finish_held(run: Run, worker: Worker, numbers: list[int], status: str, fail
     else:
         changes["failure"] = failure[:500]
     Task.objects.filter(pk__in=ids).update(**changes)
+    metrics.tasks_finished(status, len(ids))
     if status == Task.Status.DONE:
         _credit(worker.pk, len(ids))
     _touch_worker(worker, now)
@@ -426,5 +431,6 @@ def leases_expire() -> int:
             retried = [task.pk for task in _fail_exhausted(found)]
             Task.objects.filter(pk__in=retried).update(status=Task.Status.WAITING, worker=None)
             changed += len(found)
+            metrics.leases_lapsed(len(found))
             _publish_after_finishing(run, "lapsed leases returned to waiting")
     return changed

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from types import ModuleType
 from typing import Any
 
 from django.apps import AppConfig
@@ -12,18 +13,27 @@ class JobsConfig(AppConfig):
     name = "jobs"
     default_auto_field = "django.db.models.BigAutoField"
 
+    def operations(self) -> ModuleType:
+        """Its panel of the operations dashboard (coordinator.selectors.operations_parts)."""
+        from jobs import operations
+
+        return operations
+
     def ready(self) -> None:
         import importlib
 
         from django.utils.module_loading import autodiscover_modules
 
+        from coordinator.metrics import register_collector
         from jobs import conf
+        from jobs.metrics import JobsCollector
 
         # Every installed app's `jobs.py` declares its job functions with `@job`.
         autodiscover_modules("jobs")
         for module in conf.extra_modules():
             importlib.import_module(module)
         post_migrate.connect(_create_run_permissions, sender=self)
+        register_collector(JobsCollector())
 
     def health(self) -> dict[str, str]:
         """For /healthz: the job clusters' liveness and the export directory's free space."""

@@ -86,6 +86,8 @@ class JobAttempt(models.Model):
 
     class Meta:
         ordering = ["job", "id"]  # the order they ran in
+        # The operations dashboard counts each minute's ended attempts (coordinator.services.operations_record).
+        indexes = [models.Index(fields=["finished_at"], name="jobs_attempt_finished")]
 
     def __str__(self) -> str:
         return f"attempt of job {self.job_id}: {self.outcome}"

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from coordinator.models import User
 from coordinator.services import audit_record
-from jobs import conf
+from jobs import conf, metrics
 from jobs.context import JobCancelled, JobContext
 from jobs.errors import JobNeedsUserError, JobNotAllowedError, JobStateError, UnknownJobTypeError
 from jobs.models import Job, JobAttempt
@@ -74,6 +74,7 @@ def _publish_status(job: Job, text: str = "") -> None:
 
 def _record_attempt(job: Job, *, worker: str | None, outcome: str, error: str = "", tb: str = "") -> None:
     """Keep the attempt that just ended; called in the transaction whose guarded update ended it."""
+    metrics.attempt_ended(job, outcome)
     JobAttempt.objects.create(
         job=job,
         worker=worker or "",
@@ -110,6 +111,7 @@ def job_create(
             raise JobNotAllowedError(extra={"type": type})
     args = validate_args(spec, {} if data is None and not spec.params else data, strict=strict)
     job = Job.objects.create(type=spec.name, data=args, created_by=user, max_attempts=spec.max_attempts)
+    metrics.job_submitted(job)
     job_id = job.pk
     transaction.on_commit(lambda: job_enqueue(job_id=job_id, job_type=spec.name))
     return job
@@ -263,6 +265,7 @@ def job_execute(*, job_id: int) -> str:
             state={**job_state(job, percent=0, message=""), "worker": worker},
             owner_id=job.created_by_id,
         )
+    metrics.job_started(job)
     spec = get_spec(job.type)
     heartbeat = _Heartbeat.get()
     heartbeat.current = (job_id, worker)
@@ -451,6 +454,7 @@ def jobs_recover_stale(*, stale_seconds: float | None = None) -> list[int]:
     recovered: list[int] = []
     for job in Job.objects.filter(status=Job.Status.STARTED, heartbeat_at__lt=cutoff):
         error = f"Worker {job.worker} stopped responding (no heartbeat for more than {bound:g} s)."
+        metrics.job_stale_recovered(job)
         # The worker guard makes a late heartbeat or a second sweeper lose the race harmlessly.
         if job.interruptions < MAX_INTERRUPTIONS:
             status = _requeue_interrupted(job, error=error)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from django.apps import AppConfig
@@ -15,6 +16,18 @@ class PoolConfig(AppConfig):
     verbose_name = "Device task pool"
     name = "pool"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def operations(self) -> ModuleType:
+        """Its panel of the operations dashboard (coordinator.selectors.operations_parts)."""
+        from pool import operations
+
+        return operations
+
+    def ready(self) -> None:
+        from coordinator.metrics import register_collector
+        from pool.metrics import PoolCollector
+
+        register_collector(PoolCollector())
 
     def serve_processes(self) -> list[tuple[str, list[str]]]:
         """`manage.py serve` also runs the day log's writer, when there is a day log."""

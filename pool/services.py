@@ -20,7 +20,7 @@ from django.utils import timezone
 from coordinator.api.parsers import loads_strict
 from coordinator.models import User
 from coordinator.services import audit_record
-from pool import conf
+from pool import conf, metrics
 from pool.errors import (
     AlreadyAnsweredError,
     DeviceDisabledError,
@@ -367,6 +367,7 @@ def response_create(
     # runs writers one at a time), the other gets 409 and its message is rolled back.
     if not Delivery.objects.filter(pk=delivery.pk, state__in=OPEN_STATES).update(**changes):
         raise AlreadyAnsweredError()
+    metrics.response_counted(status)
     response = _record(
         Message(
             ts=now,

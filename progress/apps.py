@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from django.apps import AppConfig
@@ -14,6 +15,18 @@ class ProgressConfig(AppConfig):
     verbose_name = "Live progress"
     name = "progress"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def operations(self) -> ModuleType:
+        """Its panel of the operations dashboard (coordinator.selectors.operations_parts)."""
+        from progress import operations
+
+        return operations
+
+    def ready(self) -> None:
+        from coordinator.metrics import register_collector
+        from progress.metrics import ProgressCollector
+
+        register_collector(ProgressCollector())
 
     def serve_processes(self) -> list[tuple[str, list[str]]]:
         """`manage.py serve` also runs the socket listener (contract 3)."""

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from coordinator.api.parsers import loads_strict
-from progress import conf
+from progress import conf, metrics
 from progress.auth import Access, TooManyStreams, access_for, still_allowed, stream_slot_release, stream_slot_take
 from progress.db import db_call
 from progress.events import Event, ws_payload
@@ -57,6 +57,7 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
         subscriber = Subscriber(self._accepts)
         await hub().subscribe(subscriber)
         self.subscriber = subscriber
+        metrics.clients.labels("websocket").inc()
         self.pump = asyncio.get_running_loop().create_task(self._forward(self.subscriber))
         self.watch = asyncio.get_running_loop().create_task(self._watch(access))
 
@@ -90,6 +91,7 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.subscriber is not None:
             hub().unsubscribe(self.subscriber)
+            metrics.clients.labels("websocket").dec()
         lease, self.lease = self.lease, None
         await stream_slot_release(lease)
         for task in (self.pump, self.watch):

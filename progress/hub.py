@@ -26,7 +26,7 @@ from asgiref.sync import sync_to_async
 from channels import DEFAULT_CHANNEL_LAYER
 from channels.layers import channel_layers
 
-from progress import conf
+from progress import conf, metrics
 from progress.events import Event
 from progress.models import ProgressEvent
 from progress.selectors import event_from_row, event_latest_id
@@ -53,6 +53,8 @@ class Subscriber:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
             self.overflowed.set()
+            return
+        metrics.delivered.inc()
 
 
 class Hub:

@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from progress import conf
+from progress import conf, metrics
 from progress.events import Event
 from progress.models import ProgressEvent, ProgressTopic, StreamLease
 
@@ -137,6 +137,7 @@ def events_store(pending: list[dict[str, Any]]) -> list[Event]:
         return []
     if len(pending) == 1 and connection.vendor == "postgresql":
         return _store_one(pending[0])
+    metrics.events_stored(pending)
     now = timezone.now()
     with transaction.atomic(savepoint=False):
         rows = ProgressEvent.objects.bulk_create(
@@ -219,6 +220,7 @@ def _store_one(p: dict[str, Any]) -> list[Event]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         [event_id] = cursor.fetchone()
+    metrics.events_stored([p])
     _prune_soon()
     return [
         Event(

@@ -30,7 +30,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 
 from coordinator.api.envelope import error_response
 from coordinator.api.views import ErrorEnvelopeSerializer
-from progress import conf
+from progress import conf, metrics
 from progress.auth import Access, TooManyStreams, access_for, still_allowed, stream_slot_release, stream_slot_take
 from progress.db import db_call
 from progress.events import Event, sse_frame
@@ -96,6 +96,7 @@ async def _live(access: Access, lease: int | None, topics: set[str], after: int 
         return viewer.can_see(event) and (not topics or event["topic"] in topics)
 
     subscriber = Subscriber(accepts)
+    metrics.clients.labels("sse").inc()
     try:
         await hub().subscribe(subscriber)  # before reading the beginning: nothing falls in between
         frames, replayed, covered = await db_call(_beginning)(viewer, topics, after)
@@ -131,6 +132,7 @@ async def _live(access: Access, lease: int | None, topics: set[str], after: int 
     finally:
         hub().unsubscribe(subscriber)
         await stream_slot_release(lease)
+        metrics.clients.labels("sse").dec()
 
 
 def _stream_headers(response: HttpResponseBase) -> HttpResponseBase:

@@ -312,6 +312,51 @@ def test_serve_runs_jobs_through_worker_kills_and_a_frozen_cluster(tmp_path: Pat
     assert len(ran.read_text().splitlines()) == 12
 
 
+def test_serve_counts_every_process_in_one_scrape(tmp_path: Path, django_user_model: Any) -> None:
+    """/metrics under `serve` adds up what the web workers and the job cluster counted."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import tests.jobs.sample_jobs  # noqa: F401 - registers the jobs the cluster runs
+    from jobs.services import job_create
+
+    token = "t" * 40
+    port = free_port()
+    proc = start_serve(tmp_path, port, JOBS_EXTRA_MODULES="tests.jobs.sample_jobs", METRICS_TOKEN=token)
+    base = f"http://127.0.0.1:{port}"
+
+    def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        answer = requests.get(f"{base}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert answer.status_code == 200, answer.text[:500]
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(answer.text)
+            for sample in family.samples
+        }
+
+    try:
+        wait_for_http(f"{base}/healthz", timeout=60, proc=proc)
+        wait_for_output(tmp_path, "running.")
+        assert requests.get(f"{base}/metrics", timeout=5).status_code == 401
+        user = django_user_model.objects.create_user(email="ops@example.com", password="x" * 12)
+        before = scrape()
+        for _ in range(5):
+            requests.get(f"{base}/admin/login/", timeout=5)
+        job = job_create(type="tests.record", data={"path": str(tmp_path / "ran")}, user=user)
+        wait_for_job(job.pk, "success", "the job never ran", 120)
+        after = scrape()
+    finally:
+        output = stop_and_read(proc, tmp_path)
+    assert proc.returncode == 0, output[-3000:]
+    login = frozenset({"route": "admin:login", "method": "GET", "status": "200"}.items())
+    name = "coordinator_http_requests_total"
+    assert after[(name, login)] - before.get((name, login), 0.0) == 5
+    record = frozenset({"type": "tests.record", "queue": "default"}.items())
+    assert after[("coordinator_jobs_succeeded_total", record)] == 1  # counted in the cluster's worker
+    assert after[("coordinator_jobs_started_total", record)] == 1
+    assert after[("coordinator_jobs_queue_wait_seconds_count", record)] == 1
+    assert ("coordinator_jobs_queue_depth", record) not in after  # nothing left waiting
+
+
 def test_serve_gives_up_on_a_process_that_keeps_dying(tmp_path: Path) -> None:
     from coordinator.serving.supervision import GIVE_UP_DEATHS
 

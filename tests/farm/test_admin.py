@@ -168,7 +168,8 @@ def test_stuck_work_has_a_state_a_filter_and_a_count(staff: Client, farm_user: U
         assert title in index
     assert "never ran" in index  # no cluster ran the lease sweep in this test
     cards = {
-        title: value for value, title in re.findall(r'<div class="value">([^<]+)</div>\s*<div>([^<]+)</div>', index)
+        title: value
+        for value, title in re.findall(r'<div class="value"[^>]*>([^<]+)</div>\s*<div>([^<]+)</div>', index)
     }
     assert cards["Farm workers alive"] == "0" and cards["Farm tasks past their lease"] == str(held.count())
     assert cards["Farm tasks nobody will claim"] == "1"

@@ -27,7 +27,7 @@ def test_live_page_follows_a_socket_stream(platform, browser, admin) -> None:
     page = browser.new_page()
     admin_login(page, base, admin)
     page.goto(f"{base}/admin/")
-    page.click("text=Live progress")
+    page.click("a.coord-card:has-text('Live progress')")  # the card in the Live progress panel
     page.wait_for_url(f"{base}/admin/progress/progresstopic/live/")
     page.wait_for_selector("html[data-progress-live=connected]")
     with stream("first task", sock) as first:

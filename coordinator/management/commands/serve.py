@@ -14,6 +14,7 @@ started again, and SIGTERM stops everything within a bound (coordinator/serving/
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -134,6 +135,16 @@ def build_process_specs(
     return specs
 
 
+def metrics_directory() -> Path:
+    """An empty directory for prometheus-client's multiprocess files, which every process started
+    here writes its counts into (PROMETHEUS_MULTIPROC_DIR, var/run/metrics by default): emptied at
+    each start, as the library requires, since the files of a previous run would be added in."""
+    directory = Path(settings.METRICS_MULTIPROC_DIR or Path(settings.RUN_DIR) / "metrics")
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
 def live_sockets() -> list[Path]:
     """The sockets under RUN_DIR that a running instance answers on (another `serve` of this checkout)."""
     run_dir = Path(settings.RUN_DIR)
@@ -222,6 +233,7 @@ class Command(BaseCommand):
         env.setdefault("DJANGO_SETTINGS_MODULE", "coordinator.settings")
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.BASE_DIR), env.get("PYTHONPATH")]))
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_directory())
         self.stdout.write(self.style.SUCCESS(banner(options["host"], options["port"], options["behind_proxy"])))
         self.stdout.flush()
         status = run_supervised(specs, env, Path(settings.RUN_DIR))

@@ -27,6 +27,7 @@
  * elements get that text ("offline", "stale", ...). With data-live-until-field="<key>", an
  * event's state[key] (epoch seconds) moves the moment and the element is live again.
  * data-progress-topic="*" receives every event the reader may see (admins: all).
+ * Each element also gets a `progress:event` DOM event (detail: the event) for every event applied.
  * Reconnects by itself with exponential backoff; <html data-progress-live="connected|closed">
  * tells pages (and tests) the connection state. The WebSocket URL can be overridden with
  * <meta name="progress-ws-url" content="wss://host/ws/progress/">.
@@ -154,6 +155,8 @@
       expire(root, Date.now() / 1000);
     }
     root.setAttribute("data-progress-kind", event.kind);
+    // For a page's own script that draws more than fields (the operations dashboard's charts).
+    root.dispatchEvent(new CustomEvent("progress:event", {detail: event}));
     if (root.hasAttribute("data-progress-reload-fragment") && wantsFragment(root, event)) { reloadFragment(root); }
   }
 
