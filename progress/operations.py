@@ -6,7 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.urls import reverse
+
 from progress.models import ProgressEvent, ProgressTopic
+from progress.selectors import alert_list_open
 from progress.services import progress_publish
 
 # Admins' dashboards subscribe to it (owner None: admins only, like every system topic).
@@ -25,8 +28,9 @@ def minute(start: datetime, end: datetime) -> dict[str, float | None]:
 
 
 def attention(now: datetime | None = None) -> list[dict[str, Any]]:
-    """Silent streams come with the watchdog's alerts; nothing of its own yet."""
-    return []
+    """The silence watchdog's open alerts (silent streams, offline devices, stalled runs, long jobs)."""
+    url = reverse("admin:progress_alert_changelist")
+    return [{"title": "Open watchdog alerts", "count": alert_list_open().count(), "url": f"{url}?open=yes"}]
 
 
 def broadcast(state: dict[str, Any]) -> None:

@@ -157,3 +157,20 @@ def test_dashboard_follows_a_running_job_live(socket_dir: Any, browser: Any, adm
         assert page.evaluate("window.notReloaded") is True
         page.click("button[data-range='86400']")
         assert float(ended.get_attribute("data-total") or "0") >= 1
+
+
+def test_open_watchdog_alerts_need_attention_and_resolved_ones_do_not(admin: User) -> None:
+    from progress.models import Alert
+
+    Alert.objects.create(key="rule:1:stream:7", topic="stream:7", message="stream:7 silent", raised_at=timezone.now())
+    Alert.objects.create(
+        key="rule:1:stream:8",
+        topic="stream:8",
+        message="stream:8 silent",
+        raised_at=timezone.now() - timedelta(hours=1),
+        resolved_at=timezone.now(),
+    )
+    client = Client()
+    client.force_login(admin)
+    html = client.get("/admin/").content.decode()
+    assert 'href="/admin/progress/alert/?open=yes"><strong>1</strong> Open watchdog alerts</a>' in html
