@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -49,6 +50,48 @@ class Device(models.Model):
     @property
     def address(self) -> str:
         return f"device:{self.pk}"
+
+
+# Tags and group slugs: what `device:tag:<slug>` and `device:group:<slug>` name.
+SLUG_PATTERN = r"[a-z0-9-]{1,64}"
+
+
+class DeviceTag(models.Model):
+    """One tag of one device (a short slug), set by staff, masters, admins or the device at enrolment."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="tags")
+    slug = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["device_id", "slug"]
+        constraints = [models.UniqueConstraint(fields=["device", "slug"], name="pool_device_tag_unique")]
+        # `device:tag:<slug>` and the tag filter read the devices of one slug.
+        indexes = [models.Index(fields=["slug", "device"], name="pool_device_tag_slug")]
+
+    def __str__(self) -> str:
+        return f"device:{self.device_id} #{self.slug}"
+
+
+class DeviceGroup(models.Model):
+    """A static, named set of devices (edited in the admin); `device:group:<slug>` addresses it."""
+
+    slug = models.CharField(
+        max_length=64,
+        unique=True,
+        validators=[RegexValidator(rf"^{SLUG_PATTERN}\Z", "Lower-case letters, digits and dashes (at most 64).")],
+        help_text="Lower-case letters, digits and dashes; tasks address the group as device:group:<slug>.",
+    )
+    name = models.CharField(max_length=200, blank=True, default="")
+    devices = models.ManyToManyField(Device, related_name="groups", blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["slug"]
+        verbose_name = "device group"
+
+    def __str__(self) -> str:
+        return self.name or self.slug
 
 
 class MessageType(models.TextChoices):

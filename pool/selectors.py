@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models import Case, Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from coordinator.models import User
 from pool import conf
-from pool.models import OPEN_STATES, Delivery, DeliveryState, Device, Message, MessageType
+from pool.models import OPEN_STATES, Delivery, DeliveryState, Device, DeviceGroup, DeviceTag, Message, MessageType
 from pool.wire import format_ts
 
 
@@ -75,6 +75,39 @@ def devices_with_pending() -> QuerySet[Device]:
         pending_count=Coalesce(Subquery(open_rows), 0)
         + Case(When(validated=True, then=Coalesce(Subquery(unseen), 0)), default=Value(0)),
     ).order_by("id")
+
+
+def device_list(*, tag: str | None = None, group: str | None = None) -> QuerySet[Device]:
+    """Devices with `pending_count`, their tags and groups loaded, optionally of one tag and/or group."""
+    devices = devices_with_pending()
+    if tag is not None:
+        devices = devices.filter(Exists(DeviceTag.objects.filter(device=OuterRef("pk"), slug=tag)))
+    if group is not None:
+        devices = devices.filter(
+            Exists(DeviceGroup.devices.through.objects.filter(device=OuterRef("pk"), devicegroup__slug=group))
+        )
+    return devices.prefetch_related(
+        Prefetch("tags", queryset=DeviceTag.objects.order_by("slug")),
+        Prefetch("groups", queryset=DeviceGroup.objects.order_by("slug")),
+    )
+
+
+def device_get(*, device_id: int) -> Device | None:
+    """One device as `device_list` shows it, or None."""
+    if not 0 < device_id < 2**63:
+        return None
+    return device_list().filter(pk=device_id).first()
+
+
+def device_open_deliveries(*, device: Device, limit: int = 500) -> list[Delivery]:
+    """The device's open deliveries of live tasks (what it has to do), oldest task first."""
+    now = timezone.now()
+    return list(
+        Delivery.objects.filter(device=device, state__in=OPEN_STATES)
+        .filter(_live("task__", now))
+        .select_related("task")
+        .order_by("task_id")[:limit]
+    )
 
 
 def device_pending_count(*, device: Device) -> int:

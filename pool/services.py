@@ -18,6 +18,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from coordinator.api.parsers import loads_strict
+from coordinator.errors import ValidationFailedError
 from coordinator.models import User
 from pool import conf
 from pool.errors import (
@@ -29,8 +30,9 @@ from pool.errors import (
     TaskClosedError,
     TaskNotFoundError,
     UnknownDevicesError,
+    UnknownGroupError,
 )
-from pool.models import OPEN_STATES, Delivery, DeliveryState, Device, Message, MessageType
+from pool.models import OPEN_STATES, Delivery, DeliveryState, Device, DeviceGroup, DeviceTag, Message, MessageType
 from pool.selectors import task_state_counts
 from pool.tokens import device_token_encode
 from pool.wire import MESSAGE_KEYS, format_ts, message_line, parse_target, parse_ts
@@ -151,11 +153,52 @@ def new_secret() -> str:
 
 
 @transaction.atomic
-def device_create(*, name: str, kind: str = "", validated: bool = False) -> tuple[Device, str]:
-    """Create a device; returns it and its secret (shown once, stored hashed)."""
+def device_create(
+    *, name: str, kind: str = "", validated: bool = False, tags: Iterable[str] = ()
+) -> tuple[Device, str]:
+    """Create a device (with its tags); returns it and its secret (shown once, stored hashed)."""
     secret = new_secret()
     device = Device.objects.create(name=name, kind=kind, validated=validated, secret_hash=make_password(secret))
+    if tags:
+        device_set_tags(device=device, tags=tags)
     return device, secret
+
+
+@transaction.atomic
+def device_set_tags(*, device: Device, tags: Iterable[str]) -> list[str]:
+    """Replace a device's tags; open continuous tasks of a tag it gains reach it now. The new tags."""
+    wanted = sorted(set(tags))
+    have = set(DeviceTag.objects.filter(device=device).values_list("slug", flat=True))
+    DeviceTag.objects.filter(device=device).exclude(slug__in=wanted).delete()
+    gained = [slug for slug in wanted if slug not in have]
+    DeviceTag.objects.bulk_create([DeviceTag(device=device, slug=slug) for slug in gained], ignore_conflicts=True)
+    continuous_attach(devices=[device], targets=[f"device:tag:{slug}" for slug in gained])
+    return wanted
+
+
+@transaction.atomic
+def group_set_devices(*, group: DeviceGroup, devices: Iterable[Device]) -> int:
+    """Make `devices` the members of `group`; open continuous tasks of the group reach the new
+    members now. The number of devices that joined."""
+    wanted = {d.pk for d in devices}
+    have = set(group.devices.values_list("pk", flat=True))
+    group.devices.remove(*(have - wanted))
+    joined = sorted(wanted - have)
+    group.devices.add(*joined)
+    continuous_attach(devices=list(Device.objects.filter(pk__in=joined)), targets=[f"device:group:{group.slug}"])
+    return len(joined)
+
+
+def continuous_attach(*, devices: list[Device], targets: list[str]) -> int:
+    """Give `devices` a delivery of every open continuous task addressed to one of `targets`
+    (`device:tag:<slug>` / `device:group:<slug>`), as AWS IoT's continuous jobs do; how many."""
+    if not devices or not targets:
+        return 0
+    now = timezone.now()
+    tasks = list(_live_tasks(now).filter(to__in=targets, meta__continuous=True).values_list("pk", flat=True))
+    rows = [Delivery(task_id=task_id, device=d, created_at=now, updated_at=now) for task_id in tasks for d in devices]
+    created = Delivery.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(created)
 
 
 @transaction.atomic
@@ -223,10 +266,29 @@ def task_create(
     meta: dict[str, Any] | None = None,
     expires_at: datetime | None = None,
 ) -> Message:
-    """Store a task for one, several or all devices with one delivery row per named device."""
+    """Store a task for one, several or all devices, or a tag's or group's devices, with one
+    delivery row per device it reaches now."""
     target = parse_target(to)
     if not target.is_devices:
-        raise InvalidTargetError("A task is addressed to devices: device:<id>, device:* or device:[<id>,...].")
+        raise InvalidTargetError(
+            "A task is addressed to devices: device:<id>, device:*, device:[<id>,...], device:tag:<slug> "
+            "or device:group:<slug>."
+        )
+    meta = dict(meta or {})
+    if not isinstance(meta.get("continuous", False), bool):
+        raise ValidationFailedError(
+            "`meta.continuous` must be true or false.", extra={"fields": {"meta.continuous": ["Must be a boolean."]}}
+        )
+    device_ids = list(target.device_ids)
+    if target.tag is not None:
+        device_ids = list(
+            DeviceTag.objects.filter(slug=target.tag).order_by("device_id").values_list("device_id", flat=True)
+        )
+    if target.group is not None:
+        group = DeviceGroup.objects.filter(slug=target.group).first()
+        if group is None:
+            raise UnknownGroupError(f"No device group is named {target.group!r}.", extra={"group": target.group})
+        device_ids = sorted(group.devices.values_list("pk", flat=True))
     if target.device_ids:
         known = set(Device.objects.filter(pk__in=target.device_ids).values_list("pk", flat=True))
         unknown = [pk for pk in target.device_ids if pk not in known]
@@ -235,7 +297,6 @@ def task_create(
                 "Unknown device ids: " + ", ".join(str(pk) for pk in unknown) + ".", extra={"unknown": unknown}
             )
     now = timezone.now()
-    meta = dict(meta or {})
     if expires_at is not None:
         meta["expires_at"] = format_ts(expires_at)
     task = _record(
@@ -253,7 +314,7 @@ def task_create(
         )
     )
     Delivery.objects.bulk_create(
-        [Delivery(task=task, device_id=pk, created_at=now, updated_at=now) for pk in target.device_ids]
+        [Delivery(task=task, device_id=pk, created_at=now, updated_at=now) for pk in device_ids], batch_size=5000
     )
     progress_publish(
         topic=f"pooltask:{task.msg_id}",
@@ -261,7 +322,7 @@ def task_create(
         text=title or task.msg_id,
         state={
             "to": task.to,
-            "devices": {str(pk): DeliveryState.PENDING.value for pk in target.device_ids},
+            "devices": {str(pk): DeliveryState.PENDING.value for pk in device_ids[:1000]},
             "counts": task_state_counts(task=task),
         },
         owner_id=_owner(task),
@@ -287,10 +348,14 @@ def task_cancel(*, task: Message) -> bool:
     return True
 
 
-def _live_broadcasts(now: datetime) -> Any:
-    return Message.objects.filter(type=MessageType.TASK, target_all=True, cancelled_at=None).filter(
+def _live_tasks(now: datetime) -> Any:
+    return Message.objects.filter(type=MessageType.TASK, cancelled_at=None).filter(
         Q(expires_at=None) | Q(expires_at__gt=now)
     )
+
+
+def _live_broadcasts(now: datetime) -> Any:
+    return _live_tasks(now).filter(target_all=True)
 
 
 def broadcasts_materialise(*, device: Device) -> int:

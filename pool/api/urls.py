@@ -11,4 +11,5 @@ urlpatterns = [
     path("pool/task", views.TaskCreateApi.as_view(), name="pool-task-create"),
     path("pool/log", views.LogApi.as_view(), name="pool-log"),
     path("pool/devices", views.DeviceListApi.as_view(), name="pool-device-list"),
+    path("pool/devices/<int:device_id>", views.DeviceDetailApi.as_view(), name="pool-device-detail"),
 ]

@@ -272,3 +272,64 @@ def test_the_composer_refuses_what_the_database_cannot_store(staff, make_device)
         Message._meta.get_field("to").max_length = limit
     assert "5 devices are too many for one list" in too_long.content.decode()
     assert not Message.objects.filter(type="task").exists()
+
+
+def test_devices_show_tags_and_groups_and_filter_by_them(staff, make_device, master):
+    from pool.models import DeviceGroup
+    from pool.services import device_set_tags, group_set_devices
+
+    a, b = make_device("tagged-one"), make_device("plain-one")
+    device_set_tags(device=a, tags=["greenhouse"])
+    group_set_devices(group=DeviceGroup.objects.create(slug="lab"), devices=[b])
+    task = task_create(user=master, to=f"device:{a.pk}", title="water the plants")
+    url = reverse("admin:pool_device_changelist")
+    page = staff.get(url).content.decode()
+    assert '<td class="field-tag_list">greenhouse</td>' in page and '<td class="field-group_list">lab</td>' in page
+    by_tag = staff.get(url + "?tag=greenhouse").content.decode()
+    assert "tagged-one" in by_tag and "plain-one" not in by_tag
+    by_group = staff.get(url + "?group=lab").content.decode()
+    assert "plain-one" in by_group and "tagged-one" not in by_group
+    assert staff.get(url + "?tag=%00").status_code == 400  # the site refuses NUL before the database
+    assert staff.get(url + "?tag=Not-A-Slug").status_code == 200
+
+    change = staff.get(reverse("admin:pool_device_change", args=[a.pk])).content.decode()
+    assert "water the plants" in change and 'value="greenhouse"' in change
+    staff.post(
+        reverse("admin:pool_device_change", args=[a.pk]),
+        {"name": "tagged-one", "kind": "x", "tags_text": "fw-2, greenhouse"},
+    )
+    assert sorted(a.tags.values_list("slug", flat=True)) == ["fw-2", "greenhouse"]
+    refused = staff.post(
+        reverse("admin:pool_device_change", args=[a.pk]), {"name": "x", "kind": "", "tags_text": "Bad_Tag"}
+    )
+    assert "Not a tag: Bad_Tag" in refused.content.decode()
+    assert task.to == f"device:{a.pk}"
+
+
+def test_group_admin_membership_reaches_continuous_tasks_and_composer_takes_tags(staff, make_device, admin):
+    from pool.models import DeviceGroup
+
+    a, b = make_device("a"), make_device("b")
+    add = staff.post(reverse("admin:pool_devicegroup_add"), {"slug": "north", "name": "North", "devices": [a.pk]})
+    assert add.status_code == 302
+    group = DeviceGroup.objects.get(slug="north")
+    assert staff.post(reverse("admin:pool_devicegroup_add"), {"slug": "Bad Slug", "name": ""}).status_code == 200
+    compose = reverse("admin:pool_task_add")
+    staff.post(compose, {"target": "group", "group": "north", "continuous": "on", "title": "g", "meta_json": ""})
+    task = Message.objects.get(type="task", title="g")
+    assert task.to == "device:group:north" and task.meta == {"continuous": True}
+    staff.post(
+        reverse("admin:pool_devicegroup_change", args=[group.pk]),
+        {"slug": "north", "name": "North", "devices": [a.pk, b.pk]},
+    )
+    assert set(Delivery.objects.filter(task=task).values_list("device_id", flat=True)) == {a.pk, b.pk}
+
+    from pool.services import device_set_tags
+
+    device_set_tags(device=b, tags=["fw-2"])
+    page = staff.get(compose).content.decode()
+    assert "fw-2 (1)" in page and "north (2 devices)" in page
+    staff.post(compose, {"target": "tag", "tag": "fw-2", "title": "t", "meta_json": ""})
+    assert Message.objects.get(type="task", title="t").to == "device:tag:fw-2"
+    missing = staff.post(compose, {"target": "tag", "tag": "", "title": "t2", "meta_json": ""})
+    assert "Name a tag." in missing.content.decode()

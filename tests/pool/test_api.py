@@ -318,6 +318,8 @@ def test_devices_list_shape_and_pending_counts(make_device, master, admin, clien
         "last_heartbeat_at",
         "online",
         "pending_count",
+        "tags",
+        "groups",
     }
 
 
