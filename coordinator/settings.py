@@ -365,6 +365,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Named enums where several apps have a field called `state`.
+    "ENUM_NAME_OVERRIDES": {
+        "PoolTaskStateEnum": "pool.models.TaskState",
+        "PoolDeliveryStateEnum": "pool.models.DeliveryState",
+        "PoolMessageTypeEnum": "pool.models.MessageType",
+    },
 }
 
 # --- API paths ------------------------------------------------------------------------------

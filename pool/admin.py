@@ -491,9 +491,19 @@ class StatusFilter(admin.SimpleListFilter):
 class TaskAdmin(MessageColumns, ServiceActionsAdmin):
     form = TaskComposeForm
     change_form_template = "admin/pool/task/change_form.html"
-    list_display = ("title_shown", "state_summary", "sent", "to_short", "sender", "expires", "cancelled", "msg_short")
+    list_display = (
+        "title_shown",
+        "state",
+        "state_summary",
+        "sent",
+        "to_short",
+        "sender",
+        "expires",
+        "cancelled",
+        "msg_short",
+    )
     list_display_links = ("title_shown", "msg_short")
-    list_filter = (TargetKindFilter, StatusFilter, DeviceFilter, "ts")
+    list_filter = ("state", TargetKindFilter, StatusFilter, DeviceFilter, "ts")
     # No date hierarchy: its year/month links read the distinct dates of every message, and the
     # `ts` filter (today, past 7 days, this month, this year) answers the same question cheaply.
     show_full_result_count = False  # the log holds millions of rows

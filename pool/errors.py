@@ -66,3 +66,19 @@ class UnknownGroupError(ApplicationError):
 class DeviceNotFoundError(NotFoundError):
     code = "device_not_found"
     default_message = "No device has this id."
+
+
+class NotARolloutError(ConflictError):
+    code = "not_a_rollout"
+    default_message = "Only a staged rollout (a task with meta.rollout) can be paused or resumed."
+
+
+class TaskNotOpenError(ConflictError):
+    code = "task_not_open"
+    default_message = "This task is no longer open."
+
+
+class InvalidFilterError(ApplicationError):
+    code = "validation_error"
+    status_code = 400
+    default_message = "A filter is not valid."

@@ -102,6 +102,19 @@ class MessageType(models.TextChoices):
     ERROR = "error", "Error"
 
 
+class TaskState(models.TextChoices):
+    """A task's own state (a staged rollout starts `scheduled`, every other task `in_progress`)."""
+
+    SCHEDULED = "scheduled", "Scheduled"
+    IN_PROGRESS = "in_progress", "In progress"
+    COMPLETED = "completed", "Completed"
+    ABORTED = "aborted", "Aborted"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+OPEN_TASK_STATES = (TaskState.SCHEDULED, TaskState.IN_PROGRESS)
+
+
 class Message(models.Model):
     """One line of the seed's JSONL log; `msg_id` is the wire `id`."""
 
@@ -120,6 +133,10 @@ class Message(models.Model):
     target_all = models.BooleanField(default=False)
     expires_at = models.DateTimeField(null=True, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    # Tasks only (blank on other messages): see TaskState; a paused rollout releases nothing.
+    state = models.CharField(max_length=16, choices=TaskState.choices, blank=True, default="")
+    paused_at = models.DateTimeField(null=True, blank=True)
+    abort_reason = models.TextField(blank=True, default="")
     sent_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -134,6 +151,14 @@ class Message(models.Model):
             # Lazy broadcast materialisation reads the live broadcasts newer than a watermark.
             models.Index(fields=["ts"], name="pool_msg_broadcast_ts", condition=Q(type="task", target_all=True)),
             models.Index(fields=["type", "ts"], name="pool_msg_type_ts"),
+            # The rollout sweep and continuous targeting read only open tasks (few, in a huge log).
+            models.Index(
+                fields=["to"],
+                name="pool_msg_open_task",
+                condition=Q(type="task", state__in=["scheduled", "in_progress"]),
+            ),
+            # GET /pool/tasks?state=… newest first.
+            models.Index(fields=["state", "seq"], name="pool_msg_task_state", condition=Q(type="task")),
         ]
 
     def __str__(self) -> str:
@@ -153,10 +178,12 @@ class Task(Message):
 
 
 class DeliveryState(models.TextChoices):
+    QUEUED = "queued", "Queued"  # a rollout's delivery not released yet: invisible to its device
     PENDING = "pending", "Pending"
     PROGRESS = "progress", "In progress"
     DONE = "done", "Done"
     FAILED = "failed", "Failed"
+    TIMED_OUT = "timed_out", "Timed out"
     CANCELLED = "cancelled", "Cancelled"
 
 
@@ -172,6 +199,9 @@ class Delivery(models.Model):
     progress = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
+    # When it last became pending for its device (a rollout's release), and how many times.
+    released_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
 
     class Meta:
         verbose_name_plural = "deliveries"
@@ -180,6 +210,13 @@ class Delivery(models.Model):
             # GET /pool/pending reads only this device's open rows: cost follows what is pending.
             models.Index(
                 fields=["device", "task"], name="pool_delivery_open", condition=Q(state__in=["pending", "progress"])
+            ),
+            # The rollout sweep releases a task's queued rows in order and times out its open ones.
+            models.Index(fields=["task", "id"], name="pool_delivery_queued", condition=Q(state="queued")),
+            models.Index(
+                fields=["task", "released_at"],
+                name="pool_delivery_released",
+                condition=Q(state__in=["pending", "progress"], released_at__isnull=False),
             ),
         ]
 

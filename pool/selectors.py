@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -231,6 +232,79 @@ def _export_chunk(tasks: list[Message]) -> Iterator[dict[str, Any]]:
                 "response_count": len(answered),
                 "responses": _json(answered),
             }
+
+
+@dataclass(frozen=True)
+class TaskFilters:
+    """`GET /pool/tasks` filters; None means any."""
+
+    state: str | None = None
+    to: str | None = None
+    device_id: int | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    sender: str | None = None
+
+
+def task_list(*, user: User, filters: TaskFilters) -> QuerySet[Message]:
+    """Tasks newest first: the ones `user` sent, or all of them for an admin."""
+    tasks = Message.objects.filter(type=MessageType.TASK)
+    if not user.is_admin:
+        tasks = tasks.filter(sent_by=user)
+    if filters.state is not None:
+        tasks = tasks.filter(state=filters.state)
+    if filters.to is not None:
+        tasks = tasks.filter(to=filters.to)
+    if filters.device_id is not None:
+        tasks = tasks.filter(Exists(Delivery.objects.filter(task=OuterRef("pk"), device_id=filters.device_id)))
+    if filters.created_after is not None:
+        tasks = tasks.filter(ts__gte=filters.created_after)
+    if filters.created_before is not None:
+        tasks = tasks.filter(ts__lt=filters.created_before)
+    if filters.sender is not None:
+        tasks = tasks.filter(sender=f"user:{filters.sender.lower()}")
+    return tasks.order_by("-seq")
+
+
+def task_get(*, user: User, msg_id: str) -> Message | None:
+    """One task `user` may see (their own; any for an admin), or None."""
+    return task_list(user=user, filters=TaskFilters()).filter(msg_id=msg_id).first()
+
+
+def task_executions(*, task: Message, limit: int = 1000) -> list[dict[str, Any]]:
+    """The first `limit` per-device executions of a task, each with its device's last response."""
+    deliveries = list(Delivery.objects.filter(task=task).select_related("device").order_by("device_id")[:limit])
+    last: dict[int | None, Message] = {}
+    answers = Message.objects.filter(
+        parent_id=task.msg_id, type=MessageType.RESPONSE, device_id__in=[d.device_id for d in deliveries]
+    )
+    for response in answers.order_by("ts", "seq"):
+        last[response.device_id] = response
+    rows = []
+    for delivery in deliveries:
+        answer = last.get(delivery.device_id)
+        rows.append(
+            {
+                "device_id": delivery.device_id,
+                "device_name": delivery.device.name,
+                "state": delivery.state,
+                "progress": delivery.progress,
+                "attempts": delivery.attempts,
+                "created_at": delivery.created_at,
+                "released_at": delivery.released_at,
+                "updated_at": delivery.updated_at,
+                "last_response": None
+                if answer is None
+                else {
+                    "id": answer.msg_id,
+                    "ts": format_ts(answer.ts),
+                    "status": answer.meta.get("status"),
+                    "title": answer.title,
+                    "body": answer.body,
+                },
+            }
+        )
+    return rows
 
 
 def task_state_counts(*, task: Message) -> dict[str, int]:

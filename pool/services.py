@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from django.contrib.auth.hashers import check_password, make_password
 from django.db import transaction
@@ -27,12 +27,25 @@ from pool.errors import (
     DeviceNotValidatedError,
     InvalidCredentialsError,
     InvalidTargetError,
+    NotARolloutError,
     TaskClosedError,
     TaskNotFoundError,
+    TaskNotOpenError,
     UnknownDevicesError,
     UnknownGroupError,
 )
-from pool.models import OPEN_STATES, Delivery, DeliveryState, Device, DeviceGroup, DeviceTag, Message, MessageType
+from pool.models import (
+    OPEN_STATES,
+    OPEN_TASK_STATES,
+    Delivery,
+    DeliveryState,
+    Device,
+    DeviceGroup,
+    DeviceTag,
+    Message,
+    MessageType,
+    TaskState,
+)
 from pool.selectors import task_state_counts
 from pool.tokens import device_token_encode
 from pool.wire import MESSAGE_KEYS, format_ts, message_line, parse_target, parse_ts
@@ -244,7 +257,7 @@ def _touch(device: Device, kind: str, now: datetime, heartbeat: bool = False) ->
 
 def _task_finished(task: Message) -> bool:
     """Every target device is done or failed (broadcast: every validated, enabled device)."""
-    if Delivery.objects.filter(task=task, state__in=OPEN_STATES).exists():
+    if Delivery.objects.filter(task=task, state__in=[DeliveryState.QUEUED, *OPEN_STATES]).exists():
         return False
     if not task.target_all:
         return True
@@ -311,6 +324,7 @@ def task_create(
             target_all=target.all_devices,
             expires_at=expires_at,
             sent_by=user,
+            state=TaskState.IN_PROGRESS,
         )
     )
     Delivery.objects.bulk_create(
@@ -334,10 +348,17 @@ def task_create(
 def task_cancel(*, task: Message) -> bool:
     """Cancel a task: it is pending for nobody from now on. False when it already was."""
     now = timezone.now()
-    if not Message.objects.filter(pk=task.pk, type=MessageType.TASK, cancelled_at=None).update(cancelled_at=now):
+    # Guarded: of two concurrent cancels (or a cancel racing the rollout sweep's abort) one wins.
+    closed = Message.objects.filter(pk=task.pk, type=MessageType.TASK, cancelled_at=None).exclude(
+        state=TaskState.ABORTED
+    )
+    if not closed.update(cancelled_at=now, state=TaskState.CANCELLED):
         return False
-    Delivery.objects.filter(task=task, state__in=OPEN_STATES).update(state=DeliveryState.CANCELLED, updated_at=now)
+    Delivery.objects.filter(task=task, state__in=[DeliveryState.QUEUED, *OPEN_STATES]).update(
+        state=DeliveryState.CANCELLED, updated_at=now
+    )
     task.cancelled_at = now
+    task.state = TaskState.CANCELLED
     progress_publish(
         topic=f"pooltask:{task.msg_id}",
         kind="end",
@@ -351,6 +372,60 @@ def task_cancel(*, task: Message) -> bool:
 def _live_tasks(now: datetime) -> Any:
     return Message.objects.filter(type=MessageType.TASK, cancelled_at=None).filter(
         Q(expires_at=None) | Q(expires_at__gt=now)
+    )
+
+
+def _is_rollout(task: Message) -> bool:
+    return isinstance(task.meta, dict) and "rollout" in task.meta
+
+
+def _set_paused(task: Message, paused: bool) -> bool:
+    if not _is_rollout(task):
+        raise NotARolloutError()
+    if task.state not in OPEN_TASK_STATES or task.cancelled_at is not None:
+        raise TaskNotOpenError(f"This task is {task.state}.")
+    now = timezone.now()
+    # Guarded: the sweep reads paused_at in its own transaction; a second pause changes nothing.
+    rows = Message.objects.filter(pk=task.pk, state__in=OPEN_TASK_STATES, paused_at__isnull=paused)
+    changed = bool(rows.update(paused_at=now if paused else None))
+    task.refresh_from_db()
+    if changed:
+        verb = "paused" if paused else "resumed"
+        _decision(task, kind="msg", text=f"rollout {verb}", state={"paused": paused}, now=now)
+    return changed
+
+
+@transaction.atomic
+def task_pause(*, task: Message) -> bool:
+    """Pause a staged rollout: nothing more is released until it is resumed. False if it was paused."""
+    return _set_paused(task, True)
+
+
+@transaction.atomic
+def task_resume(*, task: Message) -> bool:
+    """Resume a paused rollout. False if it was not paused."""
+    return _set_paused(task, False)
+
+
+def _decision(task: Message, *, kind: Literal["msg", "end"], text: str, state: dict[str, Any], now: datetime) -> None:
+    """A rollout decision: a progress event on the task's topic and an `info` line in the day log."""
+    _record(
+        Message(
+            ts=now,
+            sender="backend",
+            to=task.sender,
+            type=MessageType.INFO,
+            title=text,
+            parent_id=task.msg_id,
+            meta={"rollout": state},
+        )
+    )
+    progress_publish(
+        topic=f"pooltask:{task.msg_id}",
+        kind=kind,
+        text=text,
+        state={**state, "task_state": task.state, "counts": task_state_counts(task=task)},
+        owner_id=_owner(task),
     )
 
 
@@ -455,7 +530,10 @@ def response_create(
         state=state,
         owner_id=_owner(task),
     )
-    if status != "progress" and _task_finished(task):
+    if status != "progress" and not _is_rollout(task) and _task_finished(task):
+        # Broadcasts and continuous tasks stay open: devices may still join them.
+        if not task.target_all and task.meta.get("continuous") is not True:
+            Message.objects.filter(pk=task.pk, state=TaskState.IN_PROGRESS).update(state=TaskState.COMPLETED)
         progress_publish(topic=topic, kind="end", text="", state=state, owner_id=_owner(task))
     return response
 
@@ -558,6 +636,7 @@ def _parse_line(raw: str) -> tuple[Message, str | None]:
         meta=meta,
     )
     if message.type == MessageType.TASK:
+        message.state = TaskState.IN_PROGRESS
         target = parse_target(message.to)  # InvalidTargetError is a ValueError-like bad line
         message.target_all = target.all_devices
         if isinstance(meta.get("expires_at"), str):

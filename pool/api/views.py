@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 from rest_framework_simplejwt.authentication import JWTAuthentication
 
 from coordinator.api.idempotency import IdempotentCreateMixin
+from coordinator.api.pagination import DefaultPagination
 from coordinator.api.views import ErrorEnvelopeSerializer
 from coordinator.errors import ValidationFailedError
 from coordinator.permissions import IsAdmin, IsMasterOrAdmin, platform_user
@@ -26,8 +27,8 @@ from pool import selectors, services
 from pool.api.renderers import NDJSONRenderer
 from pool.api.serializers import JsonObjectField, MessageSerializer, ResponseStatusField, text_field
 from pool.authentication import DeviceJWTAuthentication, IsDevice
-from pool.errors import DeviceNotFoundError, InvalidDateError
-from pool.models import SLUG_PATTERN, Device
+from pool.errors import DeviceNotFoundError, InvalidDateError, TaskNotFoundError, TaskNotOpenError
+from pool.models import SLUG_PATTERN, DeliveryState, Device, Message, TaskState
 from pool.selectors import device_is_online
 from pool.services import RESPONSE_STATUSES
 from pool.wire import MAX_DEVICE_ID, format_ts, message_line, message_to_wire
@@ -361,3 +362,152 @@ class DeviceDetailApi(APIView):
             raise DeviceNotFoundError()
         services.device_set_tags(device=device, tags=data.validated_data["tags"])
         return self._answer(device_id)
+
+
+# --- The operator's task API (ours: envelope and OpenAPI) ---------------------------------------
+
+
+def _task_summary(task: Message, counts: dict[str, int]) -> dict[str, Any]:
+    return {
+        **message_to_wire(task),
+        "state": task.state,
+        "paused": task.paused_at is not None,
+        "abort_reason": task.abort_reason,
+        "expires_at": task.expires_at,
+        "cancelled_at": task.cancelled_at,
+        "counts": counts,
+    }
+
+
+@extend_schema_serializer(component_name="PoolTaskSummary")
+class TaskSummarySerializer(MessageSerializer):  # type: ignore[misc,valid-type]
+    """The task as a wire message, plus its state and delivery counts."""
+
+    state = serializers.ChoiceField(choices=TaskState.choices)
+    paused = serializers.BooleanField()
+    abort_reason = serializers.CharField(allow_blank=True)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    cancelled_at = serializers.DateTimeField(allow_null=True)
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="Deliveries by state.")
+
+
+@extend_schema_serializer(component_name="PoolTaskExecution")
+class ExecutionSerializer(serializers.Serializer):
+    device_id = serializers.IntegerField()
+    device_name = serializers.CharField()
+    state = serializers.ChoiceField(choices=DeliveryState.choices)
+    progress = serializers.JSONField(allow_null=True)
+    attempts = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    released_at = serializers.DateTimeField(allow_null=True)
+    updated_at = serializers.DateTimeField()
+    last_response = serializers.DictField(allow_null=True)
+
+
+@extend_schema_serializer(component_name="PoolTaskDetail")
+class TaskDetailSerializer(TaskSummarySerializer):
+    executions = ExecutionSerializer(many=True)
+    executions_total = serializers.IntegerField()
+
+
+def _task_for(request: Request, task_id: str) -> Message:
+    user = platform_user(request)
+    assert user is not None  # IsMasterOrAdmin
+    task = selectors.task_get(user=user, msg_id=task_id[:40])
+    if task is None:  # another master's task is as unknown as a missing one
+        raise TaskNotFoundError("No task with this id that you may see.")
+    return task
+
+
+def _task_detail(task: Message) -> dict[str, Any]:
+    counts = selectors.task_state_counts(task=task)
+    return {
+        **_task_summary(task, counts),
+        "executions": selectors.task_executions(task=task),
+        "executions_total": sum(counts.values()),
+    }
+
+
+class TaskListApi(APIView):
+    """Tasks newest first, paginated: a master's own, all for an admin; filter by state, target,
+    device, creation time and sender."""
+
+    permission_classes = [IsMasterOrAdmin]
+
+    class FilterSerializer(serializers.Serializer):
+        state = serializers.ChoiceField(choices=TaskState.choices, required=False)
+        to = serializers.CharField(max_length=4000, required=False)
+        device = serializers.IntegerField(min_value=1, max_value=MAX_DEVICE_ID, required=False)
+        created_after = serializers.DateTimeField(required=False)
+        created_before = serializers.DateTimeField(required=False)
+        sender = serializers.EmailField(required=False)
+
+    @extend_schema(
+        parameters=[FilterSerializer, OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+        responses={200: TaskSummarySerializer(many=True), 400: E, 401: E, 403: E, 404: E},
+        tags=TAGS,
+    )
+    def get(self, request: Request) -> Response:
+        params = self.FilterSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        values = dict(params.validated_data)
+        if "device" in values:
+            values["device_id"] = values.pop("device")
+        user = platform_user(request)
+        assert user is not None
+        paginator = DefaultPagination()
+        page = paginator.paginate_queryset(
+            selectors.task_list(user=user, filters=selectors.TaskFilters(**values)), request, view=self
+        )
+        tasks = list(page or [])
+        counts = selectors.tasks_state_counts(task_ids=[t.pk for t in tasks])
+        rows = [_task_summary(t, counts[t.pk]) for t in tasks]
+        return paginator.get_paginated_response(TaskSummarySerializer(rows, many=True).data)
+
+
+class TaskDetailApi(APIView):
+    """A task with its per-device executions (first 1,000 by device id) and counts by state."""
+
+    permission_classes = [IsMasterOrAdmin]
+
+    @extend_schema(responses={200: TaskDetailSerializer, 401: E, 403: E, 404: E}, tags=TAGS)
+    def get(self, request: Request, task_id: str) -> Response:
+        return Response(TaskDetailSerializer(_task_detail(_task_for(request, task_id))).data)
+
+
+class TaskCancelApi(APIView):
+    """Cancel a task: its queued and open deliveries are cancelled."""
+
+    permission_classes = [IsMasterOrAdmin]
+
+    @extend_schema(request=None, responses={200: TaskDetailSerializer, 401: E, 403: E, 404: E, 409: E}, tags=TAGS)
+    def post(self, request: Request, task_id: str) -> Response:
+        task = _task_for(request, task_id)
+        if not services.task_cancel(task=task):
+            raise TaskNotOpenError(f"This task is {task.state}; it cannot be cancelled.")
+        task.refresh_from_db()
+        return Response(TaskDetailSerializer(_task_detail(task)).data)
+
+
+class TaskPauseApi(APIView):
+    """Pause a staged rollout: nothing more is released until it is resumed."""
+
+    permission_classes = [IsMasterOrAdmin]
+
+    @extend_schema(request=None, responses={200: TaskDetailSerializer, 401: E, 403: E, 404: E, 409: E}, tags=TAGS)
+    def post(self, request: Request, task_id: str) -> Response:
+        task = _task_for(request, task_id)
+        services.task_pause(task=task)
+        return Response(TaskDetailSerializer(_task_detail(task)).data)
+
+
+class TaskResumeApi(APIView):
+    """Resume a paused rollout."""
+
+    permission_classes = [IsMasterOrAdmin]
+
+    @extend_schema(request=None, responses={200: TaskDetailSerializer, 401: E, 403: E, 404: E, 409: E}, tags=TAGS)
+    def post(self, request: Request, task_id: str) -> Response:
+        task = _task_for(request, task_id)
+        services.task_resume(task=task)
+        return Response(TaskDetailSerializer(_task_detail(task)).data)

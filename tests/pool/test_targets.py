@@ -30,7 +30,7 @@ def test_a_tag_task_reaches_the_tagged_devices_at_send_time(make_device, master,
 
 
 def test_a_group_task_reaches_its_members_and_an_unknown_group_is_a_400(make_device, master, client_for):
-    a, b = make_device("a"), make_device("b")
+    a, _outside = make_device("a"), make_device("b")
     group = DeviceGroup.objects.create(slug="north-field", name="North field")
     group_set_devices(group=group, devices=[a])
     client = client_for(master)
