@@ -20,12 +20,16 @@ from rest_framework import serializers
 from coordinator.admin_display import relative_time, shortened
 from coordinator.admin_site import SafeSelectionMixin, ServiceActionsAdmin
 from coordinator.api.parsers import loads_strict
+from coordinator.errors import ValidationFailedError
 from coordinator.models import User
 from jobs.bulk import bulk_submit
 from pool import selectors, services
 from pool.api.serializers import JsonObjectField
+from pool.errors import NotARolloutError, TaskNotOpenError
 from pool.models import SLUG_PATTERN, Delivery, Device, DeviceGroup, DeviceTag, Message, MessageType, Task
+from pool.policy import RETRY_ON, rollout_policy_parse
 from pool.selectors import device_is_online, device_online_until
+from pool.wire import format_ts
 
 LIVE_JS = ["progress/live.js"]
 
@@ -343,6 +347,25 @@ class TaskComposeForm(forms.ModelForm):
         required=False, widget=AdminSplitDateTime(), help_text="Optional; after it no device receives the task."
     )
     confirm_all = forms.BooleanField(required=False)
+    # The rollout section: filled in, it becomes `meta.rollout` (checked by the API's own parser).
+    rollout_per_minute = forms.IntegerField(
+        label="Release per minute", required=False, min_value=1, help_text="Set to make this a staged rollout."
+    )
+    ramp_factor = forms.FloatField(label="Ramp: multiply the rate by", required=False)
+    ramp_every = forms.IntegerField(label="Ramp: every N successes", required=False)
+    ramp_max = forms.IntegerField(label="Ramp: at most per minute", required=False)
+    abort_percent = forms.FloatField(label="Abort when failed % reaches", required=False)
+    abort_min = forms.IntegerField(label="Abort: after at least N finished", required=False)
+    timeout_seconds = forms.IntegerField(label="In-progress timeout (seconds)", required=False)
+    retries_max = forms.IntegerField(label="Retries", required=False)
+    retries_on = forms.MultipleChoiceField(
+        label="Retry on",
+        required=False,
+        choices=[("failed", "failed"), ("timed_out", "timed out")],
+        widget=forms.CheckboxSelectMultiple,
+    )
+    window_start = forms.SplitDateTimeField(label="Window start", required=False, widget=AdminSplitDateTime())
+    window_end = forms.SplitDateTimeField(label="Window end", required=False, widget=AdminSplitDateTime())
 
     class Meta:
         model = Task
@@ -404,16 +427,53 @@ class TaskComposeForm(forms.ModelForm):
             self.add_error("group", "Pick a group.")
         if data.get("target") == "all" and not data.get("confirm_all"):
             self.add_error("confirm_all", f"This goes to all {self.fleet_size} devices: tick the box to confirm.")
+        if not self.errors and data.get("target") and data.get("meta_json") is not None:
+            try:
+                policy = self.rollout_policy()
+                if policy is not None:
+                    rollout_policy_parse(policy)
+                    if data.get("target") == "all":
+                        self.add_error("rollout_per_minute", "A staged rollout needs its devices now: not all devices.")
+            except ValidationFailedError as exc:
+                for name, problems in exc.extra.get("fields", {}).items():
+                    self.add_error(None, f"{name}: {' '.join(problems)}")
         limit = Message._meta.get_field("to").max_length or 0
         listed = "device:" + json.dumps(sorted(d.pk for d in chosen), separators=(",", ":"))
         if data.get("target") == "several" and len(listed) > limit:
             self.add_error("devices", f"{len(chosen)} devices are too many for one list (at most {limit} characters).")
         return data
 
+    def rollout_policy(self) -> dict[str, Any] | None:
+        """The rollout section as a `meta.rollout` object, or None when it is left empty."""
+        data = self.cleaned_data
+        if data.get("rollout_per_minute") is None:
+            return None
+        policy: dict[str, Any] = {"per_minute": data["rollout_per_minute"]}
+        if any(data.get(k) is not None for k in ("ramp_factor", "ramp_every", "ramp_max")):
+            policy["ramp"] = {
+                "factor": data.get("ramp_factor"),
+                "every_succeeded": data.get("ramp_every"),
+                "max_per_minute": data.get("ramp_max"),
+            }
+        if data.get("abort_percent") is not None:
+            policy["abort"] = {"failed_percent": data["abort_percent"], "min_finished": data.get("abort_min") or 1}
+        if data.get("timeout_seconds") is not None:
+            policy["in_progress_timeout_seconds"] = data["timeout_seconds"]
+        if data.get("retries_max"):
+            policy["retries"] = {"max": data["retries_max"], "on": list(data.get("retries_on") or RETRY_ON)}
+        if data.get("window_start") or data.get("window_end"):
+            policy["window"] = {
+                key: format_ts(data[f"window_{key}"]) for key in ("start", "end") if data.get(f"window_{key}")
+            }
+        return policy
+
     def task_meta(self) -> dict[str, Any]:
         meta = dict(self.cleaned_data["meta_json"])
         if self.cleaned_data["target"] in ("tag", "group") and self.cleaned_data.get("continuous"):
             meta["continuous"] = True
+        policy = self.rollout_policy()
+        if policy is not None:
+            meta["rollout"] = policy
         return meta
 
     def target_string(self) -> str:
@@ -508,7 +568,7 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
     # `ts` filter (today, past 7 days, this month, this year) answers the same question cheaply.
     show_full_result_count = False  # the log holds millions of rows
     search_fields = ("title", "body", "=msg_id")
-    actions = ["cancel"]
+    actions = ["cancel", "pause", "resume"]
     list_per_page = 50
     ordering = ("-seq",)  # newest first: the primary key is the log's order
 
@@ -550,10 +610,44 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
                             "expires_at",
                         )
                     },
-                )
+                ),
+                (
+                    "Staged rollout (optional)",
+                    {
+                        "classes": ("collapse",),
+                        "description": "Release the task gradually; fill in “Release per minute” to use it.",
+                        "fields": (
+                            "rollout_per_minute",
+                            ("ramp_factor", "ramp_every", "ramp_max"),
+                            ("abort_percent", "abort_min"),
+                            "timeout_seconds",
+                            ("retries_max", "retries_on"),
+                            "window_start",
+                            "window_end",
+                        ),
+                    },
+                ),
             ]
         return [
-            (None, {"fields": ("msg_id", "ts", "sender", "to", "title", "body", "meta", "expires_at", "cancelled_at")})
+            (
+                None,
+                {
+                    "fields": (
+                        "msg_id",
+                        "ts",
+                        "sender",
+                        "to",
+                        "state",
+                        "title",
+                        "body",
+                        "meta",
+                        "expires_at",
+                        "cancelled_at",
+                        "paused_at",
+                        "abort_reason",
+                    )
+                },
+            )
         ]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -591,6 +685,8 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
             context["threads"] = selectors.task_threads(task=task)
             context["unfetched"] = selectors.task_unfetched_devices(task=task)
             context["task_topic"] = f"pooltask:{task.msg_id}"
+            context["rollout"] = task.meta.get("rollout") if isinstance(task.meta, dict) else None
+            context["released"] = selectors.task_released_count(task=task) if context["rollout"] else None
         return super().change_view(request, object_id, form_url, extra_context=context)
 
     @admin.display(description="title", ordering="title")
@@ -614,6 +710,26 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
     @admin.action(description="Cancel the selected tasks (in the background)", permissions=["operate"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         bulk_submit(request, self, queryset, "admin.pool_tasks_cancel")
+
+    def _pause_or_resume(self, request: HttpRequest, queryset: QuerySet[Any], pause: bool) -> None:
+        changed, refused = 0, []
+        for task in queryset[:500]:
+            try:
+                changed += int(services.task_pause(task=task) if pause else services.task_resume(task=task))
+            except (NotARolloutError, TaskNotOpenError) as exc:
+                refused.append(f"{task.title or task.msg_id}: {exc.message}")
+        verb = "paused" if pause else "resumed"
+        self.message_user(request, f"{changed} rollout(s) {verb}.")
+        if refused:
+            self.message_user(request, "Not changed: " + "; ".join(refused[:10]), messages.WARNING)
+
+    @admin.action(description="Pause the selected rollouts", permissions=["operate"])
+    def pause(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        self._pause_or_resume(request, queryset, True)
+
+    @admin.action(description="Resume the selected rollouts", permissions=["operate"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        self._pause_or_resume(request, queryset, False)
 
 
 @admin.register(Message)

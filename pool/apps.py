@@ -6,6 +6,7 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
+from django.db.models.signals import post_migrate
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
@@ -14,10 +15,27 @@ from django.utils import timezone
 JOURNAL_BEHIND_SECONDS = 60
 
 
+def _schedule_rollouts(using: str = "default", **kwargs: Any) -> None:
+    """Every minute the django-q2 cluster (run by `manage.py serve`) steps the staged rollouts
+    (pool.rollouts). Every cluster may run it; the task row lock keeps two from deciding one
+    rollout at once. Visible and editable in the admin under Django Q2 → Scheduled tasks."""
+    from django_q.models import Schedule
+
+    from pool.conf import ROLLOUT_SCHEDULE
+
+    Schedule.objects.using(using).get_or_create(
+        name=ROLLOUT_SCHEDULE,
+        defaults={"func": "pool.tasks.rollouts_step", "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
+    )
+
+
 class PoolConfig(AppConfig):
     verbose_name = "Device task pool"
     name = "pool"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        post_migrate.connect(_schedule_rollouts, sender=self, dispatch_uid="pool.rollouts")
 
     def serve_processes(self) -> list[tuple[str, list[str]]]:
         """`manage.py serve` also runs the day log's writer, when there is a day log."""

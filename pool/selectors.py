@@ -307,6 +307,11 @@ def task_executions(*, task: Message, limit: int = 1000) -> list[dict[str, Any]]
     return rows
 
 
+def task_released_count(*, task: Message) -> int:
+    """How many of a task's deliveries have been released to their device (all but a rollout's queued)."""
+    return Delivery.objects.filter(task=task, released_at__isnull=False).count()
+
+
 def task_state_counts(*, task: Message) -> dict[str, int]:
     """How many target devices are in each delivery state."""
     return tasks_state_counts(task_ids=[task.pk])[task.pk]

@@ -46,10 +46,11 @@ from pool.models import (
     MessageType,
     TaskState,
 )
+from pool.policy import rollout_policy_parse
 from pool.selectors import task_state_counts
 from pool.tokens import device_token_encode
 from pool.wire import MESSAGE_KEYS, format_ts, message_line, parse_target, parse_ts
-from progress.services import progress_publish
+from progress.services import progress_publish, progress_publish_many
 
 RESPONSE_STATUSES = ("done", "failed", "progress")
 FINAL_STATES = (DeliveryState.DONE, DeliveryState.FAILED)
@@ -208,9 +209,20 @@ def continuous_attach(*, devices: list[Device], targets: list[str]) -> int:
     if not devices or not targets:
         return 0
     now = timezone.now()
-    tasks = list(_live_tasks(now).filter(to__in=targets, meta__continuous=True).values_list("pk", flat=True))
-    rows = [Delivery(task_id=task_id, device=d, created_at=now, updated_at=now) for task_id in tasks for d in devices]
+    tasks = list(
+        _live_tasks(now)
+        .filter(to__in=targets, state__in=OPEN_TASK_STATES, meta__continuous=True)
+        .values_list("pk", "meta")
+    )
+    rows = [
+        Delivery(task_id=task_id, device=d, state=DeliveryState.QUEUED, created_at=now, updated_at=now)
+        if "rollout" in meta
+        else Delivery(task_id=task_id, device=d, created_at=now, updated_at=now, released_at=now, attempts=1)
+        for task_id, meta in tasks
+        for d in devices
+    ]
     created = Delivery.objects.bulk_create(rows, ignore_conflicts=True)
+    push_devices(device_ids=[row.device_id for row in created if row.state == DeliveryState.PENDING])
     return len(created)
 
 
@@ -292,6 +304,14 @@ def task_create(
         raise ValidationFailedError(
             "`meta.continuous` must be true or false.", extra={"fields": {"meta.continuous": ["Must be a boolean."]}}
         )
+    rollout = "rollout" in meta
+    if rollout:
+        rollout_policy_parse(meta["rollout"])
+        if target.all_devices:
+            raise ValidationFailedError(
+                "A staged rollout needs its devices when it is sent: address a list, a tag or a group, not device:*.",
+                extra={"fields": {"meta.rollout": ["Not with device:*."]}},
+            )
     device_ids = list(target.device_ids)
     if target.tag is not None:
         device_ids = list(
@@ -324,11 +344,19 @@ def task_create(
             target_all=target.all_devices,
             expires_at=expires_at,
             sent_by=user,
-            state=TaskState.IN_PROGRESS,
+            state=TaskState.SCHEDULED if rollout else TaskState.IN_PROGRESS,
         )
     )
+    # A rollout's deliveries wait `queued` until its periodic step releases them (pool.rollouts).
+    first = DeliveryState.QUEUED if rollout else DeliveryState.PENDING
     Delivery.objects.bulk_create(
-        [Delivery(task=task, device_id=pk, created_at=now, updated_at=now) for pk in device_ids], batch_size=5000
+        [
+            Delivery(task=task, device_id=pk, state=first, created_at=now, updated_at=now)
+            if rollout
+            else Delivery(task=task, device_id=pk, created_at=now, updated_at=now, released_at=now, attempts=1)
+            for pk in device_ids
+        ],
+        batch_size=5000,
     )
     progress_publish(
         topic=f"pooltask:{task.msg_id}",
@@ -336,11 +364,16 @@ def task_create(
         text=title or task.msg_id,
         state={
             "to": task.to,
-            "devices": {str(pk): DeliveryState.PENDING.value for pk in device_ids[:1000]},
+            "task_state": task.state,
+            "devices": {str(pk): first.value for pk in device_ids[:1000]},
             "counts": task_state_counts(task=task),
         },
         owner_id=_owner(task),
     )
+    if target.all_devices:
+        push_all()
+    elif not rollout:
+        push_devices(device_ids=device_ids)
     return task
 
 
@@ -350,7 +383,7 @@ def task_cancel(*, task: Message) -> bool:
     now = timezone.now()
     # Guarded: of two concurrent cancels (or a cancel racing the rollout sweep's abort) one wins.
     closed = Message.objects.filter(pk=task.pk, type=MessageType.TASK, cancelled_at=None).exclude(
-        state=TaskState.ABORTED
+        state__in=[TaskState.ABORTED, TaskState.COMPLETED]
     )
     if not closed.update(cancelled_at=now, state=TaskState.CANCELLED):
         return False
@@ -391,7 +424,7 @@ def _set_paused(task: Message, paused: bool) -> bool:
     task.refresh_from_db()
     if changed:
         verb = "paused" if paused else "resumed"
-        _decision(task, kind="msg", text=f"rollout {verb}", state={"paused": paused}, now=now)
+        task_decision_record(task, kind="msg", text=f"rollout {verb}", state={"paused": paused}, now=now)
     return changed
 
 
@@ -407,7 +440,9 @@ def task_resume(*, task: Message) -> bool:
     return _set_paused(task, False)
 
 
-def _decision(task: Message, *, kind: Literal["msg", "end"], text: str, state: dict[str, Any], now: datetime) -> None:
+def task_decision_record(
+    task: Message, *, kind: Literal["msg", "end"], text: str, state: dict[str, Any], now: datetime
+) -> None:
     """A rollout decision: a progress event on the task's topic and an `info` line in the day log."""
     _record(
         Message(
@@ -427,6 +462,27 @@ def _decision(task: Message, *, kind: Literal["msg", "end"], text: str, state: d
         state={**state, "task_state": task.state, "counts": task_state_counts(task=task)},
         owner_id=_owner(task),
     )
+
+
+# --- Push: `GET /pool/events` wakes a device when something becomes pending for it ----------------
+
+PUSH_ALL = "poolpush:*"
+
+
+def push_topic(device_id: int) -> str:
+    return f"poolpush:{device_id}"
+
+
+def push_devices(*, device_ids: Iterable[int]) -> None:
+    """After commit, wake the event streams of these devices: something is pending for them."""
+    progress_publish_many(
+        [{"topic": push_topic(pk), "kind": "msg", "text": "pending"} for pk in sorted(set(device_ids))]
+    )
+
+
+def push_all() -> None:
+    """After commit, wake every device's stream (a broadcast: each fetches /pool/pending)."""
+    progress_publish(topic=PUSH_ALL, kind="msg", text="pending")
 
 
 def _live_broadcasts(now: datetime) -> Any:
@@ -488,10 +544,12 @@ def response_create(
     if task is None:
         raise TaskNotFoundError()
     delivery = _delivery_for(task, device)
+    if delivery.state == DeliveryState.QUEUED:
+        raise TaskNotFoundError()  # not released to this device (yet): it cannot have seen it
     if delivery.state in FINAL_STATES:
         raise AlreadyAnsweredError()
     now = timezone.now()
-    if delivery.state == DeliveryState.CANCELLED or not task.is_live(now):
+    if delivery.state in (DeliveryState.CANCELLED, DeliveryState.TIMED_OUT) or not task.is_live(now):
         raise TaskClosedError()
     meta = {**(meta or {}), "status": status}
     changes: dict[str, Any] = {"state": status, "updated_at": now}

@@ -107,6 +107,34 @@ def progress_publish(
         transaction.on_commit(send)
 
 
+def progress_publish_many(events: list[dict[str, Any]]) -> None:
+    """`progress_publish` for a batch (dicts with its keyword arguments): stored together in the
+    caller's transaction, broadcast once after its commit. For fan-outs such as a rollout waking
+    the devices it released."""
+    pending = [
+        {
+            "topic": str(e["topic"])[:200],
+            "kind": e["kind"],
+            "text": str(e.get("text", "")),
+            "state": dict(e.get("state") or {}),
+            "owner_id": e.get("owner_id"),
+        }
+        for e in events
+    ]
+    if any(p["kind"] not in ("new", "msg", "end") for p in pending):
+        raise ValueError("unknown progress event kind")
+    stored = events_store(pending)
+    if stored and conf.transport() == "layer":
+
+        def send() -> None:
+            try:
+                async_to_sync(events_broadcast)(stored)
+            except Exception:  # progress is best effort: never break the caller's committed work
+                logger.exception("Publishing %d progress events failed", len(stored))
+
+        transaction.on_commit(send)
+
+
 def events_deliver(pending: list[dict[str, Any]]) -> list[Event]:
     """Store events and, with the Redis transport, send them to every ASGI process (sync callers)."""
     events = events_store(pending)

@@ -333,3 +333,59 @@ def test_group_admin_membership_reaches_continuous_tasks_and_composer_takes_tags
     assert Message.objects.get(type="task", title="t").to == "device:tag:fw-2"
     missing = staff.post(compose, {"target": "tag", "tag": "", "title": "t2", "meta_json": ""})
     assert "Name a tag." in missing.content.decode()
+
+
+def test_rollout_page_shows_progress_abort_reason_and_actions_pause_resume(staff, make_device, master):
+    from pool.rollouts import rollout_step
+
+    devices = [make_device(f"d{i}") for i in range(6)]
+    ids = ",".join(str(d.pk) for d in devices)
+    policy = {"per_minute": 4, "abort": {"failed_percent": 50, "min_finished": 2}}
+    task = task_create(user=master, to=f"device:[{ids}]", title="fw", meta={"rollout": policy})
+    rollout_step(task_id=task.pk)
+    page = staff.get(reverse("admin:pool_task_change", args=[task.pk])).content.decode()
+    assert "Staged rollout: 4 a minute" in page and 'class="pool-released">4<' in page
+    assert 'class="pool-bar-pending"' in page and 'class="pool-bar-queued"' in page
+    assert "4 pending" in page and "2 queued" in page
+
+    url = reverse("admin:pool_task_changelist")
+    staff.post(url, {"action": "pause", "_selected_action": [task.pk]})
+    task.refresh_from_db()
+    assert task.paused_at is not None
+    staff.post(url, {"action": "resume", "_selected_action": [task.pk]})
+    task.refresh_from_db()
+    assert task.paused_at is None
+
+    for d in devices[:2]:
+        response_create(device=d, parent_id=task.msg_id, status="failed")
+    rollout_step(task_id=task.pk)
+    page = staff.get(reverse("admin:pool_task_change", args=[task.pk])).content.decode()
+    assert "Aborted: 2 of 2 finished deliveries failed" in page and "aborted" in page
+
+
+def test_composer_builds_a_rollout_and_refuses_a_bad_one(staff, make_device):
+    a, b = make_device("a"), make_device("b")
+    url = reverse("admin:pool_task_add")
+    base = {"target": "several", "devices": [a.pk, b.pk], "title": "fw", "meta_json": ""}
+    staff.post(
+        url,
+        {
+            **base,
+            "rollout_per_minute": "10",
+            "abort_percent": "20",
+            "abort_min": "5",
+            "retries_max": "2",
+            "retries_on": ["failed"],
+            "window_start_0": "2026-12-10",
+            "window_start_1": "02:00:00",
+        },
+    )
+    task = Message.objects.get(type="task", title="fw")
+    assert task.state == "scheduled"
+    assert task.meta["rollout"]["per_minute"] == 10
+    assert task.meta["rollout"]["abort"] == {"failed_percent": 20.0, "min_finished": 5}
+    assert task.meta["rollout"]["retries"] == {"max": 2, "on": ["failed"]}
+    assert task.meta["rollout"]["window"]["start"].startswith("2026-12-10T")
+    bad = staff.post(url, {**base, "title": "bad", "rollout_per_minute": "10", "abort_percent": "150"})
+    assert "meta.rollout.abort.failed_percent" in bad.content.decode()
+    assert not Message.objects.filter(title="bad").exists()
