@@ -389,7 +389,7 @@ API_PATH_PREFIXES = [
     "/schema/",
 ]
 # Paths served by the ASGI server (daphne) rather than the WSGI server.
-ASGI_PATH_PREFIXES = ["/ws/", "/progress/events"]
+ASGI_PATH_PREFIXES = ["/ws/", "/progress/events", "/pool/events"]
 
 # --- CORS (the seed's SSE front-end is served from another origin) --------------------------
 CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", [])

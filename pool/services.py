@@ -475,14 +475,16 @@ def push_topic(device_id: int) -> str:
 
 def push_devices(*, device_ids: Iterable[int]) -> None:
     """After commit, wake the event streams of these devices: something is pending for them."""
+    # Kind `end`: each wake-up closes its topic at once, so 100,000 device topics never show as
+    # live streams (admin Live page, progress snapshots); the event is stored and delivered all the same.
     progress_publish_many(
-        [{"topic": push_topic(pk), "kind": "msg", "text": "pending"} for pk in sorted(set(device_ids))]
+        [{"topic": push_topic(pk), "kind": "end", "text": "pending"} for pk in sorted(set(device_ids))]
     )
 
 
 def push_all() -> None:
     """After commit, wake every device's stream (a broadcast: each fetches /pool/pending)."""
-    progress_publish(topic=PUSH_ALL, kind="msg", text="pending")
+    progress_publish(topic=PUSH_ALL, kind="end", text="pending")
 
 
 def _live_broadcasts(now: datetime) -> Any:
