@@ -11,6 +11,7 @@ is dropped at the end.
 
     .venv/bin/python -m bench.pool           # full run (figures into docs/benchmarks.md)
     .venv/bin/python -m bench.pool --quick   # tiny smoke run (nothing written)
+    .venv/bin/python -m bench.pool --fleet   # rollouts and /pool/events (bench/pool_fleet.py)
 """
 
 from __future__ import annotations
@@ -156,7 +157,13 @@ def measure_pending(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny run: a smoke test, nothing written")
+    parser.add_argument("--fleet", action="store_true", help="the fleet benchmark instead (bench/pool_fleet.py)")
     args = parser.parse_args()
+    if args.fleet:
+        from bench.pool_fleet import main as fleet_main
+
+        fleet_main(quick=args.quick)
+        return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian package `wrk`).")
     quick = args.quick

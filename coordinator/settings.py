@@ -373,6 +373,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Named enums where several apps have a field called `state`.
+    "ENUM_NAME_OVERRIDES": {
+        "PoolTaskStateEnum": "pool.models.TaskState",
+        "PoolDeliveryStateEnum": "pool.models.DeliveryState",
+        "PoolMessageTypeEnum": "pool.models.MessageType",
+    },
 }
 
 # --- API paths ------------------------------------------------------------------------------
@@ -392,7 +398,7 @@ API_PATH_PREFIXES = [
     "/schema/",
 ]
 # Paths served by the ASGI server (daphne) rather than the WSGI server.
-ASGI_PATH_PREFIXES = ["/ws/", "/progress/events"]
+ASGI_PATH_PREFIXES = ["/ws/", "/progress/events", "/pool/events"]
 
 # --- CORS (the seed's SSE front-end is served from another origin) --------------------------
 CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", [])

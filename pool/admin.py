@@ -3,36 +3,101 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.widgets import AdminSplitDateTime
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from rest_framework import serializers
 
 from coordinator.admin_display import relative_time, shortened
 from coordinator.admin_site import SafeSelectionMixin, ServiceActionsAdmin
 from coordinator.api.parsers import loads_strict
+from coordinator.errors import ValidationFailedError
 from coordinator.models import User
 from jobs.bulk import bulk_submit
 from pool import selectors, services
 from pool.api.serializers import JsonObjectField
-from pool.models import Delivery, Device, Message, MessageType, Task
+from pool.errors import NotARolloutError, TaskNotOpenError
+from pool.models import SLUG_PATTERN, Delivery, Device, DeviceGroup, DeviceTag, Message, MessageType, Task
+from pool.policy import RETRY_ON, rollout_policy_parse
 from pool.selectors import device_is_online, device_online_until
+from pool.wire import format_ts
 
 LIVE_JS = ["progress/live.js"]
 
 
-class DeviceAddForm(forms.ModelForm):
+TAG_HELP = "Space- or comma-separated slugs (a-z, 0-9, -); tasks address them as device:tag:<slug>."
+
+
+def _parse_tags(raw: str) -> list[str]:
+    tags = sorted({part for part in re.split(r"[\s,]+", raw.strip()) if part})
+    bad = [tag for tag in tags if not re.fullmatch(SLUG_PATTERN, tag)]
+    if bad:
+        raise forms.ValidationError(f"Not a tag: {', '.join(bad[:5])} (1 to 64 of a-z, 0-9 and -).")
+    if len(tags) > 100:
+        raise forms.ValidationError("At most 100 tags.")
+    return tags
+
+
+class DeviceTagsMixin(forms.ModelForm):
+    tags_text = forms.CharField(label="Tags", required=False, help_text=TAG_HELP, max_length=7000)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["tags_text"].initial = " ".join(self.instance.tags.values_list("slug", flat=True))
+
+    def clean_tags_text(self) -> list[str]:
+        return _parse_tags(self.cleaned_data.get("tags_text") or "")
+
+
+class DeviceAddForm(DeviceTagsMixin):
     class Meta:
         model = Device
         fields = ("name", "kind", "validated")
+
+
+class DeviceChangeForm(DeviceTagsMixin):
+    class Meta:
+        model = Device
+        fields = ("name", "kind")
+
+
+class TagFilter(admin.SimpleListFilter):
+    title = "tag"
+    parameter_name = "tag"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        slugs = DeviceTag.objects.order_by("slug").values_list("slug", flat=True).distinct()[:200]
+        return [(slug, slug) for slug in slugs]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value and re.fullmatch(SLUG_PATTERN, value):
+            return queryset.filter(pk__in=DeviceTag.objects.filter(slug=value).values("device_id"))
+        return queryset
+
+
+class GroupFilter(admin.SimpleListFilter):
+    title = "group"
+    parameter_name = "group"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(g.slug, str(g)) for g in DeviceGroup.objects.order_by("slug")[:200]]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value and re.fullmatch(SLUG_PATTERN, value):
+            return queryset.filter(groups__slug=value)
+        return queryset
 
 
 class MessageColumns:
@@ -69,13 +134,15 @@ class DeviceAdmin(SafeSelectionMixin, admin.ModelAdmin):
         "online_badge",
         "pending",
         "kind",
+        "tag_list",
+        "group_list",
         "active",
         "last_activity_type",
         "validated",
         "enabled",
     )
-    list_filter = ("validated", "enabled", "kind")
-    search_fields = ("name", "kind", "=id")
+    list_filter = ("validated", "enabled", "kind", TagFilter, GroupFilter)
+    search_fields = ("name", "kind", "=id", "=tags__slug")
     readonly_fields = (
         "validated",
         "enabled",
@@ -92,26 +159,28 @@ class DeviceAdmin(SafeSelectionMixin, admin.ModelAdmin):
         css = {"all": ["pool/admin.css"]}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Device]:
-        return selectors.devices_with_pending()
+        return selectors.device_list()
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
-        if obj is None:
-            kwargs["form"] = DeviceAddForm
+        kwargs["form"] = DeviceAddForm if obj is None else DeviceChangeForm
         return super().get_form(request, obj, change, **kwargs)
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return self.readonly_fields if obj is not None else ()
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
-            return ("name", "kind", "validated")
-        return ("name", "kind", *self.readonly_fields)
+            return ("name", "kind", "validated", "tags_text")
+        return ("name", "kind", "tags_text", "group_list", "open_deliveries", *self.readonly_fields)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return ("group_list", "open_deliveries", *self.readonly_fields) if obj is not None else ()
 
     def save_model(self, request: HttpRequest, obj: Device, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
+            services.device_set_tags(device=obj, tags=form.cleaned_data["tags_text"])
             return
-        device, secret = services.device_create(name=obj.name, kind=obj.kind, validated=obj.validated)
+        device, secret = services.device_create(
+            name=obj.name, kind=obj.kind, validated=obj.validated, tags=form.cleaned_data["tags_text"]
+        )
         obj.pk = device.pk
         obj.secret_hash = device.secret_hash
         obj.created_at = device.created_at
@@ -140,6 +209,28 @@ class DeviceAdmin(SafeSelectionMixin, admin.ModelAdmin):
             "" if online else mark_safe(" data-live-expired"),
             obj.last_heartbeat_at.isoformat() if obj.last_heartbeat_at else "never",
             "online" if online else "offline",
+        )
+
+    @admin.display(description="tags")
+    def tag_list(self, obj: Device) -> str:
+        return " ".join(t.slug for t in obj.tags.all()) or "-"
+
+    @admin.display(description="groups")
+    def group_list(self, obj: Device) -> str:
+        return ", ".join(g.slug for g in obj.groups.all()) or "-"
+
+    @admin.display(description="open deliveries")
+    def open_deliveries(self, obj: Device) -> str:
+        rows = selectors.device_open_deliveries(device=obj, limit=50)
+        if not rows:
+            return "none"
+        return format_html_join(
+            mark_safe("<br>"),
+            '<a href="{}">{}</a> {}',
+            (
+                (reverse("admin:pool_task_change", args=[d.task_id]), d.task.title or d.task.msg_id, d.state)
+                for d in rows
+            ),
         )
 
     @admin.display(description="last activity", ordering="last_activity_at")
@@ -226,13 +317,37 @@ class TaskComposeForm(forms.ModelForm):
     """Compose a task: a target picker (one device, several, all, with search and a count), an
     expiry picked on a calendar, and a confirmation before a task goes to the whole fleet."""
 
-    TARGETS = (("one", "One device"), ("several", "Several devices"), ("all", "All devices (device:*)"))
+    TARGETS = (
+        ("one", "One device"),
+        ("several", "Several devices"),
+        ("tag", "Devices with a tag (device:tag:<slug>)"),
+        ("group", "A device group (device:group:<slug>)"),
+        ("all", "All devices (device:*)"),
+    )
     target = forms.ChoiceField(choices=TARGETS, widget=forms.RadioSelect, initial="one")
     devices = DeviceChoiceField(
         queryset=Device.objects.order_by("id"),
         required=False,
         widget=DevicePicker(),
         help_text="For one or several devices. Unvalidated devices receive the task once validated.",
+    )
+    tag = forms.RegexField(
+        regex=rf"^{SLUG_PATTERN}\Z",
+        required=False,
+        max_length=64,
+        error_messages={"invalid": "A tag is 1 to 64 of a-z, 0-9 and -."},
+        widget=forms.TextInput(attrs={"list": "pool-tag-list", "data-tag-picker": ""}),
+        help_text="For “Devices with a tag”.",
+    )
+    group = forms.ModelChoiceField(
+        queryset=DeviceGroup.objects.order_by("slug"),
+        required=False,
+        to_field_name="slug",
+        help_text="For “A device group”.",
+    )
+    continuous = forms.BooleanField(
+        required=False,
+        help_text="Tag or group: devices that gain the tag or join the group while the task is open receive it too.",
     )
     title = forms.CharField(required=False, widget=forms.TextInput(attrs={"class": "vTextField"}))
     meta_json = forms.CharField(label="Meta (JSON object)", required=False, widget=forms.Textarea(attrs={"rows": 3}))
@@ -242,6 +357,25 @@ class TaskComposeForm(forms.ModelForm):
     # Ticked only by what a browser sends for a ticked box: Django's checkbox reads any other
     # string (`off`, `0`, `no`) as ticked, and a scripted post must not reach the whole fleet by it.
     confirm_all = forms.BooleanField(required=False, widget=TickBox())
+    # The rollout section: filled in, it becomes `meta.rollout` (checked by the API's own parser).
+    rollout_per_minute = forms.IntegerField(
+        label="Release per minute", required=False, min_value=1, help_text="Set to make this a staged rollout."
+    )
+    ramp_factor = forms.FloatField(label="Ramp: multiply the rate by", required=False)
+    ramp_every = forms.IntegerField(label="Ramp: every N successes", required=False)
+    ramp_max = forms.IntegerField(label="Ramp: at most per minute", required=False)
+    abort_percent = forms.FloatField(label="Abort when failed % reaches", required=False)
+    abort_min = forms.IntegerField(label="Abort: after at least N finished", required=False)
+    timeout_seconds = forms.IntegerField(label="In-progress timeout (seconds)", required=False)
+    retries_max = forms.IntegerField(label="Retries", required=False)
+    retries_on = forms.MultipleChoiceField(
+        label="Retry on",
+        required=False,
+        choices=[("failed", "failed"), ("timed_out", "timed out")],
+        widget=forms.CheckboxSelectMultiple,
+    )
+    window_start = forms.SplitDateTimeField(label="Window start", required=False, widget=AdminSplitDateTime())
+    window_end = forms.SplitDateTimeField(label="Window end", required=False, widget=AdminSplitDateTime())
 
     class Meta:
         model = Task
@@ -255,6 +389,19 @@ class TaskComposeForm(forms.ModelForm):
         self.fleet_size = selectors.devices_receiving_broadcasts().count()
         self.fields["confirm_all"].label = f"Yes, send it to all {self.fleet_size} devices"
         self.fields["confirm_all"].help_text = "Needed for “All devices”: every validated, enabled device gets it."
+        # The matching devices of every tag and group, counted once, shown beside the choices.
+        self.tag_counts = dict(
+            DeviceTag.objects.order_by("slug")
+            .values_list("slug")
+            .annotate(n=Count("id"))
+            .values_list("slug", "n")[:500]
+        )
+        groups = DeviceGroup.objects.order_by("slug").annotate(n=Count("devices"))
+        self.fields["group"].label_from_instance = lambda g: f"{g.slug} ({g.n} devices)"  # type: ignore[attr-defined]
+        self.fields["group"].queryset = groups  # type: ignore[attr-defined]
+        self.fields["tag"].help_text = "For “Devices with a tag”. Tags now: " + (
+            ", ".join(f"{slug} ({n})" for slug, n in self.tag_counts.items()) or "none"
+        )
 
     def clean_meta_json(self) -> dict[str, Any]:
         raw = (self.cleaned_data.get("meta_json") or "").strip()
@@ -284,17 +431,68 @@ class TaskComposeForm(forms.ModelForm):
             self.add_error("devices", "Pick exactly one device.")
         if data.get("target") == "several" and not chosen:
             self.add_error("devices", "Pick at least one device.")
+        if data.get("target") == "tag" and not data.get("tag") and "tag" not in self.errors:
+            self.add_error("tag", "Name a tag.")
+        if data.get("target") == "group" and not data.get("group") and "group" not in self.errors:
+            self.add_error("group", "Pick a group.")
         if data.get("target") == "all" and not data.get("confirm_all"):
             self.add_error("confirm_all", f"This goes to all {self.fleet_size} devices: tick the box to confirm.")
+        if not self.errors and data.get("target") and data.get("meta_json") is not None:
+            try:
+                policy = self.rollout_policy()
+                if policy is not None:
+                    rollout_policy_parse(policy)
+                    if data.get("target") == "all":
+                        self.add_error("rollout_per_minute", "A staged rollout needs its devices now: not all devices.")
+            except ValidationFailedError as exc:
+                for name, problems in exc.extra.get("fields", {}).items():
+                    self.add_error(None, f"{name}: {' '.join(problems)}")
         limit = Message._meta.get_field("to").max_length or 0
         listed = "device:" + json.dumps(sorted(d.pk for d in chosen), separators=(",", ":"))
         if data.get("target") == "several" and len(listed) > limit:
             self.add_error("devices", f"{len(chosen)} devices are too many for one list (at most {limit} characters).")
         return data
 
+    def rollout_policy(self) -> dict[str, Any] | None:
+        """The rollout section as a `meta.rollout` object, or None when it is left empty."""
+        data = self.cleaned_data
+        if data.get("rollout_per_minute") is None:
+            return None
+        policy: dict[str, Any] = {"per_minute": data["rollout_per_minute"]}
+        if any(data.get(k) is not None for k in ("ramp_factor", "ramp_every", "ramp_max")):
+            policy["ramp"] = {
+                "factor": data.get("ramp_factor"),
+                "every_succeeded": data.get("ramp_every"),
+                "max_per_minute": data.get("ramp_max"),
+            }
+        if data.get("abort_percent") is not None:
+            policy["abort"] = {"failed_percent": data["abort_percent"], "min_finished": data.get("abort_min") or 1}
+        if data.get("timeout_seconds") is not None:
+            policy["in_progress_timeout_seconds"] = data["timeout_seconds"]
+        if data.get("retries_max"):
+            policy["retries"] = {"max": data["retries_max"], "on": list(data.get("retries_on") or RETRY_ON)}
+        if data.get("window_start") or data.get("window_end"):
+            policy["window"] = {
+                key: format_ts(data[f"window_{key}"]) for key in ("start", "end") if data.get(f"window_{key}")
+            }
+        return policy
+
+    def task_meta(self) -> dict[str, Any]:
+        meta = dict(self.cleaned_data["meta_json"])
+        if self.cleaned_data["target"] in ("tag", "group") and self.cleaned_data.get("continuous"):
+            meta["continuous"] = True
+        policy = self.rollout_policy()
+        if policy is not None:
+            meta["rollout"] = policy
+        return meta
+
     def target_string(self) -> str:
         if self.cleaned_data["target"] == "all":
             return "device:*"
+        if self.cleaned_data["target"] == "tag":
+            return f"device:tag:{self.cleaned_data['tag']}"
+        if self.cleaned_data["target"] == "group":
+            return f"device:group:{self.cleaned_data['group'].slug}"
         ids = sorted(d.pk for d in self.cleaned_data["devices"])
         return f"device:{ids[0]}" if self.cleaned_data["target"] == "one" else f"device:{json.dumps(ids)}"
 
@@ -363,14 +561,24 @@ class StatusFilter(admin.SimpleListFilter):
 class TaskAdmin(MessageColumns, ServiceActionsAdmin):
     form = TaskComposeForm
     change_form_template = "admin/pool/task/change_form.html"
-    list_display = ("title_shown", "state_summary", "sent", "to_short", "sender", "expires", "cancelled", "msg_short")
+    list_display = (
+        "title_shown",
+        "state",
+        "state_summary",
+        "sent",
+        "to_short",
+        "sender",
+        "expires",
+        "cancelled",
+        "msg_short",
+    )
     list_display_links = ("title_shown", "msg_short")
-    list_filter = (TargetKindFilter, StatusFilter, DeviceFilter, "ts")
+    list_filter = ("state", TargetKindFilter, StatusFilter, DeviceFilter, "ts")
     # No date hierarchy: its year/month links read the distinct dates of every message, and the
     # `ts` filter (today, past 7 days, this month, this year) answers the same question cheaply.
     show_full_result_count = False  # the log holds millions of rows
     search_fields = ("title", "body", "=msg_id")
-    actions = ["cancel"]
+    actions = ["cancel", "pause", "resume"]
     list_per_page = 50
     ordering = ("-seq",)  # newest first: the primary key is the log's order
 
@@ -396,10 +604,60 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
             return [
-                (None, {"fields": ("target", "devices", "confirm_all", "title", "body", "meta_json", "expires_at")})
+                (
+                    None,
+                    {
+                        "fields": (
+                            "target",
+                            "devices",
+                            "tag",
+                            "group",
+                            "continuous",
+                            "confirm_all",
+                            "title",
+                            "body",
+                            "meta_json",
+                            "expires_at",
+                        )
+                    },
+                ),
+                (
+                    "Staged rollout (optional)",
+                    {
+                        "classes": ("collapse",),
+                        "description": "Release the task gradually; fill in “Release per minute” to use it.",
+                        "fields": (
+                            "rollout_per_minute",
+                            ("ramp_factor", "ramp_every", "ramp_max"),
+                            ("abort_percent", "abort_min"),
+                            "timeout_seconds",
+                            ("retries_max", "retries_on"),
+                            "window_start",
+                            "window_end",
+                        ),
+                    },
+                ),
             ]
         return [
-            (None, {"fields": ("msg_id", "ts", "sender", "to", "title", "body", "meta", "expires_at", "cancelled_at")})
+            (
+                None,
+                {
+                    "fields": (
+                        "msg_id",
+                        "ts",
+                        "sender",
+                        "to",
+                        "state",
+                        "title",
+                        "body",
+                        "meta",
+                        "expires_at",
+                        "cancelled_at",
+                        "paused_at",
+                        "abort_reason",
+                    )
+                },
+            )
         ]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -416,7 +674,7 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
             to=form.target_string(),
             title=form.cleaned_data["title"],
             body=form.cleaned_data["body"],
-            meta=form.cleaned_data["meta_json"],
+            meta=form.task_meta(),
             expires_at=form.cleaned_data["expires_at"],
         )
         for field in task._meta.concrete_fields:
@@ -437,6 +695,8 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
             context["threads"] = selectors.task_threads(task=task)
             context["unfetched"] = selectors.task_unfetched_devices(task=task)
             context["task_topic"] = f"pooltask:{task.msg_id}"
+            context["rollout"] = task.meta.get("rollout") if isinstance(task.meta, dict) else None
+            context["released"] = selectors.task_released_count(task=task) if context["rollout"] else None
         return super().change_view(request, object_id, form_url, extra_context=context)
 
     @admin.display(description="title", ordering="title")
@@ -460,6 +720,26 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
     @admin.action(description="Cancel the selected tasks (in the background)", permissions=["operate"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         bulk_submit(request, self, queryset, "admin.pool_tasks_cancel")
+
+    def _pause_or_resume(self, request: HttpRequest, queryset: QuerySet[Any], pause: bool) -> None:
+        changed, refused = 0, []
+        for task in queryset[:500]:
+            try:
+                changed += int(services.task_pause(task=task) if pause else services.task_resume(task=task))
+            except (NotARolloutError, TaskNotOpenError) as exc:
+                refused.append(f"{task.title or task.msg_id}: {exc.message}")
+        verb = "paused" if pause else "resumed"
+        self.message_user(request, f"{changed} rollout(s) {verb}.")
+        if refused:
+            self.message_user(request, "Not changed: " + "; ".join(refused[:10]), messages.WARNING)
+
+    @admin.action(description="Pause the selected rollouts", permissions=["operate"])
+    def pause(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        self._pause_or_resume(request, queryset, True)
+
+    @admin.action(description="Resume the selected rollouts", permissions=["operate"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        self._pause_or_resume(request, queryset, False)
 
 
 @admin.register(Message)
@@ -487,3 +767,32 @@ class MessageAdmin(SafeSelectionMixin, MessageColumns, admin.ModelAdmin):
     @admin.display(description="in reply to", ordering="parent_id")
     def parent_short(self, obj: Message) -> str:
         return shortened(obj.parent_id, 8)
+
+
+class DeviceGroupForm(forms.ModelForm):
+    class Meta:
+        model = DeviceGroup
+        fields = ("slug", "name", "devices")
+
+
+@admin.register(DeviceGroup)
+class DeviceGroupAdmin(SafeSelectionMixin, admin.ModelAdmin):
+    """Static groups: a slug (`device:group:<slug>`), a name and its devices."""
+
+    form = DeviceGroupForm
+    list_display = ("slug", "name", "size", "created_at")
+    search_fields = ("slug", "name")
+    autocomplete_fields = ("devices",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DeviceGroup]:
+        return super().get_queryset(request).annotate(device_count=Count("devices"))
+
+    @admin.display(description="devices", ordering="device_count")
+    def size(self, obj: DeviceGroup) -> int:
+        return int(getattr(obj, "device_count", 0))
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        # Membership goes through the service: open continuous tasks reach devices that join.
+        services.group_set_devices(group=form.instance, devices=form.cleaned_data["devices"])
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)

@@ -7,9 +7,20 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
+from django.db.models.signals import post_migrate
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
+
+
+def _schedule_rollouts(using: str = "default", **kwargs: Any) -> None:
+    """Every minute the django-q2 cluster (run by `manage.py serve`) steps the staged rollouts
+    (pool.rollouts). Every cluster may run it; the task row lock keeps two from deciding one
+    rollout at once. Visible and editable in the admin under Django Q2 → Scheduled tasks."""
+    from coordinator.services import schedule_every_minute
+    from pool.conf import ROLLOUT_SCHEDULE
+
+    schedule_every_minute(name=ROLLOUT_SCHEDULE, func="pool.tasks.rollouts_step", using=using)
 
 
 class PoolConfig(AppConfig):
@@ -28,6 +39,7 @@ class PoolConfig(AppConfig):
         from pool.metrics import PoolCollector
 
         register_collector(PoolCollector())
+        post_migrate.connect(_schedule_rollouts, sender=self, dispatch_uid="pool.rollouts")
 
     def serve_processes(self) -> list[tuple[str, list[str]]]:
         """`manage.py serve` also runs the day log's writer, when there is a day log."""

@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from coordinator.tokens import TokenError, TokenExpiredError, TokenKind, token_kind_unverified
 from pool.errors import DeviceDisabledError, DeviceNotValidatedError
 from pool.models import Device
-from pool.tokens import device_token_decode
+from pool.tokens import device_stamp, device_token_decode
 
 
 class DeviceTokenInvalid(exceptions.AuthenticationFailed):
@@ -42,32 +42,38 @@ class DeviceJWTAuthentication(BaseAuthentication):
             raise DeviceTokenInvalid("The token is not valid.") from exc
         if token_kind_unverified(token) != TokenKind.DEVICE:
             return None
-        try:
-            payload = device_token_decode(token)
-        except TokenExpiredError as exc:
-            raise exceptions.AuthenticationFailed("The device token has expired.", code="token_expired") from exc
-        except TokenError as exc:
-            raise DeviceTokenInvalid("The device token is not valid.") from exc
-        device_id: Any = payload.get("device_id", payload.get("sub"))
-        try:
-            device_pk = int(device_id)
-        except (TypeError, ValueError) as exc:
-            raise DeviceTokenInvalid("The device token names no device.") from exc
-        if str(payload.get("sub")) != str(device_pk):
-            raise DeviceTokenInvalid("The device token's `sub` and `device_id` disagree.")
-        device = Device.objects.filter(pk=device_pk).first() if 0 < device_pk < 2**63 else None
-        if device is None:
-            raise DeviceTokenInvalid("The device of this token no longer exists.")
-        if not device.enabled:
-            raise exceptions.PermissionDenied(DeviceDisabledError.default_message, code=DeviceDisabledError.code)
-        if not device.validated:
-            raise exceptions.PermissionDenied(
-                DeviceNotValidatedError.default_message, code=DeviceNotValidatedError.code
-            )
-        return device, payload
+        return device_from_token(token)
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="pool-device"'
+
+
+def device_from_token(token: str) -> tuple[Device, dict[str, Any]]:
+    """The enabled, validated device a device token names, with its claims; raises DRF's
+    AuthenticationFailed (401) or PermissionDenied (403)."""
+    try:
+        payload = device_token_decode(token)
+    except TokenExpiredError as exc:
+        raise exceptions.AuthenticationFailed("The device token has expired.", code="token_expired") from exc
+    except TokenError as exc:
+        raise DeviceTokenInvalid("The device token is not valid.") from exc
+    device_id: Any = payload.get("device_id", payload.get("sub"))
+    try:
+        device_pk = int(device_id)
+    except (TypeError, ValueError) as exc:
+        raise DeviceTokenInvalid("The device token names no device.") from exc
+    if str(payload.get("sub")) != str(device_pk):
+        raise DeviceTokenInvalid("The device token's `sub` and `device_id` disagree.")
+    device = Device.objects.filter(pk=device_pk).first() if 0 < device_pk < 2**63 else None
+    if device is None:
+        raise DeviceTokenInvalid("The device of this token no longer exists.")
+    if payload.get("stamp") != device_stamp(device.secret_hash):
+        raise DeviceTokenInvalid("The device token was revoked: the device's secret has been replaced.")
+    if not device.enabled:
+        raise exceptions.PermissionDenied(DeviceDisabledError.default_message, code=DeviceDisabledError.code)
+    if not device.validated:
+        raise exceptions.PermissionDenied(DeviceNotValidatedError.default_message, code=DeviceNotValidatedError.code)
+    return device, payload
 
 
 class IsDevice(BasePermission):

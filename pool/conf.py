@@ -12,6 +12,9 @@ from django.conf import settings
 # transaction took less than this.
 BROADCAST_MARGIN = timedelta(minutes=5)
 
+# The django-q2 schedule that steps staged rollouts every minute (pool.rollouts).
+ROLLOUT_SCHEDULE = "pool: step staged rollouts"
+
 
 def journal_dir() -> Path | None:
     """`POOL_JOURNAL_DIR`: where the day files `YYYY-MM-DD.jsonl` are appended; None = no day log."""

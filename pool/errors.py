@@ -8,7 +8,10 @@ from coordinator.errors import ApplicationError, ConflictError, NotFoundError, P
 class InvalidTargetError(ApplicationError):
     code = "invalid_target"
     status_code = 400
-    default_message = "`to` must be one of: device:<id>, device:*, device:[<id>,...] or user:<email>."
+    default_message = (
+        "`to` must be one of: device:<id>, device:*, device:[<id>,...], device:tag:<slug>, "
+        "device:group:<slug> or user:<email>."
+    )
 
 
 class UnknownDevicesError(ApplicationError):
@@ -52,3 +55,30 @@ class DeviceNotValidatedError(PermissionDeniedError):
 class DeviceDisabledError(PermissionDeniedError):
     code = "device_disabled"
     default_message = "This device is disabled."
+
+
+class UnknownGroupError(ApplicationError):
+    code = "unknown_group"
+    status_code = 400
+    default_message = "No device group has this slug."
+
+
+class DeviceNotFoundError(NotFoundError):
+    code = "device_not_found"
+    default_message = "No device has this id."
+
+
+class NotARolloutError(ConflictError):
+    code = "not_a_rollout"
+    default_message = "Only a staged rollout (a task with meta.rollout) can be paused or resumed."
+
+
+class TaskNotOpenError(ConflictError):
+    code = "task_not_open"
+    default_message = "This task is no longer open."
+
+
+class InvalidFilterError(ApplicationError):
+    code = "validation_error"
+    status_code = 400
+    default_message = "A filter is not valid."

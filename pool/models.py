@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -51,12 +52,67 @@ class Device(models.Model):
         return f"device:{self.pk}"
 
 
+# Tags and group slugs: what `device:tag:<slug>` and `device:group:<slug>` name.
+SLUG_PATTERN = r"[a-z0-9-]{1,64}"
+
+
+class DeviceTag(models.Model):
+    """One tag of one device (a short slug), set by staff, masters, admins or the device at enrolment."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="tags")
+    slug = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["device_id", "slug"]
+        constraints = [models.UniqueConstraint(fields=["device", "slug"], name="pool_device_tag_unique")]
+        # `device:tag:<slug>` and the tag filter read the devices of one slug.
+        indexes = [models.Index(fields=["slug", "device"], name="pool_device_tag_slug")]
+
+    def __str__(self) -> str:
+        return f"device:{self.device_id} #{self.slug}"
+
+
+class DeviceGroup(models.Model):
+    """A static, named set of devices (edited in the admin); `device:group:<slug>` addresses it."""
+
+    slug = models.CharField(
+        max_length=64,
+        unique=True,
+        validators=[RegexValidator(rf"^{SLUG_PATTERN}\Z", "Lower-case letters, digits and dashes (at most 64).")],
+        help_text="Lower-case letters, digits and dashes; tasks address the group as device:group:<slug>.",
+    )
+    name = models.CharField(max_length=200, blank=True, default="")
+    devices = models.ManyToManyField(Device, related_name="groups", blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["slug"]
+        verbose_name = "device group"
+
+    def __str__(self) -> str:
+        return self.name or self.slug
+
+
 class MessageType(models.TextChoices):
     TASK = "task", "Task"
     RESPONSE = "response", "Response"
     INFO = "info", "Info"
     HEARTBEAT = "heartbeat", "Heartbeat"
     ERROR = "error", "Error"
+
+
+class TaskState(models.TextChoices):
+    """A task's own state (a staged rollout starts `scheduled`, every other task `in_progress`)."""
+
+    SCHEDULED = "scheduled", "Scheduled"
+    IN_PROGRESS = "in_progress", "In progress"
+    COMPLETED = "completed", "Completed"
+    ABORTED = "aborted", "Aborted"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+OPEN_TASK_STATES = (TaskState.SCHEDULED, TaskState.IN_PROGRESS)
 
 
 class Message(models.Model):
@@ -77,6 +133,10 @@ class Message(models.Model):
     target_all = models.BooleanField(default=False)
     expires_at = models.DateTimeField(null=True, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    # Tasks only (blank on other messages): see TaskState; a paused rollout releases nothing.
+    state = models.CharField(max_length=16, choices=TaskState.choices, blank=True, default="")
+    paused_at = models.DateTimeField(null=True, blank=True)
+    abort_reason = models.TextField(blank=True, default="")
     sent_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -91,6 +151,14 @@ class Message(models.Model):
             # Lazy broadcast materialisation reads the live broadcasts newer than a watermark.
             models.Index(fields=["ts"], name="pool_msg_broadcast_ts", condition=Q(type="task", target_all=True)),
             models.Index(fields=["type", "ts"], name="pool_msg_type_ts"),
+            # The rollout sweep and continuous targeting read only open tasks (few, in a huge log).
+            models.Index(
+                fields=["to"],
+                name="pool_msg_open_task",
+                condition=Q(type="task", state__in=["scheduled", "in_progress"]),
+            ),
+            # GET /pool/tasks?state=… newest first.
+            models.Index(fields=["state", "seq"], name="pool_msg_task_state", condition=Q(type="task")),
         ]
 
     def __str__(self) -> str:
@@ -110,10 +178,12 @@ class Task(Message):
 
 
 class DeliveryState(models.TextChoices):
+    QUEUED = "queued", "Queued"  # a rollout's delivery not released yet: invisible to its device
     PENDING = "pending", "Pending"
     PROGRESS = "progress", "In progress"
     DONE = "done", "Done"
     FAILED = "failed", "Failed"
+    TIMED_OUT = "timed_out", "Timed out"
     CANCELLED = "cancelled", "Cancelled"
 
 
@@ -129,6 +199,9 @@ class Delivery(models.Model):
     progress = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
+    # When it last became pending for its device (a rollout's release), and how many times.
+    released_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
 
     class Meta:
         verbose_name_plural = "deliveries"
@@ -137,6 +210,13 @@ class Delivery(models.Model):
             # GET /pool/pending reads only this device's open rows: cost follows what is pending.
             models.Index(
                 fields=["device", "task"], name="pool_delivery_open", condition=Q(state__in=["pending", "progress"])
+            ),
+            # The rollout sweep releases a task's queued rows in order and times out its open ones.
+            models.Index(fields=["task", "id"], name="pool_delivery_queued", condition=Q(state="queued")),
+            models.Index(
+                fields=["task", "released_at"],
+                name="pool_delivery_released",
+                condition=Q(state__in=["pending", "progress"], released_at__isnull=False),
             ),
         ]
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from django.db.models import Case, Count, Exists, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models import Case, Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from coordinator.models import User
 from pool import conf
-from pool.models import OPEN_STATES, Delivery, DeliveryState, Device, Message, MessageType
+from pool.models import OPEN_STATES, Delivery, DeliveryState, Device, DeviceGroup, DeviceTag, Message, MessageType
 from pool.wire import format_ts
 
 
@@ -75,6 +76,39 @@ def devices_with_pending() -> QuerySet[Device]:
         pending_count=Coalesce(Subquery(open_rows), 0)
         + Case(When(validated=True, then=Coalesce(Subquery(unseen), 0)), default=Value(0)),
     ).order_by("id")
+
+
+def device_list(*, tag: str | None = None, group: str | None = None) -> QuerySet[Device]:
+    """Devices with `pending_count`, their tags and groups loaded, optionally of one tag and/or group."""
+    devices = devices_with_pending()
+    if tag is not None:
+        devices = devices.filter(Exists(DeviceTag.objects.filter(device=OuterRef("pk"), slug=tag)))
+    if group is not None:
+        devices = devices.filter(
+            Exists(DeviceGroup.devices.through.objects.filter(device=OuterRef("pk"), devicegroup__slug=group))
+        )
+    return devices.prefetch_related(
+        Prefetch("tags", queryset=DeviceTag.objects.order_by("slug")),
+        Prefetch("groups", queryset=DeviceGroup.objects.order_by("slug")),
+    )
+
+
+def device_get(*, device_id: int) -> Device | None:
+    """One device as `device_list` shows it, or None."""
+    if not 0 < device_id < 2**63:
+        return None
+    return device_list().filter(pk=device_id).first()
+
+
+def device_open_deliveries(*, device: Device, limit: int = 500) -> list[Delivery]:
+    """The device's open deliveries of live tasks (what it has to do), oldest task first."""
+    now = timezone.now()
+    return list(
+        Delivery.objects.filter(device=device, state__in=OPEN_STATES)
+        .filter(_live("task__", now))
+        .select_related("task")
+        .order_by("task_id")[:limit]
+    )
 
 
 def device_pending_count(*, device: Device) -> int:
@@ -198,6 +232,84 @@ def _export_chunk(tasks: list[Message]) -> Iterator[dict[str, Any]]:
                 "response_count": len(answered),
                 "responses": _json(answered),
             }
+
+
+@dataclass(frozen=True)
+class TaskFilters:
+    """`GET /pool/tasks` filters; None means any."""
+
+    state: str | None = None
+    to: str | None = None
+    device_id: int | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    sender: str | None = None
+
+
+def task_list(*, user: User, filters: TaskFilters) -> QuerySet[Message]:
+    """Tasks newest first: the ones `user` sent, or all of them for an admin."""
+    tasks = Message.objects.filter(type=MessageType.TASK)
+    if not user.is_admin:
+        tasks = tasks.filter(sent_by=user)
+    if filters.state is not None:
+        tasks = tasks.filter(state=filters.state)
+    if filters.to is not None:
+        tasks = tasks.filter(to=filters.to)
+    if filters.device_id is not None:
+        tasks = tasks.filter(Exists(Delivery.objects.filter(task=OuterRef("pk"), device_id=filters.device_id)))
+    if filters.created_after is not None:
+        tasks = tasks.filter(ts__gte=filters.created_after)
+    if filters.created_before is not None:
+        tasks = tasks.filter(ts__lt=filters.created_before)
+    if filters.sender is not None:
+        tasks = tasks.filter(sender=f"user:{filters.sender.lower()}")
+    return tasks.order_by("-seq")
+
+
+def task_get(*, user: User, msg_id: str) -> Message | None:
+    """One task `user` may see (their own; any for an admin), or None."""
+    return task_list(user=user, filters=TaskFilters()).filter(msg_id=msg_id).first()
+
+
+def task_executions(*, task: Message, limit: int = 1000) -> list[dict[str, Any]]:
+    """The first `limit` per-device executions of a task, each with its device's last response."""
+    deliveries = list(Delivery.objects.filter(task=task).select_related("device").order_by("device_id")[:limit])
+    last: dict[int | None, Message] = {}
+    answers = Message.objects.filter(
+        parent_id=task.msg_id, type=MessageType.RESPONSE, device_id__in=[d.device_id for d in deliveries]
+    )
+    for response in answers.order_by("ts", "seq"):
+        last[response.device_id] = response
+    rows = []
+    for delivery in deliveries:
+        answer = last.get(delivery.device_id)
+        rows.append(
+            {
+                "device_id": delivery.device_id,
+                "device_name": delivery.device.name,
+                "state": delivery.state,
+                "progress": delivery.progress,
+                "attempts": delivery.attempts,
+                "created_at": delivery.created_at,
+                "released_at": delivery.released_at,
+                "updated_at": delivery.updated_at,
+                "last_response": None
+                if answer is None
+                else {
+                    "id": answer.msg_id,
+                    "ts": format_ts(answer.ts),
+                    "status": answer.meta.get("status"),
+                    "title": answer.title,
+                    "body": answer.body,
+                },
+            }
+        )
+    return rows
+
+
+def task_released_count(*, task: Message) -> int:
+    """How many of a task's deliveries have been released to their device (all but a rollout's queued)."""
+    return Delivery.objects.filter(task=task, released_at__isnull=False).count()
 
 
 def task_state_counts(*, task: Message) -> dict[str, int]:

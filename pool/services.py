@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from django.contrib.auth.hashers import check_password, make_password
 from django.db import transaction
@@ -18,6 +18,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from coordinator.api.parsers import loads_strict
+from coordinator.errors import ValidationFailedError
 from coordinator.models import User
 from coordinator.services import audit_record
 from pool import conf, metrics
@@ -27,15 +28,30 @@ from pool.errors import (
     DeviceNotValidatedError,
     InvalidCredentialsError,
     InvalidTargetError,
+    NotARolloutError,
     TaskClosedError,
     TaskNotFoundError,
+    TaskNotOpenError,
     UnknownDevicesError,
+    UnknownGroupError,
 )
-from pool.models import OPEN_STATES, Delivery, DeliveryState, Device, Message, MessageType
+from pool.models import (
+    OPEN_STATES,
+    OPEN_TASK_STATES,
+    Delivery,
+    DeliveryState,
+    Device,
+    DeviceGroup,
+    DeviceTag,
+    Message,
+    MessageType,
+    TaskState,
+)
+from pool.policy import rollout_policy_parse
 from pool.selectors import task_state_counts
 from pool.tokens import device_token_encode
 from pool.wire import MESSAGE_KEYS, format_ts, message_line, parse_target, parse_ts
-from progress.services import progress_publish
+from progress.services import progress_publish, progress_publish_many
 
 RESPONSE_STATUSES = ("done", "failed", "progress")
 FINAL_STATES = (DeliveryState.DONE, DeliveryState.FAILED)
@@ -152,11 +168,63 @@ def new_secret() -> str:
 
 
 @transaction.atomic
-def device_create(*, name: str, kind: str = "", validated: bool = False) -> tuple[Device, str]:
-    """Create a device; returns it and its secret (shown once, stored hashed)."""
+def device_create(
+    *, name: str, kind: str = "", validated: bool = False, tags: Iterable[str] = ()
+) -> tuple[Device, str]:
+    """Create a device (with its tags); returns it and its secret (shown once, stored hashed)."""
     secret = new_secret()
     device = Device.objects.create(name=name, kind=kind, validated=validated, secret_hash=make_password(secret))
+    if tags:
+        device_set_tags(device=device, tags=tags)
     return device, secret
+
+
+@transaction.atomic
+def device_set_tags(*, device: Device, tags: Iterable[str]) -> list[str]:
+    """Replace a device's tags; open continuous tasks of a tag it gains reach it now. The new tags."""
+    wanted = sorted(set(tags))
+    have = set(DeviceTag.objects.filter(device=device).values_list("slug", flat=True))
+    DeviceTag.objects.filter(device=device).exclude(slug__in=wanted).delete()
+    gained = [slug for slug in wanted if slug not in have]
+    DeviceTag.objects.bulk_create([DeviceTag(device=device, slug=slug) for slug in gained], ignore_conflicts=True)
+    continuous_attach(devices=[device], targets=[f"device:tag:{slug}" for slug in gained])
+    return wanted
+
+
+@transaction.atomic
+def group_set_devices(*, group: DeviceGroup, devices: Iterable[Device]) -> int:
+    """Make `devices` the members of `group`; open continuous tasks of the group reach the new
+    members now. The number of devices that joined."""
+    wanted = {d.pk for d in devices}
+    have = set(group.devices.values_list("pk", flat=True))
+    group.devices.remove(*(have - wanted))
+    joined = sorted(wanted - have)
+    group.devices.add(*joined)
+    continuous_attach(devices=list(Device.objects.filter(pk__in=joined)), targets=[f"device:group:{group.slug}"])
+    return len(joined)
+
+
+def continuous_attach(*, devices: list[Device], targets: list[str]) -> int:
+    """Give `devices` a delivery of every open continuous task addressed to one of `targets`
+    (`device:tag:<slug>` / `device:group:<slug>`), as AWS IoT's continuous jobs do; how many."""
+    if not devices or not targets:
+        return 0
+    now = timezone.now()
+    tasks = list(
+        _live_tasks(now)
+        .filter(to__in=targets, state__in=OPEN_TASK_STATES, meta__continuous=True)
+        .values_list("pk", "meta")
+    )
+    rows = [
+        Delivery(task_id=task_id, device=d, state=DeliveryState.QUEUED, created_at=now, updated_at=now)
+        if "rollout" in meta
+        else Delivery(task_id=task_id, device=d, created_at=now, updated_at=now, released_at=now, attempts=1)
+        for task_id, meta in tasks
+        for d in devices
+    ]
+    created = Delivery.objects.bulk_create(rows, ignore_conflicts=True)
+    push_devices(device_ids=[row.device_id for row in created if row.state == DeliveryState.PENDING])
+    return len(created)
 
 
 @transaction.atomic
@@ -205,7 +273,7 @@ def _touch(device: Device, kind: str, now: datetime, heartbeat: bool = False) ->
 
 def _task_finished(task: Message) -> bool:
     """Every target device is done or failed (broadcast: every validated, enabled device)."""
-    if Delivery.objects.filter(task=task, state__in=OPEN_STATES).exists():
+    if Delivery.objects.filter(task=task, state__in=[DeliveryState.QUEUED, *OPEN_STATES]).exists():
         return False
     if not task.target_all:
         return True
@@ -227,10 +295,37 @@ def task_create(
     meta: dict[str, Any] | None = None,
     expires_at: datetime | None = None,
 ) -> Message:
-    """Store a task for one, several or all devices with one delivery row per named device."""
+    """Store a task for one, several or all devices, or a tag's or group's devices, with one
+    delivery row per device it reaches now."""
     target = parse_target(to)
     if not target.is_devices:
-        raise InvalidTargetError("A task is addressed to devices: device:<id>, device:* or device:[<id>,...].")
+        raise InvalidTargetError(
+            "A task is addressed to devices: device:<id>, device:*, device:[<id>,...], device:tag:<slug> "
+            "or device:group:<slug>."
+        )
+    meta = dict(meta or {})
+    if not isinstance(meta.get("continuous", False), bool):
+        raise ValidationFailedError(
+            "`meta.continuous` must be true or false.", extra={"fields": {"meta.continuous": ["Must be a boolean."]}}
+        )
+    rollout = "rollout" in meta
+    if rollout:
+        rollout_policy_parse(meta["rollout"])
+        if target.all_devices:
+            raise ValidationFailedError(
+                "A staged rollout needs its devices when it is sent: address a list, a tag or a group, not device:*.",
+                extra={"fields": {"meta.rollout": ["Not with device:*."]}},
+            )
+    device_ids = list(target.device_ids)
+    if target.tag is not None:
+        device_ids = list(
+            DeviceTag.objects.filter(slug=target.tag).order_by("device_id").values_list("device_id", flat=True)
+        )
+    if target.group is not None:
+        group = DeviceGroup.objects.filter(slug=target.group).first()
+        if group is None:
+            raise UnknownGroupError(f"No device group is named {target.group!r}.", extra={"group": target.group})
+        device_ids = sorted(group.devices.values_list("pk", flat=True))
     if target.device_ids:
         known = set(Device.objects.filter(pk__in=target.device_ids).values_list("pk", flat=True))
         unknown = [pk for pk in target.device_ids if pk not in known]
@@ -239,7 +334,6 @@ def task_create(
                 "Unknown device ids: " + ", ".join(str(pk) for pk in unknown) + ".", extra={"unknown": unknown}
             )
     now = timezone.now()
-    meta = dict(meta or {})
     if expires_at is not None:
         meta["expires_at"] = format_ts(expires_at)
     task = _record(
@@ -254,10 +348,19 @@ def task_create(
             target_all=target.all_devices,
             expires_at=expires_at,
             sent_by=user,
+            state=TaskState.SCHEDULED if rollout else TaskState.IN_PROGRESS,
         )
     )
+    # A rollout's deliveries wait `queued` until its periodic step releases them (pool.rollouts).
+    first = DeliveryState.QUEUED if rollout else DeliveryState.PENDING
     Delivery.objects.bulk_create(
-        [Delivery(task=task, device_id=pk, created_at=now, updated_at=now) for pk in target.device_ids]
+        [
+            Delivery(task=task, device_id=pk, state=first, created_at=now, updated_at=now)
+            if rollout
+            else Delivery(task=task, device_id=pk, created_at=now, updated_at=now, released_at=now, attempts=1)
+            for pk in device_ids
+        ],
+        batch_size=5000,
     )
     progress_publish(
         topic=f"pooltask:{task.msg_id}",
@@ -265,11 +368,16 @@ def task_create(
         text=title or task.msg_id,
         state={
             "to": task.to,
-            "devices": {str(pk): DeliveryState.PENDING.value for pk in target.device_ids},
+            "task_state": task.state,
+            "devices": {str(pk): first.value for pk in device_ids[:1000]},
             "counts": task_state_counts(task=task),
         },
         owner_id=_owner(task),
     )
+    if target.all_devices:
+        push_all()
+    elif not rollout:
+        push_devices(device_ids=device_ids)
     return task
 
 
@@ -277,11 +385,18 @@ def task_create(
 def task_cancel(*, task: Message) -> bool:
     """Cancel a task: it is pending for nobody from now on. False when it already was."""
     now = timezone.now()
-    if not Message.objects.filter(pk=task.pk, type=MessageType.TASK, cancelled_at=None).update(cancelled_at=now):
+    # Guarded: of two concurrent cancels (or a cancel racing the rollout sweep's abort) one wins.
+    closed = Message.objects.filter(pk=task.pk, type=MessageType.TASK, cancelled_at=None).exclude(
+        state__in=[TaskState.ABORTED, TaskState.COMPLETED]
+    )
+    if not closed.update(cancelled_at=now, state=TaskState.CANCELLED):
         return False
-    Delivery.objects.filter(task=task, state__in=OPEN_STATES).update(state=DeliveryState.CANCELLED, updated_at=now)
+    Delivery.objects.filter(task=task, state__in=[DeliveryState.QUEUED, *OPEN_STATES]).update(
+        state=DeliveryState.CANCELLED, updated_at=now
+    )
     task.cancelled_at = now
     audit_record(action="device_task.cancel", target=task, after={"cancelled_at": now})
+    task.state = TaskState.CANCELLED
     progress_publish(
         topic=f"pooltask:{task.msg_id}",
         kind="end",
@@ -292,10 +407,93 @@ def task_cancel(*, task: Message) -> bool:
     return True
 
 
-def _live_broadcasts(now: datetime) -> Any:
-    return Message.objects.filter(type=MessageType.TASK, target_all=True, cancelled_at=None).filter(
+def _live_tasks(now: datetime) -> Any:
+    return Message.objects.filter(type=MessageType.TASK, cancelled_at=None).filter(
         Q(expires_at=None) | Q(expires_at__gt=now)
     )
+
+
+def _is_rollout(task: Message) -> bool:
+    return isinstance(task.meta, dict) and "rollout" in task.meta
+
+
+def _set_paused(task: Message, paused: bool) -> bool:
+    if not _is_rollout(task):
+        raise NotARolloutError()
+    if task.state not in OPEN_TASK_STATES or task.cancelled_at is not None:
+        raise TaskNotOpenError(f"This task is {task.state}.")
+    now = timezone.now()
+    # Guarded: the sweep reads paused_at in its own transaction; a second pause changes nothing.
+    rows = Message.objects.filter(pk=task.pk, state__in=OPEN_TASK_STATES, paused_at__isnull=paused)
+    changed = bool(rows.update(paused_at=now if paused else None))
+    task.refresh_from_db()
+    if changed:
+        verb = "paused" if paused else "resumed"
+        task_decision_record(task, kind="msg", text=f"rollout {verb}", state={"paused": paused}, now=now)
+    return changed
+
+
+@transaction.atomic
+def task_pause(*, task: Message) -> bool:
+    """Pause a staged rollout: nothing more is released until it is resumed. False if it was paused."""
+    return _set_paused(task, True)
+
+
+@transaction.atomic
+def task_resume(*, task: Message) -> bool:
+    """Resume a paused rollout. False if it was not paused."""
+    return _set_paused(task, False)
+
+
+def task_decision_record(
+    task: Message, *, kind: Literal["msg", "end"], text: str, state: dict[str, Any], now: datetime
+) -> None:
+    """A rollout decision: a progress event on the task's topic and an `info` line in the day log."""
+    _record(
+        Message(
+            ts=now,
+            sender="backend",
+            to=task.sender,
+            type=MessageType.INFO,
+            title=text,
+            parent_id=task.msg_id,
+            meta={"rollout": state},
+        )
+    )
+    progress_publish(
+        topic=f"pooltask:{task.msg_id}",
+        kind=kind,
+        text=text,
+        state={**state, "task_state": task.state, "counts": task_state_counts(task=task)},
+        owner_id=_owner(task),
+    )
+
+
+# --- Push: `GET /pool/events` wakes a device when something becomes pending for it ----------------
+
+PUSH_ALL = "poolpush:*"
+
+
+def push_topic(device_id: int) -> str:
+    return f"poolpush:{device_id}"
+
+
+def push_devices(*, device_ids: Iterable[int]) -> None:
+    """After commit, wake the event streams of these devices: something is pending for them."""
+    # Kind `end`: each wake-up closes its topic at once, so 100,000 device topics never show as
+    # live streams (admin Live page, progress snapshots); the event is stored and delivered all the same.
+    progress_publish_many(
+        [{"topic": push_topic(pk), "kind": "end", "text": "pending"} for pk in sorted(set(device_ids))]
+    )
+
+
+def push_all() -> None:
+    """After commit, wake every device's stream (a broadcast: each fetches /pool/pending)."""
+    progress_publish(topic=PUSH_ALL, kind="end", text="pending")
+
+
+def _live_broadcasts(now: datetime) -> Any:
+    return _live_tasks(now).filter(target_all=True)
 
 
 def broadcasts_materialise(*, device: Device) -> int:
@@ -353,10 +551,12 @@ def response_create(
     if task is None:
         raise TaskNotFoundError()
     delivery = _delivery_for(task, device)
+    if delivery.state == DeliveryState.QUEUED:
+        raise TaskNotFoundError()  # not released to this device (yet): it cannot have seen it
     if delivery.state in FINAL_STATES:
         raise AlreadyAnsweredError()
     now = timezone.now()
-    if delivery.state == DeliveryState.CANCELLED or not task.is_live(now):
+    if delivery.state in (DeliveryState.CANCELLED, DeliveryState.TIMED_OUT) or not task.is_live(now):
         raise TaskClosedError()
     meta = {**(meta or {}), "status": status}
     changes: dict[str, Any] = {"state": status, "updated_at": now}
@@ -396,7 +596,10 @@ def response_create(
         state=state,
         owner_id=_owner(task),
     )
-    if status != "progress" and _task_finished(task):
+    if status != "progress" and not _is_rollout(task) and _task_finished(task):
+        # Broadcasts and continuous tasks stay open: devices may still join them.
+        if not task.target_all and task.meta.get("continuous") is not True:
+            Message.objects.filter(pk=task.pk, state=TaskState.IN_PROGRESS).update(state=TaskState.COMPLETED)
         progress_publish(topic=topic, kind="end", text="", state=state, owner_id=_owner(task))
     return response
 
@@ -499,6 +702,7 @@ def _parse_line(raw: str) -> tuple[Message, str | None]:
         meta=meta,
     )
     if message.type == MessageType.TASK:
+        message.state = TaskState.IN_PROGRESS
         target = parse_target(message.to)  # InvalidTargetError is a ValueError-like bad line
         message.target_all = target.all_devices
         if isinstance(meta.get("expires_at"), str):

@@ -8,18 +8,28 @@ from datetime import datetime
 from typing import Any
 
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from coordinator.tokens import TokenError, TokenKind, token_issue, token_verify
 from pool import conf
 
 
+def device_stamp(secret_hash: str) -> str:
+    """A short digest of the device's secret hash: its tokens stop working (are revoked) when the
+    secret is replaced (the admin's *Issue a new secret*)."""
+    return salted_hmac("pool.tokens.stamp", secret_hash).hexdigest()[:16]
+
+
 def device_token_encode(*, device_id: int, now: datetime | None = None) -> tuple[str, datetime]:
     """A signed device token and its expiry."""
+    from pool.models import Device
+
     issued = now or timezone.now()
     lifetime = conf.device_token_lifetime()
+    secret_hash = Device.objects.filter(pk=device_id).values_list("secret_hash", flat=True).first() or ""
     token = token_issue(
         TokenKind.DEVICE,
-        {"sub": str(device_id), "device_id": device_id, "jti": uuid.uuid4().hex},
+        {"sub": str(device_id), "device_id": device_id, "jti": uuid.uuid4().hex, "stamp": device_stamp(secret_hash)},
         lifetime,
         issued_at=issued,
     )

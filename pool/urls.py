@@ -1,3 +1,8 @@
 from django.urls import include, path
 
-urlpatterns = [path("", include("pool.api.urls"))]
+from pool.stream import pool_events
+
+urlpatterns = [
+    path("pool/events", pool_events, name="pool-events"),
+    path("", include("pool.api.urls")),
+]

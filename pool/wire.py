@@ -10,13 +10,15 @@ from typing import Any
 
 from coordinator.api.parsers import loads_strict
 from pool.errors import InvalidTargetError
-from pool.models import Message
+from pool.models import SLUG_PATTERN, Message
 
 MESSAGE_KEYS = ["id", "ts", "from", "to", "type", "title", "body", "parent_id", "meta"]
 MAX_DEVICE_ID = 2**63 - 1
 
 _DEVICE_ONE = re.compile(r"device:(\d{1,19})")
 _DEVICE_LIST = re.compile(r"device:(\[.*\])", re.DOTALL)
+_DEVICE_SET = re.compile(r"device:(tag|group):(.*)", re.DOTALL)
+_SLUG = re.compile(SLUG_PATTERN)
 _USER = re.compile(r"user:([^\s@:]+@[^\s@]+\.[^\s@]+)")
 
 
@@ -52,17 +54,28 @@ def message_line(message: Message) -> bytes:
 
 @dataclass(frozen=True)
 class Target:
-    """A parsed `to`: all devices, a set of device ids, or a user's email."""
+    """A parsed `to`: all devices, a set of device ids, the devices of a tag or group, or a user's email."""
 
     all_devices: bool = False
     device_ids: tuple[int, ...] = ()
     user_email: str | None = None
+    tag: str | None = None
+    group: str | None = None
 
     @property
     def is_devices(self) -> bool:
-        return self.all_devices or bool(self.device_ids)
+        return self.all_devices or bool(self.device_ids) or self.is_set
+
+    @property
+    def is_set(self) -> bool:
+        """A tag or a group: the devices matching it when the task is sent (and later, if continuous)."""
+        return self.tag is not None or self.group is not None
 
     def canonical(self) -> str:
+        if self.tag is not None:
+            return f"device:tag:{self.tag}"
+        if self.group is not None:
+            return f"device:group:{self.group}"
         if self.all_devices:
             return "device:*"
         if self.user_email is not None:
@@ -88,7 +101,8 @@ def _device_id(raw: Any) -> int:
 
 
 def parse_target(raw: str) -> Target:
-    """Parse `to` with the one grammar: device:<id> | device:* | device:[<id>,...] | user:<email>."""
+    """Parse `to` with the one grammar: device:<id> | device:* | device:[<id>,...] | device:tag:<slug> |
+    device:group:<slug> | user:<email>."""
     text = raw.strip() if isinstance(raw, str) else ""
     if text == "device:*":
         return Target(all_devices=True)
@@ -103,6 +117,13 @@ def parse_target(raw: str) -> Target:
             raise InvalidTargetError("A device list is written device:[<id>,<id>,...] with at least one integer id.")
         ids = sorted({_device_id(item) for item in items})
         return Target(device_ids=tuple(ids))
+    if match := _DEVICE_SET.fullmatch(text):
+        kind, slug = match.group(1), match.group(2)
+        if not _SLUG.fullmatch(slug):
+            raise InvalidTargetError(
+                f"A {kind} is written device:{kind}:<slug>, the slug 1 to 64 lower-case letters, digits or dashes."
+            )
+        return Target(tag=slug) if kind == "tag" else Target(group=slug)
     if match := _USER.fullmatch(text):
         return Target(user_email=match.group(1).lower())
     raise InvalidTargetError()

@@ -91,26 +91,36 @@ def progress_publish(
     PostgreSQL). Either way it is broadcast (Redis transport) only after the commit, and a failed
     broadcast is logged, never raised: progress never breaks the caller's committed work.
     """
+    _hand_on(_store_one(_pending(topic=topic, kind=kind, text=text, state=state, owner_id=owner_id)))
+
+
+def _pending(
+    *, topic: str, kind: str, text: str = "", state: dict[str, Any] | None = None, owner_id: int | None = None
+) -> dict[str, Any]:
     if kind not in ("new", "msg", "end"):
         raise ValueError(f"unknown progress event kind {kind!r}")
-    pending = {
+    return {
         "topic": str(topic)[:200],
         "kind": kind,
         "text": str(text),
         "state": dict(state or {}),
         "owner_id": owner_id,
     }
-    events = _store_one(pending)
+
+
+def _hand_on(events: list[Event]) -> None:
+    """Give stored events to the listeners (in the caller's transaction) and broadcast them after
+    its commit: the one way every published event leaves `progress_publish(_many)`."""
     for listener in _listeners:
         for event in events:
             listener(event)
-    if conf.transport() == "layer":
+    if events and conf.transport() == "layer":
 
         def send() -> None:
             try:
                 async_to_sync(events_broadcast)(events)
             except Exception:  # progress is best effort: never break the caller's committed work
-                logger.exception("Publishing progress on %s failed", topic)
+                logger.exception("Publishing %d progress events failed", len(events))
 
         transaction.on_commit(send)
 
@@ -119,6 +129,14 @@ def progress_listen(listener: Callable[[Event], None]) -> None:
     """Have `listener` called with every event `progress_publish` stores (in its transaction)."""
     if listener not in _listeners:
         _listeners.append(listener)
+
+
+def progress_publish_many(events: list[dict[str, Any]]) -> None:
+    """`progress_publish` for a batch (dicts with its keyword arguments): stored together in the
+    caller's transaction, broadcast once after its commit. For fan-outs such as a rollout waking
+    the devices it released."""
+    pending = [_pending(**event) for event in events]
+    _hand_on(events_store(pending))
 
 
 def events_deliver(pending: list[dict[str, Any]]) -> list[Event]:

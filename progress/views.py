@@ -12,8 +12,6 @@ nothing is lost.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,11 +28,10 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 
 from coordinator.api.envelope import error_response
 from coordinator.api.views import ErrorEnvelopeSerializer
-from progress import conf, metrics
+from progress import conf
 from progress.auth import Access, TooManyStreams, access_for, still_allowed, stream_slot_release, stream_slot_take
 from progress.db import db_call
 from progress.events import Event, sse_frame
-from progress.hub import Subscriber, hub
 from progress.selectors import (
     REPLAY_LIMIT,
     Viewer,
@@ -43,25 +40,11 @@ from progress.selectors import (
     event_replay_possible,
     topic_snapshot_events,
 )
-
-COALESCE_SECONDS = 0.02
-
-
-class BadParameter(ValueError):
-    pass
+from progress.streams import BadParameter, last_event_id, sse_stream
 
 
 def _topics(request: HttpRequest) -> set[str]:
     return {part.strip() for value in request.GET.getlist("topic") for part in value.split(",") if part.strip()}
-
-
-def _last_event_id(request: HttpRequest) -> int | None:
-    raw = request.headers.get("Last-Event-ID", request.GET.get("lastEventId", "")).strip()
-    if raw == "":
-        return None
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise BadParameter("`Last-Event-ID` must be an event id (a non-negative integer).")
-    return int(raw)
 
 
 def _once(request: HttpRequest) -> bool:
@@ -95,44 +78,15 @@ async def _live(access: Access, lease: int | None, topics: set[str], after: int 
     def accepts(event: Event) -> bool:
         return viewer.can_see(event) and (not topics or event["topic"] in topics)
 
-    subscriber = Subscriber(accepts)
-    metrics.clients.labels("sse").inc()
     try:
-        await hub().subscribe(subscriber)  # before reading the beginning: nothing falls in between
-        frames, replayed, covered = await db_call(_beginning)(viewer, topics, after)
-        for frame in frames:
-            yield frame
-        keepalive = conf.keepalive_seconds()
-        checked = time.monotonic()
-        while not subscriber.overflowed.is_set():  # a reader this slow reconnects and replays
-            if time.monotonic() - checked >= keepalive:
-                # The stream ends once its reader may no longer read (deactivated, password or role
-                # changed, token expired) or lost its slot; the browser reconnects and is refused.
-                if not await still_allowed(access, lease):
-                    return
-                checked = time.monotonic()
-            try:
-                event = await asyncio.wait_for(subscriber.queue.get(), timeout=keepalive)
-            except TimeoutError:
-                yield ": keep-alive\n\n"
-                continue
-            # Under load, one write per COALESCE_SECONDS carries many frames: each write costs a trip
-            # through Django's and daphne's response machinery, per client.
-            await asyncio.sleep(COALESCE_SECONDS)
-            batch = [event]
-            while len(batch) < 2000 and not subscriber.queue.empty():
-                batch.append(subscriber.queue.get_nowait())
-            frames = [
-                sse_frame(e["kind"], e["topic"], e["text"], e["id"])
-                for e in batch
-                if e["id"] > covered and e["id"] not in replayed
-            ]
-            if frames:
-                yield "".join(frames)
+        async for chunk in sse_stream(
+            accepts=accepts,
+            beginning=lambda: db_call(_beginning)(viewer, topics, after),
+            still_allowed=lambda: still_allowed(access, lease),
+        ):
+            yield chunk
     finally:
-        hub().unsubscribe(subscriber)
         await stream_slot_release(lease)
-        metrics.clients.labels("sse").dec()
 
 
 def _stream_headers(response: HttpResponseBase) -> HttpResponseBase:
@@ -148,7 +102,7 @@ async def progress_events(request: HttpRequest) -> HttpResponseBase:
         response["Allow"] = "GET"
         return response
     try:
-        topics, after, once = _topics(request), _last_event_id(request), _once(request)
+        topics, after, once = _topics(request), last_event_id(request), _once(request)
     except BadParameter as exc:
         return error_response(400, "validation_error", str(exc))
     token = request.GET.get("token") or _bearer(request)

@@ -458,7 +458,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-body", type=int, default=DEFAULT_MAX_BODY, help="largest request body, in bytes")
     args = parser.parse_args(argv)
     router = Router(
-        args.wsgi_socket, args.asgi_socket, args.asgi_prefix or ["/ws/", "/progress/events"], max_body=args.max_body
+        args.wsgi_socket,
+        args.asgi_socket,
+        args.asgi_prefix or ["/ws/", "/progress/events", "/pool/events"],
+        max_body=args.max_body,
     )
     try:
         import uvloop

@@ -9,6 +9,12 @@ urlpatterns = [
     path("pool/response", views.ResponseApi.as_view(), name="pool-response"),
     path("pool/heartbeat", views.HeartbeatApi.as_view(), name="pool-heartbeat"),
     path("pool/task", views.TaskCreateApi.as_view(), name="pool-task-create"),
+    path("pool/tasks", views.TaskListApi.as_view(), name="pool-task-list"),
+    path("pool/tasks/<str:task_id>", views.TaskDetailApi.as_view(), name="pool-task-detail"),
+    path("pool/tasks/<str:task_id>/cancel", views.TaskCancelApi.as_view(), name="pool-task-cancel"),
+    path("pool/tasks/<str:task_id>/pause", views.TaskPauseApi.as_view(), name="pool-task-pause"),
+    path("pool/tasks/<str:task_id>/resume", views.TaskResumeApi.as_view(), name="pool-task-resume"),
     path("pool/log", views.LogApi.as_view(), name="pool-log"),
     path("pool/devices", views.DeviceListApi.as_view(), name="pool-device-list"),
+    path("pool/devices/<int:device_id>", views.DeviceDetailApi.as_view(), name="pool-device-detail"),
 ]

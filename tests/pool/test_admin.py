@@ -283,3 +283,118 @@ def test_a_scripted_post_that_does_not_tick_the_fleet_box_sends_to_nobody(staff,
     )
     assert "This goes to all 2 devices: tick the box to confirm." in refused.content.decode()
     assert not Message.objects.filter(type="task").exists()
+def test_devices_show_tags_and_groups_and_filter_by_them(staff, make_device, master):
+    from pool.models import DeviceGroup
+    from pool.services import device_set_tags, group_set_devices
+
+    a, b = make_device("tagged-one"), make_device("plain-one")
+    device_set_tags(device=a, tags=["greenhouse"])
+    group_set_devices(group=DeviceGroup.objects.create(slug="lab"), devices=[b])
+    task = task_create(user=master, to=f"device:{a.pk}", title="water the plants")
+    url = reverse("admin:pool_device_changelist")
+    page = staff.get(url).content.decode()
+    assert '<td class="field-tag_list">greenhouse</td>' in page and '<td class="field-group_list">lab</td>' in page
+    by_tag = staff.get(url + "?tag=greenhouse").content.decode()
+    assert "tagged-one" in by_tag and "plain-one" not in by_tag
+    by_group = staff.get(url + "?group=lab").content.decode()
+    assert "plain-one" in by_group and "tagged-one" not in by_group
+    assert staff.get(url + "?tag=%00").status_code == 400  # the site refuses NUL before the database
+    assert staff.get(url + "?tag=Not-A-Slug").status_code == 200
+
+    change = staff.get(reverse("admin:pool_device_change", args=[a.pk])).content.decode()
+    assert "water the plants" in change and 'value="greenhouse"' in change
+    staff.post(
+        reverse("admin:pool_device_change", args=[a.pk]),
+        {"name": "tagged-one", "kind": "x", "tags_text": "fw-2, greenhouse"},
+    )
+    assert sorted(a.tags.values_list("slug", flat=True)) == ["fw-2", "greenhouse"]
+    refused = staff.post(
+        reverse("admin:pool_device_change", args=[a.pk]), {"name": "x", "kind": "", "tags_text": "Bad_Tag"}
+    )
+    assert "Not a tag: Bad_Tag" in refused.content.decode()
+    assert task.to == f"device:{a.pk}"
+
+
+def test_group_admin_membership_reaches_continuous_tasks_and_composer_takes_tags(staff, make_device, admin):
+    from pool.models import DeviceGroup
+
+    a, b = make_device("a"), make_device("b")
+    add = staff.post(reverse("admin:pool_devicegroup_add"), {"slug": "north", "name": "North", "devices": [a.pk]})
+    assert add.status_code == 302
+    group = DeviceGroup.objects.get(slug="north")
+    assert staff.post(reverse("admin:pool_devicegroup_add"), {"slug": "Bad Slug", "name": ""}).status_code == 200
+    compose = reverse("admin:pool_task_add")
+    staff.post(compose, {"target": "group", "group": "north", "continuous": "on", "title": "g", "meta_json": ""})
+    task = Message.objects.get(type="task", title="g")
+    assert task.to == "device:group:north" and task.meta == {"continuous": True}
+    staff.post(
+        reverse("admin:pool_devicegroup_change", args=[group.pk]),
+        {"slug": "north", "name": "North", "devices": [a.pk, b.pk]},
+    )
+    assert set(Delivery.objects.filter(task=task).values_list("device_id", flat=True)) == {a.pk, b.pk}
+
+    from pool.services import device_set_tags
+
+    device_set_tags(device=b, tags=["fw-2"])
+    page = staff.get(compose).content.decode()
+    assert "fw-2 (1)" in page and "north (2 devices)" in page
+    staff.post(compose, {"target": "tag", "tag": "fw-2", "title": "t", "meta_json": ""})
+    assert Message.objects.get(type="task", title="t").to == "device:tag:fw-2"
+    missing = staff.post(compose, {"target": "tag", "tag": "", "title": "t2", "meta_json": ""})
+    assert "Name a tag." in missing.content.decode()
+
+
+def test_rollout_page_shows_progress_abort_reason_and_actions_pause_resume(staff, make_device, master):
+    from pool.rollouts import rollout_step
+
+    devices = [make_device(f"d{i}") for i in range(6)]
+    ids = ",".join(str(d.pk) for d in devices)
+    policy = {"per_minute": 4, "abort": {"failed_percent": 50, "min_finished": 2}}
+    task = task_create(user=master, to=f"device:[{ids}]", title="fw", meta={"rollout": policy})
+    rollout_step(task_id=task.pk)
+    page = staff.get(reverse("admin:pool_task_change", args=[task.pk])).content.decode()
+    assert "Staged rollout: 4 a minute" in page and 'class="pool-released">4<' in page
+    assert 'class="pool-bar-pending"' in page and 'class="pool-bar-queued"' in page
+    assert "4 pending" in page and "2 queued" in page
+
+    url = reverse("admin:pool_task_changelist")
+    staff.post(url, {"action": "pause", "_selected_action": [task.pk]})
+    task.refresh_from_db()
+    assert task.paused_at is not None
+    staff.post(url, {"action": "resume", "_selected_action": [task.pk]})
+    task.refresh_from_db()
+    assert task.paused_at is None
+
+    for d in devices[:2]:
+        response_create(device=d, parent_id=task.msg_id, status="failed")
+    rollout_step(task_id=task.pk)
+    page = staff.get(reverse("admin:pool_task_change", args=[task.pk])).content.decode()
+    assert "Aborted: 2 of 2 finished deliveries failed" in page and "aborted" in page
+
+
+def test_composer_builds_a_rollout_and_refuses_a_bad_one(staff, make_device):
+    a, b = make_device("a"), make_device("b")
+    url = reverse("admin:pool_task_add")
+    base = {"target": "several", "devices": [a.pk, b.pk], "title": "fw", "meta_json": ""}
+    staff.post(
+        url,
+        {
+            **base,
+            "rollout_per_minute": "10",
+            "abort_percent": "20",
+            "abort_min": "5",
+            "retries_max": "2",
+            "retries_on": ["failed"],
+            "window_start_0": "2026-12-10",
+            "window_start_1": "02:00:00",
+        },
+    )
+    task = Message.objects.get(type="task", title="fw")
+    assert task.state == "scheduled"
+    assert task.meta["rollout"]["per_minute"] == 10
+    assert task.meta["rollout"]["abort"] == {"failed_percent": 20.0, "min_finished": 5}
+    assert task.meta["rollout"]["retries"] == {"max": 2, "on": ["failed"]}
+    assert task.meta["rollout"]["window"]["start"].startswith("2026-12-10T")
+    bad = staff.post(url, {**base, "title": "bad", "rollout_per_minute": "10", "abort_percent": "150"})
+    assert "meta.rollout.abort.failed_percent" in bad.content.decode()
+    assert not Message.objects.filter(title="bad").exists()

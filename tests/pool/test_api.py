@@ -318,6 +318,8 @@ def test_devices_list_shape_and_pending_counts(make_device, master, admin, clien
         "last_heartbeat_at",
         "online",
         "pending_count",
+        "tags",
+        "groups",
     }
 
 
@@ -387,3 +389,14 @@ def test_a_device_list_nested_past_the_recursion_limit_is_a_400(client_for, mast
     answer = client_for(master).post("/pool/task", {"to": nested, "title": "x"}, format="json")
     assert answer.status_code == 400 and answer.json()["code"] == "invalid_target"
     assert not Message.objects.exists()
+
+
+def test_issuing_a_new_secret_revokes_the_device_tokens(device):
+    from pool.services import device_issue_secret
+
+    old = device_client(device)
+    assert old.get("/pool/pending").status_code == 200
+    device_issue_secret(device=device)
+    refused = old.get("/pool/pending")
+    assert refused.status_code == 401 and "revoked" in refused.json()["message"]
+    assert device_client(device).get("/pool/pending").status_code == 200  # a token issued after works
