@@ -187,7 +187,9 @@ def event_received(event: Event) -> None:
 
 def deliveries_create(event: Event) -> list[Delivery]:
     """Create the deliveries (and their jobs) of one progress event."""
-    subscriptions = list(Subscription.objects.filter(enabled=True).select_related("owner"))
+    # A deactivated owner receives nothing (a former admin would go on receiving everyone's events),
+    # and their delivery job could not be created, which would fail the event for every subscriber.
+    subscriptions = list(Subscription.objects.filter(enabled=True, owner__is_active=True).select_related("owner"))
     if not subscriptions:
         return []
     found = event_for(event)
