@@ -93,6 +93,14 @@ def test_a_user_cannot_follow_another_users_events(
         "http://[::ffff:127.0.0.1]/hook",
         "http://0.0.0.0/hook",
         "http://100.64.0.1/hook",
+        # IPv4 inside IPv6 transition addresses: a NAT64 gateway or a 6to4/Teredo relay forwards them
+        "http://[64:ff9b::a00:1]/hook",  # NAT64 (well-known prefix) of 10.0.0.1
+        "http://[64:ff9b:1::a9fe:a9fe]/hook",  # NAT64 (local-use prefix) of 169.254.169.254
+        "http://[2002:7f00:1::]/hook",  # 6to4 of 127.0.0.1
+        "http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/hook",  # Teredo of client 10.0.0.1
+        "http://[::127.0.0.1]/hook",  # IPv4-compatible
+        "http://[::ffff:0:a00:1]/hook",  # IPv4-translated
+        "http://[fec0::1]/hook",  # site-local
     ],
 )
 def test_internal_addresses_are_refused(user: User, client_for: Callable[[User], APIClient], url: str) -> None:
