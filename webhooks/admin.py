@@ -12,7 +12,7 @@ from django.http import HttpRequest
 from coordinator.admin_display import relative_time
 from coordinator.admin_site import ReadOnlyAdmin, SafeSelectionMixin
 from webhooks import net, services
-from webhooks.errors import WebhookUrlError
+from webhooks.errors import TooManyWebhooksError, WebhookUrlError
 from webhooks.models import Delivery, EventType, Subscription
 
 
@@ -31,6 +31,16 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
         except WebhookUrlError as exc:
             raise forms.ValidationError(exc.message) from exc
         return url
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        owner = cleaned.get("owner")
+        if self.instance.pk is None and owner is not None:
+            try:
+                services.subscription_cap_check(owner=owner)
+            except TooManyWebhooksError as exc:
+                raise forms.ValidationError(exc.message) from exc
+        return cleaned
 
 
 @admin.register(Subscription)

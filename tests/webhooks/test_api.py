@@ -160,3 +160,20 @@ def test_hostile_ids_and_bodies_get_a_4xx(admin: User, client_for: Callable[[Use
     nul = {"url": "https://example.com/\x00", "events": ["job.finished"]}
     assert api.post("/webhooks/", nul, format="json").status_code == 400
     assert not Subscription.objects.exists()
+
+
+def test_one_user_cannot_own_more_webhooks_than_the_cap(
+    user: User, admin: User, client_for: Callable[[User], APIClient], settings: Any
+) -> None:
+    """Each event is queued once per matching webhook: thousands of webhooks of one user would
+    flood the job queue (everyone's) and the receiving host."""
+    settings.WEBHOOKS_PER_OWNER = 3
+    body = {"url": "https://1.1.1.1/hook", "events": ["job.finished"]}
+    for _ in range(3):
+        assert client_for(user).post("/webhooks/", body, format="json").status_code == 201
+    refused = client_for(user).post("/webhooks/", body, format="json")
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "too_many_webhooks"
+    assert Subscription.objects.filter(owner=user).count() == 3
+    # the cap is per owner: another user still may
+    assert client_for(admin).post("/webhooks/", body, format="json").status_code == 201
