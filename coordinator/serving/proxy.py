@@ -131,10 +131,15 @@ def with_length(head: bytes, length: int) -> bytes:
     return b"\r\n".join([*lines, f"Content-Length: {length}".encode(), b"", b""])
 
 
+def _header_name(line: bytes) -> bytes:
+    # granian (as CGI does) reads `X_Forwarded_For` as `X-Forwarded-For`: both spellings are one name.
+    return line.split(b":", 1)[0].strip().lower().replace(b"_", b"-")
+
+
 def forwarded_head(head: bytes, peer: object) -> bytes:
     """The request head with the client's X-Forwarded-* headers replaced by ours, naming `peer`."""
     request_line, _, rest = head.partition(b"\r\n")
-    kept = [line for line in rest.split(b"\r\n") if line and line.split(b":", 1)[0].strip().lower() not in FORWARDED]
+    kept = [line for line in rest.split(b"\r\n") if line and _header_name(line) not in FORWARDED]
     if isinstance(peer, tuple) and len(peer) >= 2:  # TCP (IPv4 or IPv6)
         kept += [f"X-Forwarded-For: {peer[0]}".encode(), f"X-Forwarded-Port: {peer[1]}".encode()]
     kept.append(b"X-Forwarded-Proto: http")
@@ -206,6 +211,14 @@ class Router:
                 )
                 return
             except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                return
+            if b"\n" in head.replace(b"\r\n", b""):
+                # A line ended by a bare LF is a line to granian and daphne and none to us: its
+                # Content-Length or X-Forwarded-For would pass unseen.
+                await self._refuse(
+                    client_writer, "400 Bad Request", "bad_head", "Lines of the request head must end with CRLF."
+                )
+                await self._linger(client_reader, client_writer)  # what the client may still send
                 return
             path = self.upstream_for(head.split(b"\r\n", 1)[0])
             self.connections[task] = path == self.asgi_socket
