@@ -11,6 +11,7 @@ from django.http import HttpRequest
 
 from coordinator.admin_display import relative_time
 from coordinator.admin_site import ReadOnlyAdmin, SafeSelectionMixin
+from coordinator.models import User
 from webhooks import net, services
 from webhooks.errors import TooManyWebhooksError, WebhookUrlError
 from webhooks.models import Delivery, EventType, Subscription
@@ -86,6 +87,13 @@ class SubscriptionAdmin(SafeSelectionMixin, admin.ModelAdmin):  # type: ignore[t
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         # Whose webhook it is, and whose events it carries, are decided when it is created.
         return (*super().get_readonly_fields(request, obj), *(("owner", "event_owner") if obj else ()))
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        # Whose events a webhook carries follows its owner's role: staff without the admin role may
+        # add webhooks only for themselves, never one owned by an admin (everyone's events).
+        if db_field.name in ("owner", "event_owner") and not getattr(request.user, "is_admin", False):
+            kwargs["queryset"] = User.objects.filter(pk=request.user.pk)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         return {"owner": request.user.pk, **super().get_changeform_initial_data(request)}
