@@ -92,7 +92,7 @@ class SubscriptionAdmin(SafeSelectionMixin, admin.ModelAdmin):  # type: ignore[t
         # Whose events a webhook carries follows its owner's role: staff without the admin role may
         # add webhooks only for themselves, never one owned by an admin (everyone's events).
         if db_field.name in ("owner", "event_owner") and not getattr(request.user, "is_admin", False):
-            kwargs["queryset"] = User.objects.filter(pk=request.user.pk)
+            kwargs["queryset"] = User.objects.filter(pk=getattr(request.user, "pk", None) or 0)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
