@@ -19,22 +19,37 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, HttpResponseNotFound
 from django.urls import Resolver404, resolve
+from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from coordinator.api.envelope import error_response
 from coordinator.middleware import is_api_path
-from coordinator.serving.proxy import ADMISSION_HEADER, ADMISSION_METHOD
+from coordinator.serving.proxy import ADMISSION_HEADER, ADMISSION_LIMIT_HEADER, ADMISSION_METHOD, MULTIPART_FRAMING
 from coordinator.throttling import throttle_wait
 
 _BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
-def _granted() -> HttpResponse:
+def _granted(limit: int | None = None) -> HttpResponse:
     response = HttpResponse(status=204)
     response[ADMISSION_HEADER] = "granted"
+    if limit is not None:
+        response[ADMISSION_LIMIT_HEADER] = str(limit)
     return response
+
+
+def body_limit(request: Request) -> int:
+    """The largest body an API request may send: files (multipart) up to the upload limit from a
+    signed-in caller; anything else no more than Django reads (DATA_UPLOAD_MAX_MEMORY_SIZE, 413
+    beyond), so that no anonymous body is buffered up to the upload limit only to be refused."""
+    multipart = request.content_type.lower().startswith("multipart/form-data")
+    signed_in = (request.user is not None and request.user.is_authenticated) or request.auth is not None
+    if multipart and signed_in:
+        return int(settings.JOBS_UPLOAD_MAX_BYTES) + MULTIPART_FRAMING
+    return int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
 
 
 def admission_answer(request: HttpRequest) -> HttpResponse:
@@ -69,7 +84,7 @@ def admission_answer(request: HttpRequest) -> HttpResponse:
         response = view.finalize_response(drf_request, view.handle_exception(exc))
         response.render()  # the view's own dispatch would leave this to the handler; here it is ours
         return response  # type: ignore[no-any-return]
-    return _granted()
+    return _granted(body_limit(drf_request))
 
 
 class AdmissionMiddleware:

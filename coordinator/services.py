@@ -19,6 +19,7 @@ from django.core.validators import validate_email
 from django.db import models, transaction
 from django.http import HttpRequest
 from django.utils import timezone
+from rest_framework.throttling import BaseThrottle
 
 from coordinator.errors import PermissionDeniedError, ValidationFailedError
 from coordinator.models import AuditEntry, IdempotentAnswer, MetricMinute, Role, User
@@ -190,7 +191,9 @@ def audit_scope(
         yield outer
         return
     if request is not None and not address:
-        address = str(request.META.get("REMOTE_ADDR") or "")
+        # The client the nearest trusted proxy saw, as the rate limits count it (TRUSTED_PROXY_COUNT):
+        # behind the front door or nginx, REMOTE_ADDR is the proxy (or empty, on a UNIX socket).
+        address = str(BaseThrottle().get_ident(request) or "")  # type: ignore[arg-type]
     scope = AuditScope(request=request, actor=actor, address=address)
     token = _scope.set(scope)
     try:

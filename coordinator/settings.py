@@ -540,6 +540,9 @@ PROGRESS_RETENTION_SECONDS = env_float("PROGRESS_RETENTION_SECONDS", 3600.0, min
 # Allow webhook URLs on loopback, private, link-local and other non-public addresses (1/0). Off:
 # refused at subscription and again at every delivery, after resolving the host name.
 WEBHOOKS_ALLOW_PRIVATE = env_bool("WEBHOOKS_ALLOW_PRIVATE", False)
+# Webhooks one user may own: every event is queued once per matching webhook, in the publisher's
+# transaction, so an unbounded number would let one user flood the job queue and a third party.
+WEBHOOKS_PER_OWNER = env_int("WEBHOOKS_PER_OWNER", 25, minimum=1)
 # --- Metrics for Prometheus (`GET /metrics`, coordinator/metrics.py) ------------------------------
 # Never public: a scraper sends `Authorization: Bearer <METRICS_TOKEN>`, or scrapes from an address
 # (or network, CIDR) on the list. Neither set: every scrape is refused.

@@ -11,8 +11,9 @@ from django.http import HttpRequest
 
 from coordinator.admin_display import relative_time
 from coordinator.admin_site import ReadOnlyAdmin, SafeSelectionMixin
+from coordinator.models import User
 from webhooks import net, services
-from webhooks.errors import WebhookUrlError
+from webhooks.errors import TooManyWebhooksError, WebhookUrlError
 from webhooks.models import Delivery, EventType, Subscription
 
 
@@ -31,6 +32,16 @@ class SubscriptionForm(forms.ModelForm):  # type: ignore[type-arg]
         except WebhookUrlError as exc:
             raise forms.ValidationError(exc.message) from exc
         return url
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        owner = cleaned.get("owner")
+        if self.instance.pk is None and owner is not None:
+            try:
+                services.subscription_cap_check(owner=owner)
+            except TooManyWebhooksError as exc:
+                raise forms.ValidationError(exc.message) from exc
+        return cleaned
 
 
 @admin.register(Subscription)
@@ -76,6 +87,13 @@ class SubscriptionAdmin(SafeSelectionMixin, admin.ModelAdmin):  # type: ignore[t
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         # Whose webhook it is, and whose events it carries, are decided when it is created.
         return (*super().get_readonly_fields(request, obj), *(("owner", "event_owner") if obj else ()))
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        # Whose events a webhook carries follows its owner's role: staff without the admin role may
+        # add webhooks only for themselves, never one owned by an admin (everyone's events).
+        if db_field.name in ("owner", "event_owner") and not getattr(request.user, "is_admin", False):
+            kwargs["queryset"] = User.objects.filter(pk=getattr(request.user, "pk", None) or 0)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         return {"owner": request.user.pk, **super().get_changeform_initial_data(request)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from coordinator.errors import NotFoundError, ValidationFailedError
+from coordinator.errors import ConflictError, NotFoundError, ValidationFailedError
 
 
 class WebhookNotFoundError(NotFoundError):
@@ -14,3 +14,9 @@ class WebhookUrlError(ValidationFailedError):
     """A URL that is not http(s), has no host, or points at an address that is not allowed."""
 
     code = "validation_error"
+
+
+class TooManyWebhooksError(ConflictError):
+    """The owner already has WEBHOOKS_PER_OWNER webhooks."""
+
+    code = "too_many_webhooks"

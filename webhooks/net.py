@@ -31,12 +31,31 @@ class Target:
     addresses: tuple[str, ...]
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits, which a gateway (NAT64) or the
+# kernel may reach: IPv4-compatible, IPv4-mapped, IPv4-translated, and NAT64's two prefixes.
+_EMBEDDING_IPV4 = tuple(
+    ipaddress.IPv6Network(prefix) for prefix in ("::/96", "::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96")
+)
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address leads to through a transition mechanism (none: a plain one)."""
+    found = [v4 for v4 in (ip.sixtofour, *(ip.teredo or ())) if v4 is not None]
+    if any(ip in network for network in _EMBEDDING_IPV4) or ip in _NAT64_LOCAL:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
 def address_allowed(address: str) -> bool:
     """True for a public (globally routable) address; loopback, private, link-local, shared,
-    reserved, multicast and unspecified addresses are not (nor IPv4 ones written as IPv6)."""
+    reserved, multicast and unspecified addresses are not, nor IPv6 addresses that lead to such an
+    IPv4 address (IPv4-mapped or -compatible, NAT64, 6to4, Teredo), nor deprecated site-local ones."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address) and (
+        ip.is_site_local or not all(address_allowed(str(v4)) for v4 in _embedded_ipv4(ip))
+    ):
+        return False
     return ip.is_global and not ip.is_multicast
 
 

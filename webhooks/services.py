@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -22,6 +23,7 @@ from coordinator.services import audit_record
 from progress.events import Event
 from progress.watchdog import alert_raise, alert_resolve
 from webhooks import net
+from webhooks.errors import TooManyWebhooksError
 from webhooks.models import Delivery, EventType, Subscription
 
 logger = logging.getLogger("webhooks")
@@ -78,6 +80,15 @@ def _shown(subscription: Subscription) -> dict[str, Any]:
     return {"url": subscription.url, "events": subscription.events, "enabled": subscription.enabled}
 
 
+def subscription_cap_check(*, owner: User) -> None:
+    """Raise TooManyWebhooksError when `owner` already has WEBHOOKS_PER_OWNER webhooks."""
+    if Subscription.objects.filter(owner=owner).count() >= settings.WEBHOOKS_PER_OWNER:
+        raise TooManyWebhooksError(
+            f"At most {settings.WEBHOOKS_PER_OWNER} webhooks per user; delete one first.",
+            extra={"limit": settings.WEBHOOKS_PER_OWNER},
+        )
+
+
 @transaction.atomic
 def subscription_create(
     *, owner: User, url: str, events: Any, secret: str | None = None, event_owner: User | None = None
@@ -85,6 +96,9 @@ def subscription_create(
     """Subscribe `url` to `events`; returns the subscription and its secret (generated when none is
     given), which is shown this once."""
     net.resolve(url)
+    # The owner's row is locked so that concurrent creates cannot pass the cap together.
+    User.objects.select_for_update().filter(pk=owner.pk).first()
+    subscription_cap_check(owner=owner)
     chosen = _clean_secret(secret) if secret is not None else _secret()
     subscription = Subscription.objects.create(
         owner=owner,
@@ -187,7 +201,9 @@ def event_received(event: Event) -> None:
 
 def deliveries_create(event: Event) -> list[Delivery]:
     """Create the deliveries (and their jobs) of one progress event."""
-    subscriptions = list(Subscription.objects.filter(enabled=True).select_related("owner"))
+    # A deactivated owner receives nothing (a former admin would go on receiving everyone's events),
+    # and their delivery job could not be created, which would fail the event for every subscriber.
+    subscriptions = list(Subscription.objects.filter(enabled=True, owner__is_active=True).select_related("owner"))
     if not subscriptions:
         return []
     found = event_for(event)

@@ -56,6 +56,8 @@ MAX_HEAD = 64 * 1024  # request line and headers
 HEAD_SECONDS = 20.0  # for the whole request head: an idle connection is closed after this
 BODY_IDLE_SECONDS = 20.0  # the longest silence while a client sends its body
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
+# Room for multipart framing (boundaries, part headers) around an upload of the largest size.
+MULTIPART_FRAMING = 64 * 1024
 MAX_CONNECTIONS = 4096  # below the process's file descriptor limit, with room for the upstream side
 MAX_PER_CLIENT = 256
 SPOOL_IN_MEMORY = 1024 * 1024
@@ -73,6 +75,9 @@ DRAIN_SECONDS = STOP_GRACE_SECONDS  # on stop, for the plain requests in flight 
 ADMISSION_METHOD = "ADMIT"
 ADMISSION_HEADER = "X-Coordinator-Admission"
 ASK_FIRST_ABOVE = 64 * 1024  # smaller bodies are read at once: the kernel buffers as much anyway
+# A grant may carry the largest body this request may send (the door's --max-body is the largest
+# of any request): an anonymous sign-in is not buffered up to the upload limit only to be refused.
+ADMISSION_LIMIT_HEADER = "X-Coordinator-Body-Limit"
 ADMISSION_SECONDS = 30.0
 MAX_ADMISSION_ANSWER = 1024 * 1024
 # Headers a client may not send on: ours name the real client, or carry the door's question.
@@ -126,14 +131,28 @@ def with_length(head: bytes, length: int) -> bytes:
     return b"\r\n".join([*lines, f"Content-Length: {length}".encode(), b"", b""])
 
 
+def _header_name(line: bytes) -> bytes:
+    # granian (as CGI does) reads `X_Forwarded_For` as `X-Forwarded-For`: both spellings are one name.
+    return line.split(b":", 1)[0].strip().lower().replace(b"_", b"-")
+
+
 def forwarded_head(head: bytes, peer: object) -> bytes:
     """The request head with the client's X-Forwarded-* headers replaced by ours, naming `peer`."""
     request_line, _, rest = head.partition(b"\r\n")
-    kept = [line for line in rest.split(b"\r\n") if line and line.split(b":", 1)[0].strip().lower() not in FORWARDED]
+    kept = [line for line in rest.split(b"\r\n") if line and _header_name(line) not in FORWARDED]
     if isinstance(peer, tuple) and len(peer) >= 2:  # TCP (IPv4 or IPv6)
         kept += [f"X-Forwarded-For: {peer[0]}".encode(), f"X-Forwarded-Port: {peer[1]}".encode()]
     kept.append(b"X-Forwarded-Proto: http")
     return b"\r\n".join([request_line, *kept, b"", b""])
+
+
+def _limit_in(answer_head: bytes) -> int:
+    """The body limit a grant names (its head in lower case), or no limit beyond the door's own."""
+    for line in answer_head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip() == ADMISSION_LIMIT_HEADER.lower().encode() and value.strip().isdigit():
+            return int(value.strip())
+    return 1 << 62
 
 
 class Router:
@@ -193,6 +212,14 @@ class Router:
                 return
             except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                 return
+            if b"\n" in head.replace(b"\r\n", b""):
+                # A line ended by a bare LF is a line to granian and daphne and none to us: its
+                # Content-Length or X-Forwarded-For would pass unseen.
+                await self._refuse(
+                    client_writer, "400 Bad Request", "bad_head", "Lines of the request head must end with CRLF."
+                )
+                await self._linger(client_reader, client_writer)  # what the client may still send
+                return
             path = self.upstream_for(head.split(b"\r\n", 1)[0])
             self.connections[task] = path == self.asgi_socket
             if path == self.wsgi_socket:
@@ -201,14 +228,16 @@ class Router:
                     if length is None or length > ASK_FIRST_ABOVE:
                         # Authentication and throttles first: an anonymous or throttled client is
                         # answered while its body is still unsent, and none of it is read.
-                        refusal = await self._admission(head, peer)
+                        refusal, limit = await self._admission(head, peer)
                         if refusal is not None:
                             with contextlib.suppress(ConnectionError):
                                 client_writer.write(refusal)
                                 await client_writer.drain()
                             await self._linger(client_reader, client_writer)
                             return
-                    head, body = await self._buffered(head, client_reader, client_writer)
+                    else:
+                        limit = self.max_body
+                    head, body = await self._buffered(head, client_reader, client_writer, limit)
                 except BadFraming as refusal:
                     await self._refuse(client_writer, refusal.status, refusal.code, refusal.message)
                     await self._linger(client_reader, client_writer)  # the client may still be sending
@@ -254,14 +283,13 @@ class Router:
                 client_writer.close()
 
     async def _buffered(
-        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_body: int
     ) -> tuple[bytes, IO[bytes]]:
-        """The request's head and its whole body, read before any server sees the request."""
+        """The request's head and its whole body (at most `max_body` bytes), read before any server
+        sees the request."""
         length, expect_continue = body_framing(head)
-        too_large = BadFraming(
-            "413 Content Too Large", "body_too_large", f"The body is larger than {self.max_body} bytes."
-        )
-        if length is not None and length > self.max_body:
+        too_large = BadFraming("413 Content Too Large", "body_too_large", f"The body is larger than {max_body} bytes.")
+        if length is not None and length > max_body:
             raise too_large
         if expect_continue and length != 0:
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -285,7 +313,7 @@ class Router:
                             pass  # trailers, dropped
                         break
                     size += chunk_size
-                    if size > self.max_body:
+                    if size > max_body:
                         raise too_large
                     await self._copy(reader, body, chunk_size)
                     if await self._read(reader.readexactly(2)) != b"\r\n":
@@ -296,9 +324,9 @@ class Router:
         body.seek(0)
         return with_length(head, size), body
 
-    async def _admission(self, head: bytes, peer: object) -> bytes | None:
-        """Ask the WSGI server whether this request may send its body: None if so, else the
-        server's answer (its refusal) to pass to the client."""
+    async def _admission(self, head: bytes, peer: object) -> tuple[bytes | None, int]:
+        """Ask the WSGI server whether this request may send its body: (None, the largest body it
+        may send) if so, else (the server's answer, its refusal, to pass to the client, 0)."""
         request_line, _, rest = head.partition(b"\r\n")
         method, _, target = request_line.partition(b" ")
         dropped = (b"expect", b"transfer-encoding", b"content-length", b"connection")
@@ -312,7 +340,7 @@ class Router:
         if upstream is None:
             return _answer(
                 "502 Bad Gateway", "bad_gateway", "The application server is not ready yet; retry in a moment."
-            )
+            ), 0
         loop = asyncio.get_running_loop()
         answer = b""
         try:
@@ -327,10 +355,10 @@ class Router:
         answer_head = answer.split(b"\r\n\r\n", 1)[0].lower()
         granted = f"\r\n{ADMISSION_HEADER.lower()}: granted".encode()
         if answer_head.startswith((b"http/1.1 204", b"http/1.0 204")) and granted in answer_head:
-            return None
+            return None, min(self.max_body, _limit_in(answer_head))
         if not answer_head.startswith(b"http/"):
-            return _answer("502 Bad Gateway", "bad_gateway", "The application server did not answer.")
-        return answer
+            return _answer("502 Bad Gateway", "bad_gateway", "The application server did not answer."), 0
+        return answer, 0
 
     @staticmethod
     async def _read(step: Any) -> bytes:

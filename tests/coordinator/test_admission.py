@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from coordinator.serving.proxy import MULTIPART_FRAMING
 from tests.conftest import access_token_for
 from tests.coordinator.test_serve import start_serve, stop_and_read
 from tests.live import free_port, wait_for_http
@@ -65,6 +66,13 @@ def test_refused_clients_are_answered_before_their_large_body_is_read(tmp_path: 
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{base}/healthz", timeout=90)
+        # Anonymous, to an endpoint anyone may call, with a body larger than Django reads (but within
+        # the upload limit): 413 at once, not 50 MB buffered first only to be refused.
+        status, body = _answer_while_body_unsent(port, "/auth/token/")
+        assert (status, body["code"]) == (413, "body_too_large")
+        # Not even as multipart: only a signed-in caller sends files.
+        status, body = _answer_while_body_unsent(port, "/pool/register", content_type="multipart/form-data; boundary=b")
+        assert (status, body["code"]) == (413, "body_too_large")
         # Anonymous, to an endpoint that needs a user: BookLogr's 401, body unread.
         status, body = _answer_while_body_unsent(port, "/v1/files", content_type="multipart/form-data; boundary=b")
         assert (status, body) == (401, {"msg": "Missing Authorization Header"})
@@ -111,15 +119,25 @@ def test_refused_clients_are_answered_before_their_large_body_is_read(tmp_path: 
 
 
 def test_the_admission_question_runs_the_views_authentication_without_a_body(
-    client: Any, user: Any, master: Any
+    client: Any, user: Any, master: Any, settings: Any
 ) -> None:
     asked = {"HTTP_X_COORDINATOR_ADMISSION": "POST"}
     refused = client.generic("ADMIT", "/v1/files", **asked)
     assert refused.status_code == 401 and refused.json() == {"msg": "Missing Authorization Header"}
     not_allowed = client.generic("ADMIT", "/v1/files", HTTP_AUTHORIZATION=f"Bearer {access_token_for(user)}", **asked)
     assert not_allowed.status_code == 403  # a user may not import: refused before the upload is read
-    granted = client.generic("ADMIT", "/v1/files", HTTP_AUTHORIZATION=f"Bearer {access_token_for(master)}", **asked)
+    granted = client.generic(
+        "ADMIT",
+        "/v1/files",
+        HTTP_AUTHORIZATION=f"Bearer {access_token_for(master)}",
+        CONTENT_TYPE="multipart/form-data; boundary=b",
+        **asked,
+    )
     assert granted.status_code == 204 and granted["X-Coordinator-Admission"] == "granted"
+    # the grant names the largest body: an upload's from a signed-in caller, else what Django reads
+    assert int(granted["X-Coordinator-Body-Limit"]) == settings.JOBS_UPLOAD_MAX_BYTES + MULTIPART_FRAMING
+    anonymous = client.generic("ADMIT", "/auth/token/", CONTENT_TYPE="multipart/form-data; boundary=b", **asked)
+    assert int(anonymous["X-Coordinator-Body-Limit"]) == settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     assert client.generic("ADMIT", "/v1/files", HTTP_X_COORDINATOR_ADMISSION="GET").status_code == 400
     assert client.generic("ADMIT", "/no/such/path", **asked).status_code == 404
 

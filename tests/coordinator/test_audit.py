@@ -49,6 +49,16 @@ def test_role_change_in_the_admin_writes_one_entry_with_who_where_and_values(sta
     assert (change["before"]["role"], change["after"]["role"]) == ("user", "master")
 
 
+def test_the_address_is_the_client_the_front_door_names_not_one_the_client_wrote(admin: User) -> None:
+    """Behind the front door granian sees no peer (a UNIX socket): the door appends the client's
+    address to X-Forwarded-For, after anything the client wrote there itself."""
+    staff = Client(REMOTE_ADDR="", HTTP_X_FORWARDED_FOR="6.6.6.6, 203.0.113.9")
+    staff.force_login(admin)
+    target = UserFactory(role=Role.USER)
+    staff.post(reverse("admin:coordinator_user_changelist"), {"action": "make_master", "_selected_action": [target.pk]})
+    assert only_entry().address == "203.0.113.9"
+
+
 def test_staff_flag_change_on_the_edit_page_keeps_before_and_after(staff: Client) -> None:
     target = UserFactory(role=Role.USER)
     url = reverse("admin:coordinator_user_change", args=[target.pk])

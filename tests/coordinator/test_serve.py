@@ -721,6 +721,10 @@ def test_front_door_holds_a_stalled_body_itself_and_never_passes_it_on(monkeypat
         (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", b"501"),
         (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n", b"400"),
         (b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", b"400"),
+        # a bare LF ends a line for granian but not for the door: a Content-Length the door never saw
+        (b"POST /x HTTP/1.1\nContent-Length: 5000\nHost: a\r\n\r\n", b"400"),
+        (b"GET /x HTTP/1.1\r\nHost: a\nX-Forwarded-For: 10.0.0.1\r\n\r\n", b"400"),
+        (b"GET /ws/x HTTP/1.1\r\nHost: a\nX-Forwarded-For: 10.0.0.1\r\n\r\n", b"400"),  # daphne's too
     ],
 )
 def test_front_door_refuses_bodies_it_would_not_buffer(
@@ -731,6 +735,19 @@ def test_front_door_refuses_bodies_it_would_not_buffer(
 
     answer, passed_on = _door_scenario(body, monkeypatch)
     assert answer.startswith(b"HTTP/1.1 " + status) and passed_on == 0, answer
+
+
+def test_front_door_drops_forwarding_headers_however_the_client_spells_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """granian reads `X_Forwarded_For` as X-Forwarded-For: a client must not add an address that way."""
+
+    async def body(port: int, seen: list[bytes], router: Any) -> tuple[bytes, list[bytes]]:
+        request = b"GET /x HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 10.0.0.1\r\nx_coordinator_admission: POST\r\n\r\n"
+        return await _exchange(port, request), seen
+
+    answer, [head] = _door_scenario(body, monkeypatch)
+    assert answer.endswith(b"ok")
+    assert b"10.0.0.1" not in head and b"admission" not in head.lower()
+    assert b"X-Forwarded-For: 127.0.0.1" in head
 
 
 def test_front_door_buffers_the_body_and_answers_100_continue_itself(monkeypatch: pytest.MonkeyPatch) -> None:

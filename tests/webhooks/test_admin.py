@@ -64,3 +64,31 @@ def test_editing_a_webhook_in_the_admin(staff: Client, admin: User, receiver: Re
     subscription.refresh_from_db()
     assert (subscription.url.endswith("&v=2"), subscription.events) == (True, ["job.failed", "run.finished"])
     assert not subscription.enabled  # the box was left unticked
+
+
+def test_the_admin_refuses_a_webhook_past_the_owners_cap(staff: Client, user: User, settings: Any) -> None:
+    settings.WEBHOOKS_PER_OWNER = 1
+    form = {"owner": user.pk, "url": "https://1.1.1.1/hook", "events": ["job.failed"], "enabled": "on"}
+    assert staff.post(reverse("admin:webhooks_subscription_add"), form).status_code == 302
+    response = staff.post(reverse("admin:webhooks_subscription_add"), form)
+    assert response.status_code == 200
+    assert "At most 1 webhooks per user" in response.content.decode()
+    assert Subscription.objects.filter(owner=user).count() == 1
+
+
+def test_staff_without_the_admin_role_cannot_add_a_webhook_owned_by_an_admin(admin: User, settings: Any) -> None:
+    """An admin's webhook carries every user's events: staff allowed to add webhooks get their own only."""
+    from django.contrib.auth.models import Permission
+
+    from tests.factories import UserFactory
+
+    staff_user = UserFactory(is_staff=True)
+    staff_user.user_permissions.set(Permission.objects.filter(codename__in=["add_subscription", "view_subscription"]))
+    client = Client()
+    client.force_login(staff_user)
+    form = {"owner": admin.pk, "url": "https://1.1.1.1/hook", "events": ["job.failed"], "enabled": "on"}
+    response = client.post(reverse("admin:webhooks_subscription_add"), form)
+    assert response.status_code == 200  # the form refuses the choice
+    assert not Subscription.objects.exists()
+    assert client.post(reverse("admin:webhooks_subscription_add"), {**form, "owner": staff_user.pk}).status_code == 302
+    assert Subscription.objects.get().owner == staff_user

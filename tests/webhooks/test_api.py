@@ -93,6 +93,14 @@ def test_a_user_cannot_follow_another_users_events(
         "http://[::ffff:127.0.0.1]/hook",
         "http://0.0.0.0/hook",
         "http://100.64.0.1/hook",
+        # IPv4 inside IPv6 transition addresses: a NAT64 gateway or a 6to4/Teredo relay forwards them
+        "http://[64:ff9b::a00:1]/hook",  # NAT64 (well-known prefix) of 10.0.0.1
+        "http://[64:ff9b:1::a9fe:a9fe]/hook",  # NAT64 (local-use prefix) of 169.254.169.254
+        "http://[2002:7f00:1::]/hook",  # 6to4 of 127.0.0.1
+        "http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/hook",  # Teredo of client 10.0.0.1
+        "http://[::127.0.0.1]/hook",  # IPv4-compatible
+        "http://[::ffff:0:a00:1]/hook",  # IPv4-translated
+        "http://[fec0::1]/hook",  # site-local
     ],
 )
 def test_internal_addresses_are_refused(user: User, client_for: Callable[[User], APIClient], url: str) -> None:
@@ -152,3 +160,20 @@ def test_hostile_ids_and_bodies_get_a_4xx(admin: User, client_for: Callable[[Use
     nul = {"url": "https://example.com/\x00", "events": ["job.finished"]}
     assert api.post("/webhooks/", nul, format="json").status_code == 400
     assert not Subscription.objects.exists()
+
+
+def test_one_user_cannot_own_more_webhooks_than_the_cap(
+    user: User, admin: User, client_for: Callable[[User], APIClient], settings: Any
+) -> None:
+    """Each event is queued once per matching webhook: thousands of webhooks of one user would
+    flood the job queue (everyone's) and the receiving host."""
+    settings.WEBHOOKS_PER_OWNER = 3
+    body = {"url": "https://1.1.1.1/hook", "events": ["job.finished"]}
+    for _ in range(3):
+        assert client_for(user).post("/webhooks/", body, format="json").status_code == 201
+    refused = client_for(user).post("/webhooks/", body, format="json")
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "too_many_webhooks"
+    assert Subscription.objects.filter(owner=user).count() == 3
+    # the cap is per owner: another user still may
+    assert client_for(admin).post("/webhooks/", body, format="json").status_code == 201

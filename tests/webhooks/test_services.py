@@ -212,3 +212,19 @@ def test_disabling_raises_a_notice_that_enabling_resolves(user: User, receiver: 
     assert list(alert_list_open()) == []
     subscription.refresh_from_db()
     assert subscription.enabled and subscription.consecutive_failures == 0
+
+
+def test_a_deactivated_owners_webhook_receives_nothing_and_stops_nobody_elses(
+    admin: User, user: User, receiver: Receiver, allow_private: None
+) -> None:
+    """A former admin's webhook must not receive every user's events once they leave, nor make the
+    event fail for every other subscriber (their delivery job cannot be created)."""
+    subscription_create(owner=admin, url=receiver.url, events=["job.finished"])
+    mine, _ = subscription_create(owner=user, url=receiver.url, events=["job.finished"])
+    admin.is_active = False
+    admin.save()
+    finish_a_job(user)
+    [delivery] = Delivery.objects.all()
+    assert delivery.subscription_id == mine.pk
+    assert deliver(delivery) == Job.Status.SUCCESS
+    assert len(receiver.received) == 1

@@ -74,7 +74,7 @@ class WebhookListApi(APIView):
         rows = selectors.subscription_list(user=_user(request)).select_related("owner")
         return Response(WebhookOutput(rows, many=True).data)
 
-    @extend_schema(request=InputSerializer, responses={201: WebhookWithSecretOutput, **ERRORS}, tags=TAGS)
+    @extend_schema(request=InputSerializer, responses={201: WebhookWithSecretOutput, 409: E, **ERRORS}, tags=TAGS)
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

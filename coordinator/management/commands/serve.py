@@ -26,6 +26,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.urls import NoReverseMatch, reverse
 
 from coordinator.serving.preflight import data_make_private, database_problem
+from coordinator.serving.proxy import MULTIPART_FRAMING
 from coordinator.serving.supervision import STOP_GRACE_SECONDS, ProcessSpec, run_supervised
 
 
@@ -121,7 +122,7 @@ def build_process_specs(
             # The front door buffers each plain request's body before granian sees it: up to the
             # largest body any endpoint accepts, with room for multipart framing.
             "--max-body",
-            str(max(settings.DATA_UPLOAD_MAX_MEMORY_SIZE, settings.JOBS_UPLOAD_MAX_BYTES) + 64 * 1024),
+            str(max(settings.DATA_UPLOAD_MAX_MEMORY_SIZE, settings.JOBS_UPLOAD_MAX_BYTES) + MULTIPART_FRAMING),
         ]
         for prefix in settings.ASGI_PATH_PREFIXES:
             proxy += ["--asgi-prefix", prefix]
