@@ -283,6 +283,8 @@ def test_a_scripted_post_that_does_not_tick_the_fleet_box_sends_to_nobody(staff,
     )
     assert "This goes to all 2 devices: tick the box to confirm." in refused.content.decode()
     assert not Message.objects.filter(type="task").exists()
+
+
 def test_devices_show_tags_and_groups_and_filter_by_them(staff, make_device, master):
     from pool.models import DeviceGroup
     from pool.services import device_set_tags, group_set_devices
