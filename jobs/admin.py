@@ -84,7 +84,18 @@ class JobAdmin(ServiceActionsAdmin):
     change_list_template = "admin/jobs/job/change_list.html"
     # What a job keeps from its submission; everything that changes while it runs is in the
     # page's one live panel (change_form.html), so the page never shows two states at once.
-    readonly_fields = ["id", "uuid", "type", "data", "created_by", "created_at", "max_attempts", "files_list"]
+    readonly_fields = [
+        "id",
+        "uuid",
+        "type",
+        "data",
+        "created_by",
+        "created_at",
+        "run_after",
+        "unique_key",
+        "max_attempts",
+        "files_list",
+    ]
     fields = tuple(readonly_fields)
 
     class Media:

@@ -6,12 +6,16 @@ broker keeps its connection, claims queue rows with one `UPDATE … FOR UPDATE S
 RETURNING` on PostgreSQL, and when the queue is empty waits on a dedicated autocommit connection
 that LISTENs to `task_created` (jobs) and `django_q` (any other `async_task`), with a slow poll
 (`jobs.conf.LISTEN_TIMEOUT_SECONDS`) as the fallback so nothing is missed. On SQLite it is the stock ORM broker.
-The broker loop also runs the jobs sweep (lost-worker recovery, backlog) every `JOBS_SWEEP_SECONDS`.
+The broker loop also runs the jobs sweep (lost-worker recovery, backlog) every `JOBS_SWEEP_SECONDS`,
+and queues delayed jobs at their time: it knows when the earliest one is due, learns of new ones
+from their `NOTIFY task_created, 'due <epoch>'`, and sleeps until then (never longer than the
+fallback poll).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from datetime import timedelta
 from typing import Any
@@ -37,6 +41,8 @@ class ListenNotifyBroker(ORM):
         super().__init__(list_key=list_key)  # type: ignore[arg-type]
         self._listen_conn: Any = None
         self._next_sweep = 0.0
+        # Epoch seconds when the earliest delayed job is due (inf: none; None: not read yet).
+        self._next_due: float | None = None
 
     @property
     def _db(self) -> Any:
@@ -99,9 +105,18 @@ class ListenNotifyBroker(ORM):
 
     def _wait(self, timeout: float) -> bool:
         """Sleep until a NOTIFY arrives or `timeout` passes; True when woken by a notification."""
+        from jobs.services import DUE_PREFIX
+
         try:
             conn = self._listen()
-            for _ in conn.notifies(timeout=timeout, stop_after=1):
+            for notify in conn.notifies(timeout=timeout, stop_after=1):
+                if notify.payload.startswith(DUE_PREFIX):
+                    # A delayed job: wake up at its time (if earlier than the one known).
+                    try:
+                        due = float(notify.payload[len(DUE_PREFIX) :])
+                    except ValueError:
+                        due = 0.0
+                    self._next_due = min(self._next_due if self._next_due is not None else math.inf, due)
                 return True
             return False
         except Exception:
@@ -124,8 +139,31 @@ class ListenNotifyBroker(ORM):
         except Exception:
             logger.exception("jobs sweep failed")
 
+    def _queue_due(self) -> None:
+        """Queue the delayed jobs whose time has come, then note when the next one is due."""
+        if self._next_due is not None and self._next_due > time.time():
+            return
+        try:
+            from jobs.selectors import job_next_due
+            from jobs.services import jobs_queue_due
+
+            jobs_queue_due()
+            first = job_next_due()
+            # Without notifications (SQLite) every poll looks again.
+            self._next_due = None if not self.is_postgres else (first.timestamp() if first else math.inf)
+        except Exception:
+            logger.exception("queueing due jobs failed")
+            self._next_due = time.time() + conf.listen_timeout()
+
+    def _sleep_seconds(self) -> float:
+        """Until the fallback poll, the next sweep or the next delayed job, whichever is first."""
+        until_sweep = self._next_sweep - time.monotonic()
+        until_due = (self._next_due if self._next_due is not None else 0.0) - time.time()
+        return max(0.0, min(conf.listen_timeout(), max(0.05, until_sweep), until_due))
+
     def dequeue(self) -> list[tuple[Any, Any]] | None:
         self._maybe_sweep()
+        self._queue_due()
         tasks = self._take()
         if tasks:
             return tasks
@@ -138,7 +176,8 @@ class ListenNotifyBroker(ORM):
         tasks = self._take()
         if tasks:
             return tasks
-        self._wait(min(conf.listen_timeout(), max(0.05, self._next_sweep - time.monotonic())))
+        self._wait(self._sleep_seconds())
+        self._queue_due()
         return self._take() or None
 
 

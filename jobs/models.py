@@ -6,6 +6,10 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
+
+# A job holds its unique key while it waits or runs; a finished one frees it.
+ACTIVE_STATUSES = ("fresh", "started")
 
 
 class Job(models.Model):
@@ -43,10 +47,30 @@ class Job(models.Model):
     queued_at = models.DateTimeField(null=True, blank=True)
     run_after = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
+    # graphile-worker's `job_key`: while a job of this type and key waits or runs, a new
+    # submission with the same key gets that job instead of a second one (the constraint below).
+    unique_key = models.CharField(max_length=255, null=True, blank=True)
+
+    # Set by `job_create` (not stored) when the submission's unique key matched an active job.
+    existing: bool = False
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["status", "heartbeat_at"], name="jobs_status_heartbeat")]
+        indexes = [
+            models.Index(fields=["status", "heartbeat_at"], name="jobs_status_heartbeat"),
+            # The brokers' "when is the next delayed job due" and "which are due now".
+            models.Index(
+                fields=["run_after"], condition=Q(status="fresh", queued_at__isnull=True), name="jobs_delayed_due"
+            ),
+        ]
+        constraints = [
+            # The database, not a check-then-insert, keeps one active job per (type, unique_key).
+            models.UniqueConstraint(
+                fields=["type", "unique_key"],
+                condition=Q(status__in=ACTIVE_STATUSES, unique_key__isnull=False),
+                name="jobs_unique_key_active",
+            )
+        ]
 
     def __str__(self) -> str:
         # No status here: the page title would keep the state it was rendered with.

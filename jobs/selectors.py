@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
 from coordinator.models import User
@@ -59,6 +59,12 @@ def job_get_by_uuid(*, public_id: str) -> Job | None:
     except ValueError:
         return None
     return Job.objects.filter(uuid=value).first()
+
+
+def job_next_due() -> datetime | None:
+    """When the earliest delayed `fresh` job not yet queued is due, or None."""
+    due = Job.objects.filter(status=Job.Status.FRESH, queued_at__isnull=True, run_after__isnull=False)
+    return due.aggregate(first=Min("run_after"))["first"]
 
 
 def job_counts() -> dict[str, int]:

@@ -10,10 +10,10 @@ import threading
 import time
 import traceback as traceback_module
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -22,7 +22,7 @@ from coordinator.models import User
 from jobs import conf
 from jobs.context import JobCancelled, JobContext
 from jobs.errors import JobNeedsUserError, JobNotAllowedError, JobStateError, UnknownJobTypeError
-from jobs.models import Job, JobAttempt
+from jobs.models import ACTIVE_STATUSES, Job, JobAttempt
 from jobs.registry import JobSpec, build_kwargs, get_spec, validate_args
 from progress.services import progress_publish
 
@@ -92,11 +92,15 @@ def job_create(
     user: User | None,
     strict: bool = False,
     allowed_tasks: dict[str, Any] | None = None,
+    run_after: datetime | None = None,
+    unique_key: str | None = None,
 ) -> Job:
     """Validate the arguments and authorization, store a `fresh` job and queue it after commit.
 
     `allowed_tasks` is the claim of a pytasks token; when given it decides for protected types
-    instead of the user's permissions.
+    instead of the user's permissions. A job with a future `run_after` stays `fresh` until then
+    (the brokers queue it at that time). With a `unique_key`, while a job of the same type and
+    key is fresh or started that job is returned instead, with `existing` set.
     """
     spec = get_spec(type)
     if spec is None:
@@ -108,10 +112,68 @@ def job_create(
         if not allowed:
             raise JobNotAllowedError(extra={"type": type})
     args = validate_args(spec, {} if data is None and not spec.params else data, strict=strict)
-    job = Job.objects.create(type=spec.name, data=args, created_by=user, max_attempts=spec.max_attempts)
+    fields = {
+        "type": spec.name,
+        "data": args,
+        "created_by": user,
+        "max_attempts": spec.max_attempts,
+        "run_after": run_after,
+        "unique_key": unique_key or None,
+    }
+    job = _job_insert_unique(fields) if unique_key else Job.objects.create(**fields)
+    if job.existing:
+        return job
     job_id = job.pk
-    transaction.on_commit(lambda: job_enqueue(job_id=job_id, job_type=spec.name))
+    if run_after is not None and run_after > timezone.now():
+        transaction.on_commit(lambda: job_notify_delayed(run_after=run_after))
+    else:
+        transaction.on_commit(lambda: job_enqueue(job_id=job_id, job_type=spec.name))
     return job
+
+
+def _job_insert_unique(fields: dict[str, Any]) -> Job:
+    """Insert the job, or return the active job that holds its (type, unique_key).
+
+    The partial unique index decides: on PostgreSQL a concurrent insert of the same key waits
+    for the first transaction and then fails, so two submitters never both create a job. The
+    holder may finish between the failed insert and the read; the insert is then tried again.
+    """
+    for _ in range(3):
+        try:
+            with transaction.atomic():  # a savepoint: the clash leaves the caller's transaction usable
+                return Job.objects.create(**fields)
+        except IntegrityError:
+            holder = Job.objects.filter(
+                type=fields["type"], unique_key=fields["unique_key"], status__in=ACTIVE_STATUSES
+            ).first()
+            if holder is not None:
+                holder.existing = True
+                return holder
+    raise JobStateError("The unique key is changing hands too fast; send the job again.")
+
+
+def job_notify_delayed(*, run_after: datetime) -> None:
+    """Tell the brokers a delayed job is due at `run_after` (`NOTIFY task_created, 'due <epoch>'`),
+    so each one sleeps until the earliest due time instead of polling for it."""
+    if connection.vendor != "postgresql":
+        return  # SQLite brokers look for due jobs on every poll
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, f"{DUE_PREFIX}{run_after.timestamp():.6f}"])
+
+
+# The payload prefix of a delayed job's NOTIFY (a queued job's payload is its id).
+DUE_PREFIX = "due "
+
+
+def jobs_queue_due(*, limit: int = 1000) -> list[int]:
+    """Queue delayed `fresh` jobs whose time has come, earliest first (the brokers call this at
+    the earliest job's time; the guard in `job_enqueue` makes several brokers doing it harmless)."""
+    due = (
+        Job.objects.filter(status=Job.Status.FRESH, queued_at__isnull=True, run_after__lte=timezone.now())
+        .order_by("run_after")
+        .values_list("pk", "type")[:limit]
+    )
+    return [job_id for job_id, job_type in list(due) if job_enqueue(job_id=job_id, job_type=job_type)]
 
 
 def job_enqueue(*, job_id: int, job_type: str | None = None) -> bool:
@@ -372,6 +434,8 @@ def _fail_or_retry(job: Job, *, worker: str | None, error: str, tb: str = "", re
             _publish_status(job, f"retrying after: {error}")
         if delay <= 0:
             job_enqueue(job_id=job.pk, job_type=job.type)
+        else:
+            job_notify_delayed(run_after=now + timedelta(seconds=delay))
         return Job.Status.FRESH
     with transaction.atomic():
         if not guard.update(status=Job.Status.FAILURE, error=error, traceback=tb, updated_on=now, finished_at=now):
@@ -389,7 +453,23 @@ def _fail_or_retry(job: Job, *, worker: str | None, error: str, tb: str = "", re
 @transaction.atomic
 def job_retry(*, job: Job) -> Job:
     """Put a `failure` back to `fresh` with a fresh attempt budget and queue it after commit."""
-    updated = Job.objects.filter(pk=job.pk, status=Job.Status.FAILURE).update(
+    try:
+        with transaction.atomic():  # a savepoint: a unique-key clash leaves the transaction usable
+            updated = _job_reset_failed(job)
+    except IntegrityError as exc:
+        raise JobStateError(
+            "Another job with this unique key is waiting or running.", extra={"unique_key": job.unique_key}
+        ) from exc
+    if not updated:
+        raise JobStateError("Only a task in status failure can be retried.", extra={"status": job.status})
+    job.refresh_from_db()
+    _publish_status(job)
+    transaction.on_commit(lambda: job_enqueue(job_id=job.pk))
+    return job
+
+
+def _job_reset_failed(job: Job) -> int:
+    return Job.objects.filter(pk=job.pk, status=Job.Status.FAILURE).update(
         status=Job.Status.FRESH,
         worker=None,
         queued_at=None,
@@ -404,12 +484,6 @@ def job_retry(*, job: Job) -> Job:
         finished_at=None,
         updated_on=timezone.now(),
     )
-    if not updated:
-        raise JobStateError("Only a task in status failure can be retried.", extra={"status": job.status})
-    job.refresh_from_db()
-    _publish_status(job)
-    transaction.on_commit(lambda: job_enqueue(job_id=job.pk))
-    return job
 
 
 @transaction.atomic

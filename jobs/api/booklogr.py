@@ -20,7 +20,15 @@ from coordinator.api.parsers import JSONParser
 from coordinator.errors import ApplicationError, as_application_error
 from coordinator.permissions import platform_user
 from jobs import conf
-from jobs.api.common import BodyError, booklogr_error, json_body
+from jobs.api.common import (
+    EXISTING_HEADER,
+    BodyError,
+    SubmissionOptionError,
+    booklogr_error,
+    json_body,
+    scoped_unique_key,
+    submission_options,
+)
 from jobs.errors import ArgumentError, JobNotAllowedError, UnknownJobTypeError
 from jobs.exports import file_path, upload_store
 from jobs.models import Job
@@ -91,6 +99,17 @@ class TaskCreateApi(IdempotentCreateMixin, BookLogrView):
         data = serializers.JSONField(  # type: ignore[assignment]
             help_text="The job's arguments (an object; `{}` for the exports' defaults)."
         )
+        run_after = serializers.DateTimeField(
+            required=False, help_text="Start no earlier than this (ISO 8601 with an offset); the job stays fresh."
+        )
+        delay_seconds = serializers.FloatField(
+            required=False, min_value=0, help_text="Start after this many seconds (instead of run_after)."
+        )
+        unique_key = serializers.CharField(
+            required=False,
+            max_length=200,
+            help_text="While a job of this type and key is fresh or started, answer with that job (200).",
+        )
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
@@ -98,12 +117,20 @@ class TaskCreateApi(IdempotentCreateMixin, BookLogrView):
 
         message = serializers.CharField()
         task_id = serializers.IntegerField()
+        existing = serializers.BooleanField(
+            required=False, help_text="Present (true) when the answer is the job already holding the unique_key."
+        )
 
     @extend_schema(
         operation_id="v1_tasks_create",
         request=InputSerializer,
         responses={
             202: OutputSerializer,
+            200: OpenApiResponse(
+                response=OutputSerializer,
+                description="A job of this type with this unique_key is fresh or started: that job, "
+                "with `existing: true` and the header `Job-Existing: true`.",
+            ),
             400: OpenApiResponse(
                 response=inline_serializer(
                     name="BookLogrMissing",
@@ -144,13 +171,30 @@ class TaskCreateApi(IdempotentCreateMixin, BookLogrView):
                 },
                 status=422,
             )
+        try:
+            options = submission_options(body)
+        except SubmissionOptionError as exc:
+            return Response({"error": "Bad request", "message": exc.message}, status=400)
         user = platform_user(request)
         try:
-            job = job_create(type=job_type, data=body["data"], user=user, strict=False)
+            job = job_create(
+                type=job_type,
+                data=body["data"],
+                user=user,
+                strict=False,
+                run_after=options.run_after,
+                unique_key=scoped_unique_key(options.unique_key, user),
+            )
         except ArgumentError as exc:
             return Response({"error": "Invalid data", "message": exc.message}, status=400)
         except UnknownJobTypeError:  # unregistered between the check and the create
             return Response({"error": "Invalid type", "message": "The supplied task type is invalid."}, status=422)
+        if job.existing:
+            return Response(
+                {"message": "Task exists.", "task_id": job.pk, "existing": True},
+                status=status.HTTP_200_OK,
+                headers={EXISTING_HEADER: "true"},
+            )
         return Response({"message": "Task created.", "task_id": job.pk}, status=status.HTTP_202_ACCEPTED)
 
 
@@ -160,6 +204,9 @@ class TaskOutputSerializer(serializers.ModelSerializer):
     data = serializers.JSONField()  # type: ignore[assignment]
     result = serializers.JSONField(allow_null=True)
     status = serializers.CharField(help_text="fresh, started, success or failure.")
+    run_after = serializers.DateTimeField(
+        allow_null=True, help_text="A fresh job with this set starts no earlier (a delay or a retry's backoff)."
+    )
 
     class Meta:
         ref_name = "BookLogrTask"
@@ -182,6 +229,8 @@ class TaskOutputSerializer(serializers.ModelSerializer):
             "progress_message",
             "started_at",
             "finished_at",
+            "run_after",
+            "unique_key",
         ]
 
 

@@ -233,3 +233,84 @@ def test_an_upload_is_refused_before_it_is_read_or_stored(
     response = client_for(master).post("/v1/files", {"file": SimpleUploadedFile("a.jsonl", big)}, format="multipart")
     assert response.status_code == 413 and 0 < sum(written) <= 200_000
     assert not JobFile.objects.exists() and not list(export_root.iterdir())
+
+
+def test_a_delayed_task_stays_fresh_with_its_time_shown(user, client_for, django_capture_on_commit_callbacks):
+    client = client_for(user)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/v1/tasks", {"type": "csv_export", "data": {}, "delay_seconds": 90}, format="json")
+    assert response.status_code == 202
+    record = client.get(f"/v1/tasks/{response.json()['task_id']}").json()
+    assert record["status"] == "fresh" and record["run_after"] is not None
+    assert OrmQ.objects.count() == 0  # queued by a broker at its time, not now
+    response = client.post(
+        "/v1/tasks", {"type": "csv_export", "data": {}, "run_after": "2027-06-30T23:59:00+01:00"}, format="json"
+    )
+    assert client.get(f"/v1/tasks/{response.json()['task_id']}").json()["run_after"].startswith("2027-06-30T22:59")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"delay_seconds": -1},
+        {"delay_seconds": True},
+        {"delay_seconds": "10"},
+        {"delay_seconds": 10**12},
+        {"run_after": "tomorrow"},
+        {"run_after": "2030-02-30T10:00:00Z"},
+        {"run_after": "2030-01-01T10:00:00"},
+        {"run_after": "9999-01-01T10:00:00Z"},
+        {"run_after": "2030-01-01T10:00:00Z", "delay_seconds": 5},
+        {"unique_key": ""},
+        {"unique_key": 7},
+        {"unique_key": "a\x00b"},
+        {"unique_key": "k" * 201},
+    ],
+)
+def test_bad_delays_and_unique_keys_are_400_and_create_nothing(user, client_for, options):
+    response = client_for(user).post("/v1/tasks", {"type": "csv_export", "data": {}, **options}, format="json")
+    assert response.status_code == 400 and response.json()["error"] == "Bad request"
+    assert not Job.objects.exists()
+
+
+def test_a_unique_key_returns_the_callers_active_task_with_200(user, master, client_for):
+    payload = {"type": "csv_export", "data": {}, "unique_key": "nightly"}
+    first = client_for(user).post("/v1/tasks", payload, format="json")
+    again = client_for(user).post("/v1/tasks", payload, format="json")
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json() == {"message": "Task exists.", "task_id": first.json()["task_id"], "existing": True}
+    assert again["Job-Existing"] == "true"
+    # Another caller's key is another key: it never answers with (or reveals) someone else's job.
+    theirs = client_for(master).post("/v1/tasks", payload, format="json")
+    assert theirs.status_code == 202 and theirs.json()["task_id"] != first.json()["task_id"]
+    assert Job.objects.count() == 2
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_submissions_with_one_unique_key_create_one_task(live_server_url, user):
+    """8 submissions with one key at once to 2 granian workers (real processes): one task, and
+    every answer names it (the partial unique index decides, not a check-then-insert)."""
+    import threading
+
+    import requests
+
+    from tests.conftest import access_token_for
+
+    headers = {"Authorization": f"Bearer {access_token_for(user)}"}
+    answers: list[requests.Response] = []
+    start = threading.Barrier(8)
+
+    def send() -> None:
+        start.wait()
+        payload = {"type": "csv_export", "data": {}, "unique_key": "once"}
+        answers.append(requests.post(f"{live_server_url}/v1/tasks", json=payload, headers=headers, timeout=30))
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answer.status_code for answer in answers) == [200] * 7 + [202], [a.content for a in answers]
+    assert len({answer.json()["task_id"] for answer in answers}) == 1
+    assert Job.objects.filter(type="csv_export").count() == 1

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from coordinator.models import User
 from jobs.models import Job
@@ -75,3 +77,14 @@ def test_kill_9_of_a_worker_and_of_a_whole_cluster_is_recovered(user: User, expo
         wait_for(lambda: job_status(cut_off) == "started", timeout=60)
     job = Job.objects.get(pk=cut_off)
     assert job.attempts == 1 and job.max_attempts == 1
+
+
+def test_a_delayed_job_is_started_by_the_brokers_wake_up_not_by_the_sweep(user: User, export_root: Path) -> None:
+    # One sweep per 100 s: within the minute the test waits, only the broker's wake-up at the
+    # job's time (told by its NOTIFY on PostgreSQL, seen by the poll on SQLite) can start it.
+    with run_cluster(export_root, JOBS_STALE_SECONDS="600"):
+        run_after = timezone.now() + timedelta(seconds=3)
+        delayed = job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user, run_after=run_after).pk
+        wait_for(lambda: job_status(delayed) == "success", timeout=60)
+    job = Job.objects.get(pk=delayed)
+    assert job.result == 3 and job.started_at is not None and job.started_at >= run_after

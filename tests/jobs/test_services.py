@@ -295,3 +295,36 @@ def test_a_job_whose_queue_entry_was_lost_or_forgotten_is_queued_again(
     assert jobs_requeue_undelivered() == []  # just queued again: nothing more to do
     # The sweep includes it.
     assert set(services.jobs_sweep()) == {"recovered", "requeued", "queued", "removed_parts"}
+
+
+def test_a_delayed_job_stays_fresh_until_its_time_then_is_queued(
+    user: User, django_capture_on_commit_callbacks
+) -> None:
+    later = timezone.now() + timedelta(seconds=60)
+    with django_capture_on_commit_callbacks(execute=True):
+        job = job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user, run_after=later)
+    assert OrmQ.objects.count() == 0 and services.jobs_queue_due() == []
+    assert not job_claim(job_id=job.pk, worker="early")  # a stray delivery cannot start it early
+    assert Job.objects.get(pk=job.pk).status == "fresh"
+    Job.objects.filter(pk=job.pk).update(run_after=timezone.now() - timedelta(seconds=1))  # its time came
+    assert services.jobs_queue_due() == [job.pk] and OrmQ.objects.count() == 1
+    assert services.jobs_queue_due() == []  # a second broker doing the same queues nothing
+    assert job_execute(job_id=job.pk) == "success"
+
+
+def test_a_unique_key_answers_the_active_job_until_it_finishes(user: User, master: User) -> None:
+    first = job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user, unique_key="k")
+    again = job_create(type="test.main.add", data={"x": 5, "y": 5}, user=master, unique_key="k")
+    assert (first.existing, again.existing, again.pk) == (False, True, first.pk)
+    other_type = job_create(type="test.main.subtract", data={"x": 1, "y": 2}, user=user, unique_key="k")
+    assert not other_type.existing and Job.objects.count() == 2
+    job_claim(job_id=first.pk, worker="w")
+    assert job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user, unique_key="k").pk == first.pk
+    job_execute(job_id=other_type.pk)
+    Job.objects.filter(pk=first.pk).update(status="failure")
+    fresh = job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user, unique_key="k")
+    assert not fresh.existing and fresh.pk != first.pk
+    # The failed holder cannot come back while the new one holds the key.
+    with pytest.raises(JobStateError) as refused:
+        job_retry(job=Job.objects.get(pk=first.pk))
+    assert refused.value.status_code == 409 and Job.objects.get(pk=first.pk).status == "failure"
