@@ -93,6 +93,7 @@ class JobAdmin(ServiceActionsAdmin):
         "created_at",
         "run_after",
         "unique_key",
+        "rerun_of",
         "max_attempts",
         "files_list",
     ]

@@ -50,6 +50,33 @@ def job_get_for_user(*, job_id: int, user: User) -> Job:
     return job
 
 
+def job_list(
+    *,
+    user: User,
+    status: str | None = None,
+    type: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    unique_key: str | None = None,
+) -> QuerySet[Job]:
+    """The user's jobs (admins: everyone's), newest first, filtered; `unique_key` is the key as
+    the caller sent it (stored in the caller's scope, see jobs.api.common.scoped_unique_key)."""
+    qs = Job.objects.select_related("created_by").order_by("-id")
+    if not user.is_admin:
+        qs = qs.filter(created_by=user)
+    if status:
+        qs = qs.filter(status=status)
+    if type:
+        qs = qs.filter(type=type)
+    if created_after:
+        qs = qs.filter(created_at__gte=created_after)
+    if created_before:
+        qs = qs.filter(created_at__lt=created_before)
+    if unique_key:
+        qs = qs.filter(Q(unique_key=unique_key) | Q(unique_key__endswith=f"/{unique_key}"))
+    return qs
+
+
 def job_get_by_uuid(*, public_id: str) -> Job | None:
     """The job named by its pytasks id, or None (also for malformed ids)."""
     import uuid

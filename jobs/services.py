@@ -94,6 +94,7 @@ def job_create(
     allowed_tasks: dict[str, Any] | None = None,
     run_after: datetime | None = None,
     unique_key: str | None = None,
+    rerun_of: Job | None = None,
 ) -> Job:
     """Validate the arguments and authorization, store a `fresh` job and queue it after commit.
 
@@ -119,6 +120,7 @@ def job_create(
         "max_attempts": spec.max_attempts,
         "run_after": run_after,
         "unique_key": unique_key or None,
+        "rerun_of": rerun_of,
     }
     job = _job_insert_unique(fields) if unique_key else Job.objects.create(**fields)
     if job.existing:
@@ -506,6 +508,18 @@ def job_cancel(*, job: Job) -> Job:
         return job
     job.refresh_from_db()
     raise JobStateError("Only a fresh or started task can be cancelled.", extra={"status": job.status})
+
+
+@transaction.atomic
+def job_rerun(*, job: Job, user: User, data: Any = None) -> Job:
+    """Run a job again as a new job linked to it (same arguments, or new ones validated by the
+    registry), owned like the original: an export rerun by an admin still exports the owner's data."""
+    spec = get_spec(job.type)
+    if spec is None:
+        raise UnknownJobTypeError(extra={"type": job.type})
+    if not user_may_run(user, spec):  # the caller's own right, besides the owner's checked below
+        raise JobNotAllowedError(extra={"type": job.type})
+    return job_create(type=job.type, data=job.data if data is None else data, user=job.created_by, rerun_of=job)
 
 
 # A job whose worker was lost this many times fails like any error: it may be what kills its workers.

@@ -314,3 +314,89 @@ def test_concurrent_submissions_with_one_unique_key_create_one_task(live_server_
     assert sorted(answer.status_code for answer in answers) == [200] * 7 + [202], [a.content for a in answers]
     assert len({answer.json()["task_id"] for answer in answers}) == 1
     assert Job.objects.filter(type="csv_export").count() == 1
+
+
+def test_list_shows_the_callers_tasks_filtered_and_paginated_admins_see_all(user, master, admin, client_for):
+    mine = [job_create(type="test.main.add", data={"x": i, "y": 1}, user=user) for i in range(3)]
+    job_execute(job_id=mine[0].pk)
+    keyed = job_create(type="csv_export", data={}, user=user, unique_key=f"{user.pk}/nightly")
+    theirs = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=master)
+    client = client_for(user)
+    body = client.get("/v1/tasks").json()
+    assert body["count"] == 4 and [row["id"] for row in body["results"]] == [keyed.pk, *[j.pk for j in mine][::-1]]
+    assert client.get("/v1/tasks?status=success").json()["results"][0]["id"] == mine[0].pk
+    assert client.get("/v1/tasks?type=csv_export").json()["count"] == 1
+    assert [r["id"] for r in client.get("/v1/tasks?unique_key=nightly").json()["results"]] == [keyed.pk]
+    assert (
+        client.get("/v1/tasks?created_after=2000-01-01T00:00:00Z&created_before=2001-01-01T00:00:00Z").json()["count"]
+        == 0
+    )
+    page = client.get("/v1/tasks?page_size=2&page=2").json()
+    assert [row["id"] for row in page["results"]] == [mine[1].pk, mine[0].pk] and page["next"] is None
+    everyone = client_for(admin).get("/v1/tasks").json()
+    assert {row["id"] for row in everyone["results"]} >= {theirs.pk, keyed.pk}
+
+
+@pytest.mark.parametrize(
+    "query", ["status=done", "created_after=yesterday", "page=0", "page_size=501", "type=a%00b", "page=abc"]
+)
+def test_list_refuses_bad_filters_with_the_envelope(user, client_for, query):
+    response = client_for(user).get(f"/v1/tasks?{query}")
+    assert response.status_code == 400 and response.json()["code"] == "validation_error"
+
+
+def test_list_cancel_and_rerun_need_a_platform_user(anon_client):
+    job = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=None)
+    for method, path in [
+        ("get", "/v1/tasks"),
+        ("post", f"/v1/tasks/{job.pk}/cancel"),
+        ("post", f"/v1/tasks/{job.pk}/rerun"),
+    ]:
+        response = getattr(anon_client, method)(path)
+        assert response.status_code == 401 and response.json()["code"] == "not_authenticated"
+
+
+def test_cancel_own_or_as_admin_never_anothers_and_409_when_final(user, master, admin, client_for):
+    fresh = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user)
+    started = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user)
+    Job.objects.filter(pk=started.pk).update(status="started", worker="w")
+    attacker = client_for(master)
+    response = attacker.post(f"/v1/tasks/{fresh.pk}/cancel")
+    assert response.status_code == 404 and response.json()["code"] == "job_not_found"
+    assert Job.objects.get(pk=fresh.pk).status == "fresh"
+    response = client_for(user).post(f"/v1/tasks/{fresh.pk}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "failure"
+    response = client_for(admin).post(f"/v1/tasks/{started.pk}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "started"
+    assert Job.objects.get(pk=started.pk).cancel_requested  # stops at its next progress report
+    again = client_for(user).post(f"/v1/tasks/{fresh.pk}/cancel")
+    assert again.status_code == 409 and again.json()["code"] == "job_state_conflict"
+    assert client_for(user).post("/v1/tasks/99999999999999999999/cancel").status_code == 404
+
+
+def test_rerun_runs_a_task_again_linked_to_it_with_the_same_or_new_arguments(user, master, admin, client_for):
+    job = job_create(type="test.main.add", data={"x": 2, "y": 3}, user=user)
+    job_execute(job_id=job.pk)
+    client = client_for(user)
+    same = client.post(f"/v1/tasks/{job.pk}/rerun")
+    assert same.status_code == 201
+    assert (same.json()["rerun_of"], same.json()["data"], same.json()["status"]) == (job.pk, {"x": 2, "y": 3}, "fresh")
+    new = client.post(f"/v1/tasks/{job.pk}/rerun", {"data": {"x": 10, "y": 1}}, format="json")
+    assert new.status_code == 201 and new.json()["data"] == {"x": 10, "y": 1}
+    assert job_execute(job_id=new.json()["id"]) == "success" and Job.objects.get(pk=new.json()["id"]).result == 11
+    bad = client.post(f"/v1/tasks/{job.pk}/rerun", {"data": {"x": "ten"}}, format="json")
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_job_arguments"
+    assert client.post(f"/v1/tasks/{job.pk}/rerun", [1], format="json").json()["code"] == "validation_error"
+    # Another user cannot rerun it (nor learn it exists); an admin's rerun stays the owner's job.
+    assert client_for(master).post(f"/v1/tasks/{job.pk}/rerun").status_code == 404
+    by_admin = client_for(admin).post(f"/v1/tasks/{job.pk}/rerun").json()
+    assert by_admin["created_by"] == user.pk and by_admin["rerun_of"] == job.pk
+    assert Job.objects.filter(rerun_of=job).count() == 3
+
+
+def test_rerun_of_a_protected_type_needs_the_right_now(user, admin, client_for):
+    job = job_create(type="test.main.myProtectedTask", data={"x": 2, "y": 3}, user=admin)
+    Job.objects.filter(pk=job.pk).update(created_by=user)  # granted once, no longer
+    response = client_for(user).post(f"/v1/tasks/{job.pk}/rerun")
+    assert response.status_code == 403 and response.json()["code"] == "job_not_allowed"
+    assert not Job.objects.filter(rerun_of=job).exists()
