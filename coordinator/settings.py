@@ -154,12 +154,13 @@ INSTALLED_APPS = [
     "csp",
     "corsheaders",
     "channels",
-    "django_q",
     "coordinator",
     "pool",
     "farm",
     "jobs",
     "progress",
+    # After jobs: its `qcluster` (django-q2's, plus `--queue`) takes the name's place.
+    "django_q",
 ]
 
 MIDDLEWARE = [
@@ -408,6 +409,8 @@ Q_CLUSTER: dict[str, Any] = {
     "label": "Django Q2",
     # jobs: the ORM broker that waits on PostgreSQL LISTEN/NOTIFY (plain ORM polling on SQLite).
     "broker_class": "jobs.broker.ListenNotifyBroker",
+    # django-q2 reads this whenever Q_CLUSTER_NAME names a cluster (a job queue, docs/jobs.md).
+    "ALT_CLUSTERS": {},
 }
 if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:
     raise ImproperlyConfigured(

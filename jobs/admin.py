@@ -22,7 +22,7 @@ from jobs.exports import file_path
 from jobs.forms import JobSubmitForm
 from jobs.models import Job, JobFile
 from jobs.registry import all_specs, get_spec
-from jobs.selectors import jobs_heartbeat_stale
+from jobs.selectors import jobs_heartbeat_stale, queue_summary
 from jobs.services import job_cancel, job_create, job_retry, user_may_run
 
 
@@ -75,7 +75,7 @@ class JobAdmin(ServiceActionsAdmin):
         "owner",
         "worker_short",
     ]
-    list_filter = ["status", StuckJobFilter, "type", "created_at"]
+    list_filter = ["status", StuckJobFilter, "queue", "type", "created_at"]
     search_fields = ["=id", "type", "worker", "created_by__email", "error"]
     list_select_related = ["created_by"]
     date_hierarchy = "created_at"
@@ -94,6 +94,7 @@ class JobAdmin(ServiceActionsAdmin):
         "run_after",
         "unique_key",
         "rerun_of",
+        "queue",
         "max_attempts",
         "files_list",
     ]
@@ -160,6 +161,9 @@ class JobAdmin(ServiceActionsAdmin):
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, extra_context=context)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        return super().changelist_view(request, extra_context={"queues": queue_summary(), **(extra_context or {})})
 
     def get_urls(self) -> list[URLPattern]:
         custom = [

@@ -27,6 +27,7 @@ from django_q.conf import Conf
 from django_q.models import OrmQ
 
 from jobs import conf
+from jobs.registry import DEFAULT_QUEUE
 
 logger = logging.getLogger("jobs.broker")
 
@@ -34,11 +35,28 @@ QUEUE_CHANNEL = "django_q"
 CHANNELS = ("task_created", QUEUE_CHANNEL)
 
 
+def queue_list_key(queue: str) -> str:
+    """The django-q2 cluster name (the broker's list key) of a job queue: `default` is the site's
+    own name (Q_CLUSTER["name"]), so a plain `qcluster` and any other `async_task` keep theirs."""
+    return Conf.PREFIX if queue == DEFAULT_QUEUE else queue
+
+
+def served_keys(list_key: str) -> list[str] | None:
+    """The list keys a cluster named `list_key` takes from: the site's own name serves every
+    queue (None); `exports,default` (what `qcluster --queue exports --queue default` sets) serves
+    those queues only."""
+    if list_key == Conf.PREFIX:
+        return None
+    names = [name.strip() for name in list_key.split(",") if name.strip()]
+    return sorted({list_key, *(queue_list_key(name) for name in names)})
+
+
 class ListenNotifyBroker(ORM):
     skip_notify = False
 
     def __init__(self, list_key: str | None = None) -> None:
         super().__init__(list_key=list_key)  # type: ignore[arg-type]
+        self.keys = served_keys(self.list_key)
         self._listen_conn: Any = None
         self._next_sweep = 0.0
         # Epoch seconds when the earliest delayed job is due (inf: none; None: not read yet).
@@ -72,12 +90,13 @@ class ListenNotifyBroker(ORM):
         table = OrmQ._meta.db_table
         now = timezone.now()
         self.get_connection()
+        served, params = ("", []) if self.keys is None else ("key = ANY(%s) AND ", [self.keys])
         with self._db.cursor() as cursor:
             # SKIP LOCKED: two clusters never wait on, or both take, the same queue row.
             cursor.execute(
-                f"UPDATE {table} SET lock = %s WHERE id IN (SELECT id FROM {table} WHERE key = %s AND lock < %s "
+                f"UPDATE {table} SET lock = %s WHERE id IN (SELECT id FROM {table} WHERE {served}lock < %s "
                 f"ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id, payload",
-                [now + timedelta(seconds=Conf.RETRY), self.list_key, now, Conf.BULK],
+                [now + timedelta(seconds=Conf.RETRY), *params, now, Conf.BULK],
             )
             return [(row[0], row[1]) for row in cursor.fetchall()]
 
@@ -181,9 +200,12 @@ class ListenNotifyBroker(ORM):
         return self._take() or None
 
 
-def super_dequeue_without_sleep(broker: ORM) -> list[tuple[Any, Any]]:
+def super_dequeue_without_sleep(broker: ListenNotifyBroker) -> list[tuple[Any, Any]]:
     """The stock ORM claim (select, then a guarded update per row), without its idle sleep."""
-    tasks = broker.get_connection().filter(key=broker.list_key, lock__lt=timezone.now())[0 : Conf.BULK]
+    rows = broker.get_connection().filter(lock__lt=timezone.now())
+    if broker.keys is not None:
+        rows = rows.filter(key__in=broker.keys)
+    tasks = rows.order_by("id")[0 : Conf.BULK]
     taken = []
     for task in tasks:
         if broker.get_connection().filter(id=task.id, lock=task.lock).update(lock=broker.timeout(task)):

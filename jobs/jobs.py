@@ -17,19 +17,19 @@ from jobs.services import job_cancel, job_retry
 dataset_register(name="jobs", title="Background jobs", columns=JOB_EXPORT_COLUMNS, rows=job_export_rows)
 
 
-@job(name="csv_export", signed_in=True, timeout=3600)
+@job(name="csv_export", signed_in=True, timeout=3600, queue="exports")
 def csv_export(ctx: JobContext, datasets: list[DatasetName] | None = None, everything: bool = False) -> dict[str, Any]:
     """Export what the user owns (every registered dataset, or the ones named) as one CSV file."""
     return export_run(ctx, fmt="csv", datasets=datasets, everything=everything)
 
 
-@job(name="json_export", signed_in=True, timeout=3600)
+@job(name="json_export", signed_in=True, timeout=3600, queue="exports")
 def json_export(ctx: JobContext, datasets: list[DatasetName] | None = None, everything: bool = False) -> dict[str, Any]:
     """Export what the user owns as a JSON array."""
     return export_run(ctx, fmt="json", datasets=datasets, everything=everything)
 
 
-@job(name="html_export", signed_in=True, timeout=3600)
+@job(name="html_export", signed_in=True, timeout=3600, queue="exports")
 def html_export(ctx: JobContext, datasets: list[DatasetName] | None = None, everything: bool = False) -> dict[str, Any]:
     """Export what the user owns as a readable HTML page."""
     return export_run(ctx, fmt="html", datasets=datasets, everything=everything)

@@ -50,6 +50,8 @@ class Job(models.Model):
     # graphile-worker's `job_key`: while a job of this type and key waits or runs, a new
     # submission with the same key gets that job instead of a second one (the constraint below).
     unique_key = models.CharField(max_length=255, null=True, blank=True)
+    # The named queue it runs on (its type's, or the one a django-tasks caller chose).
+    queue = models.CharField(max_length=63, default="default", db_index=True)
     # The job this one runs again (`POST /v1/tasks/<id>/rerun`, the admin's rerun).
     rerun_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns", db_index=True

@@ -55,6 +55,7 @@ def job_list(
     user: User,
     status: str | None = None,
     type: str | None = None,
+    queue: str | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     unique_key: str | None = None,
@@ -68,6 +69,8 @@ def job_list(
         qs = qs.filter(status=status)
     if type:
         qs = qs.filter(type=type)
+    if queue:
+        qs = qs.filter(queue=queue)
     if created_after:
         qs = qs.filter(created_at__gte=created_after)
     if created_before:
@@ -92,6 +95,19 @@ def job_next_due() -> datetime | None:
     """When the earliest delayed `fresh` job not yet queued is due, or None."""
     due = Job.objects.filter(status=Job.Status.FRESH, queued_at__isnull=True, run_after__isnull=False)
     return due.aggregate(first=Min("run_after"))["first"]
+
+
+def queue_summary() -> list[dict[str, Any]]:
+    """Per job queue: jobs waiting (`fresh`, due or not) and running (`started`), every queue a
+    job type names included."""
+    rows: dict[str, dict[str, Any]] = {
+        spec.queue: {"queue": spec.queue, "waiting": 0, "running": 0} for spec in all_specs()
+    }
+    active = Job.objects.filter(status__in=[Job.Status.FRESH, Job.Status.STARTED])
+    for row in active.values("queue", "status").annotate(n=Count("id")):
+        entry = rows.setdefault(row["queue"], {"queue": row["queue"], "waiting": 0, "running": 0})
+        entry["waiting" if row["status"] == Job.Status.FRESH else "running"] += row["n"]
+    return sorted(rows.values(), key=lambda entry: entry["queue"])
 
 
 def job_counts() -> dict[str, int]:

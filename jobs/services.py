@@ -23,7 +23,7 @@ from jobs import conf
 from jobs.context import JobCancelled, JobContext
 from jobs.errors import JobNeedsUserError, JobNotAllowedError, JobStateError, UnknownJobTypeError
 from jobs.models import ACTIVE_STATUSES, Job, JobAttempt
-from jobs.registry import JobSpec, build_kwargs, get_spec, validate_args
+from jobs.registry import JobSpec, any_limited, build_kwargs, get_spec, validate_args
 from progress.services import progress_publish
 
 logger = logging.getLogger("jobs")
@@ -95,6 +95,7 @@ def job_create(
     run_after: datetime | None = None,
     unique_key: str | None = None,
     rerun_of: Job | None = None,
+    queue: str | None = None,
 ) -> Job:
     """Validate the arguments and authorization, store a `fresh` job and queue it after commit.
 
@@ -121,6 +122,7 @@ def job_create(
         "run_after": run_after,
         "unique_key": unique_key or None,
         "rerun_of": rerun_of,
+        "queue": queue or spec.queue,
     }
     job = _job_insert_unique(fields) if unique_key else Job.objects.create(**fields)
     if job.existing:
@@ -129,7 +131,7 @@ def job_create(
     if run_after is not None and run_after > timezone.now():
         transaction.on_commit(lambda: job_notify_delayed(run_after=run_after))
     else:
-        transaction.on_commit(lambda: job_enqueue(job_id=job_id, job_type=spec.name))
+        transaction.on_commit(lambda: job_enqueue(job_id=job_id, job_type=spec.name, queue=job.queue))
     return job
 
 
@@ -173,13 +175,14 @@ def jobs_queue_due(*, limit: int = 1000) -> list[int]:
     due = (
         Job.objects.filter(status=Job.Status.FRESH, queued_at__isnull=True, run_after__lte=timezone.now())
         .order_by("run_after")
-        .values_list("pk", "type")[:limit]
+        .values_list("pk", "type", "queue")[:limit]
     )
-    return [job_id for job_id, job_type in list(due) if job_enqueue(job_id=job_id, job_type=job_type)]
+    return [pk for pk, job_type, queue in list(due) if job_enqueue(job_id=pk, job_type=job_type, queue=queue)]
 
 
-def job_enqueue(*, job_id: int, job_type: str | None = None) -> bool:
-    """Hand a committed `fresh` job to django-q2 once, with `NOTIFY task_created, '<id>'`.
+def job_enqueue(*, job_id: int, job_type: str | None = None, queue: str | None = None) -> bool:
+    """Hand a committed `fresh` job to django-q2 once, on its queue's cluster name, with
+    `NOTIFY task_created, '<id>'`.
 
     The guard, the queue row and the NOTIFY are one transaction: the notification is delivered
     when the queue row becomes visible, and a failure leaves the job in the backlog.
@@ -187,13 +190,16 @@ def job_enqueue(*, job_id: int, job_type: str | None = None) -> bool:
     from django_q.brokers import get_broker
     from django_q.tasks import async_task
 
-    if job_type is None:
-        job_type = Job.objects.filter(pk=job_id).values_list("type", flat=True).first()
-        if job_type is None:
+    from jobs.broker import queue_list_key
+
+    if job_type is None or queue is None:
+        row = Job.objects.filter(pk=job_id).values_list("type", "queue").first()
+        if row is None:
             return False
+        job_type, queue = row
     spec = get_spec(job_type)
     timeout = (spec.timeout if spec and spec.timeout else None) or conf.default_timeout()
-    broker = get_broker()
+    broker = get_broker(queue_list_key(queue))
     # The job's own NOTIFY below wakes the listeners; skip the broker's generic one.
     broker.skip_notify = True  # type: ignore[attr-defined]
     try:
@@ -207,6 +213,7 @@ def job_enqueue(*, job_id: int, job_type: str | None = None) -> bool:
             async_task(
                 "jobs.tasks.job_run",
                 job_id,
+                job_type,
                 timeout=timeout,
                 broker=broker,
                 save=False,
@@ -221,12 +228,32 @@ def job_enqueue(*, job_id: int, job_type: str | None = None) -> bool:
     return True
 
 
-def job_claim(*, job_id: int, worker: str) -> bool:
-    """Take a fresh job for this worker: one guarded UPDATE, so each attempt runs exactly once."""
+# A job refused by its type's `max_running` waits this long before it is queued again.
+CAPACITY_WAIT_SECONDS = 1.0
+
+
+def job_claim(*, job_id: int, worker: str, spec: JobSpec | None = None) -> bool:
+    """Take a fresh job for this worker: one guarded UPDATE, so each attempt runs exactly once.
+
+    A type with `max_running` is claimed only while fewer of it are started. That count and the
+    claim must not interleave between workers, so on PostgreSQL claims of the type take a
+    transaction-scoped advisory lock first (SQLite runs one writer at a time anyway).
+    """
     now = timezone.now()
-    claimed = Job.objects.filter(
-        Q(run_after__isnull=True) | Q(run_after__lte=now), pk=job_id, status=Job.Status.FRESH
-    ).update(
+    guard = Q(run_after__isnull=True) | Q(run_after__lte=now)
+    if spec is not None and spec.max_running:
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"jobs.max_running:{spec.name}"])
+        if Job.objects.filter(type=spec.name, status=Job.Status.STARTED).count() >= spec.max_running:
+            # Full: a due job waits a moment and is queued again (the guard leaves others alone).
+            run_after = now + timedelta(seconds=CAPACITY_WAIT_SECONDS)
+            if Job.objects.filter(guard, pk=job_id, status=Job.Status.FRESH).update(
+                queued_at=None, run_after=run_after
+            ):
+                transaction.on_commit(lambda: job_notify_delayed(run_after=run_after))
+            return False
+    claimed = Job.objects.filter(guard, pk=job_id, status=Job.Status.FRESH).update(
         status=Job.Status.STARTED,
         worker=worker,
         updated_on=now,
@@ -311,12 +338,13 @@ def _json_result(value: Any) -> Any:
     return value
 
 
-def job_execute(*, job_id: int) -> str:
+def job_execute(*, job_id: int, job_type: str | None = None) -> str:
     """Run one job in this worker if it can be claimed; returns the final or current status."""
     worker = worker_id()
+    limited = _limited_spec(job_id, job_type)
     # The claim, the read and the `new` event are one transaction: one commit per start.
     with transaction.atomic():
-        if not job_claim(job_id=job_id, worker=worker):
+        if not job_claim(job_id=job_id, worker=worker, spec=limited):
             return "skipped"
         job = Job.objects.get(pk=job_id)
         progress_publish(
@@ -369,6 +397,17 @@ def job_execute(*, job_id: int) -> str:
         )
     heartbeat.current = None
     return job_finish(job_id=job_id, worker=worker, ok=True, result=result, job=job)
+
+
+def _limited_spec(job_id: int, job_type: str | None) -> JobSpec | None:
+    """The job's spec when its type has a `max_running` (the type comes with the queue entry; it
+    is read only for an entry queued before it did, and only if some type has a limit)."""
+    if not any_limited():
+        return None
+    if job_type is None:
+        job_type = Job.objects.filter(pk=job_id).values_list("type", flat=True).first()
+    spec = get_spec(job_type) if job_type else None
+    return spec if spec is not None and spec.max_running else None
 
 
 def job_finish(
@@ -435,7 +474,7 @@ def _fail_or_retry(job: Job, *, worker: str | None, error: str, tb: str = "", re
             job.refresh_from_db()
             _publish_status(job, f"retrying after: {error}")
         if delay <= 0:
-            job_enqueue(job_id=job.pk, job_type=job.type)
+            job_enqueue(job_id=job.pk, job_type=job.type, queue=job.queue)
         else:
             job_notify_delayed(run_after=now + timedelta(seconds=delay))
         return Job.Status.FRESH
@@ -563,7 +602,7 @@ def _requeue_interrupted(job: Job, *, error: str) -> str:
         _record_attempt(job, worker=job.worker, outcome=JobAttempt.Outcome.INTERRUPTED, error=error)
         job.refresh_from_db()
         _publish_status(job, f"running again: {error}")
-    job_enqueue(job_id=job.pk, job_type=job.type)
+    job_enqueue(job_id=job.pk, job_type=job.type, queue=job.queue)
     return Job.Status.FRESH
 
 

@@ -128,6 +128,7 @@ class TaskOutputSerializer(serializers.ModelSerializer):
             "run_after",
             "unique_key",
             "rerun_of",
+            "queue",
         ]
 
 
@@ -157,6 +158,7 @@ class TaskListApi(IdempotentCreateMixin, BookLogrView):
 
         status = serializers.ChoiceField(choices=Job.Status.choices, required=False)
         type = serializers.CharField(required=False, max_length=200)
+        queue = serializers.CharField(required=False, max_length=63)
         created_after = serializers.DateTimeField(required=False, help_text="Created at or after (ISO 8601).")
         created_before = serializers.DateTimeField(required=False, help_text="Created before (ISO 8601).")
         unique_key = serializers.CharField(required=False, max_length=200, help_text="The key as it was sent.")

@@ -53,3 +53,21 @@ def test_on_postgres_a_delayed_job_sets_the_brokers_wake_up_time(user: User, mon
         assert broker._sleep_seconds() <= 120
     finally:
         broker.close()
+
+
+def test_a_cluster_named_for_queues_takes_only_their_entries(user: User) -> None:
+    from jobs.broker import served_keys
+
+    job_create(type="csv_export", data={}, user=user)  # exports
+    job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user)  # default
+    assert served_keys("coordinator") is None  # a plain cluster serves every queue
+    assert served_keys("exports,default") == ["coordinator", "exports", "exports,default"]
+    exports = ListenNotifyBroker(list_key="exports")
+    default = ListenNotifyBroker(list_key="default")
+    try:
+        assert [OrmQ.objects.get(pk=pk).key for pk, _ in exports._take()] == ["exports"]
+        assert exports._take() == []
+        assert [OrmQ.objects.get(pk=pk).key for pk, _ in default._take()] == ["coordinator"]
+    finally:
+        exports.close()
+        default.close()

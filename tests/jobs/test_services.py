@@ -328,3 +328,31 @@ def test_a_unique_key_answers_the_active_job_until_it_finishes(user: User, maste
     with pytest.raises(JobStateError) as refused:
         job_retry(job=Job.objects.get(pk=first.pk))
     assert refused.value.status_code == 409 and Job.objects.get(pk=first.pk).status == "failure"
+
+
+def test_a_job_runs_on_its_types_queue(user: User, django_capture_on_commit_callbacks) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        export = job_create(type="csv_export", data={}, user=user)
+        quick = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user)
+        chosen = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user, queue="reports")
+    assert (export.queue, quick.queue, chosen.queue) == ("exports", "default", "reports")
+    keys = dict(OrmQ.objects.values_list("key", "payload"))
+    # The default queue is the site's cluster name; the others are their own cluster names.
+    assert set(keys) == {"exports", "coordinator", "reports"}
+
+
+def test_max_running_refuses_a_second_claim_and_defers_it(user: User, tmp_path) -> None:
+    from jobs.registry import get_spec
+
+    spec = get_spec("tests.exclusive")
+    first = job_create(type="tests.exclusive", data={"path": str(tmp_path / "x")}, user=user)
+    second = job_create(type="tests.exclusive", data={"path": str(tmp_path / "x")}, user=user)
+    Job.objects.update(queued_at=timezone.now())
+    assert job_claim(job_id=first.pk, worker="a", spec=spec)
+    assert not job_claim(job_id=second.pk, worker="b", spec=spec)
+    waiting = Job.objects.get(pk=second.pk)
+    # Back to the delayed set: the brokers queue it again a moment later.
+    assert waiting.status == "fresh" and waiting.queued_at is None and waiting.run_after > timezone.now()
+    Job.objects.filter(pk=first.pk).update(status="success")
+    Job.objects.filter(pk=second.pk).update(run_after=None)
+    assert job_claim(job_id=second.pk, worker="b", spec=spec)
