@@ -159,17 +159,22 @@ class ListenNotifyBroker(ORM):
             logger.exception("jobs sweep failed")
 
     def _queue_due(self) -> None:
-        """Queue the delayed jobs whose time has come, then note when the next one is due."""
+        """Queue the delayed jobs and fire the schedules whose time has come, then note when the
+        next one is due."""
         if self._next_due is not None and self._next_due > time.time():
             return
         try:
-            from jobs.selectors import job_next_due
+            from jobs.schedules import FIRE_BATCH, schedules_fire_due
+            from jobs.selectors import job_next_due, schedule_next_due
             from jobs.services import jobs_queue_due
 
             jobs_queue_due()
-            first = job_next_due()
+            if schedules_fire_due() >= FIRE_BATCH:
+                self._next_due = time.time()  # more are due: fire the next batch after this take
+                return
+            due = [moment.timestamp() for moment in (job_next_due(), schedule_next_due()) if moment is not None]
             # Without notifications (SQLite) every poll looks again.
-            self._next_due = None if not self.is_postgres else (first.timestamp() if first else math.inf)
+            self._next_due = None if not self.is_postgres else min(due, default=math.inf)
         except Exception:
             logger.exception("queueing due jobs failed")
             self._next_due = time.time() + conf.listen_timeout()

@@ -10,13 +10,14 @@ from typing import Any
 
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import Count, Min, Q, QuerySet
+from django.db.models import Count, F, Min, Q, QuerySet, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from coordinator.models import User
 from jobs import conf
-from jobs.errors import FileNotFoundForUserError, JobNotFoundError
-from jobs.models import Job, JobFile
+from jobs.errors import FileNotFoundForUserError, JobNotFoundError, ScheduleNotFoundError
+from jobs.models import Job, JobFile, JobSchedule, JobScheduleRun
 from jobs.registry import all_specs
 
 _FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
@@ -108,6 +109,44 @@ def queue_summary() -> list[dict[str, Any]]:
         entry = rows.setdefault(row["queue"], {"queue": row["queue"], "waiting": 0, "running": 0})
         entry["waiting" if row["status"] == Job.Status.FRESH else "running"] += row["n"]
     return sorted(rows.values(), key=lambda entry: entry["queue"])
+
+
+def schedule_list(*, user: User) -> QuerySet[JobSchedule]:
+    """The user's schedules (admins: everyone's)."""
+    qs = JobSchedule.objects.select_related("owner").order_by("id")
+    return qs if user.is_admin else qs.filter(owner=user)
+
+
+def schedule_get_for_user(*, schedule_id: int, user: User) -> JobSchedule:
+    """The schedule if the user owns it (admins: any); otherwise `ScheduleNotFoundError`."""
+    if not 0 < schedule_id < 2**63:
+        raise ScheduleNotFoundError()
+    schedule = schedule_list(user=user).filter(pk=schedule_id).first()
+    if schedule is None:
+        raise ScheduleNotFoundError()
+    return schedule
+
+
+def schedule_last_runs(*, schedule_ids: list[int], count: int = 10) -> dict[int, list[JobScheduleRun]]:
+    """The last `count` runs of each schedule, newest first, with their jobs."""
+    runs: dict[int, list[JobScheduleRun]] = {pk: [] for pk in schedule_ids}
+    rows = (
+        JobScheduleRun.objects.filter(schedule_id__in=schedule_ids)
+        .annotate(rank=Window(RowNumber(), partition_by=[F("schedule_id")], order_by=F("occurrence").desc()))
+        .filter(rank__lte=count)
+        .select_related("job")
+        .order_by("schedule_id", "-occurrence")
+    )
+    for run in rows:
+        runs[run.schedule_id].append(run)
+    return runs
+
+
+def schedule_next_due() -> datetime | None:
+    """When the earliest enabled schedule is due, or None."""
+    return JobSchedule.objects.filter(enabled=True, next_run_at__isnull=False).aggregate(first=Min("next_run_at"))[
+        "first"
+    ]
 
 
 def job_counts() -> dict[str, int]:

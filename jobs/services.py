@@ -84,6 +84,22 @@ def _record_attempt(job: Job, *, worker: str | None, outcome: str, error: str = 
     )
 
 
+def job_check(
+    *, type: str, data: Any, user: User | None, strict: bool = False, allowed_tasks: dict[str, Any] | None = None
+) -> tuple[JobSpec, dict[str, Any]]:
+    """The type's spec and the validated arguments, if `user` may submit them (a job or a schedule)."""
+    spec = get_spec(type)
+    if spec is None:
+        raise UnknownJobTypeError(extra={"type": type})
+    if spec.signed_in and (user is None or not user.is_active):
+        raise JobNeedsUserError(extra={"type": type})
+    if spec.protected:
+        allowed = bool(allowed_tasks.get(spec.name)) if allowed_tasks is not None else user_may_run(user, spec)
+        if not allowed:
+            raise JobNotAllowedError(extra={"type": type})
+    return spec, validate_args(spec, {} if data is None and not spec.params else data, strict=strict)
+
+
 @transaction.atomic
 def job_create(
     *,
@@ -104,16 +120,7 @@ def job_create(
     (the brokers queue it at that time). With a `unique_key`, while a job of the same type and
     key is fresh or started that job is returned instead, with `existing` set.
     """
-    spec = get_spec(type)
-    if spec is None:
-        raise UnknownJobTypeError(extra={"type": type})
-    if spec.signed_in and (user is None or not user.is_active):
-        raise JobNeedsUserError(extra={"type": type})
-    if spec.protected:
-        allowed = bool(allowed_tasks.get(spec.name)) if allowed_tasks is not None else user_may_run(user, spec)
-        if not allowed:
-            raise JobNotAllowedError(extra={"type": type})
-    args = validate_args(spec, {} if data is None and not spec.params else data, strict=strict)
+    spec, args = job_check(type=type, data=data, user=user, strict=strict, allowed_tasks=allowed_tasks)
     fields = {
         "type": spec.name,
         "data": args,

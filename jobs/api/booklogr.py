@@ -29,6 +29,7 @@ from jobs.api.common import (
     SubmissionOptionError,
     booklogr_error,
     json_body,
+    page_of,
     scoped_unique_key,
     submission_options,
 )
@@ -132,16 +133,6 @@ class TaskOutputSerializer(serializers.ModelSerializer):
         ]
 
 
-class TaskPageSerializer(serializers.Serializer):
-    class Meta:
-        ref_name = "TaskPage"
-
-    count = serializers.IntegerField()
-    next = serializers.URLField(allow_null=True)
-    previous = serializers.URLField(allow_null=True)
-    results = TaskOutputSerializer(many=True)
-
-
 class TaskListApi(IdempotentCreateMixin, BookLogrView):
     """`POST` is BookLogr's create (its shapes); `GET`, the list, is ours (the envelope)."""
 
@@ -174,7 +165,11 @@ class TaskListApi(IdempotentCreateMixin, BookLogrView):
     @extend_schema(
         operation_id="v1_tasks_list",
         parameters=[FilterSerializer],
-        responses={200: TaskPageSerializer, 400: ErrorEnvelopeSerializer, 401: ErrorEnvelopeSerializer},
+        responses={
+            200: page_of("TaskPage", TaskOutputSerializer(many=True)),
+            400: ErrorEnvelopeSerializer,
+            401: ErrorEnvelopeSerializer,
+        },
         summary="The caller's tasks (admins: everyone's), newest first, filtered and paginated",
     )
     def get(self, request: Request) -> Response:

@@ -127,3 +127,21 @@ def test_max_running_holds_across_two_clusters(user: User, export_root: Path, tm
     lines = log.read_text().split("\n")[:-1]
     # Four workers could run them at once; the limit of one makes starts and ends alternate.
     assert [line.split()[0] for line in lines] == ["start", "end"] * 6
+
+
+def test_two_clusters_never_start_the_same_scheduled_occurrence_twice(user: User, export_root: Path) -> None:
+    from jobs.models import JobScheduleRun
+    from jobs.schedules import schedule_create
+
+    schedules = [
+        schedule_create(owner=user, type="test.main.add", data={"x": i, "y": 0}, interval_seconds=1) for i in range(20)
+    ]
+    with run_cluster(export_root), run_cluster(export_root):
+        wait_for(lambda: JobScheduleRun.objects.filter(job__status="success").count() >= 100, timeout=90)
+        for schedule in schedules:
+            schedule.enabled = False
+            schedule.save(update_fields=["enabled"])
+    runs = list(JobScheduleRun.objects.values_list("schedule_id", "occurrence", "job_id"))
+    assert len(runs) == len({(schedule_id, occurrence) for schedule_id, occurrence, _ in runs})
+    started = Job.objects.filter(type="test.main.add")
+    assert started.count() == len(runs) == len({job_id for _, _, job_id in runs})  # one job per occurrence
