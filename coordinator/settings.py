@@ -505,6 +505,9 @@ JOBS_TOKEN_EXPIRE_SEC = env_int("JOBS_TOKEN_EXPIRE_SEC", 3600, minimum=0)
 JOBS_UPLOAD_MAX_BYTES = env_int("JOBS_UPLOAD_MAX_BYTES", 100 * 1024 * 1024, minimum=1)
 JOBS_EXTRA_MODULES = env_list("JOBS_EXTRA_MODULES", [])
 JOBS_EXAMPLE_PACK = env_bool("JOBS_EXAMPLE_PACK", True)
+# Retention: finished jobs (with their attempts) and export/upload files are pruned after this.
+JOBS_KEEP_DAYS = env_float("JOBS_KEEP_DAYS", 30.0, minimum=0.01)
+JOBS_FILES_KEEP_DAYS = env_float("JOBS_FILES_KEEP_DAYS", 7.0, minimum=0.01)
 
 # --- Live progress (progress) -------------------------------------------------------------------
 PROGRESS_PUBLIC = env_bool("PROGRESS_PUBLIC", False)

@@ -18,10 +18,10 @@ from coordinator.admin_site import SafeSelectionMixin, ServiceActionsAdmin
 from coordinator.errors import ApplicationError
 from coordinator.models import User
 from jobs.bulk import bulk_submit
-from jobs.exports import file_path
 from jobs.forms import JobSubmitForm, ScheduleForm
 from jobs.models import Job, JobFile, JobSchedule
 from jobs.registry import all_specs, get_spec
+from jobs.retention import file_open_for_download, job_prune_at, retention_summary
 from jobs.schedules import schedule_create, schedule_delete, schedule_next_runs, schedule_update
 from jobs.selectors import jobs_heartbeat_stale, queue_summary, schedule_last_runs
 from jobs.services import job_cancel, job_create, job_retry, user_may_run
@@ -98,6 +98,7 @@ class JobAdmin(ServiceActionsAdmin):
         "queue",
         "max_attempts",
         "files_list",
+        "pruned",
     ]
     fields = tuple(readonly_fields)
 
@@ -129,6 +130,13 @@ class JobAdmin(ServiceActionsAdmin):
     @admin.display(description="progress")
     def live_progress(self, job: Job) -> str:
         return progress_widget(job)
+
+    @admin.display(description="pruned")
+    def pruned(self, job: Job) -> str:
+        moment = job_prune_at(job)
+        if moment is None:
+            return "kept while it waits or runs"
+        return f"{moment:%Y-%m-%d %H:%M} UTC ({relative_time(moment)}), after JOBS_KEEP_DAYS"
 
     @admin.display(description="files")
     def files_list(self, job: Job) -> str:
@@ -164,7 +172,8 @@ class JobAdmin(ServiceActionsAdmin):
         return super().change_view(request, object_id, form_url, extra_context=context)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
-        return super().changelist_view(request, extra_context={"queues": queue_summary(), **(extra_context or {})})
+        context = {"queues": queue_summary(), "retention": retention_summary(), **(extra_context or {})}
+        return super().changelist_view(request, extra_context=context)
 
     def get_urls(self) -> list[URLPattern]:
         custom = [
@@ -285,7 +294,7 @@ class JobFileAdmin(SafeSelectionMixin, admin.ModelAdmin):
         if row is None:
             raise Http404
         try:
-            handle = open(file_path(row), "rb")
+            handle = file_open_for_download(row)
         except OSError as exc:
             raise Http404 from exc
         return FileResponse(handle, as_attachment=True, filename=row.filename)

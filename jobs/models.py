@@ -140,6 +140,9 @@ class JobFile(models.Model):
     rows = models.BigIntegerField(default=0)
     job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="files")
     uploaded = models.BooleanField(default=False)
+    # A download is running until then (a lease, so a crashed download frees the file): the
+    # prune leaves the file alone.
+    downloading_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

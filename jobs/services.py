@@ -684,11 +684,14 @@ def jobs_sweep() -> dict[str, list[Any]]:
     from django.core.cache import cache
 
     from jobs.exports import orphan_parts_remove
+    from jobs.retention import jobs_prune_if_due
 
     cache.set(conf.SWEEP_SEEN_KEY, time.time(), timeout=None)  # the cluster's sign of life (/healthz)
+    pruned = jobs_prune_if_due() or {}  # once an hour across all clusters
     return {
         "recovered": jobs_recover_stale(),
         "requeued": jobs_requeue_undelivered(),
         "queued": jobs_queue_backlog(),
         "removed_parts": orphan_parts_remove(),
+        "pruned": [f"{count} {kind}" for kind, count in pruned.items() if count],
     }

@@ -34,9 +34,10 @@ from jobs.api.common import (
     submission_options,
 )
 from jobs.errors import ArgumentError, JobNotAllowedError, UnknownJobTypeError
-from jobs.exports import file_path, upload_store
+from jobs.exports import upload_store
 from jobs.models import Job
 from jobs.registry import all_specs, get_spec
+from jobs.retention import file_open_for_download
 from jobs.selectors import file_get_for_owner, file_list, job_get_for_user, job_list
 from jobs.services import job_cancel, job_create, job_rerun, job_retry, user_may_run
 
@@ -516,8 +517,7 @@ class FileDownloadApi(BookLogrView):
         assert user is not None
         row = file_get_for_owner(filename=filename, user=user)
         try:
-            path = file_path(row)
-            handle = open(path, "rb")
+            handle = file_open_for_download(row)
         except OSError as exc:
             raise exceptions.NotFound("No file found") from exc
         content_type = DOWNLOAD_TYPES.get(row.format, "application/octet-stream")

@@ -294,7 +294,7 @@ def test_a_job_whose_queue_entry_was_lost_or_forgotten_is_queued_again(
     assert Job.objects.get(pk=lost.pk).queued_at > long_ago
     assert jobs_requeue_undelivered() == []  # just queued again: nothing more to do
     # The sweep includes it.
-    assert set(services.jobs_sweep()) == {"recovered", "requeued", "queued", "removed_parts"}
+    assert set(services.jobs_sweep()) == {"recovered", "requeued", "queued", "removed_parts", "pruned"}
 
 
 def test_a_delayed_job_stays_fresh_until_its_time_then_is_queued(
