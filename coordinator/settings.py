@@ -161,6 +161,7 @@ INSTALLED_APPS = [
     "progress",
     # After jobs: its `qcluster` (django-q2's, plus `--queue`) takes the name's place.
     "django_q",
+    "django_tasks",
 ]
 
 MIDDLEWARE = [
@@ -412,6 +413,9 @@ Q_CLUSTER: dict[str, Any] = {
     # django-q2 reads this whenever Q_CLUSTER_NAME names a cluster (a job queue, docs/jobs.md).
     "ALT_CLUSTERS": {},
 }
+# Django's tasks interface (django-tasks, the backport of Django 6's django.tasks): `@task`
+# functions run as Coordinator jobs (docs/jobs.md). No queue list: any valid queue name.
+TASKS: dict[str, Any] = {"default": {"BACKEND": "jobs.backend.CoordinatorBackend", "QUEUES": []}}
 if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:
     raise ImproperlyConfigured(
         f"Q_RETRY={Q_CLUSTER['retry']} must be longer than Q_TIMEOUT={Q_CLUSTER['timeout']}: a job still "

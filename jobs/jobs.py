@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from jobs import conf
+from jobs import (
+    backend,  # noqa: F401 - registers `django_tasks.run` (the django-tasks backend's job)
+    conf,
+)
 from jobs.bulk import bulk_action
 from jobs.context import JobContext
 from jobs.exports import DatasetName, dataset_register, export_run
