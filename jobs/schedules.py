@@ -27,8 +27,6 @@ from jobs.errors import ScheduleInvalidError
 from jobs.models import JobSchedule, JobScheduleRun
 from jobs.services import job_check, job_create, job_notify_delayed
 
-# An occurrence fired later than this (no cluster was running) counts as missed.
-MISSED_GRACE_SECONDS = 60.0
 # Schedules fired per transaction by one broker; the rest wait for its next pass.
 FIRE_BATCH = 500
 MAX_INTERVAL_SECONDS = 366 * 24 * 3600
@@ -174,7 +172,10 @@ def schedules_fire_due(*, now: datetime | None = None, limit: int = FIRE_BATCH) 
 def _fire(schedule: JobSchedule, now: datetime) -> None:
     occurrence = schedule.next_run_at
     assert occurrence is not None
-    missed = (now - occurrence).total_seconds() > MISSED_GRACE_SECONDS
+    # Missed, not merely late: the following occurrence has passed too (no cluster ran for a
+    # whole period). A backlog of due schedules that takes a while to fire is only late.
+    following = _after(schedule, occurrence, 1, first=occurrence)
+    missed = bool(following) and following[0] <= now
     if missed and schedule.missed == JobSchedule.Missed.SKIP:
         _record(schedule, occurrence, skipped=True, error="Missed (no cluster was running); skipped.")
     else:

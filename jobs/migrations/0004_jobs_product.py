@@ -6,99 +6,141 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('jobs', '0003_attempt_history'),
+        ("jobs", "0003_attempt_history"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='JobSchedule',
+            name="JobSchedule",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('type', models.CharField(max_length=200)),
-                ('data', models.JSONField(blank=True, default=dict)),
-                ('cron', models.CharField(blank=True, default='', max_length=200)),
-                ('interval_seconds', models.PositiveIntegerField(blank=True, null=True)),
-                ('run_at', models.DateTimeField(blank=True, null=True)),
-                ('timezone', models.CharField(default='UTC', max_length=64)),
-                ('enabled', models.BooleanField(default=True)),
-                ('missed', models.CharField(choices=[('skip', 'Skip missed runs'), ('catch_up', 'Run once to catch up')], default='skip', max_length=16)),
-                ('next_run_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("type", models.CharField(max_length=200)),
+                ("data", models.JSONField(blank=True, default=dict)),
+                ("cron", models.CharField(blank=True, default="", max_length=200)),
+                ("interval_seconds", models.PositiveIntegerField(blank=True, null=True)),
+                ("run_at", models.DateTimeField(blank=True, null=True)),
+                ("timezone", models.CharField(default="UTC", max_length=64)),
+                ("enabled", models.BooleanField(default=True)),
+                (
+                    "missed",
+                    models.CharField(
+                        choices=[("skip", "Skip missed runs"), ("catch_up", "Run once to catch up")],
+                        default="skip",
+                        max_length=16,
+                    ),
+                ),
+                ("next_run_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='JobScheduleRun',
+            name="JobScheduleRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('occurrence', models.DateTimeField()),
-                ('skipped', models.BooleanField(default=False)),
-                ('error', models.TextField(blank=True, default='')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("occurrence", models.DateTimeField()),
+                ("skipped", models.BooleanField(default=False)),
+                ("error", models.TextField(blank=True, default="")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['-occurrence'],
+                "ordering": ["-occurrence"],
             },
         ),
         migrations.AddField(
-            model_name='job',
-            name='queue',
-            field=models.CharField(db_index=True, default='default', max_length=63),
+            model_name="job",
+            name="queue",
+            field=models.CharField(db_index=True, default="default", max_length=63),
         ),
         migrations.AddField(
-            model_name='job',
-            name='rerun_of',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='reruns', to='jobs.job'),
+            model_name="job",
+            name="rerun_of",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="reruns",
+                to="jobs.job",
+            ),
         ),
         migrations.AddField(
-            model_name='job',
-            name='unique_key',
+            model_name="job",
+            name="unique_key",
             field=models.CharField(blank=True, max_length=255, null=True),
         ),
         migrations.AddField(
-            model_name='jobfile',
-            name='downloading_until',
+            model_name="jobfile",
+            name="downloading_until",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(condition=models.Q(('queued_at__isnull', True), ('status', 'fresh')), fields=['run_after'], name='jobs_delayed_due'),
+            model_name="job",
+            index=models.Index(
+                condition=models.Q(("queued_at__isnull", True), ("status", "fresh")),
+                fields=["run_after"],
+                name="jobs_delayed_due",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='job',
-            constraint=models.UniqueConstraint(condition=models.Q(('status__in', ('fresh', 'started')), ('unique_key__isnull', False)), fields=('type', 'unique_key'), name='jobs_unique_key_active'),
+            model_name="job",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status__in", ("fresh", "started")), ("unique_key__isnull", False)),
+                fields=("type", "unique_key"),
+                name="jobs_unique_key_active",
+            ),
         ),
         migrations.AddField(
-            model_name='jobschedule',
-            name='owner',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='job_schedules', to=settings.AUTH_USER_MODEL),
+            model_name="jobschedule",
+            name="owner",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="job_schedules", to=settings.AUTH_USER_MODEL
+            ),
         ),
         migrations.AddField(
-            model_name='jobschedulerun',
-            name='job',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='schedule_runs', to='jobs.job'),
+            model_name="jobschedulerun",
+            name="job",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="schedule_runs",
+                to="jobs.job",
+            ),
         ),
         migrations.AddField(
-            model_name='jobschedulerun',
-            name='schedule',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='runs', to='jobs.jobschedule'),
+            model_name="jobschedulerun",
+            name="schedule",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="runs", to="jobs.jobschedule"
+            ),
         ),
         migrations.AddIndex(
-            model_name='jobschedule',
-            index=models.Index(condition=models.Q(('enabled', True)), fields=['next_run_at'], name='jobs_schedule_due'),
+            model_name="jobschedule",
+            index=models.Index(condition=models.Q(("enabled", True)), fields=["next_run_at"], name="jobs_schedule_due"),
         ),
         migrations.AddConstraint(
-            model_name='jobschedule',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(models.Q(('cron', ''), _negated=True), ('interval_seconds__isnull', True), ('run_at__isnull', True)), models.Q(('cron', ''), ('interval_seconds__isnull', False), ('run_at__isnull', True)), models.Q(('cron', ''), ('interval_seconds__isnull', True), ('run_at__isnull', False)), _connector='OR'), name='jobs_schedule_one_kind'),
+            model_name="jobschedule",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(
+                        models.Q(("cron", ""), _negated=True),
+                        ("interval_seconds__isnull", True),
+                        ("run_at__isnull", True),
+                    ),
+                    models.Q(("cron", ""), ("interval_seconds__isnull", False), ("run_at__isnull", True)),
+                    models.Q(("cron", ""), ("interval_seconds__isnull", True), ("run_at__isnull", False)),
+                    _connector="OR",
+                ),
+                name="jobs_schedule_one_kind",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='jobschedulerun',
-            constraint=models.UniqueConstraint(fields=('schedule', 'occurrence'), name='jobs_schedule_run_once'),
+            model_name="jobschedulerun",
+            constraint=models.UniqueConstraint(fields=("schedule", "occurrence"), name="jobs_schedule_run_once"),
         ),
     ]

@@ -129,3 +129,13 @@ def test_a_run_whose_owner_lost_the_right_is_recorded_not_started(admin: User) -
     schedules_fire_due(now=at("2026-12-07 10:01"))
     run = JobScheduleRun.objects.get()
     assert run.job is None and "permission" in run.error and not Job.objects.exists()
+
+
+def test_a_late_occurrence_is_run_not_taken_for_a_missed_one(user: User) -> None:
+    # 10,000 schedules due at once take a while to fire: a daily run fired 90 s late still runs.
+    schedule = schedule_create(owner=user, cron="0 6 * * *", now=at("2026-12-07 05:00"), **ADD)
+    schedules_fire_due(now=at("2026-12-07 06:01:30"))
+    run = JobScheduleRun.objects.get()
+    assert not run.skipped and run.job is not None
+    schedule.refresh_from_db()
+    assert schedule.next_run_at == at("2026-12-08 06:00")
