@@ -418,6 +418,8 @@ def many_schedules(user: Any, env: dict[str, str], n: int) -> dict[str, Any]:
                 break
             time.sleep(1)
         JobSchedule.objects.update(enabled=False)
+    from django_q.models import OrmQ
+
     runs = JobScheduleRun.objects.filter(occurrence=minute)
     jobs = Job.objects.filter(schedule_runs__occurrence=minute)
     last = jobs.aggregate(last=Max("started_at"))["last"]
@@ -429,7 +431,15 @@ def many_schedules(user: Any, env: dict[str, str], n: int) -> dict[str, Any]:
         "started": jobs.exclude(started_at=None).count(),
         "last_start_s": (last - minute).total_seconds() if last else float("nan"),
         "doubled": doubled,
+        # What did not start in time must not delay the next part.
+        "left": _drop_unstarted(Job, OrmQ),
     }
+
+
+def _drop_unstarted(job_model: Any, queue_model: Any) -> int:
+    left = job_model.objects.filter(status="fresh").delete()[0]
+    queue_model.objects.all().delete()
+    return int(left)
 
 
 def isolation(user: Any, env: dict[str, str], n: int) -> dict[str, list[float]]:
