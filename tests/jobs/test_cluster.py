@@ -143,5 +143,7 @@ def test_two_clusters_never_start_the_same_scheduled_occurrence_twice(user: User
             schedule.save(update_fields=["enabled"])
     runs = list(JobScheduleRun.objects.values_list("schedule_id", "occurrence", "job_id"))
     assert len(runs) == len({(schedule_id, occurrence) for schedule_id, occurrence, _ in runs})
-    started = Job.objects.filter(type="test.main.add")
-    assert started.count() == len(runs) == len({job_id for _, _, job_id in runs})  # one job per occurrence
+    # One job per occurrence started (a one-second schedule a busy cluster fell a period behind on
+    # records that occurrence as skipped, without a job).
+    started = [job_id for _, _, job_id in runs if job_id is not None]
+    assert Job.objects.filter(type="test.main.add").count() == len(started) == len(set(started)) >= 100
