@@ -14,6 +14,11 @@ default `postgres://postgres@127.0.0.1:5432/coordinator`) and drops it at the en
 
 `--drain-only` runs only part 2 (both brokers, one and two clusters), prints the figures and writes
 nothing: the quick check while working on the per-job cost.
+
+`--product` (issue 19) runs instead, in one run: part 1 and 2 (shorter: 100 jobs at 10/s, 1000
+drained) for both brokers; delayed jobs (start minus `run_after`); 10,000
+schedules due in the same minute on two clusters; queue isolation (`default` latency while a long
+job holds the `exports` cluster, against no export). Its figures go to the `jobs-product` section.
 """
 
 from __future__ import annotations
@@ -80,9 +85,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def cluster(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+def cluster(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
-        [PY, "manage.py", "qcluster"],
+        [PY, "manage.py", "qcluster", *args],
         cwd=ROOT,
         env=env,
         start_new_session=True,
@@ -120,14 +125,14 @@ def warm_up(user: Any, count: int = 4) -> None:
     wait_done([job_create(type="noop", data={}, user=user).pk for _ in range(count)], 120)
 
 
-def latency(user: Any, n: int) -> list[float]:
+def latency(user: Any, n: int, gap: float = 0.1) -> list[float]:
     from jobs.models import Job
     from jobs.services import job_create
 
     ids = []
     for _ in range(n):
         ids.append(job_create(type="noop", data={}, user=user).pk)
-        time.sleep(0.1)
+        time.sleep(gap)
     wait_done(ids, 300)
     return [(job.started_at - job.created_at).total_seconds() * 1000 for job in Job.objects.filter(pk__in=ids)]
 
@@ -239,9 +244,10 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument("--drain-only", action="store_true", help="only enqueue/drain, nothing written")
+    parser.add_argument("--product", action="store_true", help="issue 19: delays, schedules, queues")
     args = parser.parse_args(argv)
-    quick, drain_only = args.quick, args.drain_only
-    n_latency, n_throughput = (50, 200) if quick else (500, 2000)
+    quick, drain_only, product = args.quick, args.drain_only, args.product
+    n_latency, n_throughput = (50, 200) if quick else ((100, 1000) if product else (500, 2000))
     n_once, n_rows = (500, 50_000) if quick else (10_000, 1_000_000)
     base, url, name = _db_urls()
     workdir = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
@@ -290,6 +296,10 @@ def main(argv: list[str]) -> None:
                 row["drain_2"] = drain(ids)
             results[label] = row
             print(label, {k: round(v, 1) for k, v in row.items()}, flush=True)
+        if product:
+            _use_broker(LISTEN_NOTIFY_BROKER)
+            product_report(user, results, _env(**common), n_latency, n_throughput, quick)
+            return
         if drain_only:
             notify, stock = results["LISTEN/NOTIFY broker"], results["stock django-q2 ORM broker"]
             print(
@@ -356,6 +366,151 @@ def main(argv: list[str]) -> None:
         connections.close_all()
         with _admin_conn(base) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def delayed(user: Any, env: dict[str, str], n: int) -> list[float]:
+    """Start minus `run_after`, in ms, of n jobs each delayed 2 to 12 s (submitted at 20/s)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs.models import Job
+    from jobs.services import job_create
+
+    with cluster(env):
+        warm_up(user)
+        ids = []
+        for i in range(n):
+            due = timezone.now() + timedelta(seconds=2 + (i % 50) * 0.2)
+            ids.append(job_create(type="noop", data={}, user=user, run_after=due).pk)
+            time.sleep(0.05)
+        wait_done(ids, 120)
+    jobs = Job.objects.filter(pk__in=ids)
+    return [(job.started_at - job.run_after).total_seconds() * 1000 for job in jobs if job.started_at and job.run_after]
+
+
+def many_schedules(user: Any, env: dict[str, str], n: int) -> dict[str, Any]:
+    """n cron schedules all due at the same minute, two clusters: when they started, and twice?"""
+    from datetime import timedelta
+
+    from django.db.models import Count, Max
+    from django.utils import timezone
+
+    from jobs.models import Job, JobSchedule, JobScheduleRun
+
+    now = timezone.now()
+    minute = (now + timedelta(seconds=80)).replace(second=0, microsecond=0)  # 20 to 80 s ahead
+    JobSchedule.objects.bulk_create(
+        JobSchedule(
+            owner=user,
+            type="noop",
+            data={},
+            cron=f"{minute.minute} {minute.hour} * * *",
+            timezone="UTC",
+            next_run_at=minute,
+        )
+        for _ in range(n)
+    )
+    with cluster(env), cluster(env):
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if JobScheduleRun.objects.filter(job__status="success").count() >= n:
+                break
+            time.sleep(1)
+        JobSchedule.objects.update(enabled=False)
+    from django_q.models import OrmQ
+
+    runs = JobScheduleRun.objects.filter(occurrence=minute)
+    jobs = Job.objects.filter(schedule_runs__occurrence=minute)
+    last = jobs.aggregate(last=Max("started_at"))["last"]
+    doubled = runs.values("schedule_id").annotate(n=Count("id")).filter(n__gt=1).count()
+    return {
+        "schedules": n,
+        "runs": runs.count(),
+        "jobs": runs.exclude(job=None).count(),
+        "started": jobs.exclude(started_at=None).count(),
+        "last_start_s": (last - minute).total_seconds() if last else float("nan"),
+        "doubled": doubled,
+        # What did not start in time must not delay the next part.
+        "left": _drop_unstarted(Job, OrmQ),
+    }
+
+
+def _drop_unstarted(job_model: Any, queue_model: Any) -> int:
+    left = job_model.objects.filter(status="fresh").delete()[0]
+    queue_model.objects.all().delete()
+    return int(left)
+
+
+def isolation(user: Any, env: dict[str, str], n: int) -> dict[str, list[float]]:
+    """`default` latency (ms) with one worker per queue, without and with a long `exports` job."""
+    from jobs.services import job_create
+
+    one = {**env, "Q_WORKERS": "1"}
+    out = {}
+    with cluster(one, "--queue", "exports"), cluster(one, "--queue", "default"):
+        warm_up(user)
+        out["alone"] = latency(user, n, gap=0.05)
+        held = job_create(type="bench.hold", data={"seconds": 30.0}, user=user).pk
+        time.sleep(1)
+        out["export running"] = latency(user, n, gap=0.05)
+        from jobs.models import Job
+
+        out["export status"] = [1.0 if Job.objects.get(pk=held).status == "started" else 0.0]
+    return out
+
+
+def product_report(
+    user: Any, results: dict[str, dict[str, Any]], env: dict[str, str], n_latency: int, n_throughput: int, quick: bool
+) -> None:
+    from bench.report import median, percentile, write_section
+
+    lateness = delayed(user, env, 100 if quick else 200)
+    print("delayed lateness ms p50/p95", percentile(lateness, 50), percentile(lateness, 95), flush=True)
+    sched = many_schedules(user, env, 1000 if quick else 10_000)
+    print("schedules", sched, flush=True)
+    iso = isolation(user, env, 50 if quick else 100)
+    print("isolation", {k: (percentile(v, 50), percentile(v, 95)) for k, v in iso.items()}, flush=True)
+    notify, stock = results["LISTEN/NOTIFY broker"], results["stock django-q2 ORM broker"]
+    lines = [
+        "## Jobs as a product (issue 19)",
+        "",
+        f"Same machine and database setup as above, one run (`.venv/bin/python -m bench.jobs --product"
+        f"{' --quick' if quick else ''}`), clusters of {env['Q_WORKERS']} workers. Today's figures before issue 19: "
+        "282 no-op jobs/s with two clusters, enqueue-to-start p50 7.6 ms.",
+        "",
+        "| broker | p50 ms | p95 ms | enqueue/s | drain/s, 1 cluster | drain/s, 2 clusters |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, row in results.items():
+        lines.append(
+            f"| {label} | {row['p50']:.1f} | {row['p95']:.1f} | {median([row['enqueue_1'], row['enqueue_2']]):.0f} | "
+            f"{row['drain_1']:.0f} | {row['drain_2']:.0f} |"
+        )
+    lines += [
+        "",
+        f"{n_latency} jobs at 10/s for latency, {n_throughput} for enqueue/drain. NOTIFY vs stock in this run: p50 "
+        f"{stock['p50'] / notify['p50']:.1f}x lower, drain with two clusters {notify['drain_2'] / stock['drain_2']:.2f}x.",
+        "",
+        f"**Delayed jobs** ({len(lateness)} `noop` jobs, `run_after` 2 to 12 s ahead, one cluster): start minus "
+        f"`run_after` p50 **{percentile(lateness, 50):.0f} ms**, p95 **{percentile(lateness, 95):.0f} ms**, max "
+        f"{max(lateness):.0f} ms (target: p95 < 1 s). The stock broker has no delayed start to compare with "
+        "(django-q2 has no per-task delay; its scheduler runs every 30 s).",
+        "",
+        f"**{sched['schedules']:,} schedules due in the same minute** (cron, two clusters): {sched['runs']:,} runs, "
+        f"{sched['jobs']:,} jobs, {sched['started']:,} started, the last **{sched['last_start_s']:.1f} s** after the "
+        f"minute began (target: all within 60 s); **{sched['doubled']} occurrences started twice**.",
+        "",
+        f"**Queue isolation** (one cluster `--queue exports`, one `--queue default`, one worker each; {len(iso['alone'])} "
+        f"`noop` jobs at 20/s): `default` p50/p95 {percentile(iso['alone'], 50):.1f} / {percentile(iso['alone'], 95):.1f} ms "
+        f"with nothing on `exports`, {percentile(iso['export running'], 50):.1f} / "
+        f"{percentile(iso['export running'], 95):.1f} ms while a 30 s job held the `exports` worker "
+        f"({'still running at the end' if iso['export status'][0] else 'finished early'}).",
+    ]
+    markdown = "\n".join(lines)
+    print(markdown)
+    if not quick:
+        write_section("jobs-product", markdown)
 
 
 def _poll() -> float:

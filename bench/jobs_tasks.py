@@ -16,3 +16,11 @@ def mark(ctx: JobContext, path: str) -> None:
         os.write(fd, f"{ctx.job_id}\n".encode())
     finally:
         os.close(fd)
+
+
+@job(name="bench.hold", queue="exports", timeout=600)
+def hold(seconds: float) -> None:
+    """A long job on the `exports` queue (queue isolation)."""
+    import time
+
+    time.sleep(seconds)

@@ -155,13 +155,15 @@ INSTALLED_APPS = [
     "csp",
     "corsheaders",
     "channels",
-    "django_q",
     "coordinator",
     "pool",
     "farm",
     "jobs",
     "progress",
     "webhooks",
+    # After jobs: its `qcluster` (django-q2's, plus `--queue`) takes the name's place.
+    "django_q",
+    "django_tasks",
 ]
 
 MIDDLEWARE = [
@@ -423,7 +425,12 @@ Q_CLUSTER: dict[str, Any] = {
     "label": "Django Q2",
     # jobs: the ORM broker that waits on PostgreSQL LISTEN/NOTIFY (plain ORM polling on SQLite).
     "broker_class": "jobs.broker.ListenNotifyBroker",
+    # django-q2 reads this whenever Q_CLUSTER_NAME names a cluster (a job queue, docs/jobs.md).
+    "ALT_CLUSTERS": {},
 }
+# Django's tasks interface (django-tasks, the backport of Django 6's django.tasks): `@task`
+# functions run as Coordinator jobs (docs/jobs.md). No queue list: any valid queue name.
+TASKS: dict[str, Any] = {"default": {"BACKEND": "jobs.backend.CoordinatorBackend", "QUEUES": []}}
 if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:
     raise ImproperlyConfigured(
         f"Q_RETRY={Q_CLUSTER['retry']} must be longer than Q_TIMEOUT={Q_CLUSTER['timeout']}: a job still "
@@ -526,6 +533,9 @@ JOBS_TOKEN_EXPIRE_SEC = env_int("JOBS_TOKEN_EXPIRE_SEC", 3600, minimum=0)
 JOBS_UPLOAD_MAX_BYTES = env_int("JOBS_UPLOAD_MAX_BYTES", 100 * 1024 * 1024, minimum=1)
 JOBS_EXTRA_MODULES = env_list("JOBS_EXTRA_MODULES", [])
 JOBS_EXAMPLE_PACK = env_bool("JOBS_EXAMPLE_PACK", True)
+# Retention: finished jobs (with their attempts) and export/upload files are pruned after this.
+JOBS_KEEP_DAYS = env_float("JOBS_KEEP_DAYS", 30.0, minimum=0.01)
+JOBS_FILES_KEEP_DAYS = env_float("JOBS_FILES_KEEP_DAYS", 7.0, minimum=0.01)
 
 # --- Live progress (progress) -------------------------------------------------------------------
 PROGRESS_PUBLIC = env_bool("PROGRESS_PUBLIC", False)

@@ -18,11 +18,12 @@ from coordinator.admin_site import SafeSelectionMixin, ServiceActionsAdmin
 from coordinator.errors import ApplicationError
 from coordinator.models import User
 from jobs.bulk import bulk_submit
-from jobs.exports import file_path
-from jobs.forms import JobSubmitForm
-from jobs.models import Job, JobFile
+from jobs.forms import JobSubmitForm, ScheduleForm
+from jobs.models import Job, JobFile, JobSchedule
 from jobs.registry import all_specs, get_spec
-from jobs.selectors import jobs_heartbeat_stale
+from jobs.retention import file_open_for_download, job_prune_at, retention_summary
+from jobs.schedules import schedule_create, schedule_delete, schedule_next_runs, schedule_update
+from jobs.selectors import jobs_heartbeat_stale, queue_summary, schedule_last_runs
 from jobs.services import job_cancel, job_create, job_retry, user_may_run
 
 
@@ -75,7 +76,7 @@ class JobAdmin(ServiceActionsAdmin):
         "owner",
         "worker_short",
     ]
-    list_filter = ["status", StuckJobFilter, "type", "created_at"]
+    list_filter = ["status", StuckJobFilter, "queue", "type", "created_at"]
     search_fields = ["=id", "type", "worker", "created_by__email", "error"]
     list_select_related = ["created_by"]
     date_hierarchy = "created_at"
@@ -84,7 +85,21 @@ class JobAdmin(ServiceActionsAdmin):
     change_list_template = "admin/jobs/job/change_list.html"
     # What a job keeps from its submission; everything that changes while it runs is in the
     # page's one live panel (change_form.html), so the page never shows two states at once.
-    readonly_fields = ["id", "uuid", "type", "data", "created_by", "created_at", "max_attempts", "files_list"]
+    readonly_fields = [
+        "id",
+        "uuid",
+        "type",
+        "data",
+        "created_by",
+        "created_at",
+        "run_after",
+        "unique_key",
+        "rerun_of",
+        "queue",
+        "max_attempts",
+        "files_list",
+        "pruned",
+    ]
     fields = tuple(readonly_fields)
 
     class Media:
@@ -115,6 +130,13 @@ class JobAdmin(ServiceActionsAdmin):
     @admin.display(description="progress")
     def live_progress(self, job: Job) -> str:
         return progress_widget(job)
+
+    @admin.display(description="pruned")
+    def pruned(self, job: Job) -> str:
+        moment = job_prune_at(job)
+        if moment is None:
+            return "kept while it waits or runs"
+        return f"{moment:%Y-%m-%d %H:%M} UTC ({relative_time(moment)}), after JOBS_KEEP_DAYS"
 
     @admin.display(description="files")
     def files_list(self, job: Job) -> str:
@@ -148,6 +170,10 @@ class JobAdmin(ServiceActionsAdmin):
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, extra_context=context)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        context = {"queues": queue_summary(), "retention": retention_summary(), **(extra_context or {})}
+        return super().changelist_view(request, extra_context=context)
 
     def get_urls(self) -> list[URLPattern]:
         custom = [
@@ -268,7 +294,105 @@ class JobFileAdmin(SafeSelectionMixin, admin.ModelAdmin):
         if row is None:
             raise Http404
         try:
-            handle = open(file_path(row), "rb")
+            handle = file_open_for_download(row)
         except OSError as exc:
             raise Http404 from exc
         return FileResponse(handle, as_attachment=True, filename=row.filename)
+
+
+@admin.register(JobSchedule)
+class JobScheduleAdmin(SafeSelectionMixin, admin.ModelAdmin):
+    """Schedules are written through their services, with *Submit a job*'s generated form."""
+
+    list_display = ["id", "type", "when", "owner_email", "enabled", "next_run", "missed"]
+    list_filter = ["enabled", "type", "missed"]
+    search_fields = ["=id", "type", "owner__email"]
+    list_select_related = ["owner"]
+    actions = ["pause", "resume"]
+
+    @admin.display(description="owner", ordering="owner__email")
+    def owner_email(self, schedule: JobSchedule) -> str:
+        return schedule.owner.email
+
+    @admin.display(description="next run", ordering="next_run_at")
+    def next_run(self, schedule: JobSchedule) -> str:
+        return relative_time(schedule.next_run_at) if schedule.enabled and schedule.next_run_at else "-"
+
+    @admin.action(description="Pause selected schedules", permissions=["change"])
+    def pause(self, request: HttpRequest, queryset: QuerySet[JobSchedule]) -> None:
+        self._set_enabled(request, queryset, False)
+
+    @admin.action(description="Resume selected schedules", permissions=["change"])
+    def resume(self, request: HttpRequest, queryset: QuerySet[JobSchedule]) -> None:
+        self._set_enabled(request, queryset, True)
+
+    def _set_enabled(self, request: HttpRequest, queryset: QuerySet[JobSchedule], enabled: bool) -> None:
+        changed = 0
+        for schedule in queryset.select_related("owner")[:500]:
+            if schedule.enabled != enabled:
+                schedule_update(schedule=schedule, enabled=enabled)
+                changed += 1
+        self.message_user(request, f"{changed} schedule(s) {'resumed' if enabled else 'paused'}.", messages.SUCCESS)
+
+    def delete_model(self, request: HttpRequest, obj: JobSchedule) -> None:
+        schedule_delete(schedule=obj)
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        return self._form_view(request, None)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        schedule = self.get_object(request, object_id)
+        if schedule is None:
+            raise Http404
+        if not self.has_view_or_change_permission(request, schedule):
+            raise PermissionDenied
+        return self._form_view(request, schedule)
+
+    def _form_view(self, request: HttpRequest, schedule: JobSchedule | None) -> HttpResponse:
+        user = request.user if isinstance(request.user, User) else None
+        if schedule is not None:
+            spec = get_spec(schedule.type)
+            specs = [spec] if spec else []
+        else:
+            specs = [spec for spec in all_specs() if user_may_run(user, spec)]
+            type_name = request.POST.get("type") or request.GET.get("type") or ""
+            spec = get_spec(type_name) if type_name in {s.name for s in specs} else None
+        may_write = self.has_change_permission(request, schedule) if schedule else self.has_add_permission(request)
+        form = None
+        if spec is not None:
+            posted = request.POST if request.method == "POST" and may_write else None
+            form = ScheduleForm(spec, posted, instance=schedule)
+            if posted is not None and form.is_valid() and user is not None:
+                try:
+                    if schedule is None:
+                        schedule = schedule_create(
+                            owner=user, type=spec.name, data=form.job_data(), **form.schedule_fields()
+                        )
+                    else:
+                        schedule = schedule_update(schedule=schedule, data=form.job_data(), **form.schedule_fields())
+                except ApplicationError as exc:
+                    form.add_error(None, exc.message)
+                else:
+                    self.log_change(request, schedule, "Saved")
+                    self.message_user(request, f"Schedule {schedule.pk} saved.", messages.SUCCESS)
+                    return HttpResponseRedirect(reverse("admin:jobs_jobschedule_change", args=[schedule.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Schedule {schedule.pk}: {schedule.type}" if schedule else "Add a schedule",
+            "specs": specs,
+            "spec": spec if may_write else None,
+            "form": form if may_write else None,
+            "submit_label": "Save schedule",
+            "schedule": schedule,
+            "next_runs": schedule_next_runs(schedule) if schedule else [],
+            "last_runs": schedule_last_runs(schedule_ids=[schedule.pk])[schedule.pk] if schedule else [],
+            "media": self.media + (form.media if form else self.media),
+        }
+        return TemplateResponse(request, "admin/jobs/jobschedule/form.html", context)

@@ -6,12 +6,16 @@ broker keeps its connection, claims queue rows with one `UPDATE … FOR UPDATE S
 RETURNING` on PostgreSQL, and when the queue is empty waits on a dedicated autocommit connection
 that LISTENs to `task_created` (jobs) and `django_q` (any other `async_task`), with a slow poll
 (`jobs.conf.LISTEN_TIMEOUT_SECONDS`) as the fallback so nothing is missed. On SQLite it is the stock ORM broker.
-The broker loop also runs the jobs sweep (lost-worker recovery, backlog) every `JOBS_SWEEP_SECONDS`.
+The broker loop also runs the jobs sweep (lost-worker recovery, backlog) every `JOBS_SWEEP_SECONDS`,
+and queues delayed jobs at their time: it knows when the earliest one is due, learns of new ones
+from their `NOTIFY task_created, 'due <epoch>'`, and sleeps until then (never longer than the
+fallback poll).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from datetime import timedelta
 from typing import Any
@@ -23,6 +27,7 @@ from django_q.conf import Conf
 from django_q.models import OrmQ
 
 from jobs import conf
+from jobs.registry import DEFAULT_QUEUE
 
 logger = logging.getLogger("jobs.broker")
 
@@ -30,13 +35,32 @@ QUEUE_CHANNEL = "django_q"
 CHANNELS = ("task_created", QUEUE_CHANNEL)
 
 
+def queue_list_key(queue: str) -> str:
+    """The django-q2 cluster name (the broker's list key) of a job queue: `default` is the site's
+    own name (Q_CLUSTER["name"]), so a plain `qcluster` and any other `async_task` keep theirs."""
+    return Conf.PREFIX if queue == DEFAULT_QUEUE else queue
+
+
+def served_keys(list_key: str) -> list[str] | None:
+    """The list keys a cluster named `list_key` takes from: the site's own name serves every
+    queue (None); `exports,default` (what `qcluster --queue exports --queue default` sets) serves
+    those queues only."""
+    if list_key == Conf.PREFIX:
+        return None
+    names = [name.strip() for name in list_key.split(",") if name.strip()]
+    return sorted({list_key, *(queue_list_key(name) for name in names)})
+
+
 class ListenNotifyBroker(ORM):
     skip_notify = False
 
     def __init__(self, list_key: str | None = None) -> None:
         super().__init__(list_key=list_key)  # type: ignore[arg-type]
+        self.keys = served_keys(self.list_key)
         self._listen_conn: Any = None
         self._next_sweep = 0.0
+        # Epoch seconds when the earliest delayed job is due (inf: none; None: not read yet).
+        self._next_due: float | None = None
 
     @property
     def _db(self) -> Any:
@@ -66,12 +90,13 @@ class ListenNotifyBroker(ORM):
         table = OrmQ._meta.db_table
         now = timezone.now()
         self.get_connection()
+        served, params = ("", []) if self.keys is None else ("key = ANY(%s) AND ", [self.keys])
         with self._db.cursor() as cursor:
             # SKIP LOCKED: two clusters never wait on, or both take, the same queue row.
             cursor.execute(
-                f"UPDATE {table} SET lock = %s WHERE id IN (SELECT id FROM {table} WHERE key = %s AND lock < %s "
+                f"UPDATE {table} SET lock = %s WHERE id IN (SELECT id FROM {table} WHERE {served}lock < %s "
                 f"ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id, payload",
-                [now + timedelta(seconds=Conf.RETRY), self.list_key, now, Conf.BULK],
+                [now + timedelta(seconds=Conf.RETRY), *params, now, Conf.BULK],
             )
             return [(row[0], row[1]) for row in cursor.fetchall()]
 
@@ -99,9 +124,18 @@ class ListenNotifyBroker(ORM):
 
     def _wait(self, timeout: float) -> bool:
         """Sleep until a NOTIFY arrives or `timeout` passes; True when woken by a notification."""
+        from jobs.services import DUE_PREFIX
+
         try:
             conn = self._listen()
-            for _ in conn.notifies(timeout=timeout, stop_after=1):
+            for notify in conn.notifies(timeout=timeout, stop_after=1):
+                if notify.payload.startswith(DUE_PREFIX):
+                    # A delayed job: wake up at its time (if earlier than the one known).
+                    try:
+                        due = float(notify.payload[len(DUE_PREFIX) :])
+                    except ValueError:
+                        due = 0.0
+                    self._next_due = min(self._next_due if self._next_due is not None else math.inf, due)
                 return True
             return False
         except Exception:
@@ -124,8 +158,36 @@ class ListenNotifyBroker(ORM):
         except Exception:
             logger.exception("jobs sweep failed")
 
+    def _queue_due(self) -> None:
+        """Queue the delayed jobs and fire the schedules whose time has come, then note when the
+        next one is due."""
+        if self._next_due is not None and self._next_due > time.time():
+            return
+        try:
+            from jobs.schedules import FIRE_BATCH, schedules_fire_due
+            from jobs.selectors import job_next_due, schedule_next_due
+            from jobs.services import jobs_queue_due
+
+            jobs_queue_due()
+            if schedules_fire_due() >= FIRE_BATCH:
+                self._next_due = time.time()  # more are due: fire the next batch after this take
+                return
+            due = [moment.timestamp() for moment in (job_next_due(), schedule_next_due()) if moment is not None]
+            # Without notifications (SQLite) every poll looks again.
+            self._next_due = None if not self.is_postgres else min(due, default=math.inf)
+        except Exception:
+            logger.exception("queueing due jobs failed")
+            self._next_due = time.time() + conf.listen_timeout()
+
+    def _sleep_seconds(self) -> float:
+        """Until the fallback poll, the next sweep or the next delayed job, whichever is first."""
+        until_sweep = self._next_sweep - time.monotonic()
+        until_due = (self._next_due if self._next_due is not None else 0.0) - time.time()
+        return max(0.0, min(conf.listen_timeout(), max(0.05, until_sweep), until_due))
+
     def dequeue(self) -> list[tuple[Any, Any]] | None:
         self._maybe_sweep()
+        self._queue_due()
         tasks = self._take()
         if tasks:
             return tasks
@@ -138,13 +200,17 @@ class ListenNotifyBroker(ORM):
         tasks = self._take()
         if tasks:
             return tasks
-        self._wait(min(conf.listen_timeout(), max(0.05, self._next_sweep - time.monotonic())))
+        self._wait(self._sleep_seconds())
+        self._queue_due()
         return self._take() or None
 
 
-def super_dequeue_without_sleep(broker: ORM) -> list[tuple[Any, Any]]:
+def super_dequeue_without_sleep(broker: ListenNotifyBroker) -> list[tuple[Any, Any]]:
     """The stock ORM claim (select, then a guarded update per row), without its idle sleep."""
-    tasks = broker.get_connection().filter(key=broker.list_key, lock__lt=timezone.now())[0 : Conf.BULK]
+    rows = broker.get_connection().filter(lock__lt=timezone.now())
+    if broker.keys is not None:
+        rows = rows.filter(key__in=broker.keys)
+    tasks = rows.order_by("id")[0 : Conf.BULK]
     taken = []
     for task in tasks:
         if broker.get_connection().filter(id=task.id, lock=task.lock).update(lock=broker.timeout(task)):

@@ -75,3 +75,13 @@ def example_pack() -> bool:
 def upload_max_bytes() -> int:
     """`JOBS_UPLOAD_MAX_BYTES`: the largest file accepted by `POST /v1/files`."""
     return int(settings.JOBS_UPLOAD_MAX_BYTES)
+
+
+def keep_days() -> float:
+    """`JOBS_KEEP_DAYS`: days a finished job is kept."""
+    return float(settings.JOBS_KEEP_DAYS)
+
+
+def files_keep_days() -> float:
+    """`JOBS_FILES_KEEP_DAYS`: days an export or upload file is kept."""
+    return float(settings.JOBS_FILES_KEEP_DAYS)

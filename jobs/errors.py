@@ -54,3 +54,14 @@ class ArgumentError(ApplicationError):
         else:
             message = f"the passed param {param} doesnt match the required type: {expected}."
         super().__init__(message, extra={"kind": kind, "param": param, "expected": expected, "detail": detail})
+
+
+class ScheduleInvalidError(ApplicationError):
+    code = "invalid_schedule"
+    status_code = 400
+    default_message = "The schedule is not valid."
+
+
+class ScheduleNotFoundError(NotFoundError):
+    code = "schedule_not_found"
+    default_message = "No schedule found"

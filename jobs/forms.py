@@ -86,3 +86,48 @@ class JobSubmitForm(forms.Form):
                 continue
             data[param.name] = _json_value(param, value)
         return data
+
+
+class ScheduleForm(JobSubmitForm):
+    """*Submit a job*'s generated argument fields, plus when to run them (`schedule_*` fields, so
+    they never clash with a job's own parameter names)."""
+
+    def __init__(self, spec: JobSpec, *args: Any, instance: Any = None, **kwargs: Any) -> None:
+        if instance is not None and not (args and args[0] is not None):
+            kwargs["initial"] = {
+                **{name: value for name, value in (instance.data or {}).items()},
+                "schedule_cron": instance.cron,
+                "schedule_interval_seconds": instance.interval_seconds,
+                "schedule_run_at": instance.run_at,
+                "schedule_timezone": instance.timezone,
+                "schedule_enabled": instance.enabled,
+                "schedule_missed": instance.missed,
+            }
+        super().__init__(spec, *args, **kwargs)
+        self.fields["schedule_cron"] = forms.CharField(
+            label="cron",
+            required=False,
+            max_length=200,
+            help_text="5 fields, e.g. 59 23 * * * (or an interval, or a time)",
+        )
+        self.fields["schedule_interval_seconds"] = forms.IntegerField(
+            label="every (seconds)", required=False, min_value=1
+        )
+        self.fields["schedule_run_at"] = forms.DateTimeField(label="once at", required=False)
+        self.fields["schedule_timezone"] = forms.CharField(label="time zone", initial="UTC", max_length=64)
+        self.fields["schedule_enabled"] = forms.BooleanField(label="enabled", required=False, initial=True)
+        self.fields["schedule_missed"] = forms.ChoiceField(
+            label="missed runs", choices=[("skip", "Skip"), ("catch_up", "Run once to catch up")], initial="skip"
+        )
+
+    def schedule_fields(self) -> dict[str, Any]:
+        """The timing, as `jobs.schedules.schedule_create` takes it."""
+        data = self.cleaned_data
+        return {
+            "cron": data.get("schedule_cron") or "",
+            "interval_seconds": data.get("schedule_interval_seconds"),
+            "run_at": data.get("schedule_run_at"),
+            "timezone": data.get("schedule_timezone") or "UTC",
+            "enabled": bool(data.get("schedule_enabled")),
+            "missed": data.get("schedule_missed") or "skip",
+        }

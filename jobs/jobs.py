@@ -6,7 +6,10 @@ import math
 from typing import Any
 
 from coordinator.selectors import AUDIT_EXPORT_COLUMNS, audit_export_rows
-from jobs import conf
+from jobs import (
+    backend,  # noqa: F401 - registers `django_tasks.run` (the django-tasks backend's job)
+    conf,
+)
 from jobs.bulk import bulk_action
 from jobs.context import JobContext
 from jobs.exports import DatasetName, dataset_register, export_run
@@ -19,19 +22,19 @@ dataset_register(name="jobs", title="Background jobs", columns=JOB_EXPORT_COLUMN
 dataset_register(name="audit", title="Audit trail", columns=AUDIT_EXPORT_COLUMNS, rows=audit_export_rows)
 
 
-@job(name="csv_export", signed_in=True, timeout=3600)
+@job(name="csv_export", signed_in=True, timeout=3600, queue="exports")
 def csv_export(ctx: JobContext, datasets: list[DatasetName] | None = None, everything: bool = False) -> dict[str, Any]:
     """Export what the user owns (every registered dataset, or the ones named) as one CSV file."""
     return export_run(ctx, fmt="csv", datasets=datasets, everything=everything)
 
 
-@job(name="json_export", signed_in=True, timeout=3600)
+@job(name="json_export", signed_in=True, timeout=3600, queue="exports")
 def json_export(ctx: JobContext, datasets: list[DatasetName] | None = None, everything: bool = False) -> dict[str, Any]:
     """Export what the user owns as a JSON array."""
     return export_run(ctx, fmt="json", datasets=datasets, everything=everything)
 
 
-@job(name="html_export", signed_in=True, timeout=3600)
+@job(name="html_export", signed_in=True, timeout=3600, queue="exports")
 def html_export(ctx: JobContext, datasets: list[DatasetName] | None = None, everything: bool = False) -> dict[str, Any]:
     """Export what the user owns as a readable HTML page."""
     return export_run(ctx, fmt="html", datasets=datasets, everything=everything)

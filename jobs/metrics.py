@@ -4,7 +4,6 @@ queue's state read at each scrape."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from django.db.models import Count
 from django.utils import timezone
@@ -37,8 +36,7 @@ run_duration = Histogram(
 
 
 def _labels(job: Job) -> tuple[str, str]:
-    # One queue today; the label is in place so that dashboards keep their queries when jobs get named queues.
-    return job.type, str(getattr(job, "queue", "") or "default")
+    return job.type, job.queue or "default"
 
 
 def job_submitted(job: Job) -> None:
@@ -84,17 +82,14 @@ class JobsCollector:
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("coordinator_jobs_queue_depth", "Jobs waiting to start (fresh).", labels=LABELS)
         running = GaugeMetricFamily("coordinator_jobs_running", "Jobs started and not finished.", labels=LABELS)
-        group: list[Any] = ["status", "type"]
-        if any(field.name == "queue" for field in Job._meta.fields):
-            group.append("queue")
         rows = (
             Job.objects.filter(status__in=[Job.Status.FRESH, Job.Status.STARTED])
             .order_by()
-            .values(*group)
+            .values("status", "type", "queue")
             .annotate(n=Count("id"))
         )
         for row in rows:
             family = depth if row["status"] == Job.Status.FRESH else running
-            family.add_metric([row["type"], str(row.get("queue") or "default")], row["n"])
+            family.add_metric([row["type"], row["queue"] or "default"], row["n"])
         yield depth
         yield running

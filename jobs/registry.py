@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import inspect
 import json
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 from jobs.errors import ArgumentError
 
 F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_QUEUE = "default"
 _MISSING = inspect.Parameter.empty
 # Integers beyond 64 bits cannot be stored or compared safely in every database and client.
 _INT_LIMIT = 2**63
@@ -57,6 +59,10 @@ class JobSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     # A protected job its holders may also run (`app_label.codename`), e.g. an admin bulk action's.
     permission: str = ""
+    # The named queue whose clusters run it (`manage.py qcluster --queue NAME`).
+    queue: str = DEFAULT_QUEUE
+    # At most this many of the type run at once, across all clusters (None: no limit).
+    max_running: int | None = None
 
     @property
     def permission_codename(self) -> str:
@@ -68,6 +74,12 @@ class JobSpec:
 
 
 _REGISTRY: dict[str, JobSpec] = {}
+_QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def queue_name_valid(name: str) -> bool:
+    """Queue names are short lower-case words (they are django-q2 cluster names too)."""
+    return bool(_QUEUE_NAME.fullmatch(name))
 
 
 class Choice(str):
@@ -83,11 +95,13 @@ def job(
     *,
     name: str | None = None,
     protected: bool = False,
-    signed_in: bool = False,
+    signed_in: bool | None = None,
     roles: tuple[str, ...] | list[str] = (),
     timeout: int | None = None,
     max_attempts: int = 1,
     backoff: float = 0.0,
+    queue: str = DEFAULT_QUEUE,
+    max_running: int | None = None,
 ) -> Callable[[F], F]:
     """Register a job function under `name` (default: `<module>.<function>`)."""
 
@@ -101,6 +115,8 @@ def job(
             timeout=timeout,
             max_attempts=max_attempts,
             backoff=backoff,
+            queue=queue,
+            max_running=max_running,
         )
         return func
 
@@ -112,17 +128,23 @@ def register(
     *,
     name: str | None = None,
     protected: bool = False,
-    signed_in: bool = False,
+    signed_in: bool | None = None,
     roles: tuple[str, ...] = (),
     timeout: int | None = None,
     max_attempts: int = 1,
     backoff: float = 0.0,
     permission: str = "",
+    queue: str = DEFAULT_QUEUE,
+    max_running: int | None = None,
 ) -> JobSpec:
     """Add `func` to the registry; re-registering the same name replaces it."""
     from jobs.context import JobContext
 
     job_name = name or f"{func.__module__}.{func.__qualname__}"
+    if not queue_name_valid(queue):
+        raise ValueError(f"job {job_name}: queue {queue!r} is not a short lower-case name")
+    if max_running is not None and max_running < 1:
+        raise ValueError(f"job {job_name}: max_running must be at least 1")
     hints = typing.get_type_hints(func)
     params: list[Param] = []
     context_param: str | None = None
@@ -140,13 +162,16 @@ def register(
         params=params,
         context_param=context_param,
         protected=protected,
-        signed_in=signed_in or protected,
+        # Protected implies signed in unless said otherwise (the django-tasks job: trusted code).
+        signed_in=protected if signed_in is None else signed_in,
         roles=roles,
         timeout=timeout,
         max_attempts=max(1, max_attempts),
         backoff=backoff,
         description=(inspect.getdoc(func) or "").split("\n")[0],
         permission=permission,
+        queue=queue,
+        max_running=max_running,
     )
     _REGISTRY[job_name] = spec
     return spec
@@ -154,6 +179,11 @@ def register(
 
 def get_spec(name: str) -> JobSpec | None:
     return _REGISTRY.get(name)
+
+
+def any_limited() -> bool:
+    """Whether some job type declares `max_running` (claims of others then skip the check)."""
+    return any(spec.max_running for spec in _REGISTRY.values())
 
 
 def all_specs() -> list[JobSpec]:

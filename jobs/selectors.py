@@ -5,18 +5,19 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, Min, Q, QuerySet, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from coordinator.models import User
 from jobs import conf
-from jobs.errors import FileNotFoundForUserError, JobNotFoundError
-from jobs.models import Job, JobFile
+from jobs.errors import FileNotFoundForUserError, JobNotFoundError, ScheduleNotFoundError
+from jobs.models import Job, JobFile, JobSchedule, JobScheduleRun
 from jobs.registry import all_specs
 
 _FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
@@ -50,6 +51,36 @@ def job_get_for_user(*, job_id: int, user: User) -> Job:
     return job
 
 
+def job_list(
+    *,
+    user: User,
+    status: str | None = None,
+    type: str | None = None,
+    queue: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    unique_key: str | None = None,
+) -> QuerySet[Job]:
+    """The user's jobs (admins: everyone's), newest first, filtered; `unique_key` is the key as
+    the caller sent it (stored in the caller's scope, see jobs.api.common.scoped_unique_key)."""
+    qs = Job.objects.select_related("created_by").order_by("-id")
+    if not user.is_admin:
+        qs = qs.filter(created_by=user)
+    if status:
+        qs = qs.filter(status=status)
+    if type:
+        qs = qs.filter(type=type)
+    if queue:
+        qs = qs.filter(queue=queue)
+    if created_after:
+        qs = qs.filter(created_at__gte=created_after)
+    if created_before:
+        qs = qs.filter(created_at__lt=created_before)
+    if unique_key:
+        qs = qs.filter(Q(unique_key=unique_key) | Q(unique_key__endswith=f"/{unique_key}"))
+    return qs
+
+
 def job_get_by_uuid(*, public_id: str) -> Job | None:
     """The job named by its pytasks id, or None (also for malformed ids)."""
     import uuid
@@ -59,6 +90,63 @@ def job_get_by_uuid(*, public_id: str) -> Job | None:
     except ValueError:
         return None
     return Job.objects.filter(uuid=value).first()
+
+
+def job_next_due() -> datetime | None:
+    """When the earliest delayed `fresh` job not yet queued is due, or None."""
+    due = Job.objects.filter(status=Job.Status.FRESH, queued_at__isnull=True, run_after__isnull=False)
+    return due.aggregate(first=Min("run_after"))["first"]
+
+
+def queue_summary() -> list[dict[str, Any]]:
+    """Per job queue: jobs waiting (`fresh`, due or not) and running (`started`), every queue a
+    job type names included."""
+    rows: dict[str, dict[str, Any]] = {
+        spec.queue: {"queue": spec.queue, "waiting": 0, "running": 0} for spec in all_specs()
+    }
+    active = Job.objects.filter(status__in=[Job.Status.FRESH, Job.Status.STARTED])
+    for row in active.values("queue", "status").annotate(n=Count("id")):
+        entry = rows.setdefault(row["queue"], {"queue": row["queue"], "waiting": 0, "running": 0})
+        entry["waiting" if row["status"] == Job.Status.FRESH else "running"] += row["n"]
+    return sorted(rows.values(), key=lambda entry: entry["queue"])
+
+
+def schedule_list(*, user: User) -> QuerySet[JobSchedule]:
+    """The user's schedules (admins: everyone's)."""
+    qs = JobSchedule.objects.select_related("owner").order_by("id")
+    return qs if user.is_admin else qs.filter(owner=user)
+
+
+def schedule_get_for_user(*, schedule_id: int, user: User) -> JobSchedule:
+    """The schedule if the user owns it (admins: any); otherwise `ScheduleNotFoundError`."""
+    if not 0 < schedule_id < 2**63:
+        raise ScheduleNotFoundError()
+    schedule = schedule_list(user=user).filter(pk=schedule_id).first()
+    if schedule is None:
+        raise ScheduleNotFoundError()
+    return schedule
+
+
+def schedule_last_runs(*, schedule_ids: list[int], count: int = 10) -> dict[int, list[JobScheduleRun]]:
+    """The last `count` runs of each schedule, newest first, with their jobs."""
+    runs: dict[int, list[JobScheduleRun]] = {pk: [] for pk in schedule_ids}
+    rows = (
+        JobScheduleRun.objects.filter(schedule_id__in=schedule_ids)
+        .annotate(rank=Window(RowNumber(), partition_by=[F("schedule_id")], order_by=F("occurrence").desc()))
+        .filter(rank__lte=count)
+        .select_related("job")
+        .order_by("schedule_id", "-occurrence")
+    )
+    for run in rows:
+        runs[run.schedule_id].append(run)
+    return runs
+
+
+def schedule_next_due() -> datetime | None:
+    """When the earliest enabled schedule is due, or None."""
+    return JobSchedule.objects.filter(enabled=True, next_run_at__isnull=False).aggregate(first=Min("next_run_at"))[
+        "first"
+    ]
 
 
 def job_counts() -> dict[str, int]:

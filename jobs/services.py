@@ -10,10 +10,10 @@ import threading
 import time
 import traceback as traceback_module
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -23,8 +23,8 @@ from coordinator.services import audit_record
 from jobs import conf, metrics
 from jobs.context import JobCancelled, JobContext
 from jobs.errors import JobNeedsUserError, JobNotAllowedError, JobStateError, UnknownJobTypeError
-from jobs.models import Job, JobAttempt
-from jobs.registry import JobSpec, build_kwargs, get_spec, validate_args
+from jobs.models import ACTIVE_STATUSES, Job, JobAttempt
+from jobs.registry import JobSpec, any_limited, build_kwargs, get_spec, validate_args
 from progress.services import progress_publish
 
 logger = logging.getLogger("jobs")
@@ -86,20 +86,10 @@ def _record_attempt(job: Job, *, worker: str | None, outcome: str, error: str = 
     )
 
 
-@transaction.atomic
-def job_create(
-    *,
-    type: str,
-    data: Any,
-    user: User | None,
-    strict: bool = False,
-    allowed_tasks: dict[str, Any] | None = None,
-) -> Job:
-    """Validate the arguments and authorization, store a `fresh` job and queue it after commit.
-
-    `allowed_tasks` is the claim of a pytasks token; when given it decides for protected types
-    instead of the user's permissions.
-    """
+def job_check(
+    *, type: str, data: Any, user: User | None, strict: bool = False, allowed_tasks: dict[str, Any] | None = None
+) -> tuple[JobSpec, dict[str, Any]]:
+    """The type's spec and the validated arguments, if `user` may submit them (a job or a schedule)."""
     spec = get_spec(type)
     if spec is None:
         raise UnknownJobTypeError(extra={"type": type})
@@ -109,16 +99,100 @@ def job_create(
         allowed = bool(allowed_tasks.get(spec.name)) if allowed_tasks is not None else user_may_run(user, spec)
         if not allowed:
             raise JobNotAllowedError(extra={"type": type})
-    args = validate_args(spec, {} if data is None and not spec.params else data, strict=strict)
-    job = Job.objects.create(type=spec.name, data=args, created_by=user, max_attempts=spec.max_attempts)
+    return spec, validate_args(spec, {} if data is None and not spec.params else data, strict=strict)
+
+
+@transaction.atomic
+def job_create(
+    *,
+    type: str,
+    data: Any,
+    user: User | None,
+    strict: bool = False,
+    allowed_tasks: dict[str, Any] | None = None,
+    run_after: datetime | None = None,
+    unique_key: str | None = None,
+    rerun_of: Job | None = None,
+    queue: str | None = None,
+) -> Job:
+    """Validate the arguments and authorization, store a `fresh` job and queue it after commit.
+
+    `allowed_tasks` is the claim of a pytasks token; when given it decides for protected types
+    instead of the user's permissions. A job with a future `run_after` stays `fresh` until then
+    (the brokers queue it at that time). With a `unique_key`, while a job of the same type and
+    key is fresh or started that job is returned instead, with `existing` set.
+    """
+    spec, args = job_check(type=type, data=data, user=user, strict=strict, allowed_tasks=allowed_tasks)
+    fields = {
+        "type": spec.name,
+        "data": args,
+        "created_by": user,
+        "max_attempts": spec.max_attempts,
+        "run_after": run_after,
+        "unique_key": unique_key or None,
+        "rerun_of": rerun_of,
+        "queue": queue or spec.queue,
+    }
+    job = _job_insert_unique(fields) if unique_key else Job.objects.create(**fields)
+    if job.existing:
+        return job
     metrics.job_submitted(job)
     job_id = job.pk
-    transaction.on_commit(lambda: job_enqueue(job_id=job_id, job_type=spec.name))
+    if run_after is not None and run_after > timezone.now():
+        transaction.on_commit(lambda: job_notify_delayed(run_after=run_after))
+    else:
+        transaction.on_commit(lambda: job_enqueue(job_id=job_id, job_type=spec.name, queue=job.queue))
     return job
 
 
-def job_enqueue(*, job_id: int, job_type: str | None = None) -> bool:
-    """Hand a committed `fresh` job to django-q2 once, with `NOTIFY task_created, '<id>'`.
+def _job_insert_unique(fields: dict[str, Any]) -> Job:
+    """Insert the job, or return the active job that holds its (type, unique_key).
+
+    The partial unique index decides: on PostgreSQL a concurrent insert of the same key waits
+    for the first transaction and then fails, so two submitters never both create a job. The
+    holder may finish between the failed insert and the read; the insert is then tried again.
+    """
+    for _ in range(3):
+        try:
+            with transaction.atomic():  # a savepoint: the clash leaves the caller's transaction usable
+                return Job.objects.create(**fields)
+        except IntegrityError:
+            holder = Job.objects.filter(
+                type=fields["type"], unique_key=fields["unique_key"], status__in=ACTIVE_STATUSES
+            ).first()
+            if holder is not None:
+                holder.existing = True
+                return holder
+    raise JobStateError("The unique key is changing hands too fast; send the job again.")
+
+
+def job_notify_delayed(*, run_after: datetime) -> None:
+    """Tell the brokers a delayed job is due at `run_after` (`NOTIFY task_created, 'due <epoch>'`),
+    so each one sleeps until the earliest due time instead of polling for it."""
+    if connection.vendor != "postgresql":
+        return  # SQLite brokers look for due jobs on every poll
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, f"{DUE_PREFIX}{run_after.timestamp():.6f}"])
+
+
+# The payload prefix of a delayed job's NOTIFY (a queued job's payload is its id).
+DUE_PREFIX = "due "
+
+
+def jobs_queue_due(*, limit: int = 1000) -> list[int]:
+    """Queue delayed `fresh` jobs whose time has come, earliest first (the brokers call this at
+    the earliest job's time; the guard in `job_enqueue` makes several brokers doing it harmless)."""
+    due = (
+        Job.objects.filter(status=Job.Status.FRESH, queued_at__isnull=True, run_after__lte=timezone.now())
+        .order_by("run_after")
+        .values_list("pk", "type", "queue")[:limit]
+    )
+    return [pk for pk, job_type, queue in list(due) if job_enqueue(job_id=pk, job_type=job_type, queue=queue)]
+
+
+def job_enqueue(*, job_id: int, job_type: str | None = None, queue: str | None = None) -> bool:
+    """Hand a committed `fresh` job to django-q2 once, on its queue's cluster name, with
+    `NOTIFY task_created, '<id>'`.
 
     The guard, the queue row and the NOTIFY are one transaction: the notification is delivered
     when the queue row becomes visible, and a failure leaves the job in the backlog.
@@ -126,13 +200,16 @@ def job_enqueue(*, job_id: int, job_type: str | None = None) -> bool:
     from django_q.brokers import get_broker
     from django_q.tasks import async_task
 
-    if job_type is None:
-        job_type = Job.objects.filter(pk=job_id).values_list("type", flat=True).first()
-        if job_type is None:
+    from jobs.broker import queue_list_key
+
+    if job_type is None or queue is None:
+        row = Job.objects.filter(pk=job_id).values_list("type", "queue").first()
+        if row is None:
             return False
+        job_type, queue = row
     spec = get_spec(job_type)
     timeout = (spec.timeout if spec and spec.timeout else None) or conf.default_timeout()
-    broker = get_broker()
+    broker = get_broker(queue_list_key(queue))
     # The job's own NOTIFY below wakes the listeners; skip the broker's generic one.
     broker.skip_notify = True  # type: ignore[attr-defined]
     try:
@@ -146,6 +223,7 @@ def job_enqueue(*, job_id: int, job_type: str | None = None) -> bool:
             async_task(
                 "jobs.tasks.job_run",
                 job_id,
+                job_type,
                 timeout=timeout,
                 broker=broker,
                 save=False,
@@ -160,12 +238,32 @@ def job_enqueue(*, job_id: int, job_type: str | None = None) -> bool:
     return True
 
 
-def job_claim(*, job_id: int, worker: str) -> bool:
-    """Take a fresh job for this worker: one guarded UPDATE, so each attempt runs exactly once."""
+# A job refused by its type's `max_running` waits this long before it is queued again.
+CAPACITY_WAIT_SECONDS = 1.0
+
+
+def job_claim(*, job_id: int, worker: str, spec: JobSpec | None = None) -> bool:
+    """Take a fresh job for this worker: one guarded UPDATE, so each attempt runs exactly once.
+
+    A type with `max_running` is claimed only while fewer of it are started. That count and the
+    claim must not interleave between workers, so on PostgreSQL claims of the type take a
+    transaction-scoped advisory lock first (SQLite runs one writer at a time anyway).
+    """
     now = timezone.now()
-    claimed = Job.objects.filter(
-        Q(run_after__isnull=True) | Q(run_after__lte=now), pk=job_id, status=Job.Status.FRESH
-    ).update(
+    guard = Q(run_after__isnull=True) | Q(run_after__lte=now)
+    if spec is not None and spec.max_running:
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"jobs.max_running:{spec.name}"])
+        if Job.objects.filter(type=spec.name, status=Job.Status.STARTED).count() >= spec.max_running:
+            # Full: a due job waits a moment and is queued again (the guard leaves others alone).
+            run_after = now + timedelta(seconds=CAPACITY_WAIT_SECONDS)
+            if Job.objects.filter(guard, pk=job_id, status=Job.Status.FRESH).update(
+                queued_at=None, run_after=run_after
+            ):
+                transaction.on_commit(lambda: job_notify_delayed(run_after=run_after))
+            return False
+    claimed = Job.objects.filter(guard, pk=job_id, status=Job.Status.FRESH).update(
         status=Job.Status.STARTED,
         worker=worker,
         updated_on=now,
@@ -250,12 +348,13 @@ def _json_result(value: Any) -> Any:
     return value
 
 
-def job_execute(*, job_id: int) -> str:
+def job_execute(*, job_id: int, job_type: str | None = None) -> str:
     """Run one job in this worker if it can be claimed; returns the final or current status."""
     worker = worker_id()
+    limited = _limited_spec(job_id, job_type)
     # The claim, the read and the `new` event are one transaction: one commit per start.
     with transaction.atomic():
-        if not job_claim(job_id=job_id, worker=worker):
+        if not job_claim(job_id=job_id, worker=worker, spec=limited):
             return "skipped"
         job = Job.objects.get(pk=job_id)
         progress_publish(
@@ -309,6 +408,17 @@ def job_execute(*, job_id: int) -> str:
         )
     heartbeat.current = None
     return job_finish(job_id=job_id, worker=worker, ok=True, result=result, job=job)
+
+
+def _limited_spec(job_id: int, job_type: str | None) -> JobSpec | None:
+    """The job's spec when its type has a `max_running` (the type comes with the queue entry; it
+    is read only for an entry queued before it did, and only if some type has a limit)."""
+    if not any_limited():
+        return None
+    if job_type is None:
+        job_type = Job.objects.filter(pk=job_id).values_list("type", flat=True).first()
+    spec = get_spec(job_type) if job_type else None
+    return spec if spec is not None and spec.max_running else None
 
 
 def job_finish(
@@ -375,7 +485,9 @@ def _fail_or_retry(job: Job, *, worker: str | None, error: str, tb: str = "", re
             job.refresh_from_db()
             _publish_status(job, f"retrying after: {error}")
         if delay <= 0:
-            job_enqueue(job_id=job.pk, job_type=job.type)
+            job_enqueue(job_id=job.pk, job_type=job.type, queue=job.queue)
+        else:
+            job_notify_delayed(run_after=now + timedelta(seconds=delay))
         return Job.Status.FRESH
     with transaction.atomic():
         if not guard.update(status=Job.Status.FAILURE, error=error, traceback=tb, updated_on=now, finished_at=now):
@@ -393,7 +505,24 @@ def _fail_or_retry(job: Job, *, worker: str | None, error: str, tb: str = "", re
 @transaction.atomic
 def job_retry(*, job: Job) -> Job:
     """Put a `failure` back to `fresh` with a fresh attempt budget and queue it after commit."""
-    updated = Job.objects.filter(pk=job.pk, status=Job.Status.FAILURE).update(
+    try:
+        with transaction.atomic():  # a savepoint: a unique-key clash leaves the transaction usable
+            updated = _job_reset_failed(job)
+    except IntegrityError as exc:
+        raise JobStateError(
+            "Another job with this unique key is waiting or running.", extra={"unique_key": job.unique_key}
+        ) from exc
+    if not updated:
+        raise JobStateError("Only a task in status failure can be retried.", extra={"status": job.status})
+    job.refresh_from_db()
+    audit_record(action="job.retry", target=job, before={"status": Job.Status.FAILURE}, after={"status": job.status})
+    _publish_status(job)
+    transaction.on_commit(lambda: job_enqueue(job_id=job.pk))
+    return job
+
+
+def _job_reset_failed(job: Job) -> int:
+    return Job.objects.filter(pk=job.pk, status=Job.Status.FAILURE).update(
         status=Job.Status.FRESH,
         worker=None,
         queued_at=None,
@@ -408,13 +537,6 @@ def job_retry(*, job: Job) -> Job:
         finished_at=None,
         updated_on=timezone.now(),
     )
-    if not updated:
-        raise JobStateError("Only a task in status failure can be retried.", extra={"status": job.status})
-    job.refresh_from_db()
-    audit_record(action="job.retry", target=job, before={"status": Job.Status.FAILURE}, after={"status": job.status})
-    _publish_status(job)
-    transaction.on_commit(lambda: job_enqueue(job_id=job.pk))
-    return job
 
 
 @transaction.atomic
@@ -439,6 +561,18 @@ def job_cancel(*, job: Job) -> Job:
         return job
     job.refresh_from_db()
     raise JobStateError("Only a fresh or started task can be cancelled.", extra={"status": job.status})
+
+
+@transaction.atomic
+def job_rerun(*, job: Job, user: User, data: Any = None) -> Job:
+    """Run a job again as a new job linked to it (same arguments, or new ones validated by the
+    registry), owned like the original: an export rerun by an admin still exports the owner's data."""
+    spec = get_spec(job.type)
+    if spec is None:
+        raise UnknownJobTypeError(extra={"type": job.type})
+    if not user_may_run(user, spec):  # the caller's own right, besides the owner's checked below
+        raise JobNotAllowedError(extra={"type": job.type})
+    return job_create(type=job.type, data=job.data if data is None else data, user=job.created_by, rerun_of=job)
 
 
 # A job whose worker was lost this many times fails like any error: it may be what kills its workers.
@@ -483,7 +617,7 @@ def _requeue_interrupted(job: Job, *, error: str) -> str:
         _record_attempt(job, worker=job.worker, outcome=JobAttempt.Outcome.INTERRUPTED, error=error)
         job.refresh_from_db()
         _publish_status(job, f"running again: {error}")
-    job_enqueue(job_id=job.pk, job_type=job.type)
+    job_enqueue(job_id=job.pk, job_type=job.type, queue=job.queue)
     return Job.Status.FRESH
 
 
@@ -558,15 +692,18 @@ def jobs_sweep() -> dict[str, list[Any]]:
     from django.core.cache import cache
 
     from jobs.exports import orphan_parts_remove
+    from jobs.retention import jobs_prune_if_due
     from progress.watchdog import watchdog_sweep_if_due
 
     # The clusters' sign of life (/healthz). No expiry, on purpose: an expired key would read as
     # `absent` (healthy) once every cluster is gone, where `stale` must show.
     cache.set(conf.SWEEP_SEEN_KEY, time.time(), timeout=None)
     watchdog_sweep_if_due()  # the silence watchdog's rules, at most every 30 s across clusters
+    pruned = jobs_prune_if_due() or {}  # once an hour across all clusters
     return {
         "recovered": jobs_recover_stale(),
         "requeued": jobs_requeue_undelivered(),
         "queued": jobs_queue_backlog(),
         "removed_parts": orphan_parts_remove(),
+        "pruned": [f"{count} {kind}" for kind, count in pruned.items() if count],
     }

@@ -1,6 +1,14 @@
 from django.urls import path
 
-from jobs.api.booklogr import FileDownloadApi, FileListApi, TaskCreateApi, TaskDetailApi, TaskRetryApi
+from jobs.api.booklogr import (
+    FileDownloadApi,
+    FileListApi,
+    TaskCancelApi,
+    TaskDetailApi,
+    TaskListApi,
+    TaskRerunApi,
+    TaskRetryApi,
+)
 from jobs.api.pytasks import (
     PytasksPingApi,
     PytasksProtectedApi,
@@ -9,11 +17,16 @@ from jobs.api.pytasks import (
     PytasksTaskListApi,
     PytasksTokenApi,
 )
+from jobs.api.schedules import ScheduleDetailApi, ScheduleListApi
 
 urlpatterns = [
-    path("v1/tasks", TaskCreateApi.as_view(), name="job-create"),
+    path("v1/tasks", TaskListApi.as_view(), name="job-list"),
     path("v1/tasks/<int:task_id>", TaskDetailApi.as_view(), name="job-detail"),
     path("v1/tasks/<int:task_id>/retry", TaskRetryApi.as_view(), name="job-retry"),
+    path("v1/tasks/<int:task_id>/cancel", TaskCancelApi.as_view(), name="job-cancel"),
+    path("v1/tasks/<int:task_id>/rerun", TaskRerunApi.as_view(), name="job-rerun"),
+    path("v1/schedules", ScheduleListApi.as_view(), name="schedule-list"),
+    path("v1/schedules/<int:schedule_id>", ScheduleDetailApi.as_view(), name="schedule-detail"),
     path("v1/files", FileListApi.as_view(), name="jobfile-list"),
     path("v1/files/<str:filename>", FileDownloadApi.as_view(), name="jobfile-download"),
     path("task", PytasksTaskCreateApi.as_view(), name="pytasks-task-create"),

@@ -16,18 +16,31 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, set_rollback
 
+from coordinator.api.exception_handler import envelope_exception_handler
 from coordinator.api.idempotency import IdempotentCreateMixin
+from coordinator.api.pagination import DefaultPagination
 from coordinator.api.parsers import JSONParser
+from coordinator.api.views import ErrorEnvelopeSerializer
 from coordinator.errors import ApplicationError, as_application_error
 from coordinator.permissions import IsPlatformUser, platform_user
 from jobs import conf
-from jobs.api.common import BodyError, booklogr_error, json_body
+from jobs.api.common import (
+    EXISTING_HEADER,
+    BodyError,
+    SubmissionOptionError,
+    booklogr_error,
+    json_body,
+    page_of,
+    scoped_unique_key,
+    submission_options,
+)
 from jobs.errors import ArgumentError, UnknownJobTypeError
-from jobs.exports import file_path, upload_store
+from jobs.exports import upload_store
 from jobs.models import Job
 from jobs.registry import all_specs, get_spec
-from jobs.selectors import file_get_for_owner, file_list, job_get_for_user
-from jobs.services import job_create, job_retry, user_may_run
+from jobs.retention import file_open_for_download
+from jobs.selectors import file_get_for_owner, file_list, job_get_for_user, job_list
+from jobs.services import job_cancel, job_create, job_rerun, job_retry, user_may_run
 
 _ERROR_TITLES = {
     400: "Bad request",
@@ -81,8 +94,95 @@ def _type_list() -> str:
     return ", ".join(spec.name for spec in all_specs())
 
 
-class TaskCreateApi(IdempotentCreateMixin, BookLogrView):
+class TaskOutputSerializer(serializers.ModelSerializer):
+    created_on = serializers.DateTimeField(source="created_at", read_only=True)
+    created_by = serializers.IntegerField(source="created_by_id", allow_null=True)
+    data = serializers.JSONField()  # type: ignore[assignment]
+    result = serializers.JSONField(allow_null=True)
+    status = serializers.CharField(help_text="fresh, started, success or failure.")
+    rerun_of = serializers.IntegerField(
+        source="rerun_of_id", allow_null=True, help_text="The task this one runs again."
+    )
+    run_after = serializers.DateTimeField(
+        allow_null=True, help_text="A fresh job with this set starts no earlier (a delay or a retry's backoff)."
+    )
+
+    class Meta:
+        ref_name = "BookLogrTask"
+        model = Job
+        fields = [
+            "id",
+            "type",
+            "data",
+            "status",
+            "worker",
+            "created_on",
+            "created_at",
+            "updated_on",
+            "created_by",
+            "attempts",
+            "max_attempts",
+            "result",
+            "error",
+            "progress",
+            "progress_message",
+            "started_at",
+            "finished_at",
+            "run_after",
+            "unique_key",
+            "rerun_of",
+            "queue",
+        ]
+
+
+class TaskListApi(IdempotentCreateMixin, BookLogrView):
+    """`POST` is BookLogr's create (its shapes); `GET`, the list, is ours (the envelope)."""
+
     parser_classes = [JSONParser]
+
+    def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response | None]:
+        if self.request.method == "GET":
+            return envelope_exception_handler
+        return booklogr_exception_handler
+
+    class FilterSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "TaskListFilter"
+
+        status = serializers.ChoiceField(choices=Job.Status.choices, required=False)
+        type = serializers.CharField(required=False, max_length=200)
+        queue = serializers.CharField(required=False, max_length=63)
+        created_after = serializers.DateTimeField(required=False, help_text="Created at or after (ISO 8601).")
+        created_before = serializers.DateTimeField(required=False, help_text="Created before (ISO 8601).")
+        unique_key = serializers.CharField(required=False, max_length=200, help_text="The key as it was sent.")
+        page = serializers.IntegerField(required=False, min_value=1, max_value=2**31)
+        page_size = serializers.IntegerField(required=False, min_value=1, max_value=500)
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            for name, value in attrs.items():
+                if isinstance(value, str) and "\x00" in value:
+                    raise serializers.ValidationError({name: "NUL characters are not allowed."})
+            return attrs
+
+    @extend_schema(
+        operation_id="v1_tasks_list",
+        parameters=[FilterSerializer],
+        responses={
+            200: page_of("TaskPage", TaskOutputSerializer(many=True)),
+            400: ErrorEnvelopeSerializer,
+            401: ErrorEnvelopeSerializer,
+        },
+        summary="The caller's tasks (admins: everyone's), newest first, filtered and paginated",
+    )
+    def get(self, request: Request) -> Response:
+        user = platform_user(request)
+        assert user is not None
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        params = {k: v for k, v in filters.validated_data.items() if k not in ("page", "page_size")}
+        paginator = DefaultPagination()
+        page = paginator.paginate_queryset(job_list(user=user, **params), request, view=self)
+        return paginator.get_paginated_response(TaskOutputSerializer(page, many=True).data)
 
     class InputSerializer(serializers.Serializer):
         class Meta:
@@ -92,6 +192,17 @@ class TaskCreateApi(IdempotentCreateMixin, BookLogrView):
         data = serializers.JSONField(  # type: ignore[assignment]
             help_text="The job's arguments (an object; `{}` for the exports' defaults)."
         )
+        run_after = serializers.DateTimeField(
+            required=False, help_text="Start no earlier than this (ISO 8601 with an offset); the job stays fresh."
+        )
+        delay_seconds = serializers.FloatField(
+            required=False, min_value=0, help_text="Start after this many seconds (instead of run_after)."
+        )
+        unique_key = serializers.CharField(
+            required=False,
+            max_length=200,
+            help_text="While a job of this type and key is fresh or started, answer with that job (200).",
+        )
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
@@ -99,12 +210,20 @@ class TaskCreateApi(IdempotentCreateMixin, BookLogrView):
 
         message = serializers.CharField()
         task_id = serializers.IntegerField()
+        existing = serializers.BooleanField(
+            required=False, help_text="Present (true) when the answer is the job already holding the unique_key."
+        )
 
     @extend_schema(
         operation_id="v1_tasks_create",
         request=InputSerializer,
         responses={
             202: OutputSerializer,
+            200: OpenApiResponse(
+                response=OutputSerializer,
+                description="A job of this type with this unique_key is fresh or started: that job, "
+                "with `existing: true` and the header `Job-Existing: true`.",
+            ),
             400: OpenApiResponse(
                 response=inline_serializer(
                     name="BookLogrMissing",
@@ -145,45 +264,31 @@ class TaskCreateApi(IdempotentCreateMixin, BookLogrView):
                 },
                 status=422,
             )
+        try:
+            options = submission_options(body)
+        except SubmissionOptionError as exc:
+            return Response({"error": "Bad request", "message": exc.message}, status=400)
         user = platform_user(request)
         try:
-            job = job_create(type=job_type, data=body["data"], user=user, strict=False)
+            job = job_create(
+                type=job_type,
+                data=body["data"],
+                user=user,
+                strict=False,
+                run_after=options.run_after,
+                unique_key=scoped_unique_key(options.unique_key, user),
+            )
         except ArgumentError as exc:
             return Response({"error": "Invalid data", "message": exc.message}, status=400)
         except UnknownJobTypeError:  # unregistered between the check and the create
             return Response({"error": "Invalid type", "message": "The supplied task type is invalid."}, status=422)
+        if job.existing:
+            return Response(
+                {"message": "Task exists.", "task_id": job.pk, "existing": True},
+                status=status.HTTP_200_OK,
+                headers={EXISTING_HEADER: "true"},
+            )
         return Response({"message": "Task created.", "task_id": job.pk}, status=status.HTTP_202_ACCEPTED)
-
-
-class TaskOutputSerializer(serializers.ModelSerializer):
-    created_on = serializers.DateTimeField(source="created_at", read_only=True)
-    created_by = serializers.IntegerField(source="created_by_id", allow_null=True)
-    data = serializers.JSONField()  # type: ignore[assignment]
-    result = serializers.JSONField(allow_null=True)
-    status = serializers.CharField(help_text="fresh, started, success or failure.")
-
-    class Meta:
-        ref_name = "BookLogrTask"
-        model = Job
-        fields = [
-            "id",
-            "type",
-            "data",
-            "status",
-            "worker",
-            "created_on",
-            "created_at",
-            "updated_on",
-            "created_by",
-            "attempts",
-            "max_attempts",
-            "result",
-            "error",
-            "progress",
-            "progress_message",
-            "started_at",
-            "finished_at",
-        ]
 
 
 class TaskDetailApi(BookLogrView):
@@ -217,6 +322,61 @@ class TaskRetryApi(BookLogrView):
         job = job_get_for_user(job_id=task_id, user=user)
         job_retry(job=job)
         return Response({"message": "Task set to be retried."})
+
+
+class TaskCancelApi(APIView):
+    @extend_schema(
+        operation_id="v1_tasks_cancel",
+        request=None,
+        responses={
+            200: TaskOutputSerializer,
+            401: ErrorEnvelopeSerializer,
+            404: ErrorEnvelopeSerializer,
+            409: ErrorEnvelopeSerializer,
+        },
+        summary="Cancel a task: a fresh one stops at once, a started one at its next progress report",
+        description="The caller's own tasks (admins: all); 409 `job_state_conflict` when the task is final.",
+    )
+    def post(self, request: Request, task_id: int) -> Response:
+        user = platform_user(request)
+        assert user is not None
+        job = job_cancel(job=job_get_for_user(job_id=task_id, user=user))
+        return Response(TaskOutputSerializer(job).data)
+
+
+class TaskRerunApi(APIView):
+    parser_classes = [JSONParser]
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "TaskRerunInput"
+
+        data = serializers.JSONField(  # type: ignore[assignment]
+            required=False, help_text="New arguments (validated like a submission); default: the original's."
+        )
+
+    @extend_schema(
+        operation_id="v1_tasks_rerun",
+        request=InputSerializer,
+        responses={
+            201: TaskOutputSerializer,
+            400: ErrorEnvelopeSerializer,
+            401: ErrorEnvelopeSerializer,
+            403: ErrorEnvelopeSerializer,
+            404: ErrorEnvelopeSerializer,
+            422: ErrorEnvelopeSerializer,
+        },
+        summary="Run a task again (any status) as a new task linked to it by `rerun_of`",
+        description="The caller's own tasks (admins: all); the new task belongs to the original's owner.",
+    )
+    def post(self, request: Request, task_id: int) -> Response:
+        user = platform_user(request)
+        assert user is not None
+        job = job_get_for_user(job_id=task_id, user=user)
+        body = self.InputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        rerun = job_rerun(job=job, user=user, data=body.validated_data.get("data"))
+        return Response(TaskOutputSerializer(rerun).data, status=status.HTTP_201_CREATED)
 
 
 class FileOutputSerializer(serializers.Serializer):
@@ -370,8 +530,7 @@ class FileDownloadApi(BookLogrView):
         assert user is not None
         row = file_get_for_owner(filename=filename, user=user)
         try:
-            path = file_path(row)
-            handle = open(path, "rb")
+            handle = file_open_for_download(row)
         except OSError as exc:
             raise exceptions.NotFound("No file found") from exc
         content_type = DOWNLOAD_TYPES.get(row.format, "application/octet-stream")

@@ -23,7 +23,15 @@ from coordinator.api.parsers import JSONParser
 from coordinator.errors import ApplicationError, as_application_error
 from coordinator.models import User
 from coordinator.throttling import CREDENTIAL_THROTTLES, AnonymousJobThrottle
-from jobs.api.common import BodyError, json_body, message_response
+from jobs.api.common import (
+    EXISTING_HEADER,
+    BodyError,
+    SubmissionOptionError,
+    json_body,
+    message_response,
+    scoped_unique_key,
+    submission_options,
+)
 from jobs.api.pytasks_auth import (
     PytasksAuthError,
     allowed_to_run,
@@ -104,6 +112,11 @@ class PytasksTaskCreateApi(IdempotentCreateMixin, PytasksView):
 
         type = serializers.CharField(help_text="A registered job name, e.g. `test.main.add`.")
         args = serializers.DictField(help_text="Arguments by name, typed as `GET /tasks` lists them.")
+        run_after = serializers.DateTimeField(required=False, help_text="Start no earlier (ISO 8601 with an offset).")
+        delay_seconds = serializers.FloatField(required=False, min_value=0, help_text="Start after this many seconds.")
+        unique_key = serializers.CharField(
+            required=False, max_length=200, help_text="While a job of this type and key waits or runs, get that job."
+        )
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
@@ -112,6 +125,9 @@ class PytasksTaskCreateApi(IdempotentCreateMixin, PytasksView):
         id = serializers.CharField()
         type = serializers.CharField()
         status = serializers.CharField()
+        existing = serializers.BooleanField(
+            required=False, help_text="Present (true) when the answer is the job already holding the unique_key."
+        )
 
     @extend_schema(
         operation_id="pytasks_task_create",
@@ -145,6 +161,10 @@ class PytasksTaskCreateApi(IdempotentCreateMixin, PytasksView):
             errors["args"] = "You need to inform args dict"
         if errors:
             return _payload_validation_failed(errors)
+        try:
+            options = submission_options(body)
+        except SubmissionOptionError as exc:
+            return _payload_validation_failed({exc.field: exc.message})
         job_type, args = body["type"], body["args"]
         spec = get_spec(job_type)
         if spec is None:
@@ -166,9 +186,22 @@ class PytasksTaskCreateApi(IdempotentCreateMixin, PytasksView):
             except PytasksAuthError:
                 user = None
         try:
-            job = job_create(type=job_type, data=args, user=user, strict=True, allowed_tasks=allowed_tasks)
+            job = job_create(
+                type=job_type,
+                data=args,
+                user=user,
+                strict=True,
+                allowed_tasks=allowed_tasks,
+                run_after=options.run_after,
+                unique_key=scoped_unique_key(options.unique_key, user),
+            )
         except ArgumentError as exc:
             return Response({"message": exc.message}, status=404)
+        if job.existing:
+            return Response(
+                {"id": str(job.uuid), "type": job.type, "status": pytasks_status(job), "existing": True},
+                headers={EXISTING_HEADER: "true"},
+            )
         return Response({"id": str(job.uuid), "type": job.type, "status": "PENDING"})
 
 

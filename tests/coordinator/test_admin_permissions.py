@@ -182,3 +182,26 @@ def test_view_only_staff_cannot_restart_farm_runs() -> None:
     allowed = _logged_in(_staff_with("view_run", "change_run"))
     _action(allowed, "/admin/farm/run/", "restart_all", run.pk)
     assert set(Task.objects.filter(run=run).values_list("status", flat=True)) == {Task.Status.WAITING}
+
+
+def test_view_only_staff_cannot_add_change_pause_or_delete_a_schedule() -> None:
+    from jobs.models import JobSchedule
+    from jobs.schedules import schedule_create
+
+    owner = UserFactory(role=Role.USER)
+    schedule = schedule_create(owner=owner, type="test.main.add", data={"x": 1, "y": 2}, cron="0 6 * * *")
+    attacker = _logged_in(_view_only())
+    assert attacker.get("/admin/jobs/jobschedule/add/").status_code == 403
+    fields = {"type": "test.main.add", "x": "9", "y": "9", "schedule_interval_seconds": "1", "schedule_timezone": "UTC"}
+    assert attacker.post("/admin/jobs/jobschedule/add/?type=test.main.add", fields).status_code == 403
+    page = attacker.post(f"/admin/jobs/jobschedule/{schedule.pk}/change/", {**fields, "schedule_missed": "skip"})
+    assert page.status_code == 200 and 'name="schedule_cron"' not in page.content.decode()
+    _action(attacker, "/admin/jobs/jobschedule/", "pause", schedule.pk)
+    attacker.post(f"/admin/jobs/jobschedule/{schedule.pk}/delete/", {"post": "yes"})
+    schedule.refresh_from_db()
+    assert (schedule.enabled, schedule.cron, schedule.data, JobSchedule.objects.count()) == (
+        True,
+        "0 6 * * *",
+        {"x": 1, "y": 2},
+        1,
+    )

@@ -46,13 +46,13 @@ def job_status(job_id: int) -> str:
 
 
 @contextmanager
-def run_cluster(export_root: Path, **extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A real `manage.py qcluster` process on the test database, in its own process group."""
-    env = server_env(**CLUSTER_ENV, EXPORT_ROOT=str(export_root), **extra)
+def run_cluster(export_root: Path, *args: str, **extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `manage.py qcluster [args]` process on the test database, in its own process group."""
+    env = server_env(**{**CLUSTER_ENV, "EXPORT_ROOT": str(export_root), **extra})
     # Logs go to a file next to the exports: a pipe nobody reads would fill up and block the cluster.
     log = open(export_root.parent / "qcluster.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [str(BIN / "python"), "manage.py", "qcluster"],
+        [str(BIN / "python"), "manage.py", "qcluster", *args],
         cwd=ROOT,
         env=env,
         start_new_session=True,

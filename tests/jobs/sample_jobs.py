@@ -118,3 +118,23 @@ def unserialisable() -> object:
 @job(name="tests.staff_only", protected=True, roles=("master",))
 def staff_only() -> str:
     return "ok"
+
+
+@job(name="tests.export_until", queue="exports", timeout=120)
+def export_until(ctx: JobContext, marker: str) -> str:
+    """A long job on the `exports` queue: runs until `marker` exists."""
+    while not os.path.exists(marker):
+        ctx.report(50, "waiting for the marker", force=True)
+        time.sleep(0.1)
+    return "exported"
+
+
+@job(name="tests.exclusive", max_running=1, timeout=60)
+def exclusive(path: str, seconds: float = 0.3) -> str:
+    """Writes `start`/`end` lines around a pause: with `max_running=1` they never interleave."""
+    with open(path, "a") as handle:
+        handle.write(f"start {os.getpid()}\n")
+    time.sleep(seconds)
+    with open(path, "a") as handle:
+        handle.write(f"end {os.getpid()}\n")
+    return "ok"

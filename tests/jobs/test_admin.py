@@ -221,3 +221,60 @@ def test_jobs_with_a_stale_heartbeat_have_a_filter_and_a_count(staff: Client, us
     cache.set(conf.SWEEP_SEEN_KEY, time.time() - 7)
     index = staff.get("/admin/").content.decode()
     assert re.search(r'<div class="value">\d+ s ago</div>\s*<div>Job recovery sweep</div>', index)
+
+
+def test_job_list_shows_each_queues_waiting_and_running_count(staff: Client, user) -> None:
+    job_create(type="csv_export", data={}, user=user)
+    running = job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user)
+    job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user)
+    job_claim(job_id=running.pk, worker="w:1")
+    html = staff.get("/admin/jobs/job/").content.decode()
+    assert '<a href="?queue=default">default</a></td><td>1</td><td>1</td>' in html
+    assert '<a href="?queue=exports">exports</a></td><td>1</td><td>0</td>' in html
+    only = staff.get("/admin/jobs/job/?queue=exports").content.decode()
+    assert f"job:{running.pk}" not in only
+
+
+def test_a_schedule_is_added_and_edited_with_the_generated_job_form(staff: Client, admin, user) -> None:
+    from jobs.models import JobSchedule
+    from jobs.schedules import schedules_fire_due
+
+    chooser = staff.get("/admin/jobs/jobschedule/add/").content.decode()
+    assert 'value="test.main.add"' in chooser
+    form = staff.get("/admin/jobs/jobschedule/add/?type=test.main.add").content.decode()
+    assert 'name="x"' in form and 'name="schedule_cron"' in form and "Save schedule" in form
+    fields = {
+        "type": "test.main.add",
+        "x": "1",
+        "y": "2",
+        "schedule_timezone": "Europe/Paris",
+        "schedule_missed": "skip",
+    }
+    refused = staff.post("/admin/jobs/jobschedule/add/?type=test.main.add", {**fields, "schedule_cron": "often"})
+    assert refused.status_code == 200 and "cron must be a 5-field expression" in refused.content.decode()
+    saved = staff.post(
+        "/admin/jobs/jobschedule/add/?type=test.main.add",
+        {**fields, "schedule_cron": "59 23 * * *", "schedule_enabled": "on"},
+    )
+    schedule = JobSchedule.objects.get()
+    assert saved.status_code == 302 and (schedule.owner, schedule.data, schedule.cron) == (
+        admin,
+        {"x": 1, "y": 2},
+        "59 23 * * *",
+    )
+    JobSchedule.objects.filter(pk=schedule.pk).update(next_run_at=schedule.next_run_at.replace(year=2000))
+    schedule.refresh_from_db()
+    schedules_fire_due(now=schedule.next_run_at)
+    page = staff.get(f"/admin/jobs/jobschedule/{schedule.pk}/change/").content.decode()
+    assert "Next runs" in page and "Last runs" in page and "/admin/jobs/job/" in page
+    edited = staff.post(
+        f"/admin/jobs/jobschedule/{schedule.pk}/change/",
+        {**fields, "x": "5", "schedule_interval_seconds": "60", "schedule_enabled": "on"},
+    )
+    schedule.refresh_from_db()
+    assert edited.status_code == 302 and (schedule.data["x"], schedule.cron, schedule.interval_seconds) == (5, "", 60)
+    listing = staff.get("/admin/jobs/jobschedule/").content.decode()
+    assert "every 60 s" in listing
+    staff.post("/admin/jobs/jobschedule/", {"action": "pause", "_selected_action": [schedule.pk]})
+    schedule.refresh_from_db()
+    assert not schedule.enabled

@@ -233,3 +233,170 @@ def test_an_upload_is_refused_before_it_is_read_or_stored(
     response = client_for(master).post("/v1/files", {"file": SimpleUploadedFile("a.jsonl", big)}, format="multipart")
     assert response.status_code == 413 and 0 < sum(written) <= 200_000
     assert not JobFile.objects.exists() and not list(export_root.iterdir())
+
+
+def test_a_delayed_task_stays_fresh_with_its_time_shown(user, client_for, django_capture_on_commit_callbacks):
+    client = client_for(user)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/v1/tasks", {"type": "csv_export", "data": {}, "delay_seconds": 90}, format="json")
+    assert response.status_code == 202
+    record = client.get(f"/v1/tasks/{response.json()['task_id']}").json()
+    assert record["status"] == "fresh" and record["run_after"] is not None
+    assert OrmQ.objects.count() == 0  # queued by a broker at its time, not now
+    response = client.post(
+        "/v1/tasks", {"type": "csv_export", "data": {}, "run_after": "2027-06-30T23:59:00+01:00"}, format="json"
+    )
+    assert client.get(f"/v1/tasks/{response.json()['task_id']}").json()["run_after"].startswith("2027-06-30T22:59")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"delay_seconds": -1},
+        {"delay_seconds": True},
+        {"delay_seconds": "10"},
+        {"delay_seconds": 10**12},
+        {"run_after": "tomorrow"},
+        {"run_after": "2030-02-30T10:00:00Z"},
+        {"run_after": "2030-01-01T10:00:00"},
+        {"run_after": "9999-01-01T10:00:00Z"},
+        {"run_after": "2030-01-01T10:00:00Z", "delay_seconds": 5},
+        {"unique_key": ""},
+        {"unique_key": 7},
+        {"unique_key": "a\x00b"},
+        {"unique_key": "k" * 201},
+    ],
+)
+def test_bad_delays_and_unique_keys_are_400_and_create_nothing(user, client_for, options):
+    response = client_for(user).post("/v1/tasks", {"type": "csv_export", "data": {}, **options}, format="json")
+    assert response.status_code == 400 and response.json()["error"] == "Bad request"
+    assert not Job.objects.exists()
+
+
+def test_a_unique_key_returns_the_callers_active_task_with_200(user, master, client_for):
+    payload = {"type": "csv_export", "data": {}, "unique_key": "nightly"}
+    first = client_for(user).post("/v1/tasks", payload, format="json")
+    again = client_for(user).post("/v1/tasks", payload, format="json")
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json() == {"message": "Task exists.", "task_id": first.json()["task_id"], "existing": True}
+    assert again["Job-Existing"] == "true"
+    # Another caller's key is another key: it never answers with (or reveals) someone else's job.
+    theirs = client_for(master).post("/v1/tasks", payload, format="json")
+    assert theirs.status_code == 202 and theirs.json()["task_id"] != first.json()["task_id"]
+    assert Job.objects.count() == 2
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_submissions_with_one_unique_key_create_one_task(live_server_url, user):
+    """8 submissions with one key at once to 2 granian workers (real processes): one task, and
+    every answer names it (the partial unique index decides, not a check-then-insert)."""
+    import threading
+
+    import requests
+
+    from tests.conftest import access_token_for
+
+    headers = {"Authorization": f"Bearer {access_token_for(user)}"}
+    answers: list[requests.Response] = []
+    start = threading.Barrier(8)
+
+    def send() -> None:
+        start.wait()
+        payload = {"type": "csv_export", "data": {}, "unique_key": "once"}
+        answers.append(requests.post(f"{live_server_url}/v1/tasks", json=payload, headers=headers, timeout=30))
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answer.status_code for answer in answers) == [200] * 7 + [202], [a.content for a in answers]
+    assert len({answer.json()["task_id"] for answer in answers}) == 1
+    assert Job.objects.filter(type="csv_export").count() == 1
+
+
+def test_list_shows_the_callers_tasks_filtered_and_paginated_admins_see_all(user, master, admin, client_for):
+    mine = [job_create(type="test.main.add", data={"x": i, "y": 1}, user=user) for i in range(3)]
+    job_execute(job_id=mine[0].pk)
+    keyed = job_create(type="csv_export", data={}, user=user, unique_key=f"{user.pk}/nightly")
+    theirs = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=master)
+    client = client_for(user)
+    body = client.get("/v1/tasks").json()
+    assert body["count"] == 4 and [row["id"] for row in body["results"]] == [keyed.pk, *[j.pk for j in mine][::-1]]
+    assert client.get("/v1/tasks?status=success").json()["results"][0]["id"] == mine[0].pk
+    assert client.get("/v1/tasks?type=csv_export").json()["count"] == 1
+    assert [r["id"] for r in client.get("/v1/tasks?unique_key=nightly").json()["results"]] == [keyed.pk]
+    assert (
+        client.get("/v1/tasks?created_after=2000-01-01T00:00:00Z&created_before=2001-01-01T00:00:00Z").json()["count"]
+        == 0
+    )
+    page = client.get("/v1/tasks?page_size=2&page=2").json()
+    assert [row["id"] for row in page["results"]] == [mine[1].pk, mine[0].pk] and page["next"] is None
+    everyone = client_for(admin).get("/v1/tasks").json()
+    assert {row["id"] for row in everyone["results"]} >= {theirs.pk, keyed.pk}
+
+
+@pytest.mark.parametrize(
+    "query", ["status=done", "created_after=yesterday", "page=0", "page_size=501", "type=a%00b", "page=abc"]
+)
+def test_list_refuses_bad_filters_with_the_envelope(user, client_for, query):
+    response = client_for(user).get(f"/v1/tasks?{query}")
+    assert response.status_code == 400 and response.json()["code"] == "validation_error"
+
+
+def test_list_cancel_and_rerun_need_a_platform_user(anon_client):
+    job = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=None)
+    for method, path in [
+        ("get", "/v1/tasks"),
+        ("post", f"/v1/tasks/{job.pk}/cancel"),
+        ("post", f"/v1/tasks/{job.pk}/rerun"),
+    ]:
+        response = getattr(anon_client, method)(path)
+        assert response.status_code == 401 and response.json()["code"] == "not_authenticated"
+
+
+def test_cancel_own_or_as_admin_never_anothers_and_409_when_final(user, master, admin, client_for):
+    fresh = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user)
+    started = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user)
+    Job.objects.filter(pk=started.pk).update(status="started", worker="w")
+    attacker = client_for(master)
+    response = attacker.post(f"/v1/tasks/{fresh.pk}/cancel")
+    assert response.status_code == 404 and response.json()["code"] == "job_not_found"
+    assert Job.objects.get(pk=fresh.pk).status == "fresh"
+    response = client_for(user).post(f"/v1/tasks/{fresh.pk}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "failure"
+    response = client_for(admin).post(f"/v1/tasks/{started.pk}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "started"
+    assert Job.objects.get(pk=started.pk).cancel_requested  # stops at its next progress report
+    again = client_for(user).post(f"/v1/tasks/{fresh.pk}/cancel")
+    assert again.status_code == 409 and again.json()["code"] == "job_state_conflict"
+    assert client_for(user).post("/v1/tasks/99999999999999999999/cancel").status_code == 404
+
+
+def test_rerun_runs_a_task_again_linked_to_it_with_the_same_or_new_arguments(user, master, admin, client_for):
+    job = job_create(type="test.main.add", data={"x": 2, "y": 3}, user=user)
+    job_execute(job_id=job.pk)
+    client = client_for(user)
+    same = client.post(f"/v1/tasks/{job.pk}/rerun")
+    assert same.status_code == 201
+    assert (same.json()["rerun_of"], same.json()["data"], same.json()["status"]) == (job.pk, {"x": 2, "y": 3}, "fresh")
+    new = client.post(f"/v1/tasks/{job.pk}/rerun", {"data": {"x": 10, "y": 1}}, format="json")
+    assert new.status_code == 201 and new.json()["data"] == {"x": 10, "y": 1}
+    assert job_execute(job_id=new.json()["id"]) == "success" and Job.objects.get(pk=new.json()["id"]).result == 11
+    bad = client.post(f"/v1/tasks/{job.pk}/rerun", {"data": {"x": "ten"}}, format="json")
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_job_arguments"
+    assert client.post(f"/v1/tasks/{job.pk}/rerun", [1], format="json").json()["code"] == "validation_error"
+    # Another user cannot rerun it (nor learn it exists); an admin's rerun stays the owner's job.
+    assert client_for(master).post(f"/v1/tasks/{job.pk}/rerun").status_code == 404
+    by_admin = client_for(admin).post(f"/v1/tasks/{job.pk}/rerun").json()
+    assert by_admin["created_by"] == user.pk and by_admin["rerun_of"] == job.pk
+    assert Job.objects.filter(rerun_of=job).count() == 3
+
+
+def test_rerun_of_a_protected_type_needs_the_right_now(user, admin, client_for):
+    job = job_create(type="test.main.myProtectedTask", data={"x": 2, "y": 3}, user=admin)
+    Job.objects.filter(pk=job.pk).update(created_by=user)  # granted once, no longer
+    response = client_for(user).post(f"/v1/tasks/{job.pk}/rerun")
+    assert response.status_code == 403 and response.json()["code"] == "job_not_allowed"
+    assert not Job.objects.filter(rerun_of=job).exists()

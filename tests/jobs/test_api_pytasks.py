@@ -201,3 +201,20 @@ def test_nul_bytes_in_credentials_or_arguments_are_client_errors(anon_client):
     assert get_token(anon_client, "a\x00@example.com").status_code == 401
     response = post_task(anon_client, {"type": "tests.fail", "args": {"message": "a\x00b"}})
     assert response.status_code == 404 and not Job.objects.exists()
+
+
+def test_delay_and_unique_key_on_task(anon_client):
+    body = {"type": "test.main.add", "args": {"x": 1, "y": 2}, "delay_seconds": 30, "unique_key": "sum"}
+    first = anon_client.post("/task", body, format="json")
+    again = anon_client.post("/task", body, format="json")
+    assert first.json() == {"id": first.json()["id"], "type": "test.main.add", "status": "PENDING"}
+    assert again.status_code == 200 and again["Job-Existing"] == "true"
+    assert again.json() == {"id": first.json()["id"], "type": "test.main.add", "status": "PENDING", "existing": True}
+    job = Job.objects.get()
+    assert job.status == "fresh" and job.run_after is not None
+    bad = anon_client.post("/task", {**body, "delay_seconds": "soon"}, format="json")
+    assert bad.status_code == 400
+    assert bad.json() == {
+        "errors": {"delay_seconds": "delay_seconds must be a number from 0 to 31622400."},
+        "message": "Input payload validation failed",
+    }

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from coordinator.models import User
 from jobs.models import Job
@@ -75,3 +77,73 @@ def test_kill_9_of_a_worker_and_of_a_whole_cluster_is_recovered(user: User, expo
         wait_for(lambda: job_status(cut_off) == "started", timeout=60)
     job = Job.objects.get(pk=cut_off)
     assert job.attempts == 1 and job.max_attempts == 1
+
+
+def test_a_delayed_job_is_started_by_the_brokers_wake_up_not_by_the_sweep(user: User, export_root: Path) -> None:
+    # One sweep per 100 s: within the minute the test waits, only the broker's wake-up at the
+    # job's time (told by its NOTIFY on PostgreSQL, seen by the poll on SQLite) can start it.
+    with run_cluster(export_root, JOBS_STALE_SECONDS="600"):
+        run_after = timezone.now() + timedelta(seconds=3)
+        delayed = job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user, run_after=run_after).pk
+        wait_for(lambda: job_status(delayed) == "success", timeout=60)
+    job = Job.objects.get(pk=delayed)
+    assert job.result == 3 and job.started_at is not None and job.started_at >= run_after
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        with open(f"/proc/{pid}/stat") as handle:
+            pid = int(handle.read().rsplit(")", 1)[1].split()[1])
+    return False
+
+
+def test_a_long_job_on_exports_never_delays_a_default_job(user: User, export_root: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "export-may-end"
+    # One worker each: the export holds its cluster's only worker until the marker appears.
+    with (
+        run_cluster(export_root, "--queue", "exports", Q_WORKERS="1") as exports,
+        run_cluster(export_root, "--queue", "default", Q_WORKERS="1") as default,
+    ):
+        long = job_create(type="tests.export_until", data={"marker": str(marker)}, user=user).pk
+        wait_for(lambda: job_status(long) == "started", timeout=60)
+        quick = [job_create(type="test.main.add", data={"x": i, "y": 1}, user=user).pk for i in range(3)]
+        wait_for(lambda: all(job_status(pk) == "success" for pk in quick), timeout=60)
+        assert job_status(long) == "started"  # still running: the quick jobs never waited for it
+        export_worker = _worker_pid(Job.objects.get(pk=long))
+        assert _descends_from(export_worker, exports.pid) and not _descends_from(export_worker, default.pid)
+        assert all(_descends_from(_worker_pid(job), default.pid) for job in Job.objects.filter(pk__in=quick))
+        marker.touch()
+        wait_for(lambda: job_status(long) == "success", timeout=60)
+
+
+def test_max_running_holds_across_two_clusters(user: User, export_root: Path, tmp_path: Path) -> None:
+    log = tmp_path / "exclusive.txt"
+    with run_cluster(export_root), run_cluster(export_root):
+        ids = [job_create(type="tests.exclusive", data={"path": str(log)}, user=user).pk for _ in range(6)]
+        wait_for(lambda: _finished(ids), timeout=120)
+    assert {job.status for job in Job.objects.filter(pk__in=ids)} == {Job.Status.SUCCESS}
+    lines = log.read_text().split("\n")[:-1]
+    # Four workers could run them at once; the limit of one makes starts and ends alternate.
+    assert [line.split()[0] for line in lines] == ["start", "end"] * 6
+
+
+def test_two_clusters_never_start_the_same_scheduled_occurrence_twice(user: User, export_root: Path) -> None:
+    from jobs.models import JobScheduleRun
+    from jobs.schedules import schedule_create
+
+    schedules = [
+        schedule_create(owner=user, type="test.main.add", data={"x": i, "y": 0}, interval_seconds=1) for i in range(20)
+    ]
+    with run_cluster(export_root), run_cluster(export_root):
+        wait_for(lambda: JobScheduleRun.objects.filter(job__status="success").count() >= 100, timeout=90)
+        for schedule in schedules:
+            schedule.enabled = False
+            schedule.save(update_fields=["enabled"])
+    runs = list(JobScheduleRun.objects.values_list("schedule_id", "occurrence", "job_id"))
+    assert len(runs) == len({(schedule_id, occurrence) for schedule_id, occurrence, _ in runs})
+    # One job per occurrence started (a one-second schedule a busy cluster fell a period behind on
+    # records that occurrence as skipped, without a job).
+    started = [job_id for _, _, job_id in runs if job_id is not None]
+    assert Job.objects.filter(type="test.main.add").count() == len(started) == len(set(started)) >= 100

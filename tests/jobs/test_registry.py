@@ -124,3 +124,16 @@ def test_nul_characters_are_refused_anywhere_in_the_arguments() -> None:
     for value in ({**GOOD, "label": "a\x00b"}, {**GOOD, "mapping": {"k\x00": 1.0}}):
         with pytest.raises(ArgumentError):
             validate_args(spec, value, strict=True)
+
+
+def test_queue_names_and_max_running_are_checked_at_registration() -> None:
+    from jobs.registry import register
+
+    def f() -> None:
+        return None
+
+    for bad in ["Exports", "a b", "", "x" * 64, "a,b"]:
+        with pytest.raises(ValueError):
+            register(f, name="tests.bad_queue", queue=bad)
+    with pytest.raises(ValueError):
+        register(f, name="tests.bad_limit", max_running=0)

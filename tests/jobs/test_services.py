@@ -294,4 +294,65 @@ def test_a_job_whose_queue_entry_was_lost_or_forgotten_is_queued_again(
     assert Job.objects.get(pk=lost.pk).queued_at > long_ago
     assert jobs_requeue_undelivered() == []  # just queued again: nothing more to do
     # The sweep includes it.
-    assert set(services.jobs_sweep()) == {"recovered", "requeued", "queued", "removed_parts"}
+    assert set(services.jobs_sweep()) == {"recovered", "requeued", "queued", "removed_parts", "pruned"}
+
+
+def test_a_delayed_job_stays_fresh_until_its_time_then_is_queued(
+    user: User, django_capture_on_commit_callbacks
+) -> None:
+    later = timezone.now() + timedelta(seconds=60)
+    with django_capture_on_commit_callbacks(execute=True):
+        job = job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user, run_after=later)
+    assert OrmQ.objects.count() == 0 and services.jobs_queue_due() == []
+    assert not job_claim(job_id=job.pk, worker="early")  # a stray delivery cannot start it early
+    assert Job.objects.get(pk=job.pk).status == "fresh"
+    Job.objects.filter(pk=job.pk).update(run_after=timezone.now() - timedelta(seconds=1))  # its time came
+    assert services.jobs_queue_due() == [job.pk] and OrmQ.objects.count() == 1
+    assert services.jobs_queue_due() == []  # a second broker doing the same queues nothing
+    assert job_execute(job_id=job.pk) == "success"
+
+
+def test_a_unique_key_answers_the_active_job_until_it_finishes(user: User, master: User) -> None:
+    first = job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user, unique_key="k")
+    again = job_create(type="test.main.add", data={"x": 5, "y": 5}, user=master, unique_key="k")
+    assert (first.existing, again.existing, again.pk) == (False, True, first.pk)
+    other_type = job_create(type="test.main.subtract", data={"x": 1, "y": 2}, user=user, unique_key="k")
+    assert not other_type.existing and Job.objects.count() == 2
+    job_claim(job_id=first.pk, worker="w")
+    assert job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user, unique_key="k").pk == first.pk
+    job_execute(job_id=other_type.pk)
+    Job.objects.filter(pk=first.pk).update(status="failure")
+    fresh = job_create(type="test.main.add", data={"x": 1, "y": 2}, user=user, unique_key="k")
+    assert not fresh.existing and fresh.pk != first.pk
+    # The failed holder cannot come back while the new one holds the key.
+    with pytest.raises(JobStateError) as refused:
+        job_retry(job=Job.objects.get(pk=first.pk))
+    assert refused.value.status_code == 409 and Job.objects.get(pk=first.pk).status == "failure"
+
+
+def test_a_job_runs_on_its_types_queue(user: User, django_capture_on_commit_callbacks) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        export = job_create(type="csv_export", data={}, user=user)
+        quick = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user)
+        chosen = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user, queue="reports")
+    assert (export.queue, quick.queue, chosen.queue) == ("exports", "default", "reports")
+    keys = dict(OrmQ.objects.values_list("key", "payload"))
+    # The default queue is the site's cluster name; the others are their own cluster names.
+    assert set(keys) == {"exports", "coordinator", "reports"}
+
+
+def test_max_running_refuses_a_second_claim_and_defers_it(user: User, tmp_path) -> None:
+    from jobs.registry import get_spec
+
+    spec = get_spec("tests.exclusive")
+    first = job_create(type="tests.exclusive", data={"path": str(tmp_path / "x")}, user=user)
+    second = job_create(type="tests.exclusive", data={"path": str(tmp_path / "x")}, user=user)
+    Job.objects.update(queued_at=timezone.now())
+    assert job_claim(job_id=first.pk, worker="a", spec=spec)
+    assert not job_claim(job_id=second.pk, worker="b", spec=spec)
+    waiting = Job.objects.get(pk=second.pk)
+    # Back to the delayed set: the brokers queue it again a moment later.
+    assert waiting.status == "fresh" and waiting.queued_at is None and waiting.run_after > timezone.now()
+    Job.objects.filter(pk=first.pk).update(status="success")
+    Job.objects.filter(pk=second.pk).update(run_after=None)
+    assert job_claim(job_id=second.pk, worker="b", spec=spec)

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0003_attempt_history"),
+        ("jobs", "0004_jobs_product"),
     ]
 
     operations = [

@@ -1,0 +1,73 @@
+"""The broker queues delayed jobs at their time: it knows the earliest due time and is told of new ones."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from django_q.models import OrmQ
+
+from coordinator.models import User
+from jobs import conf
+from jobs.broker import ListenNotifyBroker
+from jobs.models import Job
+from jobs.services import job_create
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_the_broker_queues_a_delayed_job_once_it_is_due(user: User) -> None:
+    broker = ListenNotifyBroker(list_key="delayed-test")
+    try:
+        job = job_create(
+            type="test.main.add", data={"x": 1, "y": 1}, user=user, run_after=timezone.now() + timedelta(hours=1)
+        )
+        broker._queue_due()
+        assert OrmQ.objects.count() == 0
+        Job.objects.filter(pk=job.pk).update(run_after=timezone.now())
+        broker._next_due = None  # as after a notification or (SQLite) on every poll
+        broker._queue_due()
+        assert OrmQ.objects.count() == 1 and Job.objects.get(pk=job.pk).queued_at is not None
+    finally:
+        broker.close()
+
+
+def test_on_postgres_a_delayed_job_sets_the_brokers_wake_up_time(user: User, monkeypatch: pytest.MonkeyPatch) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL only")
+    monkeypatch.setattr(conf, "LISTEN_TIMEOUT_SECONDS", 3600.0)
+    monkeypatch.setattr(conf, "sweep_seconds", lambda: 3600.0)
+    broker = ListenNotifyBroker(list_key="delayed-test")
+    try:
+        broker._next_sweep = time.monotonic() + 3600
+        broker._listen()
+        broker._queue_due()
+        assert broker._sleep_seconds() > 3000  # nothing delayed: only the fallback poll and the sweep bound it
+        due = timezone.now() + timedelta(seconds=120)
+        job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user, run_after=due)
+        assert broker._wait(30) is True  # woken by the job's NOTIFY, not by a poll
+        assert broker._next_due == pytest.approx(due.timestamp(), abs=0.001)
+        assert broker._sleep_seconds() <= 120
+    finally:
+        broker.close()
+
+
+def test_a_cluster_named_for_queues_takes_only_their_entries(user: User) -> None:
+    from jobs.broker import served_keys
+
+    job_create(type="csv_export", data={}, user=user)  # exports
+    job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user)  # default
+    assert served_keys("coordinator") is None  # a plain cluster serves every queue
+    assert served_keys("exports,default") == ["coordinator", "exports", "exports,default"]
+    exports = ListenNotifyBroker(list_key="exports")
+    default = ListenNotifyBroker(list_key="default")
+    try:
+        assert [OrmQ.objects.get(pk=pk).key for pk, _ in exports._take()] == ["exports"]
+        assert exports._take() == []
+        assert [OrmQ.objects.get(pk=pk).key for pk, _ in default._take()] == ["coordinator"]
+    finally:
+        exports.close()
+        default.close()
