@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from coordinator.errors import ApplicationError
 from coordinator.models import User
+from coordinator.services import audit_record
 from jobs.errors import ScheduleInvalidError
 from jobs.models import JobSchedule, JobScheduleRun
 from jobs.services import job_check, job_create, job_notify_delayed
@@ -120,6 +121,7 @@ def schedule_create(*, owner: User, now: datetime | None = None, **fields: Any) 
     schedule = JobSchedule(owner=owner, **fields)
     schedule.next_run_at = _first_run(schedule, now or timezone.now())
     schedule.save()
+    audit_record(action="schedule.create", target=schedule, after=_shown(schedule))
     _notify(schedule)
     return schedule
 
@@ -137,18 +139,28 @@ def schedule_update(*, schedule: JobSchedule, now: datetime | None = None, **cha
     _spec, merged["data"] = job_check(type=merged["type"], data=merged["data"], user=schedule.owner)
     _validate_when(merged)
     changes["data"] = merged["data"]
+    before = _shown(schedule)
     for name, value in changes.items():
         setattr(schedule, name, value)
     if any(name in changes for name in (*WHEN_FIELDS, "timezone", "enabled")):
         schedule.next_run_at = _first_run(schedule, now)
     schedule.save()
+    audit_record(action="schedule.update", target=schedule, before=before, after=_shown(schedule))
     _notify(schedule)
     return schedule
 
 
+@transaction.atomic
 def schedule_delete(*, schedule: JobSchedule) -> None:
     """Delete a schedule and its history (the jobs it started stay)."""
+    audit_record(action="schedule.delete", target=schedule, before=_shown(schedule))
     schedule.delete()
+
+
+def _shown(schedule: JobSchedule) -> dict[str, Any]:
+    """What the audit trail keeps of a schedule: what runs, when, and whether it is on."""
+    fields = ("type", "data", *WHEN_FIELDS, "timezone", "enabled", "missed")
+    return {name: getattr(schedule, name) for name in fields}
 
 
 def schedules_fire_due(*, now: datetime | None = None, limit: int = FIRE_BATCH) -> int:

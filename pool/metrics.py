@@ -13,12 +13,25 @@ from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from pool import conf
-from pool.models import OPEN_STATES, Delivery, Device
+from pool.models import OPEN_STATES, OPEN_TASK_STATES, Delivery, DeliveryState, Device, Message, MessageType, TaskState
 
 responses = Counter("coordinator_pool_responses", "Device answers to tasks, by status.", ["status"])
+rollout_decisions = Counter(
+    "coordinator_pool_rollout_decisions",
+    "What the rollout sweep decided: deliveries released, timed out and retried; rollouts aborted and completed.",
+    ["decision"],
+)
+ROLLOUT_DECISIONS = ("released", "timed_out", "retried", "aborted", "completed")
 
 # Seconds since a device's last heartbeat.
 HEARTBEAT_AGE_BUCKETS = (10, 30, 60, 120, 300, 900, 3600, 6 * 3600, 24 * 3600)
+
+
+def rollout_decided(totals: dict[str, int]) -> None:
+    """Count one sweep's rollout decisions (pool.rollouts.rollouts_advance)."""
+    for decision in ROLLOUT_DECISIONS:
+        if totals.get(decision):
+            rollout_decisions.labels(decision).inc(totals[decision])
 
 
 def response_counted(status: str) -> None:
@@ -71,3 +84,22 @@ class PoolCollector:
         for state in OPEN_STATES:
             deliveries.add_metric([state.value], rows.get(state.value, 0))
         yield deliveries
+        # Open rollouts only (the partial index on open tasks): finished ones are the decisions counter.
+        rollouts = GaugeMetricFamily(
+            "coordinator_pool_rollouts_open", "Staged rollouts not yet finished, by state.", labels=["state"]
+        )
+        found = Message.objects.filter(
+            type=MessageType.TASK, state__in=OPEN_TASK_STATES, cancelled_at=None, meta__has_key="rollout"
+        ).aggregate(
+            scheduled=Count("seq", filter=Q(state=TaskState.SCHEDULED, paused_at=None)),
+            in_progress=Count("seq", filter=Q(state=TaskState.IN_PROGRESS, paused_at=None)),
+            paused=Count("seq", filter=Q(paused_at__isnull=False)),
+        )
+        for rollout_state in ("scheduled", "in_progress", "paused"):
+            rollouts.add_metric([rollout_state], found[rollout_state])
+        yield rollouts
+        yield GaugeMetricFamily(
+            "coordinator_pool_deliveries_queued",
+            "Deliveries of staged rollouts waiting for their release.",
+            value=Delivery.objects.filter(state=DeliveryState.QUEUED).count(),
+        )

@@ -11,6 +11,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from pool import metrics
 from pool.models import OPEN_STATES, OPEN_TASK_STATES, Delivery, DeliveryState, Message, MessageType, TaskState
 from pool.policy import rollout_policy_parse
 from pool.selectors import task_state_counts
@@ -150,4 +151,5 @@ def rollouts_advance(*, now: datetime | None = None) -> dict[str, int]:
         totals["retried"] += step.retried
         totals["aborted"] += int(bool(step.aborted))
         totals["completed"] += int(step.completed)
+    metrics.rollout_decided(totals)
     return totals

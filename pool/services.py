@@ -429,6 +429,7 @@ def _set_paused(task: Message, paused: bool) -> bool:
     task.refresh_from_db()
     if changed:
         verb = "paused" if paused else "resumed"
+        audit_record(action=f"rollout.{'pause' if paused else 'resume'}", target=task, after={"paused": paused})
         task_decision_record(task, kind="msg", text=f"rollout {verb}", state={"paused": paused}, now=now)
     return changed
 

@@ -163,3 +163,145 @@ class StreamLeaseFactory(factory.django.DjangoModelFactory):
     user = factory.SubFactory(UserFactory)
     slot = 0
     expires_at = factory.LazyFunction(lambda: timezone.now() + timedelta(seconds=45))
+
+
+class AuditEntryFactory(factory.django.DjangoModelFactory):
+    """Append-only: create (or build) only; saving an existing entry raises."""
+
+    class Meta:
+        model = "coordinator.AuditEntry"
+
+    actor = factory.SubFactory(UserFactory)
+    actor_label = factory.LazyAttribute(lambda o: o.actor.email if o.actor else "")
+    address = "127.0.0.1"
+    action = "device.update"
+    target_type = "pool.device"
+    target_id = factory.Sequence(str)
+    target_label = factory.Sequence(lambda n: f"device-{n}")
+    before = factory.LazyFunction(lambda: {"validated": False})
+    after = factory.LazyFunction(lambda: {"validated": True})
+    details = factory.LazyFunction(list)
+
+
+class MetricMinuteFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "coordinator.MetricMinute"
+
+    series = "jobs.queued"
+    minute = factory.Sequence(lambda n: (int(timezone.now().timestamp()) // 60 - n) * 60)
+    value = 1.0
+
+
+class DeviceTagFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "pool.DeviceTag"
+
+    device = factory.SubFactory(DeviceFactory)
+    slug = factory.Sequence(lambda n: f"tag-{n}")
+
+
+class DeviceGroupFactory(factory.django.DjangoModelFactory):
+    """A group; pass `devices=[...]` to fill it."""
+
+    class Meta:
+        model = "pool.DeviceGroup"
+        skip_postgeneration_save = True
+
+    slug = factory.Sequence(lambda n: f"group-{n}")
+    name = factory.Sequence(lambda n: f"group {n}")
+
+    @factory.post_generation
+    def devices(obj: Any, create: bool, extracted: Any, **kwargs: Any) -> None:  # noqa: N805
+        if create and extracted:
+            obj.devices.set(extracted)
+
+
+class JobScheduleFactory(factory.django.DjangoModelFactory):
+    """An hourly interval schedule (exactly one of cron, interval_seconds, run_at is set)."""
+
+    class Meta:
+        model = "jobs.JobSchedule"
+
+    owner = factory.SubFactory(UserFactory)
+    type = "test.main.add"
+    data = factory.LazyFunction(lambda: {"x": 1, "y": 2})
+    interval_seconds = 3600
+    next_run_at = factory.LazyFunction(lambda: timezone.now() + timedelta(hours=1))
+
+
+class JobScheduleRunFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "jobs.JobScheduleRun"
+
+    schedule = factory.SubFactory(JobScheduleFactory)
+    occurrence = factory.Sequence(lambda n: timezone.now().replace(microsecond=0) - timedelta(hours=n + 1))
+    job = factory.SubFactory(JobFactory, created_by=factory.SelfAttribute("..schedule.owner"))
+
+
+class WatchRuleFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "progress.WatchRule"
+
+    name = factory.Sequence(lambda n: f"silent runs {n}")
+    kind = "silent"
+    pattern = "run:*"
+    minutes = 10
+
+
+class WatchMarkFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "progress.WatchMark"
+
+    rule = factory.SubFactory(WatchRuleFactory, kind="stalled")
+    topic = factory.Sequence(lambda n: f"run:{n}")
+    value = 42
+    since = factory.LazyFunction(timezone.now)
+
+
+class AlertFactory(factory.django.DjangoModelFactory):
+    """An open alert raised by a watchdog rule."""
+
+    class Meta:
+        model = "progress.Alert"
+
+    rule = factory.SubFactory(WatchRuleFactory)
+    topic = factory.Sequence(lambda n: f"run:{n}")
+    key = factory.LazyAttribute(lambda o: f"rule:{o.rule.pk}:{o.topic}" if o.rule else f"test:{o.topic}")
+    message = factory.LazyAttribute(lambda o: f"{o.topic}: no event for 10 minutes")
+    raised_at = factory.LazyFunction(timezone.now)
+
+
+class DurationSampleFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "progress.DurationSample"
+
+    key = factory.Sequence(lambda n: f"job:test.main.add-{n}")
+    seconds = factory.LazyFunction(lambda: [12.0, 15.5, 30.0])
+
+
+class WebhookSubscriptionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "webhooks.Subscription"
+
+    owner = factory.SubFactory(UserFactory)
+    url = factory.Sequence(lambda n: f"https://hooks.example.com/{n}")
+    events = factory.LazyFunction(lambda: ["job.finished", "job.failed"])
+    event_owner = factory.SelfAttribute("owner")
+    secret = factory.Sequence(lambda n: f"whsec_test-secret-{n}")
+
+
+class WebhookDeliveryFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "webhooks.Delivery"
+
+    subscription = factory.SubFactory(WebhookSubscriptionFactory)
+    event_id = factory.LazyFunction(uuid.uuid4)
+    event_type = "job.finished"
+    payload = factory.LazyAttribute(
+        lambda o: {
+            "id": str(o.event_id),
+            "type": o.event_type,
+            "created_at": timezone.now().isoformat(),
+            "data": {"job": 1, "status": "finished"},
+        }
+    )

@@ -8,7 +8,7 @@ from django.apps import apps
 
 from tests import factories
 
-OUR_APPS = ("coordinator", "pool", "farm", "jobs", "progress")
+OUR_APPS = ("coordinator", "pool", "farm", "jobs", "progress", "webhooks")
 
 
 def all_factories() -> list[type[factory.django.DjangoModelFactory]]:

@@ -158,7 +158,8 @@ def subscription_delete(*, subscription: Subscription) -> None:
 
 def event_for(event: Event) -> tuple[str, dict[str, Any]] | None:
     """The webhook event type and data a progress event stands for, or None. Topics name the
-    domain (`job:`, `run:`, `pooltask:`, `rollout:`, `alert:`); only ends (and raised alerts) count."""
+    domain (`job:`, `run:`, `pooltask:` — a rollout abort is its end with the reason —, `alert:`); only
+    ends (and raised alerts) count."""
     kind, state = event["kind"], event["state"] or {}
     prefix, _, key = event["topic"].partition(":")
     if prefix == "alert":
@@ -181,9 +182,10 @@ def event_for(event: Event) -> tuple[str, dict[str, Any]] | None:
     if prefix == "run" and state:  # a deleted run ends with no counts: it did not finish
         return EventType.RUN_FINISHED, {"run": key, "text": event["text"], **state}
     if prefix == "pooltask":
+        # A staged rollout's abort ends its task's topic with the reason (pool.rollouts).
+        if state.get("aborted"):
+            return EventType.ROLLOUT_ABORTED, {"task": key, "reason": state["aborted"], "text": event["text"], **state}
         return EventType.DEVICE_TASK_FINISHED, {"task": key, "text": event["text"], **state}
-    if prefix == "rollout" and state.get("status") == "aborted":
-        return EventType.ROLLOUT_ABORTED, {"rollout": key, "text": event["text"], **state}
     return None
 
 
@@ -196,7 +198,7 @@ def event_received(event: Event) -> None:
     failure here out of the publisher's work."""
     prefix = event["topic"].partition(":")[0]
     announced = event["kind"] == "end" or (event["kind"] == "new" and prefix == "alert")
-    if not announced or prefix not in ("job", "run", "pooltask", "rollout", "alert"):
+    if not announced or prefix not in ("job", "run", "pooltask", "alert"):
         return
     # A deactivated owner receives nothing (a former admin would go on receiving everyone's events),
     # and their delivery job could not be created, which would fail the event for every subscriber.

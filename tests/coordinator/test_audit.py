@@ -212,3 +212,38 @@ def test_an_admins_export_includes_the_trail_and_a_users_only_their_own(admin: U
     audit_record(action="test.users", target="b", actor=user)
     assert [r["action"] for r in audit_export_rows(user=admin, everything=True)] == ["test.admins", "test.users"]
     assert [r["action"] for r in audit_export_rows(user=user, everything=False)] == ["test.users"]
+
+
+def test_schedule_changes_over_the_api_write_one_entry_each(
+    user: User, client_for: Callable[[User], APIClient]
+) -> None:
+    import tests.jobs.sample_jobs  # noqa: F401 - registers the test job types
+
+    client = client_for(user)
+    body = {"type": "test.main.add", "data": {"x": 1, "y": 2}, "cron": "59 23 * * *", "timezone": "Europe/Paris"}
+    schedule_id = client.post("/v1/schedules", body, format="json").json()["id"]
+    created = only_entry()
+    assert (created.action, created.actor_id, created.after["cron"]) == ("schedule.create", user.pk, "59 23 * * *")
+    client.patch(f"/v1/schedules/{schedule_id}", {"enabled": False}, format="json")
+    [updated] = AuditEntry.objects.filter(pk__gt=created.pk)
+    assert (updated.action, updated.before["enabled"], updated.after["enabled"]) == ("schedule.update", True, False)
+    client.delete(f"/v1/schedules/{schedule_id}")
+    [deleted] = AuditEntry.objects.filter(pk__gt=updated.pk)
+    assert (deleted.action, deleted.before["type"]) == ("schedule.delete", "test.main.add")
+
+
+def test_rollout_pause_and_resume_over_the_api_write_one_entry_each(
+    master: User, client_for: Callable[[User], APIClient]
+) -> None:
+    from pool.services import device_create, task_create
+
+    devices = [device_create(name=f"d{i}", kind="x", validated=True)[0] for i in range(2)]
+    ids = ",".join(str(d.pk) for d in devices)
+    task = task_create(user=master, to=f"device:[{ids}]", title="fw", meta={"rollout": {"per_minute": 1}})
+    client = client_for(master)
+    assert client.post(f"/pool/tasks/{task.msg_id}/pause").status_code == 200
+    paused = only_entry()
+    assert (paused.action, paused.actor_id, paused.target_id) == ("rollout.pause", master.pk, str(task.pk))
+    assert client.post(f"/pool/tasks/{task.msg_id}/resume").status_code == 200
+    [resumed] = AuditEntry.objects.filter(pk__gt=paused.pk)
+    assert resumed.action == "rollout.resume"

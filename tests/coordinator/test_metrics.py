@@ -218,6 +218,25 @@ def test_progress_events_stored_and_socket_streams(db: None, scrape: Callable[[]
     assert value(after, "coordinator_progress_socket_streams") == 1
 
 
+def test_pool_rollouts_open_queued_and_decided(master: User, scrape: Callable[[], Samples]) -> None:
+    from pool.rollouts import rollouts_advance
+    from pool.services import task_pause
+
+    devices = [device_create(name=f"r{i}", validated=True)[0] for i in range(5)]
+    ids = ",".join(str(d.pk) for d in devices)
+    before = scrape()
+    task_create(user=master, to=f"device:[{ids}]", title="fw", meta={"rollout": {"per_minute": 2}})
+    second = task_create(user=master, to=f"device:[{ids}]", title="fw2", meta={"rollout": {"per_minute": 2}})
+    task_pause(task=second)
+    rollouts_advance()
+    after = scrape()
+    assert value(after, "coordinator_pool_rollouts_open", state="in_progress") == 1
+    assert value(after, "coordinator_pool_rollouts_open", state="paused") == 1
+    assert value(after, "coordinator_pool_deliveries_queued") == 3 + 5
+    released = "coordinator_pool_rollout_decisions_total"
+    assert value(after, released, decision="released") - value(before, released, decision="released") == 2
+
+
 def test_every_web_process_counts_under_multiprocess_mode(transactional_db: None, tmp_path: Path) -> None:
     """Two granian workers, each counting into its own files: one scrape answers their sum."""
     directory = tmp_path / "metrics"
@@ -228,11 +247,12 @@ def test_every_web_process_counts_under_multiprocess_mode(transactional_db: None
         before = parse(session.get(f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text)
         for _ in range(40):
             # A new connection each time, so both workers take requests.
-            assert requests.get(f"{base}/healthz", timeout=10).status_code == 200
+            # /ping, not /healthz: whether the platform is healthy is not this test's business.
+            assert requests.get(f"{base}/ping", timeout=10).status_code == 200
         response = requests.get(f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     assert response.status_code == 200
     after = parse(response.text)
-    labels = {"route": "healthz", "method": "GET", "status": "200"}
+    labels = {"route": "pytasks-ping", "method": "GET", "status": "200"}
     name = "coordinator_http_requests_total"
     assert value(after, name, **labels) - value(before, name, **labels) == 40
     assert len(list(directory.glob("counter_*.db"))) >= 2  # the workers' own files

@@ -156,7 +156,9 @@ def test_dashboard_follows_a_running_job_live(socket_dir: Any, browser: Any, adm
         wait_until(page, "() => document.querySelector('[data-progress-field=\"jobs.running\"]').textContent === '0'")
         assert page.evaluate("window.notReloaded") is True
         page.click("button[data-range='86400']")
-        assert float(ended.get_attribute("data-total") or "0") >= 1
+        # The day's chart draws 5-minute means per minute: the job's minute may share its bucket
+        # with the quiet minute recorded while it ran, so the day shows it as more than nothing.
+        assert float(ended.get_attribute("data-total") or "0") > 0
 
 
 def test_open_watchdog_alerts_need_attention_and_resolved_ones_do_not(admin: User) -> None:

@@ -128,8 +128,7 @@ def test_other_event_types_map_from_their_topics(admin: User, receiver: Receiver
     progress_publish(topic="run:abc", kind="end", text="", state={"num_done": 3})
     progress_publish(topic="run:gone", kind="end", text="run deleted")  # deleted, not finished
     progress_publish(topic="pooltask:m1", kind="end", text="", state={"counts": {"done": 1}})
-    progress_publish(topic="rollout:7", kind="end", text="", state={"status": "aborted"})
-    progress_publish(topic="rollout:8", kind="end", text="", state={"status": "completed"})
+    progress_publish(topic="pooltask:m7", kind="end", text="aborted: 2 of 2 failed", state={"aborted": "2 of 2 failed"})
     progress_publish(topic="run:abc", kind="msg", text="50%", state={"num_done": 1})
     assert sorted(Delivery.objects.values_list("event_type", flat=True)) == [
         "device_task.finished",
@@ -228,3 +227,23 @@ def test_a_deactivated_owners_webhook_receives_nothing_and_stops_nobody_elses(
     assert delivery.subscription_id == mine.pk
     assert deliver(delivery) == Job.Status.SUCCESS
     assert len(receiver.received) == 1
+
+
+def test_a_rollout_that_aborts_fires_rollout_aborted_with_its_reason(
+    master: User, receiver: Receiver, allow_private: None
+) -> None:
+    from pool.rollouts import rollout_step
+    from pool.services import device_create, response_create, task_create
+
+    devices = [device_create(name=f"d{i}", kind="x", validated=True)[0] for i in range(4)]
+    ids = ",".join(str(d.pk) for d in devices)
+    policy = {"per_minute": 4, "abort": {"failed_percent": 50, "min_finished": 2}}
+    subscription_create(owner=master, url=receiver.url, events=["rollout.aborted", "device_task.finished"])
+    task = task_create(user=master, to=f"device:[{ids}]", title="fw", meta={"rollout": policy})
+    rollout_step(task_id=task.pk)
+    for device in devices[:2]:
+        response_create(device=device, parent_id=task.msg_id, status="failed")
+    rollout_step(task_id=task.pk)
+    delivery = Delivery.objects.get()
+    assert delivery.event_type == "rollout.aborted"
+    assert delivery.payload["data"]["task"] == task.msg_id and "2 of 2" in delivery.payload["data"]["reason"]
