@@ -18,7 +18,7 @@ from rest_framework.views import APIView, set_rollback
 
 from coordinator.api.exception_handler import envelope_exception_handler
 from coordinator.api.idempotency import IdempotentCreateMixin
-from coordinator.api.pagination import DefaultPagination
+from coordinator.api.pagination import DefaultPagination, page_of
 from coordinator.api.parsers import JSONParser
 from coordinator.api.views import ErrorEnvelopeSerializer
 from coordinator.errors import ApplicationError, as_application_error
@@ -30,7 +30,6 @@ from jobs.api.common import (
     SubmissionOptionError,
     booklogr_error,
     json_body,
-    page_of,
     scoped_unique_key,
     submission_options,
 )
@@ -171,6 +170,7 @@ class TaskListApi(IdempotentCreateMixin, BookLogrView):
             200: page_of("TaskPage", TaskOutputSerializer(many=True)),
             400: ErrorEnvelopeSerializer,
             401: ErrorEnvelopeSerializer,
+            404: ErrorEnvelopeSerializer,
         },
         summary="The caller's tasks (admins: everyone's), newest first, filtered and paginated",
     )

@@ -111,16 +111,3 @@ def booklogr_error(name: str, description: str) -> OpenApiResponse:
         ),
         description=description,
     )
-
-
-def page_of(name: str, item: serializers.Serializer) -> serializers.Serializer:
-    """The schema of one `DefaultPagination` page of `item`s (`?page=&page_size=`)."""
-    return inline_serializer(
-        name=name,
-        fields={
-            "count": serializers.IntegerField(),
-            "next": serializers.URLField(allow_null=True),
-            "previous": serializers.URLField(allow_null=True),
-            "results": item,
-        },
-    )

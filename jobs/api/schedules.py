@@ -10,11 +10,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from coordinator.api.pagination import DefaultPagination
+from coordinator.api.pagination import DefaultPagination, page_of
 from coordinator.api.parsers import JSONParser
 from coordinator.api.views import ErrorEnvelopeSerializer
 from coordinator.permissions import platform_user
-from jobs.api.common import page_of
 from jobs.models import JobSchedule
 from jobs.schedules import schedule_create, schedule_delete, schedule_next_runs, schedule_update
 from jobs.selectors import schedule_get_for_user, schedule_last_runs, schedule_list
@@ -94,7 +93,7 @@ class ScheduleListApi(APIView):
 
     @extend_schema(
         operation_id="v1_schedules_list",
-        responses={200: page_of("SchedulePage", ScheduleOutputSerializer(many=True)), 401: E},
+        responses={200: page_of("SchedulePage", ScheduleOutputSerializer(many=True)), 401: E, 404: E},
         summary="The caller's schedules (admins: everyone's)",
     )
     def get(self, request: Request) -> Response:

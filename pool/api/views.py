@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 from rest_framework_simplejwt.authentication import JWTAuthentication
 
 from coordinator.api.idempotency import IdempotentCreateMixin
-from coordinator.api.pagination import DefaultPagination
+from coordinator.api.pagination import DefaultPagination, page_of
 from coordinator.api.views import ErrorEnvelopeSerializer
 from coordinator.errors import ValidationFailedError
 from coordinator.permissions import IsAdmin, IsMasterOrAdmin, platform_user
@@ -443,8 +443,9 @@ class TaskListApi(APIView):
         sender = serializers.EmailField(required=False)
 
     @extend_schema(
+        operation_id="pool_tasks_list",
         parameters=[FilterSerializer, OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
-        responses={200: TaskSummarySerializer(many=True), 400: E, 401: E, 403: E, 404: E},
+        responses={200: page_of("PoolTaskPage", TaskSummarySerializer(many=True)), 400: E, 401: E, 403: E, 404: E},
         tags=TAGS,
     )
     def get(self, request: Request) -> Response:
