@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -88,6 +88,11 @@ def _validate_when(fields: dict[str, Any]) -> None:
     cron = fields.get("cron") or ""
     if cron and (len(cron.split()) != 5 or not croniter.is_valid(cron)):
         raise ScheduleInvalidError("cron must be a 5-field expression such as '59 23 * * *'.", extra={"field": "cron"})
+    if cron:
+        try:  # a well-formed expression may still never match (`0 0 31 2 *`): croniter gives up
+            croniter(cron, timezone.now()).get_next(datetime)
+        except CroniterError:
+            raise ScheduleInvalidError("cron never matches a date.", extra={"field": "cron"}) from None
     interval = fields.get("interval_seconds")
     if interval is not None and not 1 <= interval <= MAX_INTERVAL_SECONDS:
         raise ScheduleInvalidError(

@@ -104,6 +104,7 @@ def test_pausing_and_changing_the_timing(user: User) -> None:
         ({}, "invalid_schedule"),
         ({"cron": "61 * * * *"}, "invalid_schedule"),
         ({"cron": "* * * * * *"}, "invalid_schedule"),
+        ({"cron": "0 0 31 2 *"}, "invalid_schedule"),  # well-formed, but no 31 February ever comes
         ({"cron": "* * * * *", "timezone": "Mars/Olympus"}, "invalid_schedule"),
         ({"interval_seconds": 0}, "invalid_schedule"),
         ({"interval_seconds": 60, "data": {"x": "one"}}, "invalid_job_arguments"),
