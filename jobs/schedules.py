@@ -18,13 +18,14 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from coordinator.errors import ApplicationError
 from coordinator.models import User
 from coordinator.services import audit_record
-from jobs.errors import ScheduleInvalidError
+from jobs.errors import ScheduleInvalidError, ScheduleOwnerInactiveError, TooManySchedulesError
 from jobs.models import JobSchedule, JobScheduleRun
 from jobs.services import job_check, job_create, job_notify_delayed
 
@@ -123,6 +124,13 @@ def schedule_create(*, owner: User, now: datetime | None = None, **fields: Any) 
     """Store a schedule whose type and arguments the owner may submit (checked like a job)."""
     _spec, fields["data"] = job_check(type=fields.get("type", ""), data=fields.get("data"), user=owner)
     _validate_when(fields)
+    # Each schedule starts jobs on its own for as long as it exists (every second at most): a
+    # bounded number per user keeps one user from flooding the shared job queue.
+    if JobSchedule.objects.filter(owner=owner).count() >= settings.SCHEDULES_PER_OWNER:
+        raise TooManySchedulesError(
+            f"At most {settings.SCHEDULES_PER_OWNER} schedules per user; delete one first.",
+            extra={"limit": settings.SCHEDULES_PER_OWNER},
+        )
     schedule = JobSchedule(owner=owner, **fields)
     schedule.next_run_at = _first_run(schedule, now or timezone.now())
     schedule.save()
@@ -216,6 +224,8 @@ def _start(schedule: JobSchedule, occurrence: datetime) -> None:
     if run is None:
         return
     try:
+        if not schedule.owner.is_active:  # a former user's schedules start nothing, whatever the type
+            raise ScheduleOwnerInactiveError()
         with transaction.atomic():
             run.job = job_create(type=schedule.type, data=schedule.data, user=schedule.owner)
     except ApplicationError as exc:  # the owner lost the right, or the job type changed

@@ -93,6 +93,15 @@ def test_a_cron_that_never_matches_is_refused_on_change_too(user, client_for):
     assert JobSchedule.objects.get().cron == BODY["cron"]
 
 
+def test_the_schedule_cap_is_409_in_the_envelope(user, client_for, settings):
+    settings.SCHEDULES_PER_OWNER = 1
+    client = client_for(user)
+    assert client.post("/v1/schedules", BODY, format="json").status_code == 201
+    refused = client.post("/v1/schedules", BODY, format="json")
+    assert refused.status_code == 409 and refused.json()["code"] == "too_many_schedules"
+    assert JobSchedule.objects.count() == 1
+
+
 def test_schedules_need_a_platform_user(anon_client):
     assert anon_client.get("/v1/schedules").status_code == 401
     assert anon_client.post("/v1/schedules", BODY, format="json").status_code == 401
