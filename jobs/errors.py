@@ -62,6 +62,19 @@ class ScheduleInvalidError(ApplicationError):
     default_message = "The schedule is not valid."
 
 
+class TooManySchedulesError(ConflictError):
+    """The owner already has SCHEDULES_PER_OWNER schedules."""
+
+    code = "too_many_schedules"
+    default_message = "Too many schedules."
+
+
+class ScheduleOwnerInactiveError(ApplicationError):
+    code = "owner_inactive"
+    status_code = 403
+    default_message = "The schedule's owner is deactivated; it starts nothing."
+
+
 class ScheduleNotFoundError(NotFoundError):
     code = "schedule_not_found"
     default_message = "No schedule found"

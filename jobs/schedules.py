@@ -17,14 +17,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from coordinator.errors import ApplicationError
 from coordinator.models import User
 from coordinator.services import audit_record
-from jobs.errors import ScheduleInvalidError
+from jobs.errors import ScheduleInvalidError, ScheduleOwnerInactiveError, TooManySchedulesError
 from jobs.models import JobSchedule, JobScheduleRun
 from jobs.services import job_check, job_create, job_notify_delayed
 
@@ -88,6 +89,11 @@ def _validate_when(fields: dict[str, Any]) -> None:
     cron = fields.get("cron") or ""
     if cron and (len(cron.split()) != 5 or not croniter.is_valid(cron)):
         raise ScheduleInvalidError("cron must be a 5-field expression such as '59 23 * * *'.", extra={"field": "cron"})
+    if cron:
+        try:  # a well-formed expression may still never match (`0 0 31 2 *`): croniter gives up
+            croniter(cron, timezone.now()).get_next(datetime)
+        except CroniterError:
+            raise ScheduleInvalidError("cron never matches a date.", extra={"field": "cron"}) from None
     interval = fields.get("interval_seconds")
     if interval is not None and not 1 <= interval <= MAX_INTERVAL_SECONDS:
         raise ScheduleInvalidError(
@@ -118,6 +124,13 @@ def schedule_create(*, owner: User, now: datetime | None = None, **fields: Any) 
     """Store a schedule whose type and arguments the owner may submit (checked like a job)."""
     _spec, fields["data"] = job_check(type=fields.get("type", ""), data=fields.get("data"), user=owner)
     _validate_when(fields)
+    # Each schedule starts jobs on its own for as long as it exists (every second at most): a
+    # bounded number per user keeps one user from flooding the shared job queue.
+    if JobSchedule.objects.filter(owner=owner).count() >= settings.SCHEDULES_PER_OWNER:
+        raise TooManySchedulesError(
+            f"At most {settings.SCHEDULES_PER_OWNER} schedules per user; delete one first.",
+            extra={"limit": settings.SCHEDULES_PER_OWNER},
+        )
     schedule = JobSchedule(owner=owner, **fields)
     schedule.next_run_at = _first_run(schedule, now or timezone.now())
     schedule.save()
@@ -211,6 +224,8 @@ def _start(schedule: JobSchedule, occurrence: datetime) -> None:
     if run is None:
         return
     try:
+        if not schedule.owner.is_active:  # a former user's schedules start nothing, whatever the type
+            raise ScheduleOwnerInactiveError()
         with transaction.atomic():
             run.job = job_create(type=schedule.type, data=schedule.data, user=schedule.owner)
     except ApplicationError as exc:  # the owner lost the right, or the job type changed

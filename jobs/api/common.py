@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -63,6 +63,10 @@ def submission_options(body: dict[str, Any]) -> SubmissionOptions:
             raise SubmissionOptionError("run_after", "run_after must be an ISO 8601 time, e.g. 2030-01-31T23:59:00Z.")
         if timezone.is_naive(run_after):
             raise SubmissionOptionError("run_after", "run_after needs a UTC offset (Z or +hh:mm).")
+        try:
+            run_after = run_after.astimezone(UTC)
+        except OverflowError:  # year 1 with a positive offset lies before the first UTC time there is
+            raise SubmissionOptionError("run_after", "run_after is out of range.") from None
         if run_after - timezone.now() > timedelta(seconds=MAX_DELAY_SECONDS):
             raise SubmissionOptionError("run_after", "run_after is more than 366 days away.")
     elif body.get("delay_seconds") is not None:

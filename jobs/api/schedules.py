@@ -106,7 +106,7 @@ class ScheduleListApi(APIView):
     @extend_schema(
         operation_id="v1_schedules_create",
         request=ScheduleInputSerializer,
-        responses={201: ScheduleOutputSerializer, 400: E, 401: E, 403: E, 422: E},
+        responses={201: ScheduleOutputSerializer, 400: E, 401: E, 403: E, 409: E, 422: E},
         summary="Create a schedule (cron, interval_seconds or run_at), run with the caller's permissions",
     )
     def post(self, request: Request) -> Response:

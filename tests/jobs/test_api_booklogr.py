@@ -260,6 +260,7 @@ def test_a_delayed_task_stays_fresh_with_its_time_shown(user, client_for, django
         {"run_after": "2030-02-30T10:00:00Z"},
         {"run_after": "2030-01-01T10:00:00"},
         {"run_after": "9999-01-01T10:00:00Z"},
+        {"run_after": "0001-01-01T00:00:00+14:00"},  # before the first UTC time there is (was a 500)
         {"run_after": "2030-01-01T10:00:00Z", "delay_seconds": 5},
         {"unique_key": ""},
         {"unique_key": 7},

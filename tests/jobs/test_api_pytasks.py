@@ -218,3 +218,11 @@ def test_delay_and_unique_key_on_task(anon_client):
         "errors": {"delay_seconds": "delay_seconds must be a number from 0 to 31622400."},
         "message": "Input payload validation failed",
     }
+
+
+def test_a_run_after_before_the_first_utc_time_is_400_not_500(anon_client):
+    body = {"type": "test.main.add", "args": {"x": 1, "y": 2}, "run_after": "0001-01-01T00:00:00+14:00"}
+    response = anon_client.post("/task", body, format="json")
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"run_after": "run_after is out of range."}
+    assert not Job.objects.exists()

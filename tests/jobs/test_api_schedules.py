@@ -67,6 +67,7 @@ def test_only_the_owner_or_an_admin_sees_or_changes_a_schedule(user, master, adm
     ("change", "status", "code"),
     [
         ({"cron": "every day"}, 400, "invalid_schedule"),
+        ({"cron": "0 0 30 2 *"}, 400, "invalid_schedule"),  # never matches: croniter gives up (was a 500)
         ({"interval_seconds": 60}, 400, "invalid_schedule"),  # two ways to say when
         ({"timezone": "Nowhere/Else"}, 400, "invalid_schedule"),
         ({"missed": "sometimes"}, 400, "validation_error"),
@@ -82,6 +83,23 @@ def test_bad_schedules_are_4xx_in_the_envelope_and_create_nothing(user, client_f
     response = client_for(user).post("/v1/schedules", body, format="json")
     assert response.status_code == status and response.json()["code"] == code
     assert not JobSchedule.objects.exists()
+
+
+def test_a_cron_that_never_matches_is_refused_on_change_too(user, client_for):
+    client = client_for(user)
+    url = f"/v1/schedules/{client.post('/v1/schedules', BODY, format='json').json()['id']}"
+    response = client.patch(url, {"cron": "0 0 31 4,6,9,11 *"}, format="json")
+    assert response.status_code == 400 and response.json()["code"] == "invalid_schedule"
+    assert JobSchedule.objects.get().cron == BODY["cron"]
+
+
+def test_the_schedule_cap_is_409_in_the_envelope(user, client_for, settings):
+    settings.SCHEDULES_PER_OWNER = 1
+    client = client_for(user)
+    assert client.post("/v1/schedules", BODY, format="json").status_code == 201
+    refused = client.post("/v1/schedules", BODY, format="json")
+    assert refused.status_code == 409 and refused.json()["code"] == "too_many_schedules"
+    assert JobSchedule.objects.count() == 1
 
 
 def test_schedules_need_a_platform_user(anon_client):

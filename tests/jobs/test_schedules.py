@@ -104,6 +104,7 @@ def test_pausing_and_changing_the_timing(user: User) -> None:
         ({}, "invalid_schedule"),
         ({"cron": "61 * * * *"}, "invalid_schedule"),
         ({"cron": "* * * * * *"}, "invalid_schedule"),
+        ({"cron": "0 0 31 2 *"}, "invalid_schedule"),  # well-formed, but no 31 February ever comes
         ({"cron": "* * * * *", "timezone": "Mars/Olympus"}, "invalid_schedule"),
         ({"interval_seconds": 0}, "invalid_schedule"),
         ({"interval_seconds": 60, "data": {"x": "one"}}, "invalid_job_arguments"),
@@ -129,6 +130,26 @@ def test_a_run_whose_owner_lost_the_right_is_recorded_not_started(admin: User) -
     schedules_fire_due(now=at("2026-12-07 10:01"))
     run = JobScheduleRun.objects.get()
     assert run.job is None and "permission" in run.error and not Job.objects.exists()
+
+
+def test_a_deactivated_owners_schedule_starts_nothing_even_of_an_open_job_type(user: User) -> None:
+    # test.main.add needs no permission and no sign-in: only the owner's deactivation can stop it.
+    schedule_create(owner=user, interval_seconds=60, now=at("2026-12-07 10:00"), **ADD)
+    User.objects.filter(pk=user.pk).update(is_active=False)
+    schedules_fire_due(now=at("2026-12-07 10:01"))
+    run = JobScheduleRun.objects.get()
+    assert run.job is None and "deactivated" in run.error and not Job.objects.exists()
+
+
+def test_one_user_cannot_own_more_schedules_than_the_cap(user: User, master: User, settings) -> None:
+    settings.SCHEDULES_PER_OWNER = 2
+    for _ in range(2):
+        schedule_create(owner=user, interval_seconds=1, **ADD)
+    with pytest.raises(ApplicationError) as refused:
+        schedule_create(owner=user, interval_seconds=1, **ADD)
+    assert refused.value.code == "too_many_schedules" and refused.value.status_code == 409
+    assert JobSchedule.objects.filter(owner=user).count() == 2
+    schedule_create(owner=master, interval_seconds=1, **ADD)  # the cap is each user's own
 
 
 def test_a_late_occurrence_is_run_not_taken_for_a_missed_one(user: User) -> None:
