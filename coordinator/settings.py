@@ -536,6 +536,8 @@ JOBS_EXAMPLE_PACK = env_bool("JOBS_EXAMPLE_PACK", True)
 # Retention: finished jobs (with their attempts) and export/upload files are pruned after this.
 JOBS_KEEP_DAYS = env_float("JOBS_KEEP_DAYS", 30.0, minimum=0.01)
 JOBS_FILES_KEEP_DAYS = env_float("JOBS_FILES_KEEP_DAYS", 7.0, minimum=0.01)
+# Schedules one user may own: each starts jobs by itself (as often as every second) until deleted.
+SCHEDULES_PER_OWNER = env_int("SCHEDULES_PER_OWNER", 50, minimum=1)
 
 # --- Live progress (progress) -------------------------------------------------------------------
 PROGRESS_PUBLIC = env_bool("PROGRESS_PUBLIC", False)
@@ -553,8 +555,7 @@ WEBHOOKS_ALLOW_PRIVATE = env_bool("WEBHOOKS_ALLOW_PRIVATE", False)
 # Webhooks one user may own: every event is queued once per matching webhook, in the publisher's
 # transaction, so an unbounded number would let one user flood the job queue and a third party.
 WEBHOOKS_PER_OWNER = env_int("WEBHOOKS_PER_OWNER", 25, minimum=1)
-# Schedules one user may own: each starts jobs by itself (as often as every second) until deleted.
-SCHEDULES_PER_OWNER = env_int("SCHEDULES_PER_OWNER", 50, minimum=1)
+
 # --- Metrics for Prometheus (`GET /metrics`, coordinator/metrics.py) ------------------------------
 # Never public: a scraper sends `Authorization: Bearer <METRICS_TOKEN>`, or scrapes from an address
 # (or network, CIDR) on the list. Neither set: every scrape is refused.
