@@ -27,18 +27,12 @@ from django_q.conf import Conf
 from django_q.models import OrmQ
 
 from jobs import conf
-from jobs.registry import DEFAULT_QUEUE
+from jobs.registry import queue_list_key
 
 logger = logging.getLogger("jobs.broker")
 
 QUEUE_CHANNEL = "django_q"
 CHANNELS = ("task_created", QUEUE_CHANNEL)
-
-
-def queue_list_key(queue: str) -> str:
-    """The django-q2 cluster name (the broker's list key) of a job queue: `default` is the site's
-    own name (Q_CLUSTER["name"]), so a plain `qcluster` and any other `async_task` keep theirs."""
-    return Conf.PREFIX if queue == DEFAULT_QUEUE else queue
 
 
 def served_keys(list_key: str) -> list[str] | None:

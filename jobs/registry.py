@@ -22,10 +22,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
+from django_q.conf import Conf
+
 from jobs.errors import ArgumentError
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_QUEUE = "default"
+
+
+def queue_list_key(queue: str) -> str:
+    """The django-q2 cluster name (the broker's list key) of a job queue: `default` is the site's
+    own name (Q_CLUSTER["name"]), so a plain `qcluster` and any other `async_task` keep theirs."""
+    return Conf.PREFIX if queue == DEFAULT_QUEUE else queue
+
+
 _MISSING = inspect.Parameter.empty
 # Integers beyond 64 bits cannot be stored or compared safely in every database and client.
 _INT_LIMIT = 2**63

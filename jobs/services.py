@@ -24,7 +24,7 @@ from jobs import conf, metrics
 from jobs.context import JobCancelled, JobContext
 from jobs.errors import JobNeedsUserError, JobNotAllowedError, JobStateError, UnknownJobTypeError
 from jobs.models import ACTIVE_STATUSES, Job, JobAttempt
-from jobs.registry import JobSpec, any_limited, build_kwargs, get_spec, validate_args
+from jobs.registry import JobSpec, any_limited, build_kwargs, get_spec, queue_list_key, validate_args
 from progress.services import progress_publish
 
 logger = logging.getLogger("jobs")
@@ -199,8 +199,6 @@ def job_enqueue(*, job_id: int, job_type: str | None = None, queue: str | None =
     """
     from django_q.brokers import get_broker
     from django_q.tasks import async_task
-
-    from jobs.broker import queue_list_key
 
     if job_type is None or queue is None:
         row = Job.objects.filter(pk=job_id).values_list("type", "queue").first()

@@ -81,7 +81,8 @@ def test_a_database_outage_is_a_503_in_every_dialect_and_passes(throwaway_postgr
                 ),
                 "farm": requests.get(f"{live}/api/runs", headers={"Authorization": basic}, timeout=20),
                 "pytasks": requests.post(f"{live}/task", json={"type": "noop", "args": {}}, timeout=20),
-                "booklogr": requests.get(f"{live}/v1/tasks", headers=bearer, timeout=20),
+                # A BookLogr endpoint of the seed (GET /v1/tasks, the job list, speaks the envelope).
+                "booklogr": requests.get(f"{live}/v1/tasks/1", headers=bearer, timeout=20),
                 "health": requests.get(f"{live}/healthz", timeout=20),
             }
         finally:
