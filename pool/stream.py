@@ -18,13 +18,12 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from coordinator.api.envelope import error_response
-from coordinator.api.views import ErrorEnvelopeSerializer
 from pool.authentication import DeviceJWTAuthentication, IsDevice, device_from_token
 from pool.models import Device
 from pool.services import PUSH_ALL, push_topic
@@ -33,7 +32,7 @@ from progress import conf as progress_conf
 from progress.db import db_call
 from progress.events import Event
 from progress.selectors import REPLAY_LIMIT, Viewer, event_latest_id, event_list_after, event_replay_possible
-from progress.streams import BadParameter, Beginning, last_event_id, sse_stream
+from progress.streams import BadParameter, Beginning, last_event_id, sse_responses, sse_stream
 
 PUSH_READER = Viewer(sees_all=True)  # the topics chosen below are the device's own
 
@@ -139,23 +138,7 @@ class PoolEventsSchema(APIView):
                 description="Replay the events after this id.",
             ),
         ],
-        responses={
-            (200, "text/event-stream"): OpenApiResponse(
-                {
-                    "type": "object",
-                    "properties": {
-                        "event": {"type": "string", "enum": ["pending"]},
-                        "data": {"type": "string", "description": 'JSON: {"pending": true}'},
-                        "id": {"type": "string"},
-                        "retry": {"type": "integer"},
-                    },
-                },
-                description="The event stream: one object per event.",
-            ),
-            (400, "application/json"): ErrorEnvelopeSerializer,
-            (401, "application/json"): ErrorEnvelopeSerializer,
-            (403, "application/json"): ErrorEnvelopeSerializer,
-        },
+        responses=sse_responses(events=["pending"], data='JSON: {"pending": true}'),
         tags=["pool"],
     )
     def get(self, request: Request) -> Any:  # pragma: no cover - never routed; the async view serves the path

@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from django.http import HttpRequest
+from drf_spectacular.utils import OpenApiResponse
 
+from coordinator.api.views import ErrorEnvelopeSerializer
 from progress import conf, metrics
 from progress.events import Event, sse_frame
 from progress.hub import Subscriber, hub
@@ -79,3 +82,25 @@ async def sse_stream(
     finally:
         hub().unsubscribe(subscriber)
         metrics.clients.labels("sse").dec()
+
+
+def sse_responses(*, events: list[str], data: str) -> dict[Any, Any]:
+    """The OpenAPI answers of an SSE view: the event stream (its schema describes one event, as
+    schemathesis and OpenAPI 3.2 read event-stream schemas) or the error envelope."""
+    return {
+        (200, "text/event-stream"): OpenApiResponse(
+            {
+                "type": "object",
+                "properties": {
+                    "event": {"type": "string", "enum": events},
+                    "data": {"type": "string", "description": data},
+                    "id": {"type": "string"},
+                    "retry": {"type": "integer"},
+                },
+            },
+            description="The event stream: one object per event.",
+        ),
+        (400, "application/json"): ErrorEnvelopeSerializer,
+        (401, "application/json"): ErrorEnvelopeSerializer,
+        (403, "application/json"): ErrorEnvelopeSerializer,
+    }

@@ -19,7 +19,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -27,7 +27,6 @@ from rest_framework.views import APIView
 from rest_framework_simplejwt.authentication import JWTAuthentication
 
 from coordinator.api.envelope import error_response
-from coordinator.api.views import ErrorEnvelopeSerializer
 from progress import conf
 from progress.auth import Access, TooManyStreams, access_for, still_allowed, stream_slot_release, stream_slot_take
 from progress.db import db_call
@@ -40,7 +39,7 @@ from progress.selectors import (
     event_replay_possible,
     topic_snapshot_events,
 )
-from progress.streams import BadParameter, last_event_id, sse_stream
+from progress.streams import BadParameter, last_event_id, sse_responses, sse_stream
 
 
 def _topics(request: HttpRequest) -> set[str]:
@@ -171,24 +170,7 @@ class ProgressEventsSchema(APIView):
                 description="Replay the events after this id (sent by EventSource on reconnect).",
             ),
         ],
-        responses={
-            # Event-stream schemas describe one event (schemathesis and OpenAPI 3.2 read them so).
-            (200, "text/event-stream"): OpenApiResponse(
-                {
-                    "type": "object",
-                    "properties": {
-                        "event": {"type": "string", "enum": ["new", "msg", "end"]},
-                        "data": {"type": "string", "description": 'JSON: {"<uid or topic>": "<text>"}'},
-                        "id": {"type": "string"},
-                        "retry": {"type": "integer"},
-                    },
-                },
-                description="The event stream: one object per event.",
-            ),
-            (400, "application/json"): ErrorEnvelopeSerializer,
-            (401, "application/json"): ErrorEnvelopeSerializer,
-            (403, "application/json"): ErrorEnvelopeSerializer,
-        },
+        responses=sse_responses(events=["new", "msg", "end"], data='JSON: {"<uid or topic>": "<text>"}'),
         tags=["progress"],
     )
     def get(self, request: Request) -> Any:  # pragma: no cover - never routed; the async view serves the path
