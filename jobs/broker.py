@@ -20,7 +20,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from django.db import connections
+from django.db import InterfaceError, OperationalError, connections
 from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
@@ -53,6 +53,9 @@ class ListenNotifyBroker(ORM):
         self.keys = served_keys(self.list_key)
         self._listen_conn: Any = None
         self._next_sweep = 0.0
+        # Since when (monotonic) this broker has reached the database without a break; None while
+        # it cannot. Heartbeats missed during an outage say nothing about their workers.
+        self._database_since: float | None = -math.inf
         # Epoch seconds when the earliest delayed job is due (inf: none; None: not read yet).
         self._next_due: float | None = None
 
@@ -148,7 +151,15 @@ class ListenNotifyBroker(ORM):
         try:
             from jobs.services import jobs_sweep
 
-            jobs_sweep()
+            # Back from an outage, live workers need one stale period to beat again before a
+            # silent job may be taken for a lost one and run a second time.
+            back_for = now - self._database_since if self._database_since is not None else 0.0
+            jobs_sweep(recover=back_for >= conf.stale_seconds())
+            if self._database_since is None:
+                self._database_since = now
+        except (OperationalError, InterfaceError):
+            self._database_since = None
+            logger.warning("jobs sweep: the database is unreachable")
         except Exception:
             logger.exception("jobs sweep failed")
 

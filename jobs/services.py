@@ -13,7 +13,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -384,18 +384,20 @@ def job_execute(*, job_id: int, job_type: str | None = None) -> str:
             kwargs[spec.context_param] = ctx
         result = _json_result(spec.func(**kwargs))
     except JobCancelled as exc:
-        heartbeat.current = None
-        return job_finish(job_id=job_id, worker=worker, ok=False, error=str(exc), retryable=False, job=job)
+        return _record_outcome(
+            heartbeat, job_id=job_id, worker=worker, ok=False, error=str(exc), retryable=False, job=job
+        )
     except (Exception, SystemExit) as exc:
         # django-q2's TimeoutException derives from SystemExit; it is the per-job timeout.
-        heartbeat.current = None
         if type(exc).__name__ == "TimeoutException":
             error = f"Timed out: the job ran longer than its timeout ({exc})."
         elif isinstance(exc, SystemExit):
+            heartbeat.current = None
             raise
         else:
             error = f"{type(exc).__name__}: {exc}"
-        return job_finish(
+        return _record_outcome(
+            heartbeat,
             job_id=job_id,
             worker=worker,
             ok=False,
@@ -404,8 +406,32 @@ def job_execute(*, job_id: int, job_type: str | None = None) -> str:
             retryable=retryable,
             job=job,
         )
-    heartbeat.current = None
-    return job_finish(job_id=job_id, worker=worker, ok=True, result=result, job=job)
+    return _record_outcome(heartbeat, job_id=job_id, worker=worker, ok=True, result=result, job=job)
+
+
+# How long a worker holds the outcome of a finished attempt while the database is unreachable.
+OUTCOME_PATIENCE_SECONDS = 300.0
+
+
+def _record_outcome(heartbeat: _Heartbeat, **outcome: Any) -> str:
+    """`job_finish`, waiting out a database outage: the work is done, and an outcome dropped here
+    would leave the job `started` for the sweep to run a second time. The heartbeat goes on
+    meanwhile, so the job is not taken for a lost one once the database is back."""
+    delay = 0.2
+    deadline = time.monotonic() + OUTCOME_PATIENCE_SECONDS
+    try:
+        while True:
+            try:
+                return job_finish(**outcome)
+            except (OperationalError, InterfaceError):
+                if time.monotonic() >= deadline:
+                    raise
+                logger.warning("database unreachable; holding the outcome of job %s", outcome["job_id"])
+                connection.close()
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+    finally:
+        heartbeat.current = None
 
 
 def _limited_spec(job_id: int, job_type: str | None) -> JobSpec | None:
@@ -685,8 +711,9 @@ def jobs_delete_fresh() -> int:
     return deleted
 
 
-def jobs_sweep() -> dict[str, list[Any]]:
-    """One maintenance pass, run by every cluster's broker and by `manage.py jobs_sweep`."""
+def jobs_sweep(*, recover: bool = True) -> dict[str, list[Any]]:
+    """One maintenance pass, run by every cluster's broker and by `manage.py jobs_sweep`.
+    `recover=False` leaves started jobs alone (a broker just back from a database outage)."""
     from django.core.cache import cache
 
     from jobs.exports import orphan_parts_remove
@@ -699,7 +726,7 @@ def jobs_sweep() -> dict[str, list[Any]]:
     watchdog_sweep_if_due()  # the silence watchdog's rules, at most every 30 s across clusters
     pruned = jobs_prune_if_due() or {}  # once an hour across all clusters
     return {
-        "recovered": jobs_recover_stale(),
+        "recovered": jobs_recover_stale() if recover else [],
         "requeued": jobs_requeue_undelivered(),
         "queued": jobs_queue_backlog(),
         "removed_parts": orphan_parts_remove(),

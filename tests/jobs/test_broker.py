@@ -71,3 +71,52 @@ def test_a_cluster_named_for_queues_takes_only_their_entries(user: User) -> None
     finally:
         exports.close()
         default.close()
+
+
+def test_back_from_a_database_outage_the_broker_waits_a_stale_period_before_recovering(
+    user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Heartbeats missed while the database was down say nothing about their workers: right after
+    an outage a silent job stays `started`; one stale period later it is recovered."""
+    from django.db import OperationalError
+
+    from jobs import services
+    from jobs.services import job_claim
+
+    job = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user)
+    assert job_claim(job_id=job.pk, worker="elsewhere:1")
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=conf.stale_seconds() * 2))
+    broker = ListenNotifyBroker(list_key="outage-test")
+    real_sweep = services.jobs_sweep
+    try:
+
+        def unreachable(**_: object) -> None:
+            raise OperationalError("could not connect to server")
+
+        monkeypatch.setattr(services, "jobs_sweep", unreachable)
+        broker._maybe_sweep()
+        monkeypatch.setattr(services, "jobs_sweep", real_sweep)
+        broker._next_sweep = 0.0
+        broker._maybe_sweep()  # the database is back
+        assert Job.objects.get(pk=job.pk).status == "started"
+        assert broker._database_since is not None
+        broker._database_since -= conf.stale_seconds()  # one stale period later
+        broker._next_sweep = 0.0
+        broker._maybe_sweep()
+        assert Job.objects.get(pk=job.pk).status == "fresh"
+    finally:
+        broker.close()
+
+
+def test_a_broker_that_never_lost_the_database_recovers_at_once(user: User) -> None:
+    from jobs.services import job_claim
+
+    job = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user)
+    assert job_claim(job_id=job.pk, worker="elsewhere:1")
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=conf.stale_seconds() * 2))
+    broker = ListenNotifyBroker(list_key="outage-test")
+    try:
+        broker._maybe_sweep()
+        assert Job.objects.get(pk=job.pk).status == "fresh"
+    finally:
+        broker.close()

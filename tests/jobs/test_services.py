@@ -220,6 +220,33 @@ def test_recovery_runs_a_job_whose_worker_was_lost_again_without_using_an_attemp
     assert doomed.interruptions == 0 and doomed.attempts == 0
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_outcome_waits_out_a_database_outage_instead_of_running_the_job_twice(
+    user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job ran; the database goes away before its outcome is stored. The worker holds the
+    outcome (its heartbeat still beating) until the database is back, so the sweep never takes
+    the job for a lost one and runs it again."""
+    from django.db import OperationalError
+
+    job = job_create(type="test.main.add", data={"x": 40, "y": 2}, user=user)
+    real_finish = services.job_finish
+    beating_while_down: list[bool] = []
+
+    def finish_after_an_outage(**outcome: Any) -> str:
+        if len(beating_while_down) < 2:
+            beating_while_down.append(services._Heartbeat.get().current is not None)
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_finish(**outcome)
+
+    monkeypatch.setattr(services, "job_finish", finish_after_an_outage)
+    assert job_execute(job_id=job.pk) == "success"
+    job.refresh_from_db()
+    assert (job.status, job.result, job.attempts) == ("success", 42, 1)
+    assert beating_while_down == [True, True]
+    assert services._Heartbeat.get().current is None
+
+
 def test_manager_commands(user: User, capsys) -> None:
     never = job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user)  # on_commit never ran
     Job.objects.filter(pk=never.pk).update(created_at=timezone.now() - timedelta(minutes=1))
