@@ -18,7 +18,7 @@ from django.utils.safestring import mark_safe
 from rest_framework import serializers
 
 from coordinator.admin_display import relative_time, shortened
-from coordinator.admin_site import SafeSelectionMixin, ServiceActionsAdmin
+from coordinator.admin_site import ReadOnlyAdmin, SafeSelectionMixin, ServiceActionsAdmin
 from coordinator.api.parsers import loads_strict
 from coordinator.errors import ValidationFailedError
 from coordinator.models import User
@@ -743,7 +743,7 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(SafeSelectionMixin, MessageColumns, admin.ModelAdmin):
+class MessageAdmin(MessageColumns, ReadOnlyAdmin):
     """The full log, read-only."""
 
     list_display = ("type", "title", "sent", "sender", "to_short", "parent_short", "msg_short")
@@ -754,15 +754,6 @@ class MessageAdmin(SafeSelectionMixin, MessageColumns, admin.ModelAdmin):
     list_per_page = 100
     ordering = ("-seq",)  # newest first: the primary key is the log's order
     fields = ("msg_id", "ts", "sender", "to", "type", "title", "body", "parent_id", "meta")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="in reply to", ordering="parent_id")
     def parent_short(self, obj: Message) -> str:

@@ -32,7 +32,7 @@ LIVE_KINDS = [
 
 
 @admin.register(ProgressTopic)
-class ProgressTopicAdmin(SafeSelectionMixin, admin.ModelAdmin):
+class ProgressTopicAdmin(ReadOnlyAdmin):
     list_display = ["name", "percent", "text", "topic", "started", "updated", "ended"]
     list_filter = [("ended_at", admin.EmptyFieldListFilter)]
     search_fields = ["topic", "name", "text"]
@@ -61,15 +61,6 @@ class ProgressTopicAdmin(SafeSelectionMixin, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ProgressTopic]:
         return topic_list(viewer=viewer_for(request.user))  # type: ignore[arg-type]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def get_urls(self) -> list[URLPattern]:
         live = path("live/", self.admin_site.admin_view(self.live_view), name="progress_live")
