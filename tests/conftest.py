@@ -19,6 +19,18 @@ def _no_trailing_farm_events(settings: Any) -> None:
     settings.FARM_PROGRESS_TRAILING = False
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _a_clean_shared_cache() -> None:
+    """The suite owns the Redis database REDIS_URL names: what an earlier run's processes left
+    there (a killed cluster's last sweep, rate-limit counters) must not decide this run's answers."""
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        from django.core.cache import cache
+
+        cache.clear()
+
+
 # The suite signs in far more often than any one client would; the tests of the limits set their own.
 UNLIMITED_CREDENTIALS = {"credentials_per_address": "100000/min", "credentials_per_account": "100000/min"}
 
