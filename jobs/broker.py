@@ -46,8 +46,6 @@ def served_keys(list_key: str) -> list[str] | None:
 
 
 class ListenNotifyBroker(ORM):
-    skip_notify = False
-
     def __init__(self, list_key: str | None = None) -> None:
         super().__init__(list_key=list_key)  # type: ignore[arg-type]
         self.keys = served_keys(self.list_key)
@@ -73,7 +71,7 @@ class ListenNotifyBroker(ORM):
 
     def enqueue(self, task: Any) -> Any:
         pk = super().enqueue(task)
-        if self.is_postgres and not self.skip_notify:
+        if self.is_postgres:  # jobs are queued by jobs_enqueue, with their own NOTIFY
             with self._db.cursor() as cursor:
                 cursor.execute("SELECT pg_notify(%s, %s)", [QUEUE_CHANNEL, self.list_key])
         return pk
