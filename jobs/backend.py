@@ -3,8 +3,9 @@ the standard (`@task`, `.enqueue()`, `.get_result()`) runs as Coordinator jobs o
 
 Each enqueue is a job of the type `django_tasks.run` (protected: only trusted code, through this
 backend, and admins may start one), so it shows in the admin with progress, retry and cancel. The
-result id is the job's uuid. `queue_name` is the job's queue; a priority above 0 runs on
-`<queue>-high`, below 0 on `<queue>-low` (serve those with `qcluster --queue`).
+result id is the job's uuid. `queue_name` is the job's queue; a priority above 0 runs on its band
+`<queue>-high`, below 0 on `<queue>-low` (`jobs.registry.queue_band`): the clusters serving the
+queue serve its bands, high before normal before low.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from django_tasks.utils import normalize_json
 
 from jobs.context import JobContext
 from jobs.models import Job
-from jobs.registry import job, queue_name_valid
+from jobs.registry import job, queue_band, queue_name_valid
 from jobs.selectors import job_get_by_uuid
 
 T = TypeVar("T")
@@ -36,8 +37,7 @@ STATUSES = {
 
 
 def _queue(task: Task[Any, Any]) -> str:
-    band = "-high" if task.priority > 0 else "-low" if task.priority < 0 else ""
-    return f"{task.queue_name}{band}"
+    return queue_band(task.queue_name, task.priority)
 
 
 class CoordinatorBackend(BaseTaskBackend):

@@ -21,13 +21,14 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, connections
+from django.db.models import Case, When
 from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
 from django_q.models import OrmQ
 
 from jobs import conf
-from jobs.registry import queue_list_key
+from jobs.registry import HIGH_BAND, LOW_BAND, queue_band, queue_list_key
 
 logger = logging.getLogger("jobs.broker")
 
@@ -38,16 +39,29 @@ CHANNELS = ("task_created", QUEUE_CHANNEL)
 def served_keys(list_key: str) -> list[str] | None:
     """The list keys a cluster named `list_key` takes from: the site's own name serves every
     queue (None); `exports,default` (what `qcluster --queue exports --queue default` sets) serves
-    those queues only."""
+    those queues and their priority bands (`exports-high`, `default-low`, …) only."""
     if list_key == Conf.PREFIX:
         return None
     names = [name.strip() for name in list_key.split(",") if name.strip()]
-    return sorted({list_key, *(queue_list_key(name) for name in names)})
+    bands = [queue_band(name, priority) for name in names for priority in (-1, 0, 1)]
+    return sorted({list_key, *(queue_list_key(name) for name in bands)})
+
+
+# The claim's order on PostgreSQL, exactly as the expression index `jobs_ormq_claim_order`
+# (migration jobs 0006) has it, so a claim reads one index entry however long the queue is.
+CLAIM_RANK_SQL = f"CASE WHEN key LIKE '%{HIGH_BAND}' THEN 0 WHEN key LIKE '%{LOW_BAND}' THEN 2 ELSE 1 END"
+
+
+def _rank_of(key: str) -> int:
+    return 0 if key.endswith(HIGH_BAND) else 2 if key.endswith(LOW_BAND) else 1
+
+
+def _band_rank() -> Case:
+    """Claim order across the served keys: a queue's `-high` band first, its `-low` band last."""
+    return Case(When(key__endswith=HIGH_BAND, then=0), When(key__endswith=LOW_BAND, then=2), default=1)
 
 
 class ListenNotifyBroker(ORM):
-    skip_notify = False
-
     def __init__(self, list_key: str | None = None) -> None:
         super().__init__(list_key=list_key)  # type: ignore[arg-type]
         self.keys = served_keys(self.list_key)
@@ -76,7 +90,7 @@ class ListenNotifyBroker(ORM):
 
     def enqueue(self, task: Any) -> Any:
         pk = super().enqueue(task)
-        if self.is_postgres and not self.skip_notify:
+        if self.is_postgres:  # jobs are queued by jobs_enqueue, with their own NOTIFY
             with self._db.cursor() as cursor:
                 cursor.execute("SELECT pg_notify(%s, %s)", [QUEUE_CHANNEL, self.list_key])
         return pk
@@ -89,13 +103,16 @@ class ListenNotifyBroker(ORM):
         self.get_connection()
         served, params = ("", []) if self.keys is None else ("key = ANY(%s) AND ", [self.keys])
         with self._db.cursor() as cursor:
-            # SKIP LOCKED: two clusters never wait on, or both take, the same queue row.
+            # SKIP LOCKED: two clusters never wait on, or both take, the same queue row. The
+            # priority bands first (`_band_rank`), then the order they were queued in.
             cursor.execute(
                 f"UPDATE {table} SET lock = %s WHERE id IN (SELECT id FROM {table} WHERE {served}lock < %s "
-                f"ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id, payload",
+                f"ORDER BY {CLAIM_RANK_SQL.replace('%', '%%')}, id LIMIT %s FOR UPDATE SKIP LOCKED) "
+                f"RETURNING id, payload, key",
                 [now + timedelta(seconds=Conf.RETRY), *params, now, Conf.BULK],
             )
-            return [(row[0], row[1]) for row in cursor.fetchall()]
+            rows = sorted(cursor.fetchall(), key=lambda row: (_rank_of(row[2]), row[0]))
+            return [(row[0], row[1]) for row in rows]
 
     def close(self) -> None:
         if self._listen_conn is not None:
@@ -215,7 +232,7 @@ def super_dequeue_without_sleep(broker: ListenNotifyBroker) -> list[tuple[Any, A
     rows = broker.get_connection().filter(lock__lt=timezone.now())
     if broker.keys is not None:
         rows = rows.filter(key__in=broker.keys)
-    tasks = rows.order_by("id")[0 : Conf.BULK]
+    tasks = rows.order_by(_band_rank(), "id")[0 : Conf.BULK]
     taken = []
     for task in tasks:
         if broker.get_connection().filter(id=task.id, lock=task.lock).update(lock=broker.timeout(task)):

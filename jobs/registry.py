@@ -36,6 +36,17 @@ def queue_list_key(queue: str) -> str:
     return Conf.PREFIX if queue == DEFAULT_QUEUE else queue
 
 
+# A django-tasks priority runs on a band of its queue: above 0 on `<queue>-high`, below 0 on
+# `<queue>-low`. Every cluster that serves a queue serves its bands too, and takes `-high` entries
+# before the queue's own and those before `-low` (jobs.broker).
+HIGH_BAND, LOW_BAND = "-high", "-low"
+
+
+def queue_band(queue: str, priority: int) -> str:
+    """The queue a job of this django-tasks `priority` runs on."""
+    return f"{queue}{HIGH_BAND if priority > 0 else LOW_BAND if priority < 0 else ''}"
+
+
 _MISSING = inspect.Parameter.empty
 # Integers beyond 64 bits cannot be stored or compared safely in every database and client.
 _INT_LIMIT = 2**63

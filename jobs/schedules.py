@@ -27,7 +27,7 @@ from coordinator.models import User
 from coordinator.services import audit_record
 from jobs.errors import ScheduleInvalidError, ScheduleOwnerInactiveError, TooManySchedulesError
 from jobs.models import JobSchedule, JobScheduleRun
-from jobs.services import job_check, job_create, job_notify_delayed
+from jobs.services import JobRequest, job_check, job_notify_delayed, jobs_create
 
 # Schedules fired per transaction by one broker; the rest wait for its next pass.
 FIRE_BATCH = 500
@@ -189,45 +189,70 @@ def schedules_fire_due(*, now: datetime | None = None, limit: int = FIRE_BATCH) 
             .filter(enabled=True, next_run_at__lte=now)
             .order_by("next_run_at")[:limit]
         )
+        owners: dict[int, User] = {}
+        runs = []
         for schedule in due:
-            _fire(schedule, now)
+            # One instance per owner: its permissions are read once for the whole batch.
+            schedule.owner = owners.setdefault(schedule.owner_id, schedule.owner)
+            runs.append(_plan(schedule, now))
+        try:
+            with transaction.atomic():  # a savepoint: a clash undoes the batch's jobs and rows only
+                _start(runs)
+        except IntegrityError:
+            # Some occurrence already has its row (another cluster, or a schedule moved back):
+            # one at a time, so every other occurrence of the batch still starts.
+            for run in runs:
+                try:
+                    with transaction.atomic():
+                        _start([run])
+                except IntegrityError:
+                    pass  # another cluster already has this occurrence
+        touched = timezone.now()
+        for schedule in due:
+            schedule.updated_at = touched
+        JobSchedule.objects.bulk_update(due, ["next_run_at", "updated_at"])
     return len(due)
 
 
-def _fire(schedule: JobSchedule, now: datetime) -> None:
+def _plan(schedule: JobSchedule, now: datetime) -> JobScheduleRun:
+    """The run row of the schedule's due occurrence (a skipped one when it was missed and the
+    schedule skips missed runs), and the schedule moved to its next occurrence (not yet saved)."""
     occurrence = schedule.next_run_at
     assert occurrence is not None
     # Missed, not merely late: the following occurrence has passed too (no cluster ran for a
     # whole period). A backlog of due schedules that takes a while to fire is only late.
     following = _after(schedule, occurrence, 1, first=occurrence)
     missed = bool(following) and following[0] <= now
-    if missed and schedule.missed == JobSchedule.Missed.SKIP:
-        _record(schedule, occurrence, skipped=True, error="Missed (no cluster was running); skipped.")
-    else:
-        _start(schedule, occurrence)  # on time, or the one catch-up run for all that were missed
     # Missed occurrences are never run one by one: the next is the first one after now.
     upcoming = _after(schedule, now, 1, first=occurrence)
     schedule.next_run_at = upcoming[0] if upcoming else None
-    schedule.save(update_fields=["next_run_at", "updated_at"])
+    if missed and schedule.missed == JobSchedule.Missed.SKIP:
+        return JobScheduleRun(
+            schedule=schedule, occurrence=occurrence, skipped=True, error="Missed (no cluster was running); skipped."
+        )
+    return JobScheduleRun(schedule=schedule, occurrence=occurrence)  # on time, or the one catch-up run
 
 
-def _record(schedule: JobSchedule, occurrence: datetime, **fields: Any) -> JobScheduleRun | None:
-    try:
-        with transaction.atomic():  # a savepoint: a clash leaves the batch's transaction usable
-            return JobScheduleRun.objects.create(schedule=schedule, occurrence=occurrence, **fields)
-    except IntegrityError:
-        return None  # another cluster already has this occurrence
-
-
-def _start(schedule: JobSchedule, occurrence: datetime) -> None:
-    run = _record(schedule, occurrence)
-    if run is None:
-        return
-    try:
-        if not schedule.owner.is_active:  # a former user's schedules start nothing, whatever the type
-            raise ScheduleOwnerInactiveError()
-        with transaction.atomic():
-            run.job = job_create(type=schedule.type, data=schedule.data, user=schedule.owner)
-    except ApplicationError as exc:  # the owner lost the right, or the job type changed
-        run.error = exc.message
-    run.save(update_fields=["job", "error"])
+def _start(runs: list[JobScheduleRun]) -> None:
+    """Create the jobs of the runs to start (as their owners, checked like any submission) and
+    insert every run row in one statement; the rows' unique (schedule, occurrence) refuses an
+    occurrence already started, and the caller's savepoint then takes the jobs back too."""
+    starting = []
+    for run in runs:
+        if run.skipped:
+            continue
+        if not run.schedule.owner.is_active:  # a former user's schedules start nothing, whatever the type
+            run.error = ScheduleOwnerInactiveError().message
+            continue
+        starting.append(run)
+    outcomes = jobs_create(
+        requests=[
+            JobRequest(type=run.schedule.type, data=run.schedule.data, user=run.schedule.owner) for run in starting
+        ]
+    )
+    for run, outcome in zip(starting, outcomes, strict=True):
+        if isinstance(outcome, ApplicationError):  # the owner lost the right, or the job type changed
+            run.error = outcome.message
+        else:
+            run.job = outcome
+    JobScheduleRun.objects.bulk_create(runs)

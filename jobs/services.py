@@ -10,14 +10,17 @@ import threading
 import time
 import traceback as traceback_module
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from coordinator.errors import ApplicationError
 from coordinator.models import User
 from coordinator.services import audit_record
 from jobs import conf, metrics
@@ -123,16 +126,8 @@ def job_create(
     key is fresh or started that job is returned instead, with `existing` set.
     """
     spec, args = job_check(type=type, data=data, user=user, strict=strict, allowed_tasks=allowed_tasks)
-    fields = {
-        "type": spec.name,
-        "data": args,
-        "created_by": user,
-        "max_attempts": spec.max_attempts,
-        "run_after": run_after,
-        "unique_key": unique_key or None,
-        "rerun_of": rerun_of,
-        "queue": queue or spec.queue,
-    }
+    fields = _job_fields(spec, args, user=user, run_after=run_after, queue=queue)
+    fields.update(unique_key=unique_key or None, rerun_of=rerun_of)
     job = _job_insert_unique(fields) if unique_key else Job.objects.create(**fields)
     if job.existing:
         return job
@@ -143,6 +138,60 @@ def job_create(
     else:
         transaction.on_commit(lambda: job_enqueue(job_id=job_id, job_type=spec.name, queue=job.queue))
     return job
+
+
+def _job_fields(
+    spec: JobSpec,
+    args: dict[str, Any],
+    *,
+    user: User | None,
+    run_after: datetime | None = None,
+    queue: str | None = None,
+) -> dict[str, Any]:
+    """The columns of a new job of a checked type and arguments (one job or a batch)."""
+    return {
+        "type": spec.name,
+        "data": args,
+        "created_by": user,
+        "max_attempts": spec.max_attempts,
+        "run_after": run_after,
+        "queue": queue or spec.queue,
+    }
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One job of a batch (`jobs_create`): a type, its arguments and whose permissions it runs with."""
+
+    type: str
+    data: Any
+    user: User | None
+
+
+@transaction.atomic
+def jobs_create(*, requests: Sequence[JobRequest]) -> list[Job | ApplicationError]:
+    """The batch form of `job_create` (no delay, no unique key): each request is checked like
+    one job, the valid ones are inserted in one statement and queued together after commit.
+    Returns, in the requests' order, each job or the error that refused it."""
+    outcomes: list[Job | ApplicationError] = []
+    checked: list[Job] = []
+    for request in requests:
+        try:
+            spec, args = job_check(type=request.type, data=request.data, user=request.user)
+        except ApplicationError as exc:
+            outcomes.append(exc)
+            continue
+        job = Job(**_job_fields(spec, args, user=request.user))
+        outcomes.append(job)
+        checked.append(job)
+    if not checked:
+        return outcomes
+    Job.objects.bulk_create(checked)  # sets the ids (INSERT … RETURNING on PostgreSQL and SQLite)
+    for job in checked:
+        metrics.job_submitted(job)
+    queued = [QueuedJob(job.pk, job.type, job.queue) for job in checked]
+    transaction.on_commit(lambda: jobs_enqueue(jobs=queued))
+    return outcomes
 
 
 def _job_insert_unique(fields: dict[str, Any]) -> Job:
@@ -190,50 +239,88 @@ def jobs_queue_due(*, limit: int = 1000) -> list[int]:
     return [pk for pk, job_type, queue in list(due) if job_enqueue(job_id=pk, job_type=job_type, queue=queue)]
 
 
+class QueuedJob(NamedTuple):
+    """What queueing a job needs: its id, and the type and queue its queue entry names."""
+
+    id: int
+    type: str
+    queue: str
+
+
 def job_enqueue(*, job_id: int, job_type: str | None = None, queue: str | None = None) -> bool:
-    """Hand a committed `fresh` job to django-q2 once, on its queue's cluster name, with
-    `NOTIFY task_created, '<id>'`.
-
-    The guard, the queue row and the NOTIFY are one transaction: the notification is delivered
-    when the queue row becomes visible, and a failure leaves the job in the backlog.
-    """
-    from django_q.brokers import get_broker
-    from django_q.tasks import async_task
-
+    """Hand a committed `fresh` job to django-q2 once, on its queue's cluster name (`jobs_enqueue`
+    for one job); the type and queue are read when not given."""
     if job_type is None or queue is None:
         row = Job.objects.filter(pk=job_id).values_list("type", "queue").first()
         if row is None:
             return False
         job_type, queue = row
-    spec = get_spec(job_type)
-    timeout = (spec.timeout if spec and spec.timeout else None) or conf.default_timeout()
-    broker = get_broker(queue_list_key(queue))
-    # The job's own NOTIFY below wakes the listeners; skip the broker's generic one.
-    broker.skip_notify = True  # type: ignore[attr-defined]
+    return bool(jobs_enqueue(jobs=[QueuedJob(job_id, job_type, queue)]))
+
+
+class _CollectingBroker:
+    """Stands in for the broker in `async_task`: keeps the signed package instead of inserting
+    it, so django-q2 still builds every queue entry and a batch's rows go in in one statement."""
+
+    def __init__(self, list_key: str) -> None:
+        self.list_key = list_key
+        self.packages: list[str] = []
+
+    def enqueue(self, package: str) -> None:
+        self.packages.append(package)
+
+
+def jobs_enqueue(*, jobs: Sequence[QueuedJob]) -> list[int]:
+    """Hand committed `fresh` jobs to django-q2 once each, on their queues' cluster names, with
+    one `NOTIFY task_created, '<id>'`; returns the ids queued here.
+
+    The guard, the queue rows and the NOTIFY are one transaction: the notification is delivered
+    when the queue rows become visible, and a failure leaves the jobs in the backlog.
+    """
+    from django_q.models import OrmQ
+    from django_q.tasks import async_task
+
+    if not jobs:
+        return []
+    ids = [job.id for job in jobs]
+    stamp = timezone.now()
     try:
         with transaction.atomic():
-            # The guard makes the web process, the backlog command and the sweep never queue it twice.
-            if not Job.objects.filter(pk=job_id, status=Job.Status.FRESH, queued_at__isnull=True).update(
-                queued_at=timezone.now()
-            ):
-                return False
-            # save=False: the job row keeps the outcome; django-q2 need not store successes again.
-            async_task(
-                "jobs.tasks.job_run",
-                job_id,
-                job_type,
-                timeout=timeout,
-                broker=broker,
-                save=False,
-                task_name=f"job {job_id} {job_type}"[:100],
+            # The guard makes the web process, the backlog command, the sweep and other clusters
+            # never queue a job twice. The stamp tells the rows this call took from those another
+            # process took meanwhile; it is read back only when some were taken elsewhere.
+            taken = Job.objects.filter(pk__in=ids, status=Job.Status.FRESH, queued_at__isnull=True).update(
+                queued_at=stamp
             )
+            if not taken:
+                return []
+            if taken < len(ids):
+                mine = set(Job.objects.filter(pk__in=ids, queued_at=stamp).values_list("pk", flat=True))
+                jobs = [job for job in jobs if job.id in mine]
+            entries = []
+            for job in jobs:
+                spec = get_spec(job.type)
+                collector = _CollectingBroker(queue_list_key(job.queue))
+                # save=False: the job row keeps the outcome; django-q2 need not store successes again.
+                async_task(
+                    "jobs.tasks.job_run",
+                    job.id,
+                    job.type,
+                    timeout=(spec.timeout if spec and spec.timeout else None) or conf.default_timeout(),
+                    broker=collector,
+                    save=False,
+                    task_name=f"job {job.id} {job.type}"[:100],
+                )
+                entries += [OrmQ(key=collector.list_key, payload=package, lock=stamp) for package in collector.packages]
+            OrmQ.objects.bulk_create(entries)
             if connection.vendor == "postgresql":
+                # One notification wakes every listening broker; each then takes what it serves.
                 with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(job_id)])
+                    cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(jobs[0].id)])
     except Exception:
-        logger.exception("Could not queue job %s; the sweep will retry", job_id)
-        return False
-    return True
+        logger.exception("Could not queue jobs %s; the sweep will retry", ids[:20])
+        return []
+    return [job.id for job in jobs]
 
 
 # A job refused by its type's `max_running` waits this long before it is queued again.

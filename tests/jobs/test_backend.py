@@ -91,3 +91,22 @@ def test_the_standard_examples_run_on_a_live_cluster(export_root: Path) -> None:
     assert [r.status for r in results] == [TaskResultStatus.SUCCESSFUL] * 3 + [TaskResultStatus.FAILED]
     assert [r.return_value for r in results[:2]] == [42, 42]
     assert results[2].return_value.startswith("hi from attempt 1 of ")
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_cluster_serving_only_the_default_queue_runs_its_high_and_low_priority_tasks(export_root: Path) -> None:
+    with run_cluster(export_root, "--queue", "default"):
+        results = [
+            sample_tasks.calculate_meaning_of_life.using(priority=50).enqueue(),
+            sample_tasks.calculate_meaning_of_life.using(priority=-50).enqueue(),
+        ]
+
+        def finished() -> bool:
+            for result in results:
+                result.refresh()
+            return all(result.is_finished for result in results)
+
+        wait_for(finished, timeout=60)
+    assert [Job.objects.get(uuid=result.id).queue for result in results] == ["default-high", "default-low"]
+    assert [result.return_value for result in results] == [42, 42]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -61,7 +62,16 @@ def test_a_cluster_named_for_queues_takes_only_their_entries(user: User) -> None
     job_create(type="csv_export", data={}, user=user)  # exports
     job_create(type="test.main.add", data={"x": 1, "y": 1}, user=user)  # default
     assert served_keys("coordinator") is None  # a plain cluster serves every queue
-    assert served_keys("exports,default") == ["coordinator", "exports", "exports,default"]
+    # Named queues bring their priority bands (django-tasks `priority`): `--queue default` runs them.
+    assert served_keys("exports,default") == [
+        "coordinator",
+        "default-high",
+        "default-low",
+        "exports",
+        "exports,default",
+        "exports-high",
+        "exports-low",
+    ]
     exports = ListenNotifyBroker(list_key="exports")
     default = ListenNotifyBroker(list_key="default")
     try:
@@ -120,3 +130,61 @@ def test_a_broker_that_never_lost_the_database_recovers_at_once(user: User) -> N
         assert Job.objects.get(pk=job.pk).status == "fresh"
     finally:
         broker.close()
+
+
+def test_a_queues_high_band_is_taken_first_and_its_low_band_last_by_the_cluster_serving_it(
+    user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django_q.conf import Conf
+
+    from jobs.services import _queued_job_id
+    from tests.jobs import sample_tasks
+
+    monkeypatch.setattr(Conf, "BULK", 10)
+    # Queued in this order: low, normal, high, normal.
+    results = [
+        sample_tasks.calculate_meaning_of_life.using(priority=-5).enqueue(),
+        sample_tasks.calculate_meaning_of_life.enqueue(),
+        sample_tasks.calculate_meaning_of_life.using(priority=5).enqueue(),
+        sample_tasks.calculate_meaning_of_life.enqueue(),
+    ]
+    low, first, high, second = (Job.objects.get(uuid=result.id).pk for result in results)
+    for name in ("default", "coordinator"):  # `qcluster --queue default`, and a plain cluster
+        OrmQ.objects.update(lock=timezone.now() - timedelta(seconds=1))
+        broker = ListenNotifyBroker(list_key=name)
+        try:
+            taken = [_queued_job_id(OrmQ.objects.get(pk=pk)) for pk, _ in broker._take()]
+        finally:
+            broker.close()
+        assert taken == [high, first, second, low]
+
+
+def test_on_postgres_the_claim_reads_the_queue_in_its_order_index_not_a_sort(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("the claim's index is PostgreSQL only")
+    # A long queue (10,000 schedules fired at once): a claim that sorted it would cost the whole
+    # queue per job; the index in the claim's order keeps it one entry.
+    OrmQ.objects.bulk_create(
+        OrmQ(key="coordinator", payload="x", lock=timezone.now() - timedelta(seconds=1)) for _ in range(3000)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE django_q_ormq")
+    seen: list[tuple[str, Any]] = []
+
+    def capture(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append((sql, params))
+        return execute(sql, params, many, context)
+
+    broker = ListenNotifyBroker(list_key="coordinator")
+    try:
+        with connection.execute_wrapper(capture):
+            assert len(broker._take()) == 1
+    finally:
+        broker.close()
+    sql, params = seen[-1]
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "jobs_ormq_claim_order" in plan and "Sort" not in plan

@@ -147,3 +147,25 @@ def test_two_clusters_never_start_the_same_scheduled_occurrence_twice(user: User
     # records that occurrence as skipped, without a job).
     started = [job_id for _, _, job_id in runs if job_id is not None]
     assert Job.objects.filter(type="test.main.add").count() == len(started) == len(set(started)) >= 100
+
+
+def test_two_clusters_fire_a_batch_of_schedules_due_at_once_each_exactly_once(user: User, export_root: Path) -> None:
+    from jobs.models import JobSchedule, JobScheduleRun
+
+    # More than one firing batch (FIRE_BATCH), all due at the same moment: the clusters' brokers
+    # take batches side by side (SKIP LOCKED on PostgreSQL) and each occurrence starts once.
+    count = 650
+    due = timezone.now() + timedelta(seconds=3)
+    JobSchedule.objects.bulk_create(
+        JobSchedule(owner=user, type="test.main.add", data={"x": i, "y": 1}, run_at=due, next_run_at=due)
+        for i in range(count)
+    )
+    with run_cluster(export_root), run_cluster(export_root):
+        wait_for(lambda: JobScheduleRun.objects.filter(job__status="success").count() >= count, timeout=180)
+    runs = list(JobScheduleRun.objects.values_list("schedule_id", "job_id", "error"))
+    assert len(runs) == count and len({schedule_id for schedule_id, _, _ in runs}) == count
+    assert all(job_id is not None and not error for _, job_id, error in runs)
+    jobs = Job.objects.filter(type="test.main.add")
+    assert jobs.count() == count and {job.status for job in jobs} == {Job.Status.SUCCESS}
+    assert sorted(job.result for job in jobs) == list(range(1, count + 1))  # each schedule's own arguments
+    assert not JobSchedule.objects.exclude(next_run_at=None).exists()  # a once schedule is done

@@ -118,8 +118,9 @@ def test_bad_schedules_are_refused_like_bad_jobs(user: User, fields: dict, code:
     assert refused.value.code == code and not JobSchedule.objects.exists()
 
 
-def test_a_run_whose_owner_lost_the_right_is_recorded_not_started(admin: User) -> None:
-    schedule_create(
+def protected_schedule_of_a_demoted_admin(admin: User) -> JobSchedule:
+    """A minutely schedule of a protected type whose owner has since lost the admin role."""
+    schedule = schedule_create(
         owner=admin,
         type="test.main.myProtectedTask",
         data={"x": 1, "y": 2},
@@ -127,6 +128,11 @@ def test_a_run_whose_owner_lost_the_right_is_recorded_not_started(admin: User) -
         now=at("2026-12-07 10:00"),
     )
     User.objects.filter(pk=admin.pk).update(role="user", is_superuser=False)
+    return schedule
+
+
+def test_a_run_whose_owner_lost_the_right_is_recorded_not_started(admin: User) -> None:
+    protected_schedule_of_a_demoted_admin(admin)
     schedules_fire_due(now=at("2026-12-07 10:01"))
     run = JobScheduleRun.objects.get()
     assert run.job is None and "permission" in run.error and not Job.objects.exists()
@@ -160,3 +166,33 @@ def test_a_late_occurrence_is_run_not_taken_for_a_missed_one(user: User) -> None
     assert not run.skipped and run.job is not None
     schedule.refresh_from_db()
     assert schedule.next_run_at == at("2026-12-08 06:00")
+
+
+def test_a_batch_of_due_schedules_starts_every_occurrence_once_even_when_one_was_already_started(
+    user: User, admin: User, django_capture_on_commit_callbacks
+) -> None:
+    from django_q.models import OrmQ
+
+    mine = [schedule_create(owner=user, interval_seconds=60, now=at("2026-12-07 10:00"), **ADD) for _ in range(5)]
+    protected = protected_schedule_of_a_demoted_admin(admin)
+    # Another cluster already started the third schedule's 10:01 (its row is the guard).
+    JobScheduleRun.objects.create(schedule=mine[2], occurrence=at("2026-12-07 10:01"))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert schedules_fire_due(now=at("2026-12-07 10:01:02")) == 6
+    runs = {run.schedule_id: run for run in JobScheduleRun.objects.all()}
+    assert len(runs) == 6 and JobScheduleRun.objects.count() == 6
+    assert runs[mine[2].pk].job is None  # the other cluster's row, untouched: no second job
+    started = [runs[schedule.pk].job for schedule in mine if schedule is not mine[2]]
+    assert all(job is not None and job.created_by == user for job in started)
+    assert runs[protected.pk].job is None and "permission" in runs[protected.pk].error
+    assert Job.objects.count() == 4 and OrmQ.objects.count() == 4  # each started job queued once
+    assert {schedule.next_run_at for schedule in JobSchedule.objects.all()} == {at("2026-12-07 10:02")}
+    assert schedules_fire_due(now=at("2026-12-07 10:01:30")) == 0
+
+
+def test_firing_takes_at_most_one_batch_and_leaves_the_rest_due(user: User) -> None:
+    for _ in range(5):
+        schedule_create(owner=user, interval_seconds=60, now=at("2026-12-07 10:00"), **ADD)
+    assert schedules_fire_due(now=at("2026-12-07 10:01"), limit=3) == 3
+    assert schedules_fire_due(now=at("2026-12-07 10:01"), limit=3) == 2
+    assert JobScheduleRun.objects.count() == Job.objects.count() == 5

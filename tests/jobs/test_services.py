@@ -383,3 +383,43 @@ def test_max_running_refuses_a_second_claim_and_defers_it(user: User, tmp_path) 
     Job.objects.filter(pk=first.pk).update(status="success")
     Job.objects.filter(pk=second.pk).update(run_after=None)
     assert job_claim(job_id=second.pk, worker="b", spec=spec)
+
+
+def test_a_batch_of_jobs_is_checked_one_by_one_and_queued_once_each(
+    user: User, django_capture_on_commit_callbacks
+) -> None:
+    from jobs.services import JobRequest, jobs_create, jobs_enqueue
+
+    with django_capture_on_commit_callbacks(execute=True):
+        outcomes = services.jobs_create(
+            requests=[
+                JobRequest(type="test.main.add", data={"x": 1, "y": 2}, user=user),
+                JobRequest(type="test.main.myProtectedTask", data={"x": 1, "y": 2}, user=user),  # not allowed
+                JobRequest(type="test.main.add", data={"x": "one"}, user=user),  # bad arguments
+                JobRequest(type="csv_export", data={}, user=user),
+            ]
+        )
+    assert [type(outcome).__name__ for outcome in outcomes] == ["Job", "JobNotAllowedError", "ArgumentError", "Job"]
+    created = [outcome for outcome in outcomes if isinstance(outcome, Job)]
+    assert Job.objects.count() == 2
+    assert {(job.type, job.queue, job.created_by, job.queued_at is not None) for job in Job.objects.all()} == {
+        ("test.main.add", "default", user, True),
+        ("csv_export", "exports", user, True),
+    }
+    # Each on its queue's cluster name, once: queueing the batch again adds nothing.
+    assert sorted(OrmQ.objects.values_list("key", flat=True)) == ["coordinator", "exports"]
+    assert jobs_enqueue(jobs=[services.QueuedJob(job.pk, job.type, job.queue) for job in created]) == []
+    assert OrmQ.objects.count() == 2
+    assert jobs_create(requests=[]) == []
+
+
+def test_a_batch_queues_only_the_jobs_nobody_queued_meanwhile(user: User) -> None:
+    from jobs.services import QueuedJob, jobs_enqueue
+
+    with_backlog = [Job.objects.create(type="test.main.add", data={"x": i, "y": 0}) for i in range(3)]
+    # The sweep of another cluster queued the middle one a moment ago.
+    assert services.job_enqueue(job_id=with_backlog[1].pk) is True
+    queued = jobs_enqueue(jobs=[QueuedJob(job.pk, job.type, job.queue) for job in with_backlog])
+    assert queued == [with_backlog[0].pk, with_backlog[2].pk]
+    assert OrmQ.objects.count() == 3
+    assert sorted(services._queued_job_id(entry) for entry in OrmQ.objects.all()) == [job.pk for job in with_backlog]
