@@ -574,3 +574,6 @@ METRICS_MULTIPROC_DIR = env_path("PROMETHEUS_MULTIPROC_DIR", None)
 # --- Operations dashboard (the admin index) -----------------------------------------------------
 # Hours of per-minute chart values kept (the charts show the last 24 h).
 OPERATIONS_RETENTION_HOURS = env_int("OPERATIONS_RETENTION_HOURS", 48, minimum=25)
+# Seconds between two live updates of the dashboard's counts and needs-attention list, platform-wide,
+# while someone has it open (whole seconds: the shared cache's expiry is whole seconds on Redis).
+OPERATIONS_LIVE_SECONDS = env_int("OPERATIONS_LIVE_SECONDS", 5, minimum=1)
