@@ -249,6 +249,29 @@ def test_staff_who_may_only_view_follow_the_operations_dashboard_and_plain_users
     run(body)
 
 
+def test_an_open_socket_closes_once_its_reader_is_no_longer_staff(monkeypatch) -> None:
+    from coordinator.models import Role
+    from tests.factories import UserFactory
+
+    monkeypatch.setattr("progress.conf.KEEPALIVE_SECONDS", 0.05)
+    staff = UserFactory(role=Role.USER, is_staff=True)
+    token = access_token_for(staff)
+
+    def demote() -> None:
+        staff.is_staff = False
+        staff.save()
+
+    async def body() -> None:
+        communicator, connected, _ = await ws_connect(f"/ws/progress/?token={token}")
+        assert connected
+        await sync_to_async(demote)()
+        while (message := await communicator.receive_output(timeout=20))["type"] != "websocket.close":
+            pass
+        assert message["code"] == 4401
+
+    run(body)
+
+
 def test_the_live_overview_is_published_at_most_once_per_interval(admin, settings) -> None:
     from django.core.cache import cache
 
