@@ -140,6 +140,19 @@ def time_operations_record(rounds: int) -> float:
     return median(times)
 
 
+def time_operations_overview(rounds: int) -> float:
+    """Median milliseconds of one live overview of the dashboard (its counts and needs-attention
+    lists, computed and published: what each OPERATIONS_LIVE_SECONDS costs while it is open)."""
+    from coordinator.services import operations_overview_publish
+
+    times = []
+    for _ in range(rounds):
+        began = time.perf_counter()
+        operations_overview_publish()
+        times.append((time.perf_counter() - began) * 1000)
+    return median(times)
+
+
 def seed_jobs(admin: Any, count: int, rng: random.Random) -> None:
     from django.utils import timezone
 
@@ -270,6 +283,7 @@ def main() -> None:
             progress_publish(topic=f"stream:{i}", kind="new", text=f"stream {i}", state={"percent": i % 100})
         seed_minutes(rng)
         recorder: dict[str, float] = {}
+        overview: dict[str, float] = {}
         results: dict[str, dict[str, tuple[float, int]]] = {}
         for label, volume in (("small", small), ("large", large)):
             stderr(f"seeding to {volume['messages']:,} messages…")
@@ -289,6 +303,8 @@ def main() -> None:
             }
             recorder[label] = time_operations_record(rounds)
             stderr(f"  the dashboard's minute recorder: {recorder[label]:.0f} ms")
+            overview[label] = time_operations_overview(rounds)
+            stderr(f"  the dashboard's live overview: {overview[label]:.0f} ms")
             client = Client()
             client.force_login(admin)
             stderr(f"measuring {label}…")
@@ -340,7 +356,10 @@ def main() -> None:
             f"One run of the minute recorder (`coordinator.services.operations_record`: every app's values "
             f"of a minute, the insert, the retention's delete; median of {rounds}): "
             f"**{recorder['small']:.0f} ms** small, **{recorder['large']:.0f} ms** at volume, with "
-            f"{counts['minutes']:,} minute rows stored (48 h of every series)."
+            f"{counts['minutes']:,} minute rows stored (48 h of every series). One live overview "
+            f"(`operations_overview_publish`: every card and needs-attention count, published; what each "
+            f"`OPERATIONS_LIVE_SECONDS` costs while a dashboard is open): **{overview['small']:.0f} ms** small, "
+            f"**{overview['large']:.0f} ms** at volume."
         )
         print(minute)
         if not quick:

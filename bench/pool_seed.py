@@ -28,8 +28,10 @@ MSG_COLUMNS = (
     "sent_by_id",
     "device_id",
     "journal_pending",
+    "state",
+    "abort_reason",
 )
-DELIVERY_COLUMNS = ("task_id", "device_id", "state", "progress", "created_at", "updated_at")
+DELIVERY_COLUMNS = ("task_id", "device_id", "state", "progress", "created_at", "updated_at", "attempts")
 
 
 def mid() -> str:
@@ -88,13 +90,15 @@ class Seeder:
                 self.sender_id if sender == self.sender else None,
                 device_id,
                 False,  # history: not waiting for the day log
+                "",  # no task state: history the task API does not page through
+                "",
             )
         )
         self.messages += 1
         return self.seq, msg_id
 
     def delivery(self, task_seq: int, device_id: int, state: str, ts: datetime) -> None:
-        self._del_rows.append((task_seq, device_id, state, None, ts, ts))
+        self._del_rows.append((task_seq, device_id, state, None, ts, ts, 1))
 
     def flush(self) -> None:
         with self.conn.cursor() as cur:

@@ -62,8 +62,12 @@ response_create(device=devices[6], parent_id=task.msg_id, status="progress", bod
 run = farm.run_create(owner=admin, num_tasks=100_000, name="nightly render of the catalogue")
 workers = [farm.worker_register(owner=admin, uuid=f"{{i:02d}}" + "5f0c1d2e3a4b5c6d7e8f90a1b2c3d4e5f6", hostname=f"render-node-{{i:02d}}", pid=4000 + i)
            for i in range(4)]
-for worker in workers:
-    farm.tasks_claim(run=run, worker=worker, limit=3)
+for number, worker in enumerate(workers):
+    held = [task.task for task in farm.tasks_claim(run=run, worker=worker, limit=3)]
+    if number == 3:
+        farm.tasks_fail(run=run, worker=worker, numbers=held[:1], reason="out of memory")
+    else:
+        farm.tasks_complete(run=run, worker=worker, numbers=held[:1])
 now = timezone.now()
 for i in range(14):
     job = job_create(type="noop", data={{}}, user=admin)
@@ -106,7 +110,8 @@ from coordinator.services import operations_record
 rng = random.Random(7)
 end = timezone.now().replace(second=0, microsecond=0)
 shapes = {"jobs.succeeded": (12, 8), "jobs.failed": (1, 1), "jobs.run_mean": (4, 2), "jobs.run_p95": (9, 4),
-          "farm.done": (180, 120), "farm.computing": (40, 25), "farm.past_lease": (1, 1),
+          "farm.done": (180, 120), "farm.failed": (2, 2), "farm.latency_mean": (45, 15),
+          "farm.computing": (40, 25), "farm.past_lease": (1, 1),
           "pool.responses": (60, 40), "pool.heartbeats": (110, 10), "pool.online": (9, 2), "pool.open": (30, 20),
           "progress.events": (300, 200)}
 rows = []
@@ -127,6 +132,7 @@ def main() -> None:
     parser.add_argument(
         "--console", action="store_true", help="only the operations dashboard, whole page, with 24 h of chart values"
     )
+    parser.add_argument("--port", type=int, default=None, help="the platform's port (default: a random free one)")
     args = parser.parse_args()
     checkout: Path = args.checkout.resolve()
     pages = [("dashboard", "/admin/")] if args.console else PAGES
@@ -165,7 +171,7 @@ def main() -> None:
         .splitlines()[-1]
         .split()
     )
-    port = 18000 + secrets.randbelow(2000)
+    port = args.port or 18000 + secrets.randbelow(2000)
     serve = subprocess.Popen(
         [*manage, "serve", "--port", str(port), "--workers", "1", "--no-qcluster"],
         cwd=checkout,

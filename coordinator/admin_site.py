@@ -1,11 +1,13 @@
 """The platform's admin site: branding, and an index page that is the operations dashboard.
 
-One panel per app. Its current counts are the cards the app returns from
-`AppConfig.admin_dashboard(request)` (`{"title", "value", "url", "note"}` dicts, each linking
-the filtered list behind it). Its charts and "needs attention" items come from the module its
-`AppConfig.operations()` returns (coordinator.selectors.operations_parts): charts read
-the minute values `coordinator.services.operations_record` stores each minute, never the tables
-they were counted from, and follow new minutes live on the progress channel.
+One panel per app (coordinator.selectors.operations_overview). Its current counts are the cards
+the app returns from `AppConfig.admin_dashboard(request)` (`{"title", "value", "url", "note"}`
+dicts, each linking the filtered list behind it). Its charts and "needs attention" items come from
+the module its `AppConfig.operations()` returns (coordinator.selectors.operations_parts): charts
+read the minute values `coordinator.services.operations_record` stores each minute, never the
+tables they were counted from. Everything follows the progress channel live: new minutes, and the
+counts and attention items the same selector computes again every OPERATIONS_LIVE_SECONDS while
+the page is open (coordinator.services.operations_overview_publish).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from django.apps import AppConfig, apps
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth import get_permission_codename
@@ -26,7 +27,8 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
-from coordinator.selectors import operations_parts, operations_points
+from coordinator.permissions import sees_operations
+from coordinator.selectors import operations_overview, operations_points
 from coordinator.services import audit_record
 from coordinator.throttling import first_refusal
 
@@ -44,40 +46,14 @@ class CoordinatorAdminSite(admin.AdminSite):
     index_template = "admin/coordinator_index.html"
 
     def operations_panels(self, request: HttpRequest) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """The dashboard's panels, one per app, and the chart data (the last 24 h of minutes)."""
+        """The dashboard's panels (coordinator.selectors.operations_overview, the one the live
+        channel refreshes too) and the chart data (the last 24 h of minutes)."""
+        if not sees_operations(request.user):
+            return [], {}
         now = timezone.now()
-        parts = dict((config.label, part) for config, part in operations_parts())
-        panels: list[dict[str, Any]] = []
-        names: list[str] = []
-        for config in apps.get_app_configs():
-            cards = self._cards_of(config, request)
-            part = parts.get(config.label)
-            if not cards and part is None:
-                continue
-            live = getattr(part, "LIVE_CARDS", {})
-            for card in cards:
-                card.setdefault("field", live.get(card["title"]))
-            attention: list[dict[str, Any]] = []
-            charts: list[dict[str, Any]] = []
-            if part is not None:
-                try:
-                    attention = [item for item in part.attention(now) if item["count"]]
-                except Exception:  # a broken query must not take the admin index down with it
-                    logger.exception("Attention items of %s failed", config.label)
-                for number, chart in enumerate(getattr(part, "CHARTS", [])):
-                    series = [{"name": name, "label": label} for name, label in chart["series"].items()]
-                    names += chart["series"]
-                    charts.append({"id": f"chart-{config.label}-{number}", "title": chart["title"], "series": series})
-            panels.append(
-                {
-                    "key": config.label,
-                    "title": config.verbose_name,
-                    "cards": cards,
-                    "attention": attention,
-                    "charts": charts,
-                }
-            )
+        panels = operations_overview(request, now=now)
         drawn = {chart["id"]: chart["series"] for panel in panels for chart in panel["charts"]}
+        names = [series["name"] for chart in drawn.values() for series in chart]
         data = {
             "now": now.timestamp(),
             "charts": drawn,
@@ -87,16 +63,6 @@ class CoordinatorAdminSite(admin.AdminSite):
             "day_bucket": DAY_BUCKET_SECONDS,
         }
         return panels, data
-
-    def _cards_of(self, config: AppConfig, request: HttpRequest) -> list[dict[str, Any]]:
-        contribute = getattr(config, "admin_dashboard", None)
-        if contribute is None:
-            return []
-        try:
-            return list(contribute(request))
-        except Exception:  # a broken card must not take the admin index down with it
-            logger.exception("Dashboard card of %s failed", config.label)
-            return []
 
     def platform_links(self) -> list[dict[str, str]]:
         links = []

@@ -21,6 +21,14 @@ def platform_user(request: Request) -> User | None:
     return None
 
 
+def sees_operations(user: Any) -> bool:
+    """Who sees the operations dashboard: its panels on the admin index and its live topic. The
+    active staff the admin site lets in (Django's AdminSite.has_permission): the index that shows
+    them the panels is theirs, so the live updates of the same numbers are theirs too. Plain users
+    never (the counts are platform-wide, not their own)."""
+    return isinstance(user, User) and user.is_active and user.is_staff
+
+
 class IsPlatformUser(BasePermission):
     """Any active user of the platform, whatever the role."""
 

@@ -14,7 +14,9 @@ from django.apps import AppConfig, apps
 from django.conf import settings
 from django.db import DatabaseError, connections
 from django.db.models import Avg, BigIntegerField, Count, ExpressionWrapper, F
+from django.http import HttpRequest
 from django.utils import timezone
+from django.utils.text import slugify
 
 from coordinator.models import AuditEntry, IdempotentAnswer, User
 
@@ -155,10 +157,79 @@ def operations_points(
 
 def operations_parts() -> list[tuple[AppConfig, ModuleType]]:
     """Each app's part of the operations dashboard: the module its `AppConfig.operations()` returns,
-    holding CHARTS, LIVE_CARDS, `minute(start, end)`, `attention(now)` and optionally `broadcast(state)`."""
+    holding CHARTS, `minute(start, end)`, `attention(now)` and optionally `broadcast(state)`."""
     parts = []
     for config in apps.get_app_configs():
         hook = getattr(config, "operations", None)
         if hook is not None:
             parts.append((config, hook()))
     return parts
+
+
+def operations_overview(request: HttpRequest | None, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """The dashboard's panels, one per app, as the admin index renders them and as the live channel
+    refreshes them: each app's current counts (the cards its `AppConfig.admin_dashboard(request)`
+    returns, each with a `key`), its needs-attention items with a count, and its charts' series.
+
+    `request` None: the overview the live channel hands to every reader of the dashboard (an app
+    leaves out nothing for it that the minute values do not carry to the same readers already)."""
+    now = now or timezone.now()
+    parts = dict((config.label, part) for config, part in operations_parts())
+    panels: list[dict[str, Any]] = []
+    for config in apps.get_app_configs():
+        cards = _cards_of(config, request)
+        part = parts.get(config.label)
+        if not cards and part is None:
+            continue
+        for card in cards:
+            card["key"] = f"{config.label}.{slugify(str(card['title']))}"
+        attention: list[dict[str, Any]] = []
+        charts: list[dict[str, Any]] = []
+        if part is not None:
+            try:
+                attention = [item for item in part.attention(now) if item["count"]]
+            except Exception:  # a broken query must not take the admin index down with it
+                logger.exception("Attention items of %s failed", config.label)
+            for number, chart in enumerate(getattr(part, "CHARTS", [])):
+                series = [{"name": name, "label": label} for name, label in chart["series"].items()]
+                charts.append({"id": f"chart-{config.label}-{number}", "title": chart["title"], "series": series})
+        panels.append(
+            {
+                "key": config.label,
+                "title": config.verbose_name,
+                "cards": cards,
+                "attention": attention,
+                "charts": charts,
+            }
+        )
+    return panels
+
+
+def _cards_of(config: AppConfig, request: HttpRequest | None) -> list[dict[str, Any]]:
+    contribute = getattr(config, "admin_dashboard", None)
+    if contribute is None:
+        return []
+    try:
+        return [dict(card) for card in contribute(request)]
+    except Exception:  # a broken card must not take the admin index down with it
+        logger.exception("Dashboard card of %s failed", config.label)
+        return []
+
+
+def operations_overview_state(panels: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the live channel carries of an overview: each card's value and note by key, and each
+    panel's needs-attention items (the page shows exactly these, as the index rendered them)."""
+    return {
+        "cards": {
+            card["key"]: {"value": str(card["value"]), "note": str(card.get("note") or "")}
+            for panel in panels
+            for card in panel["cards"]
+        },
+        "attention": {
+            panel["key"]: [
+                {"title": str(item["title"]), "count": item["count"], "url": str(item["url"])}
+                for item in panel["attention"]
+            ]
+            for panel in panels
+        },
+    }

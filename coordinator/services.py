@@ -10,10 +10,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
+from types import ModuleType
 from typing import Any
 
+from django.apps import AppConfig
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
+from django.core.cache import cache
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
 from django.db import models, transaction
@@ -23,7 +26,7 @@ from rest_framework.throttling import BaseThrottle
 
 from coordinator.errors import PermissionDeniedError, ValidationFailedError
 from coordinator.models import AuditEntry, IdempotentAnswer, MetricMinute, Role, User
-from coordinator.selectors import operations_parts
+from coordinator.selectors import operations_overview, operations_overview_state, operations_parts
 
 logger = logging.getLogger(__name__)
 
@@ -295,9 +298,28 @@ def operations_record(*, now: datetime | None = None) -> int:
     cutoff = end - timedelta(hours=settings.OPERATIONS_RETENTION_HOURS)
     # By series first: the unique (series, minute) index serves the range.
     MetricMinute.objects.filter(series__in=list(values), minute__lt=int(cutoff.timestamp())).delete()
-    state = {"minute": at, **values}
+    state = {"minute": at, **values, "overview": operations_overview_state(operations_overview(None, now=now))}
+    _operations_broadcast(parts, state)
+    return len(values)
+
+
+def _operations_broadcast(parts: list[tuple[AppConfig, ModuleType]], state: dict[str, Any]) -> None:
     for _, part in parts:
         broadcast: Callable[[dict[str, Any]], None] | None = getattr(part, "broadcast", None)
         if broadcast is not None:
             transaction.on_commit(partial(broadcast, state))
-    return len(values)
+
+
+OVERVIEW_CACHE_KEY = "coordinator:operations-overview"
+
+
+def operations_overview_publish(*, throttled: bool = False) -> bool:
+    """Hand open dashboards the current counts and needs-attention items, computed by the selector
+    the admin index renders them with (coordinator.selectors.operations_overview); True if sent.
+
+    `throttled`: at most one per OPERATIONS_LIVE_SECONDS across every process (a key in the cache
+    they share), however many processes and readers ask: the cost follows the clock, not the load."""
+    if throttled and not cache.add(OVERVIEW_CACHE_KEY, 1, timeout=settings.OPERATIONS_LIVE_SECONDS):
+        return False
+    _operations_broadcast(operations_parts(), {"overview": operations_overview_state(operations_overview(None))})
+    return True

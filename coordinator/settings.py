@@ -309,6 +309,7 @@ SECRET_ENVIRONMENT = (
     "COORDINATOR_ADMIN_PASSWORD",
     "COORDINATOR_PASSWORD",
     "METRICS_TOKEN",
+    "WEBHOOKS_SECRET_KEYS",
 )
 JWT_PRIVATE_KEY = _pem("JWT_PRIVATE_KEY")
 JWT_PUBLIC_KEY = _pem("JWT_PUBLIC_KEY")
@@ -552,6 +553,10 @@ PROGRESS_RETENTION_SECONDS = env_float("PROGRESS_RETENTION_SECONDS", 3600.0, min
 # Allow webhook URLs on loopback, private, link-local and other non-public addresses (1/0). Off:
 # refused at subscription and again at every delivery, after resolving the host name.
 WEBHOOKS_ALLOW_PRIVATE = env_bool("WEBHOOKS_ALLOW_PRIVATE", False)
+# Keys the webhooks' signing secrets are encrypted under (webhooks/sealing.py), comma-separated:
+# the first seals, all unseal (put a new key first, keep the old one until its secrets are
+# rotated). Default: DJANGO_SECRET_KEY.
+WEBHOOKS_SECRET_KEYS = env_list("WEBHOOKS_SECRET_KEYS", []) or [SECRET_KEY]
 # Webhooks one user may own: every event is queued once per matching webhook, in the publisher's
 # transaction, so an unbounded number would let one user flood the job queue and a third party.
 WEBHOOKS_PER_OWNER = env_int("WEBHOOKS_PER_OWNER", 25, minimum=1)
@@ -574,3 +579,6 @@ METRICS_MULTIPROC_DIR = env_path("PROMETHEUS_MULTIPROC_DIR", None)
 # --- Operations dashboard (the admin index) -----------------------------------------------------
 # Hours of per-minute chart values kept (the charts show the last 24 h).
 OPERATIONS_RETENTION_HOURS = env_int("OPERATIONS_RETENTION_HOURS", 48, minimum=25)
+# Seconds between two live updates of the dashboard's counts and needs-attention list, platform-wide,
+# while someone has it open (whole seconds: the shared cache's expiry is whole seconds on Redis).
+OPERATIONS_LIVE_SECONDS = env_int("OPERATIONS_LIVE_SECONDS", 5, minimum=1)

@@ -55,6 +55,12 @@ class Worker(models.Model):
     last_seen = models.DateTimeField(auto_now_add=True)
     # Tasks this worker finished; a restart does not take them back, so this is not a row count.
     tasks_done = models.BigIntegerField(default=0)
+    # Likewise tasks it reported failed (or held past their last lease), and the seconds from
+    # hand-out to finish summed over the tasks it finished: the dashboard's failures per minute and
+    # mean completion latency are the minute's growth of these totals (farm/operations.py), kept
+    # by the update that credits `tasks_done` anyway.
+    tasks_failed = models.BigIntegerField(default=0)
+    done_seconds = models.FloatField(default=0.0)
 
     class Meta:
         ordering = ["-last_seen"]

@@ -12,6 +12,7 @@ progress update publishes only while its task is open.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -125,9 +126,19 @@ def _touch_worker(worker: Worker, now: datetime) -> None:
         worker.last_seen = now
 
 
-def _credit(worker_id: int | None, finished: int) -> None:
-    if worker_id is not None and finished:
-        Worker.objects.filter(pk=worker_id).update(tasks_done=F("tasks_done") + finished)
+def _credit(worker_id: int | None, *, done: int = 0, failed: int = 0, seconds: float = 0.0) -> None:
+    """Add finished tasks to the worker's running totals (done, failed, and the hand-out-to-finish
+    seconds of those done) in one update."""
+    if worker_id is not None and (done or failed):
+        Worker.objects.filter(pk=worker_id).update(
+            tasks_done=F("tasks_done") + done,
+            tasks_failed=F("tasks_failed") + failed,
+            done_seconds=F("done_seconds") + seconds,
+        )
+
+
+def _seconds_since(started: datetime | None, now: datetime) -> float:
+    return max(0.0, (now - started).total_seconds()) if started is not None else 0.0
 
 
 @transaction.atomic
@@ -245,11 +256,13 @@ def _unlocked(tasks: QuerySet[Task], limit: int) -> list[Task]:
 def _fail_exhausted(tasks: list[Task]) -> list[Task]:
     """Of lapsed `tasks` (locked), those handed out FARM_MAX_ATTEMPTS times become failed, never
     handed out again; returns the others."""
-    exhausted = [task.pk for task in tasks if task.attempts >= max_attempts()]
+    exhausted = [task for task in tasks if task.attempts >= max_attempts()]
     if exhausted:
-        Task.objects.filter(pk__in=exhausted).update(
+        Task.objects.filter(pk__in=[task.pk for task in exhausted]).update(
             status=Task.Status.FAILED, failure=f"lease lapsed {max_attempts()} times"
         )
+        for holder, count in Counter(task.worker_id for task in exhausted).items():
+            _credit(holder, failed=count)
     return [task for task in tasks if task.attempts < max_attempts()]
 
 
@@ -353,7 +366,7 @@ def task_update(*, run: Run, number: int, change: TaskChange, sender: str | None
     if sender and task.status == Task.Status.COMPUTING and holder is not None and holder.uuid != sender:
         raise LeaseLostError(extra={"task": number})
     now = timezone.now()
-    was_done = task.status == Task.Status.DONE
+    was = task.status
     task.updated = now
     fields = ["updated"]
     if change.percent_completed is not None:
@@ -365,8 +378,10 @@ def task_update(*, run: Run, number: int, change: TaskChange, sender: str | None
         task.status = change.status
         fields.append("status")
     task.save(update_fields=fields)
-    if not was_done and task.status == Task.Status.DONE:
-        _credit(task.worker_id, 1)
+    if was != task.status == Task.Status.DONE:
+        _credit(task.worker_id, done=1, seconds=_seconds_since(task.started, now))
+    elif was != task.status == Task.Status.FAILED:
+        _credit(task.worker_id, failed=1)
     if holder is not None and holder.uuid == sender:
         _touch_worker(holder, now)
     text = f"task {number}: {task.status} {task.percent_completed:g}%"
@@ -381,10 +396,11 @@ def task_update(*, run: Run, number: int, change: TaskChange, sender: str | None
 def _finish_held(run: Run, worker: Worker, numbers: list[int], status: str, failure: str = "") -> list[int]:
     """Tasks among `numbers` computing for `worker` become `status`."""
     held = Task.objects.filter(run=run, worker=worker, status=Task.Status.COMPUTING, task__in=sorted(set(numbers)))
-    ids, finished = [], []
-    for pk, number in held.select_for_update(of=("self",)).values_list("pk", "task"):
+    ids, finished, started = [], [], []
+    for pk, number, handed_out in held.select_for_update(of=("self",)).values_list("pk", "task", "started"):
         ids.append(pk)
         finished.append(number)
+        started.append(handed_out)
     now = timezone.now()
     changes: dict[str, Any] = {"status": status, "updated": now}
     if status == Task.Status.DONE:
@@ -394,7 +410,9 @@ def _finish_held(run: Run, worker: Worker, numbers: list[int], status: str, fail
     Task.objects.filter(pk__in=ids).update(**changes)
     metrics.tasks_finished(status, len(ids))
     if status == Task.Status.DONE:
-        _credit(worker.pk, len(ids))
+        _credit(worker.pk, done=len(ids), seconds=sum(_seconds_since(at, now) for at in started))
+    else:
+        _credit(worker.pk, failed=len(ids))
     _touch_worker(worker, now)
     if finished:
         verb = "completed" if status == Task.Status.DONE else "failed"

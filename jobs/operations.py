@@ -17,8 +17,6 @@ CHARTS = [
     {"title": "Jobs ended per minute", "series": {"jobs.succeeded": "succeeded", "jobs.failed": "failed"}},
     {"title": "Job run time (s)", "series": {"jobs.run_p95": "p95", "jobs.run_mean": "mean"}},
 ]
-# The index cards (JobsConfig.admin_dashboard) that follow a recorded value live.
-LIVE_CARDS = {"Jobs running": "jobs.running"}
 
 _FAILED = (JobAttempt.Outcome.FAILURE, JobAttempt.Outcome.CANCELLED)
 

@@ -17,7 +17,6 @@ CHARTS = [
     {"title": "Device messages per minute", "series": {"pool.responses": "responses", "pool.heartbeats": "heartbeats"}},
     {"title": "Devices", "series": {"pool.online": "online", "pool.open": "open deliveries"}},
 ]
-LIVE_CARDS = {"Open deliveries": "pool.open"}
 
 
 def minute(start: datetime, end: datetime) -> dict[str, float | None]:

@@ -12,9 +12,11 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
 
 from coordinator.models import User
+from coordinator.permissions import sees_operations
 from coordinator.tokens import credential_stamp
 from progress import conf
 from progress.db import db_call
+from progress.operations import DASHBOARD_TOPIC
 from progress.selectors import Viewer
 from progress.services import stream_lease_acquire, stream_lease_release, stream_lease_renew
 
@@ -40,7 +42,11 @@ def _allowed_now(access: Access) -> bool:
     if access.user_id is None:
         return True
     user = User.objects.filter(pk=access.user_id, is_active=True).first()
-    return user is not None and credential_stamp(user) == access.stamp
+    if user is None or credential_stamp(user) != access.stamp:
+        return False
+    # A system topic granted by name (the dashboard's, to staff) lasts while its reason does:
+    # staff status taken away, the stream ends, and the reader reconnects without it.
+    return access.viewer is None or access.viewer.system_topics <= viewer_for(user).system_topics
 
 
 def _allowed_and_renewed(access: Access, lease: int | None) -> bool:
@@ -84,8 +90,10 @@ def _granted(user: User, expires_at: float | None = None) -> Access:
 
 
 def viewer_for(user: User) -> Viewer:
-    """What this user may read: everything for admins (or when progress is public), else their own."""
-    return Viewer(sees_all=bool(user.is_admin) or conf.public(), user_id=int(user.pk))
+    """What this user may read: everything for admins (or when progress is public), else their own,
+    and the operations dashboard's topic if the admin shows them the dashboard (sees_operations)."""
+    granted = frozenset({DASHBOARD_TOPIC}) if sees_operations(user) else frozenset()
+    return Viewer(sees_all=bool(user.is_admin) or conf.public(), user_id=int(user.pk), system_topics=granted)
 
 
 def _from_token(raw: str) -> Access:

@@ -63,6 +63,11 @@ def lease_seconds() -> float:
     return 3 * keepalive_seconds()
 
 
+def operations_live_seconds() -> float:
+    """`OPERATIONS_LIVE_SECONDS`: the least interval between two live dashboard overviews."""
+    return float(settings.OPERATIONS_LIVE_SECONDS)
+
+
 def transport() -> str:
     """`layer` (channels-redis) when Redis carries the channel layer, else `db` (event-table polling)."""
     backend = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")

@@ -54,7 +54,7 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4429)  # this user holds as many open streams as one may
             return
         self.viewer = access.viewer
-        subscriber = Subscriber(self._accepts)
+        subscriber = Subscriber(self._accepts, topics=self.topics)
         await hub().subscribe(subscriber)
         self.subscriber = subscriber
         metrics.clients.labels("websocket").inc()

@@ -19,7 +19,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -29,6 +29,7 @@ from channels.layers import channel_layers
 from progress import conf, metrics
 from progress.events import Event
 from progress.models import ProgressEvent
+from progress.operations import DASHBOARD_TOPIC
 from progress.selectors import event_from_row, event_latest_id
 from progress.services import layer_group
 
@@ -39,10 +40,13 @@ DELIVERED_MEMORY_SECONDS = 120.0
 
 
 class Subscriber:
-    """A local reader: a bounded queue plus a filter; overflow marks it so its owner can drop it."""
+    """A local reader: a bounded queue plus a filter; overflow marks it so its owner can drop it.
+    `topics`, when the reader names them (the WebSocket's subscriptions, a live set), tells the hub
+    what it follows by name: the operations dashboard is refreshed only while someone follows it."""
 
-    def __init__(self, accepts: Callable[[Event], bool]) -> None:
+    def __init__(self, accepts: Callable[[Event], bool], topics: Collection[str] = ()) -> None:
         self.accepts = accepts
+        self.topics = topics
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=conf.QUEUE_SIZE)
         self.overflowed = asyncio.Event()
 
@@ -63,6 +67,7 @@ class Hub:
     def __init__(self) -> None:
         self.subscribers: set[Subscriber] = set()
         self.task: asyncio.Task[None] | None = None
+        self.overview: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self.wake = asyncio.Event()
         self.transport = conf.transport()
@@ -79,6 +84,10 @@ class Hub:
             # A fresh context: the hub outlives the request that started it, so it must not run its
             # database reads in that request's thread (Django's per-request ThreadSensitiveContext).
             self.task = asyncio.get_running_loop().create_task(self._run(), context=contextvars.Context())
+        if self.overview is None or self.overview.done():
+            self.overview = asyncio.get_running_loop().create_task(
+                self._operations_overview(), context=contextvars.Context()
+            )
         self.wake.set()
         await self.ready.wait()
 
@@ -103,6 +112,22 @@ class Hub:
                 logger.exception("progress hub failed; restarting in 1s")
                 self.ready.clear()
                 await asyncio.sleep(1.0)
+
+    async def _operations_overview(self) -> None:
+        """While a reader of this process follows the operations dashboard, ask every
+        OPERATIONS_LIVE_SECONDS for its counts and needs-attention list to be published. Every
+        process asks; the shared cache lets one of them publish per interval (the rate is bounded
+        by the clock, not by the events or the readers)."""
+        from coordinator.services import operations_overview_publish
+
+        while True:
+            await asyncio.sleep(conf.operations_live_seconds())
+            if not any(DASHBOARD_TOPIC in subscriber.topics for subscriber in list(self.subscribers)):
+                continue
+            try:
+                await sync_to_async(operations_overview_publish)(throttled=True)
+            except Exception:  # a failing count must not end the live dashboard for good
+                logger.exception("operations overview could not be published; trying again")
 
     async def _run_layer(self) -> None:
         # A layer instance of its own: channels-redis ties receiving to one event loop, and tests

@@ -16,7 +16,6 @@ from progress.services import progress_publish
 DASHBOARD_TOPIC = "ops:dashboard"
 
 CHARTS = [{"title": "Progress events per minute", "series": {"progress.events": "events"}}]
-LIVE_CARDS = {"Live progress": "progress.live"}
 
 
 def minute(start: datetime, end: datetime) -> dict[str, float | None]:

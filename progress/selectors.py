@@ -16,20 +16,27 @@ STATE_LIMIT = 1000  # topics sent on a subscription to `*`: the most recent live
 
 @dataclass(frozen=True)
 class Viewer:
-    """A reader of progress: everything (admins, PROGRESS_PUBLIC) or only its own user's events."""
+    """A reader of progress: everything (admins, PROGRESS_PUBLIC), or its own user's events and
+    the system topics (no owner) it was granted by name (the operations dashboard's, for staff)."""
 
     sees_all: bool
     user_id: int | None = None
+    system_topics: frozenset[str] = frozenset()
 
     def can_see(self, event: Event) -> bool:
-        return self.sees_all or (self.user_id is not None and event["owner_id"] == self.user_id)
+        if self.sees_all:
+            return True
+        if event["owner_id"] is None:
+            return event["topic"] in self.system_topics
+        return self.user_id is not None and event["owner_id"] == self.user_id
 
     def visible(self) -> Q:
         if self.sees_all:
             return Q()
+        granted = Q(owner_id__isnull=True, topic__in=sorted(self.system_topics)) if self.system_topics else Q(pk__in=[])
         if self.user_id is None:
-            return Q(pk__in=[])
-        return Q(owner_id=self.user_id)
+            return granted
+        return Q(owner_id=self.user_id) | granted
 
 
 def _topic_filter(topics: Iterable[str] | None) -> Q:

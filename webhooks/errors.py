@@ -20,3 +20,14 @@ class TooManyWebhooksError(ConflictError):
     """The owner already has WEBHOOKS_PER_OWNER webhooks."""
 
     code = "too_many_webhooks"
+
+
+class SecretUnreadableError(ConflictError):
+    """A stored signing secret that no key of WEBHOOKS_SECRET_KEYS opens (the key that sealed it
+    was removed): the webhook needs a new secret."""
+
+    code = "webhook_secret_unreadable"
+    default_message = (
+        "This webhook's secret cannot be decrypted with WEBHOOKS_SECRET_KEYS (was a key removed?): "
+        "give it a new secret."
+    )

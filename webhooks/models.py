@@ -28,8 +28,9 @@ class Subscription(models.Model):
     event_owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
     )
-    # Needed in clear to sign each delivery; never shown again after it was first given out.
-    secret = models.CharField(max_length=200)
+    # The signing secret, encrypted (webhooks/sealing.py): needed in clear to sign each delivery,
+    # so not a hash; never shown again after it was first given out.
+    secret_sealed = models.TextField()
     enabled = models.BooleanField(default=True, db_index=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
     disabled_reason = models.CharField(max_length=300, blank=True, default="")

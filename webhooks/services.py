@@ -23,8 +23,9 @@ from coordinator.services import audit_record
 from progress.events import Event
 from progress.watchdog import alert_raise, alert_resolve
 from webhooks import net
-from webhooks.errors import TooManyWebhooksError
+from webhooks.errors import SecretUnreadableError, TooManyWebhooksError
 from webhooks.models import Delivery, EventType, Subscription
+from webhooks.sealing import secret_seal, secret_unseal
 
 logger = logging.getLogger("webhooks")
 
@@ -105,7 +106,7 @@ def subscription_create(
         url=url,
         events=_clean_events(events),
         event_owner=_event_owner_for(owner, event_owner),
-        secret=chosen,
+        secret_sealed=secret_seal(chosen),
     )
     audit_record(action="webhook.create", target=subscription, after=_shown(subscription))
     return subscription, chosen
@@ -132,9 +133,11 @@ def subscription_update(
     if events is not None:
         locked.events = _clean_events(events)
     if secret is not None:
-        new_secret = locked.secret = _clean_secret(secret)
+        new_secret = _clean_secret(secret)
     elif rotate_secret:
-        new_secret = locked.secret = _secret()
+        new_secret = _secret()
+    if new_secret is not None:
+        locked.secret_sealed = secret_seal(new_secret)
     if enabled is not None:
         if enabled and not locked.enabled:
             locked.consecutive_failures, locked.disabled_reason = 0, ""
@@ -295,6 +298,13 @@ def delivery_attempt(*, delivery_id: int, final: bool) -> str:
             status=Delivery.Status.REFUSED, error=message, last_attempt_at=now, attempts=F("attempts") + 1
         )
         return Delivery.Status.REFUSED
+    try:
+        secret = secret_unseal(subscription.secret_sealed)
+    except SecretUnreadableError as exc:  # no retry mends it: only a new secret does
+        Delivery.objects.filter(pk=delivery.pk).update(
+            status=Delivery.Status.REFUSED, error=exc.message, last_attempt_at=now, attempts=F("attempts") + 1
+        )
+        return Delivery.Status.REFUSED
     body = body_of(delivery.payload)
     timestamp = int(now.timestamp())
     headers = {
@@ -302,7 +312,7 @@ def delivery_attempt(*, delivery_id: int, final: bool) -> str:
         "User-Agent": "Coordinator-Webhooks/1",
         "X-Coordinator-Event": delivery.event_type,
         "X-Coordinator-Timestamp": str(timestamp),
-        "X-Coordinator-Signature": signature(subscription.secret, timestamp, body),
+        "X-Coordinator-Signature": signature(secret, timestamp, body),
         "X-Coordinator-Delivery": str(delivery.pk),
     }
     code: int | None = None

@@ -210,3 +210,80 @@ def test_a_websocket_past_the_users_stream_limit_is_closed_with_4429(user, setti
         return int(closed["code"])
 
     assert run(body) == 4429
+
+
+def test_staff_who_may_only_view_follow_the_operations_dashboard_and_plain_users_never_do(
+    user, admin, settings
+) -> None:
+    from django.contrib.auth.models import Permission
+    from django.core.cache import cache
+
+    from coordinator.models import Role
+    from coordinator.services import OVERVIEW_CACHE_KEY
+    from tests.factories import UserFactory
+
+    settings.OPERATIONS_LIVE_SECONDS = 1
+    cache.delete(OVERVIEW_CACHE_KEY)
+    viewer = UserFactory(role=Role.USER, is_staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(codename__startswith="view_"))
+    staff_token, user_token = access_token_for(viewer), access_token_for(user)
+
+    async def body() -> None:
+        plain, _, _ = await ws_connect(f"/ws/progress/?token={user_token}")
+        await plain.send_json_to({"type": "subscribe", "topics": ["ops:dashboard", "*"]})
+        await ws_receive_until(plain, lambda m: m["type"] == "subscribed")
+        staff, _, _ = await ws_connect(f"/ws/progress/?token={staff_token}")
+        await staff.send_json_to({"type": "subscribe", "topics": ["ops:dashboard", "stream:0"]})
+        await ws_receive_until(staff, lambda m: m["type"] == "subscribed")
+        # Another system topic stays the admins': the grant is the dashboard's topic by name.
+        await sync_to_async(publish)("stream:0", "new", "a socket stream")
+        # Nobody publishes the overview here: the hub asks for it while a reader follows the topic.
+        got = await ws_receive_until(staff, lambda m: m["type"] == "event", timeout=10)
+        event = got[-1]
+        assert event["topic"] == "ops:dashboard"
+        assert event["state"]["overview"]["cards"]["jobs.jobs-running"] == {"value": "0", "note": "0 waiting"}
+        assert await plain.receive_nothing(timeout=0.5)
+        await plain.disconnect()
+        await staff.disconnect()
+
+    run(body)
+
+
+def test_an_open_socket_closes_once_its_reader_is_no_longer_staff(monkeypatch) -> None:
+    from coordinator.models import Role
+    from tests.factories import UserFactory
+
+    monkeypatch.setattr("progress.conf.KEEPALIVE_SECONDS", 0.05)
+    staff = UserFactory(role=Role.USER, is_staff=True)
+    token = access_token_for(staff)
+
+    def demote() -> None:
+        staff.is_staff = False
+        staff.save()
+
+    async def body() -> None:
+        communicator, connected, _ = await ws_connect(f"/ws/progress/?token={token}")
+        assert connected
+        await sync_to_async(demote)()
+        while (message := await communicator.receive_output(timeout=20))["type"] != "websocket.close":
+            pass
+        assert message["code"] == 4401
+
+    run(body)
+
+
+def test_the_live_overview_is_published_at_most_once_per_interval(admin, settings) -> None:
+    from django.core.cache import cache
+
+    from coordinator.services import OVERVIEW_CACHE_KEY, operations_overview_publish
+    from progress.models import ProgressEvent
+
+    cache.delete(OVERVIEW_CACHE_KEY)
+    settings.OPERATIONS_LIVE_SECONDS = 3600
+    before = ProgressEvent.objects.filter(topic="ops:dashboard").count()
+    assert operations_overview_publish(throttled=True) is True
+    # However many processes and readers ask within the interval, one overview went out.
+    assert [operations_overview_publish(throttled=True) for _ in range(5)] == [False] * 5
+    assert ProgressEvent.objects.filter(topic="ops:dashboard").count() == before + 1
+    cache.delete(OVERVIEW_CACHE_KEY)  # the interval is over
+    assert operations_overview_publish(throttled=True) is True

@@ -12,6 +12,7 @@ from django.urls import reverse
 from coordinator.models import AuditEntry, User
 from tests.webhooks.conftest import Receiver
 from webhooks.models import Subscription
+from webhooks.sealing import secret_unseal
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def test_adding_a_webhook_shows_its_secret_once(
     response = staff.post(reverse("admin:webhooks_subscription_add"), form, follow=True)
     subscription = Subscription.objects.get()
     secret = re.search(r"shown only now: (\S+?)<", response.content.decode()).group(1)
-    assert secret == subscription.secret
+    assert secret == secret_unseal(subscription.secret_sealed)
     assert subscription.events == ["job.failed", "alert.raised"]
     page = staff.get(reverse("admin:webhooks_subscription_change", args=[subscription.pk])).content.decode()
     assert secret not in page

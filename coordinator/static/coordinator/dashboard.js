@@ -3,8 +3,11 @@
  * [{name, label}]}, hour: {name: [[minute, value, 1], ...]}, day: {name: [[bucket start, mean,
  * minutes], ...]}, day_bucket: seconds}; times in Unix seconds), and adds each new minute
  * as it arrives on the progress channel (progress/live.js dispatches `progress:event` on
- * #ops-dashboard; its state is {minute, <series>: value, ...}, and live.js itself updates the
- * cards whose value carries data-progress-field). No reload.
+ * #ops-dashboard; a minute's state is {minute, <series>: value, ..., overview}). An `overview`
+ * (each minute, and every OPERATIONS_LIVE_SECONDS while the page is open: {cards: {key: {value,
+ * note}}, attention: {panel: [{title, count, url}]}}) replaces the count cards' values
+ * ([data-ops-card], [data-ops-note]) and each panel's needs-attention list ([data-ops-attention]),
+ * computed by the same selector that rendered the page. No reload.
  * Each chart element carries data-points (how many values it shows) and data-total (their sum). */
 (function () {
   "use strict";
@@ -59,8 +62,36 @@
     });
   }
 
+  function overview(seen) {
+    var cards = seen.cards || {}, attention = seen.attention || {};
+    document.querySelectorAll("[data-ops-card]").forEach(function (el) {
+      var card = cards[el.getAttribute("data-ops-card")];
+      if (card) { el.textContent = card.value; }
+    });
+    document.querySelectorAll("[data-ops-note]").forEach(function (el) {
+      var card = cards[el.getAttribute("data-ops-note")];
+      if (card) { el.textContent = card.note; }
+    });
+    document.querySelectorAll("[data-ops-attention]").forEach(function (list) {
+      var items = attention[list.getAttribute("data-ops-attention")];
+      if (!items) { return; }  // a panel this overview does not speak of keeps what it shows
+      while (list.firstChild) { list.removeChild(list.firstChild); }
+      items.forEach(function (item) {
+        var li = document.createElement("li"), a = document.createElement("a"), strong = document.createElement("strong");
+        a.href = item.url;
+        strong.textContent = String(item.count);
+        a.appendChild(strong);
+        a.appendChild(document.createTextNode(" " + item.title));
+        li.appendChild(a);
+        list.appendChild(li);
+      });
+      list.hidden = items.length === 0;
+    });
+  }
+
   function receive(domEvent) {
     var state = (domEvent.detail && domEvent.detail.state) || {};
+    if (state.overview && typeof state.overview === "object") { overview(state.overview); }
     if (typeof state.minute !== "number") { return; }
     var bucket = Math.floor(state.minute / data.day_bucket) * data.day_bucket;
     Object.keys(state).forEach(function (name) {
