@@ -136,6 +136,12 @@ class CoordinatorAdminSite(admin.AdminSite):
         return super().index(request, context)
 
 
+def is_admin_request(request: HttpRequest) -> bool:
+    """Whether the admin page is used by an active user with the admin role (not merely staff)."""
+    user = request.user
+    return bool(user.is_active and getattr(user, "is_admin", False))
+
+
 class AuditedAdminMixin:
     """Every admin page's changes reach the audit trail through here (every ModelAdmin of the
     platform has it, through SafeSelectionMixin): additions, edits (with the changed fields'
