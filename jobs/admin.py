@@ -336,6 +336,16 @@ class JobScheduleAdmin(SafeSelectionMixin, admin.ModelAdmin):
                 changed += 1
         self.message_user(request, f"{changed} schedule(s) {'resumed' if enabled else 'paused'}.", messages.SUCCESS)
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A schedule runs with its owner's rights: staff change only one they could have written
+        # themselves, never an admin's (unless they are admins) nor one of a type they may not run.
+        if isinstance(obj, JobSchedule) and not is_admin_request(request):
+            spec = get_spec(obj.type)
+            editor = request.user if isinstance(request.user, User) else None
+            if obj.owner.is_admin or spec is None or not user_may_run(editor, spec):
+                return False
+        return super().has_change_permission(request, obj)
+
     def delete_model(self, request: HttpRequest, obj: JobSchedule) -> None:
         schedule_delete(schedule=obj)
 

@@ -265,3 +265,31 @@ def test_only_admins_write_the_clusters_schedules_which_name_any_function() -> N
     assert existing.func == "coordinator.services.operations_record"
     admin = _logged_in(UserFactory(role=Role.ADMIN))
     assert admin.get("/admin/django_q/schedule/add/").status_code == 200
+
+
+def test_staff_who_may_change_schedules_cannot_rewrite_one_that_runs_as_an_admin() -> None:
+    """A schedule runs with its owner's rights: staff with the change permission turned an admin's
+    export into an export of everything, run as the admin."""
+    from jobs.schedules import schedule_create
+
+    admins = schedule_create(
+        owner=UserFactory(role=Role.ADMIN), type="json_export", data={"everything": False}, cron="0 6 * * *"
+    )
+    masters = schedule_create(
+        owner=UserFactory(role=Role.MASTER), type="jsonl_import", data={"filename": "mine.jsonl"}, cron="0 6 * * *"
+    )
+    users = schedule_create(owner=UserFactory(), type="test.main.add", data={"x": 1, "y": 2}, cron="0 6 * * *")
+    attacker = _logged_in(_staff_with("view_jobschedule", "change_jobschedule"))
+    when = {
+        "schedule_cron": "0 6 * * *",
+        "schedule_timezone": "UTC",
+        "schedule_enabled": "on",
+        "schedule_missed": "skip",
+    }
+    attacker.post(f"/admin/jobs/jobschedule/{admins.pk}/change/", {"type": "json_export", "everything": "on", **when})
+    attacker.post(f"/admin/jobs/jobschedule/{masters.pk}/change/", {"filename": "theirs.jsonl", **when})
+    attacker.post(f"/admin/jobs/jobschedule/{users.pk}/change/", {"x": "5", "y": "5", **when})
+    admins.refresh_from_db(), masters.refresh_from_db(), users.refresh_from_db()
+    assert admins.data == {"everything": False}
+    assert masters.data == {"filename": "mine.jsonl"}
+    assert users.data == {"x": 5, "y": 5}  # a schedule of an open type it may still change
