@@ -160,3 +160,33 @@ def test_a_late_occurrence_is_run_not_taken_for_a_missed_one(user: User) -> None
     assert not run.skipped and run.job is not None
     schedule.refresh_from_db()
     assert schedule.next_run_at == at("2026-12-08 06:00")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_creates_cannot_pass_the_schedule_cap_together(user: User, settings) -> None:
+    """The cap counts, then inserts: without a lock, creates that all counted below it together
+    each added one (on PostgreSQL; SQLite takes its write lock at BEGIN)."""
+    import threading
+
+    from django.db import connection
+
+    settings.SCHEDULES_PER_OWNER = 3
+    start = threading.Barrier(8)
+    refused: list[str] = []
+
+    def create() -> None:
+        start.wait()
+        try:
+            schedule_create(owner=user, interval_seconds=60, **ADD)
+        except ApplicationError as exc:
+            refused.append(exc.code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert JobSchedule.objects.filter(owner=user).count() == 3
+    assert refused == ["too_many_schedules"] * 5
