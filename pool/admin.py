@@ -20,7 +20,7 @@ from rest_framework import serializers
 from coordinator.admin_display import relative_time, shortened
 from coordinator.admin_site import SafeSelectionMixin, ServiceActionsAdmin
 from coordinator.api.parsers import loads_strict
-from coordinator.errors import ValidationFailedError
+from coordinator.errors import ApplicationError, ValidationFailedError
 from coordinator.models import User
 from jobs.bulk import bulk_submit
 from pool import selectors, services
@@ -666,6 +666,18 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
     def response_post_save_add(self, request: HttpRequest, obj: Any) -> HttpResponseRedirect:
         # Saving a task lands on it: its deliveries are what the operator wants to see next.
         return HttpResponseRedirect(reverse("admin:pool_task_change", args=[obj.pk]))
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # The service has the last word on a task (a `rollout` or `continuous` written by hand in
+        # the meta JSON, a device deleted meanwhile): its refusal is a message, never a 500. The
+        # admin's transaction was rolled back when the error left it: nothing was sent.
+        try:
+            return super().add_view(request, form_url, extra_context)
+        except ApplicationError as exc:
+            self.message_user(request, f"The task was not sent: {exc.message}", messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         user = request.user if isinstance(request.user, User) else None

@@ -274,6 +274,25 @@ def test_the_composer_refuses_what_the_database_cannot_store(staff, make_device)
     assert not Message.objects.filter(type="task").exists()
 
 
+@pytest.mark.parametrize(
+    "meta",
+    [
+        '{"rollout": {"per_minute": 1e308}}',
+        '{"rollout": {"per_minute": 0}}',
+        '{"rollout": "fast"}',
+        '{"continuous": "yes"}',
+    ],
+)
+def test_a_rollout_or_flag_written_in_the_meta_json_is_refused_with_a_message_not_a_500(staff, make_device, meta):
+    device = make_device("d")
+    url = reverse("admin:pool_task_add")
+    form = {"target": "one", "devices": [device.pk], "title": "t", "body": "", "meta_json": meta}
+    refused = staff.post(url, form, follow=True)
+    assert refused.status_code == 200
+    assert "The task was not sent" in refused.content.decode()
+    assert not Message.objects.filter(type="task").exists()
+
+
 @pytest.mark.parametrize("value", ["off", "0", "no", "false", ""])
 def test_a_scripted_post_that_does_not_tick_the_fleet_box_sends_to_nobody(staff, make_device, value):
     make_device("a"), make_device("b")
