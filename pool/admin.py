@@ -8,7 +8,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.widgets import AdminSplitDateTime
+from django.contrib.admin.widgets import AdminSplitDateTime, AutocompleteSelectMultiple
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
@@ -781,6 +781,16 @@ class MessageAdmin(SafeSelectionMixin, MessageColumns, admin.ModelAdmin):
         return shortened(obj.parent_id, 8)
 
 
+class DevicesAutocomplete(AutocompleteSelectMultiple):
+    """The group's device picker. Django's widget looks up the posted values to show them again,
+    so a value that is not a device id (`abc`, NUL, 30 digits) answered 500 instead of the form's
+    own "not a valid value"; those values are not shown again."""
+
+    def optgroups(self, name: str, value: Any, attr: Any = None) -> Any:
+        ids = [v for v in value if str(v).isascii() and str(v).isdigit() and int(v) < 2**63]
+        return super().optgroups(name, ids, attr)
+
+
 class DeviceGroupForm(forms.ModelForm):
     class Meta:
         model = DeviceGroup
@@ -798,6 +808,12 @@ class DeviceGroupAdmin(SafeSelectionMixin, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[DeviceGroup]:
         return super().get_queryset(request).annotate(device_count=Count("devices"))
+
+    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "devices":
+            kwargs["widget"] = DevicesAutocomplete(db_field, self.admin_site)
+            kwargs["form_class"] = DeviceChoiceField  # an id past the database's integers: a form error
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
 
     @admin.display(description="devices", ordering="device_count")
     def size(self, obj: DeviceGroup) -> int:

@@ -419,3 +419,15 @@ def test_composer_builds_a_rollout_and_refuses_a_bad_one(staff, make_device):
     bad = staff.post(url, {**base, "title": "bad", "rollout_per_minute": "10", "abort_percent": "150"})
     assert "meta.rollout.abort.failed_percent" in bad.content.decode()
     assert not Message.objects.filter(title="bad").exists()
+
+
+@pytest.mark.parametrize("bad", ["abc", "\x00", "9" * 30, "1e999", "-1", "١"])
+def test_a_group_posted_with_a_device_value_that_is_no_id_is_a_form_error_not_a_500(staff, make_device, bad):
+    from pool.models import DeviceGroup
+
+    device = make_device("a")
+    page = staff.post(
+        reverse("admin:pool_devicegroup_add"), {"slug": "north", "name": "N", "devices": [device.pk, bad]}
+    )
+    assert page.status_code == 200 and 'class="errorlist' in page.content.decode()
+    assert not DeviceGroup.objects.exists()
