@@ -784,10 +784,10 @@ class MessageAdmin(SafeSelectionMixin, MessageColumns, admin.ModelAdmin):
 class DevicesAutocomplete(AutocompleteSelectMultiple):
     """The group's device picker. Django's widget looks up the posted values to show them again,
     so a value that is not a device id (`abc`, NUL, 30 digits) answered 500 instead of the form's
-    own "not a valid value"; those values are not shown again."""
+    own "not a valid value"; those values are not shown again (ids have at most 18 digits here)."""
 
     def optgroups(self, name: str, value: Any, attr: Any = None) -> Any:
-        ids = [v for v in value if str(v).isascii() and str(v).isdigit() and int(v) < 2**63]
+        ids = [v for v in value if str(v).isascii() and str(v).isdigit() and len(str(v)) < 19]
         return super().optgroups(name, ids, attr)
 
 
