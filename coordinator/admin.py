@@ -11,7 +11,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from coordinator.admin_site import ReadOnlyAdmin, SafeSelectionMixin
+from coordinator.admin_site import ReadOnlyAdmin, SafeSelectionMixin, is_admin_request
 from coordinator.errors import ApplicationError
 from coordinator.models import AuditEntry, Role, User
 from coordinator.services import user_deactivate, user_set_role
@@ -58,24 +58,24 @@ class UserAdmin(SafeSelectionMixin, DjangoUserAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         fields = tuple(super().get_readonly_fields(request, obj))
-        if not _is_admin(request):
+        if not is_admin_request(request):
             fields += self.ACCESS_FIELDS
         return fields
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # An admin's account (its password, its email) is changed only by admins.
-        if isinstance(obj, User) and obj.role == Role.ADMIN and not _is_admin(request):
+        if isinstance(obj, User) and obj.role == Role.ADMIN and not is_admin_request(request):
             return False
         return super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if isinstance(obj, User) and obj.role == Role.ADMIN and not _is_admin(request):
+        if isinstance(obj, User) and obj.role == Role.ADMIN and not is_admin_request(request):
             return False
         return super().has_delete_permission(request, obj)
 
     def has_admin_permission(self, request: HttpRequest) -> bool:
         """For the actions that grant or remove the admin role."""
-        return _is_admin(request)
+        return is_admin_request(request)
 
     def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
         role = obj.role
@@ -85,7 +85,7 @@ class UserAdmin(SafeSelectionMixin, DjangoUserAdmin):
             super().save_model(request, obj, form, change)
             user_set_role(user=obj, role=role, actor=_actor(request))
             return
-        if not change and role == Role.ADMIN and not _is_admin(request):
+        if not change and role == Role.ADMIN and not is_admin_request(request):
             raise PermissionDenied("Only an admin can create an admin.")
         super().save_model(request, obj, form, change)
 
@@ -130,11 +130,6 @@ def _actor(request: HttpRequest) -> User:
     if not isinstance(user, User):
         raise PermissionDenied
     return user
-
-
-def _is_admin(request: HttpRequest) -> bool:
-    user = request.user
-    return isinstance(user, User) and user.is_active and user.role == Role.ADMIN
 
 
 @admin.register(AuditEntry)

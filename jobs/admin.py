@@ -12,9 +12,11 @@ from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
+from django_q import admin as q_admin
+from django_q.models import Failure, Schedule, Success
 
 from coordinator.admin_display import duration, relative_time, shortened
-from coordinator.admin_site import SafeSelectionMixin, ServiceActionsAdmin
+from coordinator.admin_site import SafeSelectionMixin, ServiceActionsAdmin, is_admin_request
 from coordinator.errors import ApplicationError
 from coordinator.models import User
 from jobs.bulk import bulk_submit
@@ -334,6 +336,16 @@ class JobScheduleAdmin(SafeSelectionMixin, admin.ModelAdmin):
                 changed += 1
         self.message_user(request, f"{changed} schedule(s) {'resumed' if enabled else 'paused'}.", messages.SUCCESS)
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A schedule runs with its owner's rights: staff change only one they could have written
+        # themselves, never an admin's (unless they are admins) nor one of a type they may not run.
+        if isinstance(obj, JobSchedule) and not is_admin_request(request):
+            spec = get_spec(obj.type)
+            editor = request.user if isinstance(request.user, User) else None
+            if obj.owner.is_admin or spec is None or not user_may_run(editor, spec):
+                return False
+        return super().has_change_permission(request, obj)
+
     def delete_model(self, request: HttpRequest, obj: JobSchedule) -> None:
         schedule_delete(schedule=obj)
 
@@ -396,3 +408,44 @@ class JobScheduleAdmin(SafeSelectionMixin, admin.ModelAdmin):
             "media": self.media + (form.media if form else self.media),
         }
         return TemplateResponse(request, "admin/jobs/jobschedule/form.html", context)
+
+
+# django-q2's own pages (the cluster's periodic tasks, their successes and failures). Registered
+# here again because its "Resubmit selected tasks to queue" declares no permission: staff who may
+# only view ran it, re-running any recorded queue task and deleting failure rows. And a django-q2
+# schedule names any importable function for the cluster to call, so writing one is running code
+# as the service: only admins write them. (`django_q.admin` is imported first: its app comes after
+# jobs in INSTALLED_APPS, so autodiscovery has not registered it yet.)
+
+
+@admin.action(description="Resubmit selected tasks to queue", permissions=["change"])
+def resubmit_queue_tasks(model_admin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Any]) -> None:
+    q_admin.resubmit_task(model_admin, request, queryset)
+
+
+class QueueSuccessAdmin(q_admin.TaskAdmin):  # type: ignore[misc]
+    actions = [resubmit_queue_tasks]
+
+
+class QueueFailureAdmin(q_admin.FailAdmin):  # type: ignore[misc]
+    actions = [resubmit_queue_tasks]
+
+
+class QueueScheduleAdmin(q_admin.ScheduleAdmin):  # type: ignore[misc]
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return is_admin_request(request) and bool(super().has_add_permission(request))
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return is_admin_request(request) and bool(super().has_change_permission(request, obj))
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return is_admin_request(request) and bool(super().has_delete_permission(request, obj))
+
+
+for _model, _model_admin in (
+    (Success, QueueSuccessAdmin),
+    (Failure, QueueFailureAdmin),
+    (Schedule, QueueScheduleAdmin),
+):
+    admin.site.unregister(_model)
+    admin.site.register(_model, _model_admin)

@@ -7,7 +7,9 @@ import types
 from typing import Any, Literal, Union, get_args, get_origin
 
 from django import forms
+from django.forms.fields import InvalidJSONInput
 
+from coordinator.api.parsers import loads_strict
 from jobs.registry import JobSpec, Param
 
 _INT_LIMIT = 2**63
@@ -19,6 +21,31 @@ def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
         if len(options) == 1 and len(get_args(annotation)) == 2:
             return options[0], True
     return annotation, False
+
+
+class StrictJSONField(forms.JSONField):
+    """Django's JSON form field read by the API's parser (`loads_strict`): `NaN`, `1e999`, numbers
+    past 4,300 digits, deep nesting and lone surrogates are a form error, as in the API, where
+    Django's own reading answered 500 (or stored what the database then refused)."""
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, str) and value not in self.empty_values:
+            try:
+                loads_strict(value)
+            except ValueError as exc:
+                raise forms.ValidationError(
+                    f"Not JSON this platform accepts: {str(exc)[:200]}", code="invalid"
+                ) from exc
+        return super().to_python(value)
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        # The form shown again with its errors reads the posted text once more.
+        if isinstance(data, str) and not self.disabled:
+            try:
+                loads_strict(data)
+            except ValueError:
+                return InvalidJSONInput(data)
+        return super().bound_data(data, initial)
 
 
 def field_for(param: Param) -> forms.Field:
@@ -54,7 +81,7 @@ def field_for(param: Param) -> forms.Field:
             initial=initial_value,
             help_text=help_text,
         )
-    return forms.JSONField(required=required, initial=initial, help_text=f"JSON; {help_text}")
+    return StrictJSONField(required=required, initial=initial, help_text=f"JSON; {help_text}")
 
 
 def _json_value(param: Param, value: Any) -> Any:

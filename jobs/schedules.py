@@ -125,7 +125,9 @@ def schedule_create(*, owner: User, now: datetime | None = None, **fields: Any) 
     _spec, fields["data"] = job_check(type=fields.get("type", ""), data=fields.get("data"), user=owner)
     _validate_when(fields)
     # Each schedule starts jobs on its own for as long as it exists (every second at most): a
-    # bounded number per user keeps one user from flooding the shared job queue.
+    # bounded number per user keeps one user from flooding the shared job queue. The owner's row
+    # is locked first, so that concurrent creates cannot all count below the cap and pass it together.
+    User.objects.select_for_update().filter(pk=owner.pk).first()
     if JobSchedule.objects.filter(owner=owner).count() >= settings.SCHEDULES_PER_OWNER:
         raise TooManySchedulesError(
             f"At most {settings.SCHEDULES_PER_OWNER} schedules per user; delete one first.",

@@ -8,7 +8,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.widgets import AdminSplitDateTime
+from django.contrib.admin.widgets import AdminSplitDateTime, AutocompleteSelectMultiple
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
@@ -20,7 +20,7 @@ from rest_framework import serializers
 from coordinator.admin_display import relative_time, shortened
 from coordinator.admin_site import ReadOnlyAdmin, SafeSelectionMixin, ServiceActionsAdmin
 from coordinator.api.parsers import loads_strict
-from coordinator.errors import ValidationFailedError
+from coordinator.errors import ApplicationError, ValidationFailedError
 from coordinator.models import User
 from jobs.bulk import bulk_submit
 from pool import selectors, services
@@ -667,6 +667,18 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
         # Saving a task lands on it: its deliveries are what the operator wants to see next.
         return HttpResponseRedirect(reverse("admin:pool_task_change", args=[obj.pk]))
 
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # The service has the last word on a task (a `rollout` or `continuous` written by hand in
+        # the meta JSON, a device deleted meanwhile): its refusal is a message, never a 500. The
+        # admin's transaction was rolled back when the error left it: nothing was sent.
+        try:
+            return super().add_view(request, form_url, extra_context)
+        except ApplicationError as exc:
+            self.message_user(request, f"The task was not sent: {exc.message}", messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         user = request.user if isinstance(request.user, User) else None
         task = services.task_create(
@@ -760,6 +772,16 @@ class MessageAdmin(MessageColumns, ReadOnlyAdmin):
         return shortened(obj.parent_id, 8)
 
 
+class DevicesAutocomplete(AutocompleteSelectMultiple):
+    """The group's device picker. Django's widget looks up the posted values to show them again,
+    so a value that is not a device id (`abc`, NUL, 30 digits) answered 500 instead of the form's
+    own "not a valid value"; those values are not shown again (ids have at most 18 digits here)."""
+
+    def optgroups(self, name: str, value: Any, attr: Any = None) -> Any:
+        ids = [v for v in value if str(v).isascii() and str(v).isdigit() and len(str(v)) < 19]
+        return super().optgroups(name, ids, attr)
+
+
 class DeviceGroupForm(forms.ModelForm):
     class Meta:
         model = DeviceGroup
@@ -777,6 +799,12 @@ class DeviceGroupAdmin(SafeSelectionMixin, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[DeviceGroup]:
         return super().get_queryset(request).annotate(device_count=Count("devices"))
+
+    def formfield_for_manytomany(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "devices":
+            kwargs["widget"] = DevicesAutocomplete(db_field, self.admin_site)
+            kwargs["form_class"] = DeviceChoiceField  # an id past the database's integers: a form error
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
 
     @admin.display(description="devices", ordering="device_count")
     def size(self, obj: DeviceGroup) -> int:

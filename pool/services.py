@@ -175,20 +175,30 @@ def device_create(
     secret = new_secret()
     device = Device.objects.create(name=name, kind=kind, validated=validated, secret_hash=make_password(secret))
     if tags:
-        device_set_tags(device=device, tags=tags)
+        # Its enrolment, not an operator's change (anyone may enrol): not audited.
+        _tags_replace(device=device, tags=tags)
     return device, secret
 
 
 @transaction.atomic
 def device_set_tags(*, device: Device, tags: Iterable[str]) -> list[str]:
     """Replace a device's tags; open continuous tasks of a tag it gains reach it now. The new tags."""
+    had, wanted = _tags_replace(device=device, tags=tags)
+    if wanted != had:
+        # Tags decide which devices every master's tag tasks reach: who changed them is kept.
+        audit_record(action="device.set_tags", target=device, before={"tags": had}, after={"tags": wanted})
+    return wanted
+
+
+def _tags_replace(*, device: Device, tags: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The device's tags before and after making them `tags` (both sorted)."""
     wanted = sorted(set(tags))
     have = set(DeviceTag.objects.filter(device=device).values_list("slug", flat=True))
     DeviceTag.objects.filter(device=device).exclude(slug__in=wanted).delete()
     gained = [slug for slug in wanted if slug not in have]
     DeviceTag.objects.bulk_create([DeviceTag(device=device, slug=slug) for slug in gained], ignore_conflicts=True)
     continuous_attach(devices=[device], targets=[f"device:tag:{slug}" for slug in gained])
-    return wanted
+    return sorted(have), wanted
 
 
 @transaction.atomic

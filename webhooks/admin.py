@@ -10,8 +10,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from coordinator.admin_display import relative_time
-from coordinator.admin_site import ReadOnlyAdmin, SafeSelectionMixin
-from coordinator.models import User
+from coordinator.admin_site import ReadOnlyAdmin, SafeSelectionMixin, is_admin_request
+from coordinator.models import Role, User
 from webhooks import net, services
 from webhooks.errors import TooManyWebhooksError, WebhookUrlError
 from webhooks.models import Delivery, EventType, Subscription
@@ -84,6 +84,22 @@ class SubscriptionAdmin(SafeSelectionMixin, admin.ModelAdmin):  # type: ignore[t
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         return None  # no related rows; the service saved everything
 
+    # An admin's webhook carries every user's events: as only admins may add one, only admins
+    # change it (its URL, its secret), enable it or delete it.
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if isinstance(obj, Subscription) and obj.owner.is_admin and not is_admin_request(request):
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if isinstance(obj, Subscription) and obj.owner.is_admin and not is_admin_request(request):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def _changeable(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> QuerySet[Subscription]:
+        """The selection without the admins' webhooks, unless an admin acts."""
+        return queryset if is_admin_request(request) else queryset.exclude(owner__role=Role.ADMIN)
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         # Whose webhook it is, and whose events it carries, are decided when it is created.
         return (*super().get_readonly_fields(request, obj), *(("owner", "event_owner") if obj else ()))
@@ -91,7 +107,7 @@ class SubscriptionAdmin(SafeSelectionMixin, admin.ModelAdmin):  # type: ignore[t
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         # Whose events a webhook carries follows its owner's role: staff without the admin role may
         # add webhooks only for themselves, never one owned by an admin (everyone's events).
-        if db_field.name in ("owner", "event_owner") and not getattr(request.user, "is_admin", False):
+        if db_field.name in ("owner", "event_owner") and not is_admin_request(request):
             kwargs["queryset"] = User.objects.filter(pk=getattr(request.user, "pk", None) or 0)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
@@ -100,7 +116,7 @@ class SubscriptionAdmin(SafeSelectionMixin, admin.ModelAdmin):  # type: ignore[t
 
     @admin.action(description="Generate a new secret (shown once)", permissions=["change"])
     def rotate_secret(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
-        for subscription in queryset:
+        for subscription in self._changeable(request, queryset):
             _, secret = services.subscription_update(subscription=subscription, rotate_secret=True)
             self.message_user(
                 request, f"Webhook {subscription.pk}: new secret, shown only now: {secret}", messages.WARNING
@@ -108,9 +124,10 @@ class SubscriptionAdmin(SafeSelectionMixin, admin.ModelAdmin):  # type: ignore[t
 
     @admin.action(description="Enable again (clears the failure count)", permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
-        for subscription in queryset:
+        changeable = list(self._changeable(request, queryset))
+        for subscription in changeable:
             services.subscription_update(subscription=subscription, enabled=True)
-        self.message_user(request, f"{len(queryset)} webhook(s) enabled.")
+        self.message_user(request, f"{len(changeable)} webhook(s) enabled.")
 
 
 @admin.register(Delivery)

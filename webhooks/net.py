@@ -73,21 +73,19 @@ def resolve(url: str) -> Target:
     if parts.username or parts.password:
         raise WebhookUrlError("Credentials in the URL are not accepted.", extra={"fields": {"url": ["userinfo"]}})
     port = port or (443 if parts.scheme == "https" else 80)
+    # One answer for a name that does not resolve and one that resolves to an internal address,
+    # without the address: otherwise any signed-in user could read the internal DNS through it.
+    refusal = WebhookUrlError(
+        f"The host {parts.hostname!r} is unknown or not public: webhooks may reach public hosts only.",
+        extra={"fields": {"url": ["not_public"]}},
+    )
     try:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise WebhookUrlError(
-            f"The host {parts.hostname!r} cannot be resolved.", extra={"fields": {"url": ["unresolvable"]}}
-        ) from exc
+        raise refusal from exc
     addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
-    if not settings.WEBHOOKS_ALLOW_PRIVATE:
-        refused = [a for a in addresses if not address_allowed(a)]
-        if refused:
-            raise WebhookUrlError(
-                f"The host {parts.hostname!r} resolves to an address that is not public ({refused[0]}): "
-                "webhooks may not reach internal services.",
-                extra={"fields": {"url": ["private_address"]}},
-            )
+    if not settings.WEBHOOKS_ALLOW_PRIVATE and not all(address_allowed(address) for address in addresses):
+        raise refusal
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return Target(scheme=parts.scheme, host=parts.hostname, port=port, path=path, addresses=addresses)
 

@@ -205,3 +205,91 @@ def test_view_only_staff_cannot_add_change_pause_or_delete_a_schedule() -> None:
         {"x": 1, "y": 2},
         1,
     )
+
+
+def test_every_admin_action_declares_a_permission_beyond_viewing() -> None:
+    """Each action of each registered admin (ours, and the libraries' pages we serve) needs a
+    permission that changes something: an action without `permissions=` is offered to whoever may
+    view the list, which is how view-only staff re-ran django-q2's queue tasks."""
+    from django.contrib import admin
+
+    undeclared = []
+    for model, model_admin in admin.site._registry.items():
+        for action in [*model_admin.actions, *dict(admin.site.actions).values()]:
+            func = getattr(model_admin, action) if isinstance(action, str) else action
+            needs = set(getattr(func, "allowed_permissions", ()))
+            if not needs or needs <= {"view"}:
+                undeclared.append(f"{model._meta.label}: {getattr(func, '__name__', action)}")
+    assert undeclared == []
+
+
+def test_view_only_staff_cannot_resubmit_or_delete_the_clusters_queue_tasks() -> None:
+    from django.utils import timezone
+    from django_q.models import Failure, OrmQ, Success
+
+    now = timezone.now()
+    fields = {"func": "coordinator.services.operations_record", "started": now, "stopped": now}
+    done = Success.objects.create(id="a" * 32, name="done", success=True, **fields)
+    failed = Failure.objects.create(id="b" * 32, name="failed", success=False, **fields)
+    client = _logged_in(_view_only())
+    assert client.get("/admin/django_q/success/").status_code == 200  # it may look
+    _action(client, "/admin/django_q/success/", "resubmit_task", done.pk)
+    _action(client, "/admin/django_q/failure/", "resubmit_task", failed.pk)
+    _action(client, "/admin/django_q/success/", "resubmit_queue_tasks", done.pk)
+    _action(client, "/admin/django_q/failure/", "resubmit_queue_tasks", failed.pk)
+    assert OrmQ.objects.count() == 0  # nothing queued again
+    assert Failure.objects.filter(pk=failed.pk).exists()  # and the failure kept
+    operator = _logged_in(_staff_with("view_failure", "change_failure"))
+    _action(operator, "/admin/django_q/failure/", "resubmit_queue_tasks", failed.pk)
+    assert OrmQ.objects.count() == 1 and not Failure.objects.filter(pk=failed.pk).exists()
+
+
+def test_only_admins_write_the_clusters_schedules_which_name_any_function() -> None:
+    from django_q.models import Schedule
+
+    staff = _logged_in(_staff_with("view_schedule", "add_schedule", "change_schedule", "delete_schedule"))
+    form = {"name": "x", "func": "os.system", "args": "'touch /tmp/owned'", "schedule_type": "O", "repeats": "-1"}
+    assert (
+        staff.post(
+            "/admin/django_q/schedule/add/", {**form, "next_run_0": "2026-01-01", "next_run_1": "00:00"}
+        ).status_code
+        == 403
+    )
+    assert not Schedule.objects.filter(func="os.system").exists()
+    existing = Schedule.objects.create(name="minute", func="coordinator.services.operations_record", schedule_type="I")
+    staff.post(
+        f"/admin/django_q/schedule/{existing.pk}/change/", {**form, "next_run_0": "2026-01-01", "next_run_1": "00:00"}
+    )
+    staff.post(f"/admin/django_q/schedule/{existing.pk}/delete/", {"post": "yes"})
+    existing.refresh_from_db()
+    assert existing.func == "coordinator.services.operations_record"
+    admin = _logged_in(UserFactory(role=Role.ADMIN))
+    assert admin.get("/admin/django_q/schedule/add/").status_code == 200
+
+
+def test_staff_who_may_change_schedules_cannot_rewrite_one_that_runs_as_an_admin() -> None:
+    """A schedule runs with its owner's rights: staff with the change permission turned an admin's
+    export into an export of everything, run as the admin."""
+    from jobs.schedules import schedule_create
+
+    admins = schedule_create(
+        owner=UserFactory(role=Role.ADMIN), type="json_export", data={"everything": False}, cron="0 6 * * *"
+    )
+    masters = schedule_create(
+        owner=UserFactory(role=Role.MASTER), type="jsonl_import", data={"filename": "mine.jsonl"}, cron="0 6 * * *"
+    )
+    users = schedule_create(owner=UserFactory(), type="test.main.add", data={"x": 1, "y": 2}, cron="0 6 * * *")
+    attacker = _logged_in(_staff_with("view_jobschedule", "change_jobschedule"))
+    when = {
+        "schedule_cron": "0 6 * * *",
+        "schedule_timezone": "UTC",
+        "schedule_enabled": "on",
+        "schedule_missed": "skip",
+    }
+    attacker.post(f"/admin/jobs/jobschedule/{admins.pk}/change/", {"type": "json_export", "everything": "on", **when})
+    attacker.post(f"/admin/jobs/jobschedule/{masters.pk}/change/", {"filename": "theirs.jsonl", **when})
+    attacker.post(f"/admin/jobs/jobschedule/{users.pk}/change/", {"x": "5", "y": "5", **when})
+    admins.refresh_from_db(), masters.refresh_from_db(), users.refresh_from_db()
+    assert admins.data == {"everything": False}
+    assert masters.data == {"filename": "mine.jsonl"}
+    assert users.data == {"x": 5, "y": 5}  # a schedule of an open type it may still change

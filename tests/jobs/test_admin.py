@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.test import Client
 
-from jobs.models import Job, JobFile
+from jobs.models import Job, JobFile, JobSchedule
 from jobs.services import job_claim, job_create, job_execute
 from tests.factories import DEFAULT_PASSWORD
 
@@ -278,3 +278,20 @@ def test_a_schedule_is_added_and_edited_with_the_generated_job_form(staff: Clien
     staff.post("/admin/jobs/jobschedule/", {"action": "pause", "_selected_action": [schedule.pk]})
     schedule.refresh_from_db()
     assert not schedule.enabled
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["9" * 5000, "[" * 5000 + "]" * 5000, '"\\ud800"', '{"a": NaN}', "[1e999]"],
+    ids=["5000-digit number", "nested 5000 deep", "lone surrogate", "NaN", "1e999"],
+)
+def test_the_generated_forms_refuse_json_the_api_refuses_instead_of_a_500(staff: Client, hostile: str) -> None:
+    data = {"type": "tests.kinds", "n": "3", "ratio": "0.5", "label": "x", "mode": "slow", "colour": "blue"}
+    data |= {"items": hostile, "mapping": "{}", "point": '{"x": 1}', "options": '{"name": "n", "size": 1}'}
+    submitted = staff.post("/admin/jobs/job/submit/?type=tests.kinds", data)
+    assert submitted.status_code == 200 and "Not JSON this platform accepts" in submitted.content.decode()
+    when = {"schedule_interval_seconds": "60", "schedule_timezone": "UTC", "schedule_missed": "skip"}
+    scheduled = staff.post("/admin/jobs/jobschedule/add/?type=tests.kinds", {**data, **when})
+    assert scheduled.status_code == 200 and "Not JSON this platform accepts" in scheduled.content.decode()
+    assert not Job.objects.filter(type="tests.kinds").exists()
+    assert not JobSchedule.objects.exists()

@@ -196,3 +196,33 @@ def test_firing_takes_at_most_one_batch_and_leaves_the_rest_due(user: User) -> N
     assert schedules_fire_due(now=at("2026-12-07 10:01"), limit=3) == 3
     assert schedules_fire_due(now=at("2026-12-07 10:01"), limit=3) == 2
     assert JobScheduleRun.objects.count() == Job.objects.count() == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_creates_cannot_pass_the_schedule_cap_together(user: User, settings) -> None:
+    """The cap counts, then inserts: without a lock, creates that all counted below it together
+    each added one (on PostgreSQL; SQLite takes its write lock at BEGIN)."""
+    import threading
+
+    from django.db import connection
+
+    settings.SCHEDULES_PER_OWNER = 3
+    start = threading.Barrier(8)
+    refused: list[str] = []
+
+    def create() -> None:
+        start.wait()
+        try:
+            schedule_create(owner=user, interval_seconds=60, **ADD)
+        except ApplicationError as exc:
+            refused.append(exc.code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert JobSchedule.objects.filter(owner=user).count() == 3
+    assert refused == ["too_many_schedules"] * 5

@@ -274,6 +274,25 @@ def test_the_composer_refuses_what_the_database_cannot_store(staff, make_device)
     assert not Message.objects.filter(type="task").exists()
 
 
+@pytest.mark.parametrize(
+    "meta",
+    [
+        '{"rollout": {"per_minute": 1e308}}',
+        '{"rollout": {"per_minute": 0}}',
+        '{"rollout": "fast"}',
+        '{"continuous": "yes"}',
+    ],
+)
+def test_a_rollout_or_flag_written_in_the_meta_json_is_refused_with_a_message_not_a_500(staff, make_device, meta):
+    device = make_device("d")
+    url = reverse("admin:pool_task_add")
+    form = {"target": "one", "devices": [device.pk], "title": "t", "body": "", "meta_json": meta}
+    refused = staff.post(url, form, follow=True)
+    assert refused.status_code == 200
+    assert "The task was not sent" in refused.content.decode()
+    assert not Message.objects.filter(type="task").exists()
+
+
 @pytest.mark.parametrize("value", ["off", "0", "no", "false", ""])
 def test_a_scripted_post_that_does_not_tick_the_fleet_box_sends_to_nobody(staff, make_device, value):
     make_device("a"), make_device("b")
@@ -400,3 +419,15 @@ def test_composer_builds_a_rollout_and_refuses_a_bad_one(staff, make_device):
     bad = staff.post(url, {**base, "title": "bad", "rollout_per_minute": "10", "abort_percent": "150"})
     assert "meta.rollout.abort.failed_percent" in bad.content.decode()
     assert not Message.objects.filter(title="bad").exists()
+
+
+@pytest.mark.parametrize("bad", ["abc", "\x00", "9" * 30, "9" * 5000, "1e999", "-1", "١"])
+def test_a_group_posted_with_a_device_value_that_is_no_id_is_a_form_error_not_a_500(staff, make_device, bad):
+    from pool.models import DeviceGroup
+
+    device = make_device("a")
+    page = staff.post(
+        reverse("admin:pool_devicegroup_add"), {"slug": "north", "name": "N", "devices": [device.pk, bad]}
+    )
+    assert page.status_code == 200 and 'class="errorlist' in page.content.decode()
+    assert not DeviceGroup.objects.exists()

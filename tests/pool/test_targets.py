@@ -148,3 +148,23 @@ def test_device_list_filters_by_tag_and_group(make_device, admin, client_for):
     assert client.get("/pool/devices?tag=nobody").json() == []
     bad = client.get("/pool/devices?tag=%00")
     assert bad.status_code == 400 and bad.json()["code"] == "validation_error"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_masters_change_of_a_devices_tags_is_audited_and_an_enrolment_is_not(master, client_for, anon_client) -> None:
+    """Tags decide which devices other masters' tag tasks reach: a change names who made it and the
+    tags before and after. Anyone may enrol with tags, so an enrolment writes no entry."""
+    from coordinator.models import AuditEntry
+
+    enrolled = anon_client.post("/pool/register", {"name": "probe", "tags": ["lab"]}, format="json")
+    assert enrolled.status_code == 201 and not AuditEntry.objects.exists()
+    url = f"/pool/devices/{enrolled.json()['device_id']}"
+    assert client_for(master).patch(url, {"tags": ["prod", "lab"]}, format="json").status_code == 200
+    assert client_for(master).patch(url, {"tags": ["lab", "prod"]}, format="json").status_code == 200  # no change
+    [entry] = AuditEntry.objects.all()
+    assert (entry.action, entry.actor_id, entry.target_id) == (
+        "device.set_tags",
+        master.pk,
+        str(enrolled.json()["device_id"]),
+    )
+    assert (entry.before, entry.after) == ({"tags": ["lab"]}, {"tags": ["lab", "prod"]})

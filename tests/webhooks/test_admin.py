@@ -93,3 +93,42 @@ def test_staff_without_the_admin_role_cannot_add_a_webhook_owned_by_an_admin(adm
     assert not Subscription.objects.exists()
     assert client.post(reverse("admin:webhooks_subscription_add"), {**form, "owner": staff_user.pk}).status_code == 302
     assert Subscription.objects.get().owner == staff_user
+
+
+def test_staff_without_the_admin_role_cannot_take_over_an_admins_webhook(admin: User) -> None:
+    """Staff who may change webhooks pointed an admin's webhook (every user's events) at their own
+    server and rotated its secret; an admin's webhook is changed only by admins."""
+    from django.contrib.auth.models import Permission
+
+    from tests.factories import UserFactory
+    from webhooks.services import subscription_create
+
+    subscription, secret = subscription_create(owner=admin, url="https://1.1.1.1/hook", events=["job.failed"])
+    staff_user = UserFactory(is_staff=True)
+    codenames = ["view_subscription", "change_subscription", "delete_subscription"]
+    staff_user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    client = Client()
+    client.force_login(staff_user)
+    url = reverse("admin:webhooks_subscription_change", args=[subscription.pk])
+    events = ["job.finished", "job.failed", "run.finished", "device_task.finished"]
+    client.post(url, {"url": "https://8.8.8.8/steal", "events": events, "enabled": "on"})
+    listing = reverse("admin:webhooks_subscription_changelist")
+    page = client.post(listing, {"action": "rotate_secret", "_selected_action": [subscription.pk]}, follow=True)
+    assert "shown only now" not in page.content.decode()
+    client.post(listing, {"action": "delete_selected", "_selected_action": [subscription.pk], "post": "yes"})
+    client.post(reverse("admin:webhooks_subscription_delete", args=[subscription.pk]), {"post": "yes"})
+    subscription.refresh_from_db()
+    assert (subscription.url, subscription.events, subscription.secret) == (
+        "https://1.1.1.1/hook",
+        ["job.failed"],
+        secret,
+    )
+    # Their own webhooks they still change.
+    own, _ = subscription_create(owner=staff_user, url="https://1.1.1.1/mine", events=["job.failed"])
+    own_url = reverse("admin:webhooks_subscription_change", args=[own.pk])
+    assert (
+        client.post(own_url, {"url": "https://1.1.1.1/v2", "events": ["job.failed"], "enabled": "on"}).status_code
+        == 302
+    )
+    own.refresh_from_db()
+    assert own.url == "https://1.1.1.1/v2"

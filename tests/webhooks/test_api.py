@@ -111,6 +111,32 @@ def test_internal_addresses_are_refused(user: User, client_for: Callable[[User],
     assert not Subscription.objects.exists()
 
 
+def test_the_refusal_does_not_tell_what_an_internal_name_resolves_to(
+    user: User, client_for: Callable[[User], APIClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The URL check was a DNS oracle: it named the internal address a host resolves to, and said
+    apart names that do not resolve. Both now get the same answer, with no address in it."""
+    import socket
+
+    def internal_dns(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        if host == "db.intranet.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.5", port))]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", internal_dns)
+    api = client_for(user)
+    answers = [
+        api.post("/webhooks/", {"url": f"https://{host}/hook", "events": ["job.finished"]}, format="json")
+        for host in ("db.intranet.example", "nowhere.intranet.example")
+    ]
+    assert [answer.status_code for answer in answers] == [400, 400]
+    internal, unknown = (answer.json() for answer in answers)
+    assert "10.0.0.5" not in str(internal)
+    assert internal["extra"] == unknown["extra"] == {"fields": {"url": ["not_public"]}}
+    assert internal["message"].replace("db.", "nowhere.") == unknown["message"]
+    assert not Subscription.objects.exists()
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -7,6 +7,7 @@ import hmac
 import json
 from typing import Any
 
+import pytest
 from django.test import Client
 from django.urls import reverse
 
@@ -247,3 +248,34 @@ def test_a_rollout_that_aborts_fires_rollout_aborted_with_its_reason(
     delivery = Delivery.objects.get()
     assert delivery.event_type == "rollout.aborted"
     assert delivery.payload["data"]["task"] == task.msg_id and "2 of 2" in delivery.payload["data"]["reason"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_creates_cannot_pass_the_webhook_cap_together(user: User, settings: Any) -> None:
+    """The cap counts, then inserts: creates that all counted below it must not each add one."""
+    import threading
+
+    from django.db import connection
+
+    from webhooks.errors import TooManyWebhooksError
+
+    settings.WEBHOOKS_PER_OWNER = 3
+    start = threading.Barrier(8)
+    refused: list[str] = []
+
+    def create() -> None:
+        start.wait()
+        try:
+            subscription_create(owner=user, url="https://1.1.1.1/hook", events=["job.failed"])
+        except TooManyWebhooksError as exc:
+            refused.append(exc.code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert Subscription.objects.filter(owner=user).count() == 3
+    assert refused == ["too_many_webhooks"] * 5
