@@ -400,3 +400,18 @@ def test_composer_builds_a_rollout_and_refuses_a_bad_one(staff, make_device):
     bad = staff.post(url, {**base, "title": "bad", "rollout_per_minute": "10", "abort_percent": "150"})
     assert "meta.rollout.abort.failed_percent" in bad.content.decode()
     assert not Message.objects.filter(title="bad").exists()
+
+
+def test_the_composer_checks_an_expiry_in_meta_and_sends_a_staged_broadcast(staff, make_device):
+    make_device("a"), make_device("b")
+    url = reverse("admin:pool_task_add")
+    base = {"target": "all", "confirm_all": "on", "title": "fw", "body": ""}
+    bad = staff.post(url, {**base, "meta_json": '{"expires_at": "soon"}'})
+    assert bad.status_code == 200 and "meta.expires_at" in bad.content.decode()
+    past = staff.post(url, {**base, "meta_json": '{"expires_at": "2020-01-01T00:00:00Z"}'})
+    assert "must be in the future" in past.content.decode()
+    assert not Message.objects.filter(type="task").exists()
+    staff.post(url, {**base, "meta_json": "", "rollout_per_minute": "1"})
+    task = Message.objects.get(type="task", title="fw")
+    assert task.to == "device:*" and task.state == "scheduled"
+    assert list(Delivery.objects.filter(task=task).values_list("state", flat=True)) == ["queued", "queued"]
