@@ -174,8 +174,12 @@ async def open_stream(port: int, token: str, arrivals: dict[int, float], key: in
     )
     await writer.drain()
     # Ready once its beginning (ending in an `id:` line) has arrived: events after it are live.
-    while not (await reader.readline()).startswith(b"id: "):
-        pass
+    status = await reader.readline()
+    line = status
+    while not line.startswith(b"id: "):
+        line = await reader.readline()
+        if not line:  # refused (a 503 when the database is out of connections, say): say so, do not spin
+            raise ConnectionError(f"/pool/events for device {key} ended before its beginning: {status!r}")
 
     async def read() -> None:
         while True:

@@ -439,12 +439,21 @@ def _task_complete_if_finished(task: Message) -> bool:
     it is continuous (devices may still join it) or a rollout (its step decides). Guarded by state."""
     if task.is_continuous or _is_rollout(task):
         return False
+    # The task row is locked first: two last answers committing at once would each still see the
+    # other's delivery open (neither committed) and neither would complete the task. Locked, the
+    # second looks only after the first has committed. (Final answers of one task take turns here.)
+    _lock_task(task)
     if Delivery.objects.filter(task=task, state__in=[DeliveryState.QUEUED, *OPEN_STATES]).exists():
         return False
     if not Message.objects.filter(pk=task.pk, state=TaskState.IN_PROGRESS).update(state=TaskState.COMPLETED):
         return False
     task.state = TaskState.COMPLETED
     return True
+
+
+def _lock_task(task: Message) -> None:
+    """Hold the task's row until the transaction ends (PostgreSQL; SQLite's writers take turns anyway)."""
+    list(Message.objects.select_for_update().filter(pk=task.pk).values_list("pk", flat=True))
 
 
 @transaction.atomic
@@ -679,11 +688,18 @@ def response_create(
     changes: dict[str, Any] = {"state": status, "updated_at": now}
     if status == "progress":
         changes["progress"] = meta.get("progress", body or None)
+    if status != "progress" and not task.is_continuous and not _is_rollout(task):
+        # A final answer may complete the task, which needs its row locked (_task_complete_if_finished):
+        # lock it before the delivery, in the order cancel and expiry take them, so none deadlock.
+        _lock_task(task)
     # The conditional UPDATE is the guard: of two concurrent final answers from one device only
     # one finds the row still open (PostgreSQL re-checks the WHERE after the row lock; SQLite
     # runs writers one at a time), the other gets 409 and its message is rolled back.
     if not Delivery.objects.filter(pk=delivery.pk, state__in=OPEN_STATES).update(**changes):
-        raise AlreadyAnsweredError()
+        closed = Delivery.objects.filter(
+            pk=delivery.pk, state__in=[DeliveryState.CANCELLED, DeliveryState.TIMED_OUT]
+        ).exists()
+        raise TaskClosedError() if closed else AlreadyAnsweredError()
     metrics.response_counted(status)
     response = _record(
         Message(
