@@ -36,6 +36,9 @@ from bench.report import write_section
 # The 5,000 idle streams (each authenticates and reads its beginning: opening them takes
 # minutes on a shared 2-core machine; BENCH_FLEET_STREAMS=1000 for a shorter run).
 STREAMS_DEFAULT = 5000
+# Streams opened at once: each opening request briefly holds a database connection, and a shared
+# PostgreSQL (max_connections 100) ran out of them at 40 at once.
+OPEN_BATCH = 10
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -234,9 +237,12 @@ def streams_and_latency(device_ids: list[int], streams: int, released: int) -> d
         async def body() -> dict[str, Any]:
             writers = []
             # In batches: daphne's listen backlog is small, and every stream is counted once ready.
-            for i in range(0, len(tokens), 40):
+            for i in range(0, len(tokens), OPEN_BATCH):
                 writers += await asyncio.gather(
-                    *(open_stream(port, tokens[j], arrivals, chosen[j]) for j in range(i, min(i + 40, len(tokens))))
+                    *(
+                        open_stream(port, tokens[j], arrivals, chosen[j])
+                        for j in range(i, min(i + OPEN_BATCH, len(tokens)))
+                    )
                 )
             await asyncio.sleep(2)
             held_mb = rss_mb(daphne.pid)
@@ -331,8 +337,10 @@ def polling_vs_push(device_ids: list[int], devices: int, seconds: int, tasks: in
             nonlocal fetched
             seen: dict[int, float] = {}
             writers = []
-            for i in range(0, len(chosen), 40):
-                writers += await asyncio.gather(*(open_stream(port, tokens[pk], seen, pk) for pk in chosen[i : i + 40]))
+            for i in range(0, len(chosen), OPEN_BATCH):
+                writers += await asyncio.gather(
+                    *(open_stream(port, tokens[pk], seen, pk) for pk in chosen[i : i + OPEN_BATCH])
+                )
 
             async def sender() -> None:
                 nonlocal fetched
