@@ -9,9 +9,10 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.widgets import AdminSplitDateTime, AutocompleteSelectMultiple
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -19,17 +20,18 @@ from rest_framework import serializers
 
 from coordinator.admin_display import relative_time, shortened
 from coordinator.admin_site import ReadOnlyAdmin, SafeSelectionMixin, ServiceActionsAdmin
+from coordinator.api.envelope import error_response
 from coordinator.api.parsers import loads_strict
 from coordinator.errors import ApplicationError, ValidationFailedError
 from coordinator.models import User
 from jobs.bulk import bulk_submit
 from pool import selectors, services
 from pool.api.serializers import JsonObjectField
-from pool.errors import NotARolloutError, TaskNotOpenError
+from pool.errors import InvalidTargetError, NotARolloutError, TaskNotOpenError, UnknownGroupError
 from pool.models import SLUG_PATTERN, Delivery, Device, DeviceGroup, DeviceTag, Message, MessageType, Task
 from pool.policy import RETRY_ON, rollout_policy_parse
 from pool.selectors import device_is_online, device_online_until
-from pool.wire import format_ts
+from pool.wire import format_ts, parse_target
 
 LIVE_JS = ["progress/live.js"]
 
@@ -399,6 +401,8 @@ class TaskComposeForm(forms.ModelForm):
         groups = DeviceGroup.objects.order_by("slug").annotate(n=Count("devices"))
         self.fields["group"].label_from_instance = lambda g: f"{g.slug} ({g.n} devices)"  # type: ignore[attr-defined]
         self.fields["group"].queryset = groups  # type: ignore[attr-defined]
+        # The composer's live count of matching devices asks this (pool/static/pool/composer.js).
+        self.fields["target"].widget.attrs["data-count-url"] = reverse("admin:pool_task_target_count")
         self.fields["tag"].help_text = "For “Devices with a tag”. Tags now: " + (
             ", ".join(f"{slug} ({n})" for slug, n in self.tag_counts.items()) or "none"
         )
@@ -418,12 +422,6 @@ class TaskComposeForm(forms.ModelForm):
         except serializers.ValidationError as exc:
             raise forms.ValidationError(" ".join(str(item) for item in exc.detail)) from exc
 
-    def clean_expires_at(self) -> Any:
-        value = self.cleaned_data.get("expires_at")
-        if value is not None and value <= timezone.now():
-            raise forms.ValidationError("The expiry must be in the future.")
-        return value
-
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         chosen = list(data.get("devices") or [])
@@ -437,13 +435,19 @@ class TaskComposeForm(forms.ModelForm):
             self.add_error("group", "Pick a group.")
         if data.get("target") == "all" and not data.get("confirm_all"):
             self.add_error("confirm_all", f"This goes to all {self.fleet_size} devices: tick the box to confirm.")
+        if "expires_at" not in self.errors and data.get("meta_json") is not None:
+            try:  # the service's own check: in the future, agreeing with a `meta.expires_at`
+                services.task_expiry_check(
+                    meta=data["meta_json"], expires_at=data.get("expires_at"), now=timezone.now()
+                )
+            except ValidationFailedError as exc:
+                for name in exc.extra.get("fields", {}):
+                    self.add_error("expires_at" if name == "expires_at" else "meta_json", exc.message)
         if not self.errors and data.get("target") and data.get("meta_json") is not None:
             try:
                 policy = self.rollout_policy()
                 if policy is not None:
                     rollout_policy_parse(policy)
-                    if data.get("target") == "all":
-                        self.add_error("rollout_per_minute", "A staged rollout needs its devices now: not all devices.")
             except ValidationFailedError as exc:
                 for name, problems in exc.extra.get("fields", {}).items():
                     self.add_error(None, f"{name}: {' '.join(problems)}")
@@ -662,6 +666,27 @@ class TaskAdmin(MessageColumns, ServiceActionsAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def get_urls(self) -> list[URLPattern]:
+        count = path("target-count/", self.admin_site.admin_view(self.target_count_view), name="pool_task_target_count")
+        return [count, *super().get_urls()]
+
+    def target_count_view(self, request: HttpRequest) -> HttpResponse:
+        """JSON for the composer's live count: `{"to", "count"}`, the devices `?to=` reaches now,
+        resolved by the selector that resolves a task's target when it is sent. Staff who may
+        compose tasks only; a bad target is 400 in the envelope."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        raw = request.GET.get("to", "")[:4000]
+        try:
+            target = parse_target(raw)
+        except InvalidTargetError as exc:
+            return error_response(400, exc.code, exc.message)
+        if not target.is_devices:
+            return error_response(400, InvalidTargetError.code, "A task is addressed to devices.")
+        if target.group is not None and not DeviceGroup.objects.filter(slug=target.group).exists():
+            return error_response(400, UnknownGroupError.code, f"No device group is named {target.group!r}.")
+        return JsonResponse({"to": target.canonical(), "count": selectors.target_devices(target=target).count()})
 
     def response_post_save_add(self, request: HttpRequest, obj: Any) -> HttpResponseRedirect:
         # Saving a task lands on it: its deliveries are what the operator wants to see next.

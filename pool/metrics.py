@@ -18,10 +18,11 @@ from pool.models import OPEN_STATES, OPEN_TASK_STATES, Delivery, DeliveryState, 
 responses = Counter("coordinator_pool_responses", "Device answers to tasks, by status.", ["status"])
 rollout_decisions = Counter(
     "coordinator_pool_rollout_decisions",
-    "What the rollout sweep decided: deliveries released, timed out and retried; rollouts aborted and completed.",
+    "What the periodic sweep decided: deliveries released, timed out and retried; rollouts aborted and "
+    "completed; tasks expired.",
     ["decision"],
 )
-ROLLOUT_DECISIONS = ("released", "timed_out", "retried", "aborted", "completed")
+ROLLOUT_DECISIONS = ("released", "timed_out", "retried", "aborted", "completed", "expired")
 
 # Seconds since a device's last heartbeat.
 HEARTBEAT_AGE_BUCKETS = (10, 30, 60, 120, 300, 900, 3600, 6 * 3600, 24 * 3600)

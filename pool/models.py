@@ -168,6 +168,13 @@ class Message(models.Model):
         now = now or timezone.now()
         return self.cancelled_at is None and (self.expires_at is None or self.expires_at > now)
 
+    @property
+    def is_continuous(self) -> bool:
+        """Devices may still join this task while it is open, so it never completes by itself: a
+        `"continuous": true` task, and every broadcast (`device:*` reaches devices enrolled or
+        validated later, the seed's rule). It ends by cancel, abort or its expiry."""
+        return self.target_all or (isinstance(self.meta, dict) and self.meta.get("continuous") is True)
+
 
 class Task(Message):
     """Proxy for the admin: messages of type `task`."""

@@ -1,5 +1,6 @@
 """Staged rollouts: the periodic step that releases, times out, retries, aborts and completes a
-rollout's deliveries (run by the django-q2 cluster every minute; the policy is pool.policy)."""
+rollout's deliveries, and expires tasks past their expiry (run by the django-q2 cluster every
+minute; the policy is pool.policy)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pool import metrics
 from pool.models import OPEN_STATES, OPEN_TASK_STATES, Delivery, DeliveryState, Message, MessageType, TaskState
 from pool.policy import rollout_policy_parse
 from pool.selectors import task_state_counts
-from pool.services import push_devices, task_decision_record
+from pool.services import push_devices, task_decision_record, task_expire, tasks_expire_due
 
 # Released deliveries are counted over a sliding minute: in any 60 s at most `rate` are released,
 # however often the step runs (every cluster runs it each minute; tests run it at will).
@@ -75,6 +76,9 @@ def rollout_step(*, task_id: int, now: datetime | None = None) -> Step | None:
         )
         if task is None or not isinstance(task.meta, dict) or "rollout" not in task.meta:
             return None
+        if task.expires_at is not None and task.expires_at <= now:
+            task_expire(task=task, now=now)  # nothing is released past the expiry
+            return None
         policy = rollout_policy_parse(task.meta["rollout"])
         rows = Delivery.objects.filter(task=task)
         step = Step()
@@ -117,7 +121,7 @@ def rollout_step(*, task_id: int, now: datetime | None = None) -> Step | None:
                     Message.objects.filter(pk=task.pk).update(state=task.state)
         if not step.aborted:
             left = rows.filter(state__in=[DeliveryState.QUEUED, *OPEN_STATES]).exists()
-            if not left and task.meta.get("continuous") is not True:
+            if not left and not task.is_continuous:
                 step.completed = True
                 task.state = TaskState.COMPLETED
                 Message.objects.filter(pk=task.pk).update(state=task.state)
@@ -139,8 +143,11 @@ def _step_state(step: Step) -> dict[str, Any]:
 
 
 def rollouts_advance(*, now: datetime | None = None) -> dict[str, int]:
-    """One pass over every open rollout (the cluster's periodic job); totals of what it decided."""
+    """One pass of the cluster's periodic job: expire the tasks past their expiry, then step every
+    open rollout; totals of what it decided."""
+    now = now or timezone.now()
     totals = {"rollouts": 0, "released": 0, "timed_out": 0, "retried": 0, "aborted": 0, "completed": 0}
+    totals["expired"] = tasks_expire_due(now=now)
     for task_id in open_rollouts():
         step = rollout_step(task_id=task_id, now=now)
         if step is None:

@@ -14,8 +14,18 @@ from django.utils import timezone
 
 from coordinator.models import User
 from pool import conf
-from pool.models import OPEN_STATES, Delivery, DeliveryState, Device, DeviceGroup, DeviceTag, Message, MessageType
-from pool.wire import format_ts
+from pool.models import (
+    OPEN_STATES,
+    OPEN_TASK_STATES,
+    Delivery,
+    DeliveryState,
+    Device,
+    DeviceGroup,
+    DeviceTag,
+    Message,
+    MessageType,
+)
+from pool.wire import Target, format_ts
 
 
 def _live(prefix: str, now: datetime) -> Q:
@@ -64,8 +74,7 @@ def devices_with_pending() -> QuerySet[Device]:
         .values("n")
     )
     unseen = (
-        Message.objects.filter(type=MessageType.TASK, target_all=True)
-        .filter(_live("", now))
+        _unseen_broadcasts(now)
         .filter(~Exists(Delivery.objects.filter(task=OuterRef("pk"), device=OuterRef(OuterRef("pk")))))
         .order_by()
         .values("target_all")
@@ -76,6 +85,15 @@ def devices_with_pending() -> QuerySet[Device]:
         pending_count=Coalesce(Subquery(open_rows), 0)
         + Case(When(validated=True, then=Coalesce(Subquery(unseen), 0)), default=Value(0)),
     ).order_by("id")
+
+
+def _unseen_broadcasts(now: datetime) -> QuerySet[Message]:
+    # A staged broadcast's row is made queued (not pending) on the device's next poll: not counted.
+    return (
+        Message.objects.filter(type=MessageType.TASK, target_all=True, state__in=OPEN_TASK_STATES)
+        .filter(_live("", now))
+        .exclude(meta__has_key="rollout")
+    )
 
 
 def device_list(*, tag: str | None = None, group: str | None = None) -> QuerySet[Device]:
@@ -118,10 +136,7 @@ def device_pending_count(*, device: Device) -> int:
     if not device.validated:
         return materialised
     unseen = (
-        Message.objects.filter(type=MessageType.TASK, target_all=True)
-        .filter(_live("", now))
-        .filter(~Exists(Delivery.objects.filter(task=OuterRef("pk"), device=device)))
-        .count()
+        _unseen_broadcasts(now).filter(~Exists(Delivery.objects.filter(task=OuterRef("pk"), device=device))).count()
     )
     return materialised + unseen
 
@@ -329,6 +344,19 @@ def tasks_state_counts(*, task_ids: list[int]) -> dict[int, dict[str, int]]:
 def devices_receiving_broadcasts() -> QuerySet[Device]:
     """The devices a `device:*` task reaches: validated and enabled ones."""
     return Device.objects.filter(validated=True, enabled=True)
+
+
+def target_devices(*, target: Target) -> QuerySet[Device]:
+    """The devices a parsed device target reaches now: the one way a target is resolved (at send
+    time, and for the composer's live count). An unknown group or id simply matches nothing."""
+    if target.all_devices:
+        return devices_receiving_broadcasts()
+    if target.tag is not None:
+        return Device.objects.filter(Exists(DeviceTag.objects.filter(device=OuterRef("pk"), slug=target.tag)))
+    if target.group is not None:
+        members = DeviceGroup.devices.through.objects.filter(device=OuterRef("pk"), devicegroup__slug=target.group)
+        return Device.objects.filter(Exists(members))
+    return Device.objects.filter(pk__in=target.device_ids)
 
 
 def task_unfetched_devices(*, task: Message) -> int:

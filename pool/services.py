@@ -13,15 +13,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 from django.contrib.auth.hashers import check_password, make_password
-from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db import connection, transaction
+from django.db.models import (
+    BigIntegerField,
+    CharField,
+    DateTimeField,
+    Exists,
+    F,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Value,
+)
 from django.utils import timezone
 
 from coordinator.api.parsers import loads_strict
 from coordinator.errors import ValidationFailedError
 from coordinator.models import User
 from coordinator.services import audit_record
-from pool import conf, metrics
+from pool import conf, metrics, selectors
 from pool.errors import (
     AlreadyAnsweredError,
     DeviceDisabledError,
@@ -226,11 +237,7 @@ def continuous_attach(*, devices: list[Device], targets: list[str]) -> int:
         .values_list("pk", "meta")
     )
     rows = [
-        Delivery(task_id=task_id, device=d, state=DeliveryState.QUEUED, created_at=now, updated_at=now)
-        if "rollout" in meta
-        else Delivery(task_id=task_id, device=d, created_at=now, updated_at=now, released_at=now, attempts=1)
-        for task_id, meta in tasks
-        for d in devices
+        _new_delivery(task_id, d.pk, now, rollout=_is_rollout_meta(meta)) for task_id, meta in tasks for d in devices
     ]
     created = Delivery.objects.bulk_create(rows, ignore_conflicts=True)
     push_devices(device_ids=[row.device_id for row in created if row.state == DeliveryState.PENDING])
@@ -281,18 +288,72 @@ def _touch(device: Device, kind: str, now: datetime, heartbeat: bool = False) ->
 # --- Tasks -------------------------------------------------------------------------------------
 
 
-def _task_finished(task: Message) -> bool:
-    """Every target device is done or failed (broadcast: every validated, enabled device)."""
-    if Delivery.objects.filter(task=task, state__in=[DeliveryState.QUEUED, *OPEN_STATES]).exists():
-        return False
-    if not task.target_all:
-        return True
-    closed = Delivery.objects.filter(task=task, state__in=FINAL_STATES).values("device_id")
-    return not Device.objects.filter(validated=True, enabled=True).exclude(pk__in=closed).exists()
-
-
 def _owner(task: Message) -> int | None:
     return task.sent_by_id
+
+
+def _new_delivery(task: Message | int, device_id: int, now: datetime, *, rollout: bool) -> Delivery:
+    """An unsaved delivery: a rollout's waits `queued` for its release (pool.rollouts); any other
+    task's is pending for its device at once (released now, its first attempt)."""
+    task_id = task if isinstance(task, int) else task.pk
+    if rollout:
+        return Delivery(
+            task_id=task_id, device_id=device_id, state=DeliveryState.QUEUED, created_at=now, updated_at=now
+        )
+    return Delivery(task_id=task_id, device_id=device_id, created_at=now, updated_at=now, released_at=now, attempts=1)
+
+
+def _deliveries_insert(*, task: Message, devices: QuerySet[Device], now: datetime, rollout: bool) -> int:
+    """One delivery of `task` for every device of `devices`, as one `INSERT … SELECT` built by the
+    ORM; how many. The target's devices never travel through Python, so a task to 100,000 devices
+    is one statement, not 100,000 model objects sent back in batches."""
+    template = _new_delivery(task, 0, now, rollout=rollout)
+    # Every column is an annotation, so the SELECT lists them in exactly this order.
+    columns: dict[str, Any] = {
+        "task_id": Value(task.pk, output_field=BigIntegerField()),
+        "device_id": F("pk"),
+        "state": Value(template.state, output_field=CharField()),
+        "created_at": Value(now, output_field=DateTimeField()),
+        "updated_at": Value(now, output_field=DateTimeField()),
+        "released_at": Value(template.released_at, output_field=DateTimeField()),
+        "attempts": Value(template.attempts, output_field=IntegerField()),
+    }
+    rows = devices.order_by().annotate(**{f"new_{name}": value for name, value in columns.items()})
+    select, params = rows.values_list(*(f"new_{name}" for name in columns)).query.sql_with_params()
+    quote = connection.ops.quote_name
+    column_of = {f.attname: f.column for f in Delivery._meta.concrete_fields}
+    names = ", ".join(quote(str(column_of[name])) for name in columns)
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {quote(Delivery._meta.db_table)} ({names}) {select}", params)
+        return max(cursor.rowcount, 0)
+
+
+def task_expiry_check(*, meta: dict[str, Any], expires_at: datetime | None, now: datetime) -> datetime | None:
+    """The task's expiry from `expires_at` and/or `meta.expires_at` (the seed's place for it),
+    checked: an ISO time in the future, the two agreeing when both are given."""
+    raw = meta.get("expires_at")
+    if raw is not None:
+        try:
+            if not isinstance(raw, str) or len(raw) > 40:
+                raise ValueError
+            parsed = parse_ts(raw)
+        except ValueError:
+            raise ValidationFailedError(
+                "`meta.expires_at` must be an ISO time like 2026-12-10T02:00:00Z.",
+                extra={"fields": {"meta.expires_at": ["Must be an ISO time like 2026-12-10T02:00:00Z."]}},
+            ) from None
+        if expires_at is not None and format_ts(parsed) != format_ts(expires_at):
+            raise ValidationFailedError(
+                "`meta.expires_at` and `expires_at` disagree: give one of them.",
+                extra={"fields": {"meta.expires_at": ["Disagrees with expires_at."]}},
+            )
+        expires_at = expires_at or parsed
+    if expires_at is not None and expires_at <= now:
+        field = "meta.expires_at" if raw is not None else "expires_at"
+        raise ValidationFailedError(
+            f"`{field}` must be in the future.", extra={"fields": {field: ["The expiry must be in the future."]}}
+        )
+    return expires_at
 
 
 @transaction.atomic
@@ -321,21 +382,8 @@ def task_create(
     rollout = "rollout" in meta
     if rollout:
         rollout_policy_parse(meta["rollout"])
-        if target.all_devices:
-            raise ValidationFailedError(
-                "A staged rollout needs its devices when it is sent: address a list, a tag or a group, not device:*.",
-                extra={"fields": {"meta.rollout": ["Not with device:*."]}},
-            )
-    device_ids = list(target.device_ids)
-    if target.tag is not None:
-        device_ids = list(
-            DeviceTag.objects.filter(slug=target.tag).order_by("device_id").values_list("device_id", flat=True)
-        )
-    if target.group is not None:
-        group = DeviceGroup.objects.filter(slug=target.group).first()
-        if group is None:
-            raise UnknownGroupError(f"No device group is named {target.group!r}.", extra={"group": target.group})
-        device_ids = sorted(group.devices.values_list("pk", flat=True))
+    if target.group is not None and not DeviceGroup.objects.filter(slug=target.group).exists():
+        raise UnknownGroupError(f"No device group is named {target.group!r}.", extra={"group": target.group})
     if target.device_ids:
         known = set(Device.objects.filter(pk__in=target.device_ids).values_list("pk", flat=True))
         unknown = [pk for pk in target.device_ids if pk not in known]
@@ -344,6 +392,7 @@ def task_create(
                 "Unknown device ids: " + ", ".join(str(pk) for pk in unknown) + ".", extra={"unknown": unknown}
             )
     now = timezone.now()
+    expires_at = task_expiry_check(meta=meta, expires_at=expires_at, now=now)
     if expires_at is not None:
         meta["expires_at"] = format_ts(expires_at)
     task = _record(
@@ -361,34 +410,96 @@ def task_create(
             state=TaskState.SCHEDULED if rollout else TaskState.IN_PROGRESS,
         )
     )
-    # A rollout's deliveries wait `queued` until its periodic step releases them (pool.rollouts).
-    first = DeliveryState.QUEUED if rollout else DeliveryState.PENDING
-    Delivery.objects.bulk_create(
-        [
-            Delivery(task=task, device_id=pk, state=first, created_at=now, updated_at=now)
-            if rollout
-            else Delivery(task=task, device_id=pk, created_at=now, updated_at=now, released_at=now, attempts=1)
-            for pk in device_ids
-        ],
-        batch_size=5000,
+    # A broadcast's rows are otherwise made lazily, on each device's next poll (see
+    # broadcasts_materialise); a staged one needs them all now, queued in release order.
+    devices = selectors.target_devices(target=target)
+    reached = (
+        0
+        if target.all_devices and not rollout
+        else _deliveries_insert(task=task, devices=devices, now=now, rollout=rollout)
     )
+    if not reached and not task.is_continuous and not rollout:
+        # Nobody to wait for, and nobody can join: complete at once rather than stay open forever.
+        task.state = TaskState.COMPLETED
+        Message.objects.filter(pk=task.pk).update(state=task.state)
+    first = DeliveryState.QUEUED if rollout else DeliveryState.PENDING
     progress_publish(
         topic=f"pooltask:{task.msg_id}",
-        kind="new",
+        kind="end" if task.state == TaskState.COMPLETED else "new",
         text=title or task.msg_id,
         state={
             "to": task.to,
             "task_state": task.state,
-            "devices": {str(pk): first.value for pk in device_ids[:1000]},
+            "devices": {str(pk): first.value for pk in devices.order_by("pk").values_list("pk", flat=True)[:1000]}
+            if reached
+            else {},
             "counts": task_state_counts(task=task),
         },
         owner_id=_owner(task),
     )
-    if target.all_devices:
+    if target.all_devices and not rollout:
         push_all()
-    elif not rollout:
-        push_devices(device_ids=device_ids)
+    elif not rollout and reached:
+        push_devices(device_ids=devices.values_list("pk", flat=True))
     return task
+
+
+def _task_complete_if_finished(task: Message) -> bool:
+    """Complete a task whose every delivery is final (done, failed, timed out, cancelled), unless
+    it is continuous (devices may still join it) or a rollout (its step decides). Guarded by state."""
+    if task.is_continuous or _is_rollout(task):
+        return False
+    # The task row is locked first: two last answers committing at once would each still see the
+    # other's delivery open (neither committed) and neither would complete the task. Locked, the
+    # second looks only after the first has committed. (Final answers of one task take turns here.)
+    _lock_task(task)
+    if Delivery.objects.filter(task=task, state__in=[DeliveryState.QUEUED, *OPEN_STATES]).exists():
+        return False
+    if not Message.objects.filter(pk=task.pk, state=TaskState.IN_PROGRESS).update(state=TaskState.COMPLETED):
+        return False
+    task.state = TaskState.COMPLETED
+    return True
+
+
+def _lock_task(task: Message) -> None:
+    """Hold the task's row until the transaction ends (PostgreSQL; SQLite's writers take turns anyway)."""
+    list(Message.objects.select_for_update().filter(pk=task.pk).values_list("pk", flat=True))
+
+
+@transaction.atomic
+def task_expire(*, task: Message, now: datetime) -> bool:
+    """End an open task whose expiry has passed: its released deliveries that are not final become
+    `timed_out`, its unreleased ones `cancelled`, and the task `completed` (continuous ones too: the
+    expiry is their end). False when it was not open or not yet expired."""
+    # Guarded on the task row: of two clusters sweeping at once, or an expiry racing a cancel,
+    # one changes it and the other finds it closed and does nothing.
+    ended = Message.objects.filter(
+        pk=task.pk, type=MessageType.TASK, state__in=OPEN_TASK_STATES, cancelled_at=None, expires_at__lte=now
+    ).update(state=TaskState.COMPLETED)
+    if not ended:
+        return False
+    task.state = TaskState.COMPLETED
+    rows = Delivery.objects.filter(task=task)
+    # Guarded by state: an answer that committed first keeps its row and its answer.
+    timed_out = rows.filter(state__in=OPEN_STATES).update(state=DeliveryState.TIMED_OUT, updated_at=now)
+    never_released = rows.filter(state=DeliveryState.QUEUED).update(state=DeliveryState.CANCELLED, updated_at=now)
+    task_decision_record(
+        task,
+        kind="end",
+        text=f"expired: {timed_out} timed out, {never_released} never released",
+        state={"expired": True, "timed_out": timed_out, "cancelled": never_released},
+        now=now,
+        about="expiry",
+    )
+    return True
+
+
+def tasks_expire_due(*, now: datetime) -> int:
+    """Expire every open task whose expiry has passed (the periodic sweep); how many."""
+    due = Message.objects.filter(
+        type=MessageType.TASK, state__in=OPEN_TASK_STATES, cancelled_at=None, expires_at__lte=now
+    ).values_list("pk", flat=True)
+    return sum(task_expire(task=task, now=now) for task in Message.objects.filter(pk__in=list(due)))
 
 
 @transaction.atomic
@@ -424,7 +535,11 @@ def _live_tasks(now: datetime) -> Any:
 
 
 def _is_rollout(task: Message) -> bool:
-    return isinstance(task.meta, dict) and "rollout" in task.meta
+    return _is_rollout_meta(task.meta)
+
+
+def _is_rollout_meta(meta: Any) -> bool:
+    return isinstance(meta, dict) and "rollout" in meta
 
 
 def _set_paused(task: Message, paused: bool) -> bool:
@@ -457,9 +572,16 @@ def task_resume(*, task: Message) -> bool:
 
 
 def task_decision_record(
-    task: Message, *, kind: Literal["msg", "end"], text: str, state: dict[str, Any], now: datetime
+    task: Message,
+    *,
+    kind: Literal["msg", "end"],
+    text: str,
+    state: dict[str, Any],
+    now: datetime,
+    about: Literal["rollout", "expiry"] = "rollout",
 ) -> None:
-    """A rollout decision: a progress event on the task's topic and an `info` line in the day log."""
+    """A decision about a task (a rollout's step, its expiry): a progress event on the task's topic
+    and an `info` line in the day log, its numbers in `meta.<about>`."""
     _record(
         Message(
             ts=now,
@@ -468,7 +590,7 @@ def task_decision_record(
             type=MessageType.INFO,
             title=text,
             parent_id=task.msg_id,
-            meta={"rollout": state},
+            meta={about: state},
         )
     )
     progress_publish(
@@ -504,7 +626,7 @@ def push_all() -> None:
 
 
 def _live_broadcasts(now: datetime) -> Any:
-    return _live_tasks(now).filter(target_all=True)
+    return _live_tasks(now).filter(target_all=True, state__in=OPEN_TASK_STATES)
 
 
 def broadcasts_materialise(*, device: Device) -> int:
@@ -518,10 +640,11 @@ def broadcasts_materialise(*, device: Device) -> int:
     candidates = _live_broadcasts(now).filter(~Exists(Delivery.objects.filter(task=OuterRef("pk"), device=device)))
     if device.broadcasts_seen_until is not None:
         candidates = candidates.filter(ts__gt=device.broadcasts_seen_until)
-    task_ids = list(candidates.values_list("pk", flat=True))
-    if task_ids:
+    found = list(candidates.values_list("pk", "meta"))
+    if found:
+        # A staged broadcast's row waits queued for its rollout's release, like the rows made when it was sent.
         Delivery.objects.bulk_create(
-            [Delivery(task_id=pk, device=device, created_at=now, updated_at=now) for pk in task_ids],
+            [_new_delivery(pk, device.pk, now, rollout=_is_rollout_meta(meta)) for pk, meta in found],
             ignore_conflicts=True,
         )
     mark = now - conf.broadcast_margin()
@@ -531,15 +654,17 @@ def broadcasts_materialise(*, device: Device) -> int:
             Q(broadcasts_seen_until=None) | Q(broadcasts_seen_until__lt=mark)
         ).update(broadcasts_seen_until=mark)
         device.broadcasts_seen_until = mark
-    return len(task_ids)
+    return len(found)
 
 
-def _delivery_for(task: Message, device: Device) -> Delivery:
+def _delivery_for(task: Message, device: Device, *, replaying: bool = False) -> Delivery:
     delivery = Delivery.objects.filter(task=task, device=device).first()
     if delivery is None and task.target_all:
+        if task.state not in OPEN_TASK_STATES and not replaying:
+            raise TaskClosedError()  # an ended broadcast gains no new devices (an imported answer is history)
         now = timezone.now()
         Delivery.objects.bulk_create(
-            [Delivery(task=task, device=device, created_at=now, updated_at=now)], ignore_conflicts=True
+            [_new_delivery(task, device.pk, now, rollout=_is_rollout(task))], ignore_conflicts=True
         )
         delivery = Delivery.objects.filter(task=task, device=device).first()
     if delivery is None:
@@ -573,11 +698,18 @@ def response_create(
     changes: dict[str, Any] = {"state": status, "updated_at": now}
     if status == "progress":
         changes["progress"] = meta.get("progress", body or None)
+    if status != "progress" and not task.is_continuous and not _is_rollout(task):
+        # A final answer may complete the task, which needs its row locked (_task_complete_if_finished):
+        # lock it before the delivery, in the order cancel and expiry take them, so none deadlock.
+        _lock_task(task)
     # The conditional UPDATE is the guard: of two concurrent final answers from one device only
     # one finds the row still open (PostgreSQL re-checks the WHERE after the row lock; SQLite
     # runs writers one at a time), the other gets 409 and its message is rolled back.
     if not Delivery.objects.filter(pk=delivery.pk, state__in=OPEN_STATES).update(**changes):
-        raise AlreadyAnsweredError()
+        closed = Delivery.objects.filter(
+            pk=delivery.pk, state__in=[DeliveryState.CANCELLED, DeliveryState.TIMED_OUT]
+        ).exists()
+        raise TaskClosedError() if closed else AlreadyAnsweredError()
     metrics.response_counted(status)
     response = _record(
         Message(
@@ -607,10 +739,7 @@ def response_create(
         state=state,
         owner_id=_owner(task),
     )
-    if status != "progress" and not _is_rollout(task) and _task_finished(task):
-        # Broadcasts and continuous tasks stay open: devices may still join them.
-        if not task.target_all and task.meta.get("continuous") is not True:
-            Message.objects.filter(pk=task.pk, state=TaskState.IN_PROGRESS).update(state=TaskState.COMPLETED)
+    if status != "progress" and _task_complete_if_finished(task):
         progress_publish(topic=topic, kind="end", text="", state=state, owner_id=_owner(task))
     return response
 
@@ -718,6 +847,10 @@ def _parse_line(raw: str) -> tuple[Message, str | None]:
         message.target_all = target.all_devices
         if isinstance(meta.get("expires_at"), str):
             message.expires_at = parse_ts(meta["expires_at"])
+            if message.expires_at <= timezone.now():
+                # History, not a decision: it ended when it expired (its open rows are timed out
+                # after the answers are replayed), and the sweep has nothing to announce.
+                message.state = TaskState.COMPLETED
     status = meta.get("status") if message.type == MessageType.RESPONSE else None
     return message, status if status in RESPONSE_STATUSES else None
 
@@ -784,7 +917,7 @@ def _apply_imported_responses(response_seqs: list[int]) -> None:
                 if task is None or response.device is None:
                     continue
                 try:
-                    delivery = _delivery_for(task, response.device)
+                    delivery = _delivery_for(task, response.device, replaying=True)
                 except TaskNotFoundError:
                     continue
                 status = response.meta.get("status")
@@ -792,6 +925,8 @@ def _apply_imported_responses(response_seqs: list[int]) -> None:
                 if status == "progress":
                     changes["progress"] = response.meta.get("progress", response.body or None)
                 Delivery.objects.filter(pk=delivery.pk, state__in=OPEN_STATES).update(**changes)
+            for task in tasks.values():
+                _task_complete_if_finished(task)  # every target answered in the file: it is over
 
 
 def pool_import_jsonl(
@@ -841,4 +976,8 @@ def pool_import_jsonl(
     for start in range(0, len(response_ids), 1000):
         seqs.extend(Message.objects.filter(msg_id__in=response_ids[start : start + 1000]).values_list("pk", flat=True))
     _apply_imported_responses(sorted(seqs))
+    # What imported, expired tasks left open did not finish in time (guarded: answers kept).
+    Delivery.objects.filter(
+        state__in=OPEN_STATES, task__state=TaskState.COMPLETED, task__expires_at__lte=timezone.now()
+    ).update(state=DeliveryState.TIMED_OUT)
     return report

@@ -431,3 +431,54 @@ def test_a_group_posted_with_a_device_value_that_is_no_id_is_a_form_error_not_a_
     )
     assert page.status_code == 200 and 'class="errorlist' in page.content.decode()
     assert not DeviceGroup.objects.exists()
+
+
+def test_the_composer_checks_an_expiry_in_meta_and_sends_a_staged_broadcast(staff, make_device):
+    make_device("a"), make_device("b")
+    url = reverse("admin:pool_task_add")
+    base = {"target": "all", "confirm_all": "on", "title": "fw", "body": ""}
+    bad = staff.post(url, {**base, "meta_json": '{"expires_at": "soon"}'})
+    assert bad.status_code == 200 and "meta.expires_at" in bad.content.decode()
+    past = staff.post(url, {**base, "meta_json": '{"expires_at": "2020-01-01T00:00:00Z"}'})
+    assert "must be in the future" in past.content.decode()
+    assert not Message.objects.filter(type="task").exists()
+    staff.post(url, {**base, "meta_json": "", "rollout_per_minute": "1"})
+    task = Message.objects.get(type="task", title="fw")
+    assert task.to == "device:*" and task.state == "scheduled"
+    assert list(Delivery.objects.filter(task=task).values_list("state", flat=True)) == ["queued", "queued"]
+
+
+def test_the_composer_count_view_counts_what_a_target_reaches_for_staff_who_may_compose(staff, make_device):
+    from django.contrib.auth.models import Permission
+
+    from pool.models import DeviceGroup
+    from pool.services import device_set_tags, group_set_devices
+    from tests.factories import UserFactory
+
+    a, b, c = make_device("a"), make_device("b"), make_device("c")
+    make_device("unvalidated", validated=False)
+    device_set_tags(device=a, tags=["fw"]), device_set_tags(device=b, tags=["fw"])
+    group_set_devices(group=DeviceGroup.objects.create(slug="north"), devices=[c])
+    url = reverse("admin:pool_task_target_count")
+
+    def count(to: str) -> tuple[int, dict]:
+        answer = staff.get(url, {"to": to})
+        return answer.status_code, answer.json()
+
+    assert count("device:tag:fw") == (200, {"to": "device:tag:fw", "count": 2})
+    assert count("device:tag:nobody") == (200, {"to": "device:tag:nobody", "count": 0})
+    assert count("device:group:north") == (200, {"to": "device:group:north", "count": 1})
+    assert count(f"device:[{a.pk},{c.pk},999999]") == (200, {"to": f"device:[{a.pk},{c.pk},999999]", "count": 2})
+    assert count("device:*") == (200, {"to": "device:*", "count": 3})  # validated, enabled devices
+    status, body = count("device:tag:Bad Tag")
+    assert status == 400 and body["code"] == "invalid_target"
+    status, body = count("device:group:south")
+    assert status == 400 and body["code"] == "unknown_group"
+    assert count("user:boss@example.com")[0] == 400
+
+    looker = UserFactory(role="user", is_staff=True)
+    looker.user_permissions.set(Permission.objects.filter(codename="view_task"))
+    viewer = Client()
+    viewer.force_login(looker)
+    assert viewer.get(url, {"to": "device:tag:fw"}).status_code == 403
+    assert Client().get(url, {"to": "device:tag:fw"}).status_code == 302  # to the login page

@@ -64,3 +64,9 @@ def test_concurrent_responses_from_many_device_processes_lose_nothing(transactio
     assert responses.count() == 12 * 5
     assert responses.filter(parent_id=broadcast.msg_id, meta__status="done").count() == 12
     assert Counter(Delivery.objects.values_list("state", flat=True)) == {"done": 24, "failed": 12}
+    # The list task's last answers came at once from several processes: one of them completed it.
+    assert Message.objects.get(pk=listed.pk).state == "completed"
+    assert set(Message.objects.filter(pk__in=[t.pk for t in direct.values()]).values_list("state", flat=True)) == {
+        "completed"
+    }
+    assert Message.objects.get(pk=broadcast.pk).state == "in_progress"  # device:* waits for devices to come

@@ -61,3 +61,49 @@ def test_import_contract_counts_and_bad_lines(tmp_path: Path, make_device):
     again = pool_import_jsonl(path=path)
     assert (again.created, again.skipped) == (0, 2)
     assert Message.objects.count() == 2
+
+
+def test_imported_tasks_get_an_honest_state(tmp_path: Path, make_device):
+    d1, d2 = make_device("a"), make_device("b")
+
+    def task(key: str, **extra):
+        return {
+            "id": "msg_" + key * 32,
+            "ts": "2026-06-03T12:00:00Z",
+            "from": "user:boss@example.com",
+            "to": f"device:[{d1.pk},{d2.pk}]",
+            "type": "task",
+            "title": "t",
+            "body": "",
+            "parent_id": None,
+            "meta": {},
+            **extra,
+        }
+
+    def done(key: str, parent: dict, device) -> dict:
+        return {
+            **parent,
+            "id": "msg_" + key * 32,
+            "from": f"device:{device.pk}",
+            "to": "user:boss@example.com",
+            "type": "response",
+            "parent_id": parent["id"],
+            "meta": {"status": "done"},
+        }
+
+    answered = task("a")
+    expired = task("b", meta={"expires_at": "2026-06-03T13:00:00Z"})
+    open_one = task("c")
+    lines = [answered, expired, open_one, done("d", answered, d1), done("e", answered, d2), done("f", expired, d1)]
+    path = tmp_path / "2026-06-03.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert pool_import_jsonl(path=path).created == 6
+
+    def state(line: dict) -> tuple[str, list[str]]:
+        found = Message.objects.get(msg_id=line["id"])
+        rows = Delivery.objects.filter(task=found).order_by("device_id").values_list("state", flat=True)
+        return found.state, list(rows)
+
+    assert state(answered) == ("completed", ["done", "done"])
+    assert state(expired) == ("completed", ["done", "timed_out"])  # it ended when it expired
+    assert state(open_one) == ("in_progress", ["pending", "pending"])

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from pool import services
-from pool.services import heartbeat_record, response_create, task_cancel, task_create
+from pool.models import Message
+from pool.services import heartbeat_record, response_create, task_cancel, task_create, tasks_expire_due
 
 
 @pytest.fixture
@@ -31,14 +35,20 @@ def test_task_lifecycle_publishes_new_msg_end(events, make_device, master):
     assert events[-1]["state"]["counts"]["done"] == 1 and events[-1]["state"]["counts"]["failed"] == 1
 
 
-def test_broadcast_ends_when_every_validated_device_answered(events, make_device, master):
+def test_a_broadcast_stays_open_after_every_device_answered_and_ends_at_its_expiry(events, make_device, master):
     d1, d2 = make_device("a"), make_device("b")
     make_device("c", validated=False)
-    task = task_create(user=master, to="device:*")
+    expiry = timezone.now() + timedelta(hours=1)
+    task = task_create(user=master, to="device:*", expires_at=expiry)
     response_create(device=d1, parent_id=task.msg_id, status="done")
-    assert events[-1]["kind"] == "msg"
     response_create(device=d2, parent_id=task.msg_id, status="done")
-    assert events[-1]["kind"] == "end"
+    # a device validated later still receives it (the seed's rule), so it is not over
+    assert events[-1]["kind"] == "msg"
+    assert Message.objects.get(pk=task.pk).state == "in_progress"
+    assert tasks_expire_due(now=expiry - timedelta(seconds=1)) == 0
+    assert tasks_expire_due(now=expiry) == 1
+    assert events[-1]["kind"] == "end" and events[-1]["state"]["task_state"] == "completed"
+    assert Message.objects.get(pk=task.pk).state == "completed"
 
 
 def test_cancel_ends_the_topic(events, device, master):
