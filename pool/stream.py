@@ -29,7 +29,7 @@ from pool.models import Device
 from pool.services import PUSH_ALL, push_topic
 from pool.tokens import device_stamp
 from progress import conf as progress_conf
-from progress.db import db_call
+from progress.db import BatchedLookup, db_call
 from progress.events import Event
 from progress.selectors import REPLAY_LIMIT, Viewer, event_latest_id, event_list_after, event_replay_possible
 from progress.streams import BadParameter, Beginning, last_event_id, sse_responses, sse_stream
@@ -64,11 +64,21 @@ def _authenticate(token: str) -> tuple[int, str, float] | tuple[int, str, str]:
     return int(device.pk), str(payload.get("stamp", "")), float(payload["exp"])
 
 
-def _still_allowed(device_id: int, stamp: str, expires_at: float) -> bool:
+def _stamps_of_streaming_devices(device_ids: set[int]) -> dict[int, str]:
+    """The token stamp of each device that may still stream (enabled and validated)."""
+    rows = Device.objects.filter(pk__in=device_ids, enabled=True, validated=True).values_list("pk", "secret_hash")
+    return {pk: device_stamp(secret_hash) for pk, secret_hash in rows}
+
+
+# Every device stream of this process re-checks its device each keep-alive; one read a second
+# answers all of them.
+_streaming_devices = BatchedLookup(_stamps_of_streaming_devices, window=1.0)
+
+
+async def _still_allowed(device_id: int, stamp: str, expires_at: float) -> bool:
     if time.time() >= expires_at:
         return False
-    device = Device.objects.filter(pk=device_id).only("enabled", "validated", "secret_hash").first()
-    return device is not None and device.enabled and device.validated and device_stamp(device.secret_hash) == stamp
+    return await _streaming_devices.get(device_id) == stamp
 
 
 async def pool_events(request: HttpRequest) -> HttpResponseBase:
@@ -98,7 +108,7 @@ async def pool_events(request: HttpRequest) -> HttpResponseBase:
         stream = sse_stream(
             accepts=lambda event: event["topic"] in topics,
             beginning=lambda: db_call(_beginning)(topics, after),
-            still_allowed=lambda: db_call(_still_allowed)(device_id, stamp, expires_at),
+            still_allowed=lambda: _still_allowed(device_id, stamp, expires_at),
             frame=_frame,
         )
         response = StreamingHttpResponse(stream, content_type="text/event-stream")
