@@ -11,7 +11,7 @@ is dropped at the end.
 
     .venv/bin/python -m bench.pool           # full run (figures into docs/benchmarks.md)
     .venv/bin/python -m bench.pool --quick   # tiny smoke run (nothing written)
-    .venv/bin/python -m bench.pool --fleet   # rollouts and /pool/events (bench/pool_fleet.py)
+    .venv/bin/python -m bench.pool --fleet   # rollouts and /pool/events (bench/pool_fleet.py; --streams N)
 """
 
 from __future__ import annotations
@@ -158,11 +158,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny run: a smoke test, nothing written")
     parser.add_argument("--fleet", action="store_true", help="the fleet benchmark instead (bench/pool_fleet.py)")
+    parser.add_argument("--streams", type=int, help="with --fleet: idle /pool/events streams to hold (5,000)")
     args = parser.parse_args()
     if args.fleet:
         from bench.pool_fleet import main as fleet_main
 
-        fleet_main(quick=args.quick)
+        fleet_main(quick=args.quick, **({"streams": args.streams} if args.streams else {}))
         return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian package `wrk`).")
