@@ -9,6 +9,7 @@ from django.contrib.auth.hashers import make_password
 from django.utils import timezone
 
 from coordinator.models import Role, User
+from webhooks.sealing import secret_seal
 
 DEFAULT_PASSWORD = "correct-horse-battery"
 
@@ -287,7 +288,7 @@ class WebhookSubscriptionFactory(factory.django.DjangoModelFactory):
     url = factory.Sequence(lambda n: f"https://hooks.example.com/{n}")
     events = factory.LazyFunction(lambda: ["job.finished", "job.failed"])
     event_owner = factory.SelfAttribute("owner")
-    secret = factory.Sequence(lambda n: f"whsec_test-secret-{n}")
+    secret_sealed = factory.Sequence(lambda n: secret_seal(f"whsec_test-secret-{n}"))
 
 
 class WebhookDeliveryFactory(factory.django.DjangoModelFactory):

@@ -118,7 +118,7 @@ def test_staff_without_the_admin_role_cannot_take_over_an_admins_webhook(admin: 
     client.post(listing, {"action": "delete_selected", "_selected_action": [subscription.pk], "post": "yes"})
     client.post(reverse("admin:webhooks_subscription_delete", args=[subscription.pk]), {"post": "yes"})
     subscription.refresh_from_db()
-    assert (subscription.url, subscription.events, subscription.secret) == (
+    assert (subscription.url, subscription.events, secret_unseal(subscription.secret_sealed)) == (
         "https://1.1.1.1/hook",
         ["job.failed"],
         secret,
