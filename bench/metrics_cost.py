@@ -1,4 +1,4 @@
-"""What the metrics cost on the hot paths: `python -m bench.metrics_cost [--quick]`.
+"""What the metrics cost on the hot paths: `python -m bench.metrics_cost [--quick] [--rounds N] [--seconds S]`.
 
 Two granian servers (2 worker processes each, keep-alive, DEBUG off) on one PostgreSQL database,
 started side by side and driven one at a time in interleaved rounds (each round starts with the
@@ -40,12 +40,14 @@ WORKERS = 2
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny run: a smoke test, nothing written")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
+    parser.add_argument("--seconds", type=int, default=5, help="wrk seconds per round for the pool (5)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian package `wrk`).")
     quick = args.quick
     devices, history = (200, 1_000) if quick else (2_000, 10_000)
-    tasks, seconds, rounds = (100, 2, 1) if quick else (300, 5, 3)
+    tasks, seconds, rounds = (100, 2, 1) if quick else (300, args.seconds, args.rounds)
     rng = random.Random(20261207)
     load_at_start = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
