@@ -110,6 +110,7 @@ async def pool_events(request: HttpRequest) -> HttpResponseBase:
             beginning=lambda: db_call(_beginning)(topics, after),
             still_allowed=lambda: _still_allowed(device_id, stamp, expires_at),
             frame=_frame,
+            only_topics=frozenset(topics),
         )
         response = StreamingHttpResponse(stream, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

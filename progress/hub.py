@@ -42,11 +42,16 @@ DELIVERED_MEMORY_SECONDS = 120.0
 class Subscriber:
     """A local reader: a bounded queue plus a filter; overflow marks it so its owner can drop it.
     `topics`, when the reader names them (the WebSocket's subscriptions, a live set), tells the hub
-    what it follows by name: the operations dashboard is refreshed only while someone follows it."""
+    what it follows by name: the operations dashboard is refreshed only while someone follows it.
+    `confined=True` says the reader wants nothing but those topics (a device's push stream): the hub
+    then offers it only their events, instead of every event to be refused by its filter."""
 
-    def __init__(self, accepts: Callable[[Event], bool], topics: Collection[str] = ()) -> None:
+    def __init__(
+        self, accepts: Callable[[Event], bool], topics: Collection[str] = (), *, confined: bool = False
+    ) -> None:
         self.accepts = accepts
         self.topics = topics
+        self.confined = confined
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=conf.QUEUE_SIZE)
         self.overflowed = asyncio.Event()
 
@@ -66,6 +71,11 @@ class Hub:
 
     def __init__(self) -> None:
         self.subscribers: set[Subscriber] = set()
+        # Dispatch: every event is offered to each unconfined subscriber, and to the confined ones
+        # of its topic only; with thousands of device streams, offering each event to all of them
+        # made the fan-out the slowest step from a release to its event.
+        self.unconfined: set[Subscriber] = set()
+        self.confined: dict[str, set[Subscriber]] = {}
         self.task: asyncio.Task[None] | None = None
         self.overview: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
@@ -79,7 +89,7 @@ class Hub:
 
     async def subscribe(self, subscriber: Subscriber) -> None:
         """Register a subscriber; returns once every event stored from now on will reach it."""
-        self.subscribers.add(subscriber)
+        self.add(subscriber)
         if self.task is None or self.task.done():
             # A fresh context: the hub outlives the request that started it, so it must not run its
             # database reads in that request's thread (Django's per-request ThreadSensitiveContext).
@@ -91,12 +101,31 @@ class Hub:
         self.wake.set()
         await self.ready.wait()
 
+    def add(self, subscriber: Subscriber) -> None:
+        """Hand `subscriber` the events dispatched from now on (`subscribe` also starts the hub)."""
+        self.subscribers.add(subscriber)
+        if subscriber.confined:
+            for topic in subscriber.topics:
+                self.confined.setdefault(topic, set()).add(subscriber)
+        else:
+            self.unconfined.add(subscriber)
+
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.subscribers.discard(subscriber)
+        self.unconfined.discard(subscriber)
+        if subscriber.confined:
+            for topic in subscriber.topics:
+                following = self.confined.get(topic)
+                if following is not None:
+                    following.discard(subscriber)
+                    if not following:
+                        del self.confined[topic]
 
     def dispatch(self, events: list[Event]) -> None:
         for event in events:
-            for subscriber in list(self.subscribers):
+            for subscriber in list(self.unconfined):
+                subscriber.offer(event)
+            for subscriber in list(self.confined.get(event["topic"], ())):
                 subscriber.offer(event)
 
     async def _run(self) -> None:

@@ -47,13 +47,18 @@ async def sse_stream(
     still_allowed: Callable[[], Awaitable[bool]],
     frame: Callable[[Event], str] | None = None,
     keepalive: float | None = None,
+    only_topics: frozenset[str] | None = None,
 ) -> AsyncIterator[str]:
     """Subscribe (before reading the beginning: nothing falls in between), send the beginning, then
     live events with their ids and `: keep-alive` comments; end once `still_allowed` says no (the
     reader was deactivated, its token expired or was revoked, its slot lapsed) or the reader is too
     slow (it reconnects with Last-Event-ID and is replayed)."""
     render = frame or (lambda e: sse_frame(e["kind"], e["topic"], e["text"], e["id"]))
-    subscriber = Subscriber(accepts)
+    # `only_topics`: the reader wants those topics' events and no others (the hub offers it no more).
+    if only_topics is None:
+        subscriber = Subscriber(accepts)
+    else:
+        subscriber = Subscriber(accepts, topics=only_topics, confined=True)
     metrics.clients.labels("sse").inc()
     try:
         await hub().subscribe(subscriber)
