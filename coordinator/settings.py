@@ -537,8 +537,11 @@ JOBS_EXAMPLE_PACK = env_bool("JOBS_EXAMPLE_PACK", True)
 # Retention: finished jobs (with their attempts) and export/upload files are pruned after this.
 JOBS_KEEP_DAYS = env_float("JOBS_KEEP_DAYS", 30.0, minimum=0.01)
 JOBS_FILES_KEEP_DAYS = env_float("JOBS_FILES_KEEP_DAYS", 7.0, minimum=0.01)
-# Schedules one user may own: each starts jobs by itself (as often as every second) until deleted.
+# Schedules one user may own: each starts jobs by itself until deleted.
 SCHEDULES_PER_OWNER = env_int("SCHEDULES_PER_OWNER", 50, minimum=1)
+# The shortest interval of a schedule, as a cron's minute: with the cap, at most 50 jobs a minute
+# from one user's schedules (one-second schedules let a user start 50 exports a second for good).
+SCHEDULES_MIN_INTERVAL_SECONDS = env_int("SCHEDULES_MIN_INTERVAL_SECONDS", 60, minimum=1)
 
 # --- Live progress (progress) -------------------------------------------------------------------
 PROGRESS_PUBLIC = env_bool("PROGRESS_PUBLIC", False)

@@ -95,9 +95,10 @@ def _validate_when(fields: dict[str, Any]) -> None:
         except CroniterError:
             raise ScheduleInvalidError("cron never matches a date.", extra={"field": "cron"}) from None
     interval = fields.get("interval_seconds")
-    if interval is not None and not 1 <= interval <= MAX_INTERVAL_SECONDS:
+    shortest = settings.SCHEDULES_MIN_INTERVAL_SECONDS
+    if interval is not None and not shortest <= interval <= MAX_INTERVAL_SECONDS:
         raise ScheduleInvalidError(
-            f"interval_seconds must be from 1 to {MAX_INTERVAL_SECONDS}.", extra={"field": "interval_seconds"}
+            f"interval_seconds must be from {shortest} to {MAX_INTERVAL_SECONDS}.", extra={"field": "interval_seconds"}
         )
     run_at = fields.get("run_at")
     if run_at is not None and timezone.is_naive(run_at):

@@ -6,6 +6,7 @@ import os
 import signal
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -129,9 +130,13 @@ def test_max_running_holds_across_two_clusters(user: User, export_root: Path, tm
     assert [line.split()[0] for line in lines] == ["start", "end"] * 6
 
 
-def test_two_clusters_never_start_the_same_scheduled_occurrence_twice(user: User, export_root: Path) -> None:
+def test_two_clusters_never_start_the_same_scheduled_occurrence_twice(
+    user: User, export_root: Path, settings: Any
+) -> None:
     from jobs.models import JobScheduleRun
     from jobs.schedules import schedule_create
+
+    settings.SCHEDULES_MIN_INTERVAL_SECONDS = 1  # many occurrences in seconds
 
     schedules = [
         schedule_create(owner=user, type="test.main.add", data={"x": i, "y": 0}, interval_seconds=1) for i in range(20)

@@ -150,12 +150,25 @@ def test_a_deactivated_owners_schedule_starts_nothing_even_of_an_open_job_type(u
 def test_one_user_cannot_own_more_schedules_than_the_cap(user: User, master: User, settings) -> None:
     settings.SCHEDULES_PER_OWNER = 2
     for _ in range(2):
-        schedule_create(owner=user, interval_seconds=1, **ADD)
+        schedule_create(owner=user, interval_seconds=60, **ADD)
     with pytest.raises(ApplicationError) as refused:
-        schedule_create(owner=user, interval_seconds=1, **ADD)
+        schedule_create(owner=user, interval_seconds=60, **ADD)
     assert refused.value.code == "too_many_schedules" and refused.value.status_code == 409
     assert JobSchedule.objects.filter(owner=user).count() == 2
-    schedule_create(owner=master, interval_seconds=1, **ADD)  # the cap is each user's own
+    schedule_create(owner=master, interval_seconds=60, **ADD)  # the cap is each user's own
+
+
+def test_a_schedule_may_not_run_more_often_than_the_shortest_interval(user: User, client_for) -> None:
+    """One-second schedules let one user start 50 exports a second for good (the fifth pass)."""
+    with pytest.raises(ApplicationError) as refused:
+        schedule_create(owner=user, interval_seconds=1, **ADD)
+    assert refused.value.code == "invalid_schedule" and refused.value.extra == {"field": "interval_seconds"}
+    answer = client_for(user).post(
+        "/v1/schedules", {"type": "json_export", "data": {}, "interval_seconds": 1}, format="json"
+    )
+    assert answer.status_code == 400 and answer.json()["extra"]["field"] == "interval_seconds"
+    assert not JobSchedule.objects.exists()
+    schedule_create(owner=user, interval_seconds=60, **ADD)  # a cron's minute is the shortest
 
 
 def test_a_late_occurrence_is_run_not_taken_for_a_missed_one(user: User) -> None:
