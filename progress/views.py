@@ -74,8 +74,10 @@ async def _live(access: Access, lease: int | None, topics: set[str], after: int 
     viewer = access.viewer
     assert viewer is not None
 
+    every_topic = not topics or "*" in topics  # as the snapshot and the WebSocket read `*`
+
     def accepts(event: Event) -> bool:
-        return viewer.can_see(event) and (not topics or event["topic"] in topics)
+        return viewer.can_see(event) and (every_topic or event["topic"] in topics)
 
     try:
         async for chunk in sse_stream(

@@ -55,6 +55,22 @@ def test_domain_topics_are_keyed_by_topic_and_topic_filter_narrows(admin) -> Non
     run(body)
 
 
+def test_topic_star_follows_every_topic_live_as_it_does_in_the_snapshot(user) -> None:
+    """`topic=*` read every topic in the snapshot but no live event (the filter compared `*` as a name)."""
+    token = access_token_for(user)
+
+    async def body() -> None:
+        sse = SseClient(f"token={token}&topic=*")
+        await sse.open()
+        await sse.read_until("\nid: ")
+        await sync_to_async(publish)("job:83", "new", "my export", owner_id=user.pk)
+        text = await sse.read_until("event: new")
+        assert named_events(text) == [("new", {"job:83": "my export"})]
+        await sse.close()
+
+    run(body)
+
+
 def test_last_event_id_replays_missed_events(admin) -> None:
     publish("stream:4", "new", "task")
     seen = publish("stream:4", "msg", "one")
