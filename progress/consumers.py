@@ -80,12 +80,15 @@ class ProgressConsumer(AsyncJsonWebsocketConsumer):
         while True:
             get = asyncio.ensure_future(subscriber.queue.get())
             overflow = asyncio.ensure_future(subscriber.overflowed.wait())
-            done, _ = await asyncio.wait({get, overflow}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait({get, overflow}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # a disconnect cancels this task mid-wait: its two waits must not be left pending
+                for waiting in (get, overflow):
+                    if not waiting.done():
+                        waiting.cancel()
             if overflow in done:
-                get.cancel()
                 await self.close(code=4408)  # too slow a reader: reconnect and resubscribe
                 return
-            overflow.cancel()
             await self.send_json(ws_payload(get.result()))
 
     async def disconnect(self, code: int) -> None:
